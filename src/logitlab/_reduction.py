@@ -1,0 +1,76 @@
+"""The one place where reductions, row masks and the row-wise layout live.
+
+Conventions (shared by every loss in the package):
+
+* ``reduction="none"`` returns one value per row (the shape of the input without ``dim``);
+  excluded rows hold 0.
+* ``reduction="sum"`` sums the (weighted) values of the kept rows.
+* ``reduction="mean"`` divides that sum by the total weight of the kept rows (the number of
+  kept rows when there are no weights), as ``torch.nn.functional.cross_entropy`` does. When no
+  row is kept (all ignored or masked out) the mean is defined as 0, with zero gradient, rather
+  than torch's NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["reduce_loss", "to_rows", "from_rows", "rowwise"]
+
+
+def reduce_loss(values: Tensor, reduction: str, *, keep: Tensor | None = None,
+                row_weight: Tensor | None = None) -> Tensor:
+    """Reduce per-row loss ``values`` by ``reduction``.
+
+    Args:
+        values: (*batch) per-row losses (already multiplied by ``row_weight`` if any).
+        reduction: 'none' | 'mean' | 'sum'.
+        keep: (*batch) bool, rows that count; the others are set to exactly 0.
+        row_weight: (*batch) the weight of each row, the denominator of 'mean'.
+
+    Example:
+        >>> reduce_loss(torch.tensor([1.0, 3.0]), "mean")
+        tensor(2.)
+        >>> reduce_loss(torch.tensor([1.0, 3.0]), "mean", keep=torch.tensor([False, False]))
+        tensor(0.)
+    """
+    if keep is not None:
+        values = torch.where(keep, values, values.new_zeros(()))
+    if reduction == "none":
+        return values
+    total = values.sum()
+    if reduction == "sum":
+        return total
+    if row_weight is None:
+        denom = keep.sum() if keep is not None else torch.tensor(values.numel())
+        denom = denom.to(values.dtype)
+    else:
+        w = row_weight if keep is None else torch.where(keep, row_weight, row_weight.new_zeros(()))
+        denom = w.sum().to(values.dtype)
+    # An empty batch (denominator 0) has mean 0: total is then exactly 0 too.
+    return total / torch.where(denom == 0, torch.ones_like(denom), denom)
+
+
+def to_rows(x: Tensor, dim: int) -> tuple[Tensor, tuple[int, ...]]:
+    """Move ``dim`` last and flatten the rest: returns (rows, n) and the moved shape."""
+    moved = x.movedim(dim, -1) if dim != x.ndim - 1 else x
+    shape = tuple(moved.shape)
+    n = shape[-1] if shape else 1
+    return moved.reshape(-1, n), shape
+
+
+def from_rows(rows: Tensor, shape: tuple[int, ...], dim: int, ndim: int) -> Tensor:
+    """Inverse of :func:`to_rows`."""
+    out = rows.reshape(shape)
+    return out.movedim(-1, dim) if dim != ndim - 1 else out
+
+
+def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor, dim: int) -> Tensor:
+    """Apply a map written for (rows, n) along any ``dim`` (already normalized, >= 0)."""
+    if x.ndim == 0:
+        return fn(x.reshape(1, 1)).reshape(())
+    rows, shape = to_rows(x, dim)
+    return from_rows(fn(rows), shape, dim, x.ndim)

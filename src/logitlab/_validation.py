@@ -1,0 +1,192 @@
+"""The one place where user input is checked.
+
+Every check raises an exception whose message names the function, the argument, what was
+expected and what was received, e.g.::
+
+    softmax(): argument 'temperature' expected a number > 0, got 0.0
+
+Checks that need a pass over the data (finite values, probability rows summing to 1, class
+indices in range) are switched by the callers' ``validate=`` keyword, on by default.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "fail",
+    "check_tensor",
+    "check_floating",
+    "check_dim",
+    "check_positive",
+    "check_range",
+    "check_choice",
+    "check_reduction",
+    "check_finite",
+    "check_probs",
+    "check_index_target",
+    "check_same_shape",
+    "compute_dtype",
+    "REDUCTIONS",
+]
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _short(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype})"
+    if isinstance(value, float):
+        return repr(value)
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def fail(fn: str, name: str, expected: str, received: object, *, kind: type = ValueError,
+         detail: str = "") -> None:
+    """Raise ``kind`` with the project's message format.
+
+    Example:
+        >>> fail("softmax", "temperature", "a number > 0", 0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: softmax(): argument 'temperature' expected a number > 0, got 0.0
+    """
+    got = received if isinstance(received, str) and received.startswith("<") else _short(received)
+    message = f"{fn}(): argument '{name}' expected {expected}, got {got}"
+    if detail:
+        message += f" ({detail})"
+    raise kind(message)
+
+
+def check_tensor(fn: str, name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        fail(fn, name, "a torch.Tensor", f"<{type(value).__name__}>", kind=TypeError)
+    return value  # type: ignore[return-value]
+
+
+def check_floating(fn: str, name: str, value: object) -> Tensor:
+    """Check that ``value`` is a floating-point tensor (float16/bfloat16/float32/float64)."""
+    tensor = check_tensor(fn, name, value)
+    if not tensor.is_floating_point():
+        fail(fn, name, "a floating-point tensor", f"<dtype {tensor.dtype}>", kind=TypeError)
+    return tensor
+
+
+def check_dim(fn: str, dim: object, ndim: int, name: str = "dim") -> int:
+    """Return ``dim`` as a non-negative axis of a tensor with ``ndim`` dimensions.
+
+    A 0-d tensor is treated as having one axis (as torch does), so dim in {-1, 0} is valid.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        fail(fn, name, "an int", f"<{type(dim).__name__}>", kind=TypeError)
+    n = max(ndim, 1)
+    if not -n <= dim < n:  # type: ignore[operator]
+        fail(fn, name, f"an int in [{-n}, {n - 1}] for a {ndim}-D tensor", dim, kind=IndexError)
+    return dim % n  # type: ignore[operator]
+
+
+def _number(fn: str, name: str, value: object) -> float:
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return float(value.detach())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(fn, name, "a real number", f"<{type(value).__name__}>", kind=TypeError)
+    if math.isnan(float(value)):  # type: ignore[arg-type]
+        fail(fn, name, "a real number", "nan")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_positive(fn: str, name: str, value: object) -> float:
+    number = _number(fn, name, value)
+    if not (number > 0 and math.isfinite(number)):
+        fail(fn, name, "a finite number > 0", number)
+    return number
+
+
+def check_range(fn: str, name: str, value: object, low: float, high: float, *,
+                low_open: bool = False, high_open: bool = False) -> float:
+    """Check ``low <= value <= high`` (with open ends where asked)."""
+    number = _number(fn, name, value)
+    ok_low = number > low if low_open else number >= low
+    ok_high = number < high if high_open else number <= high
+    if not (ok_low and ok_high):
+        lb = "(" if low_open else "["
+        hb = ")" if high_open else "]"
+        fail(fn, name, f"a number in {lb}{low}, {high}{hb}", number)
+    return number
+
+
+def check_choice(fn: str, name: str, value: object, choices: Iterable[str]) -> str:
+    options = tuple(choices)
+    if value not in options:
+        fail(fn, name, "one of " + ", ".join(repr(c) for c in options), value)
+    return value  # type: ignore[return-value]
+
+
+def check_reduction(fn: str, reduction: object) -> str:
+    return check_choice(fn, "reduction", reduction, REDUCTIONS)
+
+
+def check_finite(fn: str, name: str, tensor: Tensor, *, allow_neg_inf: bool = True) -> None:
+    """Reject NaN and +inf (and -inf unless ``allow_neg_inf``: -inf marks an excluded class)."""
+    if tensor.numel() == 0:
+        return
+    if allow_neg_inf:
+        bad = torch.isnan(tensor) | (tensor == math.inf)
+        what = "values without NaN or +inf (-inf marks an excluded class)"
+    else:
+        bad = ~torch.isfinite(tensor)
+        what = "finite values"
+    if bool(bad.any()):
+        count = int(bad.sum())
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        fail(fn, name, what, f"<{count} bad entries, first at index {first}>")
+
+
+def check_same_shape(fn: str, name: str, tensor: Tensor, shape: torch.Size, other: str) -> None:
+    if tensor.shape != shape:
+        fail(fn, name, f"shape {tuple(shape)} (the shape of {other})", f"<shape {tuple(tensor.shape)}>")
+
+
+def check_probs(fn: str, name: str, probs: Tensor, *, dim: int = -1, atol: float | None = None) -> None:
+    """Check that ``probs`` has non-negative entries and rows summing to 1 along ``dim``."""
+    if probs.numel() == 0:
+        return
+    if not bool(torch.isfinite(probs).all()):
+        fail(fn, name, "finite probabilities", "<non-finite entries>")
+    if bool((probs < 0).any()):
+        fail(fn, name, "probabilities >= 0", f"<minimum {float(probs.min()):.3g}>")
+    if atol is None:
+        atol = 1e-3 if probs.dtype in (torch.float16, torch.bfloat16) else 1e-5 * max(probs.shape[dim], 1) ** 0.5 + 1e-6
+    sums = probs.float().sum(dim) if probs.dtype != torch.float64 else probs.sum(dim)
+    err = (sums - 1).abs()
+    if bool((err > atol).any()):
+        worst = int(err.flatten().argmax())
+        fail(fn, name, f"rows summing to 1 along dim {dim} (tolerance {atol:.1e})",
+             f"<row {worst} sums to {float(sums.flatten()[worst]):.6g}>")
+
+
+def check_index_target(fn: str, name: str, target: Tensor, num_classes: int, *,
+                       ignore_index: int | None = None) -> None:
+    """Check integer class indices in [0, num_classes) (``ignore_index`` excepted)."""
+    if target.numel() == 0:
+        return
+    valid = target if ignore_index is None else target[target != ignore_index]
+    if valid.numel() == 0:
+        return
+    low, high = int(valid.min()), int(valid.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
+        fail(fn, name, f"class indices in [0, {num_classes - 1}]{extra}", f"<index {bad}>")
+
+
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype computations run in: float32 for half precision, the input's dtype otherwise."""
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return tensor.dtype

@@ -1,0 +1,33 @@
+"""Shared seeds, tolerances and fixtures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Hypothesis: deterministic, bounded, no deadline (a shared 2-core machine is noisy).
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("ci")
+
+# Odd shapes from the brief: sizes 1, 2, 7, 127 and a (3, 5, 7) tensor.
+ODD_SHAPES = [(1,), (2,), (7,), (127,), (4, 1), (3, 2), (2, 7), (3, 127), (3, 5, 7)]
+LOW_PRECISION = [torch.float32, torch.bfloat16, torch.float16]
+# Added to the naive op's error when comparing an op's low-precision error against it.
+ERROR_SLACK = {torch.float32: 1e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4, torch.float64: 1e-12}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def dims_of(shape):
+    """Every valid dim of a tensor of ``shape``, negative and positive."""
+    n = len(shape)
+    return list(range(-n, n))
