@@ -96,7 +96,7 @@ def _number(fn: str, name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(fn, name, "a real number", f"<{type(value).__name__}>", kind=TypeError)
     if math.isnan(float(value)):  # type: ignore[arg-type]
-        fail(fn, name, "a real number", "nan")
+        fail(fn, name, "a real number", float("nan"))
     return float(value)  # type: ignore[arg-type]
 
 
