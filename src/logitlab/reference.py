@@ -31,6 +31,82 @@ def _unrows(rows: Tensor, shape: tuple[int, ...], dim: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+# --- sparse maps (sparsemax, 1.5-entmax, α-entmax): sort-based, row by row ---
+
+
+def _sorted_desc(row: Tensor) -> list[float]:
+    return sorted((float(v) for v in row), reverse=True)
+
+
+def sparsemax(logits: Tensor, dim: int = -1) -> Tensor:
+    """[z − τ]_+ with τ from the sorted row: the largest k with 1 + k z_(k) > Σ_{j≤k} z_(j)."""
+    rows, shape = _rows(logits, dim)
+    out = torch.zeros_like(rows)
+    for r, row in enumerate(rows):
+        if bool(torch.isneginf(row).all()):
+            continue  # every class excluded: an all-zero row
+        zs = _sorted_desc(row)
+        total, size, tau = 0.0, 0, 0.0
+        for k, value in enumerate(zs, start=1):
+            total += value
+            if 1 + k * value > total:
+                size, tau = k, (total - 1) / k
+        out[r] = (row - tau).clamp_min(0)
+    return _unrows(out, shape, dim)
+
+
+def entmax15(logits: Tensor, dim: int = -1) -> Tensor:
+    """[z/2 − τ]_+², τ from the support's Σ x and Σ x² (x = z/2), support found on the sorted row."""
+    rows, shape = _rows(logits, dim)
+    out = torch.zeros_like(rows)
+    for r, row in enumerate(rows):
+        if bool(torch.isneginf(row).all()):
+            continue
+        xs = [v / 2 for v in _sorted_desc(row) if v != -math.inf]
+        total, total_sq, tau = 0.0, 0.0, 0.0
+        for k, value in enumerate(xs, start=1):
+            total += value
+            total_sq += value * value
+            mean = total / k
+            delta = (1 - (total_sq - k * mean * mean)) / k
+            tau_k = mean - math.sqrt(max(delta, 0.0))
+            if tau_k <= value:
+                tau = tau_k
+        out[r] = (row / 2 - tau).clamp_min(0) ** 2
+    return _unrows(out, shape, dim)
+
+
+def entmax_bisect(logits: Tensor, alpha: float = 1.5, dim: int = -1, n_iter: int = 200) -> Tensor:
+    """[(α−1) z − τ]_+^{1/(α−1)} with Σ = 1, τ by plain bisection (200 halvings: float64 exact)."""
+    rows, shape = _rows(logits, dim)
+    out = torch.zeros_like(rows)
+    q = 1 / (alpha - 1)
+    for r, row in enumerate(rows):
+        if bool(torch.isneginf(row).all()):
+            continue
+        x = (alpha - 1) * row
+        lo, hi = float(x.max()) - 1, float(x.max())
+        for _ in range(n_iter):
+            mid = (lo + hi) / 2
+            if float(((x - mid).clamp_min(0) ** q).sum()) >= 1:
+                lo = mid
+            else:
+                hi = mid
+        p = (x - lo).clamp_min(0) ** q
+        out[r] = p / p.sum()
+    return _unrows(out, shape, dim)
+
+
+def gini_regularizer(probs: Tensor, dim: int = -1) -> Tensor:
+    """½ Σ p² − ½."""
+    return 0.5 * (probs.to(F64) ** 2).sum(dim) - 0.5
+
+
+def tsallis_regularizer(probs: Tensor, alpha: float = 1.5, dim: int = -1) -> Tensor:
+    """(Σ p^α − 1) / (α (α − 1))."""
+    return ((probs.to(F64) ** alpha).sum(dim) - 1) / (alpha * (alpha - 1))
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses and divergences
 # ---------------------------------------------------------------------------------------------

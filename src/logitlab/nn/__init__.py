@@ -5,3 +5,8 @@ registered as buffers so that ``.to(device)`` moves them.
 """
 
 __all__: list[str] = []
+
+# --- sparse maps ---
+from logitlab.nn.sparse import Entmax, Entmax15, Sparsemax  # noqa: E402
+
+__all__ += ["Sparsemax", "Entmax15", "Entmax"]
