@@ -186,7 +186,8 @@ def _solve_block(values: Tensor, idx: Tensor, alpha: Tensor, kind: str, n: int, 
     tau_z = torch.where(excluded, float("inf"), tau_z)
     tau_z = torch.where(broken, float("nan"), tau_z)
     return {"ok": ok, "vals": vals, "idx": idx, "tau": tau_z, "support": torch.where(excluded, 0, size),
-            "n_iter": iters, "violation": viol.to(cdtype), "broken": broken}
+            "n_iter": torch.where(excluded, 0, iters),
+            "violation": torch.where(excluded, 0, viol.to(cdtype)), "broken": broken}
 
 
 def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int,
@@ -243,7 +244,7 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
         k = min(n, k * _GROW)
 
     if kind == "bisect" and raise_on_failure:
-        unconverged = ~(violation <= tol)
+        unconverged = violation > tol  # NaN rows (NaN / +inf logits) come out NaN, unreported
         if bool(unconverged.any()):
             worst = float(violation.max())
             raise ConvergenceError(

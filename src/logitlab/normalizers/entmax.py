@@ -84,6 +84,8 @@ def entmax15(logits: Tensor, *, dim: int = -1) -> Tensor:
     """
     check_floating("entmax15", "logits", logits)
     axis = check_dim("entmax15", dim, logits.ndim)
+    if logits.numel() == 0:
+        return logits.clone()
     return rowwise(lambda rows: threshold_map(rows, "entmax15")[0], logits, axis)
 
 
@@ -131,6 +133,10 @@ def _entmax_rows(fn: str, logits: Tensor, alpha: object, dim: int, tol: object, 
     axis = check_dim(fn, dim, logits.ndim)
     alpha = _check_alpha(fn, alpha, logits, axis)
     tol_f, max_iter_i = _check_solver(fn, tol, max_iter)
+    if logits.numel() == 0:
+        batch = tuple(s for i, s in enumerate(logits.shape) if i != axis)
+        empty = logits.new_zeros(batch, dtype=compute_dtype(logits))
+        return logits.clone(), empty, empty.long(), empty, tol_f
     x = logits.reshape(1) if logits.ndim == 0 else logits
     rows, shape = to_rows(x, axis)
     cdtype = compute_dtype(logits)

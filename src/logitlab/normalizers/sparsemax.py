@@ -51,6 +51,8 @@ def sparsemax(logits: Tensor, *, dim: int = -1) -> Tensor:
     """
     check_floating("sparsemax", "logits", logits)
     axis = check_dim("sparsemax", dim, logits.ndim)
+    if logits.numel() == 0:
+        return logits.clone()
     return rowwise(lambda rows: threshold_map(rows, "sparsemax")[0], logits, axis)
 
 
