@@ -1,3 +1,13 @@
 """The flat functional namespace, like ``torch.nn.functional``: every op of logitlab by name."""
 
 __all__: list[str] = []
+
+# --- dense normalizers ---
+from logitlab.normalizers.sigmoid import log_sigmoid, sigmoid
+from logitlab.normalizers.softmax import log_softmax, shannon_negentropy, softmax
+from logitlab.normalizers.spherical import spherical_softmax, taylor_softmax
+from logitlab.normalizers.standard import standard_normalize
+
+__all__ += ["softmax", "log_softmax", "shannon_negentropy", "sigmoid", "log_sigmoid",
+            "standard_normalize", "spherical_softmax", "taylor_softmax"]
+# --- end dense normalizers ---

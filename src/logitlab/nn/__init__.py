@@ -5,3 +5,11 @@ registered as buffers so that ``.to(device)`` moves them.
 """
 
 __all__: list[str] = []
+
+# --- dense normalizers ---
+from logitlab.nn.normalizers import (LogSigmoid, LogSoftmax, Sigmoid, Softmax, SphericalSoftmax,
+                                     StandardNormalize, TaylorSoftmax)
+
+__all__ += ["Softmax", "LogSoftmax", "Sigmoid", "LogSigmoid", "StandardNormalize", "SphericalSoftmax",
+            "TaylorSoftmax"]
+# --- end dense normalizers ---
