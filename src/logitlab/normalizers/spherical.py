@@ -45,6 +45,15 @@ def _prepare(fn: str, logits: Tensor, dim: int, validate: bool) -> tuple[Tensor,
     return finite, excluded, exponent, x, d
 
 
+def _power_of_two(like: Tensor, exponent: Tensor) -> Tensor:
+    """2**exponent, exactly, in the dtype of ``like`` (a constant: no gradient).
+
+    Multiplying by it is exact (barring underflow). ``torch.ldexp`` is not used on the scores
+    themselves: its backward returns 0 for negative exponents (torch 2.13).
+    """
+    return torch.ldexp(torch.ones((), dtype=like.dtype, device=like.device).expand_as(exponent), exponent)
+
+
 def _normalize(values: Tensor, excluded: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
     values = torch.where(excluded, values.new_zeros(()), values)
     return (values / safe_denominator(values.sum(dim, keepdim=True))).to(dtype)
@@ -87,8 +96,9 @@ def spherical_softmax(logits: Tensor, *, dim: int = -1, eps: float = SPHERICAL_E
     if isinstance(logits, Tensor) and logits.ndim == 0:
         return spherical_softmax(logits.reshape(1), eps=eps, validate=validate).reshape(())
     finite, excluded, exponent, x, d = _prepare(fn, logits, dim, validate)
-    scaled = torch.ldexp(finite, -exponent)
-    eps_scaled = torch.ldexp(x.new_tensor(eps).expand_as(exponent), -2 * exponent)
+    inverse = _power_of_two(x, -exponent)
+    scaled = finite * inverse
+    eps_scaled = eps * inverse * inverse
     return _normalize(scaled * scaled + eps_scaled, excluded, d, logits.dtype)
 
 
@@ -133,10 +143,9 @@ def taylor_softmax(logits: Tensor, *, dim: int = -1, order: int = 2, validate: b
     finite, excluded, exponent, x, d = _prepare(fn, logits, dim, validate)
     # Horner's rule on t(z) / s^order, homogeneous in a = z / s and b = 1 / s:
     # g_order = 1, g_{k-1} = b^(order-k+1) + (a / k) g_k, g_0 = t(z) / s^order.
-    scaled = torch.ldexp(finite, -exponent)
-    one = x.new_ones(())
+    scaled = finite * _power_of_two(x, -exponent)
     value = torch.ones_like(scaled)
     for k in range(order, 0, -1):
-        power = torch.ldexp(one.expand_as(exponent), -(order - k + 1) * exponent)
+        power = _power_of_two(x, -(order - k + 1) * exponent)
         value = power + (scaled / k if k > 2 else scaled * (1.0 / k)) * value
     return _normalize(value, excluded, d, logits.dtype)
