@@ -5,3 +5,14 @@ registered as buffers so that ``.to(device)`` moves them.
 """
 
 __all__: list[str] = []
+
+# cross-entropy family
+from logitlab.nn.cross_entropy import (  # noqa: E402
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    FocalLoss,
+    NLLLoss,
+    Poly1CrossEntropyLoss,
+)
+
+__all__ += ["CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "FocalLoss", "Poly1CrossEntropyLoss"]
