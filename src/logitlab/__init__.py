@@ -34,3 +34,25 @@ __all__ = [
     "spherical_softmax",
     "taylor_softmax",
 ]
+
+# cross-entropy family
+from logitlab.losses.cross_entropy import (  # noqa: E402
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    log_likelihood,
+    nll_loss,
+)
+from logitlab.losses.focal import focal_loss, poly1_cross_entropy  # noqa: E402
+from logitlab.nn.cross_entropy import (  # noqa: E402
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    FocalLoss,
+    NLLLoss,
+    Poly1CrossEntropyLoss,
+)
+
+__all__ += [
+    "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood",
+    "focal_loss", "poly1_cross_entropy",
+    "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "FocalLoss", "Poly1CrossEntropyLoss",
+]

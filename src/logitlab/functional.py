@@ -11,3 +11,14 @@ from logitlab.normalizers.standard import standard_normalize
 __all__ += ["softmax", "log_softmax", "shannon_negentropy", "sigmoid", "log_sigmoid",
             "standard_normalize", "spherical_softmax", "taylor_softmax"]
 # --- end dense normalizers ---
+# cross-entropy family
+from logitlab.losses.cross_entropy import (  # noqa: E402
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    log_likelihood,
+    nll_loss,
+)
+from logitlab.losses.focal import focal_loss, poly1_cross_entropy  # noqa: E402
+
+__all__ += ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood",
+            "focal_loss", "poly1_cross_entropy"]
