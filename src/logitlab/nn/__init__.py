@@ -23,3 +23,34 @@ from logitlab.nn.cross_entropy import (  # noqa: E402
 )
 
 __all__ += ["CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "FocalLoss", "Poly1CrossEntropyLoss"]
+# --- divergences and Fenchel–Young losses (div) ---
+from logitlab.nn.divergences import (  # noqa: E402
+    DivergenceLoss,
+    KLDivergenceLoss,
+    ReverseKLDivergenceLoss,
+    JSDivergenceLoss,
+    AlphaDivergenceLoss,
+    RenyiDivergenceLoss,
+    TotalVariationLoss,
+    HellingerLoss,
+    BrierLoss,
+    FenchelYoungLoss,
+    SparsemaxLoss,
+    EntmaxLoss,
+    Entmax15Loss,
+)
+__all__ += [
+    "DivergenceLoss",
+    "KLDivergenceLoss",
+    "ReverseKLDivergenceLoss",
+    "JSDivergenceLoss",
+    "AlphaDivergenceLoss",
+    "RenyiDivergenceLoss",
+    "TotalVariationLoss",
+    "HellingerLoss",
+    "BrierLoss",
+    "FenchelYoungLoss",
+    "SparsemaxLoss",
+    "EntmaxLoss",
+    "Entmax15Loss",
+]
