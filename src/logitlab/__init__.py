@@ -14,6 +14,18 @@ from logitlab.normalizers.softmax import log_softmax, shannon_negentropy, softma
 from logitlab.normalizers.spherical import spherical_softmax, taylor_softmax
 from logitlab.normalizers.standard import standard_normalize
 # --- end dense normalizers ---
+# --- sparse maps ---
+from logitlab.normalizers.entmax import (
+    ConvergenceError,
+    EntmaxInfo,
+    entmax,
+    entmax15,
+    entmax_with_info,
+    tsallis15_regularizer,
+    tsallis_regularizer,
+)
+from logitlab.normalizers.sparsemax import gini_regularizer, sparsemax
+from logitlab.nn.sparse import Entmax, Entmax15, Sparsemax
 
 __version__ = "0.1.0"
 
@@ -127,4 +139,17 @@ __all__ += [
     "EntmaxLoss",
     "Entmax15Loss",
     "information",
+    # sparse maps
+    "sparsemax",
+    "gini_regularizer",
+    "entmax15",
+    "entmax",
+    "entmax_with_info",
+    "EntmaxInfo",
+    "ConvergenceError",
+    "tsallis15_regularizer",
+    "tsallis_regularizer",
+    "Sparsemax",
+    "Entmax15",
+    "Entmax",
 ]

@@ -54,3 +54,7 @@ __all__ += [
     "EntmaxLoss",
     "Entmax15Loss",
 ]
+# --- sparse maps ---
+from logitlab.nn.sparse import Entmax, Entmax15, Sparsemax  # noqa: E402
+
+__all__ += ["Sparsemax", "Entmax15", "Entmax"]
