@@ -30,6 +30,97 @@ def _unrows(rows: Tensor, shape: tuple[int, ...], dim: int) -> Tensor:
 # Normalizers
 # ---------------------------------------------------------------------------------------------
 
+# --- dense normalizers (softmax, sigmoid, standard, spherical, taylor) ---
+
+def _each_row(logits: Tensor, dim: int, row_fn) -> Tensor:
+    rows, shape = _rows(logits, dim)
+    out = torch.stack([row_fn(row) for row in rows]) if rows.shape[0] else rows.clone()
+    return _unrows(out, shape, dim)
+
+
+def softmax(logits: Tensor, dim: int = -1, temperature: float = 1.0) -> Tensor:
+    """exp(z_i / T) / Σ exp(z_k / T); -inf entries get 0; an all -inf row gives zeros."""
+    def row_fn(z: Tensor) -> Tensor:
+        if bool((z == -math.inf).all()):
+            return torch.zeros_like(z)
+        e = torch.exp((z - z.max()) / temperature)
+        return e / e.sum()
+    return _each_row(logits, dim, row_fn)
+
+
+def log_softmax(logits: Tensor, dim: int = -1, temperature: float = 1.0) -> Tensor:
+    """z_i / T − log Σ exp(z_k / T); an all -inf row gives -inf."""
+    def row_fn(z: Tensor) -> Tensor:
+        if bool((z == -math.inf).all()):
+            return torch.full_like(z, -math.inf)
+        m = z.max() / temperature
+        return z / temperature - m - torch.log(torch.exp(z / temperature - m).sum())
+    return _each_row(logits, dim, row_fn)
+
+
+def shannon_negentropy(probs: Tensor, dim: int = -1) -> Tensor:
+    """Σ p log p with 0 log 0 = 0."""
+    rows, shape = _rows(probs, dim)
+    values = [sum(float(p) * math.log(float(p)) for p in row if p > 0) for row in rows]
+    return torch.tensor(values, dtype=F64).reshape(shape[:-1])
+
+
+def sigmoid(logits: Tensor) -> Tensor:
+    """1 / (1 + exp(−z)), elementwise."""
+    z = logits.to(F64)
+    return torch.where(z >= 0, 1 / (1 + torch.exp(-z.clamp(min=0))), torch.exp(z.clamp(max=0)) / (1 + torch.exp(z.clamp(max=0))))
+
+
+def log_sigmoid(logits: Tensor) -> Tensor:
+    """log σ(z) = −log(1 + exp(−z)), elementwise."""
+    z = logits.to(F64)
+    return torch.minimum(z, torch.zeros_like(z)) - torch.log1p(torch.exp(-z.abs()))
+
+
+def _softplus(z: Tensor) -> Tensor:
+    return torch.clamp(z, min=0) + torch.log1p(torch.exp(-z.abs()))
+
+
+def standard_normalize(logits: Tensor, dim: int = -1, positivity: str | None = None) -> Tensor:
+    """f(x_i) / Σ f(x_k), f in {identity, softplus, relu, abs}; -inf entries excluded (0)."""
+    transforms = {None: lambda z: z, "softplus": _softplus, "relu": lambda z: z.clamp(min=0), "abs": torch.abs}
+
+    def row_fn(z: Tensor) -> Tensor:
+        excluded = z == -math.inf
+        if bool(excluded.all()):
+            return torch.zeros_like(z)
+        scores = torch.where(excluded, torch.zeros_like(z), transforms[positivity](torch.where(excluded, torch.zeros_like(z), z)))
+        total = scores.sum()
+        if positivity == "softplus" and total == 0:  # every softplus underflowed: softplus(z) = exp(z) there
+            return softmax(z, 0)
+        return scores / total
+    return _each_row(logits, dim, row_fn)
+
+
+def spherical_softmax(logits: Tensor, dim: int = -1, eps: float = 1e-6) -> Tensor:
+    """(z_i² + ε) / Σ (z_k² + ε); -inf entries excluded (0)."""
+    def row_fn(z: Tensor) -> Tensor:
+        excluded = z == -math.inf
+        if bool(excluded.all()):
+            return torch.zeros_like(z)
+        values = torch.where(excluded, torch.zeros_like(z), z * z + eps)
+        return values / values.sum()
+    return _each_row(logits, dim, row_fn)
+
+
+def taylor_softmax(logits: Tensor, dim: int = -1, order: int = 2) -> Tensor:
+    """t(z_i) / Σ t(z_k), t(z) = Σ_{j<=order} z^j / j!; -inf entries excluded (0)."""
+    def row_fn(z: Tensor) -> Tensor:
+        excluded = z == -math.inf
+        if bool(excluded.all()):
+            return torch.zeros_like(z)
+        zz = torch.where(excluded, torch.zeros_like(z), z)
+        values = sum(zz ** j / math.factorial(j) for j in range(order + 1))
+        values = torch.where(excluded, torch.zeros_like(z), values)
+        return values / values.sum()
+    return _each_row(logits, dim, row_fn)
+
+
 
 # ---------------------------------------------------------------------------------------------
 # Losses and divergences
@@ -166,6 +257,144 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
     return v.sum() if reduction == "sum" else (v.sum() / denom if denom != 0 else v.sum() * 0)
 
 # --- end of the cross-entropy family ---
+
+
+# --- divergences (D(target ‖ model) between probability tensors; one value per row) ---------
+
+
+def _div_rows(fn, target_probs: Tensor, model_probs: Tensor, dim: int) -> Tensor:
+    p, shape = _rows(target_probs, dim)
+    q, _ = _rows(model_probs, dim)
+    out = torch.tensor([fn([float(v) for v in p[r]], [float(v) for v in q[r]])
+                        for r in range(p.shape[0])], dtype=F64)
+    return out.reshape(shape[:-1])
+
+
+def _kl_row(p: list, q: list) -> float:
+    total = 0.0
+    for pi, qi in zip(p, q):
+        if pi == 0:
+            continue  # 0 log 0 = 0
+        if qi == 0:
+            return math.inf
+        total += pi * math.log(pi / qi)
+    return total
+
+
+def _power_sum_row(p: list, q: list, alpha: float) -> float:
+    """Σ p^α q^(1−α) with 0^a = 0 for a > 0 and 0^a = inf for a < 0."""
+    total = 0.0
+    for pi, qi in zip(p, q):
+        if (pi == 0 and alpha > 0) or (qi == 0 and alpha < 1):
+            continue
+        if pi == 0 or qi == 0:
+            return math.inf
+        total += pi ** alpha * qi ** (1 - alpha)
+    return total
+
+
+def kl_divergence(target_probs: Tensor, model_probs: Tensor, *, dim: int = -1) -> Tensor:
+    """KL(target ‖ model) = Σ p log(p / q) per row."""
+    return _div_rows(_kl_row, target_probs, model_probs, dim)
+
+
+def reverse_kl_divergence(target_probs: Tensor, model_probs: Tensor, *, dim: int = -1) -> Tensor:
+    """KL(model ‖ target)."""
+    return _div_rows(lambda p, q: _kl_row(q, p), target_probs, model_probs, dim)
+
+
+def js_divergence(target_probs: Tensor, model_probs: Tensor, *, beta: float = 0.5, dim: int = -1) -> Tensor:
+    """β KL(p ‖ m) + (1 − β) KL(q ‖ m), m = β p + (1 − β) q."""
+    def row(p, q):
+        m = [beta * pi + (1 - beta) * qi for pi, qi in zip(p, q)]
+        return beta * _kl_row(p, m) + (1 - beta) * _kl_row(q, m)
+    return _div_rows(row, target_probs, model_probs, dim)
+
+
+def alpha_divergence(target_probs: Tensor, model_probs: Tensor, *, amari_alpha: float = 0.5,
+                     dim: int = -1) -> Tensor:
+    """(Σ p^α q^(1−α) − 1) / (α (α − 1)); KL at α = 1, reverse KL at α = 0."""
+    a = amari_alpha
+    def row(p, q):
+        if a == 1:
+            return _kl_row(p, q)
+        if a == 0:
+            return _kl_row(q, p)
+        return (_power_sum_row(p, q, a) - 1) / (a * (a - 1))
+    return _div_rows(row, target_probs, model_probs, dim)
+
+
+def renyi_divergence(target_probs: Tensor, model_probs: Tensor, *, renyi_alpha: float = 0.5,
+                     dim: int = -1) -> Tensor:
+    """log(Σ p^α q^(1−α)) / (α − 1); KL at α = 1."""
+    a = renyi_alpha
+    def row(p, q):
+        if a == 1:
+            return _kl_row(p, q)
+        s = _power_sum_row(p, q, a)
+        return math.inf if s == 0 else math.log(s) / (a - 1)
+    return _div_rows(row, target_probs, model_probs, dim)
+
+
+def total_variation(target_probs: Tensor, model_probs: Tensor, *, dim: int = -1) -> Tensor:
+    """½ Σ |p − q|."""
+    return _div_rows(lambda p, q: 0.5 * sum(abs(a - b) for a, b in zip(p, q)),
+                     target_probs, model_probs, dim)
+
+
+def hellinger_distance(target_probs: Tensor, model_probs: Tensor, *, dim: int = -1) -> Tensor:
+    """Squared Hellinger ½ Σ (√p − √q)²."""
+    return _div_rows(lambda p, q: 0.5 * sum((math.sqrt(a) - math.sqrt(b)) ** 2 for a, b in zip(p, q)),
+                     target_probs, model_probs, dim)
+
+
+def brier_loss(target_probs: Tensor, model_probs: Tensor, *, dim: int = -1) -> Tensor:
+    """Σ (p − q)²."""
+    return _div_rows(lambda p, q: sum((a - b) ** 2 for a, b in zip(p, q)), target_probs, model_probs, dim)
+
+
+def entropy(probs: Tensor, *, dim: int = -1) -> Tensor:
+    """H(p) = −Σ p log p in nats, 0 log 0 = 0."""
+    return _div_rows(lambda p, _: -sum(a * math.log(a) for a in p if a > 0), probs, probs, dim)
+
+
+def cross_entropy_between(target_probs: Tensor, model_probs: Tensor, *, dim: int = -1) -> Tensor:
+    """H(p, q) = −Σ p log q; +inf where p > 0 = q."""
+    def row(p, q):
+        if any(a > 0 and b == 0 for a, b in zip(p, q)):
+            return math.inf
+        return -sum(a * math.log(b) for a, b in zip(p, q) if a > 0)
+    return _div_rows(row, target_probs, model_probs, dim)
+
+
+# --- Fenchel–Young losses ---------------------------------------------------------------------
+
+
+def regularizer(probs: Tensor, kind: str, *, alpha: float = 1.5, dim: int = -1) -> Tensor:
+    """Ω(p): 'shannon' Σ p log p, 'gini' ½‖p‖² − ½, 'tsallis' (Σ p^α − 1) / (α (α − 1))."""
+    def row(p, _):
+        if kind == "shannon":
+            return sum(a * math.log(a) for a in p if a > 0)
+        if kind == "gini":
+            return 0.5 * sum(a * a for a in p) - 0.5
+        return (sum(a ** alpha for a in p) - 1) / (alpha * (alpha - 1))
+    return _div_rows(row, probs, probs, dim)
+
+
+def fenchel_young_loss(logits: Tensor, target_probs: Tensor, model_probs: Tensor, kind: str, *,
+                       alpha: float = 1.5, dim: int = -1) -> Tensor:
+    """Ω*(θ) + Ω(y) − ⟨θ, y⟩ with Ω*(θ) = ⟨θ, ŷ⟩ − Ω(ŷ), ŷ = ``model_probs`` the maximizer."""
+    theta, _ = _rows(logits, dim)
+    y, shape = _rows(target_probs, dim)
+    yhat, _ = _rows(model_probs, dim)
+    omega_y = regularizer(y, kind, alpha=alpha).tolist()
+    omega_yhat = regularizer(yhat, kind, alpha=alpha).tolist()
+    out = []
+    for r in range(theta.shape[0]):
+        inner = sum(float(t) * (float(a) - float(b)) for t, a, b in zip(theta[r], yhat[r], y[r])
+                    if float(a) != float(b))
+        out.append(inner - omega_yhat[r] + omega_y[r])
+    return torch.tensor(out, dtype=F64).reshape(shape[:-1])
 
 
 # ---------------------------------------------------------------------------------------------
