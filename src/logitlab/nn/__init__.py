@@ -6,6 +6,23 @@ registered as buffers so that ``.to(device)`` moves them.
 
 __all__: list[str] = []
 
+# --- dense normalizers ---
+from logitlab.nn.normalizers import (LogSigmoid, LogSoftmax, Sigmoid, Softmax, SphericalSoftmax,
+                                     StandardNormalize, TaylorSoftmax)
+
+__all__ += ["Softmax", "LogSoftmax", "Sigmoid", "LogSigmoid", "StandardNormalize", "SphericalSoftmax",
+            "TaylorSoftmax"]
+# --- end dense normalizers ---
+# cross-entropy family
+from logitlab.nn.cross_entropy import (  # noqa: E402
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    FocalLoss,
+    NLLLoss,
+    Poly1CrossEntropyLoss,
+)
+
+__all__ += ["CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "FocalLoss", "Poly1CrossEntropyLoss"]
 # --- divergences and Fenchel–Young losses (div) ---
 from logitlab.nn.divergences import (  # noqa: E402
     DivergenceLoss,
