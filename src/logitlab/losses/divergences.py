@@ -113,13 +113,13 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
 
     dtype = compute_dtype(logits)
     rows, _ = to_rows(logits.to(dtype) / temperature, axis)
-    q, log_q = model_distribution(spec, rows, nparams)
+    q, log_q = model_distribution(spec, rows, nparams, validate)
     if target is not None:
         p = to_rows(target.to(dtype), axis)[0]
         log_p = safe_log(p)
     else:
         teacher = to_rows(target_logits.to(dtype) / temperature, axis)[0]  # type: ignore[union-attr]
-        p, log_p = model_distribution(spec, teacher, nparams)
+        p, log_p = model_distribution(spec, teacher, nparams, validate)
     values = kernel(p, log_p, q, log_q) if value is None else kernel(p, log_p, q, log_q, value)
     values = values.reshape(batch_shape)
     return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
