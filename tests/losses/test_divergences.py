@@ -464,3 +464,15 @@ def test_normalizer_parameters_are_forwarded_and_checked():
     with pytest.raises(TypeError, match=r"argument 'order' expected a parameter of normalizer 'softmax' "
                                         r"\(it takes: temperature"):
         D.kl_divergence(logits, target, order=4)
+
+
+def test_entmax_alpha_reaches_the_normalizer_beside_the_divergence_parameter():
+    entmax = pytest.importorskip("entmax")
+    logits, target = torch.randn(3, 6, dtype=F64), random_target((3, 6), -1)
+    model = entmax.entmax_bisect(logits, alpha=1.3, n_iter=80)
+    got = D.alpha_divergence(logits, target, normalizer="entmax", alpha=1.3, amari_alpha=0.25, reduction="none")
+    torch.testing.assert_close(got, R.alpha_divergence(target, model, amari_alpha=0.25), rtol=1e-6, atol=1e-8)
+    objective = logitlab.make_objective("entmax", "js", alpha=1.3, beta=0.2)
+    one_hot = torch.nn.functional.one_hot(torch.tensor([0, 1, 2]), 6).to(F64)
+    torch.testing.assert_close(objective(logits, torch.tensor([0, 1, 2])),
+                               R.js_divergence(one_hot, model, beta=0.2).mean(), rtol=1e-6, atol=1e-8)
