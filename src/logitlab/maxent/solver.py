@@ -78,6 +78,7 @@ def newton_dual(objective: Callable[[Tensor, bool], tuple[Tensor, Tensor | None,
     ``violation(eta)`` is the max constraint violation, compared with ``tol``.
     """
     eta = eta0
+    previous, full_step = math.inf, False
     for it in range(max_iter + 1):
         value, grad, hess = objective(eta, True)
         viol = violation(eta)
@@ -85,6 +86,9 @@ def newton_dual(objective: Callable[[Tensor, bool], tuple[Tensor, Tensor | None,
             return _Run(eta, "nonfinite", it, "a non-finite dual value or violation appeared")
         if viol <= tol:
             return _Run(eta, "converged", it, "")
+        if full_step and viol >= previous:  # an unchecked full step that did not help: rounding floor
+            return _Run(eta, "stalled", it, "")
+        previous = viol
         direction = _newton_direction(hess, grad)
         kind = _classify(gaps(direction))
         if kind is not None:
@@ -96,6 +100,7 @@ def newton_dual(objective: Callable[[Tensor, bool], tuple[Tensor, Tensor | None,
         # Once the predicted decrease is below what float64 resolves in the dual value, the
         # Armijo test compares rounding noise: take the full step (Newton's quadratic region).
         resolvable = -slope > 1e-13 * max(1.0, abs(float(value)))
+        full_step = not resolvable
         for _ in range(_MAX_HALVINGS if resolvable else 0):
             trial = eta + step * direction
             trial_value = float(objective(trial, False)[0])
