@@ -67,3 +67,13 @@ __all__ += [
     "decompose",
     "Decomposition",
 ]
+# --- structures: the linear-chain CRF (theory) ---
+from logitlab.structured import (  # noqa: E402
+    crf_log_partition,
+    crf_marginals,
+    linear_chain_crf_nll,
+    viterbi_decode,
+)
+
+__all__ += ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode"]
+# --- end structures ---

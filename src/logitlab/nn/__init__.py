@@ -54,3 +54,8 @@ __all__ += [
     "EntmaxLoss",
     "Entmax15Loss",
 ]
+# --- structures (theory) ---
+from logitlab.nn.structured import LinearChainCRF  # noqa: E402
+
+__all__ += ["LinearChainCRF"]
+# --- end structures ---
