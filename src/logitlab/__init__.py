@@ -153,3 +153,23 @@ __all__ += [
     "Entmax15",
     "Entmax",
 ]
+
+# --- theory: maximum entropy, analysis, structures (theory) ---
+from logitlab import analysis, maxent, structured  # noqa: E402
+from logitlab.analysis import gradient_sweep, likelihood_underflow, scale_response  # noqa: E402
+from logitlab.maxent import MaxEntProblem, MaxEntResult, solve_conditional_maxent, solve_maxent  # noqa: E402
+from logitlab.nn.structured import LinearChainCRF  # noqa: E402
+from logitlab.structured import (  # noqa: E402
+    crf_log_partition,
+    crf_marginals,
+    linear_chain_crf_nll,
+    viterbi_decode,
+)
+
+__all__ += [
+    "analysis", "maxent", "structured",
+    "gradient_sweep", "scale_response", "likelihood_underflow",
+    "MaxEntProblem", "MaxEntResult", "solve_maxent", "solve_conditional_maxent",
+    "linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode", "LinearChainCRF",
+]
+# --- end theory ---

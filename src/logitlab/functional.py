@@ -79,3 +79,13 @@ from logitlab.normalizers.sparsemax import gini_regularizer, sparsemax  # noqa: 
 
 __all__ += ["sparsemax", "gini_regularizer", "entmax15", "entmax", "entmax_with_info",
             "tsallis15_regularizer", "tsallis_regularizer"]
+# --- structures: the linear-chain CRF (theory) ---
+from logitlab.structured import (  # noqa: E402
+    crf_log_partition,
+    crf_marginals,
+    linear_chain_crf_nll,
+    viterbi_decode,
+)
+
+__all__ += ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode"]
+# --- end structures ---

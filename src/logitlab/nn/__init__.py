@@ -58,3 +58,8 @@ __all__ += [
 from logitlab.nn.sparse import Entmax, Entmax15, Sparsemax  # noqa: E402
 
 __all__ += ["Sparsemax", "Entmax15", "Entmax"]
+# --- structures (theory) ---
+from logitlab.nn.structured import LinearChainCRF  # noqa: E402
+
+__all__ += ["LinearChainCRF"]
+# --- end structures ---
