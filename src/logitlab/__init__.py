@@ -8,6 +8,10 @@ theory that explains why softmax + cross-entropy (maximum log-likelihood) is the
 from logitlab import registry
 from logitlab.registry import get_loss, get_normalizer, make_objective, valid_pairs
 
+# fused and distributed (scale)
+from logitlab import fused, distributed  # noqa: E402
+from logitlab.fused import linear_cross_entropy, linear_divergence_loss  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -17,4 +21,9 @@ __all__ = [
     "get_normalizer",
     "make_objective",
     "valid_pairs",
+    # fused and distributed (scale)
+    "fused",
+    "distributed",
+    "linear_cross_entropy",
+    "linear_divergence_loss",
 ]

@@ -5,3 +5,8 @@ registered as buffers so that ``.to(device)`` moves them.
 """
 
 __all__: list[str] = []
+
+# fused (scale)
+from logitlab.nn.fused import LinearCrossEntropy  # noqa: E402
+
+__all__ += ["LinearCrossEntropy"]
