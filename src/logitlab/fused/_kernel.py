@@ -19,7 +19,12 @@ from torch import Tensor
 def all_reduce(x: Tensor, op: str, group) -> Tensor:
     """All-reduce ``x`` in place over ``group`` (a no-op without a group); returns ``x``."""
     if group is not None:
-        dist.all_reduce(x, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=group)
+        try:
+            dist.all_reduce(x, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=group)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"vocab-parallel loss: all_reduce({op}) of a {tuple(x.shape)} tensor failed on rank "
+                f"{dist.get_rank()}: another rank failed, left, or the group timed out ({error})") from error
     return x
 
 

@@ -199,7 +199,11 @@ def vocab_offsets(vocab_local: int, group, device) -> tuple[int, int]:
     import torch.distributed as dist
 
     sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(sizes, torch.tensor([vocab_local], dtype=torch.int64, device=device), group=group)
+    try:
+        dist.all_gather(sizes, torch.tensor([vocab_local], dtype=torch.int64, device=device), group=group)
+    except RuntimeError as error:
+        raise RuntimeError(f"vocab-parallel loss: all_gather of the slice sizes failed on rank {dist.get_rank()}: "
+                           f"another rank failed, left, or the group timed out ({error})") from error
     counts = [int(s) for s in sizes]
     rank = dist.get_rank(group)
     return sum(counts[:rank]), sum(counts)
