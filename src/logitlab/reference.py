@@ -62,7 +62,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     for n in range(logits.shape[0]):
         t = int(flat[n])
         if t == ignore_index:
-            rows.append(torch.zeros((), dtype=F64))
+            rows.append(logits[n].sum() * 0)  # zero, but connected to the inputs (zero gradient)
             continue
         lse = torch.logsumexp(logits[n], 0)
         nll = lse - logits[n]
@@ -93,7 +93,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     flat = None if target is None else target.reshape(-1)
     for n in range(z.shape[0]):
         if flat is not None and int(flat[n]) == ignore_index:
-            values.append(torch.zeros((), dtype=F64))
+            values.append(z[n].sum() * 0)  # zero, but connected to the inputs (zero gradient)
             continue
         p = torch.softmax(u[n] / temperature, 0)
         q = torch.softmax(z[n] / temperature, 0)
