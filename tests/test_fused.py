@@ -136,7 +136,7 @@ def test_a_chunk_made_only_of_ignored_rows():
 @pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.1, z_loss=1e-3), dict(reduction="sum")],
                          ids=["default", "smooth_z", "sum"])
 def test_low_precision_error_no_worse_than_naive(dtype, opts):
-    hidden, weight, target = _inputs((64,), dim=32, vocab=301, dtype=dtype)
+    hidden, weight, target = _inputs((40,), dim=32, vocab=301, dtype=dtype)
     truth = _value_and_grads(reference.linear_cross_entropy, hidden.to(F64), weight.to(F64), target, opts)
     ours = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=24, **k),
                             hidden, weight, target, opts)
@@ -162,10 +162,10 @@ def test_non_contiguous_inputs_and_rows_not_divisible_by_the_chunk():
     weight_nc = weight.T.contiguous().T
     target_nc = target.T.contiguous().T
     assert not hidden_nc.is_contiguous() and not weight_nc.is_contiguous() and not target_nc.is_contiguous()
+    want = _value_and_grads(reference.linear_cross_entropy, hidden, weight, target, {"label_smoothing": 0.1})
     for chunk in (3, 8, 35, 100):
         got = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=chunk, **k),
                                hidden_nc, weight_nc, target_nc, {"label_smoothing": 0.1})
-        want = _value_and_grads(reference.linear_cross_entropy, hidden, weight, target, {"label_smoothing": 0.1})
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
@@ -294,7 +294,7 @@ def test_divergence_gradcheck_and_frozen_teacher(divergence):
                                       temperature=1.7, target=target, hard_label_weight=0.3, impl="chunked",
                                       chunk_size=4)
 
-    assert torch.autograd.gradcheck(fn, (hidden, weight, bias))
+    assert torch.autograd.gradcheck(fn, (hidden, weight, bias), fast_mode=True)
     fn(hidden, weight, bias).backward()
     assert th.grad is None and tw.grad is None
 

@@ -98,13 +98,13 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         p = torch.softmax(u[n] / temperature, 0)
         q = torch.softmax(z[n] / temperature, 0)
         if divergence == "kl":
-            value = sum(p[c] * (torch.log(p[c]) - torch.log(q[c])) for c in range(len(p)) if p[c] > 0)
+            value = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p)).sum()
         elif divergence == "reverse_kl":
-            value = sum(q[c] * (torch.log(q[c]) - torch.log(p[c])) for c in range(len(p)) if q[c] > 0)
+            value = torch.where(q > 0, q * (torch.log(q) - torch.log(p)), torch.zeros_like(q)).sum()
         else:
             m = beta * p + (1 - beta) * q
-            value = sum(beta * p[c] * torch.log(p[c] / m[c]) for c in range(len(p)) if p[c] > 0)
-            value = value + sum((1 - beta) * q[c] * torch.log(q[c] / m[c]) for c in range(len(p)) if q[c] > 0)
+            value = torch.where(p > 0, beta * p * torch.log(p / m), torch.zeros_like(p)).sum()
+            value = value + torch.where(q > 0, (1 - beta) * q * torch.log(q / m), torch.zeros_like(q)).sum()
         if hard_label_weight:
             value = value - hard_label_weight * torch.log_softmax(z[n], 0)[int(flat[n])]
         values.append(torch.as_tensor(value, dtype=F64))
