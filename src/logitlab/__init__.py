@@ -26,6 +26,9 @@ from logitlab.normalizers.entmax import (
 )
 from logitlab.normalizers.sparsemax import gini_regularizer, sparsemax
 from logitlab.nn.sparse import Entmax, Entmax15, Sparsemax
+# fused and distributed (scale)
+from logitlab import fused, distributed  # noqa: E402
+from logitlab.fused import linear_cross_entropy, linear_divergence_loss  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -45,6 +48,11 @@ __all__ = [
     "standard_normalize",
     "spherical_softmax",
     "taylor_softmax",
+    # fused and distributed (scale)
+    "fused",
+    "distributed",
+    "linear_cross_entropy",
+    "linear_divergence_loss",
 ]
 
 # cross-entropy family

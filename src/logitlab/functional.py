@@ -89,3 +89,7 @@ from logitlab.structured import (  # noqa: E402
 
 __all__ += ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode"]
 # --- end structures ---
+# fused and distributed (scale)
+from logitlab.fused import linear_cross_entropy, linear_divergence_loss  # noqa: E402
+
+__all__ += ["linear_cross_entropy", "linear_divergence_loss"]

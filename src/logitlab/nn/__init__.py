@@ -63,3 +63,7 @@ from logitlab.nn.structured import LinearChainCRF  # noqa: E402
 
 __all__ += ["LinearChainCRF"]
 # --- end structures ---
+# fused (scale)
+from logitlab.nn.fused import LinearCrossEntropy  # noqa: E402
+
+__all__ += ["LinearCrossEntropy"]
