@@ -1,3 +1,20 @@
+"""Normalizers: maps from scores (logits) to distributions, each with its Fenchel–Young Ω.
+
+Every map has the signature ``fn(logits, *, dim=-1, **params)``; ``-inf`` marks an excluded
+class (probability exactly 0), and a row of all ``-inf`` maps to an all-zero row.
+"""
+
+__all__: list[str] = []
+
+# --- dense normalizers: softmax, sigmoid, standard, spherical, taylor ---
+from logitlab.normalizers.sigmoid import log_sigmoid, sigmoid
+from logitlab.normalizers.softmax import log_softmax, shannon_negentropy, softmax
+from logitlab.normalizers.spherical import spherical_softmax, taylor_softmax
+from logitlab.normalizers.standard import standard_normalize
+
+__all__ += ["softmax", "log_softmax", "shannon_negentropy", "sigmoid", "log_sigmoid",
+            "standard_normalize", "spherical_softmax", "taylor_softmax"]
+# --- end dense normalizers ---
 """normalizers"""
 
 # --- sparse maps (sparsemax, 1.5-entmax, α-entmax) and their Tsallis regularizers ---
