@@ -15,7 +15,6 @@ from logitlab.normalizers.standard import standard_normalize
 __all__ += ["softmax", "log_softmax", "shannon_negentropy", "sigmoid", "log_sigmoid",
             "standard_normalize", "spherical_softmax", "taylor_softmax"]
 # --- end dense normalizers ---
-"""normalizers"""
 
 # --- sparse maps (sparsemax, 1.5-entmax, α-entmax) and their Tsallis regularizers ---
 from logitlab.normalizers.entmax import (  # noqa: E402
