@@ -90,6 +90,7 @@ def test_x_over_sum_x_with_softplus_keeps_a_constant_true_class_gradient():
         assert math.isclose(float(sweep.grad_true[i]), -float(sig[0] / f(z[0])) + float(sig[0]) / total, rel_tol=1e-9)
         assert math.isclose(float(sweep.grad_wrong[i]), float(sig[1]) / total, rel_tol=1e-9)
         assert math.isclose(float(sweep.loss_value[i]), math.log(total / float(f(z[0]))), rel_tol=1e-9)
+        assert math.isclose(float(sweep.prob_true[i]), float(f(z[0])) / total, rel_tol=1e-9)
     # The limit: −σ(0)/softplus(0) = −1/(2 log 2); the wrong class's push decays like 1/margin.
     assert abs(float(sweep.grad_true[-1]) + 1 / (2 * math.log(2))) < 0.015
     assert float(sweep.grad_wrong[-1]) < 1.1 / 40

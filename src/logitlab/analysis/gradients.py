@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,7 +107,8 @@ def gradient_sweep(normalizer: str, loss: str, *, margins: Tensor | list[float],
         fail(fn, "offset", "a finite number", offset)
     objective = registry.make_objective(normalizer, loss, **params)
     normalize = registry.get_normalizer(normalizer)
-    nparams = {k: v for k, v in params.items() if k in registry.NORMALIZERS[normalizer].params or k == "positivity"}
+    accepted = inspect.signature(registry.resolve(registry.NORMALIZERS[normalizer].fn)).parameters
+    nparams = {k: v for k, v in params.items() if k in accepted and k not in ("logits", "dim")}
     target = torch.zeros(1, dtype=torch.long)
     values, norms, trues, wrongs, probs = [], [], [], [], []
     for margin in margins_t.tolist():
