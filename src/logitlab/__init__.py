@@ -14,6 +14,21 @@ from logitlab.normalizers.softmax import log_softmax, shannon_negentropy, softma
 from logitlab.normalizers.spherical import spherical_softmax, taylor_softmax
 from logitlab.normalizers.standard import standard_normalize
 # --- end dense normalizers ---
+# --- sparse maps ---
+from logitlab.normalizers.entmax import (
+    ConvergenceError,
+    EntmaxInfo,
+    entmax,
+    entmax15,
+    entmax_with_info,
+    tsallis15_regularizer,
+    tsallis_regularizer,
+)
+from logitlab.normalizers.sparsemax import gini_regularizer, sparsemax
+from logitlab.nn.sparse import Entmax, Entmax15, Sparsemax
+# fused and distributed (scale)
+from logitlab import fused, distributed  # noqa: E402
+from logitlab.fused import linear_cross_entropy, linear_divergence_loss  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -33,6 +48,11 @@ __all__ = [
     "standard_normalize",
     "spherical_softmax",
     "taylor_softmax",
+    # fused and distributed (scale)
+    "fused",
+    "distributed",
+    "linear_cross_entropy",
+    "linear_divergence_loss",
 ]
 
 # cross-entropy family
@@ -127,6 +147,19 @@ __all__ += [
     "EntmaxLoss",
     "Entmax15Loss",
     "information",
+    # sparse maps
+    "sparsemax",
+    "gini_regularizer",
+    "entmax15",
+    "entmax",
+    "entmax_with_info",
+    "EntmaxInfo",
+    "ConvergenceError",
+    "tsallis15_regularizer",
+    "tsallis_regularizer",
+    "Sparsemax",
+    "Entmax15",
+    "Entmax",
 ]
 
 # --- theory: maximum entropy, analysis, structures (theory) ---

@@ -172,27 +172,43 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
-    """Loss and gradient in one forward pass; the backward scales the saved gradient."""
+    """Loss and gradient in one forward pass; the backward scales the saved gradient.
+
+    The first backward scales the saved gradient in place and hands it over (no allocation).
+    A later backward through the same graph (``retain_graph=True``, gradcheck) recomputes the
+    gradient from the saved logits; with ``inplace_backward`` the logits are gone, so it raises.
+    Higher-order gradients are not implemented here (``impl='composite'`` has them).
+    """
 
     @staticmethod
     def forward(ctx, rows: Tensor, target: Tensor, weight: Tensor | None, keep: Tensor,  # type: ignore[override]
                 scale: Tensor, opts: XentOptions) -> Tensor:
-        losses, grad = fused_forward(rows, target, weight, keep, scale, opts, ctx.needs_input_grad[0])
+        want_grad = ctx.needs_input_grad[0]
+        losses, grad = fused_forward(rows, target, weight, keep, scale, opts, want_grad)
         ctx.grad = grad
-        ctx.per_row = opts.per_row
+        ctx.opts = opts
+        if want_grad and not opts.inplace_backward:
+            ctx.save_for_backward(rows, target, weight, keep, scale)
         out = losses if opts.per_row else losses.sum()
         return out.to(rows.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
-        grad = ctx.grad
-        if grad is None:
+        opts: XentOptions = ctx.opts
+        if torch.is_grad_enabled():
             raise RuntimeError(
-                "cross_entropy(): the fused backward scales its saved gradient in place and can "
-                "run only once; use impl='composite' to backpropagate through the loss twice")
+                f"{opts.fn}(): the fused implementation has no double backward "
+                "(create_graph=True); use impl='composite' for higher-order gradients")
+        grad = ctx.grad
         ctx.grad = None
-        if ctx.per_row:
+        if grad is None:
+            if opts.inplace_backward:
+                raise RuntimeError(
+                    f"{opts.fn}(): with inplace_backward=True the gradient lives in the logits' memory "
+                    "and the backward can run only once; use inplace_backward=False to backpropagate twice")
+            rows, target, weight, keep, scale = ctx.saved_tensors
+            _, grad = fused_forward(rows, target, weight, keep, scale, opts._replace(validate=False), True)
+        if opts.per_row:
             grad.mul_(grad_output.to(grad.dtype).unsqueeze(1))
         elif not bool(grad_output == 1):
             grad.mul_(grad_output.to(grad.dtype))

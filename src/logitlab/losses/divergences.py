@@ -113,13 +113,13 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
 
     dtype = compute_dtype(logits)
     rows, _ = to_rows(logits.to(dtype) / temperature, axis)
-    q, log_q = model_distribution(spec, rows, nparams)
+    q, log_q = model_distribution(spec, rows, nparams, validate)
     if target is not None:
         p = to_rows(target.to(dtype), axis)[0]
         log_p = safe_log(p)
     else:
         teacher = to_rows(target_logits.to(dtype) / temperature, axis)[0]  # type: ignore[union-attr]
-        p, log_p = model_distribution(spec, teacher, nparams)
+        p, log_p = model_distribution(spec, teacher, nparams, validate)
     values = kernel(p, log_p, q, log_q) if value is None else kernel(p, log_p, q, log_q, value)
     values = values.reshape(batch_shape)
     return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
@@ -150,9 +150,11 @@ _ARGS = """
 """
 
 
-def _doc(text: str) -> str:
+def _doc(text: str, own: str = "") -> str:
+    """Append the shared Args/Returns/Raises, with the divergence's own parameter first."""
     head, _, example = text.partition("    Example:")
-    return head.rstrip() + "\n" + _ARGS + "\n    Example:" + example
+    args = _ARGS.replace("        normalizer: a registered", own + "        normalizer: a registered") if own else _ARGS
+    return head.rstrip() + "\n" + args + "\n    Example:" + example
 
 
 def divergence_loss(logits: Tensor, target: Tensor | None = None, *, divergence: str = "kl",
@@ -279,7 +281,7 @@ js_divergence.__doc__ = _doc("""Generalized Jensen–Shannon divergence JS_β(ta
         >>> logits = torch.tensor([[0.0, -torch.inf]])
         >>> round(float(js_divergence(logits, torch.tensor([[0.0, 1.0]]))), 4)  # log 2
         0.6931
-    """)
+    """, "        beta: the mixture weight β ∈ (0, 1) of the target (0.5: Jensen–Shannon).\n")
 
 
 def alpha_divergence(logits: Tensor, target: Tensor, *, amari_alpha: float = 0.5,
@@ -310,7 +312,7 @@ alpha_divergence.__doc__ = _doc("""Amari α-divergence D_α(target ‖ model), �
         >>> logits = torch.tensor([[0.0, 0.0]])
         >>> round(float(alpha_divergence(logits, torch.tensor([[1.0, 0.0]]))), 4)  # 4(1 − √½)
         1.1716
-    """)
+    """, "        amari_alpha: the order α, any finite real (0 and 1 are the KL limits).\n")
 
 
 def renyi_divergence(logits: Tensor, target: Tensor, *, renyi_alpha: float = 0.5,
@@ -337,7 +339,7 @@ renyi_divergence.__doc__ = _doc("""Rényi divergence of order α = ``renyi_alpha
         >>> logits = torch.tensor([[0.0, 0.0]])
         >>> round(float(renyi_divergence(logits, torch.tensor([[1.0, 0.0]]), renyi_alpha=2.0)), 4)
         0.6931
-    """)
+    """, "        renyi_alpha: the order α > 0 (1 is KL).\n")
 
 
 def total_variation(logits: Tensor, target: Tensor, *, normalizer: str = "softmax", dim: int = -1,

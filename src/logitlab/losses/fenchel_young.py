@@ -27,7 +27,9 @@ from logitlab._validation import (
     check_dim, check_finite, check_floating, check_index_target, check_positive, check_probs,
     check_reduction, check_tensor, compute_dtype, fail,
 )
-from logitlab.losses._model import normalizer_params, normalizer_spec, regularizer_params
+from logitlab.losses._model import (
+    normalizer_params, normalizer_spec, regularizer_params, with_validate,
+)
 
 __all__ = ["fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss"]
 
@@ -156,7 +158,8 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
         y = to_rows(target.to(dtype), axis)[0]
     normalize = registry.resolve(spec.fn)
     regularize = registry.resolve(spec.regularizer)  # type: ignore[arg-type]
-    rparams = regularizer_params(spec, nparams)
+    rparams = with_validate(spec.regularizer, regularizer_params(spec, nparams), False)  # type: ignore[arg-type]
+    nparams = with_validate(spec.fn, nparams, validate)
     values = _FenchelYoung.apply(
         theta, y,
         lambda rows: normalize(rows, dim=-1, **nparams),

@@ -40,7 +40,8 @@ def standard_normalize(logits: Tensor, *, dim: int = -1, positivity: str | None 
     """Divide the scores of each row by their sum: p_i = f(x_i) / Σ_k f(x_k).
 
     f is the identity when ``positivity`` is None (the scores must then be non-negative with a
-    positive row sum), else softplus(x) = log(1 + exp(x)), relu(x) = max(x, 0) or |x|.
+    positive row sum), else softplus(x) = log(1 + exp(x)), relu(x) = max(x, 0) or |x|. The
+    study normalizes raw logits with ``positivity="softplus"``.
     A ``-inf`` score is an excluded class (probability exactly 0, no gradient) in every mode; a
     row of all ``-inf`` maps to an all-zero row. With softplus, a row whose scores are all below
     −30 is computed as softmax(log softplus(x)), so it never underflows to a zero sum.
