@@ -137,8 +137,11 @@ def test_sparsemax_loss_is_linear_with_a_constant_gradient_past_margin_one():
     torch.testing.assert_close(sweep.loss_value[past], sweep.margins[past], rtol=0, atol=1e-12)
     torch.testing.assert_close(sweep.grad_norm[past], torch.full((int(past.sum()),), math.sqrt(2), dtype=F64))
     assert (sweep.prob_true[past] == 0).all()
-    brier = gradient_sweep("sparsemax", "brier", margins=MARGINS, num_classes=C)
-    assert (brier.grad_norm[past] == 0).all()  # one-hot output: the Jacobian is exactly 0
+    # Through a one-hot output the Jacobian of sparsemax is exactly 0: every divergence on its
+    # probabilities stops learning (gradient exactly 0, not just small) once margin >= 1.
+    for loss in ("brier", "js", "tv", "hellinger"):
+        other = gradient_sweep("sparsemax", loss, margins=MARGINS, num_classes=C)
+        assert (other.grad_norm[past] == 0).all() and float(other.grad_norm[0]) > 0, loss
 
 
 @pytest.mark.skipif(not _available("entmax15"), reason="the sparse normalizers have not landed on main")
@@ -148,6 +151,9 @@ def test_entmax15_loss_is_linear_with_a_constant_gradient_past_margin_two():
     torch.testing.assert_close(sweep.loss_value[past], sweep.margins[past], rtol=0, atol=1e-9)
     torch.testing.assert_close(sweep.grad_norm[past], torch.full((int(past.sum()),), math.sqrt(2), dtype=F64),
                                rtol=0, atol=1e-9)
+    beyond = torch.tensor(MARGINS) > 2
+    brier = gradient_sweep("entmax15", "brier", margins=MARGINS, num_classes=C)
+    assert (brier.grad_norm[beyond] == 0).all() and float(brier.grad_norm[0]) > 0
 
 
 def test_every_available_pair_sweeps_to_finite_values():
