@@ -218,6 +218,8 @@ def main() -> None:
                         help="torch threads per case (1 on a machine whose cores are oversubscribed: "
                              "the solver's small ops then spend their time in OpenMP waits)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "theory.json")
+    parser.add_argument("--families", nargs="+", choices=tuple(FULL), default=tuple(FULL),
+                        help="which case families to run")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -227,6 +229,8 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     records = []
     for family, specs in cases.items():
+        if family not in args.families:
+            continue
         for spec in specs:
             payload = json.dumps({"family": family, "repeats": args.repeats, "threads": args.threads, **spec})
             print(f"running {family} {spec}", file=sys.stderr, flush=True)
