@@ -148,7 +148,7 @@ def measure_memory(impl, rows, dim, vocab, dtype_name):
     return {"peak_delta_mib": (peak - before) / 1024, "extra_mem_mib": ((peak - before) * 1024 - returned) / 2**20}
 
 
-def measure_time(rows, dim, vocab, dtype_name, impls, repeats):
+def measure_time(rows, dim, vocab, dtype_name, impls, repeats, budget_s=600.0):
     """Run in a fresh process: interleaved timings and errors against the naive result."""
     torch.set_num_threads(2)
     dtype = DTYPES[dtype_name]
@@ -157,14 +157,22 @@ def measure_time(rows, dim, vocab, dtype_name, impls, repeats):
     ref_loss = calls["naive"]()
     ref = (ref_loss.float(), hidden.grad.float(), weight.grad.float())
     errors = {}
+    warm = {}
     for impl, call in calls.items():  # warm-up doubles as the correctness check
+        start = time.perf_counter()
         loss = call()
+        warm[impl] = time.perf_counter() - start
         if impl != "floor":
             got = (loss.float(), hidden.grad.float(), weight.grad.float())
             errors[impl] = [float((a - b).abs().max()) for a, b in zip(got, ref)]
+    # Interleaved repeats; an implementation whose warm-up took longer than budget_s / repeats
+    # is repeated fewer times (at least once) so that one slow peer cannot stall the run.
+    counts = {impl: max(1, min(repeats, int(budget_s / max(warm[impl], 1e-9)))) for impl in impls}
     times = {impl: [] for impl in impls}
-    for _ in range(repeats):
+    for r in range(repeats):
         for impl, call in calls.items():
+            if r >= counts[impl]:
+                continue
             start = time.perf_counter()
             call()
             times[impl].append(time.perf_counter() - start)
@@ -172,9 +180,12 @@ def measure_time(rows, dim, vocab, dtype_name, impls, repeats):
             for impl, ts in times.items()}
 
 
-def _child(task):
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(task)], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "2"})
+def _child(task, timeout=None):
+    try:
+        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(task)], capture_output=True,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -187,6 +198,8 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--shapes", default=None, help="e.g. 4096x1024x32768,2048x2048x131072")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--skip", default="", help="comma-separated impls to leave out")
+    parser.add_argument("--memory-timeout", type=float, default=900.0, help="seconds per memory process")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -199,7 +212,8 @@ def main(argv=None):
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     if args.shapes:
         shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-    impls = [i for i in IMPLS if i != "cce_torch_compile" or _cce() is not None]
+    skipped = set(filter(None, args.skip.split(",")))
+    impls = [i for i in IMPLS if (i != "cce_torch_compile" or _cce() is not None) and i not in skipped]
     records = []
     for rows, dim, vocab in shapes:
         for dtype_name in args.dtypes.split(","):
@@ -214,7 +228,8 @@ def main(argv=None):
                        "naive_logits_mib": logits_mib, "repeats": repeats, "torch": torch.__version__,
                        "machine": platform.machine(), "cpus": os.cpu_count()}
                 if impl not in impls:
-                    rec["status"] = "not measured: cut_cross_entropy is not installed"
+                    rec["status"] = ("not measured: skipped (--skip)" if impl in skipped
+                                     else "not measured: cut_cross_entropy is not installed")
                     records.append(rec)
                     continue
                 if "error" in timed:
@@ -222,10 +237,11 @@ def main(argv=None):
                 else:
                     ts = timed[impl]["time_ms"]
                     rec.update(time_ms_median=statistics.median(ts), time_ms_min=min(ts), time_ms_max=max(ts),
+                               timed_calls=len(ts),
                                max_abs_err_vs_naive=timed[impl]["max_abs_err_vs_naive"])
                 print(f"#   memory of {impl} ...", flush=True)
                 mem = _child({"kind": "memory", "impl": impl, "rows": rows, "dim": dim, "vocab": vocab,
-                              "dtype_name": dtype_name})
+                              "dtype_name": dtype_name}, timeout=args.memory_timeout)
                 rec.update(mem if "error" not in mem else {"memory_status": f"failed: {mem['error']}"})
                 records.append(rec)
     for group in _groups(records):
@@ -255,7 +271,7 @@ def _groups(records):
 
 def render(records):
     """A text table of stored records (a pure function of them)."""
-    head = (f"{'(N, D, V)':>22} {'dtype':>8} {'impl':>19} {'time ms':>9} {'min..max':>17} {'/floor':>7} "
+    head = (f"{'(N, D, V)':>22} {'dtype':>8} {'impl':>19} {'n':>2} {'time ms':>9} {'min..max':>17} {'/floor':>7} "
             f"{'/naive':>7} {'extra MiB':>9} {'% logits':>8}  err(loss, gh, gW) vs naive")
     lines = [head, "-" * len(head)]
     for r in records:
@@ -266,7 +282,7 @@ def render(records):
         err = r.get("max_abs_err_vs_naive")
         err_text = "-" if not err else ", ".join(f"{e:.1e}" for e in err)
         lines.append(
-            f"{shape:>22} {r['dtype']:>8} {r['impl']:>19} {r['time_ms_median']:9.0f} "
+            f"{shape:>22} {r['dtype']:>8} {r['impl']:>19} {r.get('timed_calls', 0):2d} {r['time_ms_median']:9.0f} "
             f"{r['time_ms_min']:8.0f}..{r['time_ms_max']:<7.0f} {r.get('ratio_to_floor', float('nan')):7.3f} "
             f"{r.get('ratio_to_naive', float('nan')):7.3f} {r.get('extra_mem_mib', float('nan')):9.1f} "
             f"{r.get('extra_mem_pct_of_naive_logits', float('nan')):7.1f}%  {err_text}")
