@@ -1,0 +1,200 @@
+"""Train every combination of a study with the same budget and seeds, and append a record for each.
+
+For one (combination, seed): the seed fixes the data split, the model's initialization and the
+batch order, so all combinations of a seed start from the same weights and see the same
+batches. The model's scores go through the combination's positivity transform (if any), then
+the registry objective ``make_objective(normalizer, loss, **params)`` trains them. The
+predicted distribution for the metrics is the normalizer's output; sigmoid's one-vs-all
+probabilities do not sum to 1 and are divided by their row sum for the metrics (the argmax is
+unchanged).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from logitlab import metrics
+from logitlab.experiments import records as rec
+from logitlab.experiments.data import Split, load_split
+from logitlab.experiments.models import build_model, output_layer
+from logitlab.experiments.spec import Combination, StudySpec
+
+__all__ = ["train_one", "run_study", "positivity_transform", "predict_probs"]
+
+Progress = Callable[[str, bool], None]
+
+
+def positivity_transform(name: str) -> Callable[[Tensor], Tensor]:
+    """The map applied to the scores before a normalizer: 'none', 'softplus' or 'exp'."""
+    return {"none": lambda z: z, "softplus": F.softplus, "exp": torch.exp}[name]
+
+
+def _normalizer_params(combo: Combination) -> dict[str, Any]:
+    from logitlab.registry import LOSSES, NORMALIZERS
+
+    defaults = dict(NORMALIZERS[combo.normalizer].params)
+    if not LOSSES[combo.loss].takes_normalizer:
+        return defaults
+    return {**defaults, **{k: v for k, v in combo.params if k in defaults}}
+
+
+def predict_probs(combo: Combination, logits: Tensor) -> Tensor:
+    """The combination's predicted distribution (float64 rows on the simplex) for raw model scores."""
+    from logitlab.registry import get_normalizer
+
+    scores = positivity_transform(combo.positivity)(logits)
+    probs = get_normalizer(combo.normalizer)(scores, **_normalizer_params(combo)).to(torch.float64)
+    if combo.normalizer == "sigmoid":
+        probs = probs / probs.sum(-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
+    return probs
+
+
+def _metrics(probs: Tensor, target: Tensor, spec: StudySpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    kw = {"validate": False}
+    values = {
+        "accuracy": metrics.accuracy(probs, target, **kw),
+        "nll": metrics.nll(probs, target, **kw),
+        "nll_smoothed": metrics.nll(probs, target, smoothing=spec.nll_smoothing, **kw),
+        "zero_prob_fraction": metrics.zero_probability_fraction(probs, target, **kw),
+        "brier": metrics.brier_score(probs, target, **kw),
+        "ece_width": metrics.expected_calibration_error(probs, target, n_bins=spec.n_bins, **kw),
+        "ece_mass": metrics.expected_calibration_error(probs, target, n_bins=spec.n_bins, binning="mass", **kw),
+        "mce": metrics.maximum_calibration_error(probs, target, n_bins=spec.n_bins, **kw),
+    }
+    reliability = {b: metrics.reliability_diagram(probs, target, n_bins=spec.n_bins, binning=b, **kw)._asdict()
+                   for b in metrics.BINNINGS}
+    return {k: float(v) for k, v in values.items()}, rec.to_json(reliability)
+
+
+def train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
+              on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train ``combo`` on ``data`` with ``seed`` and return its record (metrics, curves, wall time)."""
+    from logitlab.registry import make_objective
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = build_model(spec.model, data.x_train.shape[1], data.num_classes, hidden=spec.hidden)
+    head = output_layer(model)
+    if spec.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay)
+    objective = make_objective(combo.normalizer, combo.loss, **dict(combo.params))
+    positivity = positivity_transform(combo.positivity)
+    batches = torch.Generator().manual_seed(seed)
+    n = data.x_train.shape[0]
+    curves: dict[str, list[float]] = {"train_loss": [], "val_accuracy": [], "grad_norm": []}
+    diverged = False
+    for epoch in range(spec.epochs):
+        model.train()
+        order = torch.randperm(n, generator=batches)
+        loss_sum = grad_sum = 0.0
+        steps = 0
+        for index in torch.split(order, spec.batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss = objective(positivity(model(data.x_train[index])), data.y_train[index])
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            loss.backward()
+            grad_sum += float(torch.sqrt(head.weight.grad.pow(2).sum() + head.bias.grad.pow(2).sum()))
+            optimizer.step()
+            loss_sum += loss.item()
+            steps += 1
+        if diverged:
+            break
+        model.eval()
+        with torch.no_grad():
+            val_probs = predict_probs(combo, model(data.x_val))
+        val_acc = float(metrics.accuracy(val_probs, data.y_val, validate=False)) \
+            if bool(torch.isfinite(val_probs).all()) else math.nan
+        curves["train_loss"].append(loss_sum / steps)
+        curves["val_accuracy"].append(val_acc)
+        curves["grad_norm"].append(grad_sum / steps)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, loss_sum / steps)
+    model.eval()
+    with torch.no_grad():
+        test_probs = predict_probs(combo, model(data.x_test))
+    finite = bool(torch.isfinite(test_probs).all())
+    if finite:
+        values, reliability = _metrics(test_probs, data.y_test, spec)
+    else:
+        values, reliability = {}, {}
+    return {
+        "kind": "result",
+        "combination": combo.key,
+        **combo.to_json(),
+        "seed": seed,
+        "epochs_run": len(curves["train_loss"]),
+        "diverged": diverged or not finite,
+        "metrics": values,
+        "reliability": reliability,
+        "curves": curves,
+        "n_test": int(data.y_test.shape[0]),
+        "wall_time_s": time.perf_counter() - start,
+    }
+
+
+def _print_progress(line: str, final: bool) -> None:
+    import sys
+
+    stream = sys.stdout
+    if stream.isatty():
+        stream.write("\r\033[K" + line + ("\n" if final else ""))
+        stream.flush()
+    elif final:
+        print(line, flush=True)
+
+
+def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False,
+              progress: Progress = _print_progress) -> Path:
+    """Run (or, with ``resume``, complete) the study in ``out_dir``; return the report's path.
+
+    Without ``resume`` an existing run in ``out_dir`` is replaced. With ``resume`` the stored
+    spec must equal ``spec``, and the (combination, seed) pairs already recorded are skipped.
+    """
+    from logitlab.experiments import theory
+    from logitlab.experiments.report import write_report
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records_path = out_dir / rec.RECORDS
+    if not resume:
+        for name in (rec.RECORDS, rec.THEORY, rec.REPORT):
+            (out_dir / name).unlink(missing_ok=True)
+    rec.write_json(out_dir / rec.SPEC, spec.to_json())
+    done = rec.done_keys(rec.read_records(records_path))
+    jobs = [(combo, seed) for seed in range(spec.seeds) for combo in spec.pairs]
+    total = len(jobs)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    with rec.RecordWriter(records_path) as writer:
+        splits: dict[int, Split] = {}
+        for number, (combo, seed) in enumerate(jobs, 1):
+            head = f"[{number}/{total}] {combo.key} seed {seed}"
+            if (combo.key, seed) in done:
+                progress(f"{head}: already recorded, skipped", True)
+                continue
+            if seed not in splits:
+                splits[seed] = load_split(spec.dataset, seed, val_fraction=spec.val_fraction,
+                                          test_fraction=spec.test_fraction)
+
+            def on_epoch(epoch: int, loss: float, head: str = head) -> None:
+                progress(f"{head}: epoch {epoch}/{spec.epochs} loss {loss:.4f}", False)
+
+            record = train_one(spec, combo, seed, splits[seed], on_epoch)
+            writer.append(record)
+            m = record["metrics"]
+            summary = (f"test acc {m['accuracy']:.3f}, ECE {m['ece_width']:.3f}" if m else "diverged")
+            progress(f"{head}: {record['epochs_run']} epochs, {summary}, {record['wall_time_s']:.1f} s", True)
+    if not (out_dir / rec.THEORY).exists():
+        progress("theory: computing the data of the theory section", True)
+        rec.write_json(out_dir / rec.THEORY, theory.collect())
+    return write_report(out_dir)
