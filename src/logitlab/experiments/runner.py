@@ -26,7 +26,7 @@ from logitlab.experiments.data import Split, load_split
 from logitlab.experiments.models import build_model, output_layer
 from logitlab.experiments.spec import Combination, StudySpec
 
-__all__ = ["train_one", "run_study", "positivity_transform", "predict_probs"]
+__all__ = ["train_one", "run_study", "check_combinations", "positivity_transform", "predict_probs"]
 
 Progress = Callable[[str, bool], None]
 
@@ -71,6 +71,35 @@ def _metrics(probs: Tensor, target: Tensor, spec: StudySpec) -> tuple[dict[str, 
     reliability = {b: metrics.reliability_diagram(probs, target, n_bins=spec.n_bins, binning=b, **kw)._asdict()
                    for b in metrics.BINNINGS}
     return {k: float(v) for k, v in values.items()}, rec.to_json(reliability)
+
+
+def check_combinations(spec: StudySpec) -> None:
+    """Build each combination's objective and run it once on a small batch (forward and backward).
+
+    This checks the combinations' parameters before any training (and loads their code, so
+    the first combination's wall time does not include imports).
+
+    Raises:
+        SpecError: a combination whose objective or normalizer rejects its parameters.
+    """
+    from logitlab.registry import make_objective
+
+    from logitlab.experiments.spec import SpecError
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo (seconds)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, generator=generator)
+    target = torch.tensor([0, 1, 2, 0])
+    for combo in spec.pairs:
+        try:
+            scores = logits.clone().requires_grad_(True)
+            loss = make_objective(combo.normalizer, combo.loss, **dict(combo.params))(
+                positivity_transform(combo.positivity)(scores), target)
+            loss.backward()
+            with torch.no_grad():
+                predict_probs(combo, logits)
+        except (TypeError, ValueError, ImportError, AttributeError, RuntimeError) as error:
+            raise SpecError(f"combination {combo.key} cannot run: {type(error).__name__}: {error}") from None
 
 
 def train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
@@ -173,8 +202,22 @@ def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False,
     rec.write_json(out_dir / rec.SPEC, spec.to_json())
     done = rec.done_keys(rec.read_records(records_path))
     jobs = [(combo, seed) for seed in range(spec.seeds) for combo in spec.pairs]
+    # The models are tiny: one thread is fastest, and it avoids OpenMP spin-waits stalling on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _run_jobs(spec, jobs, done, records_path, progress)
+    finally:
+        torch.set_num_threads(threads)
+    if not (out_dir / rec.THEORY).exists():
+        progress("theory: computing the data of the theory section", True)
+        rec.write_json(out_dir / rec.THEORY, theory.collect())
+    return write_report(out_dir)
+
+
+def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tuple[str, int]],
+              records_path: Path, progress: Progress) -> None:
     total = len(jobs)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     with rec.RecordWriter(records_path) as writer:
         splits: dict[int, Split] = {}
         for number, (combo, seed) in enumerate(jobs, 1):
@@ -194,7 +237,3 @@ def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False,
             m = record["metrics"]
             summary = (f"test acc {m['accuracy']:.3f}, ECE {m['ece_width']:.3f}" if m else "diverged")
             progress(f"{head}: {record['epochs_run']} epochs, {summary}, {record['wall_time_s']:.1f} s", True)
-    if not (out_dir / rec.THEORY).exists():
-        progress("theory: computing the data of the theory section", True)
-        rec.write_json(out_dir / rec.THEORY, theory.collect())
-    return write_report(out_dir)
