@@ -117,6 +117,10 @@ NORMALIZERS: dict[str, NormalizerSpec] = {
 _L = "logitlab.losses"
 _SIMPLEX = tuple(name for name, spec in NORMALIZERS.items() if spec.simplex)
 _FY = tuple(name for name, spec in NORMALIZERS.items() if spec.regularizer is not None)
+# KL(target ‖ model) and Rényi are +inf wherever a sparse model puts 0 on a target class (always
+# so for a one-hot target outside the support): listed for the dense normalizers only. The
+# functions accept every simplex normalizer.
+_DENSE = tuple(name for name in _SIMPLEX if not NORMALIZERS[name].sparse)
 
 LOSSES: dict[str, LossSpec] = {
     "cross_entropy": LossSpec(
@@ -126,7 +130,7 @@ LOSSES: dict[str, LossSpec] = {
         "binary_cross_entropy", f"{_L}.cross_entropy:binary_cross_entropy_with_logits", "BCEWithLogitsLoss",
         "probs", ("sigmoid",), doc="Σ_k BCE(target_k, sigmoid(z_k)): one-vs-all"),
     "kl": LossSpec(
-        "kl", f"{_L}.divergences:kl_divergence", "KLDivergenceLoss", "probs", _SIMPLEX, takes_normalizer=True,
+        "kl", f"{_L}.divergences:kl_divergence", "KLDivergenceLoss", "probs", _DENSE, takes_normalizer=True,
         doc="KL(target ‖ model); with one-hot targets, the cross-entropy of any normalizer"),
     "reverse_kl": LossSpec(
         "reverse_kl", f"{_L}.divergences:reverse_kl_divergence", "ReverseKLDivergenceLoss", "probs", _SIMPLEX,
@@ -136,10 +140,10 @@ LOSSES: dict[str, LossSpec] = {
         params={"beta": 0.5}, doc="generalized Jensen–Shannon JS_β(target ‖ model)"),
     "alpha": LossSpec(
         "alpha", f"{_L}.divergences:alpha_divergence", "AlphaDivergenceLoss", "probs", _SIMPLEX,
-        takes_normalizer=True, index_objective=False, params={"alpha": 0.5}, doc="Amari α-divergence"),
+        takes_normalizer=True, index_objective=False, params={"amari_alpha": 0.5}, doc="Amari α-divergence"),
     "renyi": LossSpec(
-        "renyi", f"{_L}.divergences:renyi_divergence", "RenyiDivergenceLoss", "probs", _SIMPLEX,
-        takes_normalizer=True, params={"alpha": 0.5}, doc="Rényi divergence of order α"),
+        "renyi", f"{_L}.divergences:renyi_divergence", "RenyiDivergenceLoss", "probs", _DENSE,
+        takes_normalizer=True, params={"renyi_alpha": 0.5}, doc="Rényi divergence of order α"),
     "tv": LossSpec(
         "tv", f"{_L}.divergences:total_variation", "TotalVariationLoss", "probs", _SIMPLEX,
         takes_normalizer=True, doc="½ Σ |target − model|"),

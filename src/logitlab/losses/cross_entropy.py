@@ -1,0 +1,356 @@
+"""Cross-entropy H(target, softmax(logits)) with every option combinable, and its relatives.
+
+``cross_entropy`` is the maximum-likelihood loss of a softmax model; ``nll_loss`` takes log
+probabilities; ``binary_cross_entropy_with_logits`` is the one-vs-all (sigmoid) version;
+``log_likelihood`` is the summed log-likelihood of a batch, in log space. The kernels live in
+:mod:`logitlab.losses._xent_kernel`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from logitlab._reduction import reduce_loss, to_rows
+from logitlab._validation import (
+    check_dim,
+    check_choice,
+    check_finite,
+    check_floating,
+    check_index_target,
+    check_positive,
+    check_probs,
+    check_range,
+    check_reduction,
+    check_tensor,
+    compute_dtype,
+    fail,
+)
+from logitlab.losses._xent_kernel import XentOptions, composite_cross_entropy, fused_cross_entropy
+
+__all__ = ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood"]
+
+IMPLS = ("auto", "fused", "composite")
+
+
+class _Rows(NamedTuple):
+    """A checked call, flattened to rows."""
+
+    rows: Tensor          # (N, C) logits
+    target: Tensor        # (N,) safe class indices (excluded rows set to 0) or (N, C) probs
+    index_target: bool
+    keep: Tensor          # (N,) bool
+    row_weight: Tensor | None  # (N,) weight of each row in the 'mean' denominator
+    weight: Tensor | None  # (C,) class weights in the compute dtype
+    batch_shape: tuple[int, ...]
+
+
+def _compiling() -> bool:
+    return bool(torch.compiler.is_compiling())
+
+
+def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, weight: object,
+                           ignore_index: object, mask: object, validate: bool,
+                           allow_probs: bool = True) -> _Rows:
+    """The checks and the row layout shared by cross_entropy, nll_loss and the focal losses."""
+    check_floating(fn, "logits", logits)
+    if logits.ndim == 0:
+        fail(fn, "logits", "a tensor with at least 1 dimension (the classes)", logits)
+    dim = check_dim(fn, dim, logits.ndim)
+    target = check_tensor(fn, "target", target)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        fail(fn, "ignore_index", "an int", f"<{type(ignore_index).__name__}>", kind=TypeError)
+    n_classes = logits.shape[dim]
+    batch_shape = tuple(logits.shape[:dim] + logits.shape[dim + 1:])
+    index_target = not target.is_floating_point()
+    kinds = (f"class indices of shape {batch_shape} (logits' shape without dim {dim})"
+             + (f" or probabilities of shape {tuple(logits.shape)}" if allow_probs else ""))
+    if index_target:
+        if target.dtype == torch.bool or target.is_complex():
+            fail(fn, "target", "an integer (class indices) or floating (probabilities) tensor",
+                 f"<dtype {target.dtype}>", kind=TypeError)
+        if tuple(target.shape) != batch_shape:
+            fail(fn, "target", kinds, f"<integer tensor of shape {tuple(target.shape)}>")
+    else:
+        if not allow_probs:
+            fail(fn, "target", "an integer tensor of class indices", f"<dtype {target.dtype}>",
+                 kind=TypeError)
+        if target.shape != logits.shape:
+            fail(fn, "target", kinds, f"<floating tensor of shape {tuple(target.shape)}>")
+        if target.dtype != logits.dtype:
+            fail(fn, "target", f"probabilities of dtype {logits.dtype} (the dtype of logits)",
+                 f"<dtype {target.dtype}>", kind=TypeError)
+    cd = compute_dtype(logits)
+    if weight is not None:
+        weight = check_floating(fn, "weight", weight)
+        if tuple(weight.shape) != (n_classes,):
+            fail(fn, "weight", f"a 1-D tensor of {n_classes} class weights", weight)
+        weight = weight.to(cd)
+    rows, _ = to_rows(logits, dim)
+    n_rows = rows.shape[0]
+    if mask is not None:
+        mask = check_tensor(fn, "mask", mask)
+        if mask.dtype != torch.bool:
+            fail(fn, "mask", "a bool tensor (True = keep the row)", f"<dtype {mask.dtype}>", kind=TypeError)
+        if tuple(mask.shape) != batch_shape:
+            fail(fn, "mask", f"shape {batch_shape} (logits' shape without dim {dim})",
+                 f"<shape {tuple(mask.shape)}>")
+        keep = mask.reshape(n_rows)
+    else:
+        keep = torch.ones(n_rows, dtype=torch.bool, device=logits.device)
+    if index_target:
+        flat = target.reshape(n_rows)
+        keep = keep & (flat != ignore_index)
+        if validate and not _compiling():
+            check_index_target(fn, "target", flat[keep], n_classes, ignore_index=ignore_index)
+        safe = torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).long()
+        row_weight = weight[safe] if weight is not None else None
+        target_rows = safe
+    else:
+        target_rows, _ = to_rows(target, dim)
+        if validate and not _compiling():
+            check_probs(fn, "target", target_rows if mask is None else target_rows[keep], dim=-1)
+        row_weight = None
+    return _Rows(rows, target_rows, index_target, keep, row_weight, weight, batch_shape)
+
+
+def _scale(r: _Rows, reduction: str, dtype: torch.dtype) -> Tensor:
+    keep = r.keep.to(dtype)
+    if reduction != "mean":
+        return keep
+    per_row = keep if r.row_weight is None else r.row_weight.to(dtype) * keep
+    total = per_row.sum()
+    return keep / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor | None = None,
+                  ignore_index: int = -100, mask: Tensor | None = None, reduction: str = "mean",
+                  label_smoothing: float = 0.0, z_loss: float = 0.0, temperature: float = 1.0,
+                  validate: bool = True, inplace_backward: bool = False, impl: str = "auto") -> Tensor:
+    r"""Cross-entropy H(q, softmax(logits / T)) + z-loss, the maximum-likelihood loss.
+
+    With s = logits / T, log p = log_softmax(s) along ``dim``, class weights w (default 1) and a
+    target distribution q per row: the one-hot vector of the class index, or the given
+    probabilities, smoothed to q ← (1 − ε) q + ε / C (C classes, ε = ``label_smoothing``)::
+
+        loss_row = −Σ_c q_c w_c log p_c  +  z · r · logsumexp(s)²
+
+    where r is the weight of the row: w_y for an index target y, 1 for probability targets
+    (the z-loss of PaLM, Chowdhery et al. 2022, weighted like its row). Without weights, z-loss
+    and temperature this is H(q, p) = H(q) + KL(q ‖ p). Reductions: 'none' gives a loss per row
+    (excluded rows hold 0), 'sum' sums the kept rows, 'mean' divides that sum by the total row
+    weight of the kept rows: Σ w_y for index targets, the number of kept rows for probability
+    targets (both as ``torch.nn.functional.cross_entropy``, whose values and gradients this
+    function reproduces wherever torch supports the combination; use ``dim=1`` for torch's
+    (N, C, d1, ...) layout).
+
+    Where torch is silent or refuses, logitlab defines:
+
+    * Rows are excluded by ``ignore_index`` (index targets) and by ``mask`` (either kind; True
+      keeps the row). Probability targets have no indices, so ``ignore_index`` does not apply
+      to them (torch raises instead). Excluded rows give 0 loss and zero gradient.
+    * A batch with every row excluded has loss 0 and zero gradient for every reduction
+      (torch's 'mean' gives NaN).
+    * A ``-inf`` logit excludes its class (probability exactly 0). Target mass on an excluded
+      class (the target index itself, or any class when ``label_smoothing > 0``, as in torch)
+      gives loss +inf; the gradient stays finite. A class with zero target probability and a
+      ``-inf`` logit contributes 0 (0 · log 0 = 0). A row with only ``-inf`` logits is an error.
+
+    Implementation (``impl``): 'fused' computes the loss and its gradient in one blocked pass
+    over the logits and saves only the gradient (the backward scales it in place, so it runs
+    once and has no double backward: use 'composite' for that); 'composite' is written with
+    differentiable torch ops. 'auto' picks 'fused', except under ``torch.compile``, or when the
+    target probabilities or the class weights require a gradient, where it picks 'composite'.
+
+    Args:
+        logits: (*batch, C) scores (C along ``dim``); float16/bfloat16 are computed in float32
+            and the loss is returned in the input dtype.
+        target: (*batch) integer class indices, or (*batch, C) probabilities of logits' dtype.
+        dim: the class axis.
+        weight: (C,) class weights.
+        ignore_index: index targets equal to it are excluded.
+        mask: (*batch) bool, True = keep the row.
+        reduction: 'none' | 'mean' | 'sum'.
+        label_smoothing: ε in [0, 1].
+        z_loss: z ≥ 0, the coefficient of logsumexp².
+        temperature: T > 0; the loss is that of softmax(logits / T).
+        validate: check the data (index range, probability rows, NaN/+inf logits). With
+            ``False`` these checks are skipped; argument checks always run. Under
+            ``torch.compile`` the data checks are skipped.
+        inplace_backward: write the gradient into the logits' memory during the forward
+            (saves an (N, C) allocation). This DESTROYS the logits: only use it when nothing
+            else reads them after this call. Fused implementation only.
+        impl: 'auto' | 'fused' | 'composite'.
+
+    Returns:
+        A scalar, or (*batch) per-row losses for ``reduction='none'``, in logits' dtype.
+
+    Raises:
+        TypeError / ValueError / IndexError: naming the argument, e.g. a target shape or dtype
+        mismatch, a class index out of range, probabilities that are negative or do not sum
+        to 1, NaN or +inf logits, an invalid option.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+        >>> cross_entropy(logits, torch.tensor([0, 2]))
+        tensor(0.6342)
+        >>> cross_entropy(logits, torch.tensor([0, -100]), reduction="none")
+        tensor([0.1698, 0.0000])
+        >>> cross_entropy(logits, torch.tensor([-100, -100]))  # all ignored: 0, not NaN
+        tensor(0.)
+    """
+    fn = "cross_entropy"
+    check_reduction(fn, reduction)
+    eps = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
+    z = check_range(fn, "z_loss", z_loss, 0.0, math.inf, high_open=True)
+    temp = check_positive(fn, "temperature", temperature)
+    check_choice(fn, "impl", impl, IMPLS)
+    r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate)
+    compiling = _compiling()
+    if impl == "auto":
+        needs_composite = compiling or (not r.index_target and target.requires_grad) or (
+            weight is not None and weight.requires_grad)
+        impl = "composite" if needs_composite else "fused"
+    if inplace_backward and impl != "fused":
+        fail(fn, "inplace_backward", "False with the composite implementation", inplace_backward,
+             detail=f"impl resolved to {impl!r}")
+    opts = XentOptions(fn, r.index_target, eps, z, temp, reduction == "none",
+                       bool(validate) and not compiling, bool(inplace_backward))
+    scale = _scale(r, reduction, compute_dtype(logits))
+    kernel = fused_cross_entropy if impl == "fused" else composite_cross_entropy
+    out = kernel(r.rows, r.target, r.weight, r.keep, scale, opts)
+    return out.reshape(r.batch_shape) if reduction == "none" else out
+
+
+def nll_loss(log_probs: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor | None = None,
+             ignore_index: int = -100, mask: Tensor | None = None, reduction: str = "mean",
+             validate: bool = True) -> Tensor:
+    r"""Negative log-likelihood −w_y log p_y of class indices, given log probabilities.
+
+    ``nll_loss(log_softmax(z), y) == cross_entropy(z, y)``. The reductions and row exclusion
+    are those of :func:`cross_entropy` ('mean' divides by Σ w_y over kept rows, and is 0 when
+    every row is excluded); values and gradients equal ``torch.nn.functional.nll_loss``.
+
+    Args:
+        log_probs: (*batch, C) log probabilities (C along ``dim``).
+        target: (*batch) integer class indices.
+        dim: the class axis.
+        weight: (C,) class weights.
+        ignore_index: targets equal to it are excluded.
+        mask: (*batch) bool, True = keep the row.
+        reduction: 'none' | 'mean' | 'sum'.
+        validate: check the index range and that log_probs has no NaN or +inf.
+
+    Returns:
+        A scalar, or (*batch) for ``reduction='none'``.
+
+    Raises:
+        TypeError / ValueError / IndexError naming the argument.
+
+    Example:
+        >>> nll_loss(torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]])), torch.tensor([0, 0]))
+        tensor(0.3993)
+    """
+    fn = "nll_loss"
+    check_reduction(fn, reduction)
+    r = _check_target_and_rows(fn, log_probs, target, dim, weight, ignore_index, mask, validate,
+                               allow_probs=False)
+    if validate and not _compiling():
+        check_finite(fn, "log_probs", log_probs)
+    cd = compute_dtype(log_probs)
+    picked = r.rows.to(cd).gather(1, r.target.unsqueeze(1)).squeeze(1)
+    values = -picked if r.weight is None else -picked * r.row_weight
+    out = reduce_loss(values, reduction, keep=r.keep, row_weight=r.row_weight)
+    out = out.reshape(r.batch_shape) if reduction == "none" else out
+    return out.to(log_probs.dtype)
+
+
+def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: Tensor | None = None,
+                                     pos_weight: Tensor | None = None, reduction: str = "mean",
+                                     validate: bool = True) -> Tensor:
+    r"""Binary cross-entropy of independent Bernoulli probabilities sigmoid(logits).
+
+    Per element, with σ the sigmoid and target probability t ∈ [0, 1]::
+
+        loss = −w · [ pos_weight · t · log σ(z) + (1 − t) · log(1 − σ(z)) ]
+             = w · [ (1 − t) · z + (1 + (pos_weight − 1) · t) · softplus(−z) ]
+
+    (the second form is the stable one used here). 'mean' averages over all elements. Values
+    and gradients equal ``torch.nn.functional.binary_cross_entropy_with_logits``.
+
+    Args:
+        logits: (*shape) scores.
+        target: (*shape) probabilities in [0, 1], logits' dtype.
+        weight: a tensor broadcastable to (*shape), multiplying each element's loss.
+        pos_weight: a tensor broadcastable to (*shape) (typically (C,)), the weight of the
+            positive term.
+        reduction: 'none' | 'mean' | 'sum'.
+        validate: check that target lies in [0, 1] and logits have no NaN.
+
+    Returns:
+        A scalar, or (*shape) for ``reduction='none'``.
+
+    Raises:
+        TypeError / ValueError naming the argument.
+
+    Example:
+        >>> binary_cross_entropy_with_logits(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]))
+        tensor(1.4100)
+    """
+    fn = "binary_cross_entropy_with_logits"
+    check_reduction(fn, reduction)
+    check_floating(fn, "logits", logits)
+    check_floating(fn, "target", target)
+    if target.shape != logits.shape:
+        fail(fn, "target", f"shape {tuple(logits.shape)} (the shape of logits)", f"<shape {tuple(target.shape)}>")
+    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+        if value is not None:
+            check_floating(fn, name, value)
+            try:
+                torch.broadcast_shapes(value.shape, logits.shape)
+            except RuntimeError:
+                fail(fn, name, f"a shape broadcastable to {tuple(logits.shape)}", value)
+    if validate and not _compiling():
+        if bool(torch.isnan(logits).any()):
+            fail(fn, "logits", "values without NaN", "<NaN entries>")
+        if target.numel() and bool(((target < 0) | (target > 1) | torch.isnan(target)).any()):
+            fail(fn, "target", "probabilities in [0, 1]", f"<range [{float(target.min()):.3g}, {float(target.max()):.3g}]>")
+    cd = compute_dtype(logits)
+    z, t = logits.to(cd), target.to(cd)
+    softplus_neg = torch.nn.functional.softplus(-z)
+    if pos_weight is None:
+        values = (1 - t) * z + softplus_neg
+    else:
+        values = (1 - t) * z + (1 + (pos_weight.to(cd) - 1) * t) * softplus_neg
+    if weight is not None:
+        values = values * weight.to(cd)
+    out = values if reduction == "none" else (values.sum() if reduction == "sum" else values.mean())
+    return out.to(logits.dtype)
+
+
+def log_likelihood(logits: Tensor, target: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
+    r"""The summed log-likelihood Σ_i log softmax(logits_i)[y_i] of a batch, in log space.
+
+    The likelihood of a batch is the product Π_i p(y_i | x_i); for any realistic batch it
+    underflows to 0 even in float64, while its log, the sum of the per-example log
+    probabilities, stays finite and exact. Maximizing it is minimizing
+    ``cross_entropy(..., reduction="sum")``, which is what this returns negated. Probability
+    targets give the expected log-likelihood Σ_i Σ_c q_ic log p_ic.
+
+    Args:
+        logits: (*batch, C) scores (C along ``dim``).
+        target: (*batch) class indices or (*batch, C) probabilities.
+        dim: the class axis.
+        validate: as in :func:`cross_entropy`.
+
+    Returns:
+        A scalar ≤ 0 (−inf when a target class has a ``-inf`` logit).
+
+    Example:
+        >>> log_likelihood(torch.zeros(1000, 10), torch.zeros(1000, dtype=torch.long))  # 1000 log 0.1
+        tensor(-2302.5852)
+    """
+    return -cross_entropy(logits, target, dim=dim, reduction="sum", validate=validate)

@@ -1,0 +1,135 @@
+"""Cross-entropy variants that reweight by the model's confidence: focal loss and Poly-1."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from logitlab._reduction import reduce_loss
+from logitlab._validation import check_floating, check_range, check_reduction, compute_dtype, fail
+from logitlab.losses._xent_kernel import XentOptions, _bad_row
+from logitlab.losses.cross_entropy import _check_target_and_rows, _compiling, cross_entropy
+
+__all__ = ["focal_loss", "poly1_cross_entropy"]
+
+
+def _log_p_target(fn: str, rows: Tensor, target: Tensor, validate: bool) -> Tensor:
+    """log softmax(rows)[target] per row, without materializing the full log-softmax."""
+    cd = compute_dtype(rows)
+    s = rows.to(cd)
+    if validate and not _compiling():
+        opts = XentOptions(fn, True, 0.0, 0.0, 1.0, True, True, False)
+        _bad_row(opts, s.detach().amax(1), 0)
+    return s.gather(1, target.unsqueeze(1)).squeeze(1) - torch.logsumexp(s, 1)
+
+
+def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: float | Tensor | None = None,
+               dim: int = -1, ignore_index: int = -100, mask: Tensor | None = None,
+               reduction: str = "mean", validate: bool = True) -> Tensor:
+    r"""Multiclass softmax focal loss −α_y (1 − p_y)^γ log p_y (Lin et al., 2017).
+
+    p = softmax(logits) along ``dim`` and y the target class. γ = 0 and no α gives
+    cross-entropy; γ > 0 down-weights examples the model already classifies confidently.
+    (1 − p_y) is computed as −expm1(log p_y), accurate when p_y is close to 1.
+
+    ``alpha`` is a balancing factor: a number (the same for every class) or a (C,) tensor of
+    per-class factors α_c. Unlike ``weight`` in :func:`cross_entropy`, α does not enter the
+    'mean' denominator: 'mean' divides by the number of kept rows (0 when none is kept).
+
+    Args:
+        logits: (*batch, C) scores (C along ``dim``).
+        target: (*batch) integer class indices.
+        gamma: γ ≥ 0, the focusing parameter.
+        alpha: None, a number, or a (C,) tensor.
+        dim: the class axis.
+        ignore_index: targets equal to it are excluded.
+        mask: (*batch) bool, True = keep the row.
+        reduction: 'none' | 'mean' | 'sum'.
+        validate: data checks as in :func:`cross_entropy`.
+
+    Returns:
+        A scalar, or (*batch) for ``reduction='none'``.
+
+    Raises:
+        TypeError / ValueError / IndexError naming the argument (e.g. a negative ``gamma``).
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+        >>> focal_loss(logits, torch.tensor([0, 2]), gamma=2.0)
+        tensor(0.2462)
+        >>> focal_loss(logits, torch.tensor([0, 2]), gamma=0.0)  # cross-entropy
+        tensor(0.6342)
+    """
+    fn = "focal_loss"
+    check_reduction(fn, reduction)
+    gamma = check_range(fn, "gamma", gamma, 0.0, math.inf, high_open=True)
+    r = _check_target_and_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
+    cd = compute_dtype(logits)
+    log_pt = _log_p_target(fn, r.rows, r.target, validate)
+    if gamma == 0.0:
+        values = -log_pt
+    else:
+        values = -torch.pow(-torch.expm1(log_pt), gamma) * log_pt
+    if alpha is not None:
+        if isinstance(alpha, Tensor):
+            check_floating(fn, "alpha", alpha)
+            if tuple(alpha.shape) != (r.rows.shape[1],):
+                fail(fn, "alpha", f"a number or a 1-D tensor of {r.rows.shape[1]} class factors", alpha)
+            values = values * alpha.to(cd)[r.target]
+        else:
+            values = values * check_range(fn, "alpha", alpha, 0.0, math.inf, high_open=True)
+    out = reduce_loss(values, reduction, keep=r.keep)
+    out = out.reshape(r.batch_shape) if reduction == "none" else out
+    return out.to(logits.dtype)
+
+
+def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0, dim: int = -1,
+                        weight: Tensor | None = None, ignore_index: int = -100,
+                        mask: Tensor | None = None, reduction: str = "mean",
+                        label_smoothing: float = 0.0, validate: bool = True) -> Tensor:
+    r"""Poly-1 cross-entropy: CE + ε (1 − p_t) (Leng et al., 2022, "PolyLoss").
+
+    CE is :func:`cross_entropy` with the same weight, smoothing and exclusion options, and p_t
+    the probability the model gives the target: Σ_c q_c p_c for the (smoothed) target
+    distribution q. The polynomial term is weighted like its row (w_y with class weights), so
+    'mean' divides both terms by Σ w_y over kept rows, as cross_entropy does. ε = 0 is
+    cross-entropy; ε may be negative (down to −1, where the loss stays bounded below).
+
+    Args:
+        logits: (*batch, C) scores (C along ``dim``).
+        target: (*batch) integer class indices.
+        epsilon: ε ≥ −1, the coefficient of the first polynomial term.
+        dim, weight, ignore_index, mask, reduction, label_smoothing, validate: as in
+            :func:`cross_entropy`.
+
+    Returns:
+        A scalar, or (*batch) for ``reduction='none'``.
+
+    Raises:
+        TypeError / ValueError / IndexError naming the argument.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+        >>> poly1_cross_entropy(logits, torch.tensor([0, 2]), epsilon=1.0)
+        tensor(1.0457)
+    """
+    fn = "poly1_cross_entropy"
+    check_reduction(fn, reduction)
+    epsilon = check_range(fn, "epsilon", epsilon, -1.0, math.inf, high_open=True)
+    smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
+    r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, allow_probs=False)
+    ce = cross_entropy(logits, target, dim=dim, weight=weight, ignore_index=ignore_index, mask=mask,
+                       reduction="none", label_smoothing=smoothing, validate=False).reshape(-1)
+    cd = compute_dtype(logits)
+    p_y = _log_p_target(fn, r.rows, r.target, False).exp()
+    n_classes = r.rows.shape[1]
+    p_t = (1.0 - smoothing) * p_y + smoothing / n_classes
+    poly = epsilon * (1.0 - p_t)
+    if r.row_weight is not None:
+        poly = poly * r.row_weight
+    values = ce.to(cd) + poly
+    out = reduce_loss(values, reduction, keep=r.keep, row_weight=r.row_weight)
+    out = out.reshape(r.batch_shape) if reduction == "none" else out
+    return out.to(logits.dtype)

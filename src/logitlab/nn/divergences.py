@@ -1,0 +1,158 @@
+"""Modules for the divergence family and the Fenchel–Young losses.
+
+Each holds the options of its functional form (same names, order and defaults) and calls it:
+``KLDivergenceLoss(normalizer="entmax", alpha=1.3)(logits, target, mask=None)`` is
+``kl_divergence(logits, target, normalizer="entmax", alpha=1.3, mask=None)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import Tensor, nn
+
+from logitlab.losses import divergences as D
+from logitlab.losses import fenchel_young as FY
+
+__all__ = [
+    "DivergenceLoss",
+    "KLDivergenceLoss",
+    "ReverseKLDivergenceLoss",
+    "JSDivergenceLoss",
+    "AlphaDivergenceLoss",
+    "RenyiDivergenceLoss",
+    "TotalVariationLoss",
+    "HellingerLoss",
+    "BrierLoss",
+    "FenchelYoungLoss",
+    "SparsemaxLoss",
+    "EntmaxLoss",
+    "Entmax15Loss",
+]
+
+
+class _OptionsLoss(nn.Module):
+    """Stores keyword options; ``forward(logits, target, mask=None)`` calls ``_fn``."""
+
+    _fn: Callable[..., Tensor]
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self.options = options
+
+    def forward(self, logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        return type(self)._fn(logits, target, mask=mask, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.options.items())
+
+
+def _divergence_module(name: str, fn: Callable[..., Tensor], own: str | None,
+                       default: float | None, doc: str) -> type:
+    def __init__(self: _OptionsLoss, *, normalizer: str = "softmax", dim: int = -1,
+                 reduction: str = "mean", temperature: float = 1.0, validate: bool = True,
+                 **normalizer_params: Any) -> None:
+        options: dict[str, Any] = {}
+        if own is not None:
+            options[own] = normalizer_params.pop(own, default)
+        options.update(normalizer=normalizer, dim=dim, reduction=reduction,
+                       temperature=temperature, validate=validate, **normalizer_params)
+        _OptionsLoss.__init__(self, **options)
+
+    return type(name, (_OptionsLoss,), {"_fn": staticmethod(fn), "__init__": __init__,
+                                        "__doc__": doc, "__module__": __name__})
+
+
+KLDivergenceLoss = _divergence_module(
+    "KLDivergenceLoss", D.kl_divergence, None, None, "Module of :func:`kl_divergence`, KL(target ‖ model).")
+ReverseKLDivergenceLoss = _divergence_module(
+    "ReverseKLDivergenceLoss", D.reverse_kl_divergence, None, None,
+    "Module of :func:`reverse_kl_divergence`, KL(model ‖ target).")
+JSDivergenceLoss = _divergence_module(
+    "JSDivergenceLoss", D.js_divergence, "beta", 0.5, "Module of :func:`js_divergence` (``beta=0.5``).")
+AlphaDivergenceLoss = _divergence_module(
+    "AlphaDivergenceLoss", D.alpha_divergence, "amari_alpha", 0.5,
+    "Module of :func:`alpha_divergence` (``amari_alpha=0.5``).")
+RenyiDivergenceLoss = _divergence_module(
+    "RenyiDivergenceLoss", D.renyi_divergence, "renyi_alpha", 0.5,
+    "Module of :func:`renyi_divergence` (``renyi_alpha=0.5``).")
+TotalVariationLoss = _divergence_module(
+    "TotalVariationLoss", D.total_variation, None, None, "Module of :func:`total_variation`.")
+HellingerLoss = _divergence_module(
+    "HellingerLoss", D.hellinger_distance, None, None, "Module of :func:`hellinger_distance` (squared).")
+BrierLoss = _divergence_module("BrierLoss", D.brier_loss, None, None, "Module of :func:`brier_loss`.")
+
+
+class DivergenceLoss(_OptionsLoss):
+    """Module of :func:`divergence_loss`; ``forward(logits, target=None, mask=None, target_logits=None)``.
+
+    Example:
+        >>> import torch
+        >>> DivergenceLoss(divergence="tv")(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
+        tensor(0.5000)
+    """
+
+    _fn = staticmethod(D.divergence_loss)
+
+    def __init__(self, *, divergence: str = "kl", normalizer: str = "softmax", dim: int = -1,
+                 reduction: str = "mean", temperature: float = 1.0, validate: bool = True,
+                 **params: Any) -> None:
+        super().__init__(divergence=divergence, normalizer=normalizer, dim=dim, reduction=reduction,
+                         temperature=temperature, validate=validate, **params)
+
+    def forward(self, logits: Tensor, target: Tensor | None = None,  # type: ignore[override]
+                mask: Tensor | None = None, target_logits: Tensor | None = None) -> Tensor:
+        return D.divergence_loss(logits, target, mask=mask, target_logits=target_logits, **self.options)
+
+
+class FenchelYoungLoss(_OptionsLoss):
+    """Module of :func:`fenchel_young_loss`.
+
+    Example:
+        >>> import torch
+        >>> FenchelYoungLoss()(torch.zeros(1, 2), torch.tensor([0]))
+        tensor(0.6931)
+    """
+
+    _fn = staticmethod(FY.fenchel_young_loss)
+
+    def __init__(self, *, normalizer: str = "softmax", dim: int = -1, reduction: str = "mean",
+                 ignore_index: int = -100, temperature: float = 1.0, validate: bool = True,
+                 **normalizer_params: Any) -> None:
+        super().__init__(normalizer=normalizer, dim=dim, reduction=reduction, ignore_index=ignore_index,
+                         temperature=temperature, validate=validate, **normalizer_params)
+
+
+class SparsemaxLoss(_OptionsLoss):
+    """Module of :func:`sparsemax_loss`."""
+
+    _fn = staticmethod(FY.sparsemax_loss)
+
+    def __init__(self, *, dim: int = -1, reduction: str = "mean", ignore_index: int = -100,
+                 temperature: float = 1.0, validate: bool = True) -> None:
+        super().__init__(dim=dim, reduction=reduction, ignore_index=ignore_index,
+                         temperature=temperature, validate=validate)
+
+
+class EntmaxLoss(_OptionsLoss):
+    """Module of :func:`entmax_loss`."""
+
+    _fn = staticmethod(FY.entmax_loss)
+
+    def __init__(self, *, alpha: float = 1.5, normalizer: str | None = None, dim: int = -1,
+                 reduction: str = "mean", ignore_index: int = -100, temperature: float = 1.0,
+                 validate: bool = True, **normalizer_params: Any) -> None:
+        super().__init__(alpha=alpha, normalizer=normalizer, dim=dim, reduction=reduction,
+                         ignore_index=ignore_index, temperature=temperature, validate=validate,
+                         **normalizer_params)
+
+
+class Entmax15Loss(_OptionsLoss):
+    """Module of :func:`entmax15_loss`."""
+
+    _fn = staticmethod(FY.entmax15_loss)
+
+    def __init__(self, *, dim: int = -1, reduction: str = "mean", ignore_index: int = -100,
+                 temperature: float = 1.0, validate: bool = True) -> None:
+        super().__init__(dim=dim, reduction=reduction, ignore_index=ignore_index,
+                         temperature=temperature, validate=validate)

@@ -1,0 +1,83 @@
+"""The logistic sigmoid, per score: a Bernoulli probability for each class (one-vs-all).
+
+sigmoid(z)_i = 1 / (1 + exp(−z_i)) is not a distribution over the classes (the outputs do not
+sum to 1); it is the 2-class softmax of (0, z_i): each class against its own absence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from logitlab._validation import check_dim, check_finite, check_floating, compute_dtype
+
+__all__ = ["sigmoid", "log_sigmoid"]
+
+NEG_INF = -math.inf
+
+
+def _prepare(fn: str, logits: Tensor, dim: int, validate: bool) -> Tensor:
+    check_floating(fn, "logits", logits)
+    check_dim(fn, dim, logits.ndim)
+    if validate:
+        check_finite(fn, "logits", logits)
+    return logits.to(compute_dtype(logits))
+
+
+def sigmoid(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
+    """The logistic function of each score: σ(z_i) = 1 / (1 + exp(−z_i)) = softmax((0, z_i))₁.
+
+    Elementwise: ``dim`` changes nothing but is accepted (and checked) so that every normalizer
+    has the signature ``fn(logits, *, dim=-1)``. A ``-inf`` score is an excluded class:
+    σ(−inf) = 0 exactly, with zero gradient, so an all ``-inf`` row is an all-zero row. Not
+    shift-invariant and not on the simplex.
+
+    Args:
+        logits: (*batch, n) scores, any floating dtype (half precision computed in float32).
+        dim: the class axis (checked, otherwise unused).
+        validate: reject NaN and ``+inf`` scores.
+
+    Returns:
+        probs of the shape and dtype of ``logits``, each in [0, 1].
+
+    Raises:
+        TypeError: ``logits`` not floating; ``dim`` not an int. IndexError: ``dim`` out of range.
+        ValueError: NaN or ``+inf`` scores (validate).
+
+    Example:
+        >>> sigmoid(torch.tensor([0.0, math.log(3.0), -math.inf]))
+        tensor([0.5000, 0.7500, 0.0000])
+    """
+    x = _prepare("sigmoid", logits, dim, validate)
+    return torch.sigmoid(x).to(logits.dtype)
+
+
+def log_sigmoid(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
+    """log σ(z_i) = −softplus(−z_i), computed stably.
+
+    A ``-inf`` score gives ``-inf`` and receives no gradient (the derivative 1 − σ(z) would be 1
+    there, but a ``-inf`` score is a mask, not a parameter: moving it by a finite amount changes
+    nothing).
+
+    Args:
+        logits: (*batch, n) scores.
+        dim: the class axis (checked, otherwise unused).
+        validate: reject NaN and ``+inf`` scores.
+
+    Returns:
+        log_probs of the shape and dtype of ``logits``, each <= 0.
+
+    Raises:
+        TypeError, IndexError, ValueError: as :func:`sigmoid`.
+
+    Example:
+        >>> log_sigmoid(torch.tensor([0.0, -math.inf]))
+        tensor([-0.6931,    -inf])
+    """
+    x = _prepare("log_sigmoid", logits, dim, validate)
+    excluded = logits == NEG_INF
+    out = F.logsigmoid(torch.where(excluded, x.new_zeros(()), x))
+    return torch.where(excluded, out.new_tensor(NEG_INF), out).to(logits.dtype)

@@ -1,0 +1,181 @@
+"""Softmax, its log, and its Fenchel–Young regularizer (the Shannon negentropy).
+
+softmax(z / T)_i = exp(z_i / T) / Σ_k exp(z_k / T) is the Gibbs distribution: the maximizer of
+⟨p, z⟩ − T Σ_i p_i log p_i over the simplex, so its Fenchel–Young regularizer is the Shannon
+negentropy Ω(p) = Σ_i p_i log p_i.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from logitlab._validation import check_dim, check_finite, check_floating, check_positive, compute_dtype, fail
+from logitlab.normalizers._masking import empty_rows, nonneg_inf
+
+__all__ = ["softmax", "log_softmax", "shannon_negentropy"]
+
+NEG_INF = -math.inf
+
+
+def _scaled(fn: str, logits: Tensor, temperature: float | Tensor) -> Tensor:
+    """``logits / temperature`` (temperature already validated), in the compute dtype unless T = 1."""
+    if not isinstance(temperature, Tensor) and temperature == 1.0:
+        return logits  # torch.softmax(..., dtype=) upcasts half precision without a copy here
+    cdtype = compute_dtype(logits)
+    x = logits.to(cdtype)
+    if isinstance(temperature, Tensor):
+        t = temperature.to(cdtype).reshape(())
+        if t.requires_grad:
+            # d(z/T)/dT = -z/T² is -inf·0 = NaN at an excluded class: keep -inf out of the graph.
+            return torch.where(logits == NEG_INF, x.new_tensor(NEG_INF), nonneg_inf(x) / t)
+        return x / t
+    return x / temperature
+
+
+def _check_temperature(fn: str, temperature: object) -> float | Tensor:
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1:
+            fail(fn, "temperature", "a number or a one-element tensor", temperature)
+        check_positive(fn, "temperature", temperature)
+        return temperature
+    return check_positive(fn, "temperature", temperature)
+
+
+def softmax(logits: Tensor, *, dim: int = -1, temperature: float | Tensor = 1.0,
+            validate: bool = True) -> Tensor:
+    """The softmax of ``logits / temperature`` along ``dim``.
+
+    softmax(z / T)_i = exp(z_i / T) / Σ_k exp(z_k / T)
+
+    A ``-inf`` logit is an excluded class: its probability is exactly 0 and it receives no
+    gradient. A row whose entries are all ``-inf`` has no class left and maps to an all-zero row
+    (zero gradient), where ``torch.softmax`` would return NaN. The map is invariant to adding a
+    constant to a row. Half-precision inputs are computed in float32.
+
+    Args:
+        logits: (*batch, n, *rest) scores, any floating dtype; ``dim`` selects the class axis.
+        dim: the class axis.
+        temperature: T, a finite number > 0, or a one-element tensor (which may require grad,
+            e.g. for temperature scaling). T → 0 approaches argmax, T → ∞ the uniform distribution.
+        validate: reject NaN and ``+inf`` logits (checked through the row maximum, one pass).
+
+    Returns:
+        probs of the shape and dtype of ``logits``; each row along ``dim`` sums to 1 (or is all
+        zero when all its entries are ``-inf``).
+
+    Raises:
+        TypeError: ``logits`` not a floating-point tensor; ``dim`` not an int.
+        IndexError: ``dim`` out of range.
+        ValueError: ``temperature`` not a finite number > 0; NaN or ``+inf`` logits (validate).
+
+    Example:
+        >>> softmax(torch.tensor([0.0, math.log(3.0), -math.inf]))
+        tensor([0.2500, 0.7500, 0.0000])
+        >>> softmax(torch.tensor([[1.0, 2.0], [-math.inf, -math.inf]]), temperature=0.5)
+        tensor([[0.1192, 0.8808],
+                [0.0000, 0.0000]])
+
+    References:
+        Bridle, "Probabilistic interpretation of feedforward classification network outputs,
+        with relationships to statistical pattern recognition", 1990.
+    """
+    fn = "softmax"
+    check_floating(fn, "logits", logits)
+    d = check_dim(fn, dim, logits.ndim)
+    temperature = _check_temperature(fn, temperature)
+    if logits.ndim == 0:
+        return softmax(logits.reshape(1), temperature=temperature, validate=validate).reshape(())
+    x = _scaled(fn, logits, temperature)
+    empty = empty_rows(fn, logits, d, validate=validate)
+    cdtype = compute_dtype(logits)
+    if empty is None:
+        return torch.softmax(x, d, dtype=cdtype).to(logits.dtype)
+    probs = torch.softmax(torch.where(empty, x.new_zeros(()), x), d, dtype=cdtype)
+    return torch.where(empty, probs.new_zeros(()), probs).to(logits.dtype)
+
+
+def log_softmax(logits: Tensor, *, dim: int = -1, temperature: float | Tensor = 1.0,
+                validate: bool = True) -> Tensor:
+    """The log of :func:`softmax`, computed stably: z/T − logsumexp(z/T).
+
+    log softmax(z / T)_i = z_i / T − log Σ_k exp(z_k / T)
+
+    A ``-inf`` logit gives ``-inf`` and receives no gradient (moving a ``-inf`` score by any
+    finite amount changes nothing, so the derivative is 0; ``torch.log_softmax`` passes the
+    upstream gradient through instead). A row of all ``-inf`` gives an all ``-inf`` row with zero
+    gradient, not NaN.
+
+    Args:
+        logits: (*batch, n, *rest) scores; ``dim`` selects the class axis.
+        dim: the class axis.
+        temperature: T, a finite number > 0 or a one-element tensor.
+        validate: reject NaN and ``+inf`` logits.
+
+    Returns:
+        log_probs of the shape and dtype of ``logits``.
+
+    Raises:
+        TypeError, IndexError, ValueError: as :func:`softmax`.
+
+    Example:
+        >>> log_softmax(torch.tensor([0.0, 0.0, -math.inf]))
+        tensor([-0.6931, -0.6931,    -inf])
+    """
+    fn = "log_softmax"
+    check_floating(fn, "logits", logits)
+    d = check_dim(fn, dim, logits.ndim)
+    temperature = _check_temperature(fn, temperature)
+    if logits.ndim == 0:
+        return log_softmax(logits.reshape(1), temperature=temperature, validate=validate).reshape(())
+    x = _scaled(fn, logits, temperature)
+    empty = empty_rows(fn, logits, d, validate=validate)
+    if empty is not None:
+        x = torch.where(empty, x.new_zeros(()), x)
+    log_probs = torch.log_softmax(x, d, dtype=compute_dtype(logits))
+    if empty is not None or (torch.is_grad_enabled() and log_probs.requires_grad):
+        log_probs = torch.where(logits == NEG_INF, log_probs.new_tensor(NEG_INF), log_probs)
+    return log_probs.to(logits.dtype)
+
+
+def shannon_negentropy(probs: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
+    """Ω(p) = Σ_i p_i log p_i with 0 log 0 = 0: the Fenchel–Young regularizer of softmax.
+
+    Ω is the negative Shannon entropy; its convex conjugate on the simplex is logsumexp, whose
+    gradient is softmax. Ω(one-hot) = 0 and Ω(uniform over n) = −log n. At p_i = 0 the
+    derivative log p_i + 1 is −∞; the gradient returned there is 0 (so no NaN or inf appears).
+
+    Args:
+        probs: (*batch, n, *rest) non-negative values (a distribution along ``dim``).
+        dim: the class axis.
+        validate: reject NaN, inf and negative entries.
+
+    Returns:
+        (*batch, *rest): Ω of each row, in the dtype of ``probs``.
+
+    Raises:
+        TypeError: ``probs`` not floating; ``dim`` not an int. IndexError: ``dim`` out of range.
+        ValueError: non-finite or negative entries (validate).
+
+    Example:
+        >>> shannon_negentropy(torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]))
+        tensor([-0.6931,  0.0000])
+
+    References:
+        Blondel, Martins, Niculae, "Learning with Fenchel-Young losses", JMLR 2020.
+    """
+    fn = "shannon_negentropy"
+    check_floating(fn, "probs", probs)
+    d = check_dim(fn, dim, probs.ndim)
+    if validate:
+        check_finite(fn, "probs", probs, allow_neg_inf=False)
+        if probs.numel() and bool((probs < 0).any()):
+            fail(fn, "probs", "non-negative entries", f"<minimum {float(probs.min()):.3g}>")
+    p = probs.to(compute_dtype(probs))
+    if p.ndim == 0:
+        p = p.reshape(1)
+    positive = p > 0
+    plogp = torch.where(positive, p * torch.log(torch.where(positive, p, torch.ones_like(p))), p.new_zeros(()))
+    return plogp.sum(d).to(probs.dtype)

@@ -1,0 +1,151 @@
+"""Spherical softmax and Taylor softmax: normalized even polynomials of the scores.
+
+Both replace exp in softmax by a positive polynomial g: p_i = g(z_i) / Σ_k g(z_k), with
+g(z) = z² + ε (spherical) or the even-order Taylor polynomial of exp (Taylor). Neither is
+invariant to adding a constant to a row; spherical softmax is also even (z and −z give the
+same output).
+
+Both are computed on scores divided by a power of two s ≥ 1 per row (s > max |z|), which is
+exact in floating point, cancels in the ratio, and keeps g from overflowing for large scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from logitlab._validation import check_dim, check_finite, check_floating, check_positive, compute_dtype, fail
+from logitlab.normalizers._masking import safe_denominator
+
+__all__ = ["spherical_softmax", "taylor_softmax", "SPHERICAL_EPS"]
+
+NEG_INF = -math.inf
+# ε of spherical softmax: small enough that (z² + ε)/Σ(z² + ε) is z²/Σz² to within n·ε/Σz²
+# (1e-2 relative once the row has a score of size 1e-2·sqrt(n)), large enough that an all-zero
+# row is uniform and a zero score keeps a finite log-probability (log ε − log Σ).
+SPHERICAL_EPS = 1e-6
+
+
+def _prepare(fn: str, logits: Tensor, dim: int, validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Check the input; return (finite scores, excluded mask, scale exponent e, x, dim).
+
+    The scale is s = 2**e with e >= 0 the exponent of max |z| over the row's finite entries.
+    """
+    check_floating(fn, "logits", logits)
+    d = check_dim(fn, dim, logits.ndim)
+    if validate:
+        check_finite(fn, "logits", logits)
+    x = logits.to(compute_dtype(logits))
+    excluded = logits == NEG_INF
+    finite = torch.where(excluded, x.new_zeros(()), x)
+    top = finite.detach().abs().amax(d, keepdim=True) if x.numel() else finite.detach().abs()
+    exponent = torch.frexp(top)[1].clamp(min=0)
+    return finite, excluded, exponent, x, d
+
+
+def _power_of_two(like: Tensor, exponent: Tensor) -> Tensor:
+    """2**exponent, exactly, in the dtype of ``like`` (a constant: no gradient).
+
+    Multiplying by it is exact (barring underflow). ``torch.ldexp`` is not used on the scores
+    themselves: its backward returns 0 for negative exponents (torch 2.13).
+    """
+    return torch.ldexp(torch.ones((), dtype=like.dtype, device=like.device).expand_as(exponent), exponent)
+
+
+def _normalize(values: Tensor, excluded: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
+    values = torch.where(excluded, values.new_zeros(()), values)
+    return (values / safe_denominator(values.sum(dim, keepdim=True))).to(dtype)
+
+
+def spherical_softmax(logits: Tensor, *, dim: int = -1, eps: float = SPHERICAL_EPS,
+                      validate: bool = True) -> Tensor:
+    """Spherical softmax: p_i = (z_i² + ε) / Σ_k (z_k² + ε).
+
+    ε (default ``SPHERICAL_EPS`` = 1e-6) keeps the map defined on an all-zero row (which maps to
+    the uniform distribution) and gives a zero score a small non-zero probability. A ``-inf``
+    score is an excluded class (probability exactly 0, no gradient), although z² would make it
+    the largest: the project's rule for ``-inf`` wins. A row of all ``-inf`` maps to zeros.
+    Not shift-invariant; even in z.
+
+    Args:
+        logits: (*batch, n, *rest) scores, any floating dtype (half precision computed in float32).
+        dim: the class axis.
+        eps: ε, a finite number > 0.
+        validate: reject NaN and ``+inf`` scores.
+
+    Returns:
+        probs of the shape and dtype of ``logits``; rows sum to 1 along ``dim``.
+
+    Raises:
+        TypeError: ``logits`` not floating; ``dim`` not an int. IndexError: ``dim`` out of range.
+        ValueError: ``eps`` not a finite number > 0; NaN or ``+inf`` scores (validate).
+
+    Example:
+        >>> spherical_softmax(torch.tensor([1.0, -3.0, -math.inf]), eps=1e-12)
+        tensor([0.1000, 0.9000, 0.0000])
+
+    References:
+        Vincent, de Brébisson, Bouthillier, "Efficient exact gradient update for training deep
+        networks with very large sparse targets", NIPS 2015; de Brébisson, Vincent, "An
+        exploration of softmax alternatives belonging to the spherical loss family", ICLR 2016.
+    """
+    fn = "spherical_softmax"
+    eps = check_positive(fn, "eps", eps)
+    if isinstance(logits, Tensor) and logits.ndim == 0:
+        return spherical_softmax(logits.reshape(1), eps=eps, validate=validate).reshape(())
+    finite, excluded, exponent, x, d = _prepare(fn, logits, dim, validate)
+    inverse = _power_of_two(x, -exponent)
+    scaled = finite * inverse
+    eps_scaled = eps * inverse * inverse
+    return _normalize(scaled * scaled + eps_scaled, excluded, d, logits.dtype)
+
+
+def taylor_softmax(logits: Tensor, *, dim: int = -1, order: int = 2, validate: bool = True) -> Tensor:
+    """Taylor softmax: p_i = t(z_i) / Σ_k t(z_k), t(z) = Σ_{j=0}^{order} z^j / j!.
+
+    The Taylor polynomial of exp of an even order is strictly positive: at a minimum z*, its
+    derivative (the polynomial of order − 1) vanishes, so t(z*) = z*^order / order! > 0 (z* ≠ 0);
+    for order 2, t(z) = ((z + 1)² + 1) / 2 >= 1/2. Odd orders go negative, so only even orders
+    >= 2 are accepted. A ``-inf`` score is an excluded class (probability exactly 0, no
+    gradient; t(−inf) would be +inf); a row of all ``-inf`` maps to zeros. Not shift-invariant.
+
+    Args:
+        logits: (*batch, n, *rest) scores, any floating dtype (half precision computed in float32).
+        dim: the class axis.
+        order: an even int >= 2.
+        validate: reject NaN and ``+inf`` scores.
+
+    Returns:
+        probs of the shape and dtype of ``logits``; rows sum to 1 along ``dim``.
+
+    Raises:
+        TypeError: ``logits`` not floating; ``dim`` or ``order`` not an int.
+        IndexError: ``dim`` out of range.
+        ValueError: ``order`` odd or < 2; NaN or ``+inf`` scores (validate).
+
+    Example:
+        >>> taylor_softmax(torch.tensor([0.0, 2.0, -math.inf]))  # t = 1, 5
+        tensor([0.1667, 0.8333, 0.0000])
+
+    References:
+        de Brébisson, Vincent, "An exploration of softmax alternatives belonging to the spherical
+        loss family", ICLR 2016.
+    """
+    fn = "taylor_softmax"
+    if isinstance(order, bool) or not isinstance(order, int):
+        fail(fn, "order", "an even int >= 2", f"<{type(order).__name__}>", kind=TypeError)
+    if order < 2 or order % 2:
+        fail(fn, "order", "an even int >= 2 (odd Taylor polynomials of exp take negative values)", order)
+    if isinstance(logits, Tensor) and logits.ndim == 0:
+        return taylor_softmax(logits.reshape(1), order=order, validate=validate).reshape(())
+    finite, excluded, exponent, x, d = _prepare(fn, logits, dim, validate)
+    # Horner's rule on t(z) / s^order, homogeneous in a = z / s and b = 1 / s:
+    # g_order = 1, g_{k-1} = b^(order-k+1) + (a / k) g_k, g_0 = t(z) / s^order.
+    scaled = finite * _power_of_two(x, -exponent)
+    value = torch.ones_like(scaled)
+    for k in range(order, 0, -1):
+        power = _power_of_two(x, -(order - k + 1) * exponent)
+        value = power + (scaled / k if k > 2 else scaled * (1.0 / k)) * value
+    return _normalize(value, excluded, d, logits.dtype)

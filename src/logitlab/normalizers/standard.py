@@ -1,0 +1,119 @@
+"""Standard normalization: scores divided by their sum, the map people compare softmax against.
+
+standard(x)_i = x_i / Σ_k x_k needs non-negative scores. Logits of a network are not, so a
+positivity transform f is applied first: p_i = f(z_i) / Σ_k f(z_k). The study uses
+``positivity="softplus"`` (smooth, > 0 everywhere, ≈ exp(z) for very negative z and ≈ z for
+large z, so the map is neither shift- nor scale-invariant).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from logitlab._validation import check_choice, check_dim, check_finite, check_floating, compute_dtype, fail
+from logitlab.normalizers._masking import describe_rows, safe_denominator
+from logitlab.normalizers.softmax import softmax
+
+__all__ = ["standard_normalize", "POSITIVITY"]
+
+POSITIVITY = (None, "softplus", "relu", "abs")
+NEG_INF = -math.inf
+# Below this score, softplus(z) = exp(z)(1 − exp(z)/2 + …) is replaced by its log, z − exp(z)/2
+# (error < exp(2z)/3 < 1e-26): rows whose largest score is below it are normalized in log space.
+_COLD = -30.0
+
+
+def _log_softplus(z: Tensor) -> Tensor:
+    """log softplus(z) without underflow (finite z)."""
+    cold = z < _COLD
+    zc = z.clamp(max=_COLD)
+    zw = torch.where(cold, z.new_zeros(()), z)
+    return torch.where(cold, zc - torch.exp(zc) / 2, torch.log(F.softplus(zw)))
+
+
+def standard_normalize(logits: Tensor, *, dim: int = -1, positivity: str | None = None,
+                       validate: bool = True) -> Tensor:
+    """Divide the scores of each row by their sum: p_i = f(x_i) / Σ_k f(x_k).
+
+    f is the identity when ``positivity`` is None (the scores must then be non-negative with a
+    positive row sum), else softplus(x) = log(1 + exp(x)), relu(x) = max(x, 0) or |x|. The
+    study normalizes raw logits with ``positivity="softplus"``.
+    A ``-inf`` score is an excluded class (probability exactly 0, no gradient) in every mode; a
+    row of all ``-inf`` maps to an all-zero row. With softplus, a row whose scores are all below
+    −30 is computed as softmax(log softplus(x)), so it never underflows to a zero sum.
+
+    The gradient is ∂p_i/∂x_j = f'(x_j) (δ_ij − p_i) / Σ_k f(x_k): defined wherever the sum is
+    positive (relu and abs use the subgradient 0 at x = 0).
+
+    Args:
+        logits: (*batch, n, *rest) scores, any floating dtype (half precision computed in float32).
+        dim: the class axis.
+        positivity: None, 'softplus', 'relu' or 'abs'.
+        validate: check the data: NaN or ``+inf`` scores, and (positivity None) negative scores,
+            or (None, relu, abs) rows with a zero sum, raise an error that names those rows.
+            Without it, a zero-sum row maps to an all-zero row.
+
+    Returns:
+        probs of the shape and dtype of ``logits``; rows sum to 1 along ``dim``.
+
+    Raises:
+        TypeError: ``logits`` not floating; ``dim`` not an int. IndexError: ``dim`` out of range.
+        ValueError: unknown ``positivity``; NaN/``+inf`` scores, negative scores or zero-sum rows
+            (validate; the message lists the rows, as indices over the dimensions other than ``dim``).
+
+    Example:
+        >>> standard_normalize(torch.tensor([1.0, 3.0, 0.0]))
+        tensor([0.2500, 0.7500, 0.0000])
+        >>> standard_normalize(torch.tensor([0.0, -math.inf]), positivity="softplus")
+        tensor([1., 0.])
+        >>> standard_normalize(torch.tensor([[1.0, -2.0], [1.0, 1.0]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: standard_normalize(): argument 'logits' expected non-negative scores ...
+
+    References:
+        de Brébisson, Vincent, "An exploration of softmax alternatives belonging to the spherical
+        loss family", ICLR 2016 (standard normalization as a baseline).
+    """
+    fn = "standard_normalize"
+    check_floating(fn, "logits", logits)
+    d = check_dim(fn, dim, logits.ndim)
+    check_choice(fn, "positivity", positivity, POSITIVITY)
+    if logits.ndim == 0:
+        out = standard_normalize(logits.reshape(1), positivity=positivity, validate=validate)
+        return out.reshape(())
+    x = logits.to(compute_dtype(logits))
+    if validate:
+        check_finite(fn, "logits", logits)
+    excluded = logits == NEG_INF
+    finite = torch.where(excluded, x.new_zeros(()), x)
+    if positivity is None:
+        if validate and logits.numel():
+            negative = ((x < 0) & ~excluded).any(d)
+            if bool(negative.any()):
+                fail(fn, "logits", "non-negative scores (-inf marks an excluded class; "
+                     "positivity='softplus' accepts any logits)", f"<negative scores in {describe_rows(negative)}>")
+        scores = finite
+    elif positivity == "softplus":
+        scores = F.softplus(finite)
+    elif positivity == "relu":
+        scores = torch.relu(finite)
+    else:
+        scores = finite.abs()
+    scores = torch.where(excluded, x.new_zeros(()), scores)
+    total = scores.sum(d, keepdim=True)
+    if validate and positivity != "softplus" and logits.numel():
+        zero = (total == 0).squeeze(d) & ~excluded.all(d)
+        if bool(zero.any()):
+            fail(fn, "logits", "rows with a positive sum of scores", f"<zero sum in {describe_rows(zero)}>")
+    probs = scores / safe_denominator(total)
+    if positivity == "softplus" and logits.numel():
+        cold = x.amax(d, keepdim=True) < _COLD
+        if bool(cold.any()):
+            log_scores = torch.where(excluded, x.new_tensor(NEG_INF), _log_softplus(finite))
+            probs = torch.where(cold, softmax(log_scores, dim=d, validate=False), probs)
+    return probs.to(logits.dtype)
