@@ -38,7 +38,7 @@ def test_study_help_lists_set_keys_and_flags(capsys):
     (["--model", "cnn"], "unknown model 'cnn'; valid choices: linear, mlp"),
     (["--set", "pairs=softmax+hinge"], "unknown or invalid pair 'softmax+hinge'; valid pairs for class-index training: softmax+cross_entropy"),
     (["--set", "pairs=sigmoid+cross_entropy"], "unknown or invalid pair 'sigmoid+cross_entropy'"),
-    (["--set", "pairs=standard+kl[positivity=square]"], "positivity must be one of none, softplus, exp"),
+    (["--set", "pairs=standard+kl[positivity=square]"], "combination standard+kl[positivity=square] cannot run"),
     (["--set", "pairs=softmax+cross_entropy,softmax+cross_entropy"], "duplicate combination(s): softmax+cross_entropy"),
     (["--set", "pairs"], "--set 'pairs': expected key=value"),
 ])
