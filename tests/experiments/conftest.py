@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -36,10 +39,17 @@ def subprocess_env() -> dict[str, str]:
 PYTHON = sys.executable
 
 
+class TinyRun(NamedTuple):
+    run_dir: Path
+    lines: list[str]
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """Run the tiny study through the CLI once; return (run dir, printed lines)."""
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """Run the tiny study through the CLI once; return its directory and the lines it printed."""
     run_dir = tmp_path_factory.mktemp("study") / "run"
-    status = cli.main(["study", *TINY, "--out", str(run_dir)])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = cli.main(["study", *TINY, "--out", str(run_dir)])
     assert status == 0
-    return run_dir
+    return TinyRun(run_dir, out.getvalue().splitlines())

@@ -63,10 +63,10 @@ def _run(binary: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_report_renders_in_headless_chromium(tiny_run):
     binary = _chromium()
-    report = tiny_run / rec.REPORT
+    report = tiny_run.run_dir / rec.REPORT
     html = report.read_text()
     images = html.count("<img ")
-    probe = tiny_run / "probe.html"
+    probe = tiny_run.run_dir / "probe.html"
     probe.write_text(html.replace("</body>", _PROBE + "</body>"))
     dom = _run(binary, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
     match = re.search(r"images=(\d+)/(\d+);sections=([\w,]*)", dom.stdout)

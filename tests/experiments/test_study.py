@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from logitlab import cli
 from logitlab.experiments import records as rec
 from logitlab.experiments.report import COLUMNS
 
-from .conftest import PYTHON, TINY, run_cli, subprocess_env
+from .conftest import PYTHON, run_cli, subprocess_env
 
 METRICS = {"accuracy", "nll", "nll_smoothed", "zero_prob_fraction", "brier", "ece_width", "ece_mass", "mce"}
 SECTIONS = ["setup", "summary", "calibration", "training", "theory", "records"]
@@ -26,7 +25,7 @@ def _strip_times(records):
 
 
 def test_records_hold_every_measure(tiny_run):
-    records = rec.read_records(tiny_run / rec.RECORDS)
+    records = rec.read_records(tiny_run.run_dir / rec.RECORDS)
     assert [(r["combination"], r["seed"]) for r in records] == [
         ("softmax+cross_entropy", 0), ("sparsemax+sparsemax_loss", 0),
         ("softmax+cross_entropy", 1), ("sparsemax+sparsemax_loss", 1)]
@@ -46,7 +45,7 @@ def test_records_hold_every_measure(tiny_run):
 
 
 def test_report_has_every_section_table_and_figures(tiny_run):
-    text = (tiny_run / rec.REPORT).read_text()
+    text = (tiny_run.run_dir / rec.REPORT).read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in text
     assert "http://" not in text and "https://" not in text and "<script" not in text
@@ -60,26 +59,46 @@ def test_report_has_every_section_table_and_figures(tiny_run):
 
 def test_report_rerenders_byte_identical(tiny_run, tmp_path, capsys):
     out = tmp_path / "again.html"
-    status, lines, _ = run_cli(["report", str(tiny_run), "-o", str(out)], capsys)
+    status, lines, _ = run_cli(["report", str(tiny_run.run_dir), "-o", str(out)], capsys)
     assert status == 0 and lines[-1] == str(out)
-    assert out.read_bytes() == (tiny_run / rec.REPORT).read_bytes()
+    assert out.read_bytes() == (tiny_run.run_dir / rec.REPORT).read_bytes()
 
 
-def test_study_prints_progress_and_ends_with_the_report_path(tmp_path, capsys):
-    out = tmp_path / "run"
-    status, lines, _ = run_cli(["study", "--dataset", "iris", "--epochs", "2", "--seeds", "1",
-                                "--set", "pairs=softmax+cross_entropy", "--out", str(out)], capsys)
-    assert status == 0
-    assert any(line.startswith("[1/1] softmax+cross_entropy seed 0: 2 epochs") for line in lines)
-    assert lines[-1] == str(out / rec.REPORT)
+def test_study_prints_progress_and_ends_with_the_report_path(tiny_run):
+    lines = tiny_run.lines
+    for number, key in enumerate(["softmax+cross_entropy", "sparsemax+sparsemax_loss"] * 2, 1):
+        assert any(line.startswith(f"[{number}/4] {key} seed {(number - 1) // 2}: 3 epochs, test acc") for line in lines)
+    assert lines[-1] == str(tiny_run.run_dir / rec.REPORT)
 
 
-def test_same_seed_same_records(tiny_run, tmp_path):
-    again = tmp_path / "again"
-    assert cli.main(["study", *TINY, "--out", str(again)]) == 0
-    first = rec.read_records(tiny_run / rec.RECORDS)
-    second = rec.read_records(again / rec.RECORDS)
-    assert _strip_times(first) == _strip_times(second)
+def test_same_seed_same_records(tiny_run):
+    from logitlab.experiments.data import load_split
+    from logitlab.experiments.runner import train_one
+    from logitlab.experiments.spec import StudySpec
+
+    spec = StudySpec.from_json(json.loads((tiny_run.run_dir / rec.SPEC).read_text()))
+    stored = rec.read_records(tiny_run.run_dir / rec.RECORDS)
+    again = []
+    for seed in range(spec.seeds):
+        data = load_split(spec.dataset, seed, val_fraction=spec.val_fraction, test_fraction=spec.test_fraction)
+        again += [rec.to_json(train_one(spec, combo, seed, data)) for combo in spec.pairs]
+    assert _strip_times(again) == _strip_times(stored)
+
+
+def test_other_datasets_and_the_mlp_run(tmp_path):
+    from logitlab.experiments.data import load_split
+    from logitlab.experiments.runner import train_one
+    from logitlab.experiments.spec import StudySpec, apply_overrides
+
+    for dataset, classes in (("iris", 3), ("wine", 3), ("breast_cancer", 2)):
+        spec = apply_overrides(StudySpec(), {"dataset": dataset, "model": "mlp", "epochs": "2", "hidden": "8",
+                                             "pairs": "softmax+cross_entropy,entmax15+entmax_loss"})
+        data = load_split(dataset, 0)
+        assert data.num_classes == classes
+        assert abs(float(data.x_train.mean())) < 1e-5  # standardized on the training split
+        for combo in spec.pairs:
+            record = train_one(spec, combo, 0, data)
+            assert record["epochs_run"] == 2 and 0 <= record["metrics"]["accuracy"] <= 1
 
 
 def test_unfinished_last_line_is_ignored_and_cut(tmp_path):
@@ -130,7 +149,7 @@ def test_killed_run_resumes_without_redoing(tmp_path):
 
 
 def test_resume_with_different_options_exits_2(tiny_run, capsys):
-    status, _, err = run_cli(["study", "--out", str(tiny_run), "--resume", "--epochs", "5"], capsys)
+    status, _, err = run_cli(["study", "--out", str(tiny_run.run_dir), "--resume", "--epochs", "5"], capsys)
     assert status == 2 and "differ from the stored run" in err and "epochs" in err
 
 
@@ -142,5 +161,5 @@ def test_resume_without_a_run_exits_2(tmp_path, capsys):
 def test_spec_round_trips_through_json(tiny_run):
     from logitlab.experiments.spec import StudySpec
 
-    stored = json.loads((tiny_run / rec.SPEC).read_text())
+    stored = json.loads((tiny_run.run_dir / rec.SPEC).read_text())
     assert StudySpec.from_json(stored).to_json() == stored

@@ -98,7 +98,21 @@ def check_combinations(spec: StudySpec) -> None:
 
 def train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
               on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Train ``combo`` on ``data`` with ``seed`` and return its record (metrics, curves, wall time)."""
+    """Train ``combo`` on ``data`` with ``seed`` and return its record (metrics, curves, wall time).
+
+    Runs on one CPU thread, so the same (spec, combination, seed) gives the same record whatever
+    the caller's thread setting (reductions split over threads round differently).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_one(spec, combo, seed, data, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
+               on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     from logitlab.registry import make_objective
 
     start = time.perf_counter()
@@ -200,11 +214,12 @@ def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False,
     torch.set_num_threads(1)
     try:
         _run_jobs(spec, jobs, done, records_path, progress)
+        if not (out_dir / rec.THEORY).exists():
+            progress("theory: computing the data of the theory section", True)
+            rec.write_json(out_dir / rec.THEORY, theory.collect(spec.pairs))
     finally:
         torch.set_num_threads(threads)
-    if not (out_dir / rec.THEORY).exists():
-        progress("theory: computing the data of the theory section", True)
-        rec.write_json(out_dir / rec.THEORY, theory.collect(spec.pairs))
+    progress("report: rendering", True)
     return write_report(out_dir)
 
 

@@ -16,7 +16,7 @@ from logitlab.experiments import plots
 __all__ = ["collect", "render", "SECTIONS"]
 
 NUM_CLASSES = 10
-MARGINS = [0.5 * i for i in range(41)]                   # 0 .. 20
+MARGINS = [float(i) for i in range(21)]                   # 0 .. 20
 SCALES = [10 ** (-1 + 0.05 * i) for i in range(41)]      # 0.1 .. 10
 
 
