@@ -92,7 +92,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from logitlab.experiments import records
-    from logitlab.experiments.runner import run_study
+    from logitlab.experiments.runner import check_combinations, run_study
     from logitlab.experiments.spec import SpecError, StudySpec, apply_overrides
 
     try:
@@ -115,6 +115,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         else:
             spec = apply_overrides(base, overrides)
             out = out or Path("runs") / f"{spec.dataset}-{spec.model}"
+        check_combinations(spec)
     except (SpecError, _UsageError) as error:
         args.parser.error(str(error))
     print(f"study: {spec.dataset}, {spec.model} model, {len(spec.pairs)} combinations x {spec.seeds} seeds, "
