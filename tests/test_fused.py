@@ -20,7 +20,7 @@ F64 = torch.float64
 BATCHES = [(1,), (2,), (7,), (127,), (3, 5, 7)]
 OPTIONS = [dict(), dict(reduction="sum"), dict(reduction="none"), dict(label_smoothing=0.2),
            dict(z_loss=1e-2), dict(softcap=3.0), dict(class_weight=True, label_smoothing=0.1),
-           dict(bias=True, z_loss=1e-3, reduction="sum")]
+           dict(bias=True, z_loss=1e-3, reduction="sum"), dict(class_weight=True, z_loss=1e-2)]
 
 
 def _inputs(batch, dim=6, vocab=13, dtype=F64, ignore=True, seed=0):
@@ -102,10 +102,14 @@ def test_matches_logitlab_cross_entropy_when_available():
     if cross_entropy is None:
         pytest.skip("logitlab.cross_entropy has not landed on this branch yet")
     hidden, weight, target = _inputs((3, 5, 7), dim=8, vocab=17)
-    for opts in [dict(), dict(label_smoothing=0.1), dict(z_loss=1e-2), dict(reduction="none")]:
+    cw = torch.rand(17, dtype=F64) + 0.5
+    for opts in [dict(), dict(label_smoothing=0.1), dict(z_loss=1e-2), dict(reduction="none"),
+                 dict(class_weight=cw, z_loss=1e-2, label_smoothing=0.2, reduction="sum")]:
         got = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=4, **k),
                                hidden, weight, target, opts)
-        want = _value_and_grads(lambda h, w, t, **k: cross_entropy(h @ w.T, t, **k), hidden, weight, target, opts)
+        ours_to_theirs = {k if k != "class_weight" else "weight": val for k, val in opts.items()}
+        want = _value_and_grads(lambda h, w, t, **k: cross_entropy(h @ w.T, t, **ours_to_theirs), hidden, weight,
+                                target, {})
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
