@@ -154,14 +154,14 @@ def measure_time(rows, dim, vocab, dtype_name, impls, repeats, budget_s=600.0):
     dtype = DTYPES[dtype_name]
     hidden, weight, target = make_inputs(rows, dim, vocab, dtype)
     calls = {impl: make_call(impl, hidden, weight, target) for impl in impls}
-    ref_loss = calls["naive"]()
-    ref = (ref_loss.float(), hidden.grad.float(), weight.grad.float())
-    errors = {}
-    warm = {}
-    for impl, call in calls.items():  # warm-up doubles as the correctness check
+    errors, warm, ref = {}, {}, None
+    order = ["naive"] + [impl for impl in calls if impl != "naive"]
+    for impl in order:  # warm-up doubles as the correctness check (naive first: the reference)
         start = time.perf_counter()
-        loss = call()
+        loss = calls[impl]()
         warm[impl] = time.perf_counter() - start
+        if impl == "naive":
+            ref = (loss.float(), hidden.grad.float(), weight.grad.float())
         if impl != "floor":
             got = (loss.float(), hidden.grad.float(), weight.grad.float())
             errors[impl] = [float((a - b).abs().max()) for a, b in zip(got, ref)]
@@ -198,6 +198,8 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--shapes", default=None, help="e.g. 4096x1024x32768,2048x2048x131072")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--budget-s", type=float, default=600.0,
+                        help="per impl: fewer repeats when warm-up time x repeats exceeds this")
     parser.add_argument("--skip", default="", help="comma-separated impls to leave out")
     parser.add_argument("--memory-timeout", type=float, default=900.0, help="seconds per memory process")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -220,7 +222,7 @@ def main(argv=None):
             repeats = args.repeats or (3 if args.quick else 5 if rows * dim * vocab <= 2**37 else 3)
             print(f"# ({rows}, {dim}, {vocab}) {dtype_name}: timing {len(impls)} impls x {repeats} ...", flush=True)
             timed = _child({"kind": "time", "rows": rows, "dim": dim, "vocab": vocab, "dtype_name": dtype_name,
-                            "impls": impls, "repeats": repeats})
+                            "impls": impls, "repeats": repeats, "budget_s": args.budget_s})
             elt = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
             logits_mib = rows * vocab * elt / 2**20
             for impl in IMPLS:
