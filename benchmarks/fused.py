@@ -38,7 +38,8 @@ import torch.nn.functional as F
 FULL_SHAPES = [(4096, 1024, 32768), (2048, 2048, 131072)]
 QUICK_SHAPES = [(512, 128, 4096), (256, 256, 16384)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-IMPLS = ["floor", "logitlab", "logitlab_recompute", "naive", "torch_lce", "cce_torch_compile"]
+IMPLS = ["floor", "logitlab", "logitlab_recompute", "logitlab_bf16_accum", "naive", "torch_lce",
+         "cce_torch_compile"]
 RESULTS = Path(__file__).resolve().parent / "results" / "fused.json"
 
 
@@ -78,6 +79,11 @@ def make_call(impl, hidden, weight, target):
 
         def fn():
             return linear_cross_entropy(hidden, weight, target, impl="chunked")
+    elif impl == "logitlab_bf16_accum":  # grad_weight summed in the input's dtype (half precision only)
+        from logitlab.fused import linear_cross_entropy
+
+        def fn():
+            return linear_cross_entropy(hidden, weight, target, impl="chunked", accum_dtype=hidden.dtype)
     elif impl == "logitlab_recompute":
         from logitlab.fused._engine import FusedLinearLoss, Plan, chunk_rows
         from logitlab.fused.cross_entropy import build_kernel, reduction_scale
@@ -215,20 +221,25 @@ def main(argv=None):
     if args.shapes:
         shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     skipped = set(filter(None, args.skip.split(",")))
+    skipped.discard("naive")  # the reference of every correctness check
     impls = [i for i in IMPLS if (i != "cce_torch_compile" or _cce() is not None) and i not in skipped]
     records = []
     for rows, dim, vocab in shapes:
         for dtype_name in args.dtypes.split(","):
             repeats = args.repeats or (3 if args.quick else 5 if rows * dim * vocab <= 2**37 else 3)
-            print(f"# ({rows}, {dim}, {vocab}) {dtype_name}: timing {len(impls)} impls x {repeats} ...", flush=True)
+            case_impls = [i for i in impls if i != "logitlab_bf16_accum" or dtype_name != "float32"]
+            print(f"# ({rows}, {dim}, {vocab}) {dtype_name}: timing {len(case_impls)} impls x {repeats} ...",
+                  flush=True)
             timed = _child({"kind": "time", "rows": rows, "dim": dim, "vocab": vocab, "dtype_name": dtype_name,
-                            "impls": impls, "repeats": repeats, "budget_s": args.budget_s})
+                            "impls": case_impls, "repeats": repeats, "budget_s": args.budget_s})
             elt = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
             logits_mib = rows * vocab * elt / 2**20
             for impl in IMPLS:
                 rec = {"rows": rows, "dim": dim, "vocab": vocab, "dtype": dtype_name, "impl": impl,
                        "naive_logits_mib": logits_mib, "repeats": repeats, "torch": torch.__version__,
                        "machine": platform.machine(), "cpus": os.cpu_count()}
+                if impl == "logitlab_bf16_accum" and dtype_name == "float32":
+                    continue  # the same computation as logitlab in float32
                 if impl not in impls:
                     rec["status"] = ("not measured: skipped (--skip)" if impl in skipped
                                      else "not measured: cut_cross_entropy is not installed")

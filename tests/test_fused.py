@@ -316,3 +316,19 @@ def test_divergence_low_precision_and_bad_inputs():
         linear_divergence_loss(hidden, weight, teacher_hidden=th, teacher_weight=tw, divergence="tv")
     with pytest.raises(ValueError, match=r"argument 'target' expected class indices when hard_label_weight > 0"):
         linear_divergence_loss(hidden, weight, teacher_hidden=th, teacher_weight=tw, hard_label_weight=1.0)
+
+
+def test_bfloat16_accumulation_is_an_option_with_bounded_error():
+    hidden, weight, target = _inputs((96,), dim=16, vocab=257, dtype=torch.bfloat16)
+    truth = _value_and_grads(reference.linear_cross_entropy, hidden.to(F64), weight.to(F64), target, {})
+    fp32 = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=16, **k),
+                            hidden, weight, target, {})
+    bf16 = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=16,
+                                                                 accum_dtype=torch.bfloat16, **k),
+                            hidden, weight, target, {})
+    torch.testing.assert_close(bf16[0], fp32[0])  # the value does not depend on it
+    torch.testing.assert_close(bf16[1], fp32[1])  # nor does grad_hidden
+    scale = float(truth[2].abs().max())
+    err_fp32 = float((fp32[2].to(F64) - truth[2]).abs().max())
+    err_bf16 = float((bf16[2].to(F64) - truth[2]).abs().max())
+    assert err_fp32 <= err_bf16 and err_bf16 <= 2**-6 * scale  # six roundings of 2^-9 at most

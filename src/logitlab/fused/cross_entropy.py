@@ -104,7 +104,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         softcap: optional c > 0: logits become c·tanh(z / c) before the loss.
         chunk_size: rows per chunk (default: :func:`logitlab.fused._engine.chunk_rows`).
         impl: 'auto' | 'chunked' | 'naive'.
-        accum_dtype: dtype of logit blocks and gradient sums for half-precision inputs.
+        accum_dtype: dtype in which grad_weight and grad_bias are summed over chunks (logit
+            blocks are at least float32 whatever it is). With half-precision inputs, float32
+            (the default) costs a float32 copy of the head's gradient; the input's own dtype
+            saves that memory at one rounding per chunk.
         process_group: a torch.distributed group for a vocabulary-sharded head, or None.
         validate: check that the class indices are in range.
 
