@@ -120,7 +120,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
         args.parser.error(str(error))
     print(f"study: {spec.dataset}, {spec.model} model, {len(spec.pairs)} combinations x {spec.seeds} seeds, "
           f"{spec.epochs} epochs -> {out}", flush=True)
-    report = run_study(spec, out, resume=args.resume)
+    try:
+        report = run_study(spec, out, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished combinations are in {out / records.RECORDS}; complete the run with "
+              f"`logitlab study --out {out} --resume`", file=sys.stderr, flush=True)
+        return 130
     print(report, flush=True)
     return 0
 
