@@ -7,7 +7,6 @@ import math
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -55,6 +54,22 @@ def test_report_has_every_section_table_and_figures(tiny_run):
     assert table.count('class="best"') >= len(COLUMNS)
     assert " ± " in table
     assert "Measured" in text
+    for part in ("gradient_sweep", "scale_response", "maxent", "decomposition", "underflow"):
+        assert f'<h3 id="theory-{part}">' in text
+    assert 'class="note"' not in text  # every theory part available, the run complete
+    assert text.count('<img src="data:image/png;base64,') >= 10
+
+
+def test_theory_parts_that_cannot_run_become_notes():
+    from logitlab.experiments import theory
+
+    html = theory.render(None)
+    assert html.count('class="note"') == 5 and "theory.json missing" in html
+    stored = {"maxent": {"available": False, "source": "logitlab.maxent.solve_maxent", "reason": "ImportError: x"},
+              "underflow": {"available": True, "source": "s", "data": {"unexpected": 1}}}
+    html = theory.render(stored)
+    assert "solve_maxent</code> could not be used (ImportError: x)" in html
+    assert "stored data has an unexpected form" in html
 
 
 def test_report_rerenders_byte_identical(tiny_run, tmp_path, capsys):
