@@ -386,3 +386,15 @@ def test_torch_compile_fullgraph_has_no_graph_break():
     (expected_grad,) = torch.autograd.grad(expected, z2)
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("kind", _threshold.KINDS)
+def test_gradcheck_custom_op_path(kind):
+    # The path torch.compile takes: the custom op with its registered autograd rule.
+    z = _logits((3, 20), 0.3).requires_grad_()
+    alpha = torch.full((3, 1), 1.6, dtype=F64, requires_grad=kind == "bisect")
+
+    def probs(t, a):
+        return _threshold._threshold_op(t, a, kind, 1e-14, 100, True)[0]
+
+    assert torch.autograd.gradcheck(probs, (z, alpha))

@@ -271,7 +271,8 @@ js_divergence.__doc__ = _doc("""Generalized Jensen–Shannon divergence JS_β(ta
 
     β = 0.5 is the Jensen–Shannon divergence (symmetric, at most log 2). Limits:
     JS_β / β → KL(p ‖ q) (forward, target ‖ model) as β → 0 and JS_β / (1 − β) → KL(q ‖ p)
-    (reverse) as β → 1. Always finite, zero gradient problems at zero probabilities included.
+    (reverse) as β → 1. Always finite: at most h(β) = −β log β − (1 − β) log(1 − β) (log 2 at ½),
+    with finite gradients at zero probabilities.
     ``beta`` is this loss's own parameter (keyword-only).
 
     References: Lin, "Divergence measures based on the Shannon entropy", 1991; Agarwal et al.,

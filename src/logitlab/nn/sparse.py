@@ -36,7 +36,7 @@ class Entmax15(nn.Module):
     Example:
         >>> import torch
         >>> Entmax15()(torch.tensor([2.0, 1.0, -3.0]))
-        tensor([0.8431, 0.1569, 0.0000])
+        tensor([0.8307, 0.1693, 0.0000])
     """
 
     def __init__(self, *, dim: int = -1) -> None:

@@ -15,10 +15,9 @@ from logitlab.normalizers.standard import standard_normalize
 __all__ += ["softmax", "log_softmax", "shannon_negentropy", "sigmoid", "log_sigmoid",
             "standard_normalize", "spherical_softmax", "taylor_softmax"]
 # --- end dense normalizers ---
-"""normalizers"""
 
-# --- sparse maps (sparsemax, 1.5-entmax, α-entmax) and their Tsallis regularizers ---
-from logitlab.normalizers.entmax import (  # noqa: E402
+# --- sparse maps: sparsemax, 1.5-entmax, α-entmax and their Tsallis regularizers ---
+from logitlab.normalizers.entmax import (
     ConvergenceError,
     EntmaxInfo,
     entmax,
@@ -27,8 +26,8 @@ from logitlab.normalizers.entmax import (  # noqa: E402
     tsallis15_regularizer,
     tsallis_regularizer,
 )
-from logitlab.normalizers.sparsemax import gini_regularizer, sparsemax  # noqa: E402
+from logitlab.normalizers.sparsemax import gini_regularizer, sparsemax
 
-__all__ = [*globals().get("__all__", []),
-           "sparsemax", "gini_regularizer", "entmax15", "entmax", "entmax_with_info", "EntmaxInfo",
-           "ConvergenceError", "tsallis15_regularizer", "tsallis_regularizer"]
+__all__ += ["sparsemax", "gini_regularizer", "entmax15", "entmax", "entmax_with_info", "EntmaxInfo",
+            "ConvergenceError", "tsallis15_regularizer", "tsallis_regularizer"]
+# --- end sparse maps ---

@@ -95,17 +95,35 @@ def _solve_entmax15(x: Tensor) -> tuple[Tensor, Tensor]:
     return tau, size
 
 
-def _solve_bisect(x: Tensor, alpha: Tensor, n_total: int, tol: float, max_iter: int
+def _uniform(alpha: Tensor) -> float | Tensor:
+    """α as a float when every row shares it (a broadcast (1, 1)), else the (r, 1) tensor."""
+    if alpha.shape[0] <= 1 or alpha.stride(0) == 0:
+        return float(alpha.reshape(-1)[0]) if alpha.numel() else 1.5
+    return alpha
+
+
+def _take(alpha: float | Tensor, index: Tensor) -> float | Tensor:
+    return alpha if isinstance(alpha, float) else alpha.index_select(0, index)
+
+
+def _col(alpha: float | Tensor, dtype: torch.dtype) -> float | Tensor:
+    return alpha if isinstance(alpha, float) else alpha.reshape(-1, 1).to(dtype)
+
+
+def _solve_bisect(x: Tensor, alpha: float | Tensor, n_total: int, tol: float, max_iter: int
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Safeguarded Newton on f(τ) = Σ [x − τ]_+^q − 1 (float64), bracket [−1, −k^{1−α}].
 
     Returns τ, support size, iterations used and |f(τ)| per row.
     """
     x = x.double()
-    alpha = alpha.double().reshape(-1, 1)
+    alpha = _col(alpha, torch.float64)
     q = 1 / (alpha - 1)
     k = x.shape[-1]
-    lo = torch.full_like(x[:, :1], -1.0)
+    # Lower bound: if τ ≤ x_(j) − j^{1−α}, the top j entries alone give Σ p ≥ 1; the best j is
+    # a start from which Newton on the convex (α ≤ 2) f climbs monotonically.
+    ranks = torch.arange(1, k + 1, dtype=x.dtype, device=x.device)
+    lo = (x - ranks.pow(1 - alpha)).amax(-1, keepdim=True).clamp_min(-1.0)
     hi = -(float(min(k, n_total)) ** (1 - alpha))
     tau = lo.clone()
     n_iter = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
@@ -135,27 +153,27 @@ def _solve_bisect(x: Tensor, alpha: Tensor, n_total: int, tol: float, max_iter: 
     return tau.squeeze(1), size, n_iter, value.abs().squeeze(1)
 
 
-def _scaled(values: Tensor, kind: str, alpha: Tensor) -> Tensor:
+def _scaled(values: Tensor, kind: str, alpha: float | Tensor) -> Tensor:
     """x = (α−1)(z − max z), clamped at −2; values sorted descending, in compute dtype."""
     shifted = values - values[:, :1]
     if kind == "entmax15":
         shifted = shifted * 0.5
     elif kind == "bisect":
-        shifted = shifted * (alpha.reshape(-1, 1) - 1).to(shifted.dtype)
+        shifted = shifted * (_col(alpha, shifted.dtype) - 1)
     return shifted.clamp_min(_FLOOR)
 
 
-def _probs_from(x: Tensor, tau: Tensor, kind: str, alpha: Tensor) -> Tensor:
+def _probs_from(x: Tensor, tau: Tensor, kind: str, alpha: float | Tensor) -> Tensor:
     u = (x - tau[:, None].to(x.dtype)).clamp_min(0)
     if kind == "sparsemax":
         return u
     if kind == "entmax15":
         return u * u
-    p = torch.where(u > 0, u.double().pow(1 / (alpha.double().reshape(-1, 1) - 1)), 0)
+    p = torch.where(u > 0, u.double().pow(1 / (_col(alpha, torch.float64) - 1)), 0)
     return p / p.sum(-1, keepdim=True)
 
 
-def _solve_block(values: Tensor, idx: Tensor, alpha: Tensor, kind: str, n: int, tol: float,
+def _solve_block(values: Tensor, idx: Tensor, alpha: float | Tensor, kind: str, n: int, tol: float,
                  max_iter: int, out_dtype: torch.dtype) -> dict[str, Tensor]:
     """Solve the rows of one block from their k largest logits (sorted), and check them."""
     cdtype = _compute_dtype(values.dtype)
@@ -181,8 +199,9 @@ def _solve_block(values: Tensor, idx: Tensor, alpha: Tensor, kind: str, n: int, 
     vals = torch.where(broken[:, None], float("nan"), vals)
     # The threshold in the logits' own scale: p = [(α−1) z − τ]_+^{1/(α−1)}.
     scale = {"sparsemax": 1.0, "entmax15": 0.5}.get(kind)
-    scale_t = (alpha.reshape(-1).to(cdtype) - 1) if scale is None else scale
-    tau_z = (scale_t * top + tau.to(cdtype)).to(cdtype)
+    if scale is None:
+        scale = alpha - 1 if isinstance(alpha, float) else alpha.reshape(-1).to(cdtype) - 1
+    tau_z = (scale * top + tau.to(cdtype)).to(cdtype)
     tau_z = torch.where(excluded, float("inf"), tau_z)
     tau_z = torch.where(broken, float("nan"), tau_z)
     return {"ok": ok, "vals": vals, "idx": idx, "tau": tau_z, "support": torch.where(excluded, 0, size),
@@ -205,11 +224,12 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
     if rows == 0 or n == 0:
         return probs, tau_out, first_idx, support, n_iter, violation
 
+    alpha = _uniform(alpha)
     todo = None  # None: every row (no copy of the logits in the common case)
     k = first_k
     while True:
         block = logits if todo is None else logits.index_select(0, todo)
-        a_block = alpha if todo is None else alpha.index_select(0, todo)
+        a_block = alpha if todo is None else _take(alpha, todo)
         if k >= n:
             values, idx = torch.sort(block, dim=-1, descending=True)
         else:
@@ -254,17 +274,17 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
     return probs, tau_out, first_idx, support, n_iter, violation
 
 
-def _weights(p: Tensor, kind: str, alpha: Tensor) -> Tensor:
+def _weights(p: Tensor, kind: str, alpha: float | Tensor) -> Tensor:
     """s = ∂p/∂x along the support: 1, 2√p... (up to the constant q folded into α)."""
     if kind == "sparsemax":
         return (p > 0).to(p.dtype)
     if kind == "entmax15":
         return p.sqrt()
-    exponent = (2 - alpha.reshape(-1, 1)).to(p.dtype)
+    exponent = 2 - _col(alpha, p.dtype)
     return torch.where(p > 0, p.clamp_min(torch.finfo(p.dtype).tiny).pow(exponent), 0)
 
 
-def _grads(grad: Tensor, p: Tensor, kind: str, alpha: Tensor, need_alpha: bool
+def _grads(grad: Tensor, p: Tensor, kind: str, alpha: float | Tensor, need_alpha: bool
            ) -> tuple[Tensor, Tensor | None]:
     s = _weights(p, kind, alpha)
     s_sum = s.sum(-1, keepdim=True)
@@ -272,9 +292,9 @@ def _grads(grad: Tensor, p: Tensor, kind: str, alpha: Tensor, need_alpha: bool
     grad_x = s * (grad - centre)
     grad_alpha = None
     if need_alpha:
-        q = 1 / (alpha.reshape(-1, 1).to(p.dtype) - 1)
+        q = 1 / (_col(alpha, p.dtype) - 1)
         plogp = torch.special.xlogy(p, p)
-        grad_alpha = (q * ((grad - centre) * (q * p - plogp)).sum(-1, keepdim=True))
+        grad_alpha = q * ((grad - centre) * (q * p - plogp)).sum(-1, keepdim=True)
     return grad_x, grad_alpha
 
 
@@ -287,6 +307,7 @@ def _backward(grad: Tensor, probs: Tensor, alpha: Tensor, first_idx: Tensor, sup
     if rows == 0 or n == 0:
         return out, grad_alpha
     k = first_idx.shape[1]
+    alpha = _uniform(alpha)
     with _threads_for(first_idx.numel()):
         g_s = grad.gather(1, first_idx).to(cdtype)
         p_s = probs.gather(1, first_idx).to(cdtype)
@@ -299,7 +320,7 @@ def _backward(grad: Tensor, probs: Tensor, alpha: Tensor, first_idx: Tensor, sup
         with _threads_for(wide.numel() * n):
             g_w = grad.index_select(0, wide).to(cdtype)
             p_w = probs.index_select(0, wide).to(cdtype)
-            a_w = alpha.index_select(0, wide) if alpha.shape[0] == rows else alpha
+            a_w = _take(alpha, wide)
             gx, ga = _grads(g_w, p_w, kind, a_w, need_alpha)
             out.index_copy_(0, wide, gx.to(grad.dtype))
             if ga is not None:
@@ -353,6 +374,29 @@ def _backward_rule(ctx, grad_probs, *unused):
 _threshold_op.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
+class _ThresholdFunction(torch.autograd.Function):
+    """The eager path: the same forward and backward as the custom ops, without their dispatch
+    (whose first call imports torch._dynamo: seconds of start-up)."""
+
+    @staticmethod
+    def forward(ctx, logits, alpha, kind, tol, max_iter, raise_on_failure):
+        out = _forward(logits, alpha, kind, tol, max_iter, raise_on_failure)
+        probs, tau, first_idx, support, n_iter, violation = out
+        ctx.save_for_backward(probs, alpha, first_idx, support)
+        ctx.kind = kind
+        ctx.mark_non_differentiable(tau, first_idx, support, n_iter, violation)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_probs, *unused):
+        probs, alpha, first_idx, support = ctx.saved_tensors
+        need_alpha = bool(ctx.needs_input_grad[1])
+        grad_logits, grad_alpha = _backward(grad_probs.contiguous(), probs, alpha, first_idx, support,
+                                            ctx.kind, need_alpha)
+        return grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None), None, None, None, None
+
+
 def threshold_map(rows: Tensor, kind: str, alpha: Tensor | None = None, *, tol: float = 0.0,
                   max_iter: int = 1, raise_on_failure: bool = True
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -367,6 +411,9 @@ def threshold_map(rows: Tensor, kind: str, alpha: Tensor | None = None, *, tol: 
                               dtype=_compute_dtype(rows.dtype))
     if alpha.shape[0] != rows.shape[0]:
         alpha = alpha.expand(rows.shape[0], 1)
-    probs, tau, _, support, n_iter, violation = _threshold_op(
-        rows, alpha, kind, float(tol), int(max_iter), bool(raise_on_failure))
+    args = (rows, alpha, kind, float(tol), int(max_iter), bool(raise_on_failure))
+    if torch.compiler.is_compiling():  # opaque to the compiler: no graph break
+        probs, tau, _, support, n_iter, violation = _threshold_op(*args)
+    else:
+        probs, tau, _, support, n_iter, violation = _ThresholdFunction.apply(*args)
     return probs, tau, n_iter, violation, support

@@ -77,7 +77,7 @@ def entmax15(logits: Tensor, *, dim: int = -1) -> Tensor:
     Example:
         >>> import torch
         >>> entmax15(torch.tensor([2.0, 1.0, -3.0]))
-        tensor([0.8431, 0.1569, 0.0000])
+        tensor([0.8307, 0.1693, 0.0000])
 
     References:
         Peters, Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019.
@@ -191,7 +191,7 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
     Example:
         >>> import torch
         >>> entmax(torch.tensor([2.0, 1.0, -3.0]), alpha=1.5)
-        tensor([0.8431, 0.1569, 0.0000])
+        tensor([0.8307, 0.1693, 0.0000])
         >>> entmax(torch.tensor([1.0, 0.5, -1.0]), alpha=2.0)  # sparsemax
         tensor([0.7500, 0.2500, 0.0000])
 
@@ -216,7 +216,7 @@ def entmax_with_info(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = 
         >>> import torch
         >>> info = entmax_with_info(torch.tensor([[2.0, 1.0, -3.0]]), alpha=1.5)
         >>> bool(info.converged.all()), info.probs
-        (True, tensor([[0.8431, 0.1569, 0.0000]]))
+        (True, tensor([[0.8307, 0.1693, 0.0000]]))
         >>> info = entmax_with_info(torch.tensor([[2.0, 1.0, 0.5]]), alpha=1.3, max_iter=1)
         >>> bool(info.converged.all())
         False
