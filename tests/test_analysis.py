@@ -90,6 +90,7 @@ def test_x_over_sum_x_with_softplus_keeps_a_constant_true_class_gradient():
         assert math.isclose(float(sweep.grad_true[i]), -float(sig[0] / f(z[0])) + float(sig[0]) / total, rel_tol=1e-9)
         assert math.isclose(float(sweep.grad_wrong[i]), float(sig[1]) / total, rel_tol=1e-9)
         assert math.isclose(float(sweep.loss_value[i]), math.log(total / float(f(z[0]))), rel_tol=1e-9)
+        assert math.isclose(float(sweep.prob_true[i]), float(f(z[0])) / total, rel_tol=1e-9)
     # The limit: −σ(0)/softplus(0) = −1/(2 log 2); the wrong class's push decays like 1/margin.
     assert abs(float(sweep.grad_true[-1]) + 1 / (2 * math.log(2))) < 0.015
     assert float(sweep.grad_wrong[-1]) < 1.1 / 40
@@ -136,8 +137,11 @@ def test_sparsemax_loss_is_linear_with_a_constant_gradient_past_margin_one():
     torch.testing.assert_close(sweep.loss_value[past], sweep.margins[past], rtol=0, atol=1e-12)
     torch.testing.assert_close(sweep.grad_norm[past], torch.full((int(past.sum()),), math.sqrt(2), dtype=F64))
     assert (sweep.prob_true[past] == 0).all()
-    brier = gradient_sweep("sparsemax", "brier", margins=MARGINS, num_classes=C)
-    assert (brier.grad_norm[past] == 0).all()  # one-hot output: the Jacobian is exactly 0
+    # Through a one-hot output the Jacobian of sparsemax is exactly 0: every divergence on its
+    # probabilities stops learning (gradient exactly 0, not just small) once margin >= 1.
+    for loss in ("brier", "js", "tv", "hellinger"):
+        other = gradient_sweep("sparsemax", loss, margins=MARGINS, num_classes=C)
+        assert (other.grad_norm[past] == 0).all() and float(other.grad_norm[0]) > 0, loss
 
 
 @pytest.mark.skipif(not _available("entmax15"), reason="the sparse normalizers have not landed on main")
@@ -147,6 +151,9 @@ def test_entmax15_loss_is_linear_with_a_constant_gradient_past_margin_two():
     torch.testing.assert_close(sweep.loss_value[past], sweep.margins[past], rtol=0, atol=1e-9)
     torch.testing.assert_close(sweep.grad_norm[past], torch.full((int(past.sum()),), math.sqrt(2), dtype=F64),
                                rtol=0, atol=1e-9)
+    beyond = torch.tensor(MARGINS) > 2
+    brier = gradient_sweep("entmax15", "brier", margins=MARGINS, num_classes=C)
+    assert (brier.grad_norm[beyond] == 0).all() and float(brier.grad_norm[0]) > 0
 
 
 def test_every_available_pair_sweeps_to_finite_values():

@@ -87,3 +87,14 @@ def test_dtype_is_preserved(normalizer, loss, dtype):
     target = torch.softmax(torch.randn(4, 5), -1).to(dtype)
     value = _call(normalizer, loss, logits, target, reduction="none", validate=False)
     assert value.dtype == dtype and torch.isfinite(value).all()
+
+
+@pytest.mark.parametrize("normalizer,loss", [p for p in PAIRS if p not in INDEX_PAIRS], ids=lambda v: str(v))
+def test_make_objective_runs_for_the_pairs_that_are_not_index_objectives(normalizer, loss):
+    # valid pairs whose loss is not a sensible index-target objective still build and evaluate:
+    # reverse KL of a dense model against a one-hot target is +inf by definition, never NaN
+    objective = registry.make_objective(normalizer, loss, **NORMALIZER_PARAMS.get(normalizer, {}))
+    value = objective(torch.randn(4, 5, dtype=F64), torch.tensor([0, 1, 2, 3]))
+    assert value.shape == () and not torch.isnan(value) and float(value) >= 0
+    if loss == "reverse_kl" and not registry.NORMALIZERS[normalizer].sparse:
+        assert value == math.inf

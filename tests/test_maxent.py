@@ -10,6 +10,7 @@ import torch
 from scipy.optimize import linprog
 
 import logitlab
+from logitlab import reference
 
 from logitlab.maxent import (
     BOUNDARY_RTOL,
@@ -51,6 +52,7 @@ def test_base_measure_tilts_theta_and_excludes_zero_weight_points():
     stats = torch.eye(4, dtype=F64)[:, :3]
     result = solve_maxent(MaxEntProblem(stats, mu[:3], base))
     assert result.probs[3] == 0  # outside the support: exactly zero
+    torch.testing.assert_close(result.probs, reference.gibbs_distribution(stats, result.theta, base))
     torch.testing.assert_close(result.probs, mu, rtol=1e-9, atol=1e-12)
     shift = result.theta - (mu[:3] / base[:3]).log()  # p ∝ q e^θ  ⇒  θ = log(μ/q) + const
     torch.testing.assert_close(shift, shift[0].expand(3), rtol=0, atol=1e-8)
@@ -251,6 +253,9 @@ def test_status_agrees_with_linear_programming_on_random_polytopes(kind):
         assert result.status == expected, (seed, result.message)
         if kind == "interior":
             assert result.max_violation <= 1e-10 * float(stats.abs().max())
+            torch.testing.assert_close(result.probs, reference.gibbs_distribution(stats, result.theta))
+            torch.testing.assert_close(reference.gibbs_distribution(stats, result.theta) @ stats, mu,
+                                       rtol=0, atol=1e-9)
 
 
 def test_boundary_found_by_the_iterates_is_certified():

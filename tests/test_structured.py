@@ -226,3 +226,20 @@ def test_module_matches_the_functions():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in crf.parameters())
     with pytest.raises(ValueError, match=r"LinearChainCRF\(\): argument 'num_tags' expected an int >= 1, got 0"):
         LinearChainCRF(0)
+
+
+def test_hand_written_backward_equals_autograd_of_the_recursion():
+    from logitlab.structured import _forward_autograd
+
+    emissions, transitions, start, end, mask = _case(4, 6, 3, lengths=[6, 3, 1, 0])
+    transitions[1, 2] = -math.inf
+    inputs = [x.clone().requires_grad_() for x in (emissions, transitions, start, end)]
+    weights = torch.randn(4, dtype=F64)
+    (crf_log_partition(inputs[0], inputs[1], mask=mask, start_transitions=inputs[2], end_transitions=inputs[3])
+     * weights).sum().backward()
+    ours = [x.grad for x in inputs]
+    plain = [x.clone().requires_grad_() for x in (emissions, transitions, start, end)]
+    (_forward_autograd(plain[0], plain[1], mask, plain[2], plain[3]) * weights).sum().backward()
+    for a, b in zip(ours, plain):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b.grad, rtol=1e-10, atol=1e-12)

@@ -489,7 +489,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                          label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None) -> Tensor:
     """Cross-entropy of logits z = hidden @ weight.T + bias, row by row in float64.
 
-    Per kept row with target t: (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + λ·lse²;
+    Per kept row with target t: (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + λ·w_t·lse²;
     'mean' divides by Σ w_t over kept rows (0 when no row is kept).
     """
     h = hidden.to(F64).reshape(-1, hidden.shape[-1])
@@ -510,7 +510,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         lse = torch.logsumexp(logits[n], 0)
         nll = lse - logits[n]
         row = (1 - label_smoothing) * w[t] * nll[t] + label_smoothing / vocab * (w * nll).sum()
-        rows.append(row + z_loss * lse**2)
+        rows.append(row + z_loss * w[t] * lse**2)
         denom = denom + w[t]
     values = torch.stack(rows) if rows else torch.zeros(0, dtype=F64)
     if reduction == "none":
@@ -598,3 +598,19 @@ def linear_chain_crf_brute_force(emissions: Tensor, transitions: Tensor, *, star
     best = int(scores_t.argmax())
     return {"log_partition": log_z, "marginals": marginals, "best_tags": torch.tensor(sequences[best]),
             "best_score": scores_t[best], "scores": scores_t}
+
+
+def gibbs_distribution(statistics: Tensor, theta: Tensor, base_measure: Tensor | None = None) -> Tensor:
+    """p_k = q_k exp(⟨θ, T_k⟩) / Σ_j q_j exp(⟨θ, T_j⟩), one point at a time (float64).
+
+    statistics (K, F), theta (F,), base_measure (K,) or None (uniform). The exponential-family
+    member that :func:`logitlab.maxent.solve_maxent` returns for natural parameters θ.
+    """
+    statistics, theta = statistics.to(F64), theta.to(F64)
+    k = statistics.shape[0]
+    base = torch.ones(k, dtype=F64) if base_measure is None else base_measure.to(F64)
+    scores = [float(statistics[i] @ theta) for i in range(k)]
+    top = max(s for s, q in zip(scores, base.tolist()) if q > 0)
+    weights = [q * math.exp(s - top) if q > 0 else 0.0 for s, q in zip(scores, base.tolist())]
+    total = sum(weights)
+    return torch.tensor([w / total for w in weights], dtype=F64)

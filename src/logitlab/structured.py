@@ -101,6 +101,70 @@ def _forward(emissions: Tensor, transitions: Tensor, mask: Tensor, start: Tensor
     b, t, _ = emissions.shape
     if t == 0:
         return emissions.new_zeros(b)
+    return _ForwardBackward.apply(emissions, transitions, start, end, mask)
+
+
+class _ForwardBackward(torch.autograd.Function):
+    """log Z with a hand-written backward (the backward recursion β) that keeps only the
+    (B, T, K) forward messages α instead of autograd's (B, K, K) intermediates of every step.
+
+    ∂ log Z/∂E_t(k) = exp(α_t(k) + β_t(k) − log Z) (node marginals) and
+    ∂ log Z/∂A_ij = Σ_t exp(α_{t−1}(i) + A_ij + E_t(j) + β_t(j) − log Z) (edge marginals), with
+    β_{L−1} = end, β_{t−1}(i) = logsumexp_j(A_ij + E_t(j) + β_t(j)). A double backward (marginals
+    that must stay differentiable) differentiates the plain recursion instead.
+    """
+
+    @staticmethod
+    def forward(ctx, emissions, transitions, start, end, mask):  # noqa: D401
+        b, t, k = emissions.shape
+        alphas = emissions.new_empty(b, t, k)
+        alpha = start + emissions[:, 0]
+        alphas[:, 0] = alpha
+        for step in range(1, t):
+            nxt = _logsumexp(alpha.unsqueeze(2) + transitions, 1) + emissions[:, step]
+            alpha = torch.where(mask[:, step : step + 1], nxt, alpha)
+            alphas[:, step] = alpha
+        log_z = _logsumexp(alpha + end, 1)
+        log_z = torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
+        ctx.save_for_backward(emissions, transitions, start, end, mask, alphas, log_z)
+        return log_z
+
+    @staticmethod
+    def backward(ctx, grad):
+        emissions, transitions, start, end, mask, alphas, log_z = ctx.saved_tensors
+        inputs = (emissions, transitions, start, end)
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain (autograd) recursion
+            wanted = [x for x, need in zip(inputs, ctx.needs_input_grad[:4]) if need]
+            with torch.enable_grad():
+                log_z2 = _forward_autograd(emissions, transitions, mask, start, end)
+                grads = iter(torch.autograd.grad(log_z2, wanted, grad, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:4]), None)
+        b, t, k = emissions.shape
+        lengths = mask.sum(1)
+        zero = emissions.new_zeros(())
+        grad_emissions = torch.zeros_like(emissions)
+        grad_transitions = torch.zeros_like(transitions)
+        beta = end.expand(b, k).clone()
+        for step in range(t - 1, -1, -1):
+            beta = torch.where((lengths - 1 == step).unsqueeze(1), end.expand(b, k), beta)
+            active = (step < lengths).unsqueeze(1)
+            node = torch.exp(alphas[:, step] + beta - log_z.unsqueeze(1))
+            grad_emissions[:, step] = torch.where(active, node * grad.unsqueeze(1), zero)
+            if step == 0:
+                break
+            ahead = (emissions[:, step] + beta).unsqueeze(1)  # (B, 1, K): E_t(j) + β_t(j)
+            edge = torch.exp(alphas[:, step - 1].unsqueeze(2) + transitions + ahead - log_z.view(b, 1, 1))
+            grad_transitions += torch.where(active.unsqueeze(2), edge * grad.view(b, 1, 1), zero).sum(0)
+            beta = torch.where(active, _logsumexp(transitions + ahead, 2), beta)
+        grad_start = grad_emissions[:, 0].sum(0)
+        last = (lengths - 1).clamp(min=0).view(b, 1, 1).expand(b, 1, k)
+        grad_end = grad_emissions.gather(1, last).squeeze(1).sum(0)
+        return grad_emissions, grad_transitions, grad_start, grad_end, None
+
+
+def _forward_autograd(emissions: Tensor, transitions: Tensor, mask: Tensor, start: Tensor, end: Tensor) -> Tensor:
+    """The forward recursion in plain differentiable ops (autograd keeps every step)."""
+    b, t, _ = emissions.shape
     alpha = start + emissions[:, 0]
     for step in range(1, t):
         nxt = _logsumexp(alpha.unsqueeze(2) + transitions, 1) + emissions[:, step]

@@ -476,3 +476,22 @@ def test_entmax_alpha_reaches_the_normalizer_beside_the_divergence_parameter():
     one_hot = torch.nn.functional.one_hot(torch.tensor([0, 1, 2]), 6).to(F64)
     torch.testing.assert_close(objective(logits, torch.tensor([0, 1, 2])),
                                R.js_divergence(one_hot, model, beta=0.2).mean(), rtol=1e-6, atol=1e-8)
+
+
+@given(logits_and_target(), st.floats(0.01, 0.99))
+def test_property_generalized_js_is_bounded_by_the_binary_entropy(pair, beta):
+    logits, target = pair
+    bound = -beta * math.log(beta) - (1 - beta) * math.log1p(-beta)
+    value = float(D.js_divergence(logits, target, beta=beta))
+    assert 0 <= value <= bound + 1e-9
+
+
+def test_kl_fast_path_and_general_kernel_agree():
+    # fixed targets without excluded classes take Σ xlogy(p, p) − p log q; the rest the kernel
+    logits, target = torch.randn(5, 7, dtype=F64), random_target((5, 7), -1, sparse=True)
+    fast = D.kl_divergence(logits, target, reduction="none")
+    general = D.kl_divergence(logits, target.clone().requires_grad_(True), reduction="none")
+    torch.testing.assert_close(fast, general.detach(), rtol=1e-12, atol=1e-14)
+    z = logits.clone().requires_grad_(True)
+    D.kl_divergence(z, target).backward()
+    torch.testing.assert_close(z.grad, (torch.softmax(logits, -1) - target) / 5)

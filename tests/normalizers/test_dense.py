@@ -211,7 +211,8 @@ def test_extreme_logits_stay_finite_and_match_reference(row, use_float32):
 @given(row=extreme_rows())
 def test_extreme_logits_gradients_are_finite(row):
     for name, (ours, _, transform) in CASES.items():
-        x = (transform(row, 0) if transform else row).to(torch.float32).requires_grad_()
+        x32 = row.to(torch.float32)
+        x = (transform(x32, 0) if transform else x32).requires_grad_()
         out = ours(x, 0)
         (grad,) = torch.autograd.grad(torch.where(torch.isinf(out), 0.0, out).sum(), x)
         assert bool(torch.isfinite(grad).all()), name
@@ -423,3 +424,22 @@ def test_module_options_are_checked_at_construction():
         lnn.SphericalSoftmax(eps=-1.0)
     with pytest.raises(ValueError, match=r"TaylorSoftmax\(\): argument 'order' expected an even int >= 2, got 3"):
         lnn.TaylorSoftmax(order=3)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_scaled_path_for_huge_scores_matches_reference(dim):
+    """Scores whose polynomial overflows float32 are scaled by a power of two per row."""
+    for fn, reference, scale in [
+        (lambda x, d: spherical_softmax(x, dim=d), lambda x, d: ref.spherical_softmax(x, d), 1e19),
+        (lambda x, d: taylor_softmax(x, dim=d, order=6), lambda x, d: ref.taylor_softmax(x, d, 6), 3e6),
+        (lambda x, d: taylor_softmax(x, dim=d, order=2), lambda x, d: ref.taylor_softmax(x, d, 2), 1e19),
+    ]:
+        x = (torch.randn(5, 7, dtype=F64) * scale).to(torch.float32)
+        x[torch.rand(5, 7) < 0.2] = -INF
+        x[0, :] = x[0, :] / scale  # a row of small scores beside huge ones
+        x.requires_grad_()
+        out = fn(x, dim)
+        assert bool(torch.isfinite(out).all())
+        torch.testing.assert_close(out.detach().to(F64), reference(x.detach(), dim), rtol=0, atol=1e-6)
+        (grad,) = torch.autograd.grad((out * torch.randn(5, 7)).sum(), x)
+        assert bool(torch.isfinite(grad).all())

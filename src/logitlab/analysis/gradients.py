@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,8 @@ def gradient_sweep(normalizer: str, loss: str, *, margins: Tensor | list[float],
     * sparsemax + sparsemax loss: ∂L/∂z = sparsemax(z) − e_y = e_1 − e_0 exactly once
       margin ≥ 1 (the map is one-hot there), and L = margin exactly: bounded, constant gradient
       and a linear loss, with no exponential anywhere (entmax-1.5 likewise once margin ≥ 2).
+      Any divergence on the *probabilities* of a sparse map (brier, js, tv, hellinger) has a
+      gradient of exactly 0 there instead: the Jacobian of a one-hot sparsemax output is 0.
     * x/Σx ("standard" with scores f(z) ≥ 0): p_y = f(z_y)/Σ f decays only like 1/margin, so
       KL(e_y ‖ p) = −log p_y grows like log(margin); its gradient on the true class is
       −f'(z_y)/f(z_y) + f'(z_y)/Σ f → −f'(z_y)/f(z_y), a constant set by z_y alone (−1/2/log 2
@@ -106,7 +109,8 @@ def gradient_sweep(normalizer: str, loss: str, *, margins: Tensor | list[float],
         fail(fn, "offset", "a finite number", offset)
     objective = registry.make_objective(normalizer, loss, **params)
     normalize = registry.get_normalizer(normalizer)
-    nparams = {k: v for k, v in params.items() if k in registry.NORMALIZERS[normalizer].params or k == "positivity"}
+    accepted = inspect.signature(registry.resolve(registry.NORMALIZERS[normalizer].fn)).parameters
+    nparams = {k: v for k, v in params.items() if k in accepted and k not in ("logits", "dim")}
     target = torch.zeros(1, dtype=torch.long)
     values, norms, trues, wrongs, probs = [], [], [], [], []
     for margin in margins_t.tolist():

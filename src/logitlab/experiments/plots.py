@@ -130,8 +130,13 @@ def calibration_bars(labels: Sequence[str], panels: Mapping[str, tuple[Sequence[
 
 
 def line_panels(panels: Sequence[Mapping[str, Any]], *, width: float = 4.2, height: float = 3.0) -> bytes:
-    """Generic line plots. Each panel: title, xlabel, ylabel, optional 'logy'/'logx', and series:
-    a list of (label, xs, ys[, lower, upper]) with an optional shaded band."""
+    """Generic line plots, one panel per dict.
+
+    Each panel: title, xlabel, ylabel; optional 'logy', 'logx', 'ylim', 'styles' (label -> line
+    style), 'vlines' (list of (x, label)), 'legend' (bool), 'legend_loc', 'legend_cols',
+    'legend_outside'; and 'series': a list of (label, xs, ys[, lower, upper[, color]]), with an
+    optional shaded band between lower and upper (None for none).
+    """
     plt, style = _pyplot()
     with plt.rc_context(style):
         fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
@@ -142,6 +147,10 @@ def line_panels(panels: Sequence[Mapping[str, Any]], *, width: float = 4.2, heig
                 ax.plot(xs, ys, label=label, color=c, linestyle=panel.get("styles", {}).get(label, "-"))
                 if len(series) > 4 and series[3] is not None:
                     ax.fill_between(xs, _finite(series[3]), _finite(series[4]), color=c, alpha=0.15, linewidth=0)
+            for x, label in panel.get("vlines", []):
+                ax.axvline(x, color="gray", linestyle="--", linewidth=0.8)
+                ax.annotate(label, (x, 0.5), xycoords=("data", "axes fraction"), rotation=90, fontsize=6.5,
+                            ha="right", va="center", color="dimgray")
             if panel.get("logy"):
                 ax.set_yscale("log")
             if panel.get("logx"):
@@ -149,8 +158,14 @@ def line_panels(panels: Sequence[Mapping[str, Any]], *, width: float = 4.2, heig
             ax.set_title(panel.get("title", ""))
             ax.set_xlabel(panel.get("xlabel", ""))
             ax.set_ylabel(panel.get("ylabel", ""))
+            if panel.get("ylim"):
+                ax.set_ylim(*panel["ylim"])
             if panel.get("legend", True) and panel["series"]:
-                ax.legend(loc=panel.get("legend_loc", "best"), frameon=False, ncol=panel.get("legend_cols", 1))
+                if panel.get("legend_outside"):
+                    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                              ncol=panel.get("legend_cols", 1), fontsize=6.5)
+                else:
+                    ax.legend(loc=panel.get("legend_loc", "best"), frameon=False, ncol=panel.get("legend_cols", 1))
         fig.tight_layout()
         return _png(fig)
 

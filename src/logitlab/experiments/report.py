@@ -32,12 +32,13 @@ COLUMNS = [
 ]
 
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:1100px;margin:2em auto;
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:1280px;margin:2em auto;
 padding:0 1em;color:#1a1a1a;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-h3{margin-top:1.5em}table{border-collapse:collapse;font-size:.85em;margin:.8em 0}
-th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left;font-family:ui-monospace,monospace}
+h3{margin-top:1.5em}table{border-collapse:collapse;font-size:.78em;margin:.8em 0}
+th,td{border:1px solid #ddd;padding:.25em .45em;text-align:right}td{white-space:nowrap}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left;font-family:ui-monospace,monospace;white-space:normal;
+max-width:16em;overflow-wrap:anywhere}div.scroll{overflow-x:auto}
 td.best{background:#e3f4e3;font-weight:bold}td.best::after{content:" \\2605";color:#2a7a2a}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 p.claim{margin:.3em 0}p.note{background:#fff6e0;border-left:4px solid #e0a800;padding:.4em .7em}
@@ -110,8 +111,8 @@ def _summary(rows: list[dict[str, Any]]) -> str:
             text = "n/a" if n == 0 else f"{_fmt(mean, pattern)} ± {_fmt(spread, pattern)}"
             cells.append(f"<td{cls}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table id="summary-table"><tr><th>combination</th><th>seeds</th>{head}</tr>'
-            + "".join(body) + "</table>")
+    return (f'<div class="scroll"><table id="summary-table"><tr><th>combination</th><th>seeds</th>{head}</tr>'
+            + "".join(body) + "</table></div>")
 
 
 def _name_of(rows: list[dict[str, Any]], metric: str, sign: int) -> tuple[str, float]:
@@ -163,19 +164,22 @@ def _calibration(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
     diagrams = {r["key"]: _pooled_diagram(r["runs"], "width") for r in rows}
     name, value = _name_of(rows, "ece_width", -1)
     worst, worst_value = _name_of(rows, "ece_width", +1)
-    over = []
+    gaps = []
     for r in rows:
         d = diagrams[r["key"]]
         total = sum(d["count"])
         if total:
             gap = sum(c * (conf - acc) for c, conf, acc in zip(d["count"], d["confidence"], d["accuracy"])) / total
-            over.append((gap, r["key"]))
-    over_text = ", ".join(f"{html.escape(k)} ({g:+.3f})" for g, k in sorted(over, reverse=True)[:3])
+            gaps.append((gap, r["key"]))
+    gaps.sort(reverse=True)
+    over = ", ".join(f"{html.escape(k)} ({g:+.3f})" for g, k in gaps if g > 0.005) or "none"
+    under = ", ".join(f"{html.escape(k)} ({g:+.3f})" for g, k in reversed(gaps) if g < -0.005) or "none"
     grid = figure(plots.reliability_grid(diagrams), "reliability diagrams", [
         f"Claim: a calibrated model is right with probability p on the inputs where it says p; its bars "
         f"(accuracy per confidence bin, {spec['n_bins']} equal-width bins, test points of all seeds pooled) "
         f"sit on the diagonal. Bars below the diagonal mean over-confidence.",
-        f"Measured: the most over-confident on average (mean confidence − accuracy) are {over_text}. "
+        f"Measured, mean confidence − accuracy over all test points: over-confident (> +0.005): {over}; "
+        f"under-confident (< −0.005): {under}. "
         f"Lowest equal-width ECE: {html.escape(name)} ({value:.3f}); highest: {html.escape(worst)} ({worst_value:.3f})."])
     labels = [r["key"] for r in rows]
     panels = {}

@@ -2,11 +2,11 @@
 
 For one (combination, seed): the seed fixes the data split, the model's initialization and the
 batch order, so all combinations of a seed start from the same weights and see the same
-batches. The model's scores go through the combination's positivity transform (if any), then
-the registry objective ``make_objective(normalizer, loss, **params)`` trains them. The
-predicted distribution for the metrics is the normalizer's output; sigmoid's one-vs-all
-probabilities do not sum to 1 and are divided by their row sum for the metrics (the argmax is
-unchanged).
+batches. The registry objective ``make_objective(normalizer, loss, **params)`` trains the
+model's scores. The predicted distribution for the metrics is the normalizer's output (with
+the combination's parameters that the normalizer takes, e.g. x / Σx's ``positivity``);
+sigmoid's one-vs-all probabilities do not sum to 1 and are divided by their row sum for the
+metrics (the argmax is unchanged).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from logitlab import metrics
@@ -26,31 +25,27 @@ from logitlab.experiments.data import Split, load_split
 from logitlab.experiments.models import build_model, output_layer
 from logitlab.experiments.spec import Combination, StudySpec
 
-__all__ = ["train_one", "run_study", "positivity_transform", "predict_probs"]
+__all__ = ["train_one", "run_study", "check_combinations", "predict_probs"]
 
 Progress = Callable[[str, bool], None]
 
 
-def positivity_transform(name: str) -> Callable[[Tensor], Tensor]:
-    """The map applied to the scores before a normalizer: 'none', 'softplus' or 'exp'."""
-    return {"none": lambda z: z, "softplus": F.softplus, "exp": torch.exp}[name]
-
-
 def _normalizer_params(combo: Combination) -> dict[str, Any]:
-    from logitlab.registry import LOSSES, NORMALIZERS
+    """The registry defaults of the normalizer, updated by the combination's parameters it accepts."""
+    import inspect
 
-    defaults = dict(NORMALIZERS[combo.normalizer].params)
-    if not LOSSES[combo.loss].takes_normalizer:
-        return defaults
-    return {**defaults, **{k: v for k, v in combo.params if k in defaults}}
+    from logitlab.registry import NORMALIZERS, resolve
+
+    spec = NORMALIZERS[combo.normalizer]
+    accepted = inspect.signature(resolve(spec.fn)).parameters
+    return {**spec.params, **{k: v for k, v in combo.params if k in accepted and k != "dim"}}
 
 
 def predict_probs(combo: Combination, logits: Tensor) -> Tensor:
     """The combination's predicted distribution (float64 rows on the simplex) for raw model scores."""
     from logitlab.registry import get_normalizer
 
-    scores = positivity_transform(combo.positivity)(logits)
-    probs = get_normalizer(combo.normalizer)(scores, **_normalizer_params(combo)).to(torch.float64)
+    probs = get_normalizer(combo.normalizer)(logits, **_normalizer_params(combo)).to(torch.float64)
     if combo.normalizer == "sigmoid":
         probs = probs / probs.sum(-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
     return probs
@@ -73,9 +68,51 @@ def _metrics(probs: Tensor, target: Tensor, spec: StudySpec) -> tuple[dict[str, 
     return {k: float(v) for k, v in values.items()}, rec.to_json(reliability)
 
 
+def check_combinations(spec: StudySpec) -> None:
+    """Build each combination's objective and run it once on a small batch (forward and backward).
+
+    This checks the combinations' parameters before any training (and loads their code, so
+    the first combination's wall time does not include imports).
+
+    Raises:
+        SpecError: a combination whose objective or normalizer rejects its parameters.
+    """
+    from logitlab.registry import make_objective
+
+    from logitlab.experiments.spec import SpecError
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo (seconds)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, generator=generator)
+    target = torch.tensor([0, 1, 2, 0])
+    for combo in spec.pairs:
+        try:
+            scores = logits.clone().requires_grad_(True)
+            loss = make_objective(combo.normalizer, combo.loss, **dict(combo.params))(scores, target)
+            loss.backward()
+            with torch.no_grad():
+                predict_probs(combo, logits)
+        except (TypeError, ValueError, ImportError, AttributeError, RuntimeError) as error:
+            raise SpecError(f"combination {combo.key} cannot run: {type(error).__name__}: {error}") from None
+
+
 def train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
               on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Train ``combo`` on ``data`` with ``seed`` and return its record (metrics, curves, wall time)."""
+    """Train ``combo`` on ``data`` with ``seed`` and return its record (metrics, curves, wall time).
+
+    Runs on one CPU thread, so the same (spec, combination, seed) gives the same record whatever
+    the caller's thread setting (reductions split over threads round differently).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_one(spec, combo, seed, data, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
+               on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     from logitlab.registry import make_objective
 
     start = time.perf_counter()
@@ -87,7 +124,6 @@ def train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay)
     objective = make_objective(combo.normalizer, combo.loss, **dict(combo.params))
-    positivity = positivity_transform(combo.positivity)
     batches = torch.Generator().manual_seed(seed)
     n = data.x_train.shape[0]
     curves: dict[str, list[float]] = {"train_loss": [], "val_accuracy": [], "grad_norm": []}
@@ -99,7 +135,7 @@ def train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
         steps = 0
         for index in torch.split(order, spec.batch_size):
             optimizer.zero_grad(set_to_none=True)
-            loss = objective(positivity(model(data.x_train[index])), data.y_train[index])
+            loss = objective(model(data.x_train[index]), data.y_train[index])
             if not torch.isfinite(loss):
                 diverged = True
                 break
@@ -173,8 +209,23 @@ def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False,
     rec.write_json(out_dir / rec.SPEC, spec.to_json())
     done = rec.done_keys(rec.read_records(records_path))
     jobs = [(combo, seed) for seed in range(spec.seeds) for combo in spec.pairs]
+    # The models are tiny: one thread is fastest, and it avoids OpenMP spin-waits stalling on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _run_jobs(spec, jobs, done, records_path, progress)
+        if not (out_dir / rec.THEORY).exists():
+            progress("theory: computing the data of the theory section", True)
+            rec.write_json(out_dir / rec.THEORY, theory.collect(spec.pairs))
+    finally:
+        torch.set_num_threads(threads)
+    progress("report: rendering", True)
+    return write_report(out_dir)
+
+
+def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tuple[str, int]],
+              records_path: Path, progress: Progress) -> None:
     total = len(jobs)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     with rec.RecordWriter(records_path) as writer:
         splits: dict[int, Split] = {}
         for number, (combo, seed) in enumerate(jobs, 1):
@@ -192,9 +243,7 @@ def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False,
             record = train_one(spec, combo, seed, splits[seed], on_epoch)
             writer.append(record)
             m = record["metrics"]
-            summary = (f"test acc {m['accuracy']:.3f}, ECE {m['ece_width']:.3f}" if m else "diverged")
+            losses = record["curves"]["train_loss"]
+            final = f"loss {losses[-1]:.4f}, " if losses else ""
+            summary = (f"{final}test acc {m['accuracy']:.3f}, ECE {m['ece_width']:.3f}" if m else "diverged")
             progress(f"{head}: {record['epochs_run']} epochs, {summary}, {record['wall_time_s']:.1f} s", True)
-    if not (out_dir / rec.THEORY).exists():
-        progress("theory: computing the data of the theory section", True)
-        rec.write_json(out_dir / rec.THEORY, theory.collect())
-    return write_report(out_dir)

@@ -5,11 +5,12 @@ are parsed and type-checked here by :func:`apply_overrides`; every error is a :c
 whose message lists the valid choices (the CLI turns it into exit status 2).
 
 A combination is written ``normalizer+loss`` with optional parameters in brackets, e.g.
-``softmax+cross_entropy[label_smoothing=0.1]`` or ``standard+kl[positivity=softplus]``. The
-bracket's ``positivity`` is not a loss parameter: it is the transform applied to the model's
-scores before a normalizer that needs non-negative inputs. ``standard`` (x / Σ x) gets
-``softplus`` by default, so x / Σ x is computed on softplus(z) = log(1 + e^z) > 0; ``exp`` turns
-x / Σ x into softmax, and ``none`` passes the scores unchanged.
+``softmax+cross_entropy[label_smoothing=0.1]`` or ``entmax+entmax_loss[alpha=1.3]``; the
+parameters go to ``registry.make_objective`` (the loss, and the normalizer's own parameters for
+losses that take a normalizer). x / Σx ("standard") is defined for non-negative scores only,
+so the study gives it ``positivity=softplus`` unless another is written: the model's scores z
+become softplus(z) = log(1 + e^z) > 0 before x / Σx (``standard_normalize``'s own option;
+``relu``, ``abs`` and ``none`` are the others).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ __all__ = [
     "DEFAULT_GRID",
     "DATASETS",
     "MODELS",
-    "POSITIVITY",
     "parse_combination",
     "parse_combinations",
     "apply_overrides",
@@ -34,9 +34,8 @@ __all__ = [
 DATASETS = ("digits", "wine", "breast_cancer", "iris")
 MODELS = ("linear", "mlp")
 OPTIMIZERS = ("adam", "sgd")
-POSITIVITY = ("none", "softplus", "exp")
-# Normalizers defined only for non-negative scores, and the positivity transform they get by default.
-_DEFAULT_POSITIVITY = {"standard": "softplus"}
+# Parameters the study adds when a combination does not set them: x / Σx needs positive scores.
+_DEFAULT_PARAMS = {"standard": {"positivity": "softplus"}}
 
 
 class SpecError(ValueError):
@@ -50,23 +49,21 @@ class Combination:
     normalizer: str
     loss: str
     params: tuple[tuple[str, Any], ...] = ()
-    positivity: str = "none"
 
     @property
     def key(self) -> str:
         """The canonical text form, e.g. ``softmax+cross_entropy[label_smoothing=0.1]``."""
         items = [f"{k}={_format(v)}" for k, v in self.params]
-        if self.positivity != _DEFAULT_POSITIVITY.get(self.normalizer, "none"):
-            items.append(f"positivity={self.positivity}")
         suffix = f"[{','.join(items)}]" if items else ""
         return f"{self.normalizer}+{self.loss}{suffix}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"normalizer": self.normalizer, "loss": self.loss, "params": dict(self.params),
-                "positivity": self.positivity}
+        return {"normalizer": self.normalizer, "loss": self.loss, "params": dict(self.params)}
 
 
 def _format(value: Any) -> str:
+    if value is None:
+        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -76,6 +73,8 @@ def _parse_value(text: str) -> Any:
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
+    if low == "none":
+        return None
     for kind in (int, float):
         try:
             return kind(text)
@@ -111,8 +110,8 @@ def parse_combination(text: str) -> Combination:
     Example:
         >>> parse_combination("softmax+cross_entropy[label_smoothing=0.1]").params
         (('label_smoothing', 0.1),)
-        >>> parse_combination("standard+kl").positivity
-        'softplus'
+        >>> parse_combination("standard+kl").key
+        'standard+kl[positivity=softplus]'
     """
     body, params_text = text.strip(), ""
     if "[" in body:
@@ -124,21 +123,13 @@ def parse_combination(text: str) -> Combination:
     if not plus or (normalizer, loss) not in pairs:
         listed = ", ".join(f"{n}+{l}" for n, l in pairs)
         raise SpecError(f"unknown or invalid pair {body!r}; valid pairs for class-index training: {listed}")
-    params: dict[str, Any] = {}
-    positivity = _DEFAULT_POSITIVITY.get(normalizer, "none")
+    params: dict[str, Any] = dict(_DEFAULT_PARAMS.get(normalizer, {}))
     for item in _split_top(params_text):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise SpecError(f"combination {text!r}: parameter {item!r} is not key=value")
-        key = key.strip()
-        if key == "positivity":
-            if value.strip() not in POSITIVITY:
-                raise SpecError(f"combination {text!r}: positivity must be one of {', '.join(POSITIVITY)}, "
-                                f"got {value.strip()!r}")
-            positivity = value.strip()
-        else:
-            params[key] = _parse_value(value)
-    return Combination(normalizer, loss, tuple(sorted(params.items())), positivity)
+        params[key.strip()] = _parse_value(value)
+    return Combination(normalizer, loss, tuple(sorted(params.items())))
 
 
 def parse_combinations(text: str) -> tuple[Combination, ...]:

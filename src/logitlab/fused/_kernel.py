@@ -51,12 +51,12 @@ class CrossEntropyKernel:
 
     Per kept row n with target t, lse = log Σ_c exp z_c over the FULL vocabulary of size V:
 
-        loss_n = (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + λ·lse²
+        loss_n = (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + λ·w_t·lse²
 
     (w ≡ 1 without class weights; ε label smoothing; λ the z-loss coefficient). Its gradient is
 
         ∂loss_n/∂z_c = a_n·p_c − (1 − ε)·w_t·[c = t] − (ε / V)·w_c,
-        a_n = (1 − ε)·w_t + (ε / V)·Σ_c w_c + 2λ·lse,   p = softmax(z).
+        a_n = (1 − ε)·w_t + (ε / V)·Σ_c w_c + 2λ·w_t·lse,   p = softmax(z).
 
     Ignored rows have loss 0 and gradient 0.
     """
@@ -83,43 +83,42 @@ class CrossEntropyKernel:
         owned = keep & (local >= 0) & (local < v_local)
         index = torch.where(owned, local, torch.zeros_like(local)).unsqueeze(1)
 
-        if self.group is None:
-            lse = torch.logsumexp(z, dim=1)
-            z_t = z.gather(1, index).squeeze(1) if v_local else z.new_zeros(rows)
-            z_t = torch.where(owned, z_t, z_t.new_zeros(()))
-            z_w = self._weighted_sum(z) if eps else None
-        else:
-            peak = z.amax(dim=1) if v_local else z.new_full((rows,), float("-inf"))
-            all_reduce(peak, "max", self.group)
-            peak = torch.where(torch.isfinite(peak), peak, peak.new_zeros(()))
-            stats = z.new_zeros(3, rows)
-            if v_local:
-                stats[0] = (z - peak.unsqueeze(1)).exp_().sum(1)
-                stats[1] = torch.where(owned, z.gather(1, index).squeeze(1), z.new_zeros(()))
-                if eps:
-                    stats[2] = self._weighted_sum(z)
-            all_reduce(stats, "sum", self.group)
-            lse = peak + stats[0].log()
-            z_t, z_w = stats[1], stats[2]
+        # Five passes over the block, all in place: max, z − max, exp, Σ, and the final scaling
+        # of exp(z − max) into the gradient. Target logit and Σ_c w_c z_c are read first.
+        stats = z.new_zeros(3, rows)  # Σ exp(z − max), z_t, Σ_c w_c z_c
+        if v_local:
+            stats[1] = torch.where(owned, z.gather(1, index).squeeze(1), z.new_zeros(()))
+            if eps:
+                stats[2] = self._weighted_sum(z)
+        peak = z.amax(dim=1) if v_local else z.new_full((rows,), float("-inf"))
+        all_reduce(peak, "max", self.group)
+        peak = torch.where(torch.isfinite(peak), peak, peak.new_zeros(()))
+        if v_local:
+            exps = z.sub_(peak.unsqueeze(1)).exp_()
+            stats[0] = exps.sum(1)
+        all_reduce(stats, "sum", self.group)
+        lse = peak + stats[0].log()
+        z_t, z_w = stats[1], stats[2]
 
         loss = (1 - eps) * w_t * (lse - z_t)
         if eps:
             loss = loss + (eps / vocab) * (self.weight_total * lse - z_w)
         if lam:
-            loss = loss + lam * lse.square()
+            loss = loss + lam * w_t * lse.square()
         loss = torch.where(keep, loss, loss.new_zeros(()))
         if not need_grad:
             return loss, None
 
-        # p = exp(z − lse), written over z: the chunk of logits becomes the chunk of gradients.
-        grad = z.sub_(lse.unsqueeze(1)).exp_()
+        # p = exp(z − max) / Σ: the block of logits becomes the block of gradients.
         coef = (1 - eps) * w_t + (eps / vocab) * self.weight_total
         if lam:
-            coef = coef + 2 * lam * lse
-        grad.mul_(torch.where(keep, coef, coef.new_zeros(())).unsqueeze(1))
-        if v_local:
-            hit = torch.where(owned, (1 - eps) * w_t, w_t.new_zeros(()))
-            grad.scatter_add_(1, index, -hit.unsqueeze(1))
+            coef = coef + 2 * lam * w_t * lse
+        coef = torch.where(keep, coef, coef.new_zeros(())) / stats[0]
+        if not v_local:
+            return loss, z
+        grad = exps.mul_(coef.unsqueeze(1))
+        hit = torch.where(owned, (1 - eps) * w_t, w_t.new_zeros(()))
+        grad.scatter_add_(1, index, -hit.unsqueeze(1))
         if eps:
             if self.class_weight is None:
                 grad.sub_(eps / vocab)

@@ -152,8 +152,7 @@ def solve_conditional_maxent(features: Tensor, labels: Tensor, *, num_classes: i
     run = newton_dual(objective, eta0, gaps=gaps, violation=violation, tol=abs_tol, max_iter=max_iter)
     message = ""
     if run.status in ("infeasible", "boundary"):
-        margins = gaps(run.direction).view(n, c)
-        strict = int((margins.max(1).values < 0).sum()) if c > 1 else 0
+        margins = gaps(run.direction).view(n, c)  # ⟨V_y − V_{y_i}, x_i⟩
         others = margins.clone()
         others.scatter_(1, y.unsqueeze(1), -float("inf"))
         strict = int((others.max(1).values < -1e-6 * float(margins.max() - margins.min())).sum())

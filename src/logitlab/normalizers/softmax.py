@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from logitlab._validation import check_dim, check_finite, check_floating, check_positive, compute_dtype, fail
-from logitlab.normalizers._masking import empty_rows, nonneg_inf
+from logitlab.normalizers._masking import empty_rows, nonneg_inf, scan
 
 __all__ = ["softmax", "log_softmax", "shannon_negentropy"]
 
@@ -131,12 +131,14 @@ def log_softmax(logits: Tensor, *, dim: int = -1, temperature: float | Tensor = 
     if logits.ndim == 0:
         return log_softmax(logits.reshape(1), temperature=temperature, validate=validate).reshape(())
     x = _scaled(fn, logits, temperature)
-    empty = empty_rows(fn, logits, d, validate=validate)
+    if scan(fn, logits, validate=validate)[0] > NEG_INF:  # no excluded class: torch's op as is
+        return torch.log_softmax(x, d, dtype=compute_dtype(logits)).to(logits.dtype)
+    empty = empty_rows(fn, logits, d, validate=False)
     if empty is not None:
         x = torch.where(empty, x.new_zeros(()), x)
     log_probs = torch.log_softmax(x, d, dtype=compute_dtype(logits))
-    if empty is not None or (torch.is_grad_enabled() and log_probs.requires_grad):
-        log_probs = torch.where(logits == NEG_INF, log_probs.new_tensor(NEG_INF), log_probs)
+    # Excluded entries are -inf already; the where also stops their (upstream) gradient.
+    log_probs = torch.where(logits == NEG_INF, log_probs.new_tensor(NEG_INF), log_probs)
     return log_probs.to(logits.dtype)
 
 
