@@ -273,7 +273,7 @@ def test_half_precision_extremes_are_finite_and_sum_to_one(dtype, name):
     truth = MAPS["sparsemax" if name == "sparsemax" else "entmax15"][1](z.to(F64))
     torch.testing.assert_close(p.to(F64), truth, atol=1e-2, rtol=0)
     if name == "entmax":  # where the peer fails: its bisection returns NaN rows in half precision
-        assert not torch.isfinite(peer.entmax_bisect(z, 1.5)).all(-1).any()
+        assert int((~torch.isfinite(peer.entmax_bisect(z, 1.5)).all(-1)).sum()) >= 4
 
 
 # --- properties -------------------------------------------------------------------------------
