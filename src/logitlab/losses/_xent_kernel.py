@@ -159,6 +159,14 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
         sct = sc / temp
         coef = (total * sct).unsqueeze(1) if isinstance(total, Tensor) else (sct * total).unsqueeze(1)
         g = grad[r0:r1]
+        if opts.index_target and eps == 0.0:
+            # p · coef written once (converting to a half-precision gradient on the way), then
+            # the target column, computed in the compute dtype and rounded once.
+            torch.mul(p, coef, out=g)
+            hit = sct * -1.0 if wy is None else sct * wy * -1.0
+            column = p.gather(1, y) * coef + hit.unsqueeze(1)
+            g.scatter_(1, y, column.to(g.dtype))
+            continue
         work = torch.mul(p, coef, out=g) if grad_in_place_dtype else p.mul_(coef)
         if opts.index_target:
             hit = sct * (-(1.0 - eps)) if wy is None else sct * wy * (-(1.0 - eps))
