@@ -14,6 +14,21 @@ from logitlab.normalizers.softmax import log_softmax, shannon_negentropy, softma
 from logitlab.normalizers.spherical import spherical_softmax, taylor_softmax
 from logitlab.normalizers.standard import standard_normalize
 # --- end dense normalizers ---
+# --- sparse maps ---
+from logitlab.normalizers.entmax import (
+    ConvergenceError,
+    EntmaxInfo,
+    entmax,
+    entmax15,
+    entmax_with_info,
+    tsallis15_regularizer,
+    tsallis_regularizer,
+)
+from logitlab.normalizers.sparsemax import gini_regularizer, sparsemax
+from logitlab.nn.sparse import Entmax, Entmax15, Sparsemax
+# fused and distributed (scale)
+from logitlab import fused, distributed  # noqa: E402
+from logitlab.fused import linear_cross_entropy, linear_divergence_loss  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -33,6 +48,11 @@ __all__ = [
     "standard_normalize",
     "spherical_softmax",
     "taylor_softmax",
+    # fused and distributed (scale)
+    "fused",
+    "distributed",
+    "linear_cross_entropy",
+    "linear_divergence_loss",
 ]
 
 # cross-entropy family
@@ -127,4 +147,43 @@ __all__ += [
     "EntmaxLoss",
     "Entmax15Loss",
     "information",
+    # sparse maps
+    "sparsemax",
+    "gini_regularizer",
+    "entmax15",
+    "entmax",
+    "entmax_with_info",
+    "EntmaxInfo",
+    "ConvergenceError",
+    "tsallis15_regularizer",
+    "tsallis_regularizer",
+    "Sparsemax",
+    "Entmax15",
+    "Entmax",
 ]
+
+# --- theory: maximum entropy, analysis, structures (theory) ---
+from logitlab import analysis, maxent, structured  # noqa: E402
+from logitlab.analysis import gradient_sweep, likelihood_underflow, scale_response  # noqa: E402
+from logitlab.maxent import MaxEntProblem, MaxEntResult, solve_conditional_maxent, solve_maxent  # noqa: E402
+from logitlab.nn.structured import LinearChainCRF  # noqa: E402
+from logitlab.structured import (  # noqa: E402
+    crf_log_partition,
+    crf_marginals,
+    linear_chain_crf_nll,
+    viterbi_decode,
+)
+
+__all__ += [
+    "analysis", "maxent", "structured",
+    "gradient_sweep", "scale_response", "likelihood_underflow",
+    "MaxEntProblem", "MaxEntResult", "solve_maxent", "solve_conditional_maxent",
+    "linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode", "LinearChainCRF",
+]
+# --- end theory ---
+
+# The study's metrics (public: accuracy, NLL, Brier, calibration); the study itself lives in
+# logitlab.experiments and is imported only by the CLI.
+from logitlab import metrics  # noqa: E402
+
+__all__ += ["metrics"]

@@ -1,7 +1,8 @@
 """``logitlab <verb>``: the command line.
 
-Verbs: ``list`` (the registry), ``env`` (versions, for bug reports), ``demo`` (what each
-normalizer does to a few inputs).
+Verbs: ``study`` (train every output layer × loss on bundled data and write a report),
+``report`` (re-render a run's report from its stored records), ``list`` (the registry), ``env``
+(versions, for bug reports), ``demo`` (what each normalizer does to a few inputs).
 """
 
 from __future__ import annotations
@@ -69,6 +70,87 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_overrides(args: argparse.Namespace) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for flag in ("dataset", "model", "seeds", "epochs"):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[flag] = str(value)
+    for item in args.set or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise _UsageError(f"--set {item!r}: expected key=value")
+        overrides[key.strip().replace("-", "_")] = value.strip()
+    return overrides
+
+
+class _UsageError(Exception):
+    """A bad command line: reported through argparse (exit status 2)."""
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from logitlab.experiments import records
+    from logitlab.experiments.runner import check_combinations, run_study
+    from logitlab.experiments.spec import SpecError, StudySpec, apply_overrides
+
+    try:
+        overrides = _study_overrides(args)
+        base = StudySpec()
+        out = Path(args.out) if args.out else None
+        if args.resume:
+            if out is None:
+                probe = apply_overrides(base, overrides)
+                out = Path("runs") / f"{probe.dataset}-{probe.model}"
+            stored = out / records.SPEC
+            if not stored.exists():
+                raise _UsageError(f"--resume: no run to resume in {out} (no {records.SPEC})")
+            base = StudySpec.from_json(records.read_json(stored))
+            spec = apply_overrides(base, overrides)
+            if spec != base:
+                changed = [k for k, v in spec.to_json().items() if base.to_json()[k] != v]
+                raise _UsageError(f"--resume: the options differ from the stored run in {out} "
+                                   f"({', '.join(changed)}); drop them or start a new --out")
+        else:
+            spec = apply_overrides(base, overrides)
+            out = out or Path("runs") / f"{spec.dataset}-{spec.model}"
+        check_combinations(spec)
+    except (SpecError, _UsageError) as error:
+        args.parser.error(str(error))
+    print(f"study: {spec.dataset}, {spec.model} model, {len(spec.pairs)} combinations x {spec.seeds} seeds, "
+          f"{spec.epochs} epochs -> {out}", flush=True)
+    try:
+        report = run_study(spec, out, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished combinations are in {out / records.RECORDS}; complete the run with "
+              f"`logitlab study --out {out} --resume`", file=sys.stderr, flush=True)
+        return 130
+    print(report, flush=True)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from logitlab.experiments import records
+    from logitlab.experiments.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / records.SPEC).exists():
+        args.parser.error(f"{run_dir} is not a run directory (no {records.SPEC})")
+    print(write_report(run_dir, Path(args.output) if args.output else None), flush=True)
+    return 0
+
+
+_STUDY_EPILOG = """\
+--set keys (type-checked): dataset, model, seeds, epochs, batch_size, lr, weight_decay,
+optimizer (adam|sgd), hidden, val_fraction, test_fraction, n_bins, nll_smoothing, pairs.
+pairs is a comma-separated list of normalizer+loss[key=value,...] (see `logitlab list`) or
+`all`, e.g. --set pairs='softmax+cross_entropy,softmax+focal[gamma=1.0],standard+kl[positivity=softplus]'.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logitlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="<verb>")
@@ -79,6 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_env)
     p = sub.add_parser("demo", help="what each normalizer does to a few inputs")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("study", help="train every output layer x loss on bundled data; write records and a report",
+                       description="Train every output layer x loss with the same model, optimizer, budget and "
+                       "seeds; append one record per (combination, seed) to OUT/records.jsonl and write "
+                       "OUT/report.html. The last line printed is the report's path.",
+                       epilog=_STUDY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", help="digits (default), wine, breast_cancer or iris")
+    p.add_argument("--model", help="linear (default: softmax regression) or mlp (one hidden layer)")
+    p.add_argument("--seeds", help="number of seeds (default 3)")
+    p.add_argument("--epochs", help="training epochs (default 30)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<model>); a run already "
+                   "there is replaced unless --resume")
+    p.add_argument("--resume", action="store_true", help="complete an interrupted run in --out without redoing "
+                   "finished combinations")
+    p.set_defaults(func=_cmd_study, parser=p)
+    p = sub.add_parser("report", help="re-render a run's report from its stored records",
+                       description="Render RUN_DIR/report.html (or FILE) from spec.json, records.jsonl and "
+                       "theory.json alone; the same records give the same bytes.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `logitlab study`")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write the HTML (default RUN_DIR/report.html)")
+    p.set_defaults(func=_cmd_report, parser=p)
     return parser
 
 

@@ -67,3 +67,29 @@ __all__ += [
     "decompose",
     "Decomposition",
 ]
+# --- sparse maps ---
+from logitlab.normalizers.entmax import (  # noqa: E402
+    entmax,
+    entmax15,
+    entmax_with_info,
+    tsallis15_regularizer,
+    tsallis_regularizer,
+)
+from logitlab.normalizers.sparsemax import gini_regularizer, sparsemax  # noqa: E402
+
+__all__ += ["sparsemax", "gini_regularizer", "entmax15", "entmax", "entmax_with_info",
+            "tsallis15_regularizer", "tsallis_regularizer"]
+# --- structures: the linear-chain CRF (theory) ---
+from logitlab.structured import (  # noqa: E402
+    crf_log_partition,
+    crf_marginals,
+    linear_chain_crf_nll,
+    viterbi_decode,
+)
+
+__all__ += ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode"]
+# --- end structures ---
+# fused and distributed (scale)
+from logitlab.fused import linear_cross_entropy, linear_divergence_loss  # noqa: E402
+
+__all__ += ["linear_cross_entropy", "linear_divergence_loss"]

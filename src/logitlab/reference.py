@@ -122,6 +122,88 @@ def taylor_softmax(logits: Tensor, dim: int = -1, order: int = 2) -> Tensor:
 
 
 
+# --- sparse maps (sparsemax, 1.5-entmax, α-entmax): sort-based, row by row ---
+
+
+def _sorted_desc(row: Tensor) -> list[float]:
+    return sorted((float(v) for v in row), reverse=True)
+
+
+def _shift(row: Tensor) -> Tensor:
+    """z − max z: the same map (both are shift invariant), without losing the 1 to rounding."""
+    return row - row.max()
+
+
+def sparsemax(logits: Tensor, dim: int = -1) -> Tensor:
+    """[z − τ]_+ with τ from the sorted row: the largest k with 1 + k z_(k) > Σ_{j≤k} z_(j)."""
+    rows, shape = _rows(logits, dim)
+    out = torch.zeros_like(rows)
+    for r, row in enumerate(rows):
+        if bool(torch.isneginf(row).all()):
+            continue  # every class excluded: an all-zero row
+        row = _shift(row)
+        zs = _sorted_desc(row)
+        total, size, tau = 0.0, 0, 0.0
+        for k, value in enumerate(zs, start=1):
+            total += value
+            if 1 + k * value > total:
+                size, tau = k, (total - 1) / k
+        out[r] = (row - tau).clamp_min(0)
+    return _unrows(out, shape, dim)
+
+
+def entmax15(logits: Tensor, dim: int = -1) -> Tensor:
+    """[z/2 − τ]_+², τ from the support's Σ x and Σ x² (x = z/2), support found on the sorted row."""
+    rows, shape = _rows(logits, dim)
+    out = torch.zeros_like(rows)
+    for r, row in enumerate(rows):
+        if bool(torch.isneginf(row).all()):
+            continue
+        row = _shift(row)
+        xs = [v / 2 for v in _sorted_desc(row) if v != -math.inf]
+        total, total_sq, tau = 0.0, 0.0, 0.0
+        for k, value in enumerate(xs, start=1):
+            total += value
+            total_sq += value * value
+            mean = total / k
+            delta = (1 - (total_sq - k * mean * mean)) / k
+            tau_k = mean - math.sqrt(max(delta, 0.0))
+            if tau_k <= value:
+                tau = tau_k
+        out[r] = (row / 2 - tau).clamp_min(0) ** 2
+    return _unrows(out, shape, dim)
+
+
+def entmax_bisect(logits: Tensor, alpha: float = 1.5, dim: int = -1, n_iter: int = 100) -> Tensor:
+    """[(α−1) z − τ]_+^{1/(α−1)} with Σ = 1, τ by plain bisection on [max − 1, max] (in the
+    (α−1) z scale), all rows at once; 100 halvings reach float64 resolution."""
+    rows, shape = _rows(logits, dim)
+    q = 1 / (alpha - 1)
+    excluded = torch.isneginf(rows).all(-1, keepdim=True)
+    rows = torch.where(excluded, 0.0, rows)
+    x = (alpha - 1) * (rows - rows.max(-1, keepdim=True).values)
+    hi = x.max(-1, keepdim=True).values
+    lo = hi - 1
+    for _ in range(n_iter):
+        mid = (lo + hi) / 2
+        above = ((x - mid).clamp_min(0) ** q).sum(-1, keepdim=True) >= 1
+        lo = torch.where(above, mid, lo)
+        hi = torch.where(above, hi, mid)
+    p = (x - lo).clamp_min(0) ** q
+    out = torch.where(excluded, 0.0, p / p.sum(-1, keepdim=True))
+    return _unrows(out, shape, dim)
+
+
+def gini_regularizer(probs: Tensor, dim: int = -1) -> Tensor:
+    """½ Σ p² − ½."""
+    return 0.5 * (probs.to(F64) ** 2).sum(dim) - 0.5
+
+
+def tsallis_regularizer(probs: Tensor, alpha: float = 1.5, dim: int = -1) -> Tensor:
+    """(Σ p^α − 1) / (α (α − 1))."""
+    return ((probs.to(F64) ** alpha).sum(dim) - 1) / (alpha * (alpha - 1))
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses and divergences
 # ---------------------------------------------------------------------------------------------
@@ -402,6 +484,133 @@ def fenchel_young_loss(logits: Tensor, target_probs: Tensor, model_probs: Tensor
 # ---------------------------------------------------------------------------------------------
 
 
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias: Tensor | None = None,
+                         class_weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
+                         label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None) -> Tensor:
+    """Cross-entropy of logits z = hidden @ weight.T + bias, row by row in float64.
+
+    Per kept row with target t: (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + λ·w_t·lse²;
+    'mean' divides by Σ w_t over kept rows (0 when no row is kept).
+    """
+    h = hidden.to(F64).reshape(-1, hidden.shape[-1])
+    logits = h @ weight.to(F64).T
+    if bias is not None:
+        logits = logits + bias.to(F64)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    vocab = logits.shape[1]
+    w = torch.ones(vocab, dtype=F64) if class_weight is None else class_weight.to(F64)
+    flat = target.reshape(-1)
+    rows, denom = [], torch.zeros((), dtype=F64)
+    for n in range(logits.shape[0]):
+        t = int(flat[n])
+        if t == ignore_index:
+            rows.append(logits[n].sum() * 0)  # zero, but connected to the inputs (zero gradient)
+            continue
+        lse = torch.logsumexp(logits[n], 0)
+        nll = lse - logits[n]
+        row = (1 - label_smoothing) * w[t] * nll[t] + label_smoothing / vocab * (w * nll).sum()
+        rows.append(row + z_loss * w[t] * lse**2)
+        denom = denom + w[t]
+    values = torch.stack(rows) if rows else torch.zeros(0, dtype=F64)
+    if reduction == "none":
+        return values.reshape(target.shape)
+    if reduction == "sum":
+        return values.sum()
+    return values.sum() / denom if denom > 0 else values.sum() * 0
+
+
+def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Tensor, teacher_weight: Tensor,
+                           divergence: str = "kl", beta: float = 0.5, temperature: float = 1.0,
+                           target: Tensor | None = None, hard_label_weight: float = 0.0,
+                           bias: Tensor | None = None, teacher_bias: Tensor | None = None,
+                           ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Distillation D(teacher ‖ student) (or reverse, or JS_β) of two linear heads, in float64."""
+    z = hidden.to(F64).reshape(-1, hidden.shape[-1]) @ weight.to(F64).T
+    u = teacher_hidden.to(F64).reshape(-1, teacher_hidden.shape[-1]) @ teacher_weight.to(F64).T
+    if bias is not None:
+        z = z + bias.to(F64)
+    if teacher_bias is not None:
+        u = u + teacher_bias.to(F64)
+    values, kept = [], 0
+    flat = None if target is None else target.reshape(-1)
+    for n in range(z.shape[0]):
+        if flat is not None and int(flat[n]) == ignore_index:
+            values.append(z[n].sum() * 0)  # zero, but connected to the inputs (zero gradient)
+            continue
+        p = torch.softmax(u[n] / temperature, 0)
+        q = torch.softmax(z[n] / temperature, 0)
+        if divergence == "kl":
+            value = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p)).sum()
+        elif divergence == "reverse_kl":
+            value = torch.where(q > 0, q * (torch.log(q) - torch.log(p)), torch.zeros_like(q)).sum()
+        else:
+            m = beta * p + (1 - beta) * q
+            value = torch.where(p > 0, beta * p * torch.log(p / m), torch.zeros_like(p)).sum()
+            value = value + torch.where(q > 0, (1 - beta) * q * torch.log(q / m), torch.zeros_like(q)).sum()
+        if hard_label_weight:
+            value = value - hard_label_weight * torch.log_softmax(z[n], 0)[int(flat[n])]
+        values.append(torch.as_tensor(value, dtype=F64))
+        kept += 1
+    out = torch.stack(values)
+    if reduction == "none":
+        return out.reshape(hidden.shape[:-1])
+    if reduction == "sum":
+        return out.sum()
+    return out.sum() / kept if kept else out.sum() * 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Structures (linear-chain CRF by enumeration) and maximum entropy
 # ---------------------------------------------------------------------------------------------
+
+
+def linear_chain_crf_brute_force(emissions: Tensor, transitions: Tensor, *, start_transitions: Tensor | None = None,
+                                 end_transitions: Tensor | None = None) -> dict[str, Tensor]:
+    """A linear-chain CRF on one sequence by enumerating all K^L tag sequences (float64).
+
+    emissions (L, K), transitions (K, K) with transitions[i, j] the score of i followed by j,
+    optional start/end scores (K,). Returns a dict with 'log_partition' (0-d), 'marginals'
+    (L, K) P(y_t = k), 'best_tags' (L,) and 'best_score' (0-d), and 'scores' of every
+    sequence in itertools.product order.
+    """
+    emissions, transitions = emissions.to(F64), transitions.to(F64)
+    length, k = emissions.shape
+    start = torch.zeros(k, dtype=F64) if start_transitions is None else start_transitions.to(F64)
+    end = torch.zeros(k, dtype=F64) if end_transitions is None else end_transitions.to(F64)
+    sequences = list(itertools.product(range(k), repeat=length))
+    scores = []
+    for seq in sequences:
+        score = start[seq[0]] + end[seq[-1]]
+        for t, tag in enumerate(seq):
+            score = score + emissions[t, tag]
+            if t > 0:
+                score = score + transitions[seq[t - 1], tag]
+        scores.append(score)
+    scores_t = torch.stack(scores)
+    top = scores_t.max()
+    log_z = top + torch.log(torch.exp(scores_t - top).sum())
+    probs = torch.exp(scores_t - log_z)
+    marginals = torch.zeros(length, k, dtype=F64)
+    for p, seq in zip(probs, sequences):
+        for t, tag in enumerate(seq):
+            marginals[t, tag] += p
+    best = int(scores_t.argmax())
+    return {"log_partition": log_z, "marginals": marginals, "best_tags": torch.tensor(sequences[best]),
+            "best_score": scores_t[best], "scores": scores_t}
+
+
+def gibbs_distribution(statistics: Tensor, theta: Tensor, base_measure: Tensor | None = None) -> Tensor:
+    """p_k = q_k exp(⟨θ, T_k⟩) / Σ_j q_j exp(⟨θ, T_j⟩), one point at a time (float64).
+
+    statistics (K, F), theta (F,), base_measure (K,) or None (uniform). The exponential-family
+    member that :func:`logitlab.maxent.solve_maxent` returns for natural parameters θ.
+    """
+    statistics, theta = statistics.to(F64), theta.to(F64)
+    k = statistics.shape[0]
+    base = torch.ones(k, dtype=F64) if base_measure is None else base_measure.to(F64)
+    scores = [float(statistics[i] @ theta) for i in range(k)]
+    top = max(s for s, q in zip(scores, base.tolist()) if q > 0)
+    weights = [q * math.exp(s - top) if q > 0 else 0.0 for s, q in zip(scores, base.tolist())]
+    total = sum(weights)
+    return torch.tensor([w / total for w in weights], dtype=F64)

@@ -432,3 +432,66 @@ def test_property_amari_limits(pair):
     assert math.isclose(near_one, kl, rel_tol=1e-3, abs_tol=1e-4)
     if math.isfinite(rkl):
         assert math.isclose(near_zero, rkl, rel_tol=1e-3, abs_tol=1e-4)
+
+
+# --- normalizer parameters -------------------------------------------------------------------
+
+
+def test_standard_normalizer_with_softplus_positivity():
+    from logitlab.normalizers.standard import standard_normalize
+
+    logits, target = torch.randn(4, 5, dtype=F64), random_target((4, 5), -1)
+    model = standard_normalize(logits, positivity="softplus")
+    for name, (fn, ref, params) in FUNCTIONS.items():
+        got = fn(logits, target, normalizer="standard", positivity="softplus", reduction="none", **params)
+        torch.testing.assert_close(got, ref(target, model, **params), msg=name)
+    objective = logitlab.make_objective("standard", "kl", positivity="softplus")
+    z = logits.clone().requires_grad_(True)
+    objective(z, torch.tensor([0, 1, 2, 3])).backward()
+    assert torch.isfinite(z.grad).all()
+    # without a positivity map, negative scores are the normalizer's error, named as such
+    with pytest.raises(ValueError, match=r"standard_normalize\(\): argument 'logits' expected non-negative"):
+        D.kl_divergence(logits, target, normalizer="standard")
+
+
+def test_normalizer_parameters_are_forwarded_and_checked():
+    logits, target = torch.randn(3, 5, dtype=F64), random_target((3, 5), -1)
+    got = D.hellinger_distance(logits, target, normalizer="taylor_softmax", order=4, reduction="none")
+    from logitlab.normalizers.spherical import taylor_softmax
+
+    want = R.hellinger_distance(target, taylor_softmax(logits, order=4))
+    torch.testing.assert_close(got, want)
+    with pytest.raises(TypeError, match=r"argument 'order' expected a parameter of normalizer 'softmax' "
+                                        r"\(it takes: temperature"):
+        D.kl_divergence(logits, target, order=4)
+
+
+def test_entmax_alpha_reaches_the_normalizer_beside_the_divergence_parameter():
+    entmax = pytest.importorskip("entmax")
+    logits, target = torch.randn(3, 6, dtype=F64), random_target((3, 6), -1)
+    model = entmax.entmax_bisect(logits, alpha=1.3, n_iter=80)
+    got = D.alpha_divergence(logits, target, normalizer="entmax", alpha=1.3, amari_alpha=0.25, reduction="none")
+    torch.testing.assert_close(got, R.alpha_divergence(target, model, amari_alpha=0.25), rtol=1e-6, atol=1e-8)
+    objective = logitlab.make_objective("entmax", "js", alpha=1.3, beta=0.2)
+    one_hot = torch.nn.functional.one_hot(torch.tensor([0, 1, 2]), 6).to(F64)
+    torch.testing.assert_close(objective(logits, torch.tensor([0, 1, 2])),
+                               R.js_divergence(one_hot, model, beta=0.2).mean(), rtol=1e-6, atol=1e-8)
+
+
+@given(logits_and_target(), st.floats(0.01, 0.99))
+def test_property_generalized_js_is_bounded_by_the_binary_entropy(pair, beta):
+    logits, target = pair
+    bound = -beta * math.log(beta) - (1 - beta) * math.log1p(-beta)
+    value = float(D.js_divergence(logits, target, beta=beta))
+    assert 0 <= value <= bound + 1e-9
+
+
+def test_kl_fast_path_and_general_kernel_agree():
+    # fixed targets without excluded classes take Σ xlogy(p, p) − p log q; the rest the kernel
+    logits, target = torch.randn(5, 7, dtype=F64), random_target((5, 7), -1, sparse=True)
+    fast = D.kl_divergence(logits, target, reduction="none")
+    general = D.kl_divergence(logits, target.clone().requires_grad_(True), reduction="none")
+    torch.testing.assert_close(fast, general.detach(), rtol=1e-12, atol=1e-14)
+    z = logits.clone().requires_grad_(True)
+    D.kl_divergence(z, target).backward()
+    torch.testing.assert_close(z.grad, (torch.softmax(logits, -1) - target) / 5)

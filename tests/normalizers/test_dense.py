@@ -211,7 +211,8 @@ def test_extreme_logits_stay_finite_and_match_reference(row, use_float32):
 @given(row=extreme_rows())
 def test_extreme_logits_gradients_are_finite(row):
     for name, (ours, _, transform) in CASES.items():
-        x = (transform(row, 0) if transform else row).to(torch.float32).requires_grad_()
+        x32 = row.to(torch.float32)
+        x = (transform(x32, 0) if transform else x32).requires_grad_()
         out = ours(x, 0)
         (grad,) = torch.autograd.grad(torch.where(torch.isinf(out), 0.0, out).sum(), x)
         assert bool(torch.isfinite(grad).all()), name
@@ -373,3 +374,72 @@ def test_spherical_and_taylor_option_errors():
             taylor_softmax(torch.ones(3), order=bad)
     with pytest.raises(ValueError, match=r"shannon_negentropy\(\): argument 'probs' expected non-negative entries, got <minimum -0.1>"):
         shannon_negentropy(torch.tensor([1.1, -0.1]))
+
+
+# --- Modules ---
+
+def test_modules_hold_their_options_and_call_their_functions():
+    from logitlab import nn as lnn
+
+    x = torch.randn(3, 5, 7, dtype=F64)
+    pairs = [
+        (lnn.Softmax(dim=1, temperature=0.7), softmax(x, dim=1, temperature=0.7)),
+        (lnn.LogSoftmax(dim=0), log_softmax(x, dim=0)),
+        (lnn.Sigmoid(), sigmoid(x)),
+        (lnn.LogSigmoid(), log_sigmoid(x)),
+        (lnn.StandardNormalize(dim=2, positivity="softplus"), standard_normalize(x, dim=2, positivity="softplus")),
+        (lnn.SphericalSoftmax(eps=0.1), spherical_softmax(x, eps=0.1)),
+        (lnn.TaylorSoftmax(order=4), taylor_softmax(x, order=4)),
+    ]
+    for module, expected in pairs:
+        torch.testing.assert_close(module(x), expected, rtol=0, atol=0)
+    assert repr(lnn.Softmax(dim=1, temperature=0.7)) == "Softmax(dim=1, temperature=0.7)"
+    assert repr(lnn.TaylorSoftmax(order=4)) == "TaylorSoftmax(dim=-1, order=4)"
+    assert repr(lnn.StandardNormalize(positivity="relu")) == "StandardNormalize(dim=-1, positivity='relu')"
+
+
+def test_softmax_module_temperature_can_be_a_buffer_or_learned():
+    from logitlab import nn as lnn
+
+    buffered = lnn.Softmax(temperature=torch.tensor(2.0))
+    assert "temperature" in dict(buffered.named_buffers())
+    learned = lnn.Softmax(temperature=torch.nn.Parameter(torch.tensor(2.0)))
+    assert [name for name, _ in learned.named_parameters()] == ["temperature"]
+    x = torch.randn(4, 6)
+    target = torch.tensor([0, 1, 2, 3])
+    loss = -torch.log(learned(x)[torch.arange(4), target]).mean()
+    loss.backward()
+    assert learned.temperature.grad is not None and bool(torch.isfinite(learned.temperature.grad))
+    assert repr(learned) == "Softmax(dim=-1, temperature=2)"
+
+
+def test_module_options_are_checked_at_construction():
+    from logitlab import nn as lnn
+
+    with pytest.raises(ValueError, match=r"Softmax\(\): argument 'temperature' expected a finite number > 0, got 0.0"):
+        lnn.Softmax(temperature=0.0)
+    with pytest.raises(ValueError, match=r"StandardNormalize\(\): argument 'positivity' expected one of"):
+        lnn.StandardNormalize(positivity="exp")
+    with pytest.raises(ValueError, match=r"SphericalSoftmax\(\): argument 'eps' expected a finite number > 0"):
+        lnn.SphericalSoftmax(eps=-1.0)
+    with pytest.raises(ValueError, match=r"TaylorSoftmax\(\): argument 'order' expected an even int >= 2, got 3"):
+        lnn.TaylorSoftmax(order=3)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_scaled_path_for_huge_scores_matches_reference(dim):
+    """Scores whose polynomial overflows float32 are scaled by a power of two per row."""
+    for fn, reference, scale in [
+        (lambda x, d: spherical_softmax(x, dim=d), lambda x, d: ref.spherical_softmax(x, d), 1e19),
+        (lambda x, d: taylor_softmax(x, dim=d, order=6), lambda x, d: ref.taylor_softmax(x, d, 6), 3e6),
+        (lambda x, d: taylor_softmax(x, dim=d, order=2), lambda x, d: ref.taylor_softmax(x, d, 2), 1e19),
+    ]:
+        x = (torch.randn(5, 7, dtype=F64) * scale).to(torch.float32)
+        x[torch.rand(5, 7) < 0.2] = -INF
+        x[0, :] = x[0, :] / scale  # a row of small scores beside huge ones
+        x.requires_grad_()
+        out = fn(x, dim)
+        assert bool(torch.isfinite(out).all())
+        torch.testing.assert_close(out.detach().to(F64), reference(x.detach(), dim), rtol=0, atol=1e-6)
+        (grad,) = torch.autograd.grad((out * torch.randn(5, 7)).sum(), x)
+        assert bool(torch.isfinite(grad).all())

@@ -1,1 +1,20 @@
-"""analysis"""
+"""Executable claims about output layers: gradient saturation, scale response, underflow.
+
+Each function returns a record of tensors (a dataclass) that the study's report plots:
+:func:`gradient_sweep` (the gradient of any registered normalizer + loss pair as the model
+becomes confidently wrong), :func:`scale_response` (what multiplying the logits does),
+:func:`likelihood_underflow` (why likelihoods are summed in log space).
+"""
+
+from logitlab.analysis.gradients import GradientSweep, gradient_sweep
+from logitlab.analysis.scaling import ScaleResponse, scale_response
+from logitlab.analysis.underflow import UnderflowReport, likelihood_underflow
+
+__all__ = [
+    "GradientSweep",
+    "gradient_sweep",
+    "ScaleResponse",
+    "scale_response",
+    "UnderflowReport",
+    "likelihood_underflow",
+]

@@ -28,7 +28,8 @@ from torch import Tensor
 from logitlab import registry
 from logitlab._validation import fail
 
-__all__ = ["normalizer_spec", "normalizer_params", "safe_log", "model_distribution"]
+__all__ = ["normalizer_spec", "normalizer_params", "regularizer_params", "with_validate", "safe_log",
+           "model_distribution"]
 
 
 def normalizer_spec(fn: str, name: object, allowed: tuple[str, ...]) -> registry.NormalizerSpec:
@@ -81,6 +82,17 @@ def regularizer_params(spec: registry.NormalizerSpec, params: Mapping[str, Any])
     return {k: v for k, v in params.items() if var or k in names}
 
 
+def with_validate(path: str, params: Mapping[str, Any], validate: bool) -> dict[str, Any]:
+    """``params`` plus ``validate=validate`` when the function at ``path`` takes it.
+
+    A normalizer receives the loss's own ``validate``: its checks include domain constraints the
+    loss does not repeat (e.g. non-negative scores for 'standard' without ``positivity``).
+    Ω receives ``validate=False``: its inputs were checked or computed by the loss.
+    """
+    names, _ = _accepted(path)
+    return {**params, "validate": validate} if "validate" in names else dict(params)
+
+
 def safe_log(probs: Tensor) -> Tensor:
     """``log(probs)`` with ``-inf`` (and zero gradient) where ``probs == 0``.
 
@@ -93,19 +105,21 @@ def safe_log(probs: Tensor) -> Tensor:
     return torch.where(positive, logs, torch.full_like(logs, -torch.inf))
 
 
-def model_distribution(spec: registry.NormalizerSpec, rows: Tensor,
-                       params: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+def model_distribution(spec: registry.NormalizerSpec, rows: Tensor, params: Mapping[str, Any],
+                       validate: bool = True, *, probs: bool = True) -> tuple[Tensor | None, Tensor]:
     """``(probs, log_probs)`` of a normalizer applied to ``rows`` (N, n) along the last axis.
 
     Softmax without parameters is computed in log space (``log_softmax``), so that
     ``log_probs`` stays finite where ``probs`` underflows. A normalizer with a registered
-    log-space function uses it; the others go through :func:`safe_log`.
+    log-space function uses it; the others go through :func:`safe_log`. With ``probs=False``
+    a log-space path skips the ``exp`` and returns None for the probabilities.
     """
     if spec.name == "softmax" and not params:
         log_probs = torch.log_softmax(rows, dim=-1)
-        return log_probs.exp(), log_probs
+        return (log_probs.exp() if probs else None), log_probs
     if spec.log_fn is not None:
-        log_probs = registry.resolve(spec.log_fn)(rows, dim=-1, **params)
-        return log_probs.exp(), log_probs
-    probs = registry.resolve(spec.fn)(rows, dim=-1, **params)
-    return probs, safe_log(probs)
+        log_fn = registry.resolve(spec.log_fn)
+        log_probs = log_fn(rows, dim=-1, **with_validate(spec.log_fn, params, validate))
+        return (log_probs.exp() if probs else None), log_probs
+    values = registry.resolve(spec.fn)(rows, dim=-1, **with_validate(spec.fn, params, validate))
+    return values, safe_log(values)

@@ -113,13 +113,24 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
 
     dtype = compute_dtype(logits)
     rows, _ = to_rows(logits.to(dtype) / temperature, axis)
-    q, log_q = model_distribution(spec, rows, nparams)
+    if divergence == "kl" and target is not None and not target.requires_grad:
+        # Fast path for the common case (distillation to fixed probabilities, a model without
+        # excluded classes): Σ xlogy(p, p) − p log q, no masks. Falls through on a -inf log q.
+        q, log_q = model_distribution(spec, rows, nparams, validate, probs=False)
+        p = to_rows(target.to(dtype), axis)[0]
+        if not bool(torch.isneginf(log_q).any()):
+            values = (torch.xlogy(p, p) - p * log_q).sum(-1).reshape(batch_shape)
+            return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
+        q = log_q.exp() if q is None else q
+    else:
+        q, log_q = model_distribution(spec, rows, nparams, validate)
     if target is not None:
         p = to_rows(target.to(dtype), axis)[0]
-        log_p = safe_log(p)
+        log_p = safe_log(p)  # exact zeros: -inf with a zero gradient
     else:
         teacher = to_rows(target_logits.to(dtype) / temperature, axis)[0]  # type: ignore[union-attr]
-        p, log_p = model_distribution(spec, teacher, nparams)
+        p, log_p = model_distribution(spec, teacher, nparams, validate)
+    assert q is not None  # internal: every path above sets it
     values = kernel(p, log_p, q, log_q) if value is None else kernel(p, log_p, q, log_q, value)
     values = values.reshape(batch_shape)
     return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
@@ -150,9 +161,11 @@ _ARGS = """
 """
 
 
-def _doc(text: str) -> str:
+def _doc(text: str, own: str = "") -> str:
+    """Append the shared Args/Returns/Raises, with the divergence's own parameter first."""
     head, _, example = text.partition("    Example:")
-    return head.rstrip() + "\n" + _ARGS + "\n    Example:" + example
+    args = _ARGS.replace("        normalizer: a registered", own + "        normalizer: a registered") if own else _ARGS
+    return head.rstrip() + "\n" + args + "\n    Example:" + example
 
 
 def divergence_loss(logits: Tensor, target: Tensor | None = None, *, divergence: str = "kl",
@@ -269,7 +282,8 @@ js_divergence.__doc__ = _doc("""Generalized Jensen–Shannon divergence JS_β(ta
 
     β = 0.5 is the Jensen–Shannon divergence (symmetric, at most log 2). Limits:
     JS_β / β → KL(p ‖ q) (forward, target ‖ model) as β → 0 and JS_β / (1 − β) → KL(q ‖ p)
-    (reverse) as β → 1. Always finite, zero gradient problems at zero probabilities included.
+    (reverse) as β → 1. Always finite: at most h(β) = −β log β − (1 − β) log(1 − β) (log 2 at ½),
+    with finite gradients at zero probabilities.
     ``beta`` is this loss's own parameter (keyword-only).
 
     References: Lin, "Divergence measures based on the Shannon entropy", 1991; Agarwal et al.,
@@ -279,7 +293,7 @@ js_divergence.__doc__ = _doc("""Generalized Jensen–Shannon divergence JS_β(ta
         >>> logits = torch.tensor([[0.0, -torch.inf]])
         >>> round(float(js_divergence(logits, torch.tensor([[0.0, 1.0]]))), 4)  # log 2
         0.6931
-    """)
+    """, "        beta: the mixture weight β ∈ (0, 1) of the target (0.5: Jensen–Shannon).\n")
 
 
 def alpha_divergence(logits: Tensor, target: Tensor, *, amari_alpha: float = 0.5,
@@ -310,7 +324,7 @@ alpha_divergence.__doc__ = _doc("""Amari α-divergence D_α(target ‖ model), �
         >>> logits = torch.tensor([[0.0, 0.0]])
         >>> round(float(alpha_divergence(logits, torch.tensor([[1.0, 0.0]]))), 4)  # 4(1 − √½)
         1.1716
-    """)
+    """, "        amari_alpha: the order α, any finite real (0 and 1 are the KL limits).\n")
 
 
 def renyi_divergence(logits: Tensor, target: Tensor, *, renyi_alpha: float = 0.5,
@@ -337,7 +351,7 @@ renyi_divergence.__doc__ = _doc("""Rényi divergence of order α = ``renyi_alpha
         >>> logits = torch.tensor([[0.0, 0.0]])
         >>> round(float(renyi_divergence(logits, torch.tensor([[1.0, 0.0]]), renyi_alpha=2.0)), 4)
         0.6931
-    """)
+    """, "        renyi_alpha: the order α > 0 (1 is KL).\n")
 
 
 def total_variation(logits: Tensor, target: Tensor, *, normalizer: str = "softmax", dim: int = -1,

@@ -18,7 +18,6 @@ import math
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from logitlab import registry
@@ -27,7 +26,9 @@ from logitlab._validation import (
     check_dim, check_finite, check_floating, check_index_target, check_positive, check_probs,
     check_reduction, check_tensor, compute_dtype, fail,
 )
-from logitlab.losses._model import normalizer_params, normalizer_spec, regularizer_params
+from logitlab.losses._model import (
+    normalizer_params, normalizer_spec, regularizer_params, with_validate,
+)
 
 __all__ = ["fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss"]
 
@@ -35,26 +36,42 @@ _FY = tuple(name for name, spec in registry.NORMALIZERS.items() if spec.regulari
 
 
 class _FenchelYoung(torch.autograd.Function):
-    """Row values of L_Ω(θ; y) for (N, n) θ and y; backward ŷ − y for θ, none for y."""
+    """Row values of L_Ω(θ; y) for (N, n) θ; backward ŷ − y for θ, no gradient for the target.
+
+    The target is either (N, n) probabilities or (N,) class indices (then Ω(y) = 0, the
+    registry's normalization of Ω at one-hot vectors, and no one-hot matrix is built).
+    """
 
     @staticmethod
     def forward(ctx: Any, theta: Tensor, target: Tensor, predict: Callable[[Tensor], Tensor],
                 omega: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
         # Every normalizer with an Ω is shift invariant and Σ(ŷ − y) = 0: shift by the row max
-        # so that ⟨θ, ŷ − y⟩ does not lose digits to a large common offset.
+        # so that ⟨θ, ŷ⟩ − ⟨θ, y⟩ does not lose digits to a large common offset.
         top = theta.amax(-1, keepdim=True)
         shifted = theta - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         pred = predict(shifted)
-        diff = pred - target
-        # Where ŷ = y (e.g. both 0 at θ = -inf) the term is 0, not -inf · 0.
-        inner = torch.where(diff == 0, torch.zeros_like(diff), shifted * diff).sum(-1)
-        values = (inner + omega(target) - omega(pred)).clamp_min(0)
-        ctx.save_for_backward(diff)
-        return values
+        excluded = bool(torch.isneginf(shifted).any())
+        # -inf logits (excluded classes) have ŷ = 0: clamp them so that 0 · θ is 0, not NaN.
+        finite = shifted.clamp_min(torch.finfo(shifted.dtype).min) if excluded else shifted
+        values = (finite * pred).sum(-1) - omega(pred)  # Ω*(θ)
+        index = not target.is_floating_point()
+        if index:
+            values = values - shifted.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # +inf if excluded
+        else:
+            values = values + omega(target) - (finite * target).sum(-1)
+            if excluded:  # target mass on an excluded class: ⟨θ, y⟩ = -inf
+                infinite = ((target > 0) & torch.isneginf(shifted)).any(-1)
+                values = torch.where(infinite, torch.full_like(values, math.inf), values)
+        ctx.save_for_backward(pred, target)
+        return values.clamp_min(0)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        (diff,) = ctx.saved_tensors
+        pred, target = ctx.saved_tensors
+        if target.is_floating_point():
+            diff = pred - target
+        else:
+            diff = pred.scatter_add(-1, target.unsqueeze(-1), pred.new_full((pred.shape[0], 1), -1.0))
         return grad.unsqueeze(-1) * diff, None, None, None
 
 
@@ -149,14 +166,15 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
     if index:
         flat = target.reshape(-1)
         kept = flat != ignore_index
-        y = F.one_hot(torch.where(kept, flat, torch.zeros_like(flat)), n).to(dtype)
+        y = torch.where(kept, flat, torch.zeros_like(flat)).long()
         kept = kept.reshape(batch_shape)
         keep = kept if keep is None else keep & kept
     else:
         y = to_rows(target.to(dtype), axis)[0]
     normalize = registry.resolve(spec.fn)
     regularize = registry.resolve(spec.regularizer)  # type: ignore[arg-type]
-    rparams = regularizer_params(spec, nparams)
+    rparams = with_validate(spec.regularizer, regularizer_params(spec, nparams), False)  # type: ignore[arg-type]
+    nparams = with_validate(spec.fn, nparams, validate)
     values = _FenchelYoung.apply(
         theta, y,
         lambda rows: normalize(rows, dim=-1, **nparams),

@@ -54,3 +54,16 @@ __all__ += [
     "EntmaxLoss",
     "Entmax15Loss",
 ]
+# --- sparse maps ---
+from logitlab.nn.sparse import Entmax, Entmax15, Sparsemax  # noqa: E402
+
+__all__ += ["Sparsemax", "Entmax15", "Entmax"]
+# --- structures (theory) ---
+from logitlab.nn.structured import LinearChainCRF  # noqa: E402
+
+__all__ += ["LinearChainCRF"]
+# --- end structures ---
+# fused (scale)
+from logitlab.nn.fused import LinearCrossEntropy  # noqa: E402
+
+__all__ += ["LinearCrossEntropy"]

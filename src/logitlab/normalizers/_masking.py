@@ -15,7 +15,24 @@ from torch import Tensor
 
 from logitlab._validation import check_finite
 
-__all__ = ["empty_rows", "nonneg_inf", "safe_denominator", "describe_rows"]
+__all__ = ["scan", "empty_rows", "nonneg_inf", "safe_denominator", "describe_rows"]
+
+
+def scan(fn: str, logits: Tensor, *, validate: bool) -> tuple[float, float]:
+    """The smallest and largest entry of ``logits`` in one read (no allocation of its size).
+
+    With ``validate``, NaN or ``+inf`` anywhere raises (naming ``fn`` and ``logits``). The
+    minimum tells whether any class is excluded (``-inf``; NaN is reported as ``-inf`` too, so
+    that callers take their careful path). Empty tensors give (0.0, 0.0).
+    """
+    if logits.numel() == 0:
+        return 0.0, 0.0
+    low, high = torch.stack(torch.aminmax(logits)).tolist()
+    if validate and not high < math.inf:  # NaN or +inf somewhere
+        check_finite(fn, "logits", logits)
+    if math.isnan(low):
+        low = -math.inf
+    return low, high
 
 
 def empty_rows(fn: str, logits: Tensor, dim: int, *, validate: bool,

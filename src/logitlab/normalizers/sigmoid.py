@@ -12,19 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from logitlab._validation import check_dim, check_finite, check_floating, compute_dtype
+from logitlab._validation import check_dim, check_floating, compute_dtype
+from logitlab.normalizers._masking import scan
 
 __all__ = ["sigmoid", "log_sigmoid"]
 
 NEG_INF = -math.inf
 
 
-def _prepare(fn: str, logits: Tensor, dim: int, validate: bool) -> Tensor:
+def _prepare(fn: str, logits: Tensor, dim: int, validate: bool, *, need_scan: bool) -> tuple[Tensor, bool]:
+    """Check the input; return it in the compute dtype and whether any score is ``-inf``."""
     check_floating(fn, "logits", logits)
     check_dim(fn, dim, logits.ndim)
-    if validate:
-        check_finite(fn, "logits", logits)
-    return logits.to(compute_dtype(logits))
+    low = scan(fn, logits, validate=validate)[0] if (validate or need_scan) else 0.0
+    return logits.to(compute_dtype(logits)), low == NEG_INF
 
 
 def sigmoid(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
@@ -51,8 +52,8 @@ def sigmoid(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
         >>> sigmoid(torch.tensor([0.0, math.log(3.0), -math.inf]))
         tensor([0.5000, 0.7500, 0.0000])
     """
-    x = _prepare("sigmoid", logits, dim, validate)
-    return torch.sigmoid(x).to(logits.dtype)
+    x, _ = _prepare("sigmoid", logits, dim, validate, need_scan=False)
+    return torch.sigmoid(x).to(logits.dtype)  # σ(−inf) = 0 and σ'(−inf) = 0 already
 
 
 def log_sigmoid(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
@@ -77,7 +78,9 @@ def log_sigmoid(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tens
         >>> log_sigmoid(torch.tensor([0.0, -math.inf]))
         tensor([-0.6931,    -inf])
     """
-    x = _prepare("log_sigmoid", logits, dim, validate)
+    x, any_excluded = _prepare("log_sigmoid", logits, dim, validate, need_scan=True)
+    if not any_excluded:
+        return F.logsigmoid(x).to(logits.dtype)
     excluded = logits == NEG_INF
     out = F.logsigmoid(torch.where(excluded, x.new_zeros(()), x))
     return torch.where(excluded, out.new_tensor(NEG_INF), out).to(logits.dtype)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from logitlab._validation import check_dim, check_finite, check_floating, check_positive, compute_dtype, fail
-from logitlab.normalizers._masking import empty_rows, nonneg_inf
+from logitlab.normalizers._masking import empty_rows, nonneg_inf, scan
 
 __all__ = ["softmax", "log_softmax", "shannon_negentropy"]
 
@@ -21,7 +21,9 @@ NEG_INF = -math.inf
 
 
 def _scaled(fn: str, logits: Tensor, temperature: float | Tensor) -> Tensor:
-    """``logits / temperature`` in the compute dtype (temperature already validated)."""
+    """``logits / temperature`` (temperature already validated), in the compute dtype unless T = 1."""
+    if not isinstance(temperature, Tensor) and temperature == 1.0:
+        return logits  # torch.softmax(..., dtype=) upcasts half precision without a copy here
     cdtype = compute_dtype(logits)
     x = logits.to(cdtype)
     if isinstance(temperature, Tensor):
@@ -30,7 +32,7 @@ def _scaled(fn: str, logits: Tensor, temperature: float | Tensor) -> Tensor:
             # d(z/T)/dT = -z/T² is -inf·0 = NaN at an excluded class: keep -inf out of the graph.
             return torch.where(logits == NEG_INF, x.new_tensor(NEG_INF), nonneg_inf(x) / t)
         return x / t
-    return x if temperature == 1.0 else x / temperature
+    return x / temperature
 
 
 def _check_temperature(fn: str, temperature: object) -> float | Tensor:
@@ -88,9 +90,10 @@ def softmax(logits: Tensor, *, dim: int = -1, temperature: float | Tensor = 1.0,
         return softmax(logits.reshape(1), temperature=temperature, validate=validate).reshape(())
     x = _scaled(fn, logits, temperature)
     empty = empty_rows(fn, logits, d, validate=validate)
+    cdtype = compute_dtype(logits)
     if empty is None:
-        return torch.softmax(x, d).to(logits.dtype)
-    probs = torch.softmax(torch.where(empty, x.new_zeros(()), x), d)
+        return torch.softmax(x, d, dtype=cdtype).to(logits.dtype)
+    probs = torch.softmax(torch.where(empty, x.new_zeros(()), x), d, dtype=cdtype)
     return torch.where(empty, probs.new_zeros(()), probs).to(logits.dtype)
 
 
@@ -128,12 +131,14 @@ def log_softmax(logits: Tensor, *, dim: int = -1, temperature: float | Tensor = 
     if logits.ndim == 0:
         return log_softmax(logits.reshape(1), temperature=temperature, validate=validate).reshape(())
     x = _scaled(fn, logits, temperature)
-    empty = empty_rows(fn, logits, d, validate=validate)
+    if scan(fn, logits, validate=validate)[0] > NEG_INF:  # no excluded class: torch's op as is
+        return torch.log_softmax(x, d, dtype=compute_dtype(logits)).to(logits.dtype)
+    empty = empty_rows(fn, logits, d, validate=False)
     if empty is not None:
         x = torch.where(empty, x.new_zeros(()), x)
-    log_probs = torch.log_softmax(x, d)
-    if empty is not None or (torch.is_grad_enabled() and log_probs.requires_grad):
-        log_probs = torch.where(logits == NEG_INF, log_probs.new_tensor(NEG_INF), log_probs)
+    log_probs = torch.log_softmax(x, d, dtype=compute_dtype(logits))
+    # Excluded entries are -inf already; the where also stops their (upstream) gradient.
+    log_probs = torch.where(logits == NEG_INF, log_probs.new_tensor(NEG_INF), log_probs)
     return log_probs.to(logits.dtype)
 
 

@@ -5,19 +5,21 @@ g(z) = z² + ε (spherical) or the even-order Taylor polynomial of exp (Taylor).
 invariant to adding a constant to a row; spherical softmax is also even (z and −z give the
 same output).
 
-Both are computed on scores divided by a power of two s ≥ 1 per row (s > max |z|), which is
-exact in floating point, cancels in the ratio, and keeps g from overflowing for large scores.
+When g could overflow (scores beyond about 1e18 for spherical softmax in float32, smaller for
+high Taylor orders), both are computed on scores divided by a power of two s >= 1 per row
+(s > max |z|): exact in floating point, cancelled by the ratio.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from logitlab._validation import check_dim, check_finite, check_floating, check_positive, compute_dtype, fail
-from logitlab.normalizers._masking import safe_denominator
+from logitlab._validation import check_dim, check_floating, check_positive, compute_dtype, fail
+from logitlab.normalizers._masking import safe_denominator, scan
 
 __all__ = ["spherical_softmax", "taylor_softmax", "SPHERICAL_EPS"]
 
@@ -28,21 +30,35 @@ NEG_INF = -math.inf
 SPHERICAL_EPS = 1e-6
 
 
-def _prepare(fn: str, logits: Tensor, dim: int, validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
-    """Check the input; return (finite scores, excluded mask, scale exponent e, x, dim).
+class _Prepared(NamedTuple):
+    finite: Tensor  # the scores in the compute dtype, -inf replaced by 0
+    excluded: Tensor | None  # where the scores are -inf (None: nowhere)
+    top: float  # max |score| over the finite entries of the whole tensor
+    dim: int
 
-    The scale is s = 2**e with e >= 0 the exponent of max |z| over the row's finite entries.
-    """
+
+def _prepare(fn: str, logits: Tensor, dim: int, validate: bool) -> _Prepared:
     check_floating(fn, "logits", logits)
     d = check_dim(fn, dim, logits.ndim)
-    if validate:
-        check_finite(fn, "logits", logits)
+    low, high = scan(fn, logits, validate=validate)
     x = logits.to(compute_dtype(logits))
+    if low > NEG_INF:
+        return _Prepared(x, None, max(abs(low), abs(high)), d)
     excluded = logits == NEG_INF
     finite = torch.where(excluded, x.new_zeros(()), x)
-    top = finite.detach().abs().amax(d, keepdim=True) if x.numel() else finite.detach().abs()
-    exponent = torch.frexp(top)[1].clamp(min=0)
-    return finite, excluded, exponent, x, d
+    top = float(finite.detach().abs().amax()) if finite.numel() else 0.0
+    return _Prepared(finite, excluded, top, d)
+
+
+def _row_exponent(finite: Tensor, dim: int) -> Tensor:
+    """e >= 0 per row with 2**e > max |score| of the row (keepdim), as an int tensor."""
+    low, high = torch.aminmax(finite.detach(), dim=dim, keepdim=True)
+    return torch.frexp(torch.maximum(high, -low))[1].clamp(min=0)
+
+
+def _overflows(top: float, power: int, n: int, dtype: torch.dtype) -> bool:
+    """Could n terms of size up to e·max(1, top)**power overflow ``dtype``?"""
+    return power * math.log(max(top, 1.0)) + math.log(max(n, 1)) + 3.0 > math.log(torch.finfo(dtype).max)
 
 
 def _power_of_two(like: Tensor, exponent: Tensor) -> Tensor:
@@ -54,8 +70,9 @@ def _power_of_two(like: Tensor, exponent: Tensor) -> Tensor:
     return torch.ldexp(torch.ones((), dtype=like.dtype, device=like.device).expand_as(exponent), exponent)
 
 
-def _normalize(values: Tensor, excluded: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
-    values = torch.where(excluded, values.new_zeros(()), values)
+def _normalize(values: Tensor, excluded: Tensor | None, dim: int, dtype: torch.dtype) -> Tensor:
+    if excluded is not None:
+        values = torch.where(excluded, values.new_zeros(()), values)
     return (values / safe_denominator(values.sum(dim, keepdim=True))).to(dtype)
 
 
@@ -95,11 +112,16 @@ def spherical_softmax(logits: Tensor, *, dim: int = -1, eps: float = SPHERICAL_E
     eps = check_positive(fn, "eps", eps)
     if isinstance(logits, Tensor) and logits.ndim == 0:
         return spherical_softmax(logits.reshape(1), eps=eps, validate=validate).reshape(())
-    finite, excluded, exponent, x, d = _prepare(fn, logits, dim, validate)
-    inverse = _power_of_two(x, -exponent)
-    scaled = finite * inverse
-    eps_scaled = eps * inverse * inverse
-    return _normalize(scaled * scaled + eps_scaled, excluded, d, logits.dtype)
+    prep = _prepare(fn, logits, dim, validate)
+    finite, d = prep.finite, prep.dim
+    n = logits.shape[d] if logits.ndim else 1
+    if finite.numel() and _overflows(prep.top, 2, n, finite.dtype):
+        inverse = _power_of_two(finite, -_row_exponent(finite, d))
+        scaled = finite * inverse
+        values = torch.addcmul(eps * inverse * inverse, scaled, scaled)
+    else:
+        values = torch.addcmul(finite.new_tensor(eps), finite, finite)
+    return _normalize(values, prep.excluded, d, logits.dtype)
 
 
 def taylor_softmax(logits: Tensor, *, dim: int = -1, order: int = 2, validate: bool = True) -> Tensor:
@@ -140,12 +162,21 @@ def taylor_softmax(logits: Tensor, *, dim: int = -1, order: int = 2, validate: b
         fail(fn, "order", "an even int >= 2 (odd Taylor polynomials of exp take negative values)", order)
     if isinstance(logits, Tensor) and logits.ndim == 0:
         return taylor_softmax(logits.reshape(1), order=order, validate=validate).reshape(())
-    finite, excluded, exponent, x, d = _prepare(fn, logits, dim, validate)
-    # Horner's rule on t(z) / s^order, homogeneous in a = z / s and b = 1 / s:
-    # g_order = 1, g_{k-1} = b^(order-k+1) + (a / k) g_k, g_0 = t(z) / s^order.
-    scaled = finite * _power_of_two(x, -exponent)
-    value = torch.ones_like(scaled)
-    for k in range(order, 0, -1):
-        power = _power_of_two(x, -(order - k + 1) * exponent)
-        value = power + (scaled / k if k > 2 else scaled * (1.0 / k)) * value
-    return _normalize(value, excluded, d, logits.dtype)
+    prep = _prepare(fn, logits, dim, validate)
+    finite, d = prep.finite, prep.dim
+    n = logits.shape[d] if logits.ndim else 1
+    one = finite.new_ones(())
+    if finite.numel() and _overflows(prep.top, order, n, finite.dtype):
+        # Horner's rule on t(z) / s^order, homogeneous in a = z / s and b = 1 / s:
+        # g_order = 1, g_(k-1) = b^(order-k+1) + (a / k) g_k, g_0 = t(z) / s^order.
+        exponent = _row_exponent(finite, d)
+        scaled = finite * _power_of_two(finite, -exponent)
+        value = torch.add(_power_of_two(finite, -exponent), scaled, alpha=1.0 / order)
+        for k in range(order - 1, 0, -1):
+            value = torch.addcmul(_power_of_two(finite, -(order - k + 1) * exponent), scaled, value, value=1.0 / k)
+    else:
+        # Horner's rule: g_order = 1, g_(k-1) = 1 + (z / k) g_k, g_0 = t(z).
+        value = torch.add(one, finite, alpha=1.0 / order)
+        for k in range(order - 1, 0, -1):
+            value = torch.addcmul(one, finite, value, value=1.0 / k)
+    return _normalize(value, prep.excluded, d, logits.dtype)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from logitlab._validation import check_choice, check_dim, check_finite, check_floating, compute_dtype, fail
-from logitlab.normalizers._masking import describe_rows, safe_denominator
+from logitlab._validation import check_choice, check_dim, check_floating, compute_dtype, fail
+from logitlab.normalizers._masking import describe_rows, safe_denominator, scan
 from logitlab.normalizers.softmax import softmax
 
 __all__ = ["standard_normalize", "POSITIVITY"]
@@ -40,7 +40,8 @@ def standard_normalize(logits: Tensor, *, dim: int = -1, positivity: str | None 
     """Divide the scores of each row by their sum: p_i = f(x_i) / Σ_k f(x_k).
 
     f is the identity when ``positivity`` is None (the scores must then be non-negative with a
-    positive row sum), else softplus(x) = log(1 + exp(x)), relu(x) = max(x, 0) or |x|.
+    positive row sum), else softplus(x) = log(1 + exp(x)), relu(x) = max(x, 0) or |x|. The
+    study normalizes raw logits with ``positivity="softplus"``.
     A ``-inf`` score is an excluded class (probability exactly 0, no gradient) in every mode; a
     row of all ``-inf`` maps to an all-zero row. With softplus, a row whose scores are all below
     −30 is computed as softmax(log softplus(x)), so it never underflows to a zero sum.
@@ -85,34 +86,39 @@ def standard_normalize(logits: Tensor, *, dim: int = -1, positivity: str | None 
     if logits.ndim == 0:
         out = standard_normalize(logits.reshape(1), positivity=positivity, validate=validate)
         return out.reshape(())
+    low, _ = scan(fn, logits, validate=validate)
     x = logits.to(compute_dtype(logits))
-    if validate:
-        check_finite(fn, "logits", logits)
-    excluded = logits == NEG_INF
-    finite = torch.where(excluded, x.new_zeros(()), x)
+    excluded = logits == NEG_INF if low == NEG_INF else None
+    finite = x if excluded is None else torch.where(excluded, x.new_zeros(()), x)
     if positivity is None:
-        if validate and logits.numel():
-            negative = ((x < 0) & ~excluded).any(d)
+        if validate and low < 0:
+            negative = (x < 0).any(d) if excluded is None else ((x < 0) & ~excluded).any(d)
             if bool(negative.any()):
                 fail(fn, "logits", "non-negative scores (-inf marks an excluded class; "
                      "positivity='softplus' accepts any logits)", f"<negative scores in {describe_rows(negative)}>")
         scores = finite
     elif positivity == "softplus":
         scores = F.softplus(finite)
+        if excluded is not None:
+            scores = torch.where(excluded, x.new_zeros(()), scores)
     elif positivity == "relu":
         scores = torch.relu(finite)
     else:
         scores = finite.abs()
-    scores = torch.where(excluded, x.new_zeros(()), scores)
     total = scores.sum(d, keepdim=True)
     if validate and positivity != "softplus" and logits.numel():
-        zero = (total == 0).squeeze(d) & ~excluded.all(d)
+        zero = (total == 0).squeeze(d)
         if bool(zero.any()):
-            fail(fn, "logits", "rows with a positive sum of scores", f"<zero sum in {describe_rows(zero)}>")
+            if excluded is not None:
+                zero = zero & ~excluded.all(d)
+            if bool(zero.any()):
+                fail(fn, "logits", "rows with a positive sum of scores", f"<zero sum in {describe_rows(zero)}>")
     probs = scores / safe_denominator(total)
-    if positivity == "softplus" and logits.numel():
+    if positivity == "softplus" and logits.numel() and low < _COLD:
         cold = x.amax(d, keepdim=True) < _COLD
         if bool(cold.any()):
-            log_scores = torch.where(excluded, x.new_tensor(NEG_INF), _log_softplus(finite))
+            log_scores = _log_softplus(finite)
+            if excluded is not None:
+                log_scores = torch.where(excluded, x.new_tensor(NEG_INF), log_scores)
             probs = torch.where(cold, softmax(log_scores, dim=d, validate=False), probs)
     return probs.to(logits.dtype)

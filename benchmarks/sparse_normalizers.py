@@ -1,0 +1,260 @@
+"""Forward + backward of logitlab's sparse maps beside the entmax package and torch.softmax.
+
+For each shape, one fresh process times every implementation interleaved (the order rotates
+each repeat): ``torch.softmax`` (the speed baseline), and for each of sparsemax, 1.5-entmax and
+α-entmax (α = 1.5 by the general solver) ours and the ``entmax`` package's
+(``sparsemax`` / ``entmax15`` / ``entmax_bisect``). Warm-up, then ``--repeats`` (>= 5) timed
+calls; median, min and max are recorded. Correctness is checked in the same process: ours
+against the package (probabilities, gradients, support) and against ``logitlab.reference``
+(float64, sort-based) on a few rows. Peak memory of one call is measured per implementation in
+another fresh process (glibc trimmed, kernel high-water mark reset via ``/proc/self/clear_refs``:
+the extra memory the call needs, beside the output and gradient it must return).
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/sparse_normalizers.py           # (4096, 1000), (1024, 32768)
+    PYTHONPATH=src python benchmarks/sparse_normalizers.py --quick   # tiny shapes, seconds
+
+Logits are ``scale * randn`` (``--scale``, default 1; a small scale gives wide supports, the
+worst case for the threshold search). Records go to JSON (units in field names), a table is
+printed, and the last line is the path of the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FULL_SHAPES = [(4096, 1000), (1024, 32768)]
+QUICK_SHAPES = [(64, 100), (16, 2048)]
+ALPHA = 1.5
+MAPS = ("sparsemax", "entmax15", "entmax_alpha")
+
+
+def _impls():
+    """name -> (map, kind, function); kind in 'ours' | 'package' | 'softmax'."""
+    import entmax as package  # a peer, only here
+    import torch
+
+    import logitlab
+
+    return {
+        "torch.softmax": (None, "softmax", lambda z: torch.softmax(z, -1)),
+        "logitlab.sparsemax": ("sparsemax", "ours", logitlab.sparsemax),
+        "entmax.sparsemax": ("sparsemax", "package", lambda z: package.sparsemax(z, dim=-1)),
+        "logitlab.entmax15": ("entmax15", "ours", logitlab.entmax15),
+        "entmax.entmax15": ("entmax15", "package", lambda z: package.entmax15(z, dim=-1)),
+        "logitlab.entmax": ("entmax_alpha", "ours", lambda z: logitlab.entmax(z, ALPHA)),
+        "entmax.entmax_bisect": ("entmax_alpha", "package",
+                                 lambda z: package.entmax_bisect(z, alpha=ALPHA, dim=-1)),
+    }
+
+
+def _inputs(shape, scale):
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    return torch.randn(shape) * scale, torch.randn(shape)
+
+
+def _call(fn, x, grad_out):
+    xi = x.detach().requires_grad_()
+    start = time.perf_counter()
+    out = fn(xi)
+    out.backward(grad_out)
+    return time.perf_counter() - start, out.detach(), xi.grad
+
+
+def _check(name, ours_out, ours_grad, peer_out, peer_grad, x, grad_out) -> dict:
+    import torch
+
+    from logitlab import reference
+
+    rows = slice(0, 4)
+    ref_fn = {"sparsemax": reference.sparsemax, "entmax15": reference.entmax15,
+              "entmax_alpha": lambda z, dim: reference.entmax_bisect(z, ALPHA, dim)}[name]
+    truth = ref_fn(x[rows].double(), -1)
+    return {
+        "max_abs_diff_probs_vs_package": float((ours_out - peer_out).abs().max()),
+        "max_abs_diff_grad_vs_package": float((ours_grad - peer_grad).abs().max()),
+        "support_mismatches_vs_package": int(((ours_out > 0) != (peer_out > 0)).sum()),
+        "max_abs_err_probs_vs_reference_4_rows": float((ours_out[rows].double() - truth).abs().max()),
+        "support_mismatches_vs_reference_4_rows": int(((ours_out[rows] > 0) != (truth > 0)).sum()),
+        "mean_support_size": float((ours_out > 0).sum(-1).float().mean()),
+        "finite": bool(torch.isfinite(ours_out).all() and torch.isfinite(ours_grad).all()),
+    }
+
+
+def worker_time(shape, repeats: int, warmup: int, scale: float) -> dict:
+    import torch
+
+    x, grad_out = _inputs(shape, scale)
+    impls = _impls()
+    names = list(impls)
+    for _ in range(warmup):
+        for name in names:
+            _call(impls[name][2], x, grad_out)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate: no fixed position
+        for name in order:
+            times[name].append(_call(impls[name][2], x, grad_out)[0] * 1e3)
+    stats = {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)}
+             for name, t in times.items()}
+    results = {name: _call(fn, x, grad_out)[1:] for name, (_, _, fn) in impls.items()}
+    softmax_ms = stats["torch.softmax"]["median_ms"]
+    records = []
+    for map_name in MAPS:
+        ours = next(n for n, (m, k, _) in impls.items() if m == map_name and k == "ours")
+        peer = next(n for n, (m, k, _) in impls.items() if m == map_name and k == "package")
+        records.append({
+            "map": map_name, "shape": list(shape), "dtype": "float32", "logit_scale": scale,
+            "ours": ours, "package": peer,
+            **{f"ours_{k}": v for k, v in stats[ours].items()},
+            **{f"package_{k}": v for k, v in stats[peer].items()},
+            **{f"softmax_{k}": v for k, v in stats["torch.softmax"].items()},
+            "speedup_over_package": stats[peer]["median_ms"] / stats[ours]["median_ms"],
+            "ratio_ours_over_softmax": stats[ours]["median_ms"] / softmax_ms,
+            "repeats": repeats, "warmup": warmup,
+            **_check(map_name, *results[ours], *results[peer], x, grad_out),
+        })
+    return {"records": records, "torch_version": torch.__version__}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def worker_memory(shape, impl: str, scale: float) -> dict:
+    x, grad_out = _inputs(shape, scale)
+    fn = _impls()[impl][2]
+    for _ in range(2):
+        _call(fn, x, grad_out)
+    gc.collect()
+    method = "clear_refs"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB: large blocks return to the OS
+        libc.malloc_trim(0)
+    except OSError:
+        method = "no-trim"
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        method = "lifetime-peak"
+    base = _status_kib("VmRSS")
+    _, out, grad = _call(fn, x, grad_out)
+    peak = _status_kib("VmHWM")
+    returned = out.numel() * out.element_size() + grad.numel() * grad.element_size()
+    return {"impl": impl, "shape": list(shape), "extra_peak_mib": (peak - base) / 1024,
+            "returned_mib": returned / 2**20, "method": method}
+
+
+def _spawn(args: list[str]) -> dict:
+    env = dict(os.environ)
+    src = str(HERE.parent / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _table(records: list[dict], memory: dict) -> str:
+    head = (f"{'map':<13} {'shape':<11} {'ours ms':>9} {'pkg ms':>9} {'softmax ms':>10} "
+            f"{'pkg/ours':>8} {'ours/smax':>9} {'ours MiB':>8} {'pkg MiB':>8} {'smax MiB':>8} "
+            f"{'|S|':>6} {'err pkg':>8} {'err ref':>8}")
+    lines = [head, "-" * len(head)]
+    for r in records:
+        shape = tuple(r["shape"])
+
+        def mib(impl):
+            mem = memory.get((impl, shape))
+            return f"{mem['extra_peak_mib']:>8.0f}" if mem else f"{'-':>8}"
+
+        err_pkg = max(r["max_abs_diff_probs_vs_package"], r["max_abs_diff_grad_vs_package"])
+        lines.append(
+            f"{r['map']:<13} {'x'.join(map(str, shape)):<11} {r['ours_median_ms']:>9.1f} "
+            f"{r['package_median_ms']:>9.1f} {r['softmax_median_ms']:>10.1f} "
+            f"{r['speedup_over_package']:>8.1f} {r['ratio_ours_over_softmax']:>9.2f} "
+            f"{mib(r['ours'])} {mib(r['package'])} {mib('torch.softmax')} {r['mean_support_size']:>6.1f} "
+            f"{err_pkg:>8.1e} {r['max_abs_err_probs_vs_reference_4_rows']:>8.1e}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, in this process (seconds)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per implementation (>= 5)")
+    parser.add_argument("--scale", type=float, default=1.0, help="logits = scale * randn")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "sparse_normalizers.json")
+    parser.add_argument("--worker", choices=["time", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--shape", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        shape = tuple(int(s) for s in args.shape.split("x"))
+        if args.worker == "time":
+            out = worker_time(shape, args.repeats, 1, args.scale)
+        else:
+            out = worker_memory(shape, args.impl, args.scale)
+        print(json.dumps(out))
+        return 0
+
+    sys.path.insert(0, str(HERE.parent / "src"))
+    import torch
+
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    repeats = max(5, args.repeats or 5)
+    records, memory = [], {}
+    for shape in shapes:
+        tag = "x".join(map(str, shape))
+        print(f"[{tag}] timing ...", file=sys.stderr, flush=True)
+        if args.quick:
+            records += worker_time(shape, repeats, 1, args.scale)["records"]
+            continue
+        records += _spawn(["--worker", "time", "--shape", tag, "--repeats", str(repeats),
+                           "--scale", str(args.scale)])["records"]
+        if not args.no_memory:
+            for impl in _impls():
+                print(f"[{tag}] memory {impl} ...", file=sys.stderr, flush=True)
+                memory[(impl, shape)] = _spawn(["--worker", "memory", "--shape", tag, "--impl", impl,
+                                                "--scale", str(args.scale)])
+    result = {
+        "benchmark": "sparse normalizers forward+backward",
+        "torch_version": torch.__version__, "python": platform.python_version(),
+        "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+        "threads": 2, "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
+        "quick": args.quick, "logit_scale": args.scale, "alpha": ALPHA, "time_unix_s": time.time(),
+        "records": records, "memory": list(memory.values()),
+    }
+    print(_table(records, memory))
+    bad = [r["map"] for r in records if r["support_mismatches_vs_reference_4_rows"] or not r["finite"]]
+    if bad:
+        print(f"CORRECTNESS FAILURE: {bad}", file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(args.out)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Losses over logits sharded by vocabulary: each rank holds a contiguous slice of the classes.
+
+Every rank passes its (*batch, V_local) slice; row statistics (max, Σ exp, the target logit,
+Σ_c z_c) are all-reduced, so every rank gets the loss of the full vocabulary and the gradient
+with respect to its own slice, without ever gathering logits. Slices may be uneven; their
+offsets are found from every rank's slice size when ``vocab_start`` is not given.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from logitlab import _validation as v
+from logitlab.fused._kernel import all_reduce
+from logitlab.fused.cross_entropy import build_kernel, check_options, reduction_scale, vocab_offsets
+
+__all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_kl_divergence", "resolve_group"]
+
+
+def resolve_group(group):
+    """The default group when torch.distributed is initialized, else None (one process)."""
+    if group is None and dist.is_available() and dist.is_initialized():
+        return dist.group.WORLD
+    return group
+
+
+def _offsets(fn: str, local: int, group, vocab_start, device) -> tuple[int, int]:
+    if group is None:
+        start = 0 if vocab_start is None else int(vocab_start)
+        return start, start + local
+    start, total = vocab_offsets(local, group, device)
+    if vocab_start is not None and int(vocab_start) != start:
+        v.fail(fn, "vocab_start", f"{start} (the sum of the slice sizes of the lower ranks)", vocab_start)
+    return start, total
+
+
+class _PrecomputedRows(torch.autograd.Function):
+    """Rows of losses whose gradient with respect to the (local) logits is already known."""
+
+    @staticmethod
+    def forward(ctx, logits, loss, grad, scale):
+        ctx.grad, ctx.scale, ctx.shape, ctx.dtype = grad, scale, logits.shape, logits.dtype
+        out = loss if scale is None else loss.sum() * scale
+        return out.to(logits.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        grad = ctx.grad
+        if ctx.scale is None:
+            grad = grad * grad_out.reshape(-1, 1).to(grad.dtype)
+        else:
+            grad = grad * (grad_out.to(grad.dtype) * ctx.scale)
+        return grad.reshape(ctx.shape).to(ctx.dtype), None, None, None
+
+
+def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=None, vocab_start: int | None = None,
+                                 ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                                 z_loss: float = 0.0, validate: bool = True) -> Tensor:
+    r"""Cross-entropy over a vocabulary split across ranks, equal on every rank to the full one.
+
+    With z the full logits (the concatenation of every rank's slice in rank order) and
+    lse = log Σ_c exp z_c, each kept row's loss is
+    (1 − ε)·(lse − z_t) + (ε / V)·Σ_c (lse − z_c) + z_loss·lse², V the GLOBAL vocabulary size
+    (smoothing over the local slice would make the ranks disagree). The value equals
+    ``cross_entropy(full_logits, target, ...)`` on every rank; the gradient with respect to
+    ``local_logits`` is this rank's slice of the full gradient. Two all-reduces per call.
+
+    Args:
+        local_logits: (*batch, V_local) this rank's contiguous slice of the logits.
+        target: (*batch) global class indices (or ``ignore_index``), the same on every rank.
+        group: the process group (default: the world when initialized; one process otherwise).
+        vocab_start: the first class of this slice; found from the slice sizes when None.
+        ignore_index, reduction, label_smoothing, z_loss: as in ``cross_entropy``.
+        validate: check the class indices against the global vocabulary size.
+
+    Returns:
+        A scalar (or (*batch) for 'none') in the dtype of ``local_logits``.
+
+    Raises:
+        ValueError/TypeError: bad shapes or options; RuntimeError naming the collective when
+        another rank fails or the group times out.
+
+    Example:
+        >>> logits, target = torch.randn(4, 6), torch.tensor([0, 5, -100, 2])
+        >>> loss = vocab_parallel_cross_entropy(logits, target)  # one process: the plain loss
+        >>> bool(torch.allclose(loss, torch.nn.functional.cross_entropy(logits, target)))
+        True
+
+    References:
+        Shoeybi et al., "Megatron-LM" (2019), vocabulary-parallel cross-entropy.
+    """
+    fn = "vocab_parallel_cross_entropy"
+    v.check_floating(fn, "local_logits", local_logits)
+    v.check_tensor(fn, "target", target)
+    if local_logits.ndim < 1 or tuple(target.shape) != tuple(local_logits.shape[:-1]):
+        v.fail(fn, "target", f"shape {tuple(local_logits.shape[:-1])} (local_logits.shape[:-1])",
+               f"<shape {tuple(target.shape)}>")
+    check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=None,
+                  chunk_size=None, impl="auto")
+    group = resolve_group(group)
+    local = local_logits.shape[-1]
+    start, total = _offsets(fn, local, group, vocab_start, local_logits.device)
+    flat = target.reshape(-1).long()
+    if validate:
+        v.check_index_target(fn, "target", flat, total, ignore_index=ignore_index)
+    acc = v.compute_dtype(local_logits)
+    kernel = build_kernel(flat, None, ignore_index=ignore_index, vocab_start=start, vocab_total=total,
+                          label_smoothing=label_smoothing, z_loss=z_loss, dtype=acc, group=group)
+    z = local_logits.detach().reshape(-1, local).to(acc, copy=True)
+    loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
+    out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(kernel, reduction))
+    return out.reshape(target.shape) if reduction == "none" else out
+
+
+def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Tensor, *, group=None,
+                                 temperature: float = 1.0, reduction: str = "mean") -> Tensor:
+    r"""D(p ‖ q) with p = softmax(teacher / T), q = softmax(student / T) over a sharded vocabulary.
+
+    D(p ‖ q) = Σ_c p_c (log p_c − log q_c) = Σ_c p_c (u_c − z_c) / T + lse(z / T) − lse(u / T),
+    each term all-reduced over the ranks' slices. The teacher is constant (no gradient); the
+    gradient with respect to this rank's student slice is (q − p) / T on it. 'mean' averages
+    over rows (the 'batchmean' of ``kl_div``).
+
+    Args:
+        local_logits: (*batch, V_local) student logits, this rank's slice.
+        local_teacher_logits: (*batch, V_local) teacher logits, the same slice.
+        group: the process group (default: the world when initialized).
+        temperature: T > 0.
+        reduction: 'none' | 'mean' | 'sum'.
+
+    Returns:
+        A scalar (or (*batch)) in the dtype of ``local_logits``.
+
+    Example:
+        >>> z, u = torch.randn(3, 5), torch.randn(3, 5)
+        >>> kl = vocab_parallel_kl_divergence(z, u)
+        >>> p = torch.softmax(u, -1)
+        >>> bool(torch.allclose(kl, (p * (p.log() - torch.log_softmax(z, -1))).sum(-1).mean()))
+        True
+    """
+    fn = "vocab_parallel_kl_divergence"
+    v.check_floating(fn, "local_logits", local_logits)
+    v.check_floating(fn, "local_teacher_logits", local_teacher_logits)
+    v.check_same_shape(fn, "local_teacher_logits", local_teacher_logits, local_logits.shape, "local_logits")
+    v.check_positive(fn, "temperature", temperature)
+    v.check_reduction(fn, reduction)
+    group = resolve_group(group)
+    acc = v.compute_dtype(local_logits)
+    local = local_logits.shape[-1]
+    z = local_logits.detach().reshape(-1, local).to(acc) / temperature
+    u = local_teacher_logits.detach().reshape(-1, local).to(acc) / temperature
+    rows = z.shape[0]
+    peaks = torch.stack([z.amax(1), u.amax(1)]) if local else z.new_full((2, rows), float("-inf"))
+    all_reduce(peaks, "max", group)
+    peaks = torch.where(torch.isfinite(peaks), peaks, peaks.new_zeros(()))
+    q = (z - peaks[0].unsqueeze(1)).exp_()
+    p = (u - peaks[1].unsqueeze(1)).exp_()
+    sums = torch.stack([q.sum(1), p.sum(1), (p * (u - z)).sum(1)])
+    all_reduce(sums, "sum", group)
+    q.div_(sums[0].unsqueeze(1))
+    p.div_(sums[1].unsqueeze(1))
+    lse_z, lse_u = peaks[0] + sums[0].log(), peaks[1] + sums[1].log()
+    loss = sums[2] / sums[1] + lse_z - lse_u
+    grad = q.sub_(p).div_(temperature)
+    scale = None if reduction == "none" else 1.0 if reduction == "sum" else 1.0 / max(rows, 1)
+    out = _PrecomputedRows.apply(local_logits, loss, grad, scale)
+    return out.reshape(local_logits.shape[:-1]) if reduction == "none" else out

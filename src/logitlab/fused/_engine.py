@@ -1,0 +1,190 @@
+"""The chunk loop: linear layer + row kernel without ever holding the (N, V) logits.
+
+For each chunk of rows: logits = hidden_chunk @ weight.T (+ bias) into a reused buffer, the
+row kernel turns them into losses and (in place) into the gradient G with respect to the
+logits, then the two gradient matmuls run at once: grad_hidden[chunk] = G @ weight and
+grad_weight += G.T @ hidden_chunk. Three matmuls in total, the same as the naive computation,
+and only a (chunk, V) block of logits alive at a time.
+
+Two strategies share this loop:
+
+* ``precompute`` (used for reduction 'mean' and 'sum'): the forward pass also computes the
+  gradients, already scaled by the reduction; backward only multiplies them by the incoming
+  scalar. One pass over the data, three matmuls.
+* ``recompute`` (reduction 'none', where each row has its own incoming gradient): the forward
+  pass computes only the losses; backward runs the loop again with the per-row scale. Four
+  matmuls, and nothing but the inputs is held between forward and backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from logitlab.fused._kernel import all_reduce, apply_softcap, softcap_backward
+
+# Elements of the (chunk, V) block of logits chosen by chunk_rows: 1/32 of the naive logits
+# (so at most ~3% of their size), but never below 2^18 (1 MiB in float32: tiny chunks make
+# inefficient matmuls) nor above 2^24 (64 MiB).
+_MIN_BLOCK, _MAX_BLOCK, _FRACTION = 1 << 18, 1 << 24, 32
+# impl="auto" materializes logits only when they are small: at most 2^20 elements (4 MiB).
+NAIVE_MAX_ELEMENTS = 1 << 20
+
+
+def chunk_rows(rows: int, vocab: int) -> int:
+    """Rows per chunk for impl="chunked" when ``chunk_size`` is not given.
+
+    Deterministic in the shape: the block of logits holds N·V/32 elements clipped to
+    [2^18, 2^24], rounded down to a multiple of 8 rows when that is at least 8.
+
+    Example:
+        >>> chunk_rows(4096, 32768), chunk_rows(2048, 131072), chunk_rows(10, 50)
+        (128, 64, 10)
+    """
+    block = min(max(rows * vocab // _FRACTION, _MIN_BLOCK), _MAX_BLOCK)
+    size = max(1, block // max(vocab, 1))
+    if size >= 8:
+        size -= size % 8
+    return max(1, min(size, rows))
+
+
+def accumulation_dtype(dtype: torch.dtype, accum_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of logit blocks: at least float32, ``accum_dtype`` or the input's if wider."""
+    return torch.promote_types(torch.promote_types(dtype, accum_dtype), torch.float32)
+
+
+def gradient_dtype(dtype: torch.dtype, accum_dtype: torch.dtype) -> torch.dtype:
+    """The dtype grad_weight and grad_bias are summed in over chunks: ``accum_dtype`` or wider."""
+    return torch.promote_types(dtype, accum_dtype)
+
+
+@dataclass
+class Plan:
+    """How to run the loop (everything but the tensors)."""
+
+    chunk: int
+    accum_dtype: torch.dtype
+    softcap: float | None = None
+    precompute: bool = True
+    group: object = None
+
+
+def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan: Plan, *,
+               row_scale: Tensor | float | None, need: tuple[bool, bool, bool]):
+    """One pass of the chunk loop.
+
+    Args:
+        hidden: (N, D). weight: (V, D). bias: (V,) or None.
+        kernel: a row kernel ``(z, start, stop, need_grad) -> (loss_rows, grad_z)``.
+        row_scale: multiplies the gradient of each row: a number or an (N,) tensor.
+        need: which of (grad_hidden, grad_weight, grad_bias) to compute.
+
+    Returns:
+        (loss_rows (N,) in the accumulation dtype, grad_hidden, grad_weight, grad_bias), the
+        gradients in the dtypes of their inputs (None where not needed).
+    """
+    rows, _ = hidden.shape
+    vocab = weight.shape[0]
+    acc = accumulation_dtype(hidden.dtype, plan.accum_dtype)
+    low = hidden.dtype != acc
+    # accum_dtype=bfloat16 with bfloat16 inputs: grad_weight is summed in place in bfloat16
+    # (no float32 copy of the head; one rounding per chunk).
+    sum_dtype = gradient_dtype(weight.dtype, plan.accum_dtype)
+    sum_low = low and sum_dtype == weight.dtype
+    chunk = max(1, min(plan.chunk, rows))
+    need_grad = any(need)
+
+    z_buf = hidden.new_empty(chunk, vocab, dtype=acc)
+    low_buf = hidden.new_empty(chunk, vocab) if low else None
+    weight_t = weight.t()
+    loss_rows = hidden.new_empty(rows, dtype=acc)
+    grad_h = hidden.new_empty(hidden.shape) if need[0] else None
+    grad_w = weight.new_zeros(weight.shape, dtype=weight.dtype if sum_low else acc) if need[1] else None
+    grad_b = hidden.new_zeros(vocab, dtype=acc) if need[2] else None
+    bias_acc = bias.to(acc) if bias is not None else None
+
+    for start in range(0, rows, chunk):
+        stop = min(start + chunk, rows)
+        h = hidden[start:stop]
+        z = z_buf[: stop - start]
+        if low:
+            torch.mm(h, weight_t, out=low_buf[: stop - start])
+            z.copy_(low_buf[: stop - start])
+        else:
+            torch.mm(h, weight_t, out=z)
+        if bias_acc is not None:
+            z.add_(bias_acc)
+        tanh = apply_softcap(z, plan.softcap)
+        loss, grad = kernel(z, start, stop, need_grad)
+        loss_rows[start:stop] = loss
+        if not need_grad:
+            continue
+        softcap_backward(grad, tanh)
+        if isinstance(row_scale, Tensor) and row_scale.ndim:
+            grad.mul_(row_scale[start:stop].to(acc).unsqueeze(1))
+        elif row_scale is not None:
+            grad.mul_(row_scale)
+        if low and (need[0] or (need[1] and sum_low)):
+            g_low = low_buf[: stop - start]
+            g_low.copy_(grad)
+        if need[0]:
+            torch.mm(g_low if low else grad, weight, out=grad_h[start:stop])
+        if need[1]:
+            if sum_low:
+                grad_w.addmm_(g_low.t(), h)
+            else:
+                grad_w.addmm_(grad.t(), h.to(acc) if low else h)
+        if need[2]:
+            grad_b.add_(grad.sum(0))
+
+    if grad_h is not None:
+        all_reduce(grad_h, "sum", plan.group)
+    if grad_w is not None and grad_w.dtype != weight.dtype:
+        grad_w = grad_w.to(weight.dtype)
+    if grad_b is not None and bias is not None and grad_b.dtype != bias.dtype:
+        grad_b = grad_b.to(bias.dtype)
+    return loss_rows, grad_h, grad_w, grad_b
+
+
+class FusedLinearLoss(torch.autograd.Function):
+    """loss = reduce(kernel(hidden @ weight.T + bias)) with the chunk loop for forward and backward.
+
+    ``scale`` is the factor of the reduction (1 for 'sum', 1 / denominator for 'mean'), or None
+    for reduction 'none' (then the output is the (N,) vector of row losses).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, kernel, scale, plan):  # noqa: D401
+        need = tuple(ctx.needs_input_grad[:3])
+        ctx.plan, ctx.kernel, ctx.scale = plan, kernel, scale
+        ctx.precomputed = plan.precompute and scale is not None and any(need)
+        if ctx.precomputed:
+            loss_rows, *grads = run_chunks(hidden, weight, bias, kernel, plan, row_scale=scale, need=need)
+            ctx.grads = grads
+        else:
+            loss_rows, *_ = run_chunks(hidden, weight, bias, kernel, plan, row_scale=None,
+                                       need=(False, False, False))
+        # The inputs are saved in both cases (references, no copies): a second backward through a
+        # retained graph recomputes, since the precomputed gradients are handed over only once.
+        ctx.save_for_backward(hidden, weight, bias)
+        out = loss_rows if scale is None else loss_rows.sum() * scale
+        return out.to(hidden.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        grads = getattr(ctx, "grads", None)
+        if grads is not None:
+            # Drop our reference so autograd can keep these tensors as .grad without a copy.
+            ctx.grads = None
+            if not bool(grad_out == 1):
+                grads = [g.mul_(grad_out.to(g.dtype)) if g is not None else None for g in grads]
+        else:
+            hidden, weight, bias = ctx.saved_tensors
+            scale = grad_out if ctx.scale is None else grad_out * ctx.scale
+            _, *grads = run_chunks(hidden, weight, bias, ctx.kernel, ctx.plan, row_scale=scale,
+                                   need=tuple(ctx.needs_input_grad[:3]))
+        return grads[0], grads[1], grads[2], None, None, None

@@ -1,0 +1,133 @@
+"""Row kernels: from a block of logits to per-row losses and the gradient with respect to them.
+
+A kernel sees one chunk of rows at a time, as a float32 (or float64) matrix it may overwrite,
+and returns ``(loss_rows, grad_logits)``. The chunk loop (``_engine``) owns the matmuls; the
+kernels own the mathematics. The cross-entropy kernel also works on a vocabulary slice: given a
+process group, its row statistics (max, Σ exp, the target logit, Σ w_c z_c) are all-reduced, so
+every rank computes the loss of the full vocabulary while holding only its own columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def all_reduce(x: Tensor, op: str, group) -> Tensor:
+    """All-reduce ``x`` in place over ``group`` (a no-op without a group); returns ``x``."""
+    if group is not None:
+        try:
+            dist.all_reduce(x, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=group)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"vocab-parallel loss: all_reduce({op}) of a {tuple(x.shape)} tensor failed on rank "
+                f"{dist.get_rank()}: another rank failed, left, or the group timed out ({error})") from error
+    return x
+
+
+def apply_softcap(z: Tensor, softcap: float | None) -> Tensor | None:
+    """z ← softcap·tanh(z / softcap) in place; returns tanh(z / softcap) for the chain rule."""
+    if softcap is None:
+        return None
+    z.div_(softcap).tanh_()
+    tanh = z.clone()
+    z.mul_(softcap)
+    return tanh
+
+
+def softcap_backward(grad: Tensor, tanh: Tensor | None) -> Tensor:
+    """grad ← grad·(1 − tanh²) in place: d/dz [c·tanh(z / c)] = 1 − tanh²(z / c)."""
+    if tanh is not None:
+        grad.mul_(1 - tanh.square_())
+    return grad
+
+
+@dataclass
+class CrossEntropyKernel:
+    """Cross-entropy rows, optionally over a vocabulary slice [vocab_start, vocab_start + V_local).
+
+    Per kept row n with target t, lse = log Σ_c exp z_c over the FULL vocabulary of size V:
+
+        loss_n = (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + λ·w_t·lse²
+
+    (w ≡ 1 without class weights; ε label smoothing; λ the z-loss coefficient). Its gradient is
+
+        ∂loss_n/∂z_c = a_n·p_c − (1 − ε)·w_t·[c = t] − (ε / V)·w_c,
+        a_n = (1 − ε)·w_t + (ε / V)·Σ_c w_c + 2λ·w_t·lse,   p = softmax(z).
+
+    Ignored rows have loss 0 and gradient 0.
+    """
+
+    target: Tensor            # (N,) global class indices
+    keep: Tensor              # (N,) bool, rows that count
+    target_weight: Tensor     # (N,) w_t of each row (0 for ignored rows), float
+    class_weight: Tensor | None  # (V_local,) the local slice of the class weights
+    weight_total: float       # Σ_c w_c over the full vocabulary (V without weights)
+    vocab_total: int          # V, the full vocabulary size
+    vocab_start: int = 0
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    group: object = None
+
+    def __call__(self, z: Tensor, start: int, stop: int, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        rows, v_local = z.shape
+        target = self.target[start:stop]
+        keep = self.keep[start:stop]
+        w_t = self.target_weight[start:stop].to(z.dtype)
+        eps, lam, vocab = self.label_smoothing, self.z_loss, self.vocab_total
+
+        local = target - self.vocab_start
+        owned = keep & (local >= 0) & (local < v_local)
+        index = torch.where(owned, local, torch.zeros_like(local)).unsqueeze(1)
+
+        # Five passes over the block, all in place: max, z − max, exp, Σ, and the final scaling
+        # of exp(z − max) into the gradient. Target logit and Σ_c w_c z_c are read first.
+        stats = z.new_zeros(3, rows)  # Σ exp(z − max), z_t, Σ_c w_c z_c
+        if v_local:
+            stats[1] = torch.where(owned, z.gather(1, index).squeeze(1), z.new_zeros(()))
+            if eps:
+                stats[2] = self._weighted_sum(z)
+        peak = z.amax(dim=1) if v_local else z.new_full((rows,), float("-inf"))
+        all_reduce(peak, "max", self.group)
+        peak = torch.where(torch.isfinite(peak), peak, peak.new_zeros(()))
+        if v_local:
+            exps = z.sub_(peak.unsqueeze(1)).exp_()
+            stats[0] = exps.sum(1)
+        all_reduce(stats, "sum", self.group)
+        lse = peak + stats[0].log()
+        z_t, z_w = stats[1], stats[2]
+
+        loss = (1 - eps) * w_t * (lse - z_t)
+        if eps:
+            loss = loss + (eps / vocab) * (self.weight_total * lse - z_w)
+        if lam:
+            loss = loss + lam * w_t * lse.square()
+        loss = torch.where(keep, loss, loss.new_zeros(()))
+        if not need_grad:
+            return loss, None
+
+        # p = exp(z − max) / Σ: the block of logits becomes the block of gradients.
+        coef = (1 - eps) * w_t + (eps / vocab) * self.weight_total
+        if lam:
+            coef = coef + 2 * lam * w_t * lse
+        coef = torch.where(keep, coef, coef.new_zeros(())) / stats[0]
+        if not v_local:
+            return loss, z
+        grad = exps.mul_(coef.unsqueeze(1))
+        hit = torch.where(owned, (1 - eps) * w_t, w_t.new_zeros(()))
+        grad.scatter_add_(1, index, -hit.unsqueeze(1))
+        if eps:
+            if self.class_weight is None:
+                grad.sub_(eps / vocab)
+            else:
+                grad.sub_((eps / vocab) * self.class_weight.to(z.dtype))
+            grad.masked_fill_(~keep.unsqueeze(1), 0.0)
+        return loss, grad
+
+    def _weighted_sum(self, z: Tensor) -> Tensor:
+        if self.class_weight is None:
+            return z.sum(1)
+        return z @ self.class_weight.to(z.dtype)

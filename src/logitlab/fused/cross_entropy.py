@@ -1,0 +1,241 @@
+"""linear_cross_entropy: the loss of a linear head without materializing its logits."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from logitlab import _validation as v
+from logitlab.fused._engine import NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows
+from logitlab.fused._kernel import CrossEntropyKernel, all_reduce
+
+__all__ = ["linear_cross_entropy", "IMPLS"]
+
+IMPLS = ("auto", "chunked", "naive")
+
+
+def check_linear(fn: str, hidden, weight, bias) -> None:
+    """Shapes of a linear head: hidden (*batch, D), weight (V, D), bias (V,)."""
+    v.check_floating(fn, "hidden", hidden)
+    v.check_floating(fn, "weight", weight)
+    if hidden.ndim < 1:
+        v.fail(fn, "hidden", "a tensor of shape (*batch, D)", "<a 0-d tensor>")
+    if weight.ndim != 2:
+        v.fail(fn, "weight", "a 2-D tensor of shape (V, D)", f"<shape {tuple(weight.shape)}>")
+    if weight.shape[1] != hidden.shape[-1]:
+        v.fail(fn, "weight", f"shape (V, {hidden.shape[-1]}) (D = hidden.shape[-1])",
+               f"<shape {tuple(weight.shape)}>")
+    if weight.dtype != hidden.dtype:
+        v.fail(fn, "weight", f"dtype {hidden.dtype} (the dtype of hidden)", f"<dtype {weight.dtype}>",
+               kind=TypeError)
+    if bias is not None:
+        v.check_floating(fn, "bias", bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            v.fail(fn, "bias", f"shape ({weight.shape[0]},) (V = weight.shape[0])", f"<shape {tuple(bias.shape)}>")
+
+
+def check_target(fn: str, target, hidden: Tensor) -> None:
+    v.check_tensor(fn, "target", target)
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        v.fail(fn, "target", "an integer tensor of class indices", f"<dtype {target.dtype}>", kind=TypeError)
+    if tuple(target.shape) != tuple(hidden.shape[:-1]):
+        v.fail(fn, "target", f"shape {tuple(hidden.shape[:-1])} (hidden.shape[:-1])", f"<shape {tuple(target.shape)}>")
+
+
+def check_options(fn: str, *, reduction, label_smoothing, z_loss, softcap, chunk_size, impl) -> None:
+    v.check_reduction(fn, reduction)
+    v.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
+    v.check_range(fn, "z_loss", z_loss, 0.0, float("inf"))
+    if softcap is not None:
+        v.check_positive(fn, "softcap", softcap)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        v.fail(fn, "chunk_size", "None or an int >= 1", chunk_size)
+    v.check_choice(fn, "impl", impl, IMPLS)
+
+
+def choose_impl(impl: str, rows: int, vocab: int) -> str:
+    """impl="auto": "naive" when the logits would hold at most 2^20 elements, else "chunked"."""
+    if impl != "auto":
+        return impl
+    return "naive" if rows * vocab <= NAIVE_MAX_ELEMENTS else "chunked"
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias: Tensor | None = None,
+                         class_weight: Tensor | None = None, ignore_index: int = -100,
+                         reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                         softcap: float | None = None, chunk_size: int | None = None, impl: str = "auto",
+                         accum_dtype: torch.dtype = torch.float32, process_group=None,
+                         validate: bool = True) -> Tensor:
+    r"""Cross-entropy of a linear head, computed without holding the (N, V) logits.
+
+    Equivalent to ``cross_entropy(hidden @ weight.T + bias, target, weight=class_weight, ...)``
+    (with z = softcap·tanh(z / softcap) first when ``softcap`` is set) in value and in the
+    gradients for ``hidden``, ``weight`` and ``bias``. Per kept row, with lse = log Σ_c exp z_c,
+
+        loss = (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + z_loss·w_t·lse²,
+
+    i.e. D(target ‖ softmax(z)) up to the target's entropy, plus the z-loss of PaLM weighted
+    like its row (as ``logitlab.cross_entropy``).
+    ``reduction="mean"`` divides the sum by Σ w_t over the kept rows (their number without
+    class weights); a batch whose rows are all ignored has mean 0 and zero gradients.
+
+    ``impl="chunked"`` processes ``chunk_size`` rows at a time: their logits, log-sum-exp,
+    loss and gradient contributions (grad_hidden of the chunk, grad_weight accumulated in
+    ``accum_dtype``) in one pass, so that backward only scales the stored gradients (for
+    reduction 'none' the chunks are recomputed in backward instead). ``impl="naive"``
+    materializes the logits; ``impl="auto"`` uses naive for at most 2^20 logits, else chunked.
+
+    With ``process_group``, ``weight`` (and ``bias``, ``class_weight``) are this rank's
+    contiguous rows of the vocabulary, in rank order; ``hidden`` and ``target`` (global class
+    indices) are the same on every rank. The loss of the full vocabulary comes out on every
+    rank, logits are never gathered, and grad_hidden is summed over the ranks.
+
+    Args:
+        hidden: (*batch, D) features.
+        weight: (V, D) the head (V the vocabulary size).
+        target: (*batch) class indices in [0, V) or ``ignore_index``.
+        bias: (V,) optional.
+        class_weight: (V,) optional per-class weights, as ``weight`` of ``F.cross_entropy``.
+        ignore_index: target value of rows that do not count.
+        reduction: 'none' | 'mean' | 'sum'.
+        label_smoothing: ε in [0, 1]; the uniform part spreads over the whole vocabulary.
+        z_loss: coefficient of lse² (0 turns it off).
+        softcap: optional c > 0: logits become c·tanh(z / c) before the loss.
+        chunk_size: rows per chunk (default: :func:`logitlab.fused._engine.chunk_rows`).
+        impl: 'auto' | 'chunked' | 'naive'.
+        accum_dtype: dtype in which grad_weight and grad_bias are summed over chunks (logit
+            blocks are at least float32 whatever it is). With half-precision inputs, float32
+            (the default) costs a float32 copy of the head's gradient; the input's own dtype
+            saves that memory at one rounding per chunk.
+        process_group: a torch.distributed group for a vocabulary-sharded head, or None.
+        validate: check that the class indices are in range.
+
+    Returns:
+        A scalar (or (*batch) for 'none') in the dtype of ``hidden``.
+
+    Raises:
+        ValueError/TypeError: shapes or dtypes that do not fit, bad options, indices out of range.
+
+    Example:
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> hidden, weight = torch.randn(6, 4), torch.randn(10, 4)
+        >>> target = torch.tensor([1, 2, 3, -100, 9, 0])
+        >>> loss = linear_cross_entropy(hidden, weight, target, impl="chunked", chunk_size=4)
+        >>> naive = torch.nn.functional.cross_entropy(hidden @ weight.T, target)
+        >>> bool(torch.allclose(loss, naive))
+        True
+
+    References:
+        Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024);
+        Chowdhery et al., "PaLM" (2022) for the z-loss.
+    """
+    fn = "linear_cross_entropy"
+    check_linear(fn, hidden, weight, bias)
+    check_target(fn, target, hidden)
+    check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                  softcap=softcap, chunk_size=chunk_size, impl=impl)
+    vocab_local = weight.shape[0]
+    if class_weight is not None:
+        v.check_floating(fn, "class_weight", class_weight)
+        if tuple(class_weight.shape) != (vocab_local,):
+            v.fail(fn, "class_weight", f"shape ({vocab_local},) (V = weight.shape[0])",
+                   f"<shape {tuple(class_weight.shape)}>")
+
+    vocab_start, vocab_total = 0, vocab_local
+    if process_group is not None:
+        vocab_start, vocab_total = vocab_offsets(vocab_local, process_group, weight.device)
+    flat_target = target.reshape(-1).long()
+    if validate:
+        v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
+
+    rows = flat_target.numel()
+    mode = choose_impl(impl, rows, vocab_total)
+    if mode == "naive" and process_group is None:
+        return _naive(hidden, weight, target, bias=bias, class_weight=class_weight, ignore_index=ignore_index,
+                      reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+
+    acc = accumulation_dtype(hidden.dtype, accum_dtype)
+    kernel = build_kernel(flat_target, class_weight, ignore_index=ignore_index, vocab_start=vocab_start,
+                          vocab_total=vocab_total, label_smoothing=label_smoothing, z_loss=z_loss,
+                          dtype=acc, group=process_group)
+    scale = reduction_scale(kernel, reduction)
+    chunk = chunk_size if chunk_size is not None else chunk_rows(rows, vocab_total)
+    plan = Plan(chunk=chunk, accum_dtype=accum_dtype, softcap=softcap, group=process_group)
+    hidden2d = hidden.reshape(rows, hidden.shape[-1])
+    out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
+    return out.reshape(target.shape) if reduction == "none" else out
+
+
+def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: int, vocab_start: int,
+                 vocab_total: int, label_smoothing: float, z_loss: float, dtype: torch.dtype,
+                 group=None) -> CrossEntropyKernel:
+    """The cross-entropy row kernel for flat ``target`` (N,), class weights local to this rank."""
+    keep = target != ignore_index
+    if class_weight is None:
+        target_weight = keep.to(dtype)
+        weight_total = float(vocab_total)
+    else:
+        local = target - vocab_start
+        owned = keep & (local >= 0) & (local < class_weight.shape[0])
+        picked = class_weight.detach().to(dtype)[torch.where(owned, local, torch.zeros_like(local))]
+        target_weight = all_reduce(torch.where(owned, picked, picked.new_zeros(())), "sum", group)
+        weight_total = float(all_reduce(class_weight.detach().to(dtype).sum().reshape(1), "sum", group))
+    return CrossEntropyKernel(target=target, keep=keep, target_weight=target_weight,
+                              class_weight=None if class_weight is None else class_weight.detach(),
+                              weight_total=weight_total, vocab_total=vocab_total, vocab_start=vocab_start,
+                              label_smoothing=float(label_smoothing), z_loss=float(z_loss), group=group)
+
+
+def reduction_scale(kernel: CrossEntropyKernel, reduction: str) -> float | None:
+    """1 for 'sum', 1 / Σ w_t over kept rows for 'mean' (0 when none is kept), None for 'none'."""
+    if reduction == "none":
+        return None
+    if reduction == "sum":
+        return 1.0
+    denom = float(kernel.target_weight.sum())
+    return 0.0 if denom == 0 else 1.0 / denom
+
+
+def vocab_offsets(vocab_local: int, group, device) -> tuple[int, int]:
+    """(start of this rank's slice, full vocabulary size) from every rank's slice size."""
+    import torch.distributed as dist
+
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size(group))]
+    try:
+        dist.all_gather(sizes, torch.tensor([vocab_local], dtype=torch.int64, device=device), group=group)
+    except RuntimeError as error:
+        raise RuntimeError(f"vocab-parallel loss: all_gather of the slice sizes failed on rank {dist.get_rank()}: "
+                           f"another rank failed, left, or the group timed out ({error})") from error
+    counts = [int(s) for s in sizes]
+    rank = dist.get_rank(group)
+    return sum(counts[:rank]), sum(counts)
+
+
+def _naive(hidden, weight, target, *, bias, class_weight, ignore_index, reduction, label_smoothing,
+           z_loss, softcap) -> Tensor:
+    """The baseline: materialize the logits, then torch's cross_entropy (+ z-loss by hand)."""
+    logits = F.linear(hidden, weight, bias)
+    logits = logits.to(v.compute_dtype(logits))
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    logits2d, flat = logits.reshape(-1, weight.shape[0]), target.reshape(-1).long()
+    cw = None if class_weight is None else class_weight.to(logits.dtype)
+    rows = F.cross_entropy(logits2d, flat, weight=cw, ignore_index=ignore_index, reduction="none",
+                           label_smoothing=label_smoothing)
+    keep = flat != ignore_index
+    if z_loss:
+        row_weight = 1.0 if cw is None else cw[torch.where(keep, flat, torch.zeros_like(flat))]
+        rows = rows + z_loss * torch.where(keep, row_weight * torch.logsumexp(logits2d, dim=1).square(),
+                                           rows.new_zeros(()))
+    if reduction == "none":
+        return rows.reshape(target.shape).to(hidden.dtype)
+    total = rows.sum()
+    if reduction == "mean":
+        if cw is None:
+            denom = keep.sum().to(total.dtype)
+        else:
+            denom = torch.where(keep, cw[torch.where(keep, flat, torch.zeros_like(flat))], cw.new_zeros(())).sum()
+        total = total / torch.where(denom == 0, torch.ones_like(denom), denom)
+    return total.to(hidden.dtype)

@@ -1,0 +1,49 @@
+"""Module wrapper of the fused linear cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from logitlab.fused import linear_cross_entropy
+
+__all__ = ["LinearCrossEntropy"]
+
+
+class LinearCrossEntropy(nn.Module):
+    """Module form of :func:`logitlab.linear_cross_entropy`; called as ``module(hidden, weight, target)``.
+
+    Holds the options (and ``class_weight`` as a buffer); the head's ``weight`` and ``bias`` are
+    arguments of the call, so the module can share the weight of an existing ``nn.Linear`` or
+    tied embedding.
+
+    Example:
+        >>> head = torch.nn.Linear(4, 10, bias=False)
+        >>> loss_fn = LinearCrossEntropy(label_smoothing=0.1)
+        >>> loss = loss_fn(torch.randn(3, 4), head.weight, torch.tensor([1, 2, 3]))
+        >>> loss.shape
+        torch.Size([])
+    """
+
+    def __init__(self, *, class_weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                 chunk_size: int | None = None, impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
+                 process_group=None) -> None:
+        super().__init__()
+        self.register_buffer("class_weight", class_weight)
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.label_smoothing, self.z_loss, self.softcap = label_smoothing, z_loss, softcap
+        self.chunk_size, self.impl, self.accum_dtype = chunk_size, impl, accum_dtype
+        self.process_group = process_group
+
+    def forward(self, hidden: Tensor, weight: Tensor, target: Tensor, *, bias: Tensor | None = None) -> Tensor:
+        return linear_cross_entropy(
+            hidden, weight, target, bias=bias, class_weight=self.class_weight, ignore_index=self.ignore_index,
+            reduction=self.reduction, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+            softcap=self.softcap, chunk_size=self.chunk_size, impl=self.impl, accum_dtype=self.accum_dtype,
+            process_group=self.process_group)
+
+    def extra_repr(self) -> str:
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, softcap={self.softcap}, "
+                f"chunk_size={self.chunk_size}, impl={self.impl!r}")

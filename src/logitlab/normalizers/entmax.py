@@ -1,0 +1,291 @@
+"""α-entmax: the maps of the Tsallis regularizers, between softmax (α → 1) and sparsemax (α = 2)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from logitlab._reduction import from_rows, rowwise, to_rows
+from logitlab._validation import check_dim, check_floating, compute_dtype, fail
+from logitlab.normalizers._threshold import ConvergenceError, threshold_map
+
+__all__ = [
+    "entmax15",
+    "entmax",
+    "entmax_with_info",
+    "EntmaxInfo",
+    "ConvergenceError",
+    "tsallis15_regularizer",
+    "tsallis_regularizer",
+]
+
+DEFAULT_TOL = 1e-10
+DEFAULT_MAX_ITER = 100
+
+
+class EntmaxInfo(NamedTuple):
+    """The result of :func:`entmax_with_info`: the map and how its threshold solve went.
+
+    Attributes:
+        probs: (*batch, n) the probabilities (rows renormalized to sum to 1).
+        tau: (*batch) the threshold, p = [(α−1) z − τ]_+^{1/(α−1)} (+inf for an all-``-inf``
+            row); detached.
+        n_iter: (*batch) int64, Newton/bisection steps the row needed.
+        converged: (*batch) bool, ``violation <= tol``.
+        violation: (*batch) |Σ_i [(α−1) z_i − τ]_+^{1/(α−1)} − 1| at the returned τ, before the
+            final renormalization.
+    """
+
+    probs: Tensor
+    tau: Tensor
+    n_iter: Tensor
+    converged: Tensor
+    violation: Tensor
+
+    @property
+    def max_violation(self) -> float:
+        """The largest row violation (0.0 for an empty batch)."""
+        return float(self.violation.max()) if self.violation.numel() else 0.0
+
+
+def entmax15(logits: Tensor, *, dim: int = -1) -> Tensor:
+    """1.5-entmax, exact: p = [z/2 − τ]_+², with τ the unique threshold with Σ p = 1.
+
+    The map of the Tsallis regularizer at α = 1.5 (:func:`tsallis15_regularizer`): sparse like
+    sparsemax, smoother (its Jacobian on the support is diag(√p) − √p √pᵀ / Σ√p). On the support
+    S, with x = z/2, τ solves |S| τ² − 2τ Σ_S x + Σ_S x² − 1 = 0, so it is exact in closed form
+    from the support's sums of x and x². The support is found without sorting whole rows: τ is
+    solved on each row's largest entries (``torch.topk``), verified against the rest, and rows
+    that fail the check are retried with more entries, then with a full sort. Half-precision
+    inputs are computed in float32. ``-inf`` logits get probability exactly 0; a row of all
+    ``-inf`` gives an all-zero row with zero gradient; rows holding NaN or ``+inf`` come out NaN.
+
+    Args:
+        logits: (*batch, n) scores, along ``dim``.
+        dim: the class axis.
+
+    Returns:
+        (*batch, n) probabilities, the shape and dtype of ``logits``.
+
+    Raises:
+        TypeError: ``logits`` is not a floating-point tensor.
+        IndexError: ``dim`` is out of range.
+
+    Example:
+        >>> import torch
+        >>> entmax15(torch.tensor([2.0, 1.0, -3.0]))
+        tensor([0.8307, 0.1693, 0.0000])
+
+    References:
+        Peters, Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019.
+    """
+    check_floating("entmax15", "logits", logits)
+    axis = check_dim("entmax15", dim, logits.ndim)
+    if logits.numel() == 0:
+        return logits.clone()
+    return rowwise(lambda rows: threshold_map(rows, "entmax15")[0], logits, axis)
+
+
+def _check_alpha(fn: str, alpha: object, logits: Tensor, axis: int) -> Tensor | float:
+    """A float > 1, or a tensor > 1 broadcastable to ``logits`` with size 1 along ``dim``."""
+    if isinstance(alpha, Tensor):
+        if not alpha.is_floating_point():
+            fail(fn, "alpha", "a float or a floating-point tensor", f"<dtype {alpha.dtype}>",
+                 kind=TypeError)
+        row_shape = list(logits.shape) if logits.ndim else [1]
+        row_shape[axis] = 1
+        shape = list(alpha.shape)
+        ok = len(shape) <= len(row_shape)
+        if ok:
+            try:
+                ok = list(torch.broadcast_shapes(tuple(shape), tuple(row_shape))) == row_shape
+            except RuntimeError:
+                ok = False
+        if not ok:
+            fail(fn, "alpha", f"a tensor broadcastable to {tuple(row_shape)} (size 1 along dim)",
+                 f"<shape {tuple(shape)}>")
+        if alpha.numel() and not bool(((alpha > 1) & torch.isfinite(alpha)).all()):
+            bad = alpha.detach()[~((alpha > 1) & torch.isfinite(alpha))].flatten()[0]
+            fail(fn, "alpha", "values > 1 (finite)", float(bad))
+        return alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        fail(fn, "alpha", "a float > 1 or a tensor", f"<{type(alpha).__name__}>", kind=TypeError)
+    if not (alpha > 1 and math.isfinite(alpha)):  # type: ignore[operator]
+        fail(fn, "alpha", "a finite number > 1", float(alpha))  # type: ignore[arg-type]
+    return float(alpha)  # type: ignore[arg-type]
+
+
+def _check_solver(fn: str, tol: object, max_iter: object) -> tuple[float, int]:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (
+            math.isfinite(tol) and tol > 0):
+        fail(fn, "tol", "a finite number > 0", tol)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        fail(fn, "max_iter", "an int >= 1", max_iter)
+    return float(tol), int(max_iter)  # type: ignore[arg-type]
+
+
+def _entmax_rows(fn: str, logits: Tensor, alpha: object, dim: int, tol: object, max_iter: object,
+                 raise_on_failure: bool):
+    check_floating(fn, "logits", logits)
+    axis = check_dim(fn, dim, logits.ndim)
+    alpha = _check_alpha(fn, alpha, logits, axis)
+    tol_f, max_iter_i = _check_solver(fn, tol, max_iter)
+    if logits.numel() == 0:
+        batch = tuple(s for i, s in enumerate(logits.shape) if i != axis)
+        empty = logits.new_zeros(batch, dtype=compute_dtype(logits))
+        return logits.clone(), empty, empty.long(), empty, tol_f
+    x = logits.reshape(1) if logits.ndim == 0 else logits
+    rows, shape = to_rows(x, axis)
+    cdtype = compute_dtype(logits)
+    if isinstance(alpha, Tensor):
+        row_shape = list(x.shape)
+        row_shape[axis] = 1
+        alpha_rows = to_rows(alpha.to(cdtype).expand(row_shape), axis)[0]
+    else:
+        alpha_rows = rows.new_full((1, 1), alpha, dtype=cdtype)
+    probs, tau, n_iter, violation, _ = threshold_map(
+        rows, "bisect", alpha_rows, tol=tol_f, max_iter=max_iter_i, raise_on_failure=raise_on_failure)
+    out = from_rows(probs, shape, axis, x.ndim).reshape(logits.shape)
+    batch = tuple(s for i, s in enumerate(logits.shape) if i != axis)
+    return out, tau.reshape(batch), n_iter.reshape(batch), violation.reshape(batch), tol_f
+
+
+def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: float = DEFAULT_TOL,
+           max_iter: int = DEFAULT_MAX_ITER) -> Tensor:
+    """α-entmax for any α > 1: p = [(α−1) z − τ]_+^{1/(α−1)}, with τ such that Σ p = 1.
+
+    The map of the Tsallis regularizer Ω_α(p) = (Σ p^α − 1)/(α(α−1)) (:func:`tsallis_regularizer`):
+    softmax as α → 1, 1.5-entmax at α = 1.5, sparsemax at α = 2. τ has no closed form for a
+    general α; it is found by safeguarded Newton (bisection whenever a Newton step leaves the
+    bracket [max − 1, max − k^{1−α}] in the x = (α−1) z scale), in float64, on the largest
+    entries of each row, verified against the rest as in :func:`sparsemax` (rows that fail are
+    retried with more entries, then a full sort). The solve stops when every row satisfies
+    |Σ p − 1| ≤ ``tol``; if ``max_iter`` steps do not get there it raises
+    :class:`ConvergenceError` rather than return a silently wrong answer
+    (:func:`entmax_with_info` reports per row instead). Rows are then renormalized to sum to 1.
+
+    Gradients flow to ``logits`` and, when ``alpha`` is a tensor that requires grad, to
+    ``alpha``: with s = p^{2−α} on the support and q = 1/(α−1),
+    ∂L/∂z = s ⊙ (g − c), c = Σ s g / Σ s; ∂L/∂α = q Σ_i (g_i − c) p_i (q − log p_i).
+
+    Args:
+        logits: (*batch, n) scores, along ``dim``.
+        alpha: a float > 1, or a tensor > 1 broadcastable to ``logits`` with size 1 along
+            ``dim`` (e.g. (*batch, 1), one α per row).
+        dim: the class axis.
+        tol: tolerance on |Σ p − 1| before renormalization (> 0).
+        max_iter: maximum Newton/bisection steps (>= 1).
+
+    Returns:
+        (*batch, n) probabilities, the shape and dtype of ``logits``.
+
+    Raises:
+        TypeError: ``logits`` (or a tensor ``alpha``) is not floating point.
+        IndexError: ``dim`` is out of range.
+        ValueError: ``alpha <= 1``, a bad ``alpha`` shape, ``tol <= 0`` or ``max_iter < 1``.
+        ConvergenceError: the solve did not reach ``tol`` within ``max_iter`` steps.
+
+    Example:
+        >>> import torch
+        >>> entmax(torch.tensor([2.0, 1.0, -3.0]), alpha=1.5)
+        tensor([0.8307, 0.1693, 0.0000])
+        >>> entmax(torch.tensor([1.0, 0.5, -1.0]), alpha=2.0)  # sparsemax
+        tensor([0.7500, 0.2500, 0.0000])
+
+    References:
+        Peters, Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019;
+        Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 2020.
+    """
+    return _entmax_rows("entmax", logits, alpha, dim, tol, max_iter, True)[0]
+
+
+def entmax_with_info(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1,
+                     tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER) -> EntmaxInfo:
+    """:func:`entmax`, returning the solve's report instead of raising when it does not converge.
+
+    Args and Raises: as :func:`entmax` (except :class:`ConvergenceError`).
+
+    Returns:
+        :class:`EntmaxInfo` (probs, tau, n_iter, converged, violation); ``probs`` carries the
+        gradients, the other fields are detached.
+
+    Example:
+        >>> import torch
+        >>> info = entmax_with_info(torch.tensor([[2.0, 1.0, -3.0]]), alpha=1.5)
+        >>> bool(info.converged.all()), info.probs
+        (True, tensor([[0.8307, 0.1693, 0.0000]]))
+        >>> info = entmax_with_info(torch.tensor([[2.0, 1.0, 0.5]]), alpha=1.3, max_iter=1)
+        >>> bool(info.converged.all())
+        False
+    """
+    probs, tau, n_iter, violation, tol_f = _entmax_rows(
+        "entmax_with_info", logits, alpha, dim, tol, max_iter, False)
+    violation = violation.detach()
+    return EntmaxInfo(probs, tau.detach(), n_iter, violation <= tol_f, violation)
+
+
+def tsallis_regularizer(probs: Tensor, *, alpha: float | Tensor = 1.5, dim: int = -1) -> Tensor:
+    """Ω_α(p) = (Σ_i p_i^α − 1) / (α(α − 1)): the Tsallis regularizer, the Ω of α-entmax.
+
+    The negative Tsallis α-entropy; Ω(one-hot) = 0. At α = 2 it is ½‖p‖² − ½ (sparsemax's Ω);
+    as α → 1 it tends to the Shannon negentropy Σ p log p.
+
+    Args:
+        probs: (*batch, n) distributions along ``dim``.
+        alpha: a float > 1, or a tensor > 1 broadcastable to ``probs`` with size 1 along ``dim``.
+        dim: the class axis.
+
+    Returns:
+        (*batch) Ω of each row, in the dtype of ``probs``.
+
+    Raises:
+        TypeError: ``probs`` is not floating point.
+        IndexError: ``dim`` is out of range.
+        ValueError: ``alpha <= 1``.
+
+    Example:
+        >>> import torch
+        >>> tsallis_regularizer(torch.tensor([[1.0, 0.0], [0.5, 0.5]]), alpha=2.0)
+        tensor([ 0.0000, -0.2500])
+
+    References:
+        Tsallis, "Possible generalization of Boltzmann-Gibbs statistics", J. Stat. Phys. 1988;
+        Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 2020.
+    """
+    check_floating("tsallis_regularizer", "probs", probs)
+    axis = check_dim("tsallis_regularizer", dim, probs.ndim)
+    alpha = _check_alpha("tsallis_regularizer", alpha, probs, axis)
+    p = probs.to(compute_dtype(probs))
+    if p.ndim == 0:
+        p = p.reshape(1)
+    a = alpha.to(p.dtype) if isinstance(alpha, Tensor) else alpha
+    power = torch.where(p > 0, p.clamp_min(0).pow(a), 0).sum(axis, keepdim=True)
+    value = (power - 1) / (a * (a - 1))
+    return value.squeeze(axis).reshape([s for i, s in enumerate(probs.shape) if i != axis]).to(probs.dtype)
+
+
+def tsallis15_regularizer(probs: Tensor, *, dim: int = -1) -> Tensor:
+    """Ω(p) = (Σ_i p_i^{3/2} − 1) / 0.75: the Tsallis regularizer at α = 1.5, Ω of entmax15.
+
+    Args:
+        probs: (*batch, n) distributions along ``dim``.
+        dim: the class axis.
+
+    Returns:
+        (*batch) Ω of each row, in the dtype of ``probs``.
+
+    Raises:
+        TypeError: ``probs`` is not floating point.
+        IndexError: ``dim`` is out of range.
+
+    Example:
+        >>> import torch
+        >>> tsallis15_regularizer(torch.tensor([[1.0, 0.0], [0.5, 0.5]]))
+        tensor([ 0.0000, -0.3905])
+    """
+    check_floating("tsallis15_regularizer", "probs", probs)
+    check_dim("tsallis15_regularizer", dim, probs.ndim)
+    return tsallis_regularizer(probs, alpha=1.5, dim=dim)

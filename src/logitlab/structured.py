@@ -1,0 +1,367 @@
+"""Gibbs distributions over structures: the linear-chain CRF, a softmax over tag sequences.
+
+A linear-chain CRF scores a tag sequence y = (y_0, …, y_{L−1}) of a length-L input by::
+
+    s(y) = start[y_0] + Σ_t emissions[t, y_t] + Σ_{t≥1} transitions[y_{t−1}, y_t] + end[y_{L−1}]
+
+and gives it the probability p(y) = exp(s(y)) / Z, Z = Σ_{y'} exp(s(y')): the softmax over all
+K^L sequences. The forward algorithm computes log Z in O(L K²) in log space; the gradient of
+log Z with respect to the emissions is the matrix of node marginals P(y_t = k) (the
+exponential family's mean parameters, here by autograd); the Viterbi algorithm finds the
+sequence of largest score. With L = 1 and no transitions, the CRF is the softmax and its
+negative log-likelihood is the cross-entropy.
+
+Shapes: emissions (B, T, K) (batch, time, tags), transitions (K, K) with transitions[i, j] the
+score of tag i followed by tag j, optional start/end scores (K,), tags (B, T), and a
+left-aligned boolean ``mask`` (B, T) whose row b is True for the first L_b positions (L_b >= 0)
+and False after. −inf scores forbid a tag or a transition (at least one sequence per row must
+stay allowed).
+
+References:
+    J. Lafferty, A. McCallum, F. Pereira, "Conditional random fields: probabilistic models for
+    segmenting and labeling sequence data", ICML 2001. L. Rabiner, "A tutorial on hidden Markov
+    models", Proc. IEEE 77 (1989) (forward and Viterbi recursions).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from logitlab._reduction import reduce_loss
+from logitlab._validation import check_finite, check_floating, check_reduction, check_tensor, compute_dtype, fail
+
+__all__ = ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode", "ViterbiResult"]
+
+
+class ViterbiResult(NamedTuple):
+    """The best tag sequence of each row: ``tags`` (B, T) long with −1 past each row's length,
+    and ``score`` (B,) its score s(y) (0 for an empty row)."""
+
+    tags: Tensor
+    score: Tensor
+
+
+def _logsumexp(x: Tensor, dim: int) -> Tensor:
+    """logsumexp that returns −inf for all −inf slices with a zero (not NaN) gradient."""
+    top = x.amax(dim, keepdim=True).detach()
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = torch.exp(x - top).sum(dim)
+    tiny = torch.finfo(total.dtype).tiny
+    return torch.where(total > 0, torch.log(total.clamp_min(tiny)) + top.squeeze(dim),
+                       torch.full_like(total, float("-inf")))
+
+
+def _prepare(fn: str, emissions: object, transitions: object, mask: object, start: object, end: object,
+             validate: bool):
+    emissions = check_floating(fn, "emissions", emissions)
+    transitions = check_floating(fn, "transitions", transitions)
+    if emissions.ndim != 3 or emissions.shape[2] < 1:
+        fail(fn, "emissions", "a (B, T, K) tensor (batch, time, tags) with K >= 1",
+             f"<shape {tuple(emissions.shape)}>")
+    b, t, k = emissions.shape
+    if transitions.shape != (k, k):
+        fail(fn, "transitions", f"shape ({k}, {k}) (K x K, K = emissions.shape[-1])",
+             f"<shape {tuple(transitions.shape)}>")
+    dtype = compute_dtype(emissions)
+    ends = []
+    for name, value in (("start_transitions", start), ("end_transitions", end)):
+        if value is None:
+            ends.append(emissions.new_zeros(k, dtype=dtype))
+            continue
+        value = check_floating(fn, name, value)
+        if value.shape != (k,):
+            fail(fn, name, f"shape ({k},) (K = emissions.shape[-1])", f"<shape {tuple(value.shape)}>")
+        ends.append(value.to(dtype))
+    if mask is None:
+        mask = torch.ones(b, t, dtype=torch.bool, device=emissions.device)
+    else:
+        mask = check_tensor(fn, "mask", mask)
+        if mask.dtype != torch.bool:
+            fail(fn, "mask", "a bool tensor", f"<dtype {mask.dtype}>", kind=TypeError)
+        if mask.shape != (b, t):
+            fail(fn, "mask", f"shape ({b}, {t}) (the batch and time of emissions)", f"<shape {tuple(mask.shape)}>")
+        holes = mask[:, 1:] & ~mask[:, :-1]
+        if bool(holes.any()):
+            row, pos = (int(i) for i in holes.nonzero()[0])
+            fail(fn, "mask", "a left-aligned mask (each row True for its first L positions, then False)",
+                 f"<a hole in row {row}: False at position {pos}, True at {pos + 1}>")
+    if validate:
+        check_finite(fn, "emissions", emissions)
+        check_finite(fn, "transitions", transitions)
+        check_finite(fn, "start_transitions", ends[0])
+        check_finite(fn, "end_transitions", ends[1])
+    return emissions.to(dtype), transitions.to(dtype), mask, ends[0], ends[1]
+
+
+def _forward(emissions: Tensor, transitions: Tensor, mask: Tensor, start: Tensor, end: Tensor) -> Tensor:
+    """log Z per row by the forward recursion α_t(j) = log Σ_i exp(α_{t−1}(i) + A_ij) + E_t(j)."""
+    b, t, _ = emissions.shape
+    if t == 0:
+        return emissions.new_zeros(b)
+    return _ForwardBackward.apply(emissions, transitions, start, end, mask)
+
+
+class _ForwardBackward(torch.autograd.Function):
+    """log Z with a hand-written backward (the backward recursion β) that keeps only the
+    (B, T, K) forward messages α instead of autograd's (B, K, K) intermediates of every step.
+
+    ∂ log Z/∂E_t(k) = exp(α_t(k) + β_t(k) − log Z) (node marginals) and
+    ∂ log Z/∂A_ij = Σ_t exp(α_{t−1}(i) + A_ij + E_t(j) + β_t(j) − log Z) (edge marginals), with
+    β_{L−1} = end, β_{t−1}(i) = logsumexp_j(A_ij + E_t(j) + β_t(j)). A double backward (marginals
+    that must stay differentiable) differentiates the plain recursion instead.
+    """
+
+    @staticmethod
+    def forward(ctx, emissions, transitions, start, end, mask):  # noqa: D401
+        b, t, k = emissions.shape
+        alphas = emissions.new_empty(b, t, k)
+        alpha = start + emissions[:, 0]
+        alphas[:, 0] = alpha
+        for step in range(1, t):
+            nxt = _logsumexp(alpha.unsqueeze(2) + transitions, 1) + emissions[:, step]
+            alpha = torch.where(mask[:, step : step + 1], nxt, alpha)
+            alphas[:, step] = alpha
+        log_z = _logsumexp(alpha + end, 1)
+        log_z = torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
+        ctx.save_for_backward(emissions, transitions, start, end, mask, alphas, log_z)
+        return log_z
+
+    @staticmethod
+    def backward(ctx, grad):
+        emissions, transitions, start, end, mask, alphas, log_z = ctx.saved_tensors
+        inputs = (emissions, transitions, start, end)
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain (autograd) recursion
+            wanted = [x for x, need in zip(inputs, ctx.needs_input_grad[:4]) if need]
+            with torch.enable_grad():
+                log_z2 = _forward_autograd(emissions, transitions, mask, start, end)
+                grads = iter(torch.autograd.grad(log_z2, wanted, grad, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:4]), None)
+        b, t, k = emissions.shape
+        lengths = mask.sum(1)
+        zero = emissions.new_zeros(())
+        grad_emissions = torch.zeros_like(emissions)
+        grad_transitions = torch.zeros_like(transitions)
+        beta = end.expand(b, k).clone()
+        for step in range(t - 1, -1, -1):
+            beta = torch.where((lengths - 1 == step).unsqueeze(1), end.expand(b, k), beta)
+            active = (step < lengths).unsqueeze(1)
+            node = torch.exp(alphas[:, step] + beta - log_z.unsqueeze(1))
+            grad_emissions[:, step] = torch.where(active, node * grad.unsqueeze(1), zero)
+            if step == 0:
+                break
+            ahead = (emissions[:, step] + beta).unsqueeze(1)  # (B, 1, K): E_t(j) + β_t(j)
+            edge = torch.exp(alphas[:, step - 1].unsqueeze(2) + transitions + ahead - log_z.view(b, 1, 1))
+            grad_transitions += torch.where(active.unsqueeze(2), edge * grad.view(b, 1, 1), zero).sum(0)
+            beta = torch.where(active, _logsumexp(transitions + ahead, 2), beta)
+        grad_start = grad_emissions[:, 0].sum(0)
+        last = (lengths - 1).clamp(min=0).view(b, 1, 1).expand(b, 1, k)
+        grad_end = grad_emissions.gather(1, last).squeeze(1).sum(0)
+        return grad_emissions, grad_transitions, grad_start, grad_end, None
+
+
+def _forward_autograd(emissions: Tensor, transitions: Tensor, mask: Tensor, start: Tensor, end: Tensor) -> Tensor:
+    """The forward recursion in plain differentiable ops (autograd keeps every step)."""
+    b, t, _ = emissions.shape
+    alpha = start + emissions[:, 0]
+    for step in range(1, t):
+        nxt = _logsumexp(alpha.unsqueeze(2) + transitions, 1) + emissions[:, step]
+        alpha = torch.where(mask[:, step : step + 1], nxt, alpha)
+    log_z = _logsumexp(alpha + end, 1)
+    return torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
+
+
+def _sequence_score(emissions: Tensor, transitions: Tensor, tags: Tensor, mask: Tensor, start: Tensor,
+                    end: Tensor) -> Tensor:
+    """s(y) of the given tags per row (0 for an empty row)."""
+    b, t, _ = emissions.shape
+    if t == 0:
+        return emissions.new_zeros(b)
+    safe = torch.where(mask, tags, torch.zeros_like(tags))
+    zero = emissions.new_zeros(())  # where(), not a product with the mask: −inf · 0 would be NaN
+    emit = torch.where(mask, emissions.gather(2, safe.unsqueeze(2)).squeeze(2), zero).sum(1)
+    trans = torch.where(mask[:, 1:], transitions[safe[:, :-1], safe[:, 1:]], zero).sum(1) if t > 1 else 0.0
+    lengths = mask.sum(1)
+    last = safe.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    ends = torch.where(mask[:, 0], start[safe[:, 0]] + end[last], zero)
+    return emit + trans + ends
+
+
+def crf_log_partition(emissions: Tensor, transitions: Tensor, *, mask: Tensor | None = None,
+                      start_transitions: Tensor | None = None, end_transitions: Tensor | None = None,
+                      validate: bool = True) -> Tensor:
+    """log Z of a linear-chain CRF per row, by the forward algorithm in log space.
+
+    log Z = log Σ_y exp(s(y)) over all K^L tag sequences of each row (see the module docstring
+    for s), computed in O(L K²) by α_0 = start + E_0, α_t(j) = logsumexp_i(α_{t−1}(i) + A_ij)
+    + E_t(j), log Z = logsumexp_j(α_{L−1}(j) + end_j). Differentiable (plain autograd).
+
+    Args:
+        emissions: (B, T, K) per-position tag scores.
+        transitions: (K, K) transitions[i, j] = score of tag i followed by tag j.
+        mask: (B, T) bool, left-aligned; None means every position counts.
+        start_transitions, end_transitions: (K,) scores of the first / last tag, or None (0).
+        validate: check for NaN and +inf.
+
+    Returns:
+        (B,) log Z in the dtype of ``emissions`` (half inputs are computed in float32); 0 for
+        empty rows.
+
+    Raises:
+        TypeError, ValueError: bad shapes or dtypes, a mask with holes, NaN/+inf scores.
+
+    Example:
+        >>> emissions, transitions = torch.zeros(1, 3, 2), torch.zeros(2, 2)
+        >>> crf_log_partition(emissions, transitions)  # 2^3 equally scored sequences: log 8
+        tensor([2.0794])
+    """
+    fn = "crf_log_partition"
+    out_dtype = check_floating(fn, "emissions", emissions).dtype
+    emissions, transitions, mask, start, end = _prepare(fn, emissions, transitions, mask, start_transitions,
+                                                        end_transitions, validate)
+    return _forward(emissions, transitions, mask, start, end).to(out_dtype)
+
+
+def linear_chain_crf_nll(emissions: Tensor, transitions: Tensor, tags: Tensor, *, mask: Tensor | None = None,
+                         start_transitions: Tensor | None = None, end_transitions: Tensor | None = None,
+                         reduction: str = "mean", validate: bool = True) -> Tensor:
+    """Negative log-likelihood of tag sequences under a linear-chain CRF: log Z − s(tags).
+
+    −log p(y) = log Σ_{y'} exp(s(y')) − s(y), the cross-entropy of the softmax over all tag
+    sequences, with log Z by :func:`crf_log_partition`. With T = 1 and no start/end scores it
+    equals ``cross_entropy(emissions[:, 0], tags[:, 0])``.
+
+    Args:
+        emissions: (B, T, K) per-position tag scores.
+        transitions: (K, K) transitions[i, j] = score of tag i followed by tag j.
+        tags: (B, T) integer gold tags; entries past a row's length are ignored (any value).
+        mask: (B, T) bool, left-aligned; None means every position counts.
+        start_transitions, end_transitions: (K,) scores of the first / last tag, or None (0).
+        reduction: 'none' | 'mean' (over the non-empty rows) | 'sum'.
+        validate: check for NaN/+inf scores and tags in [0, K).
+
+    Returns:
+        (B,) for 'none', else a scalar, in the dtype of ``emissions`` (half inputs are computed
+        in float32).
+
+    Raises:
+        TypeError, ValueError: bad shapes or dtypes, a mask with holes, tags out of range.
+
+    Example:
+        >>> emissions = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
+        >>> transitions = torch.tensor([[0.0, -1.0], [-1.0, 0.0]])
+        >>> linear_chain_crf_nll(emissions, transitions, torch.tensor([[0, 0]]))
+        tensor(0.8828)
+        >>> crf_log_partition(emissions, transitions) - 2.0   # log Z − s([0, 0])
+        tensor([0.8828])
+    """
+    fn = "linear_chain_crf_nll"
+    check_reduction(fn, reduction)
+    out_dtype = check_floating(fn, "emissions", emissions).dtype
+    emissions, transitions, mask, start, end = _prepare(fn, emissions, transitions, mask, start_transitions,
+                                                        end_transitions, validate)
+    tags = check_tensor(fn, "tags", tags)
+    if tags.dtype.is_floating_point or tags.dtype == torch.bool or tags.is_complex():
+        fail(fn, "tags", "an integer tensor", f"<dtype {tags.dtype}>", kind=TypeError)
+    if tags.shape != emissions.shape[:2]:
+        fail(fn, "tags", f"shape {tuple(emissions.shape[:2])} (the batch and time of emissions)",
+             f"<shape {tuple(tags.shape)}>")
+    tags = tags.to(torch.long)
+    if validate and bool(mask.any()):
+        valid = tags[mask]
+        low, high = int(valid.min()), int(valid.max())
+        if low < 0 or high >= emissions.shape[2]:
+            fail(fn, "tags", f"tag indices in [0, {emissions.shape[2] - 1}] at masked-in positions",
+                 f"<index {low if low < 0 else high}>")
+    nll = _forward(emissions, transitions, mask, start, end) - _sequence_score(
+        emissions, transitions, tags, mask, start, end)
+    return reduce_loss(nll, reduction, keep=mask[:, 0] if mask.shape[1] else None).to(out_dtype)
+
+
+def crf_marginals(emissions: Tensor, transitions: Tensor, *, mask: Tensor | None = None,
+                  start_transitions: Tensor | None = None, end_transitions: Tensor | None = None,
+                  validate: bool = True) -> Tensor:
+    """Node marginals P(y_t = k) of a linear-chain CRF: the gradient of log Z by autograd.
+
+    ∂ log Z / ∂ emissions[b, t, k] = Σ_y p(y) 1[y_t = k] = P(y_t = k): the exponential
+    family's mean parameters are the gradient of its log-partition. Computed by
+    differentiating :func:`crf_log_partition` (forward–backward without writing the backward).
+    When ``emissions`` requires grad, the result is differentiable too (create_graph).
+
+    Args:
+        emissions: (B, T, K); transitions: (K, K); mask: (B, T) bool, left-aligned, or None;
+        start_transitions, end_transitions: (K,) or None; validate: check for NaN/+inf.
+
+    Returns:
+        (B, T, K) marginals: rows sum to 1 at masked-in positions and are 0 elsewhere.
+
+    Example:
+        >>> emissions = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+        >>> transitions = torch.tensor([[1.0, 0.0], [0.0, 0.0]])   # 0 → 0 is favoured
+        >>> crf_marginals(emissions, transitions)
+        tensor([[[0.6502, 0.3498],
+                 [0.6502, 0.3498]]])
+    """
+    fn = "crf_marginals"
+    emissions_in = check_floating(fn, "emissions", emissions)
+    emissions, transitions, mask, start, end = _prepare(fn, emissions, transitions, mask, start_transitions,
+                                                        end_transitions, validate)
+    differentiable = torch.is_grad_enabled() and (
+        emissions_in.requires_grad or transitions.requires_grad or start.requires_grad or end.requires_grad)
+    with torch.enable_grad():
+        leaf = emissions if differentiable and emissions.requires_grad else emissions.detach().requires_grad_(True)
+        log_z = _forward(leaf, transitions, mask, start, end)
+        (grad,) = torch.autograd.grad(log_z.sum(), leaf, create_graph=differentiable)
+    return (grad if differentiable else grad.detach()).to(emissions_in.dtype)
+
+
+def viterbi_decode(emissions: Tensor, transitions: Tensor, *, mask: Tensor | None = None,
+                   start_transitions: Tensor | None = None, end_transitions: Tensor | None = None,
+                   validate: bool = True) -> ViterbiResult:
+    """The highest-scoring tag sequence of each row (max-product, the Viterbi algorithm).
+
+    δ_0 = start + E_0, δ_t(j) = max_i(δ_{t−1}(i) + A_ij) + E_t(j) with back-pointers, then
+    backtracking from argmax_j(δ_{L−1}(j) + end_j): argmax_y s(y) in O(L K²).
+
+    Args:
+        emissions: (B, T, K); transitions: (K, K); mask: (B, T) bool, left-aligned, or None;
+        start_transitions, end_transitions: (K,) or None; validate: check for NaN/+inf.
+
+    Returns:
+        :class:`ViterbiResult` (tags (B, T) long, −1 past each row's length; score (B,)).
+
+    Example:
+        >>> emissions = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
+        >>> transitions = torch.tensor([[0.0, -3.0], [-3.0, 0.0]])   # switching costs 3
+        >>> viterbi_decode(emissions, transitions)
+        ViterbiResult(tags=tensor([[0, 0, 0]]), score=tensor([2.]))
+        >>> viterbi_decode(emissions, transitions, mask=torch.tensor([[True, True, False]])).tags
+        tensor([[ 0,  0, -1]])
+    """
+    fn = "viterbi_decode"
+    out_dtype = check_floating(fn, "emissions", emissions).dtype
+    emissions, transitions, mask, start, end = _prepare(fn, emissions, transitions, mask, start_transitions,
+                                                        end_transitions, validate)
+    b, t, k = emissions.shape
+    tags = torch.full((b, t), -1, dtype=torch.long, device=emissions.device)
+    if t == 0:
+        return ViterbiResult(tags, emissions.new_zeros(b, dtype=out_dtype))
+    with torch.no_grad():
+        delta = start + emissions[:, 0]
+        pointers = torch.zeros(b, t, k, dtype=torch.long, device=emissions.device)
+        for step in range(1, t):
+            best, arg = (delta.unsqueeze(2) + transitions).max(1)
+            pointers[:, step] = arg
+            delta = torch.where(mask[:, step : step + 1], best + emissions[:, step], delta)
+        score, last = (delta + end).max(1)
+        lengths = mask.sum(1)
+        nonempty = lengths > 0
+        rows = torch.arange(b, device=emissions.device)
+        tags[rows[nonempty], lengths[nonempty] - 1] = last[nonempty]
+        for step in range(t - 1, 0, -1):
+            previous = pointers[:, step].gather(1, tags[:, step].clamp(min=0).unsqueeze(1)).squeeze(1)
+            tags[:, step - 1] = torch.where(step < lengths, previous, tags[:, step - 1])
+        score = torch.where(nonempty, score, torch.zeros_like(score))
+    return ViterbiResult(tags, score.to(out_dtype))

@@ -1,0 +1,198 @@
+"""A tiny study end to end: records, report, re-rendering, determinism, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import time
+
+import pytest
+
+from logitlab.experiments import records as rec
+from logitlab.experiments.report import COLUMNS
+
+from .conftest import PYTHON, run_cli, subprocess_env
+
+METRICS = {"accuracy", "nll", "nll_smoothed", "zero_prob_fraction", "brier", "ece_width", "ece_mass", "mce"}
+SECTIONS = ["setup", "summary", "calibration", "training", "theory", "records"]
+
+
+def _strip_times(records):
+    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in records]
+
+
+def test_records_hold_every_measure(tiny_run):
+    records = rec.read_records(tiny_run.run_dir / rec.RECORDS)
+    assert [(r["combination"], r["seed"]) for r in records] == [
+        ("softmax+cross_entropy", 0), ("sparsemax+sparsemax_loss", 0),
+        ("softmax+cross_entropy", 1), ("sparsemax+sparsemax_loss", 1)]
+    for r in records:
+        assert set(r["metrics"]) == METRICS
+        assert not r["diverged"] and r["epochs_run"] == 3
+        assert 0.5 < r["metrics"]["accuracy"] <= 1  # 10 classes: far above chance after 3 epochs
+        for key in ("train_loss", "val_accuracy", "grad_norm"):
+            assert len(r["curves"][key]) == 3 and all(math.isfinite(v) for v in r["curves"][key])
+        for binning in ("width", "mass"):
+            d = r["reliability"][binning]
+            assert len(d["count"]) == 15 and sum(d["count"]) == r["n_test"]
+        assert r["wall_time_s"] > 0
+    softmax = [r for r in records if r["normalizer"] == "softmax"]
+    assert all(r["metrics"]["zero_prob_fraction"] == 0 for r in softmax)
+    assert all(math.isfinite(r["metrics"]["nll"]) for r in softmax)
+
+
+def test_report_has_every_section_table_and_figures(tiny_run):
+    text = (tiny_run.run_dir / rec.REPORT).read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in text
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    assert text.count('<img src="data:image/png;base64,') >= 4
+    table = text.split('<table id="summary-table">')[1].split("</table>")[0]
+    assert table.count("<tr>") == 3  # header + 2 combinations
+    assert table.count('class="best"') >= len(COLUMNS)
+    assert " ± " in table
+    assert "Measured" in text
+    for part in ("gradient_sweep", "scale_response", "maxent", "decomposition", "underflow"):
+        assert f'<h3 id="theory-{part}">' in text
+    assert 'class="note"' not in text  # every theory part available, the run complete
+    assert text.count('<img src="data:image/png;base64,') >= 10
+
+
+def test_theory_parts_that_cannot_run_become_notes():
+    from logitlab.experiments import theory
+
+    html = theory.render(None)
+    assert html.count('class="note"') == 5 and "theory.json missing" in html
+    stored = {"maxent": {"available": False, "source": "logitlab.maxent.solve_maxent", "reason": "ImportError: x"},
+              "underflow": {"available": True, "source": "s", "data": {"unexpected": 1}}}
+    html = theory.render(stored)
+    assert "solve_maxent</code> could not be used (ImportError: x)" in html
+    assert "stored data has an unexpected form" in html
+
+
+def test_report_rerenders_byte_identical(tiny_run, tmp_path, capsys):
+    out = tmp_path / "again.html"
+    status, lines, _ = run_cli(["report", str(tiny_run.run_dir), "-o", str(out)], capsys)
+    assert status == 0 and lines[-1] == str(out)
+    assert out.read_bytes() == (tiny_run.run_dir / rec.REPORT).read_bytes()
+
+
+def test_study_prints_progress_and_ends_with_the_report_path(tiny_run):
+    lines = tiny_run.lines
+    for number, key in enumerate(["softmax+cross_entropy", "sparsemax+sparsemax_loss"] * 2, 1):
+        assert any(line.startswith(f"[{number}/4] {key} seed {(number - 1) // 2}: 3 epochs, loss ") for line in lines)
+    assert lines[-1] == str(tiny_run.run_dir / rec.REPORT)
+
+
+def test_same_seed_same_records(tiny_run):
+    from logitlab.experiments.data import load_split
+    from logitlab.experiments.runner import train_one
+    from logitlab.experiments.spec import StudySpec
+
+    spec = StudySpec.from_json(json.loads((tiny_run.run_dir / rec.SPEC).read_text()))
+    stored = rec.read_records(tiny_run.run_dir / rec.RECORDS)
+    again = []
+    for seed in range(spec.seeds):
+        data = load_split(spec.dataset, seed, val_fraction=spec.val_fraction, test_fraction=spec.test_fraction)
+        again += [rec.to_json(train_one(spec, combo, seed, data)) for combo in spec.pairs]
+    assert _strip_times(again) == _strip_times(stored)
+
+
+def test_other_datasets_and_the_mlp_run(tmp_path):
+    from logitlab.experiments.data import load_split
+    from logitlab.experiments.runner import train_one
+    from logitlab.experiments.spec import StudySpec, apply_overrides
+
+    for dataset, classes in (("iris", 3), ("wine", 3), ("breast_cancer", 2)):
+        spec = apply_overrides(StudySpec(), {"dataset": dataset, "model": "mlp", "epochs": "2", "hidden": "8",
+                                             "pairs": "softmax+cross_entropy,entmax15+entmax_loss"})
+        data = load_split(dataset, 0)
+        assert data.num_classes == classes
+        assert abs(float(data.x_train.mean())) < 1e-5  # standardized on the training split
+        for combo in spec.pairs:
+            record = train_one(spec, combo, 0, data)
+            assert record["epochs_run"] == 2 and 0 <= record["metrics"]["accuracy"] <= 1
+
+
+def test_unfinished_last_line_is_ignored_and_cut(tmp_path):
+    path = tmp_path / rec.RECORDS
+    with rec.RecordWriter(path) as writer:
+        writer.append({"kind": "result", "combination": "a", "seed": 0})
+    with open(path, "a") as f:
+        f.write('{"kind": "result", "combi')  # a kill in the middle of a write
+    assert rec.read_records(path) == [{"kind": "result", "combination": "a", "seed": 0}]
+    with rec.RecordWriter(path) as writer:
+        writer.append({"kind": "result", "combination": "b", "seed": 0})
+    assert [r["combination"] for r in rec.read_records(path)] == ["a", "b"]
+    path.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
+    with pytest.raises(ValueError, match=r"records.jsonl:2 is not a JSON record"):
+        rec.read_records(path)
+
+
+def test_killed_run_resumes_without_redoing(tmp_path):
+    out = tmp_path / "run"
+    argv = [PYTHON, "-m", "logitlab", "study", "--dataset", "digits", "--epochs", "20", "--seeds", "2",
+            "--set", "pairs=softmax+cross_entropy,softmax+brier,sparsemax+sparsemax_loss", "--out", str(out)]
+    child = subprocess.Popen(argv, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    path = out / rec.RECORDS
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if path.exists() and path.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.01)
+        assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()}"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(30)
+    assert child.returncode == -signal.SIGKILL
+    partial = rec.read_records(path)
+    assert 1 <= len(partial) < 6
+    assert not (out / rec.REPORT).exists()
+    done = subprocess.run(argv + ["--resume"], env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == str(out / rec.REPORT)
+    assert sum("already recorded, skipped" in line for line in lines) == len(partial)
+    final = rec.read_records(path)
+    assert final[:len(partial)] == partial  # finished records untouched, not redone
+    keys = [(r["combination"], r["seed"]) for r in final]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    assert (out / rec.REPORT).exists()
+
+
+def test_resume_with_different_options_exits_2(tiny_run, capsys):
+    status, _, err = run_cli(["study", "--out", str(tiny_run.run_dir), "--resume", "--epochs", "5"], capsys)
+    assert status == 2 and "differ from the stored run" in err and "epochs" in err
+
+
+def test_resume_without_a_run_exits_2(tmp_path, capsys):
+    status, _, err = run_cli(["study", "--out", str(tmp_path / "none"), "--resume"], capsys)
+    assert status == 2 and "no run to resume" in err
+
+
+def test_spec_round_trips_through_json(tiny_run):
+    from logitlab.experiments.spec import StudySpec
+
+    stored = json.loads((tiny_run.run_dir / rec.SPEC).read_text())
+    assert StudySpec.from_json(stored).to_json() == stored
+
+
+def test_ctrl_c_leaves_finished_records(tmp_path):
+    from logitlab.experiments.runner import run_study
+    from logitlab.experiments.spec import StudySpec, apply_overrides
+
+    spec = apply_overrides(StudySpec(), {"dataset": "iris", "epochs": "2", "seeds": "2",
+                                         "pairs": "softmax+cross_entropy,softmax+brier"})
+
+    def interrupt_after_first(line, final):
+        if final and "test acc" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, tmp_path, progress=interrupt_after_first)
+    records = rec.read_records(tmp_path / rec.RECORDS)
+    assert [(r["combination"], r["seed"]) for r in records] == [("softmax+cross_entropy", 0)]
+    assert (tmp_path / rec.RECORDS).read_text().endswith("\n")

@@ -1,0 +1,64 @@
+"""The command line: --help everywhere, and bad study options exit 2 with the valid choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from logitlab import cli
+
+
+def _run(argv, capsys):
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit:
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize("verb", [[], ["study"], ["report"], ["list"], ["env"], ["demo"]])
+def test_help_everywhere(verb, capsys):
+    status, out, _ = _run([*verb, "--help"], capsys)
+    assert status == 0 and "usage: logitlab" in out
+
+
+def test_study_help_lists_set_keys_and_flags(capsys):
+    _, out, _ = _run(["study", "--help"], capsys)
+    for flag in ("--dataset", "--model", "--seeds", "--epochs", "--set", "--out", "--resume", "nll_smoothing"):
+        assert flag in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "epoch=3"], "unknown key 'epoch'; valid keys: dataset, model, seeds, epochs"),
+    (["--set", "seeds=three"], "seeds: expected an int >= 1, got 'three'"),
+    (["--set", "lr=-1"], "lr: expected a number > 0, got -1.0"),
+    (["--epochs", "0"], "epochs: expected an int >= 1, got 0"),
+    (["--set", "optimizer=lbfgs"], "unknown optimizer 'lbfgs'; valid choices: adam, sgd"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: digits, wine, breast_cancer, iris"),
+    (["--model", "cnn"], "unknown model 'cnn'; valid choices: linear, mlp"),
+    (["--set", "pairs=softmax+hinge"], "unknown or invalid pair 'softmax+hinge'; valid pairs for class-index training: softmax+cross_entropy"),
+    (["--set", "pairs=sigmoid+cross_entropy"], "unknown or invalid pair 'sigmoid+cross_entropy'"),
+    (["--set", "pairs=standard+kl[positivity=square]"], "combination standard+kl[positivity=square] cannot run"),
+    (["--set", "pairs=softmax+cross_entropy,softmax+cross_entropy"], "duplicate combination(s): softmax+cross_entropy"),
+    (["--set", "pairs"], "--set 'pairs': expected key=value"),
+])
+def test_bad_study_options_exit_2_listing_choices(argv, message, capsys, tmp_path):
+    status, out, err = _run(["study", *argv, "--out", str(tmp_path / "run")], capsys)
+    assert status == 2
+    assert message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_combination_parameter_exits_2(capsys, tmp_path):
+    status, _, err = _run(["study", "--set", "pairs=softmax+focal[gamma=abc]", "--out", str(tmp_path / "r")], capsys)
+    assert status == 2 and "combination softmax+focal[gamma=abc] cannot run" in err
+
+
+def test_report_of_a_missing_run_exits_2(capsys, tmp_path):
+    status, _, err = _run(["report", str(tmp_path)], capsys)
+    assert status == 2 and "is not a run directory" in err
+
+
+def test_list_still_works(capsys):
+    status, out, _ = _run(["list"], capsys)
+    assert status == 0 and "softmax + cross_entropy" in out

@@ -1,0 +1,135 @@
+"""Vocab-parallel losses on 2 and 3 gloo processes against the single-process result."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from logitlab import reference
+from logitlab.distributed import run_ranks, vocab_parallel_cross_entropy, vocab_parallel_kl_divergence
+from logitlab.fused import linear_cross_entropy
+
+F64 = torch.float64
+
+
+def _problem(sizes, seed=0, rows=11, dim=5):
+    gen = torch.Generator().manual_seed(seed)
+    vocab = sum(sizes)
+    logits = torch.randn(rows, vocab, dtype=F64, generator=gen) * 3
+    teacher = torch.randn(rows, vocab, dtype=F64, generator=gen) * 2
+    target = torch.randint(0, vocab, (rows,), generator=gen)
+    target[[1, 4]] = -100
+    hidden = torch.randn(rows, dim, dtype=F64, generator=gen)
+    weight = torch.randn(vocab, dim, dtype=F64, generator=gen)
+    bias = torch.randn(vocab, dtype=F64, generator=gen)
+    class_weight = torch.rand(vocab, dtype=F64, generator=gen) + 0.5
+    return logits, teacher, target, hidden, weight, bias, class_weight
+
+
+def _slice(sizes, rank):
+    start = sum(sizes[:rank])
+    return start, start + sizes[rank]
+
+
+def _err(a, b):
+    return float((a.detach() - b.detach()).abs().max()) if a.numel() else 0.0
+
+
+def _compare_all(rank, world, sizes):
+    """Every vocab-parallel loss on this rank's slice vs the full single-process computation."""
+    logits, teacher, target, hidden, weight, bias, class_weight = _problem(sizes)
+    lo, hi = _slice(sizes, rank)
+    errors = {}
+    cases = [dict(), dict(reduction="sum"), dict(reduction="none"), dict(label_smoothing=0.2),
+             dict(z_loss=1e-2, label_smoothing=0.1)]
+    for i, opts in enumerate(cases):
+        for name, tgt in (("some_ignored", target), ("all_ignored", torch.full_like(target, -100))):
+            full = logits.clone().requires_grad_()
+            expected = F.cross_entropy(full, tgt, reduction="none", label_smoothing=opts.get("label_smoothing", 0.0))
+            keep = tgt != -100
+            expected = expected + opts.get("z_loss", 0.0) * torch.logsumexp(full, 1).square() * keep
+            red = opts.get("reduction", "mean")
+            expected = (expected if red == "none" else expected.sum() if red == "sum"
+                        else expected.sum() / max(int(keep.sum()), 1))
+            local = logits[:, lo:hi].clone().requires_grad_()
+            got = vocab_parallel_cross_entropy(local, tgt, **opts)
+            seed = torch.linspace(0.5, 1.5, expected.numel(), dtype=F64).reshape(expected.shape)
+            (expected * seed).sum().backward()
+            (got * seed).sum().backward()
+            errors[f"ce{i}_{name}_value"] = _err(got, expected)
+            errors[f"ce{i}_{name}_grad"] = _err(local.grad, full.grad[:, lo:hi])
+
+    for temperature in (1.0, 2.0):
+        full = logits.clone().requires_grad_()
+        p = torch.softmax(teacher / temperature, 1)
+        expected = (p * (p.log() - torch.log_softmax(full / temperature, 1))).sum(1).mean()
+        expected.backward()
+        local = logits[:, lo:hi].clone().requires_grad_()
+        got = vocab_parallel_kl_divergence(local, teacher[:, lo:hi], temperature=temperature)
+        got.backward()
+        errors[f"kl_T{temperature}_value"] = _err(got, expected)
+        errors[f"kl_T{temperature}_grad"] = _err(local.grad, full.grad[:, lo:hi])
+
+    group = torch.distributed.group.WORLD
+    for i, opts in enumerate([dict(), dict(label_smoothing=0.1, z_loss=1e-3, class_weight=True), dict(reduction="none")]):
+        use_cw = opts.pop("class_weight", False)
+        h = hidden.clone().requires_grad_()
+        w_full = weight.clone().requires_grad_()
+        b_full = bias.clone().requires_grad_()
+        expected = reference.linear_cross_entropy(h, w_full, target, bias=b_full,
+                                                  class_weight=class_weight if use_cw else None, **opts)
+        w_local = weight[lo:hi].clone().requires_grad_()
+        b_local = bias[lo:hi].clone().requires_grad_()
+        h_local = hidden.clone().requires_grad_()
+        got = linear_cross_entropy(h_local, w_local, target, bias=b_local, process_group=group, chunk_size=4,
+                                   impl="chunked", class_weight=class_weight[lo:hi] if use_cw else None, **opts)
+        expected.sum().backward()
+        got.sum().backward()
+        errors[f"linear{i}_value"] = _err(got, expected)
+        errors[f"linear{i}_grad_hidden"] = _err(h_local.grad, h.grad)
+        errors[f"linear{i}_grad_weight"] = _err(w_local.grad, w_full.grad[lo:hi])
+        errors[f"linear{i}_grad_bias"] = _err(b_local.grad, b_full.grad[lo:hi])
+    return errors
+
+
+def _fail_on_rank_one(rank, world):
+    if rank == 1:
+        raise ValueError("deliberate failure on rank 1")
+    logits = torch.randn(3, 4)
+    return float(vocab_parallel_cross_entropy(logits, torch.tensor([0, 1, 2])))
+
+
+@pytest.mark.parametrize("sizes", [(7, 6), (3, 9, 1)], ids=["2 ranks uneven", "3 ranks uneven"])
+def test_vocab_parallel_matches_single_process(sizes):
+    results = run_ranks(_compare_all, len(sizes), args=(sizes,), timeout=90)
+    assert len(results) == len(sizes)
+    for rank, errors in enumerate(results):
+        bad = {k: e for k, e in errors.items() if not e <= 1e-10}
+        assert not bad, f"rank {rank}: {bad}"
+        assert len(errors) == 10 * 2 + 4 + 12
+
+
+def test_a_failing_rank_makes_the_others_raise_within_the_timeout():
+    start = time.monotonic()
+    with pytest.raises(RuntimeError) as info:
+        run_ranks(_fail_on_rank_one, 2, timeout=60, group_timeout=5)
+    message = str(info.value)
+    assert "rank 1: ValueError: deliberate failure on rank 1" in message
+    assert "rank 0: RuntimeError: vocab-parallel loss" in message
+    assert time.monotonic() - start < 45
+
+
+def test_single_process_without_group_is_the_plain_loss():
+    logits, target = torch.randn(5, 7, dtype=F64), torch.tensor([0, 6, -100, 3, 3])
+    got = vocab_parallel_cross_entropy(logits, target, label_smoothing=0.3)
+    assert torch.allclose(got, F.cross_entropy(logits, target, label_smoothing=0.3))
+
+
+def test_bad_shapes_are_clear_errors():
+    with pytest.raises(ValueError, match=r"vocab_parallel_cross_entropy\(\): argument 'target' expected shape \(3,\)"):
+        vocab_parallel_cross_entropy(torch.randn(3, 4), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"vocab_parallel_kl_divergence\(\): argument 'local_teacher_logits' expected shape \(3, 4\)"):
+        vocab_parallel_kl_divergence(torch.randn(3, 4), torch.randn(3, 5))
