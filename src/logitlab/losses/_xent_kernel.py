@@ -21,6 +21,13 @@ The fused forward walks the logits a block of rows at a time, keeps the block's 
 a small reused buffer that stays in cache, and writes the finished gradient once (into a new
 (N, C) tensor, or into the logits themselves with ``inplace_backward``). The backward only
 scales the saved gradient by the incoming one, in place.
+
+Why eager ops and not a compiled per-block kernel: a torch.compile (inductor C++) kernel for one
+block did the in-place forward+backward at (4096, 32768) in ~73 ms against ~110-180 ms for these
+eager blocks, but its cold compile took 19.5 s for a single option set and shape, every option
+combination (smoothing, weights, probabilities, z-loss, dtype) would need its own, and a machine
+without a C++ compiler would need the fallback anyway. The eager kernel has no start-up cost and
+runs wherever torch does; a compiled variant can be added behind ``impl=`` later.
 """
 
 from __future__ import annotations
