@@ -38,7 +38,8 @@ import torch.nn.functional as F
 FULL_SHAPES = [(4096, 1024, 32768), (2048, 2048, 131072)]
 QUICK_SHAPES = [(512, 128, 4096), (256, 256, 16384)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-IMPLS = ["floor", "logitlab", "logitlab_recompute", "naive", "torch_lce", "cce_torch_compile"]
+IMPLS = ["floor", "logitlab", "logitlab_recompute", "logitlab_bf16_accum", "naive", "torch_lce",
+         "cce_torch_compile"]
 RESULTS = Path(__file__).resolve().parent / "results" / "fused.json"
 
 
@@ -78,6 +79,11 @@ def make_call(impl, hidden, weight, target):
 
         def fn():
             return linear_cross_entropy(hidden, weight, target, impl="chunked")
+    elif impl == "logitlab_bf16_accum":  # grad_weight summed in the input's dtype (half precision only)
+        from logitlab.fused import linear_cross_entropy
+
+        def fn():
+            return linear_cross_entropy(hidden, weight, target, impl="chunked", accum_dtype=hidden.dtype)
     elif impl == "logitlab_recompute":
         from logitlab.fused._engine import FusedLinearLoss, Plan, chunk_rows
         from logitlab.fused.cross_entropy import build_kernel, reduction_scale
@@ -154,14 +160,14 @@ def measure_time(rows, dim, vocab, dtype_name, impls, repeats, budget_s=600.0):
     dtype = DTYPES[dtype_name]
     hidden, weight, target = make_inputs(rows, dim, vocab, dtype)
     calls = {impl: make_call(impl, hidden, weight, target) for impl in impls}
-    ref_loss = calls["naive"]()
-    ref = (ref_loss.float(), hidden.grad.float(), weight.grad.float())
-    errors = {}
-    warm = {}
-    for impl, call in calls.items():  # warm-up doubles as the correctness check
+    errors, warm, ref = {}, {}, None
+    order = ["naive"] + [impl for impl in calls if impl != "naive"]
+    for impl in order:  # warm-up doubles as the correctness check (naive first: the reference)
         start = time.perf_counter()
-        loss = call()
+        loss = calls[impl]()
         warm[impl] = time.perf_counter() - start
+        if impl == "naive":
+            ref = (loss.float(), hidden.grad.float(), weight.grad.float())
         if impl != "floor":
             got = (loss.float(), hidden.grad.float(), weight.grad.float())
             errors[impl] = [float((a - b).abs().max()) for a, b in zip(got, ref)]
@@ -198,6 +204,8 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--shapes", default=None, help="e.g. 4096x1024x32768,2048x2048x131072")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--budget-s", type=float, default=600.0,
+                        help="per impl: fewer repeats when warm-up time x repeats exceeds this")
     parser.add_argument("--skip", default="", help="comma-separated impls to leave out")
     parser.add_argument("--memory-timeout", type=float, default=900.0, help="seconds per memory process")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -213,20 +221,25 @@ def main(argv=None):
     if args.shapes:
         shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     skipped = set(filter(None, args.skip.split(",")))
+    skipped.discard("naive")  # the reference of every correctness check
     impls = [i for i in IMPLS if (i != "cce_torch_compile" or _cce() is not None) and i not in skipped]
     records = []
     for rows, dim, vocab in shapes:
         for dtype_name in args.dtypes.split(","):
             repeats = args.repeats or (3 if args.quick else 5 if rows * dim * vocab <= 2**37 else 3)
-            print(f"# ({rows}, {dim}, {vocab}) {dtype_name}: timing {len(impls)} impls x {repeats} ...", flush=True)
+            case_impls = [i for i in impls if i != "logitlab_bf16_accum" or dtype_name != "float32"]
+            print(f"# ({rows}, {dim}, {vocab}) {dtype_name}: timing {len(case_impls)} impls x {repeats} ...",
+                  flush=True)
             timed = _child({"kind": "time", "rows": rows, "dim": dim, "vocab": vocab, "dtype_name": dtype_name,
-                            "impls": impls, "repeats": repeats})
+                            "impls": case_impls, "repeats": repeats, "budget_s": args.budget_s})
             elt = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
             logits_mib = rows * vocab * elt / 2**20
             for impl in IMPLS:
                 rec = {"rows": rows, "dim": dim, "vocab": vocab, "dtype": dtype_name, "impl": impl,
                        "naive_logits_mib": logits_mib, "repeats": repeats, "torch": torch.__version__,
                        "machine": platform.machine(), "cpus": os.cpu_count()}
+                if impl == "logitlab_bf16_accum" and dtype_name == "float32":
+                    continue  # the same computation as logitlab in float32
                 if impl not in impls:
                     rec["status"] = ("not measured: skipped (--skip)" if impl in skipped
                                      else "not measured: cut_cross_entropy is not installed")

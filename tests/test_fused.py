@@ -20,7 +20,7 @@ F64 = torch.float64
 BATCHES = [(1,), (2,), (7,), (127,), (3, 5, 7)]
 OPTIONS = [dict(), dict(reduction="sum"), dict(reduction="none"), dict(label_smoothing=0.2),
            dict(z_loss=1e-2), dict(softcap=3.0), dict(class_weight=True, label_smoothing=0.1),
-           dict(bias=True, z_loss=1e-3, reduction="sum")]
+           dict(bias=True, z_loss=1e-3, reduction="sum"), dict(class_weight=True, z_loss=1e-2)]
 
 
 def _inputs(batch, dim=6, vocab=13, dtype=F64, ignore=True, seed=0):
@@ -102,10 +102,14 @@ def test_matches_logitlab_cross_entropy_when_available():
     if cross_entropy is None:
         pytest.skip("logitlab.cross_entropy has not landed on this branch yet")
     hidden, weight, target = _inputs((3, 5, 7), dim=8, vocab=17)
-    for opts in [dict(), dict(label_smoothing=0.1), dict(z_loss=1e-2), dict(reduction="none")]:
+    cw = torch.rand(17, dtype=F64) + 0.5
+    for opts in [dict(), dict(label_smoothing=0.1), dict(z_loss=1e-2), dict(reduction="none"),
+                 dict(class_weight=cw, z_loss=1e-2, label_smoothing=0.2, reduction="sum")]:
         got = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=4, **k),
                                hidden, weight, target, opts)
-        want = _value_and_grads(lambda h, w, t, **k: cross_entropy(h @ w.T, t, **k), hidden, weight, target, opts)
+        ours_to_theirs = {k if k != "class_weight" else "weight": val for k, val in opts.items()}
+        want = _value_and_grads(lambda h, w, t, **k: cross_entropy(h @ w.T, t, **ours_to_theirs), hidden, weight,
+                                target, {})
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
@@ -312,3 +316,19 @@ def test_divergence_low_precision_and_bad_inputs():
         linear_divergence_loss(hidden, weight, teacher_hidden=th, teacher_weight=tw, divergence="tv")
     with pytest.raises(ValueError, match=r"argument 'target' expected class indices when hard_label_weight > 0"):
         linear_divergence_loss(hidden, weight, teacher_hidden=th, teacher_weight=tw, hard_label_weight=1.0)
+
+
+def test_bfloat16_accumulation_is_an_option_with_bounded_error():
+    hidden, weight, target = _inputs((96,), dim=16, vocab=257, dtype=torch.bfloat16)
+    truth = _value_and_grads(reference.linear_cross_entropy, hidden.to(F64), weight.to(F64), target, {})
+    fp32 = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=16, **k),
+                            hidden, weight, target, {})
+    bf16 = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=16,
+                                                                 accum_dtype=torch.bfloat16, **k),
+                            hidden, weight, target, {})
+    torch.testing.assert_close(bf16[0], fp32[0])  # the value does not depend on it
+    torch.testing.assert_close(bf16[1], fp32[1])  # nor does grad_hidden
+    scale = float(truth[2].abs().max())
+    err_fp32 = float((fp32[2].to(F64) - truth[2]).abs().max())
+    err_bf16 = float((bf16[2].to(F64) - truth[2]).abs().max())
+    assert err_fp32 <= err_bf16 and err_bf16 <= 2**-6 * scale  # six roundings of 2^-9 at most

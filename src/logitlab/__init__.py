@@ -181,3 +181,9 @@ __all__ += [
     "linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode", "LinearChainCRF",
 ]
 # --- end theory ---
+
+# The study's metrics (public: accuracy, NLL, Brier, calibration); the study itself lives in
+# logitlab.experiments and is imported only by the CLI.
+from logitlab import metrics  # noqa: E402
+
+__all__ += ["metrics"]

@@ -120,7 +120,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
         args.parser.error(str(error))
     print(f"study: {spec.dataset}, {spec.model} model, {len(spec.pairs)} combinations x {spec.seeds} seeds, "
           f"{spec.epochs} epochs -> {out}", flush=True)
-    report = run_study(spec, out, resume=args.resume)
+    try:
+        report = run_study(spec, out, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished combinations are in {out / records.RECORDS}; complete the run with "
+              f"`logitlab study --out {out} --resume`", file=sys.stderr, flush=True)
+        return 130
     print(report, flush=True)
     return 0
 
@@ -166,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="number of seeds (default 3)")
     p.add_argument("--epochs", help="training epochs (default 30)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field (repeatable)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<model>)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<model>); a run already "
+                   "there is replaced unless --resume")
     p.add_argument("--resume", action="store_true", help="complete an interrupted run in --out without redoing "
                    "finished combinations")
     p.set_defaults(func=_cmd_study, parser=p)

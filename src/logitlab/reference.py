@@ -489,7 +489,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                          label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None) -> Tensor:
     """Cross-entropy of logits z = hidden @ weight.T + bias, row by row in float64.
 
-    Per kept row with target t: (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + λ·lse²;
+    Per kept row with target t: (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + λ·w_t·lse²;
     'mean' divides by Σ w_t over kept rows (0 when no row is kept).
     """
     h = hidden.to(F64).reshape(-1, hidden.shape[-1])
@@ -510,7 +510,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         lse = torch.logsumexp(logits[n], 0)
         nll = lse - logits[n]
         row = (1 - label_smoothing) * w[t] * nll[t] + label_smoothing / vocab * (w * nll).sum()
-        rows.append(row + z_loss * lse**2)
+        rows.append(row + z_loss * w[t] * lse**2)
         denom = denom + w[t]
     values = torch.stack(rows) if rows else torch.zeros(0, dtype=F64)
     if reduction == "none":

@@ -7,7 +7,6 @@ import math
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -55,6 +54,22 @@ def test_report_has_every_section_table_and_figures(tiny_run):
     assert table.count('class="best"') >= len(COLUMNS)
     assert " ± " in table
     assert "Measured" in text
+    for part in ("gradient_sweep", "scale_response", "maxent", "decomposition", "underflow"):
+        assert f'<h3 id="theory-{part}">' in text
+    assert 'class="note"' not in text  # every theory part available, the run complete
+    assert text.count('<img src="data:image/png;base64,') >= 10
+
+
+def test_theory_parts_that_cannot_run_become_notes():
+    from logitlab.experiments import theory
+
+    html = theory.render(None)
+    assert html.count('class="note"') == 5 and "theory.json missing" in html
+    stored = {"maxent": {"available": False, "source": "logitlab.maxent.solve_maxent", "reason": "ImportError: x"},
+              "underflow": {"available": True, "source": "s", "data": {"unexpected": 1}}}
+    html = theory.render(stored)
+    assert "solve_maxent</code> could not be used (ImportError: x)" in html
+    assert "stored data has an unexpected form" in html
 
 
 def test_report_rerenders_byte_identical(tiny_run, tmp_path, capsys):
@@ -67,7 +82,7 @@ def test_report_rerenders_byte_identical(tiny_run, tmp_path, capsys):
 def test_study_prints_progress_and_ends_with_the_report_path(tiny_run):
     lines = tiny_run.lines
     for number, key in enumerate(["softmax+cross_entropy", "sparsemax+sparsemax_loss"] * 2, 1):
-        assert any(line.startswith(f"[{number}/4] {key} seed {(number - 1) // 2}: 3 epochs, test acc") for line in lines)
+        assert any(line.startswith(f"[{number}/4] {key} seed {(number - 1) // 2}: 3 epochs, loss ") for line in lines)
     assert lines[-1] == str(tiny_run.run_dir / rec.REPORT)
 
 
@@ -163,3 +178,21 @@ def test_spec_round_trips_through_json(tiny_run):
 
     stored = json.loads((tiny_run.run_dir / rec.SPEC).read_text())
     assert StudySpec.from_json(stored).to_json() == stored
+
+
+def test_ctrl_c_leaves_finished_records(tmp_path):
+    from logitlab.experiments.runner import run_study
+    from logitlab.experiments.spec import StudySpec, apply_overrides
+
+    spec = apply_overrides(StudySpec(), {"dataset": "iris", "epochs": "2", "seeds": "2",
+                                         "pairs": "softmax+cross_entropy,softmax+brier"})
+
+    def interrupt_after_first(line, final):
+        if final and "test acc" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, tmp_path, progress=interrupt_after_first)
+    records = rec.read_records(tmp_path / rec.RECORDS)
+    assert [(r["combination"], r["seed"]) for r in records] == [("softmax+cross_entropy", 0)]
+    assert (tmp_path / rec.RECORDS).read_text().endswith("\n")

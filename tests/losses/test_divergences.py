@@ -484,3 +484,14 @@ def test_property_generalized_js_is_bounded_by_the_binary_entropy(pair, beta):
     bound = -beta * math.log(beta) - (1 - beta) * math.log1p(-beta)
     value = float(D.js_divergence(logits, target, beta=beta))
     assert 0 <= value <= bound + 1e-9
+
+
+def test_kl_fast_path_and_general_kernel_agree():
+    # fixed targets without excluded classes take Σ xlogy(p, p) − p log q; the rest the kernel
+    logits, target = torch.randn(5, 7, dtype=F64), random_target((5, 7), -1, sparse=True)
+    fast = D.kl_divergence(logits, target, reduction="none")
+    general = D.kl_divergence(logits, target.clone().requires_grad_(True), reduction="none")
+    torch.testing.assert_close(fast, general.detach(), rtol=1e-12, atol=1e-14)
+    z = logits.clone().requires_grad_(True)
+    D.kl_divergence(z, target).backward()
+    torch.testing.assert_close(z.grad, (torch.softmax(logits, -1) - target) / 5)

@@ -35,9 +35,10 @@ _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:1280px;margin:2em auto;
 padding:0 1em;color:#1a1a1a;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-h3{margin-top:1.5em}table{border-collapse:collapse;font-size:.8em;margin:.8em 0}
+h3{margin-top:1.5em}table{border-collapse:collapse;font-size:.78em;margin:.8em 0}
 th,td{border:1px solid #ddd;padding:.25em .45em;text-align:right}td{white-space:nowrap}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left;font-family:ui-monospace,monospace}
+td:first-child,th:first-child{text-align:left;font-family:ui-monospace,monospace;white-space:normal;
+max-width:16em;overflow-wrap:anywhere}div.scroll{overflow-x:auto}
 td.best{background:#e3f4e3;font-weight:bold}td.best::after{content:" \\2605";color:#2a7a2a}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 p.claim{margin:.3em 0}p.note{background:#fff6e0;border-left:4px solid #e0a800;padding:.4em .7em}
@@ -110,8 +111,8 @@ def _summary(rows: list[dict[str, Any]]) -> str:
             text = "n/a" if n == 0 else f"{_fmt(mean, pattern)} ± {_fmt(spread, pattern)}"
             cells.append(f"<td{cls}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table id="summary-table"><tr><th>combination</th><th>seeds</th>{head}</tr>'
-            + "".join(body) + "</table>")
+    return (f'<div class="scroll"><table id="summary-table"><tr><th>combination</th><th>seeds</th>{head}</tr>'
+            + "".join(body) + "</table></div>")
 
 
 def _name_of(rows: list[dict[str, Any]], metric: str, sign: int) -> tuple[str, float]:

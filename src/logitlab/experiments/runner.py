@@ -243,5 +243,7 @@ def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tu
             record = train_one(spec, combo, seed, splits[seed], on_epoch)
             writer.append(record)
             m = record["metrics"]
-            summary = (f"test acc {m['accuracy']:.3f}, ECE {m['ece_width']:.3f}" if m else "diverged")
+            losses = record["curves"]["train_loss"]
+            final = f"loss {losses[-1]:.4f}, " if losses else ""
+            summary = (f"{final}test acc {m['accuracy']:.3f}, ECE {m['ece_width']:.3f}" if m else "diverged")
             progress(f"{head}: {record['epochs_run']} epochs, {summary}, {record['wall_time_s']:.1f} s", True)

@@ -52,7 +52,12 @@ def chunk_rows(rows: int, vocab: int) -> int:
 
 
 def accumulation_dtype(dtype: torch.dtype, accum_dtype: torch.dtype) -> torch.dtype:
-    """The dtype of logit blocks and gradient sums: ``accum_dtype``, or the input's if wider."""
+    """The dtype of logit blocks: at least float32, ``accum_dtype`` or the input's if wider."""
+    return torch.promote_types(torch.promote_types(dtype, accum_dtype), torch.float32)
+
+
+def gradient_dtype(dtype: torch.dtype, accum_dtype: torch.dtype) -> torch.dtype:
+    """The dtype grad_weight and grad_bias are summed in over chunks: ``accum_dtype`` or wider."""
     return torch.promote_types(dtype, accum_dtype)
 
 
@@ -85,6 +90,10 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     vocab = weight.shape[0]
     acc = accumulation_dtype(hidden.dtype, plan.accum_dtype)
     low = hidden.dtype != acc
+    # accum_dtype=bfloat16 with bfloat16 inputs: grad_weight is summed in place in bfloat16
+    # (no float32 copy of the head; one rounding per chunk).
+    sum_dtype = gradient_dtype(weight.dtype, plan.accum_dtype)
+    sum_low = low and sum_dtype == weight.dtype
     chunk = max(1, min(plan.chunk, rows))
     need_grad = any(need)
 
@@ -93,7 +102,7 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     weight_t = weight.t()
     loss_rows = hidden.new_empty(rows, dtype=acc)
     grad_h = hidden.new_empty(hidden.shape) if need[0] else None
-    grad_w = weight.new_zeros(weight.shape, dtype=acc) if need[1] else None
+    grad_w = weight.new_zeros(weight.shape, dtype=weight.dtype if sum_low else acc) if need[1] else None
     grad_b = hidden.new_zeros(vocab, dtype=acc) if need[2] else None
     bias_acc = bias.to(acc) if bias is not None else None
 
@@ -118,15 +127,16 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
             grad.mul_(row_scale[start:stop].to(acc).unsqueeze(1))
         elif row_scale is not None:
             grad.mul_(row_scale)
+        if low and (need[0] or (need[1] and sum_low)):
+            g_low = low_buf[: stop - start]
+            g_low.copy_(grad)
         if need[0]:
-            if low:
-                g_low = low_buf[: stop - start]
-                g_low.copy_(grad)
-                torch.mm(g_low, weight, out=grad_h[start:stop])
-            else:
-                torch.mm(grad, weight, out=grad_h[start:stop])
+            torch.mm(g_low if low else grad, weight, out=grad_h[start:stop])
         if need[1]:
-            grad_w.addmm_(grad.t(), h.to(acc) if low else h)
+            if sum_low:
+                grad_w.addmm_(g_low.t(), h)
+            else:
+                grad_w.addmm_(grad.t(), h.to(acc) if low else h)
         if need[2]:
             grad_b.add_(grad.sum(0))
 

@@ -51,12 +51,12 @@ class CrossEntropyKernel:
 
     Per kept row n with target t, lse = log Σ_c exp z_c over the FULL vocabulary of size V:
 
-        loss_n = (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + λ·lse²
+        loss_n = (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + λ·w_t·lse²
 
     (w ≡ 1 without class weights; ε label smoothing; λ the z-loss coefficient). Its gradient is
 
         ∂loss_n/∂z_c = a_n·p_c − (1 − ε)·w_t·[c = t] − (ε / V)·w_c,
-        a_n = (1 − ε)·w_t + (ε / V)·Σ_c w_c + 2λ·lse,   p = softmax(z).
+        a_n = (1 − ε)·w_t + (ε / V)·Σ_c w_c + 2λ·w_t·lse,   p = softmax(z).
 
     Ignored rows have loss 0 and gradient 0.
     """
@@ -104,7 +104,7 @@ class CrossEntropyKernel:
         if eps:
             loss = loss + (eps / vocab) * (self.weight_total * lse - z_w)
         if lam:
-            loss = loss + lam * lse.square()
+            loss = loss + lam * w_t * lse.square()
         loss = torch.where(keep, loss, loss.new_zeros(()))
         if not need_grad:
             return loss, None
@@ -112,7 +112,7 @@ class CrossEntropyKernel:
         # p = exp(z − max) / Σ: the block of logits becomes the block of gradients.
         coef = (1 - eps) * w_t + (eps / vocab) * self.weight_total
         if lam:
-            coef = coef + 2 * lam * lse
+            coef = coef + 2 * lam * w_t * lse
         coef = torch.where(keep, coef, coef.new_zeros(())) / stats[0]
         if not v_local:
             return loss, z

@@ -73,9 +73,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     (with z = softcap·tanh(z / softcap) first when ``softcap`` is set) in value and in the
     gradients for ``hidden``, ``weight`` and ``bias``. Per kept row, with lse = log Σ_c exp z_c,
 
-        loss = (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + z_loss·lse²,
+        loss = (1 − ε)·w_t·(lse − z_t) + (ε / V)·Σ_c w_c·(lse − z_c) + z_loss·w_t·lse²,
 
-    i.e. D(target ‖ softmax(z)) up to the target's entropy, plus the z-loss of PaLM.
+    i.e. D(target ‖ softmax(z)) up to the target's entropy, plus the z-loss of PaLM weighted
+    like its row (as ``logitlab.cross_entropy``).
     ``reduction="mean"`` divides the sum by Σ w_t over the kept rows (their number without
     class weights); a batch whose rows are all ignored has mean 0 and zero gradients.
 
@@ -103,7 +104,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         softcap: optional c > 0: logits become c·tanh(z / c) before the loss.
         chunk_size: rows per chunk (default: :func:`logitlab.fused._engine.chunk_rows`).
         impl: 'auto' | 'chunked' | 'naive'.
-        accum_dtype: dtype of logit blocks and gradient sums for half-precision inputs.
+        accum_dtype: dtype in which grad_weight and grad_bias are summed over chunks (logit
+            blocks are at least float32 whatever it is). With half-precision inputs, float32
+            (the default) costs a float32 copy of the head's gradient; the input's own dtype
+            saves that memory at one rounding per chunk.
         process_group: a torch.distributed group for a vocabulary-sharded head, or None.
         validate: check that the class indices are in range.
 
@@ -222,7 +226,9 @@ def _naive(hidden, weight, target, *, bias, class_weight, ignore_index, reductio
                            label_smoothing=label_smoothing)
     keep = flat != ignore_index
     if z_loss:
-        rows = rows + z_loss * torch.where(keep, torch.logsumexp(logits2d, dim=1).square(), rows.new_zeros(()))
+        row_weight = 1.0 if cw is None else cw[torch.where(keep, flat, torch.zeros_like(flat))]
+        rows = rows + z_loss * torch.where(keep, row_weight * torch.logsumexp(logits2d, dim=1).square(),
+                                           rows.new_zeros(()))
     if reduction == "none":
         return rows.reshape(target.shape).to(hidden.dtype)
     total = rows.sum()

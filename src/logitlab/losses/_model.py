@@ -106,18 +106,20 @@ def safe_log(probs: Tensor) -> Tensor:
 
 
 def model_distribution(spec: registry.NormalizerSpec, rows: Tensor, params: Mapping[str, Any],
-                       validate: bool = True) -> tuple[Tensor, Tensor]:
+                       validate: bool = True, *, probs: bool = True) -> tuple[Tensor | None, Tensor]:
     """``(probs, log_probs)`` of a normalizer applied to ``rows`` (N, n) along the last axis.
 
     Softmax without parameters is computed in log space (``log_softmax``), so that
     ``log_probs`` stays finite where ``probs`` underflows. A normalizer with a registered
-    log-space function uses it; the others go through :func:`safe_log`.
+    log-space function uses it; the others go through :func:`safe_log`. With ``probs=False``
+    a log-space path skips the ``exp`` and returns None for the probabilities.
     """
     if spec.name == "softmax" and not params:
         log_probs = torch.log_softmax(rows, dim=-1)
-        return log_probs.exp(), log_probs
+        return (log_probs.exp() if probs else None), log_probs
     if spec.log_fn is not None:
-        log_probs = registry.resolve(spec.log_fn)(rows, dim=-1, **with_validate(spec.log_fn, params, validate))
-        return log_probs.exp(), log_probs
-    probs = registry.resolve(spec.fn)(rows, dim=-1, **with_validate(spec.fn, params, validate))
-    return probs, safe_log(probs)
+        log_fn = registry.resolve(spec.log_fn)
+        log_probs = log_fn(rows, dim=-1, **with_validate(spec.log_fn, params, validate))
+        return (log_probs.exp() if probs else None), log_probs
+    values = registry.resolve(spec.fn)(rows, dim=-1, **with_validate(spec.fn, params, validate))
+    return values, safe_log(values)

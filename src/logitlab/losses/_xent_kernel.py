@@ -134,9 +134,12 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
             else:
                 tw = t
             prod = torch.mul(tw, logp, out=prod_buf[:k])
-            # 0 · log 0 = 0: a class with zero target mass contributes nothing even when excluded.
-            prod.nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
-            ce = prod.sum(1) * (-(1.0 - eps))
+            dot = prod.sum(1)
+            if bool(torch.isnan(dot).any()):
+                # 0 · log 0 = 0: zero target mass on an excluded (-inf) class contributes nothing.
+                prod.nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
+                dot = prod.sum(1)
+            ce = dot * (-(1.0 - eps))
             total = tw.sum(1) * (1.0 - eps)
             row_w = None
         if eps > 0.0:

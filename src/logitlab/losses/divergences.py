@@ -113,13 +113,24 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
 
     dtype = compute_dtype(logits)
     rows, _ = to_rows(logits.to(dtype) / temperature, axis)
-    q, log_q = model_distribution(spec, rows, nparams, validate)
+    if divergence == "kl" and target is not None and not target.requires_grad:
+        # Fast path for the common case (distillation to fixed probabilities, a model without
+        # excluded classes): Σ xlogy(p, p) − p log q, no masks. Falls through on a -inf log q.
+        q, log_q = model_distribution(spec, rows, nparams, validate, probs=False)
+        p = to_rows(target.to(dtype), axis)[0]
+        if not bool(torch.isneginf(log_q).any()):
+            values = (torch.xlogy(p, p) - p * log_q).sum(-1).reshape(batch_shape)
+            return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
+        q = log_q.exp() if q is None else q
+    else:
+        q, log_q = model_distribution(spec, rows, nparams, validate)
     if target is not None:
         p = to_rows(target.to(dtype), axis)[0]
-        log_p = safe_log(p)
+        log_p = safe_log(p)  # exact zeros: -inf with a zero gradient
     else:
         teacher = to_rows(target_logits.to(dtype) / temperature, axis)[0]  # type: ignore[union-attr]
         p, log_p = model_distribution(spec, teacher, nparams, validate)
+    assert q is not None  # internal: every path above sets it
     values = kernel(p, log_p, q, log_q) if value is None else kernel(p, log_p, q, log_q, value)
     values = values.reshape(batch_shape)
     return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
