@@ -110,7 +110,7 @@ def train(loss_kind: str, *, ids: torch.Tensor, vocab: int, steps: int, tokens_p
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        curve.append(float(loss))
+        curve.append(float(loss.detach()))
     seconds = time.perf_counter() - start
     return {"loss": loss_kind, "curve": curve, "seconds": seconds,
             "peak_extra_mib": (_peak_kib() - base_kib) / 1024 if base_kib is not None else None}
