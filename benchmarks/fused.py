@@ -215,9 +215,6 @@ def main(argv=None):
     if args.child:
         task = json.loads(args.child)
         kind = task.pop("kind")
-        skip_file = os.environ.get("LOGITLAB_BENCH_SKIP_FILE", "/tmp/logitlab_fused_skip_dtypes")
-        if os.path.exists(skip_file) and task["dtype_name"] in Path(skip_file).read_text().split():
-            sys.exit(f"skipped: {task['dtype_name']} runs in a separate invocation")
         result = measure_memory(**task) if kind == "memory" else measure_time(**task)
         print(json.dumps(result))
         return
