@@ -118,8 +118,8 @@ def _bytes_moved(spec: dict, itemsize: int) -> int:
     return nv * itemsize * (3 if spec["kind"] == "probs" else 2)
 
 
-def run_case(name: str, spec: dict, repeats: int, warmup: int) -> list[dict]:
-    torch.set_num_threads(2)
+def run_case(name: str, spec: dict, repeats: int, warmup: int, threads: int = 2) -> list[dict]:
+    torch.set_num_threads(threads)
     logits, target, options = _inputs(spec)
     runs = {impl: _runner(impl, logits, target, options) for impl in IMPLS}
     times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
@@ -209,6 +209,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads in the timing process")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-implementation memory processes")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cross_entropy.json"))
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -220,13 +221,14 @@ def main() -> None:
         if args.memory:
             print(json.dumps([measure_memory(args.case, spec, args.memory)]))
         else:
-            print(json.dumps(run_case(args.case, spec, args.repeats, args.warmup)))
+            print(json.dumps(run_case(args.case, spec, args.repeats, args.warmup, args.threads)))
         return
     names = [c for c in args.cases.split(",") if c] or list(cases)
     records = []
     for name in names:
         print(f"[{name}] timing ...", file=sys.stderr, flush=True)
-        rows = _subprocess(["--case", name, "--repeats", str(args.repeats), "--warmup", str(args.warmup)])
+        rows = _subprocess(["--case", name, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+                            "--threads", str(args.threads)])
         if not args.no_memory:
             for row in rows:
                 print(f"[{name}] memory {row['impl']} ...", file=sys.stderr, flush=True)

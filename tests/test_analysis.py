@@ -156,12 +156,15 @@ def test_entmax15_loss_is_linear_with_a_constant_gradient_past_margin_two():
     assert (brier.grad_norm[beyond] == 0).all() and float(brier.grad_norm[0]) > 0
 
 
-def test_every_available_pair_sweeps_to_finite_values():
-    for normalizer, loss in registry.valid_pairs(index_targets=True):
-        if not _available(normalizer):
-            continue
-        kwargs = {"positivity": "softplus"} if normalizer == "standard" else {}
-        sweep = gradient_sweep(normalizer, loss, margins=[0.0, 3.0, 30.0], num_classes=4, **kwargs)
+def test_every_pair_sweeps_to_finite_values():
+    from logitlab.analysis import sweep_pairs
+
+    pairs = registry.valid_pairs(index_targets=True)
+    sweeps = sweep_pairs(margins=[0.0, 3.0, 30.0], num_classes=4)
+    assert [(s.normalizer, s.loss) for s in sweeps] == pairs
+    for sweep in sweeps:
+        normalizer, loss = sweep.normalizer, sweep.loss
+        assert sweep.params == ({"positivity": "softplus"} if normalizer == "standard" else {})
         for name in ("loss_value", "grad_norm", "grad_true", "grad_wrong", "prob_true"):
             values = getattr(sweep, name)
             assert values.shape == (3,) and values.dtype == F64 and torch.isfinite(values).all(), (normalizer, loss)

@@ -57,9 +57,12 @@ def _value_and_grads(fn, hidden, weight, target, opts):
     return [loss.detach(), *grads]
 
 
-@pytest.mark.parametrize("batch", BATCHES, ids=str)
+# Every odd shape for the chunked path; the naive path (torch's own loss) on the largest.
+IMPL_BATCHES = [("chunked", b) for b in BATCHES] + [("naive", (3, 5, 7))]
+
+
+@pytest.mark.parametrize("impl,batch", IMPL_BATCHES, ids=str)
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(o) or "default")
-@pytest.mark.parametrize("impl", ["chunked", "naive"])
 def test_matches_reference_in_float64(batch, opts, impl):
     hidden, weight, target = _inputs(batch)
     opts = _expand(opts, weight.shape[0])
@@ -272,9 +275,9 @@ def _distill(batch, dtype=F64):
     return hidden, weight, teacher_hidden, teacher_weight, target
 
 
-@pytest.mark.parametrize("batch", [(1,), (7,), (3, 5, 7)], ids=str)
+@pytest.mark.parametrize("impl,batch", [("chunked", (1,)), ("chunked", (7,)), ("chunked", (3, 5, 7)),
+                                        ("naive", (7,))], ids=str)
 @pytest.mark.parametrize("opts", DIVERGENCE_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
-@pytest.mark.parametrize("impl", ["chunked", "naive"])
 def test_divergence_matches_reference(batch, opts, impl):
     hidden, weight, th, tw, target = _distill(batch)
     tb = torch.randn(19, dtype=F64)

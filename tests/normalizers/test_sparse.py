@@ -103,7 +103,7 @@ def test_gradcheck(name, shape, dim, scale):
     assert torch.autograd.gradcheck(lambda t: fn(t, dim=dim), (z,))
 
 
-@pytest.mark.parametrize("shape,dim,scale", [((4, 7), -1, 2.0), ((3, 5, 6), 1, 2.0), ((2, 70), -1, 0.05)])
+@pytest.mark.parametrize("shape,dim,scale", [((4, 7), -1, 2.0), ((3, 5, 6), 1, 2.0), ((1, 70), -1, 0.05)])
 def test_gradcheck_entmax_logits_and_alpha(shape, dim, scale):
     z = _logits(shape, scale).requires_grad_()
     alpha_shape = list(shape)
@@ -269,9 +269,11 @@ def test_half_precision_extremes_are_finite_and_sum_to_one(dtype, name):
     z = torch.stack(rows).to(dtype)
     p = fn(z)
     assert p.dtype == dtype and torch.isfinite(p).all() and (p >= 0).all()
-    torch.testing.assert_close(p.float().sum(-1), torch.ones(len(rows)), atol=2e-2, rtol=0)
+    torch.testing.assert_close(p.float().sum(-1), torch.ones(len(rows)), atol=4e-3, rtol=0)
     truth = MAPS["sparsemax" if name == "sparsemax" else "entmax15"][1](z.to(F64))
     torch.testing.assert_close(p.to(F64), truth, atol=1e-2, rtol=0)
+    if name == "entmax":  # where the peer fails: its bisection returns NaN rows in half precision
+        assert int((~torch.isfinite(peer.entmax_bisect(z, 1.5)).all(-1)).sum()) >= 4
 
 
 # --- properties -------------------------------------------------------------------------------

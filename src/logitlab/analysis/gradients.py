@@ -13,7 +13,7 @@ from torch import Tensor
 from logitlab import registry
 from logitlab._validation import check_tensor, fail
 
-__all__ = ["GradientSweep", "gradient_sweep"]
+__all__ = ["GradientSweep", "gradient_sweep", "sweep_pairs", "DEFAULT_SWEEP_PARAMS"]
 
 
 @dataclass(frozen=True)
@@ -128,3 +128,34 @@ def gradient_sweep(normalizer: str, loss: str, *, margins: Tensor | list[float],
     as_t = lambda xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
     return GradientSweep(normalizer, loss, num_classes, margins_t, as_t(values), as_t(norms), as_t(trues),
                          as_t(wrongs), as_t(probs), dict(params))
+
+
+#: Keyword parameters :func:`sweep_pairs` uses per normalizer unless told otherwise: x/Σx needs
+#: a positivity transform for logits that can be negative (the study's choice: softplus).
+DEFAULT_SWEEP_PARAMS: dict[str, dict[str, Any]] = {"standard": {"positivity": "softplus"}}
+
+
+def sweep_pairs(*, margins: Tensor | list[float], num_classes: int = 10,
+                pairs: list[tuple[str, str]] | None = None,
+                params: dict[str, dict[str, Any]] | None = None) -> list[GradientSweep]:
+    """:func:`gradient_sweep` for many pairs (default: every training pair of the registry).
+
+    Args:
+        margins: (M,) non-negative margins, shared by every pair.
+        num_classes: C.
+        pairs: (normalizer, loss) pairs; default ``registry.valid_pairs(index_targets=True)``.
+        params: normalizer name → keyword parameters (default :data:`DEFAULT_SWEEP_PARAMS`).
+
+    Returns:
+        One :class:`GradientSweep` per pair, in order.
+
+    Example:
+        >>> sweeps = sweep_pairs(margins=[0.0, 30.0], num_classes=4,
+        ...                      pairs=[("softmax", "cross_entropy"), ("softmax", "brier")])
+        >>> [(s.loss, round(float(s.grad_norm[-1]), 4)) for s in sweeps]
+        [('cross_entropy', 1.4142), ('brier', 0.0)]
+    """
+    chosen = registry.valid_pairs(index_targets=True) if pairs is None else list(pairs)
+    extra = DEFAULT_SWEEP_PARAMS if params is None else params
+    return [gradient_sweep(normalizer, loss, margins=margins, num_classes=num_classes, **extra.get(normalizer, {}))
+            for normalizer, loss in chosen]

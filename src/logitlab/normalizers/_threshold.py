@@ -14,12 +14,18 @@ from the largest few entries alone:
    support is self-consistent, and the answer equals the sort-based one. Rows that fail the
    check (support ≥ k) are retried with 8k entries, and finally with a full sort of that row.
 
-The forward and backward are ``torch.library`` custom ops (opaque to ``torch.compile``, so a
-compiled caller has no graph break); the backward uses the closed form on the support:
+In eager mode forward and backward run in a ``torch.autograd.Function``; under ``torch.compile``
+the same code runs as ``torch.library`` custom ops (opaque to the compiler, so a compiled caller
+has no graph break; the custom op's first eager call would import torch._dynamo, seconds of
+start-up, hence the two paths). The backward uses the closed form on the support:
 ∂p/∂z = diag(s) − s sᵀ/Σs with s = p^{2−α} on the support (sparsemax: s = 1[p > 0]), and for α
 ∂p_i/∂α = q (q p_i − p_i log p_i) − q p_i^{2−α} (q − Σ p log p)/Σs, q = 1/(α − 1). Rows whose
 support fit in the first k entries are differentiated from those k entries only (a gather and a
 scatter), the others densely.
+
+The small per-row solves run on one thread (``torch.set_num_threads(1)`` around them, restored
+after): dozens of tiny ops each paying a fork-join cost more than they compute. The setting is
+process-wide, so another Python thread running torch ops at the same moment would see it.
 """
 
 from __future__ import annotations
@@ -285,7 +291,8 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
 
 
 def _weights(p: Tensor, kind: str, alpha: float | Tensor) -> Tensor:
-    """s = ∂p/∂x along the support: 1, 2√p... (up to the constant q folded into α)."""
+    """s = p^{2−α} on the support, 0 off it: ∂p/∂z = diag(s) − s sᵀ / Σ s (sparsemax: 1[p > 0];
+    1.5-entmax: √p)."""
     if kind == "sparsemax":
         return (p > 0).to(p.dtype)
     if kind == "entmax15":
