@@ -84,6 +84,8 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
     spec = normalizer_spec(fn, normalizer, _SIMPLEX)
     nparams = normalizer_params(fn, spec, params, own=_OWN)
     axis = check_dim(fn, dim, logits.ndim)
+    if logits.ndim and logits.shape[axis] == 0:
+        fail(fn, "logits", f"at least one class along dim {dim}", f"<shape {tuple(logits.shape)}>")
     check_reduction(fn, reduction)
     temperature = check_positive(fn, "temperature", temperature)
     value = _check_param(fn, divergence, param) if pname is not None else None
@@ -96,6 +98,10 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
     if given.shape != logits.shape:  # type: ignore[union-attr]
         fail(fn, name, f"shape {tuple(logits.shape)} (the shape of logits)",
              f"<shape {tuple(given.shape)}>")  # type: ignore[union-attr]
+    if logits.ndim == 0:  # one class: view as (1,) so that every row-wise step sees an axis
+        logits = logits.reshape(1)
+        target = None if target is None else target.reshape(1)
+        target_logits = None if target_logits is None else target_logits.reshape(1)
     batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)
     if mask is not None:
         check_tensor(fn, "mask", mask)
@@ -110,6 +116,8 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
             check_probs(fn, "target", target, dim=axis)
         else:
             check_finite(fn, "target_logits", target_logits)  # type: ignore[arg-type]
+            if bool((target_logits == -math.inf).all(axis).any()):  # type: ignore[union-attr]
+                fail(fn, "target_logits", "at least one logit > -inf per row", "<a row of all -inf>")
 
     dtype = compute_dtype(logits)
     rows, _ = to_rows(logits.to(dtype) / temperature, axis)

@@ -131,6 +131,8 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
     spec = normalizer_spec(fn, normalizer, _FY)
     nparams = normalizer_params(fn, spec, params)
     axis = check_dim(fn, dim, logits.ndim)
+    if logits.ndim and logits.shape[axis] == 0:
+        fail(fn, "logits", f"at least one class along dim {dim}", f"<shape {tuple(logits.shape)}>")
     check_reduction(fn, reduction)
     temperature = check_positive(fn, "temperature", temperature)
     batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)

@@ -1,0 +1,49 @@
+"""Adversarial inputs found by the audit: each case once broke (NaN, raw torch error) or was unchecked."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from logitlab.losses import divergences as D
+from logitlab.losses import fenchel_young as FY
+
+NAMES = list(D.DIVERGENCES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_teacher_row_of_all_neg_inf_is_rejected_not_nan(name):
+    # Was: a silent NaN (kl, js, tv, hellinger, brier) or a silent 0 (reverse_kl, alpha, renyi).
+    student = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [-math.inf, -math.inf, -math.inf]])
+    with pytest.raises(ValueError, match=r"divergence_loss\(\): argument 'target_logits' expected at "
+                                         r"least one logit > -inf per row, got <a row of all -inf>"):
+        D.divergence_loss(student, target_logits=teacher, divergence=name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_classes_is_a_named_error(name):
+    # Was: RuntimeError "cannot reshape tensor of 0 elements into shape [-1, 0]" from to_rows.
+    with pytest.raises(ValueError, match=r"divergence_loss\(\): argument 'logits' expected at least one "
+                                         r"class along dim -1, got <shape \(2, 0\)>"):
+        D.divergence_loss(torch.zeros(2, 0), torch.zeros(2, 0), divergence=name)
+
+
+def test_fenchel_young_zero_classes_is_a_named_error():
+    # Was: a misleading "class indices in [0, -1]" error, and a raw torch error with probabilities.
+    with pytest.raises(ValueError, match=r"fenchel_young_loss\(\): argument 'logits' expected at least "
+                                         r"one class along dim -1, got <shape \(2, 0\)>"):
+        FY.fenchel_young_loss(torch.zeros(2, 0), torch.zeros(2, 0), validate=False)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_dim_input_is_one_class(name):
+    # Was: IndexError "tuple index out of range" from the probability check on a 0-d tensor.
+    # A 0-d tensor is one class (check_dim's convention): model and target are both [1], D = 0.
+    logits = torch.tensor(3.0, requires_grad=True)
+    value = D.divergence_loss(logits, torch.tensor(1.0), divergence=name, reduction="none")
+    assert value.shape == () and float(value) == 0.0
+    value.backward()
+    assert float(logits.grad) == 0.0
