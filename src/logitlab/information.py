@@ -42,9 +42,14 @@ def _pair(fn: str, target_probs: Tensor, probs: Tensor, dim: int, validate: bool
              f"<shape {tuple(probs.shape)}>")
     axis = check_dim(fn, dim, probs.ndim)
     if validate:
-        check_probs(fn, "target_probs", target_probs, dim=axis)
-        check_probs(fn, "probs", probs, dim=axis)
+        check_probs(fn, "target_probs", _one_axis(target_probs), dim=axis)
+        check_probs(fn, "probs", _one_axis(probs), dim=axis)
     return axis
+
+
+def _one_axis(tensor: Tensor) -> Tensor:
+    """A 0-d tensor (one class, check_dim's convention) viewed as (1,) for the row checks."""
+    return tensor.reshape(1) if tensor.ndim == 0 else tensor
 
 
 def entropy(probs: Tensor, *, dim: int = -1, base: float | None = None,
@@ -73,7 +78,7 @@ def entropy(probs: Tensor, *, dim: int = -1, base: float | None = None,
     check_floating(fn, "probs", probs)
     axis = check_dim(fn, dim, probs.ndim)
     if validate:
-        check_probs(fn, "probs", probs, dim=axis)
+        check_probs(fn, "probs", _one_axis(probs), dim=axis)
     p = probs.to(compute_dtype(probs))
     values = -(p * torch.where(p > 0, safe_log(p), torch.zeros_like(p))).sum(axis)
     return _scale(values, fn, base).to(probs.dtype)
@@ -193,10 +198,12 @@ def decompose(logits: Tensor, target_probs: Tensor, *, dim: int = -1,
     axis = check_dim(fn, dim, logits.ndim)
     if validate:
         check_finite(fn, "logits", logits)
-        check_probs(fn, "target_probs", target_probs, dim=axis)
+        if logits.numel() and bool((logits == -math.inf).all(axis).any()):
+            fail(fn, "logits", "at least one logit > -inf per row", "<a row of all -inf>")
+        check_probs(fn, "target_probs", _one_axis(target_probs), dim=axis)
     dtype = compute_dtype(logits)
-    log_q = torch.log_softmax(logits.to(dtype), dim=axis).movedim(axis, -1)
-    p = target_probs.to(dtype).movedim(axis, -1)
+    log_q = torch.log_softmax(_one_axis(logits).to(dtype), dim=axis).movedim(axis, -1)
+    p = _one_axis(target_probs).to(dtype).movedim(axis, -1)
     log_p = safe_log(p)
     cross = _cross_entropy_rows(p, log_p, log_q)
     ent = -(p * torch.where(p > 0, log_p, torch.zeros_like(p))).sum(-1)
