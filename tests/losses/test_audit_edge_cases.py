@@ -47,3 +47,24 @@ def test_zero_dim_input_is_one_class(name):
     assert value.shape == () and float(value.detach()) == 0.0
     value.backward()
     assert float(logits.grad) == 0.0
+
+
+@pytest.mark.parametrize("name, order", [("alpha", 1 - 1e-5), ("alpha", 1 + 1e-5), ("alpha", 1e-5),
+                                         ("alpha", -1e-5), ("renyi", 1 - 1e-5), ("renyi", 1 + 1e-5)])
+def test_power_divergences_near_their_kl_orders_keep_float32_accuracy(name, order):
+    # Was: (Σ p^α q^(1−α) − 1) / (α(α − 1)) cancelled: a 2% error at |α − 1| = 1e-5 in float32
+    # (and a negative "divergence", −22352, at α = 1 − 1e-12).
+    from logitlab import reference as R
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 50, generator=gen, dtype=torch.float64)
+    target = torch.softmax(torch.randn(16, 50, generator=gen, dtype=torch.float64), -1)
+    key = "amari_alpha" if name == "alpha" else "renyi_alpha"
+    reference = getattr(R, D.__dict__[{"alpha": "alpha_divergence", "renyi": "renyi_divergence"}[name]].__name__)
+    truth = reference(target, torch.softmax(logits, -1), **{key: order})
+    ours = D.divergence_loss(logits.float(), target.float(), divergence=name, reduction="none", **{key: order})
+    assert (ours.double() - truth).abs().max() < 1e-5
+    far = D.divergence_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.9, 0.1]]), divergence=name,
+                            **{key: 1 - 1e-12})
+    kl = D.kl_divergence(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.9, 0.1]]))
+    assert abs(float(far) - float(kl)) < 1e-6
