@@ -34,7 +34,8 @@ def _scale(values: Tensor, fn: str, base: float | None) -> Tensor:
     return values / math.log(base)
 
 
-def _pair(fn: str, target_probs: Tensor, probs: Tensor, dim: int, validate: bool) -> int:
+def _pair(fn: str, target_probs: Tensor, probs: Tensor, dim: int, validate: bool) -> tuple[Tensor, Tensor]:
+    """Check a (target, model) pair; return both with the class axis last, in the compute dtype."""
     check_floating(fn, "target_probs", target_probs)
     check_floating(fn, "probs", probs)
     if target_probs.shape != probs.shape:
@@ -44,7 +45,8 @@ def _pair(fn: str, target_probs: Tensor, probs: Tensor, dim: int, validate: bool
     if validate:
         check_probs(fn, "target_probs", _one_axis(target_probs), dim=axis)
         check_probs(fn, "probs", _one_axis(probs), dim=axis)
-    return axis
+    dtype = compute_dtype(probs)
+    return target_probs.to(dtype).movedim(axis, -1), probs.to(dtype).movedim(axis, -1)
 
 
 def _one_axis(tensor: Tensor) -> Tensor:
@@ -108,9 +110,7 @@ def cross_entropy_between(target_probs: Tensor, probs: Tensor, *, dim: int = -1,
         tensor(2.)
     """
     fn = "cross_entropy_between"
-    axis = _pair(fn, target_probs, probs, dim, validate)
-    dtype = compute_dtype(probs)
-    p, q = target_probs.to(dtype).movedim(axis, -1), probs.to(dtype).movedim(axis, -1)
+    p, q = _pair(fn, target_probs, probs, dim, validate)
     values = _cross_entropy_rows(p, safe_log(p), safe_log(q))
     return _scale(values, fn, base).to(probs.dtype)
 
@@ -149,9 +149,7 @@ def kl_between(target_probs: Tensor, probs: Tensor, *, dim: int = -1, base: floa
         tensor(1.)
     """
     fn = "kl_between"
-    axis = _pair(fn, target_probs, probs, dim, validate)
-    dtype = compute_dtype(probs)
-    p, q = target_probs.to(dtype).movedim(axis, -1), probs.to(dtype).movedim(axis, -1)
+    p, q = _pair(fn, target_probs, probs, dim, validate)
     values = _kernels.kl(p, safe_log(p), q, safe_log(q))
     return _scale(values, fn, base).to(probs.dtype)
 
