@@ -31,7 +31,9 @@ def test_study_help_lists_set_keys_and_flags(capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--set", "epoch=3"], "unknown key 'epoch'; valid keys: dataset, model, seeds, epochs"),
     (["--set", "seeds=three"], "seeds: expected an int >= 1, got 'three'"),
-    (["--set", "lr=-1"], "lr: expected a number > 0, got -1.0"),
+    (["--set", "lr=-1"], "lr: expected a finite number > 0, got -1.0"),
+    (["--set", "lr=inf"], "lr: expected a finite number > 0, got inf"),
+    (["--set", "weight_decay=inf"], "weight_decay: expected a finite number >= 0, got inf"),
     (["--epochs", "0"], "epochs: expected an int >= 1, got 0"),
     (["--set", "optimizer=lbfgs"], "unknown optimizer 'lbfgs'; valid choices: adam, sgd"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: digits, wine, breast_cancer, iris"),
