@@ -164,6 +164,9 @@ def sweep_pairs(*, margins: Tensor | list[float], num_classes: int = 10,
     Returns:
         One :class:`GradientSweep` per pair, in order.
 
+    Raises:
+        ValueError, TypeError: as :func:`gradient_sweep`, for the first pair that fails.
+
     Example:
         >>> sweeps = sweep_pairs(margins=[0.0, 30.0], num_classes=4,
         ...                      pairs=[("softmax", "cross_entropy"), ("softmax", "brier")])
