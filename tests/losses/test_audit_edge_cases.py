@@ -68,3 +68,18 @@ def test_power_divergences_near_their_kl_orders_keep_float32_accuracy(name, orde
                             **{key: 1 - 1e-12})
     kl = D.kl_divergence(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.9, 0.1]]))
     assert abs(float(far) - float(kl)) < 1e-6
+
+
+@pytest.mark.parametrize("call", [
+    lambda T: FY.fenchel_young_loss(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([0]), temperature=T),
+    lambda T: D.kl_divergence(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[0.2, 0.3, 0.5]]), temperature=T),
+    lambda T: D.divergence_loss(torch.tensor([[1.0, 2.0, 3.0]]), target_logits=torch.zeros(1, 3),
+                                divergence="js", temperature=T),
+], ids=["fenchel_young_loss", "kl_divergence", "divergence_loss"])
+def test_a_temperature_that_overflows_the_logits_is_named(call):
+    # Was: softmax()'s error about +inf logits (FY; NaN with validate=False) for a tiny but
+    # valid temperature: 3 / 1e-45 overflows float32.
+    with pytest.raises(ValueError, match=r"\(\): argument 'temperature' expected a value for which logits / "
+                                         r"temperature stays finite in torch.float32, got 1e-45"):
+        call(1e-45)
+    assert torch.isfinite(call(1e-30))  # small but representable: fine

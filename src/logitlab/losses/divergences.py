@@ -74,6 +74,19 @@ def _check_param(fn: str, divergence: str, value: Any) -> float:
     return check_positive(fn, "renyi_alpha", value)
 
 
+def scale_by_temperature(fn: str, name: str, logits: Tensor, temperature: float, dtype: torch.dtype,
+                         validate: bool) -> Tensor:
+    """``logits / temperature`` in ``dtype``; with ``validate``, a finite logit may not overflow.
+
+    (Shared with the Fenchel–Young losses; its natural home is ``losses._model``.)
+    """
+    scaled = logits.to(dtype) / temperature
+    if validate and temperature < 1 and bool((torch.isinf(scaled) & torch.isfinite(logits)).any()):
+        fail(fn, "temperature", f"a value for which {name} / temperature stays finite in {dtype}",
+             temperature, detail=f"largest |{name}| is {float(logits[torch.isfinite(logits)].abs().max()):.3g}")
+    return scaled
+
+
 def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None, *,
                 normalizer: str, dim: int, reduction: str, mask: Tensor | None,
                 temperature: float, target_logits: Tensor | None, validate: bool,
@@ -120,7 +133,7 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
                 fail(fn, "target_logits", "at least one logit > -inf per row", "<a row of all -inf>")
 
     dtype = compute_dtype(logits)
-    rows, _ = to_rows(logits.to(dtype) / temperature, axis)
+    rows, _ = to_rows(scale_by_temperature(fn, "logits", logits, temperature, dtype, validate), axis)
     if divergence == "kl" and target is not None and not target.requires_grad:
         # Fast path for the common case (distillation to fixed probabilities, a model without
         # excluded classes): Σ xlogy(p, p) − p log q, no masks. Falls through on a -inf log q.
@@ -136,7 +149,8 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
         p = to_rows(target.to(dtype), axis)[0]
         log_p = safe_log(p)  # exact zeros: -inf with a zero gradient
     else:
-        teacher = to_rows(target_logits.to(dtype) / temperature, axis)[0]  # type: ignore[union-attr]
+        teacher = to_rows(scale_by_temperature(fn, "target_logits", target_logits, temperature,  # type: ignore[arg-type]
+                                               dtype, validate), axis)[0]
         p, log_p = model_distribution(spec, teacher, nparams, validate)
     assert q is not None  # internal: every path above sets it
     values = kernel(p, log_p, q, log_q) if value is None else kernel(p, log_p, q, log_q, value)
@@ -164,8 +178,9 @@ _ARGS = """
 
     Raises:
         ValueError / TypeError: unknown normalizer, a parameter it does not take, target shape
-            not that of logits, target rows not distributions, NaN or +inf logits, invalid
-            divergence parameter.
+            not that of logits, target rows not distributions, NaN or +inf logits, a row of
+            all -inf, no class along ``dim``, a temperature for which logits / temperature
+            overflows, invalid divergence parameter.
 """
 
 

@@ -26,6 +26,7 @@ from logitlab._validation import (
     check_dim, check_finite, check_floating, check_index_target, check_positive, check_probs,
     check_reduction, check_tensor, compute_dtype, fail,
 )
+from logitlab.losses.divergences import scale_by_temperature
 from logitlab.losses._model import (
     normalizer_params, normalizer_spec, regularizer_params, with_validate,
 )
@@ -109,7 +110,8 @@ def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str = "sof
     Raises:
         ValueError / TypeError: unknown normalizer or one without Ω (the message lists the
             choices), a parameter the normalizer does not take, target shape or dtype,
-            index out of range, rows not distributions, NaN/+inf logits.
+            index out of range, rows not distributions, NaN/+inf logits, a row of all -inf,
+            no class along ``dim``, a temperature for which logits / temperature overflows.
 
     Reference: Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR, 2020.
 
@@ -163,7 +165,7 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
             check_probs(fn, "target", target, dim=axis)
 
     dtype = compute_dtype(logits)
-    theta = to_rows(logits.to(dtype) / temperature, axis)[0]
+    theta = to_rows(scale_by_temperature(fn, "logits", logits, temperature, dtype, validate), axis)[0]
     keep = mask
     if index:
         flat = target.reshape(-1)
