@@ -83,3 +83,16 @@ def test_a_temperature_that_overflows_the_logits_is_named(call):
                                          r"temperature stays finite in torch.float32, got 1e-45"):
         call(1e-45)
     assert torch.isfinite(call(1e-30))  # small but representable: fine
+
+
+@pytest.mark.parametrize("name, key, order", [("alpha", "amari_alpha", 0.9), ("alpha", "amari_alpha", 0.1),
+                                              ("renyi", "renyi_alpha", 1.1), ("renyi", "renyi_alpha", 0.9)])
+def test_gradcheck_of_the_near_kl_path(name, key, order):
+    # |α − 1| ≤ ½ with moderate logits takes the expm1 path of power_sum_minus_one.
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.softmax(torch.randn(3, 5, generator=gen, dtype=torch.float64), -1)
+    target = torch.where(target < 0.1, torch.zeros_like(target), target)  # some zeros in the target
+    target = target / target.sum(-1, keepdim=True)
+    fn = lambda z: D.divergence_loss(z, target, divergence=name, reduction="none", **{key: order})  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (logits,))
