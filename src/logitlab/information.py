@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 
 from logitlab._validation import (
-    check_dim, check_finite, check_floating, check_positive, check_probs, compute_dtype, fail,
+    check_dim, check_floating, check_positive, check_probs, compute_dtype, fail,
 )
 from logitlab.losses import _kernels
+from logitlab.losses.divergences import check_logit_rows
 from logitlab.losses._model import safe_log
 
 __all__ = ["entropy", "cross_entropy_between", "kl_between", "decompose", "Decomposition"]
@@ -195,9 +196,7 @@ def decompose(logits: Tensor, target_probs: Tensor, *, dim: int = -1,
              f"<shape {tuple(target_probs.shape)}>")
     axis = check_dim(fn, dim, logits.ndim)
     if validate:
-        check_finite(fn, "logits", logits)
-        if logits.numel() and bool((logits == -math.inf).all(axis).any()):
-            fail(fn, "logits", "at least one logit > -inf per row", "<a row of all -inf>")
+        check_logit_rows(fn, "logits", _one_axis(logits), axis)
         check_probs(fn, "target_probs", _one_axis(target_probs), dim=axis)
     dtype = compute_dtype(logits)
     log_q = torch.log_softmax(_one_axis(logits).to(dtype), dim=axis).movedim(axis, -1)

@@ -74,6 +74,22 @@ def _check_param(fn: str, divergence: str, value: Any) -> float:
     return check_positive(fn, "renyi_alpha", value)
 
 
+def check_mask(fn: str, mask: Tensor | None, batch_shape: tuple[int, ...]) -> None:
+    """``mask`` is None or a bool tensor of ``batch_shape`` (the logits without the class axis)."""
+    if mask is not None:
+        check_tensor(fn, "mask", mask)
+        if mask.dtype != torch.bool or tuple(mask.shape) != batch_shape:
+            fail(fn, "mask", f"a bool tensor of shape {batch_shape} (logits without dim)",
+                 f"<{mask.dtype} of shape {tuple(mask.shape)}>")
+
+
+def check_logit_rows(fn: str, name: str, logits: Tensor, axis: int) -> None:
+    """No NaN or +inf, and at least one logit > -inf in every row along ``axis`` (a data pass)."""
+    check_finite(fn, name, logits)
+    if logits.numel() and bool((logits == -math.inf).all(axis).any()):
+        fail(fn, name, "at least one logit > -inf per row", "<a row of all -inf>")
+
+
 def scale_by_temperature(fn: str, name: str, logits: Tensor, temperature: float, dtype: torch.dtype,
                          validate: bool) -> Tensor:
     """``logits / temperature`` in ``dtype``; with ``validate``, a finite logit may not overflow.
@@ -116,21 +132,13 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
         target = None if target is None else target.reshape(1)
         target_logits = None if target_logits is None else target_logits.reshape(1)
     batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)
-    if mask is not None:
-        check_tensor(fn, "mask", mask)
-        if mask.dtype != torch.bool or tuple(mask.shape) != batch_shape:
-            fail(fn, "mask", f"a bool tensor of shape {batch_shape} (logits without dim)",
-                 f"<{mask.dtype} of shape {tuple(mask.shape)}>")
+    check_mask(fn, mask, batch_shape)
     if validate:
-        check_finite(fn, "logits", logits)
-        if logits.numel() and bool((logits == -math.inf).all(axis).any()):
-            fail(fn, "logits", "at least one logit > -inf per row", "<a row of all -inf>")
+        check_logit_rows(fn, "logits", logits, axis)
         if target is not None:
             check_probs(fn, "target", target, dim=axis)
         else:
-            check_finite(fn, "target_logits", target_logits)  # type: ignore[arg-type]
-            if bool((target_logits == -math.inf).all(axis).any()):  # type: ignore[union-attr]
-                fail(fn, "target_logits", "at least one logit > -inf per row", "<a row of all -inf>")
+            check_logit_rows(fn, "target_logits", target_logits, axis)  # type: ignore[arg-type]
 
     dtype = compute_dtype(logits)
     rows, _ = to_rows(scale_by_temperature(fn, "logits", logits, temperature, dtype, validate), axis)

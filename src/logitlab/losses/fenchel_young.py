@@ -23,10 +23,10 @@ from torch import Tensor
 from logitlab import registry
 from logitlab._reduction import reduce_loss, to_rows
 from logitlab._validation import (
-    check_dim, check_finite, check_floating, check_index_target, check_positive, check_probs,
+    check_dim, check_floating, check_index_target, check_positive, check_probs,
     check_reduction, check_tensor, compute_dtype, fail,
 )
-from logitlab.losses.divergences import scale_by_temperature
+from logitlab.losses.divergences import check_logit_rows, check_mask, scale_by_temperature
 from logitlab.losses._model import (
     normalizer_params, normalizer_spec, regularizer_params, with_validate,
 )
@@ -150,15 +150,9 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
     elif target.shape != logits.shape:
         fail(fn, "target", f"probabilities of shape {tuple(logits.shape)} or class indices of "
              f"shape {batch_shape}", f"<shape {tuple(target.shape)}>")
-    if mask is not None:
-        check_tensor(fn, "mask", mask)
-        if mask.dtype != torch.bool or tuple(mask.shape) != batch_shape:
-            fail(fn, "mask", f"a bool tensor of shape {batch_shape} (logits without dim)",
-                 f"<{mask.dtype} of shape {tuple(mask.shape)}>")
+    check_mask(fn, mask, batch_shape)
     if validate:
-        check_finite(fn, "logits", logits)
-        if logits.numel() and bool((logits == -math.inf).all(axis).any()):
-            fail(fn, "logits", "at least one logit > -inf per row", "<a row of all -inf>")
+        check_logit_rows(fn, "logits", logits, axis)
         if index:
             check_index_target(fn, "target", target, n, ignore_index=ignore_index)
         else:
