@@ -64,3 +64,11 @@ def test_rowwise_moves_any_dim():
     for dim in range(3):
         out = rowwise(lambda r: r.cumsum(-1), x, dim)
         torch.testing.assert_close(out, x.cumsum(dim))
+
+
+def test_check_probs_accepts_a_bf16_rounded_softmax():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(256, 10), -1).bfloat16()
+    v.check_probs("f", "target", probs)  # some rows sum to 0.998 after rounding: still valid
+    with pytest.raises(ValueError, match="rows summing to 1"):
+        v.check_probs("f", "target", (probs.float() * 0.98).bfloat16())
