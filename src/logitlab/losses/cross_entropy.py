@@ -54,19 +54,24 @@ def _compiling() -> bool:
 
 def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, weight: object,
                            ignore_index: object, mask: object, validate: bool,
-                           allow_probs: bool = True) -> _Rows:
-    """The checks and the row layout shared by cross_entropy, nll_loss and the focal losses."""
-    check_floating(fn, "logits", logits)
+                           allow_probs: bool = True, name: str = "logits") -> _Rows:
+    """The checks and the row layout shared by cross_entropy, nll_loss and the focal losses.
+
+    ``name`` is the caller's name of the scores argument ('log_probs' for nll_loss).
+    """
+    check_floating(fn, name, logits)
     if logits.ndim == 0:
-        fail(fn, "logits", "a tensor with at least 1 dimension (the classes)", logits)
+        fail(fn, name, "a tensor with at least 1 dimension (the classes)", logits)
     dim = check_dim(fn, dim, logits.ndim)
     target = check_tensor(fn, "target", target)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         fail(fn, "ignore_index", "an int", f"<{type(ignore_index).__name__}>", kind=TypeError)
     n_classes = logits.shape[dim]
+    if n_classes == 0:
+        fail(fn, name, f"at least 1 class along dim {dim}", f"<shape {tuple(logits.shape)}>")
     batch_shape = tuple(logits.shape[:dim] + logits.shape[dim + 1:])
     index_target = not target.is_floating_point()
-    kinds = (f"class indices of shape {batch_shape} (logits' shape without dim {dim})"
+    kinds = (f"class indices of shape {batch_shape} ({name}' shape without dim {dim})"
              + (f" or probabilities of shape {tuple(logits.shape)}" if allow_probs else ""))
     if index_target:
         if target.dtype == torch.bool or target.is_complex():
@@ -96,7 +101,7 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
         if mask.dtype != torch.bool:
             fail(fn, "mask", "a bool tensor (True = keep the row)", f"<dtype {mask.dtype}>", kind=TypeError)
         if tuple(mask.shape) != batch_shape:
-            fail(fn, "mask", f"shape {batch_shape} (logits' shape without dim {dim})",
+            fail(fn, "mask", f"shape {batch_shape} ({name}' shape without dim {dim})",
                  f"<shape {tuple(mask.shape)}>")
         keep = mask.reshape(n_rows)
     else:
@@ -257,7 +262,7 @@ def nll_loss(log_probs: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor
     fn = "nll_loss"
     check_reduction(fn, reduction)
     r = _check_target_and_rows(fn, log_probs, target, dim, weight, ignore_index, mask, validate,
-                               allow_probs=False)
+                               allow_probs=False, name="log_probs")
     if validate and not _compiling():
         check_finite(fn, "log_probs", log_probs)
     cd = compute_dtype(log_probs)
