@@ -72,3 +72,70 @@ def test_nll_loss_messages_name_log_probs():
         nll_loss(torch.tensor(0.0), torch.tensor(0))
     with pytest.raises(ValueError, match=r"argument 'target' expected class indices of shape \(3,\) \(log_probs' shape"):
         nll_loss(torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
+
+
+# --- gradients for weight and target probabilities -------------------------------------------
+
+def test_fused_refuses_a_weight_or_target_that_requires_grad():
+    x = torch.randn(4, 5, requires_grad=True)
+    weight = torch.rand(5, requires_grad=True)
+    with pytest.raises(ValueError, match=r"cross_entropy\(\): argument 'impl' expected 'composite' or 'auto' "
+                                         r"when weight requires a gradient, got 'fused'"):
+        cross_entropy(x, torch.randint(0, 5, (4,)), weight=weight, impl="fused")
+    q = torch.softmax(torch.randn(4, 5), 1).requires_grad_()
+    with pytest.raises(ValueError, match=r"when target requires a gradient, got 'fused'"):
+        cross_entropy(x, q, impl="fused")
+
+
+@pytest.mark.parametrize("impl", ["auto", "composite"])
+def test_weight_and_target_gradients_equal_torch(impl):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, dtype=D, generator=gen)
+    target = torch.tensor([0, 4, 2, -100, 1, 1])
+    weight = torch.rand(5, dtype=D, generator=gen) + 0.1
+
+    def by_hand(z, w):  # torch refuses a weight that requires grad; the formula written out
+        keep = target != -100
+        y = target.clamp(min=0)
+        logp = torch.log_softmax(z, 1)
+        rows = 0.8 * w[y] * logp.gather(1, y[:, None])[:, 0] + 0.2 / 5 * (logp * w).sum(1)
+        return -(rows * keep).sum() / (w[y] * keep).sum()
+
+    grads = []
+    for fn in (lambda z, w: cross_entropy(z, target, weight=w, label_smoothing=0.2, impl=impl), by_hand):
+        z, w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        grads.append((fn(z, w), *torch.autograd.grad(fn(z, w), (z, w))))
+    torch.testing.assert_close(grads[1][0], F.cross_entropy(x, target, weight=weight, label_smoothing=0.2))
+    for ours, peer in zip(*grads):
+        torch.testing.assert_close(ours, peer, rtol=1e-10, atol=1e-12)
+    q = torch.softmax(torch.randn(6, 5, dtype=D, generator=gen), 1)
+    g = []
+    for fn in (lambda z, t: cross_entropy(z, t, impl=impl), F.cross_entropy):
+        z, t = x.clone().requires_grad_(), q.clone().requires_grad_()
+        g.append(torch.autograd.grad(fn(z, t), (z, t)))
+    for ours, peer in zip(*g):
+        torch.testing.assert_close(ours, peer, rtol=1e-10, atol=1e-12)
+
+
+# --- non-finite weights are bad input, not a silent NaN --------------------------------------
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_weights_raise(bad):
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    weight = torch.tensor([1.0, bad, 1.0, 1.0])
+    for call in (lambda: cross_entropy(x, y, weight=weight), lambda: nll_loss(x.log_softmax(1), y, weight=weight),
+                 lambda: poly1_cross_entropy(x, y, weight=weight)):
+        with pytest.raises(ValueError, match=r"argument 'weight' expected finite class weights, got <NaN or inf entries>"):
+            call()
+    with pytest.raises(ValueError, match=r"focal_loss\(\): argument 'alpha' expected finite class factors"):
+        focal_loss(x, y, alpha=weight)
+    # validate=False skips the data pass, as for every other data check
+    unchecked = cross_entropy(x, torch.tensor([1, 1, 1]), weight=weight, validate=False)
+    assert torch.isnan(unchecked)  # nan/nan or inf/inf
+
+
+def test_negative_and_zero_weights_follow_torch():
+    x, y = torch.randn(5, 4, dtype=D), torch.tensor([0, 1, 2, 3, 1])
+    weight = torch.tensor([1.0, -0.5, 2.0, 0.3], dtype=D)
+    torch.testing.assert_close(cross_entropy(x, y, weight=weight), F.cross_entropy(x, y, weight=weight))
+    assert cross_entropy(x, y, weight=torch.zeros(4, dtype=D)).item() == 0.0  # torch: 0/0 = NaN

@@ -93,6 +93,8 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
         weight = check_floating(fn, "weight", weight)
         if tuple(weight.shape) != (n_classes,):
             fail(fn, "weight", f"a 1-D tensor of {n_classes} class weights", weight)
+        if validate and not _compiling() and not bool(torch.isfinite(weight).all()):
+            fail(fn, "weight", "finite class weights", "<NaN or inf entries>")
         weight = weight.to(cd)
     rows, _ = to_rows(logits, dim)
     n_rows = rows.shape[0]
@@ -182,7 +184,8 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         label_smoothing: ε in [0, 1].
         z_loss: z ≥ 0, the coefficient of logsumexp².
         temperature: T > 0; the loss is that of softmax(logits / T).
-        validate: check the data (index range, probability rows, NaN/+inf logits). With
+        validate: check the data (index range, probability rows, NaN/+inf logits, finite
+            class weights). With
             ``False`` these checks are skipped; argument checks always run. Under
             ``torch.compile`` the data checks are skipped.
         inplace_backward: write the gradient into the logits' memory during the forward
@@ -196,7 +199,9 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     Raises:
         TypeError / ValueError / IndexError: naming the argument, e.g. a target shape or dtype
         mismatch, a class index out of range, probabilities that are negative or do not sum
-        to 1, NaN or +inf logits, an invalid option.
+        to 1, NaN or +inf logits, NaN or infinite class weights, no class (C = 0), an invalid
+        option, or ``impl='fused'`` when the class weights or target probabilities require a
+        gradient (the fused implementation differentiates the logits only).
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
@@ -219,6 +224,12 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         needs_composite = compiling or (not r.index_target and target.requires_grad) or (
             weight is not None and weight.requires_grad)
         impl = "composite" if needs_composite else "fused"
+    elif impl == "fused" and ((not r.index_target and target.requires_grad) or (
+            weight is not None and weight.requires_grad)):
+        # The fused Function returns no gradient for them: raise rather than drop it silently.
+        which = "weight" if weight is not None and weight.requires_grad else "target"
+        fail(fn, "impl", "'composite' or 'auto' when " + which + " requires a gradient",
+             impl, detail="the fused implementation differentiates the logits only")
     if inplace_backward and impl != "fused":
         fail(fn, "inplace_backward", "False with the composite implementation", inplace_backward,
              detail=f"impl resolved to {impl!r}")

@@ -77,6 +77,8 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
             check_floating(fn, "alpha", alpha)
             if tuple(alpha.shape) != (r.rows.shape[1],):
                 fail(fn, "alpha", f"a number or a 1-D tensor of {r.rows.shape[1]} class factors", alpha)
+            if validate and not _compiling() and not bool(torch.isfinite(alpha).all()):
+                fail(fn, "alpha", "finite class factors", "<NaN or inf entries>")
             values = values * alpha.to(cd)[r.target]
         else:
             values = values * check_range(fn, "alpha", alpha, 0.0, math.inf, high_open=True)
