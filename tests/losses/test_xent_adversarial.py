@@ -139,3 +139,25 @@ def test_negative_and_zero_weights_follow_torch():
     weight = torch.tensor([1.0, -0.5, 2.0, 0.3], dtype=D)
     torch.testing.assert_close(cross_entropy(x, y, weight=weight), F.cross_entropy(x, y, weight=weight))
     assert cross_entropy(x, y, weight=torch.zeros(4, dtype=D)).item() == 0.0  # torch: 0/0 = NaN
+
+
+# --- focal loss: 0 < gamma < 1 on a saturated row --------------------------------------------
+
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 0.99])
+def test_focal_fractional_gamma_saturated_row_has_zero_gradient(gamma):
+    # p_y rounds to exactly 1, so 1 - p_y = 0 and d(u^gamma)/du = inf: the gradient was NaN.
+    x = torch.tensor([[100.0, 0.0, -3.0], [1.0, 2.0, 0.5]], requires_grad=True)
+    loss = focal_loss(x, torch.tensor([0, 1]), gamma=gamma, reduction="sum")
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+    assert (x.grad[0] == 0).all()
+    # the unsaturated row keeps the float64 gradient of the formula
+    z = x.detach()[1:].double().requires_grad_()
+    log_p = torch.log_softmax(z, 1)[0, 1]
+    (-(1 - log_p.exp()) ** gamma * log_p).backward()
+    torch.testing.assert_close(x.grad[1:].double(), z.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_focal_fractional_gamma_gradcheck():
+    x = torch.randn(4, 3, dtype=D, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: focal_loss(z, torch.tensor([0, 2, 1, 1]), gamma=0.5), (x,))
