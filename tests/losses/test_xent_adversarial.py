@@ -161,3 +161,54 @@ def test_focal_fractional_gamma_saturated_row_has_zero_gradient(gamma):
 def test_focal_fractional_gamma_gradcheck():
     x = torch.randn(4, 3, dtype=D, generator=torch.Generator().manual_seed(5), requires_grad=True)
     assert torch.autograd.gradcheck(lambda z: focal_loss(z, torch.tensor([0, 2, 1, 1]), gamma=0.5), (x,))
+
+
+# --- binary cross-entropy --------------------------------------------------------------------
+
+def test_bce_weight_must_broadcast_to_logits_shape():
+    # a (2, 3) weight used to enlarge a (3,) loss to (2, 3) without a word
+    with pytest.raises(ValueError, match=r"argument 'weight' expected a shape broadcastable to \(3,\), got Tensor\(shape=\(2, 3\)"):
+        binary_cross_entropy_with_logits(torch.zeros(3), torch.zeros(3), weight=torch.ones(2, 3), reduction="none")
+    out = binary_cross_entropy_with_logits(torch.zeros(2, 3), torch.ones(2, 3), pos_weight=torch.tensor([1.0, 2.0, 3.0]),
+                                           reduction="none")
+    torch.testing.assert_close(out, math.log(2) * torch.tensor([[1.0, 2.0, 3.0]] * 2))
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_bce_non_finite_logits_raise(bad):
+    # +inf with target 1 gave (1 - t) · z = 0 · inf = NaN, silently (torch too)
+    with pytest.raises(ValueError, match=r"binary_cross_entropy_with_logits\(\): argument 'logits' expected finite values"):
+        binary_cross_entropy_with_logits(torch.tensor([0.0, bad]), torch.tensor([1.0, 1.0]))
+
+
+def test_bce_extreme_logits_equal_torch():
+    x = torch.tensor([1e4, -1e4, 1e4, -1e4, 30.0, -30.0], dtype=D, requires_grad=True)
+    t = torch.tensor([0.3, 0.7, 1.0, 0.0, 1.0, 0.0], dtype=D)
+    ours = binary_cross_entropy_with_logits(x, t, reduction="none")
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    peer = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    (g_peer,) = torch.autograd.grad(peer.sum(), x)
+    torch.testing.assert_close(ours, peer, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_ours, g_peer, rtol=1e-12, atol=1e-12)
+    for dtype in (torch.float16, torch.bfloat16):
+        half = binary_cross_entropy_with_logits(x.detach().to(dtype), t.to(dtype), reduction="none")
+        assert half.dtype == dtype and torch.isfinite(half).all()
+        torch.testing.assert_close(half.double(), F.binary_cross_entropy_with_logits(
+            x.detach().to(dtype).double(), t.to(dtype).double(), reduction="none"), rtol=1e-2, atol=1e-3)
+
+
+def test_empty_bce_mean_is_zero_not_nan():
+    x = torch.zeros(0, 3, requires_grad=True)
+    loss = binary_cross_entropy_with_logits(x, torch.zeros(0, 3))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert x.grad.shape == (0, 3)
+    assert binary_cross_entropy_with_logits(x, torch.zeros(0, 3), reduction="sum").item() == 0.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_bce_non_finite_weights_raise(bad):
+    x, weight = torch.randn(3, 4), torch.tensor([1.0, bad, 1.0, 1.0])
+    for name in ("weight", "pos_weight"):
+        with pytest.raises(ValueError, match=rf"binary_cross_entropy_with_logits\(\): argument '{name}' expected finite values"):
+            binary_cross_entropy_with_logits(x, torch.rand(3, 4), **{name: weight})

@@ -294,8 +294,9 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
         loss = −w · [ pos_weight · t · log σ(z) + (1 − t) · log(1 − σ(z)) ]
              = w · [ (1 − t) · z + (1 + (pos_weight − 1) · t) · softplus(−z) ]
 
-    (the second form is the stable one used here). 'mean' averages over all elements. Values
-    and gradients equal ``torch.nn.functional.binary_cross_entropy_with_logits``.
+    (the second form is the stable one used here). 'mean' averages over all elements (and is
+    0 for an empty tensor, where torch gives NaN). Values and gradients equal
+    ``torch.nn.functional.binary_cross_entropy_with_logits`` for finite logits.
 
     Args:
         logits: (*shape) scores.
@@ -304,13 +305,16 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
         pos_weight: a tensor broadcastable to (*shape) (typically (C,)), the weight of the
             positive term.
         reduction: 'none' | 'mean' | 'sum'.
-        validate: check that target lies in [0, 1] and logits have no NaN.
+        validate: check that target lies in [0, 1], and that logits, weight and pos_weight
+            are finite.
 
     Returns:
         A scalar, or (*shape) for ``reduction='none'``.
 
     Raises:
-        TypeError / ValueError naming the argument.
+        TypeError / ValueError naming the argument: a non-floating tensor, a target shape
+        other than logits', a weight that does not broadcast to logits' shape, NaN or
+        infinite logits or weights, targets outside [0, 1].
 
     Example:
         >>> binary_cross_entropy_with_logits(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]))
@@ -326,12 +330,18 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
         if value is not None:
             check_floating(fn, name, value)
             try:
-                torch.broadcast_shapes(value.shape, logits.shape)
+                broadcast = torch.broadcast_shapes(value.shape, logits.shape)
             except RuntimeError:
+                broadcast = None
+            # It must broadcast TO logits' shape: a larger weight would enlarge the output.
+            if broadcast != logits.shape:
                 fail(fn, name, f"a shape broadcastable to {tuple(logits.shape)}", value)
+            if validate and not _compiling() and not bool(torch.isfinite(value).all()):
+                fail(fn, name, "finite values", "<NaN or inf entries>")
     if validate and not _compiling():
-        if bool(torch.isnan(logits).any()):
-            fail(fn, "logits", "values without NaN", "<NaN entries>")
+        if not bool(torch.isfinite(logits).all()):
+            # ±inf is rejected too: (1 − t) · z is 0 · inf = NaN at z = +inf, t = 1.
+            fail(fn, "logits", "finite values", "<NaN or inf entries>")
         if target.numel() and bool(((target < 0) | (target > 1) | torch.isnan(target)).any()):
             fail(fn, "target", "probabilities in [0, 1]", f"<range [{float(target.min()):.3g}, {float(target.max()):.3g}]>")
     cd = compute_dtype(logits)
@@ -343,7 +353,10 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
         values = (1 - t) * z + (1 + (pos_weight.to(cd) - 1) * t) * softplus_neg
     if weight is not None:
         values = values * weight.to(cd)
-    out = values if reduction == "none" else (values.sum() if reduction == "sum" else values.mean())
+    if reduction == "mean" and values.numel() == 0:
+        out = values.sum()  # the mean of no element is 0 (as reduce_loss), not torch's NaN
+    else:
+        out = values if reduction == "none" else (values.sum() if reduction == "sum" else values.mean())
     return out.to(logits.dtype)
 
 
