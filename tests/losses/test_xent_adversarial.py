@@ -212,3 +212,32 @@ def test_bce_non_finite_weights_raise(bad):
     for name in ("weight", "pos_weight"):
         with pytest.raises(ValueError, match=rf"binary_cross_entropy_with_logits\(\): argument '{name}' expected finite values"):
             binary_cross_entropy_with_logits(x, torch.rand(3, 4), **{name: weight})
+
+
+# --- Modules: same argument names and defaults as the functions ------------------------------
+
+MODULES = [(lnn.CrossEntropyLoss, cross_entropy), (lnn.NLLLoss, nll_loss), (lnn.FocalLoss, focal_loss),
+           (lnn.Poly1CrossEntropyLoss, poly1_cross_entropy), (lnn.BCEWithLogitsLoss, binary_cross_entropy_with_logits)]
+
+
+@pytest.mark.parametrize("module,fn", MODULES)
+def test_module_signature_matches_function(module, fn):
+    options = {name: p.default for name, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    per_call = {name: options.pop(name) for name in ("mask",) if name in options}
+    init = {name: p.default for name, p in inspect.signature(module.__init__).parameters.items()
+            if p.kind is p.KEYWORD_ONLY}
+    assert init == options  # same names, same order of insertion is not checked, same defaults
+    assert list(init) == list(options)  # same order
+    forward = list(inspect.signature(module.forward).parameters)
+    tensors = [n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert forward == ["self", *tensors, *per_call]
+
+
+def test_cross_entropy_module_repr_shows_every_option():
+    module = lnn.CrossEntropyLoss(weight=torch.ones(3), impl="fused", inplace_backward=True, validate=False)
+    text = repr(module)
+    for part in ("dim=-1", "ignore_index=-100", "reduction='mean'", "label_smoothing=0.0", "z_loss=0.0",
+                 "temperature=1.0", "weighted=True", "validate=False", "inplace_backward=True", "impl='fused'"):
+        assert part in text, (part, text)
+    assert [name for name, _ in module.named_buffers()] == ["weight"]
+    assert lnn.CrossEntropyLoss().weight is None
