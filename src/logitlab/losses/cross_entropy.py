@@ -378,6 +378,10 @@ def log_likelihood(logits: Tensor, target: Tensor, *, dim: int = -1, validate: b
     Returns:
         A scalar ≤ 0 (−inf when a target class has a ``-inf`` logit).
 
+    Raises:
+        TypeError / ValueError / IndexError naming the argument, as :func:`cross_entropy`
+        (the messages name ``cross_entropy()``, which computes it).
+
     Example:
         >>> log_likelihood(torch.zeros(1000, 10), torch.zeros(1000, dtype=torch.long))  # 1000 log 0.1
         tensor(-2302.5852)
