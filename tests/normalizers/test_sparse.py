@@ -286,6 +286,32 @@ def test_low_precision_error_no_worse_than_naive(name, dtype):
     assert err_ours <= err_naive + ERROR_SLACK[dtype]
 
 
+def _naive_entmax_at(z, alpha, n_iter=60):
+    """Textbook α-entmax in the input's own dtype: bisection for τ on [max x − 1, max x − n^{1−α}]
+    with x = (α−1) z, then p = [x − τ]_+^{1/(α−1)} renormalized."""
+    x = z * (alpha - 1)
+    top = x.amax(-1, keepdim=True)
+    lo, hi = top - 1, top - z.shape[-1] ** (1 - alpha)
+    for _ in range(n_iter):
+        mid = (lo + hi) / 2
+        mass = ((x - mid).clamp_min(0) ** (1 / (alpha - 1))).sum(-1, keepdim=True)
+        lo, hi = torch.where(mass >= 1, mid, lo), torch.where(mass >= 1, hi, mid)
+    p = (x - lo).clamp_min(0) ** (1 / (alpha - 1))
+    return p / p.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_low_precision_error_no_worse_than_naive_entmax(alpha, dtype):
+    z = _logits((64, 100), 3.0).to(dtype)
+    truth = ref.entmax_bisect(z.to(F64), alpha)
+    ours = logitlab.entmax(z, alpha)
+    assert ours.dtype == dtype
+    err_ours = (ours.to(F64) - truth).abs().max()
+    err_naive = (_naive_entmax_at(z, alpha).to(F64) - truth).abs().nan_to_num(math.inf).max()
+    assert err_ours <= err_naive + ERROR_SLACK[dtype]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["sparsemax", "entmax15", "entmax"])
 def test_half_precision_extremes_are_finite_and_sum_to_one(dtype, name):
