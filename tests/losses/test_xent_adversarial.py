@@ -241,3 +241,18 @@ def test_cross_entropy_module_repr_shows_every_option():
         assert part in text, (part, text)
     assert [name for name, _ in module.named_buffers()] == ["weight"]
     assert lnn.CrossEntropyLoss().weight is None
+
+
+# --- -inf target classes and excluded rows keep finite gradients -----------------------------
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_target_on_excluded_class_is_inf_with_finite_gradient(gamma):
+    x = torch.tensor([[0.0, -math.inf, 1.0], [0.5, 0.0, -1.0]], dtype=D, requires_grad=True)
+    loss = focal_loss(x, torch.tensor([1, 0]), gamma=gamma, reduction="sum")
+    assert loss == math.inf
+    loss.backward()
+    # row 0: the gradient of −log p_y (the limit of the focal gradient as p_y → 0), as cross_entropy
+    torch.testing.assert_close(x.grad[0], torch.tensor([0.0, -1.0, 0.0], dtype=D) + torch.softmax(x.detach()[0], 0))
+    z = x.detach()[1:].clone().requires_grad_()
+    focal_loss(z, torch.tensor([0]), gamma=gamma, reduction="sum").backward()
+    torch.testing.assert_close(x.grad[1:], z.grad)

@@ -76,7 +76,12 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
         # (1 − p_y)^γ with a zero-safe pow: for 0 < γ < 1 the derivative of u^γ is infinite at
         # u = 0 (a confidently right row, p_y == 1 in the compute dtype) and inf · 0 would make
         # the gradient NaN; the loss ~ u^(1+γ) has derivative 0 there, which the where gives.
-        u = -torch.expm1(log_pt)
+        # A target on an excluded (-inf) class has u = 1 and loss +inf; its factor is kept out of
+        # the graph there (-log p_y = inf times d(u^γ) = 0 was NaN), so the gradient is that of
+        # −log p_y, p − onehot, finite as in cross_entropy (the limit of the full gradient).
+        finite = torch.isfinite(log_pt)
+        u = torch.where(finite, -torch.expm1(torch.where(finite, log_pt, torch.zeros_like(log_pt))),
+                        torch.ones_like(log_pt))
         positive = u > 0
         factor = torch.where(positive, torch.where(positive, u, torch.ones_like(u)).pow(gamma),
                              torch.zeros_like(u))
