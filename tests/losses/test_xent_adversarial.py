@@ -256,3 +256,21 @@ def test_focal_target_on_excluded_class_is_inf_with_finite_gradient(gamma):
     z = x.detach()[1:].clone().requires_grad_()
     focal_loss(z, torch.tensor([0]), gamma=gamma, reduction="sum").backward()
     torch.testing.assert_close(x.grad[1:], z.grad)
+
+
+@pytest.mark.parametrize("impl", ["fused", "composite"])
+def test_masked_rows_with_nan_target_probs_have_zero_gradient(impl):
+    # masked-out rows are not validated, so padding may be NaN: it gave NaN gradient rows
+    x = torch.randn(3, 4, dtype=D, requires_grad=True)
+    q = torch.softmax(torch.randn(3, 4, dtype=D), 1)
+    q[1] = math.nan
+    mask = torch.tensor([True, False, True])
+    loss = cross_entropy(x, q, mask=mask, impl=impl)
+    loss.backward()
+    assert (x.grad[1] == 0).all()
+    keep = mask.nonzero()[:, 0]
+    z = x.detach()[keep].requires_grad_()
+    peer = F.cross_entropy(z, q[keep])
+    peer.backward()
+    torch.testing.assert_close(loss.detach(), peer.detach())
+    torch.testing.assert_close(x.grad[keep], z.grad)

@@ -120,6 +120,10 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
         target_rows, _ = to_rows(target, dim)
         if validate and not _compiling():
             check_probs(fn, "target", target_rows if mask is None else target_rows[keep], dim=-1)
+        if mask is not None:
+            # Masked-out rows are not checked and may hold anything (padding, NaN): zero them, or
+            # NaN · 0 would put NaN into their gradient rows.
+            target_rows = torch.where(keep.unsqueeze(1), target_rows, target_rows.new_zeros(()))
         row_weight = None
     return _Rows(rows, target_rows, index_target, keep, row_weight, weight, batch_shape)
 
