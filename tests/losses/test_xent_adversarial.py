@@ -274,3 +274,19 @@ def test_masked_rows_with_nan_target_probs_have_zero_gradient(impl):
     peer.backward()
     torch.testing.assert_close(loss.detach(), peer.detach())
     torch.testing.assert_close(x.grad[keep], z.grad)
+
+
+def test_inplace_backward_refuses_expanded_logits():
+    base = torch.randn(1, 5, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"cross_entropy\(\): argument 'inplace_backward' expected False for expanded "
+                                         r"logits .*got True \(logits strides \(0, 1\); clone\(\) them first\)"):
+        cross_entropy(base.expand(4, 5), target, inplace_backward=True)
+    # without inplace_backward, expanded logits give torch's gradient (summed over the copies)
+    cross_entropy(base.expand(4, 5), target).backward()
+    (peer,) = torch.autograd.grad(F.cross_entropy(base.expand(4, 5), target), base)
+    torch.testing.assert_close(base.grad, peer)
+    # a clone is fine, and its gradient reaches base through the clone
+    base.grad = None
+    cross_entropy(base.expand(4, 5).clone(), target, inplace_backward=True).backward()
+    torch.testing.assert_close(base.grad, peer)

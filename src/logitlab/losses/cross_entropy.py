@@ -194,7 +194,8 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
             ``torch.compile`` the data checks are skipped.
         inplace_backward: write the gradient into the logits' memory during the forward
             (saves an (N, C) allocation). This DESTROYS the logits: only use it when nothing
-            else reads them after this call. Fused implementation only.
+            else reads them after this call. Fused implementation only; not for expanded
+            (broadcast) logits, whose elements share memory.
         impl: 'auto' | 'fused' | 'composite'.
 
     Returns:
@@ -237,6 +238,11 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     if inplace_backward and impl != "fused":
         fail(fn, "inplace_backward", "False with the composite implementation", inplace_backward,
              detail=f"impl resolved to {impl!r}")
+    if inplace_backward and any(stride == 0 and size > 1 for stride, size in zip(r.rows.stride(), r.rows.shape)):
+        # An expanded (broadcast) tensor has one memory cell for several elements: the gradient
+        # cannot be written into it (torch raised 'unsupported operation' from inside the kernel).
+        fail(fn, "inplace_backward", "False for expanded logits (elements sharing memory)",
+             inplace_backward, detail=f"logits strides {tuple(logits.stride())}; clone() them first")
     opts = XentOptions(fn, r.index_target, eps, z, temp, reduction == "none",
                        bool(validate) and not compiling, bool(inplace_backward))
     scale = _scale(r, reduction, compute_dtype(logits))
