@@ -290,3 +290,21 @@ def test_inplace_backward_refuses_expanded_logits():
     base.grad = None
     cross_entropy(base.expand(4, 5).clone(), target, inplace_backward=True).backward()
     torch.testing.assert_close(base.grad, peer)
+
+
+def test_scalar_options_that_require_grad_are_refused():
+    # float(tensor) silently cut the graph: a learned temperature got no gradient at all
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    learned = torch.tensor(2.0, requires_grad=True)
+    for call, fn, name in [
+        (lambda: cross_entropy(x, y, temperature=learned), "cross_entropy", "temperature"),
+        (lambda: cross_entropy(x, y, label_smoothing=learned / 10), "cross_entropy", "label_smoothing"),
+        (lambda: cross_entropy(x, y, z_loss=learned), "cross_entropy", "z_loss"),
+        (lambda: focal_loss(x, y, gamma=learned), "focal_loss", "gamma"),
+        (lambda: poly1_cross_entropy(x, y, epsilon=learned), "poly1_cross_entropy", "epsilon"),
+    ]:
+        with pytest.raises(TypeError, match=rf"{fn}\(\): argument '{name}' expected a number \(its gradient is not "
+                                            rf"computed\), got <tensor that requires grad>"):
+            call()
+    # a plain (no-grad) 0-d tensor is still read as its number
+    torch.testing.assert_close(cross_entropy(x, y, temperature=torch.tensor(2.0)), F.cross_entropy(x / 2, y))

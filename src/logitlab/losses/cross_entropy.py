@@ -52,6 +52,15 @@ def _compiling() -> bool:
     return bool(torch.compiler.is_compiling())
 
 
+def _no_grad_options(fn: str, **options: object) -> None:
+    """Scalar options are read as Python numbers: a tensor that requires grad would get none."""
+    for name, value in options.items():
+        if isinstance(value, Tensor) and value.requires_grad:
+            fail(fn, name, "a number (its gradient is not computed)",
+                 "<tensor that requires grad>", kind=TypeError,
+                 detail="to learn it, scale the logits yourself, e.g. logits / temperature")
+
+
 def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, weight: object,
                            ignore_index: object, mask: object, validate: bool,
                            allow_probs: bool = True, name: str = "logits") -> _Rows:
@@ -219,6 +228,7 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     """
     fn = "cross_entropy"
     check_reduction(fn, reduction)
+    _no_grad_options(fn, label_smoothing=label_smoothing, z_loss=z_loss, temperature=temperature)
     eps = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     z = check_range(fn, "z_loss", z_loss, 0.0, math.inf, high_open=True)
     temp = check_positive(fn, "temperature", temperature)

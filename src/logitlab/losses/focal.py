@@ -10,7 +10,7 @@ from torch import Tensor
 from logitlab._reduction import reduce_loss
 from logitlab._validation import check_floating, check_range, check_reduction, compute_dtype, fail
 from logitlab.losses._xent_kernel import XentOptions, _bad_row
-from logitlab.losses.cross_entropy import _check_target_and_rows, _compiling, cross_entropy
+from logitlab.losses.cross_entropy import _check_target_and_rows, _compiling, _no_grad_options, cross_entropy
 
 __all__ = ["focal_loss", "poly1_cross_entropy"]
 
@@ -66,6 +66,7 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
     """
     fn = "focal_loss"
     check_reduction(fn, reduction)
+    _no_grad_options(fn, gamma=gamma)
     gamma = check_range(fn, "gamma", gamma, 0.0, math.inf, high_open=True)
     r = _check_target_and_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
     cd = compute_dtype(logits)
@@ -133,6 +134,7 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
     """
     fn = "poly1_cross_entropy"
     check_reduction(fn, reduction)
+    _no_grad_options(fn, epsilon=epsilon, label_smoothing=label_smoothing)
     epsilon = check_range(fn, "epsilon", epsilon, -1.0, math.inf, high_open=True)
     smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, allow_probs=False)
