@@ -91,7 +91,7 @@ def make_call(impl, hidden, weight, target):
         def fn():
             kernel = build_kernel(target, None, ignore_index=-100, vocab_start=0, vocab_total=weight.shape[0],
                                   label_smoothing=0.0, z_loss=0.0, dtype=torch.float32)
-            plan = Plan(chunk=chunk_rows(*target.shape, weight.shape[0]), accum_dtype=torch.float32,
+            plan = Plan(chunk=chunk_rows(*target.shape, weight.shape[0], hidden.dtype), accum_dtype=torch.float32,
                         precompute=False)
             return FusedLinearLoss.apply(hidden, weight, None, kernel, reduction_scale(kernel, "mean"), plan)
     elif impl == "naive":
@@ -134,9 +134,9 @@ def _rss_kib(field):
     raise RuntimeError(field)
 
 
-def measure_memory(impl, rows, dim, vocab, dtype_name):
+def measure_memory(impl, rows, dim, vocab, dtype_name, threads=2):
     """Run in a fresh process: extra memory (MiB) of one forward + backward."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     dtype = DTYPES[dtype_name]
     small = make_inputs(max(rows // 16, 8), dim, vocab, dtype)
     make_call(impl, *small)()  # warm-up: library initialization, thread pools
@@ -154,9 +154,9 @@ def measure_memory(impl, rows, dim, vocab, dtype_name):
     return {"peak_delta_mib": (peak - before) / 1024, "extra_mem_mib": ((peak - before) * 1024 - returned) / 2**20}
 
 
-def measure_time(rows, dim, vocab, dtype_name, impls, repeats, budget_s=600.0):
+def measure_time(rows, dim, vocab, dtype_name, impls, repeats, budget_s=600.0, threads=2):
     """Run in a fresh process: interleaved timings and errors against the naive result."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     dtype = DTYPES[dtype_name]
     hidden, weight, target = make_inputs(rows, dim, vocab, dtype)
     calls = {impl: make_call(impl, hidden, weight, target) for impl in impls}
@@ -206,6 +206,8 @@ def main(argv=None):
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--budget-s", type=float, default=600.0,
                         help="per impl: fewer repeats when warm-up time x repeats exceeds this")
+    parser.add_argument("--memory-only", action="store_true", help="skip the timing process")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in each measuring process")
     parser.add_argument("--skip", default="", help="comma-separated impls to leave out")
     parser.add_argument("--memory-timeout", type=float, default=900.0, help="seconds per memory process")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -213,6 +215,9 @@ def main(argv=None):
     if args.child:
         task = json.loads(args.child)
         kind = task.pop("kind")
+        skip_file = os.environ.get("LOGITLAB_BENCH_SKIP_FILE", "/tmp/logitlab_fused_skip_dtypes")
+        if os.path.exists(skip_file) and task["dtype_name"] in Path(skip_file).read_text().split():
+            sys.exit(f"skipped: {task['dtype_name']} runs in a separate invocation")
         result = measure_memory(**task) if kind == "memory" else measure_time(**task)
         print(json.dumps(result))
         return
@@ -221,7 +226,8 @@ def main(argv=None):
     if args.shapes:
         shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     skipped = set(filter(None, args.skip.split(",")))
-    skipped.discard("naive")  # the reference of every correctness check
+    if not args.memory_only:
+        skipped.discard("naive")  # the reference of every correctness check
     impls = [i for i in IMPLS if (i != "cce_torch_compile" or _cce() is not None) and i not in skipped]
     records = []
     for rows, dim, vocab in shapes:
@@ -230,14 +236,17 @@ def main(argv=None):
             case_impls = [i for i in impls if i != "logitlab_bf16_accum" or dtype_name != "float32"]
             print(f"# ({rows}, {dim}, {vocab}) {dtype_name}: timing {len(case_impls)} impls x {repeats} ...",
                   flush=True)
-            timed = _child({"kind": "time", "rows": rows, "dim": dim, "vocab": vocab, "dtype_name": dtype_name,
-                            "impls": case_impls, "repeats": repeats, "budget_s": args.budget_s})
+            task = {"kind": "time", "rows": rows, "dim": dim, "vocab": vocab, "dtype_name": dtype_name,
+                    "impls": case_impls, "repeats": repeats, "budget_s": args.budget_s,
+                    "threads": args.threads}
+            timed = {"error": "not timed (--memory-only)"} if args.memory_only else _child(task)
             elt = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
             logits_mib = rows * vocab * elt / 2**20
             for impl in IMPLS:
                 rec = {"rows": rows, "dim": dim, "vocab": vocab, "dtype": dtype_name, "impl": impl,
                        "naive_logits_mib": logits_mib, "repeats": repeats, "torch": torch.__version__,
-                       "machine": platform.machine(), "cpus": os.cpu_count()}
+                       "machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+                       "load_avg_1min": os.getloadavg()[0]}
                 if impl == "logitlab_bf16_accum" and dtype_name == "float32":
                     continue  # the same computation as logitlab in float32
                 if impl not in impls:
@@ -254,7 +263,7 @@ def main(argv=None):
                                max_abs_err_vs_naive=timed[impl]["max_abs_err_vs_naive"])
                 print(f"#   memory of {impl} ...", flush=True)
                 mem = _child({"kind": "memory", "impl": impl, "rows": rows, "dim": dim, "vocab": vocab,
-                              "dtype_name": dtype_name}, timeout=args.memory_timeout)
+                              "dtype_name": dtype_name, "threads": args.threads}, timeout=args.memory_timeout)
                 rec.update(mem if "error" not in mem else {"memory_status": f"failed: {mem['error']}"})
                 records.append(rec)
     for group in _groups(records):
@@ -290,7 +299,9 @@ def render(records):
     for r in records:
         shape = f"({r['rows']}, {r['dim']}, {r['vocab']})"
         if "time_ms_median" not in r:
-            lines.append(f"{shape:>22} {r['dtype']:>8} {r['impl']:>19}  {r.get('status', '')}")
+            memory = (f"{'':>56}{r['extra_mem_mib']:9.1f} {r['extra_mem_pct_of_naive_logits']:7.1f}%  "
+                      if "extra_mem_mib" in r else "")
+            lines.append(f"{shape:>22} {r['dtype']:>8} {r['impl']:>19} {memory}{r.get('status', '')}")
             continue
         err = r.get("max_abs_err_vs_naive")
         err_text = "-" if not err else ", ".join(f"{e:.1e}" for e in err)

@@ -84,3 +84,11 @@ def _rest(shape, dim):
         if i != dim:
             count *= s
     return count
+
+
+def test_check_probs_accepts_a_bf16_rounded_softmax():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(256, 10), -1).bfloat16()
+    v.check_probs("f", "target", probs)  # some rows sum to 0.998 after rounding: still valid
+    with pytest.raises(ValueError, match="rows summing to 1"):
+        v.check_probs("f", "target", (probs.float() * 0.98).bfloat16())

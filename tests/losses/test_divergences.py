@@ -89,11 +89,17 @@ def test_low_precision_error_no_worse_than_naive(name, dtype):
         "hellinger": lambda: 0.5 * (p.sqrt() - q.sqrt()).square().sum(-1),
         "brier": lambda: (p - q).square().sum(-1),
     }[name]()
-    err = (got.to(F64) - truth).abs().max()
-    # a NaN or inf from the naive op (fp16 underflow) counts as an infinite error
-    naive_err = torch.nan_to_num((naive.to(F64) - truth).abs(), nan=math.inf).max()
-    assert torch.isfinite(err)
-    assert err <= naive_err + ERROR_SLACK[dtype] * max(1.0, float(truth.abs().max()))
+    err = (got.to(F64) - truth).abs()
+    naive_err = (naive.to(F64) - truth).abs()
+    assert torch.isfinite(err).all()
+    # Rows where the naive op gives NaN or inf (fp16 underflow: 35 to 64 of the 64 rows for kl,
+    # reverse_kl, js, renyi) have nothing to compare with; comparing maxima with an infinite naive
+    # error could never fail there. Bound those rows by a few roundings of the dtype instead.
+    finite = torch.isfinite(naive_err)
+    if bool(finite.any()):
+        assert err[finite].max() <= naive_err[finite].max() + ERROR_SLACK[dtype] * max(1.0, float(truth.abs().max()))
+    bound = 4 * torch.finfo(dtype).eps * truth[~finite].abs().clamp_min(1.0)
+    assert (err[~finite] <= bound).all()
 
 
 def R_js_naive(p, q, beta):

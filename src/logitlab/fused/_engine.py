@@ -27,24 +27,30 @@ from torch.autograd.function import once_differentiable
 from logitlab.fused._kernel import all_reduce, apply_softcap, softcap_backward
 
 # Elements of the (chunk, V) block of logits chosen by chunk_rows: 1/32 of the naive logits
-# (so at most ~3% of their size), but never below 2^18 (1 MiB in float32: tiny chunks make
-# inefficient matmuls) nor above 2^24 (64 MiB).
+# (so about 3% of their size), but never below 2^18 (1 MiB in float32: tiny chunks make
+# inefficient matmuls) nor above 2^24 (64 MiB). Half-precision inputs need 6 bytes per block
+# element (a float32 block and a half-precision copy for the matmuls) against 2 per naive
+# logit, hence a block three times smaller for the same fraction of the naive logits' size.
 _MIN_BLOCK, _MAX_BLOCK, _FRACTION = 1 << 18, 1 << 24, 32
 # impl="auto" materializes logits only when they are small: at most 2^20 elements (4 MiB).
 NAIVE_MAX_ELEMENTS = 1 << 20
 
 
-def chunk_rows(rows: int, vocab: int) -> int:
+def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32) -> int:
     """Rows per chunk for impl="chunked" when ``chunk_size`` is not given.
 
-    Deterministic in the shape: the block of logits holds N·V/32 elements clipped to
-    [2^18, 2^24], rounded down to a multiple of 8 rows when that is at least 8.
+    Deterministic in the shape and dtype: the block of logits holds N·V/32 elements (N·V/96
+    for float16/bfloat16 inputs) clipped to [2^18, 2^24], rounded down to a multiple of 8 rows
+    when that is at least 8.
 
     Example:
         >>> chunk_rows(4096, 32768), chunk_rows(2048, 131072), chunk_rows(10, 50)
         (128, 64, 10)
+        >>> chunk_rows(4096, 32768, torch.bfloat16)
+        40
     """
-    block = min(max(rows * vocab // _FRACTION, _MIN_BLOCK), _MAX_BLOCK)
+    fraction = _FRACTION * 3 if dtype in (torch.float16, torch.bfloat16) else _FRACTION
+    block = min(max(rows * vocab // fraction, _MIN_BLOCK), _MAX_BLOCK)
     size = max(1, block // max(vocab, 1))
     if size >= 8:
         size -= size % 8

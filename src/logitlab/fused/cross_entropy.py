@@ -161,7 +161,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                           vocab_total=vocab_total, label_smoothing=label_smoothing, z_loss=z_loss,
                           dtype=acc, group=process_group)
     scale = reduction_scale(kernel, reduction)
-    chunk = chunk_size if chunk_size is not None else chunk_rows(rows, vocab_total)
+    chunk = chunk_size if chunk_size is not None else chunk_rows(rows, vocab_total, hidden.dtype)
     plan = Plan(chunk=chunk, accum_dtype=accum_dtype, softcap=softcap, group=process_group)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)

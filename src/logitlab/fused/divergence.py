@@ -183,6 +183,6 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         return (out.reshape(target.shape if target is not None else hidden.shape[:-1]) if scale is None
                 else out).to(hidden.dtype)
 
-    plan = Plan(chunk=chunk_size or chunk_rows(rows, vocab), accum_dtype=accum_dtype)
+    plan = Plan(chunk=chunk_size or chunk_rows(rows, vocab, hidden.dtype), accum_dtype=accum_dtype)
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     return out.reshape(hidden.shape[:-1]) if reduction == "none" else out

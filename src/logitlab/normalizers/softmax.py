@@ -60,7 +60,9 @@ def softmax(logits: Tensor, *, dim: int = -1, temperature: float | Tensor = 1.0,
         dim: the class axis.
         temperature: T, a finite number > 0, or a one-element tensor (which may require grad,
             e.g. for temperature scaling). T → 0 approaches argmax, T → ∞ the uniform distribution.
-        validate: reject NaN and ``+inf`` logits (checked through the row maximum, one pass).
+        validate: reject NaN and ``+inf`` logits (checked through the row maximum, one read of
+            the logits; with ``validate=False`` softmax is ``torch.softmax`` plus a read of one
+            column, and NaN/``+inf`` propagate as NaN).
 
     Returns:
         probs of the shape and dtype of ``logits``; each row along ``dim`` sums to 1 (or is all
