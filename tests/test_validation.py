@@ -72,6 +72,8 @@ def test_check_probs_accepts_a_bf16_rounded_softmax():
     v.check_probs("f", "target", probs)  # some rows sum to 0.998 after rounding: still valid
     with pytest.raises(ValueError, match="rows summing to 1"):
         v.check_probs("f", "target", (probs.float() * 0.98).bfloat16())
+
+
 @pytest.mark.parametrize("shape,dim", [((3, 0), 1), ((3, 0), 0), ((0, 4), 1), ((2, 0, 5), 1),
                                        ((2, 0, 5), 2), ((0,), 0), ((4, 3, 0), -1)])
 def test_to_rows_and_rowwise_handle_empty_axes(shape, dim):

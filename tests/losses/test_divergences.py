@@ -286,10 +286,10 @@ def test_half_precision_is_computed_in_float32_and_returned_in_dtype(dtype):
 def test_modules_match_functions():
     logits, target = torch.randn(3, 5, dtype=F64), random_target((3, 5), -1)
     modules = {
-        "kl": logitlab.KLDivergenceLoss(), "reverse_kl": logitlab.ReverseKLDivergenceLoss(),
-        "js": logitlab.JSDivergenceLoss(beta=0.3), "alpha": logitlab.AlphaDivergenceLoss(amari_alpha=0.3),
-        "renyi": logitlab.RenyiDivergenceLoss(renyi_alpha=2.5), "tv": logitlab.TotalVariationLoss(),
-        "hellinger": logitlab.HellingerLoss(), "brier": logitlab.BrierLoss(),
+        "kl": logitlab.nn.KLDivergenceLoss(), "reverse_kl": logitlab.nn.ReverseKLDivergenceLoss(),
+        "js": logitlab.nn.JSDivergenceLoss(beta=0.3), "alpha": logitlab.nn.AlphaDivergenceLoss(amari_alpha=0.3),
+        "renyi": logitlab.nn.RenyiDivergenceLoss(renyi_alpha=2.5), "tv": logitlab.nn.TotalVariationLoss(),
+        "hellinger": logitlab.nn.HellingerLoss(), "brier": logitlab.nn.BrierLoss(),
     }
     mask = torch.tensor([True, False, True])
     for name, module in modules.items():
@@ -297,7 +297,7 @@ def test_modules_match_functions():
         torch.testing.assert_close(module(logits, target), fn(logits, target, **params))
         torch.testing.assert_close(module(logits, target, mask=mask), fn(logits, target, mask=mask, **params))
     assert "beta=0.3" in repr(modules["js"])
-    generic = logitlab.DivergenceLoss(divergence="renyi", renyi_alpha=2.5, reduction="sum")
+    generic = logitlab.nn.DivergenceLoss(divergence="renyi", renyi_alpha=2.5, reduction="sum")
     torch.testing.assert_close(generic(logits, target), D.renyi_divergence(logits, target, renyi_alpha=2.5,
                                                                            reduction="sum"))
     teacher = torch.randn(3, 5, dtype=F64)

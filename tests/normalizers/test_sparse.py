@@ -413,20 +413,20 @@ def test_error_messages(call, kind, message):
 def test_modules_match_functions():
     z = _logits((3, 4, 5))
     alpha = torch.full((3, 1, 5), 1.7, dtype=F64)
-    assert torch.equal(logitlab.Sparsemax(dim=1)(z), logitlab.sparsemax(z, dim=1))
-    assert torch.equal(logitlab.Entmax15()(z), logitlab.entmax15(z))
-    module = logitlab.Entmax(alpha, dim=1)
+    assert torch.equal(logitlab.nn.Sparsemax(dim=1)(z), logitlab.sparsemax(z, dim=1))
+    assert torch.equal(logitlab.nn.Entmax15()(z), logitlab.entmax15(z))
+    module = logitlab.nn.Entmax(alpha, dim=1)
     assert torch.equal(module(z), logitlab.entmax(z, alpha, dim=1))
     assert "alpha" in dict(module.named_buffers())
-    learnable = logitlab.Entmax(torch.nn.Parameter(torch.tensor(1.5, dtype=F64)))
+    learnable = logitlab.nn.Entmax(torch.nn.Parameter(torch.tensor(1.5, dtype=F64)))
     learnable(z).sum().backward()
     assert learnable.alpha.grad is not None
-    assert repr(logitlab.Sparsemax()) == "Sparsemax(dim=-1)"
-    assert repr(logitlab.Entmax(2.0, max_iter=7)) == "Entmax(alpha=2.0, dim=-1, tol=1e-10, max_iter=7)"
+    assert repr(logitlab.nn.Sparsemax()) == "Sparsemax(dim=-1)"
+    assert repr(logitlab.nn.Entmax(2.0, max_iter=7)) == "Entmax(alpha=2.0, dim=-1, tol=1e-10, max_iter=7)"
     bad = z.clone()
     bad[0, 0, 0] = math.nan
-    for module in (logitlab.Sparsemax(validate=False), logitlab.Entmax15(validate=False),
-                   logitlab.Entmax(1.7, validate=False)):
+    for module in (logitlab.nn.Sparsemax(validate=False), logitlab.nn.Entmax15(validate=False),
+                   logitlab.nn.Entmax(1.7, validate=False)):
         assert "validate=False" in repr(module)
         assert torch.isnan(module(bad)[0, 0]).all()
         module.validate = True
