@@ -44,7 +44,8 @@ class CrossEntropyLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
-                f"temperature={self.temperature}, weighted={self.weight is not None}")
+                f"temperature={self.temperature}, weighted={self.weight is not None}, "
+                f"validate={self.validate}, inplace_backward={self.inplace_backward}, impl={self.impl!r}")
 
 
 class NLLLoss(nn.Module):
