@@ -37,7 +37,9 @@ from pathlib import Path
 
 FULL_SHAPES = [(4096, 1000), (1024, 32768)]
 QUICK_SHAPES = [(64, 100), (16, 2048)]
-EXTRA = {"log_softmax": "logitlab.normalizers.softmax:log_softmax"}
+# Extra rows: log_softmax, and softmax without its NaN/+inf check (validate=False).
+EXTRA = {"log_softmax": "logitlab.normalizers.softmax:log_softmax",
+         "softmax_unchecked": "logitlab.normalizers.softmax:softmax"}
 HERE = Path(__file__).resolve().parent
 
 
@@ -62,6 +64,10 @@ def _setup(name: str, shape: tuple[int, int]):
     except ImportError:
         entmax_pkg = None
 
+    if name == "softmax_unchecked":
+        fn = registry.resolve(EXTRA[name])
+        return (lambda z: fn(z, validate=False)), (lambda z: torch.softmax(z, -1)), "torch.softmax", True, \
+            (lambda z: reference.softmax(z, -1)), x, grad_out
     if name in EXTRA:
         ours = registry.resolve(EXTRA[name])
         return ours, (lambda z: torch.log_softmax(z, -1)), "torch.log_softmax", True, \

@@ -252,3 +252,19 @@ def test_likelihood_underflow_bad_input():
         likelihood_underflow(0.5, batch_size=0)
     with pytest.raises(ValueError, match=r"argument 'dtypes' expected floating torch dtypes"):
         likelihood_underflow(0.5, dtypes=(torch.int32,))
+
+
+def test_unknown_names_are_errors_that_name_the_function_and_argument():
+    # Was: the registry's "unknown loss 'nope'; expected one of ..." without the caller or argument.
+    with pytest.raises(ValueError, match=r"gradient_sweep\(\): argument 'loss' expected one of .*'cross_entropy'"
+                                         r".*, got 'nope' \(unknown loss 'nope'\)"):
+        gradient_sweep("softmax", "nope", margins=[1.0])
+    with pytest.raises(ValueError, match=r"gradient_sweep\(\): argument 'normalizer' expected one of .*'softmax'"
+                                         r".*, got 'softmaxx' \(unknown normalizer 'softmaxx'\)"):
+        gradient_sweep("softmaxx", "cross_entropy", margins=[1.0])
+    with pytest.raises(ValueError, match=r"gradient_sweep\(\): argument 'loss' expected a loss defined for "
+                                         r"normalizer 'sigmoid', got 'cross_entropy' \(not defined for normalizer"):
+        gradient_sweep("sigmoid", "cross_entropy", margins=[1.0])
+    with pytest.raises(ValueError, match=r"scale_response\(\): argument 'normalizer' expected one of .*, got "
+                                         r"'softmaxx' \(unknown normalizer 'softmaxx'\)"):
+        scale_response("softmaxx", torch.zeros(2), [1.0])

@@ -31,7 +31,9 @@ def test_study_help_lists_set_keys_and_flags(capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--set", "epoch=3"], "unknown key 'epoch'; valid keys: dataset, model, seeds, epochs"),
     (["--set", "seeds=three"], "seeds: expected an int >= 1, got 'three'"),
-    (["--set", "lr=-1"], "lr: expected a number > 0, got -1.0"),
+    (["--set", "lr=-1"], "lr: expected a finite number > 0, got -1.0"),
+    (["--set", "lr=inf"], "lr: expected a finite number > 0, got inf"),
+    (["--set", "weight_decay=inf"], "weight_decay: expected a finite number >= 0, got inf"),
     (["--epochs", "0"], "epochs: expected an int >= 1, got 0"),
     (["--set", "optimizer=lbfgs"], "unknown optimizer 'lbfgs'; valid choices: adam, sgd"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: digits, wine, breast_cancer, iris"),
@@ -62,3 +64,25 @@ def test_report_of_a_missing_run_exits_2(capsys, tmp_path):
 def test_list_still_works(capsys):
     status, out, _ = _run(["list"], capsys)
     assert status == 0 and "softmax + cross_entropy" in out
+
+
+@pytest.mark.parametrize("spec_text,message", [
+    ('{"bad json', "is not a stored study spec (Unterminated string starting at: line 1 column 2"),
+    ("{}", "is not a stored study spec (missing keys: dataset, model"),
+    ("[1, 2]", "is not a stored study spec (expected a JSON object, got list)"),
+])
+def test_report_of_a_damaged_spec_exits_2(spec_text, message, capsys, tmp_path):
+    # Was: a JSONDecodeError / KeyError traceback (exit status 1) instead of a usage error.
+    (tmp_path / "spec.json").write_text(spec_text, encoding="utf-8")
+    status, _, err = _run(["report", str(tmp_path)], capsys)
+    assert status == 2 and message in err
+
+
+def test_report_of_damaged_records_exits_2(capsys, tmp_path):
+    from logitlab.experiments import records
+    from logitlab.experiments.spec import StudySpec
+
+    records.write_json(tmp_path / records.SPEC, StudySpec().to_json())
+    (tmp_path / records.RECORDS).write_text('{"a": 1}\nnot json\n', encoding="utf-8")
+    status, _, err = _run(["report", str(tmp_path)], capsys)
+    assert status == 2 and f"read_records(): {tmp_path / records.RECORDS}:2 is not a JSON record" in err

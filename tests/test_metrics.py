@@ -97,8 +97,11 @@ def test_ece_of_perfectly_calibrated_bins_is_zero():
 
 def test_half_precision_computed_in_float32():
     probs, target = _random(7, 3)
-    out = metrics.brier_score(probs.to(torch.bfloat16), target, validate=False)
+    half = probs.to(torch.bfloat16)
+    out = metrics.brier_score(half, target, validate=False)
     assert out.dtype == torch.float32
+    # the value is that of the rounded inputs computed in float32, not a bfloat16 accumulation
+    assert float(out) == float(metrics.brier_score(half.float(), target, validate=False))
 
 
 @pytest.mark.parametrize("call,message", [

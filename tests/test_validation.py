@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from logitlab import _validation as v
-from logitlab._reduction import reduce_loss, rowwise
+from logitlab._reduction import from_rows, reduce_loss, rowwise, to_rows
 
 
 def test_messages_name_function_argument_expected_and_received():
@@ -64,3 +64,31 @@ def test_rowwise_moves_any_dim():
     for dim in range(3):
         out = rowwise(lambda r: r.cumsum(-1), x, dim)
         torch.testing.assert_close(out, x.cumsum(dim))
+
+
+def test_check_probs_accepts_a_bf16_rounded_softmax():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(256, 10), -1).bfloat16()
+    v.check_probs("f", "target", probs)  # some rows sum to 0.998 after rounding: still valid
+    with pytest.raises(ValueError, match="rows summing to 1"):
+        v.check_probs("f", "target", (probs.float() * 0.98).bfloat16())
+
+
+@pytest.mark.parametrize("shape,dim", [((3, 0), 1), ((3, 0), 0), ((0, 4), 1), ((2, 0, 5), 1),
+                                       ((2, 0, 5), 2), ((0,), 0), ((4, 3, 0), -1)])
+def test_to_rows_and_rowwise_handle_empty_axes(shape, dim):
+    x = torch.zeros(shape)
+    d = dim % x.ndim
+    rows, moved = to_rows(x, d)
+    n = shape[d]
+    assert rows.shape == (_rest(shape, d), n)
+    assert torch.equal(from_rows(rows, moved, d, x.ndim), x)
+    assert rowwise(lambda r: r + 1, x, d).shape == x.shape
+
+
+def _rest(shape, dim):
+    count = 1
+    for i, s in enumerate(shape):
+        if i != dim:
+            count *= s
+    return count

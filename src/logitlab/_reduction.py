@@ -13,6 +13,7 @@ Conventions (shared by every loss in the package):
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -59,7 +60,8 @@ def to_rows(x: Tensor, dim: int) -> tuple[Tensor, tuple[int, ...]]:
     moved = x.movedim(dim, -1) if dim != x.ndim - 1 else x
     shape = tuple(moved.shape)
     n = shape[-1] if shape else 1
-    return moved.reshape(-1, n), shape
+    # The row count is explicit: reshape(-1, 0) is ambiguous when the class axis is empty.
+    return moved.reshape(math.prod(shape[:-1]), n), shape
 
 
 def from_rows(rows: Tensor, shape: tuple[int, ...], dim: int, ndim: int) -> Tensor:

@@ -135,11 +135,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     from logitlab.experiments import records
     from logitlab.experiments.report import write_report
+    from logitlab.experiments.spec import SpecError, StudySpec, valid_keys
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / records.SPEC).exists():
+    stored = run_dir / records.SPEC
+    if not stored.exists():
         args.parser.error(f"{run_dir} is not a run directory (no {records.SPEC})")
-    print(write_report(run_dir, Path(args.output) if args.output else None), flush=True)
+    try:  # a damaged spec.json would otherwise surface as a JSONDecodeError or KeyError traceback
+        data = records.read_json(stored)
+        if not isinstance(data, dict):
+            raise SpecError(f"expected a JSON object, got {type(data).__name__}")
+        missing = [key for key in valid_keys() if key not in data]
+        if missing:
+            raise SpecError(f"missing keys: {', '.join(missing)}")
+        StudySpec.from_json(data)
+    except ValueError as error:  # SpecError and json.JSONDecodeError are ValueErrors
+        args.parser.error(f"{stored} is not a stored study spec ({error})")
+    try:
+        path = write_report(run_dir, Path(args.output) if args.output else None)
+    except ValueError as error:  # e.g. read_records(): a line of records.jsonl is not JSON
+        args.parser.error(str(error))
+    print(path, flush=True)
     return 0
 
 

@@ -1,29 +1,32 @@
 """The flat functional namespace, like ``torch.nn.functional``: every op of logitlab by name."""
 
-__all__: list[str] = []
-
-# --- dense normalizers ---
-from logitlab.normalizers.sigmoid import log_sigmoid, sigmoid
-from logitlab.normalizers.softmax import log_softmax, shannon_negentropy, softmax
-from logitlab.normalizers.spherical import spherical_softmax, taylor_softmax
-from logitlab.normalizers.standard import standard_normalize
-
-__all__ += ["softmax", "log_softmax", "shannon_negentropy", "sigmoid", "log_sigmoid",
-            "standard_normalize", "spherical_softmax", "taylor_softmax"]
-# --- end dense normalizers ---
-# cross-entropy family
-from logitlab.losses.cross_entropy import (  # noqa: E402
-    binary_cross_entropy_with_logits,
-    cross_entropy,
-    log_likelihood,
-    nll_loss,
+from logitlab.normalizers.softmax import (
+    softmax,
+    log_softmax,
+    shannon_negentropy,
 )
-from logitlab.losses.focal import focal_loss, poly1_cross_entropy  # noqa: E402
-
-__all__ += ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood",
-            "focal_loss", "poly1_cross_entropy"]
-# --- divergences, Fenchel–Young losses, information (div) ---
-from logitlab.losses.divergences import (  # noqa: E402
+from logitlab.normalizers.sigmoid import (
+    sigmoid,
+    log_sigmoid,
+)
+from logitlab.normalizers.standard import (
+    standard_normalize,
+)
+from logitlab.normalizers.spherical import (
+    spherical_softmax,
+    taylor_softmax,
+)
+from logitlab.losses.cross_entropy import (
+    cross_entropy,
+    nll_loss,
+    binary_cross_entropy_with_logits,
+    log_likelihood,
+)
+from logitlab.losses.focal import (
+    focal_loss,
+    poly1_cross_entropy,
+)
+from logitlab.losses.divergences import (
     divergence_loss,
     kl_divergence,
     reverse_kl_divergence,
@@ -34,20 +37,58 @@ from logitlab.losses.divergences import (  # noqa: E402
     hellinger_distance,
     brier_loss,
 )
-from logitlab.losses.fenchel_young import (  # noqa: E402
+from logitlab.losses.fenchel_young import (
     fenchel_young_loss,
     sparsemax_loss,
     entmax_loss,
     entmax15_loss,
 )
-from logitlab.information import (  # noqa: E402
+from logitlab.information import (
     entropy,
     cross_entropy_between,
     kl_between,
     decompose,
     Decomposition,
 )
-__all__ += [
+from logitlab.normalizers.sparsemax import (
+    sparsemax,
+    gini_regularizer,
+)
+from logitlab.normalizers.entmax import (
+    entmax15,
+    entmax,
+    entmax_with_info,
+    tsallis15_regularizer,
+    tsallis_regularizer,
+)
+from logitlab.structured import (
+    linear_chain_crf_nll,
+    crf_log_partition,
+    crf_marginals,
+    viterbi_decode,
+)
+from logitlab.fused.cross_entropy import (
+    linear_cross_entropy,
+)
+from logitlab.fused.divergence import (
+    linear_divergence_loss,
+)
+
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "shannon_negentropy",
+    "sigmoid",
+    "log_sigmoid",
+    "standard_normalize",
+    "spherical_softmax",
+    "taylor_softmax",
+    "cross_entropy",
+    "nll_loss",
+    "binary_cross_entropy_with_logits",
+    "log_likelihood",
+    "focal_loss",
+    "poly1_cross_entropy",
     "divergence_loss",
     "kl_divergence",
     "reverse_kl_divergence",
@@ -66,30 +107,17 @@ __all__ += [
     "kl_between",
     "decompose",
     "Decomposition",
+    "sparsemax",
+    "gini_regularizer",
+    "entmax15",
+    "entmax",
+    "entmax_with_info",
+    "tsallis15_regularizer",
+    "tsallis_regularizer",
+    "linear_chain_crf_nll",
+    "crf_log_partition",
+    "crf_marginals",
+    "viterbi_decode",
+    "linear_cross_entropy",
+    "linear_divergence_loss",
 ]
-# --- sparse maps ---
-from logitlab.normalizers.entmax import (  # noqa: E402
-    entmax,
-    entmax15,
-    entmax_with_info,
-    tsallis15_regularizer,
-    tsallis_regularizer,
-)
-from logitlab.normalizers.sparsemax import gini_regularizer, sparsemax  # noqa: E402
-
-__all__ += ["sparsemax", "gini_regularizer", "entmax15", "entmax", "entmax_with_info",
-            "tsallis15_regularizer", "tsallis_regularizer"]
-# --- structures: the linear-chain CRF (theory) ---
-from logitlab.structured import (  # noqa: E402
-    crf_log_partition,
-    crf_marginals,
-    linear_chain_crf_nll,
-    viterbi_decode,
-)
-
-__all__ += ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode"]
-# --- end structures ---
-# fused and distributed (scale)
-from logitlab.fused import linear_cross_entropy, linear_divergence_loss  # noqa: E402
-
-__all__ += ["linear_cross_entropy", "linear_divergence_loss"]

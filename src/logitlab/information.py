@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 
 from logitlab._validation import (
-    check_dim, check_finite, check_floating, check_positive, check_probs, compute_dtype, fail,
+    check_dim, check_floating, check_positive, check_probs, compute_dtype, fail,
 )
 from logitlab.losses import _kernels
+from logitlab.losses.divergences import check_logit_rows
 from logitlab.losses._model import safe_log
 
 __all__ = ["entropy", "cross_entropy_between", "kl_between", "decompose", "Decomposition"]
@@ -34,7 +35,8 @@ def _scale(values: Tensor, fn: str, base: float | None) -> Tensor:
     return values / math.log(base)
 
 
-def _pair(fn: str, target_probs: Tensor, probs: Tensor, dim: int, validate: bool) -> int:
+def _pair(fn: str, target_probs: Tensor, probs: Tensor, dim: int, validate: bool) -> tuple[Tensor, Tensor]:
+    """Check a (target, model) pair; return both with the class axis last, in the compute dtype."""
     check_floating(fn, "target_probs", target_probs)
     check_floating(fn, "probs", probs)
     if target_probs.shape != probs.shape:
@@ -42,9 +44,15 @@ def _pair(fn: str, target_probs: Tensor, probs: Tensor, dim: int, validate: bool
              f"<shape {tuple(probs.shape)}>")
     axis = check_dim(fn, dim, probs.ndim)
     if validate:
-        check_probs(fn, "target_probs", target_probs, dim=axis)
-        check_probs(fn, "probs", probs, dim=axis)
-    return axis
+        check_probs(fn, "target_probs", _one_axis(target_probs), dim=axis)
+        check_probs(fn, "probs", _one_axis(probs), dim=axis)
+    dtype = compute_dtype(probs)
+    return target_probs.to(dtype).movedim(axis, -1), probs.to(dtype).movedim(axis, -1)
+
+
+def _one_axis(tensor: Tensor) -> Tensor:
+    """A 0-d tensor (one class, check_dim's convention) viewed as (1,) for the row checks."""
+    return tensor.reshape(1) if tensor.ndim == 0 else tensor
 
 
 def entropy(probs: Tensor, *, dim: int = -1, base: float | None = None,
@@ -73,7 +81,7 @@ def entropy(probs: Tensor, *, dim: int = -1, base: float | None = None,
     check_floating(fn, "probs", probs)
     axis = check_dim(fn, dim, probs.ndim)
     if validate:
-        check_probs(fn, "probs", probs, dim=axis)
+        check_probs(fn, "probs", _one_axis(probs), dim=axis)
     p = probs.to(compute_dtype(probs))
     values = -(p * torch.where(p > 0, safe_log(p), torch.zeros_like(p))).sum(axis)
     return _scale(values, fn, base).to(probs.dtype)
@@ -103,9 +111,7 @@ def cross_entropy_between(target_probs: Tensor, probs: Tensor, *, dim: int = -1,
         tensor(2.)
     """
     fn = "cross_entropy_between"
-    axis = _pair(fn, target_probs, probs, dim, validate)
-    dtype = compute_dtype(probs)
-    p, q = target_probs.to(dtype).movedim(axis, -1), probs.to(dtype).movedim(axis, -1)
+    p, q = _pair(fn, target_probs, probs, dim, validate)
     values = _cross_entropy_rows(p, safe_log(p), safe_log(q))
     return _scale(values, fn, base).to(probs.dtype)
 
@@ -144,9 +150,7 @@ def kl_between(target_probs: Tensor, probs: Tensor, *, dim: int = -1, base: floa
         tensor(1.)
     """
     fn = "kl_between"
-    axis = _pair(fn, target_probs, probs, dim, validate)
-    dtype = compute_dtype(probs)
-    p, q = target_probs.to(dtype).movedim(axis, -1), probs.to(dtype).movedim(axis, -1)
+    p, q = _pair(fn, target_probs, probs, dim, validate)
     values = _kernels.kl(p, safe_log(p), q, safe_log(q))
     return _scale(values, fn, base).to(probs.dtype)
 
@@ -192,11 +196,11 @@ def decompose(logits: Tensor, target_probs: Tensor, *, dim: int = -1,
              f"<shape {tuple(target_probs.shape)}>")
     axis = check_dim(fn, dim, logits.ndim)
     if validate:
-        check_finite(fn, "logits", logits)
-        check_probs(fn, "target_probs", target_probs, dim=axis)
+        check_logit_rows(fn, "logits", _one_axis(logits), axis)
+        check_probs(fn, "target_probs", _one_axis(target_probs), dim=axis)
     dtype = compute_dtype(logits)
-    log_q = torch.log_softmax(logits.to(dtype), dim=axis).movedim(axis, -1)
-    p = target_probs.to(dtype).movedim(axis, -1)
+    log_q = torch.log_softmax(_one_axis(logits).to(dtype), dim=axis).movedim(axis, -1)
+    p = _one_axis(target_probs).to(dtype).movedim(axis, -1)
     log_p = safe_log(p)
     cross = _cross_entropy_rows(p, log_p, log_q)
     ent = -(p * torch.where(p > 0, log_p, torch.zeros_like(p))).sum(-1)

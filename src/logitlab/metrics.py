@@ -131,6 +131,17 @@ def zero_probability_fraction(probs: Tensor, target: Tensor, *, validate: bool =
     Nonzero only for maps with exact zeros (sparsemax, entmax); on those rows the plain NLL is
     infinite.
 
+    Args:
+        probs: (N, C) predicted distributions.
+        target: (N,) integer classes.
+        validate: check rows on the simplex and indices in range.
+
+    Returns:
+        0-d tensor in [0, 1].
+
+    Raises:
+        TypeError, ValueError: on a bad argument (the message names it).
+
     Example:
         >>> zero_probability_fraction(torch.tensor([[1.0, 0.0], [0.5, 0.5]]), torch.tensor([1, 1]))
         tensor(0.5000)
@@ -145,6 +156,17 @@ def brier_score(probs: Tensor, target: Tensor, *, validate: bool = True) -> Tens
 
     Brier (1950), "Verification of forecasts expressed in terms of probability". For two
     classes it is twice scikit-learn's binary ``brier_score_loss`` (which scores p_i1 only).
+
+    Args:
+        probs: (N, C) predicted distributions.
+        target: (N,) integer classes.
+        validate: check rows on the simplex and indices in range.
+
+    Returns:
+        0-d tensor in [0, 2].
+
+    Raises:
+        TypeError, ValueError: on a bad argument (the message names it).
 
     Example:
         >>> brier_score(torch.tensor([[0.75, 0.25], [0.5, 0.5]]), torch.tensor([0, 1]))
@@ -241,6 +263,19 @@ def expected_calibration_error(probs: Tensor, target: Tensor, *, n_bins: int = 1
 
     Guo et al. (2017); ``binning='mass'`` gives the equal-mass variant (Nixon et al. 2019).
 
+    Args:
+        probs: (N, C) predicted distributions.
+        target: (N,) integer classes.
+        n_bins: number of bins.
+        binning: 'width' (equal-width bins) or 'mass' (equal counts), as in :func:`reliability_diagram`.
+        validate: check rows on the simplex and indices in range.
+
+    Returns:
+        0-d tensor in [0, 1].
+
+    Raises:
+        TypeError, ValueError: on a bad argument (the message names it).
+
     Example:
         >>> probs = torch.tensor([[1.0, 0.0], [0.6, 0.4], [0.3, 0.7]])
         >>> expected_calibration_error(probs, torch.tensor([0, 1, 1]), n_bins=2)  # |2/3 − 2.3/3|
@@ -254,6 +289,19 @@ def expected_calibration_error(probs: Tensor, target: Tensor, *, n_bins: int = 1
 def maximum_calibration_error(probs: Tensor, target: Tensor, *, n_bins: int = 15, binning: str = "width",
                               validate: bool = True) -> Tensor:
     """MCE = max over non-empty bins of |accuracy_b − confidence_b| (Naeini et al. 2015).
+
+    Args:
+        probs: (N, C) predicted distributions.
+        target: (N,) integer classes.
+        n_bins: number of bins.
+        binning: 'width' (equal-width bins) or 'mass' (equal counts), as in :func:`reliability_diagram`.
+        validate: check rows on the simplex and indices in range.
+
+    Returns:
+        0-d tensor in [0, 1].
+
+    Raises:
+        TypeError, ValueError: on a bad argument (the message names it).
 
     Example:
         >>> probs = torch.tensor([[1.0, 0.0], [0.6, 0.4], [0.3, 0.7]])

@@ -96,6 +96,17 @@ def _prepare(fn: str, emissions: object, transitions: object, mask: object, star
     return emissions.to(dtype), transitions.to(dtype), mask, ends[0], ends[1]
 
 
+def _check_allowed(fn: str, best: Tensor, mask: Tensor) -> None:
+    """Reject rows where every tag sequence scores −inf (``best`` is log Z or the Viterbi score)."""
+    if mask.shape[1] == 0:
+        return
+    blocked = mask[:, 0] & (best == float("-inf"))
+    if bool(blocked.any()):
+        row = int(blocked.nonzero()[0, 0])
+        fail(fn, "transitions", "scores (with emissions and start/end) that allow at least one tag "
+             "sequence in each non-empty row", f"<row {row}: every sequence scores -inf>")
+
+
 def _forward(emissions: Tensor, transitions: Tensor, mask: Tensor, start: Tensor, end: Tensor) -> Tensor:
     """log Z per row by the forward recursion α_t(j) = log Σ_i exp(α_{t−1}(i) + A_ij) + E_t(j)."""
     b, t, _ = emissions.shape
@@ -210,7 +221,8 @@ def crf_log_partition(emissions: Tensor, transitions: Tensor, *, mask: Tensor | 
         empty rows.
 
     Raises:
-        TypeError, ValueError: bad shapes or dtypes, a mask with holes, NaN/+inf scores.
+        TypeError, ValueError: bad shapes or dtypes, a mask with holes, NaN/+inf scores, a
+            non-empty row where every tag sequence scores -inf (with ``validate``).
 
     Example:
         >>> emissions, transitions = torch.zeros(1, 3, 2), torch.zeros(2, 2)
@@ -221,7 +233,10 @@ def crf_log_partition(emissions: Tensor, transitions: Tensor, *, mask: Tensor | 
     out_dtype = check_floating(fn, "emissions", emissions).dtype
     emissions, transitions, mask, start, end = _prepare(fn, emissions, transitions, mask, start_transitions,
                                                         end_transitions, validate)
-    return _forward(emissions, transitions, mask, start, end).to(out_dtype)
+    log_z = _forward(emissions, transitions, mask, start, end)
+    if validate:
+        _check_allowed(fn, log_z, mask)
+    return log_z.to(out_dtype)
 
 
 def linear_chain_crf_nll(emissions: Tensor, transitions: Tensor, tags: Tensor, *, mask: Tensor | None = None,
@@ -247,7 +262,8 @@ def linear_chain_crf_nll(emissions: Tensor, transitions: Tensor, tags: Tensor, *
         in float32).
 
     Raises:
-        TypeError, ValueError: bad shapes or dtypes, a mask with holes, tags out of range.
+        TypeError, ValueError: bad shapes or dtypes, a mask with holes, tags out of range, a
+            non-empty row where every tag sequence scores -inf (with ``validate``).
 
     Example:
         >>> emissions = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
@@ -275,8 +291,10 @@ def linear_chain_crf_nll(emissions: Tensor, transitions: Tensor, tags: Tensor, *
         if low < 0 or high >= emissions.shape[2]:
             fail(fn, "tags", f"tag indices in [0, {emissions.shape[2] - 1}] at masked-in positions",
                  f"<index {low if low < 0 else high}>")
-    nll = _forward(emissions, transitions, mask, start, end) - _sequence_score(
-        emissions, transitions, tags, mask, start, end)
+    log_z = _forward(emissions, transitions, mask, start, end)
+    if validate:
+        _check_allowed(fn, log_z, mask)
+    nll = log_z - _sequence_score(emissions, transitions, tags, mask, start, end)
     return reduce_loss(nll, reduction, keep=mask[:, 0] if mask.shape[1] else None).to(out_dtype)
 
 
@@ -297,6 +315,9 @@ def crf_marginals(emissions: Tensor, transitions: Tensor, *, mask: Tensor | None
     Returns:
         (B, T, K) marginals: rows sum to 1 at masked-in positions and are 0 elsewhere.
 
+    Raises:
+        TypeError, ValueError: as :func:`crf_log_partition`.
+
     Example:
         >>> emissions = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
         >>> transitions = torch.tensor([[1.0, 0.0], [0.0, 0.0]])   # 0 → 0 is favoured
@@ -308,11 +329,15 @@ def crf_marginals(emissions: Tensor, transitions: Tensor, *, mask: Tensor | None
     emissions_in = check_floating(fn, "emissions", emissions)
     emissions, transitions, mask, start, end = _prepare(fn, emissions, transitions, mask, start_transitions,
                                                         end_transitions, validate)
+    if emissions.shape[1] == 0:  # no positions: no marginals (and nothing to differentiate)
+        return torch.zeros_like(emissions_in)
     differentiable = torch.is_grad_enabled() and (
         emissions_in.requires_grad or transitions.requires_grad or start.requires_grad or end.requires_grad)
     with torch.enable_grad():
         leaf = emissions if differentiable and emissions.requires_grad else emissions.detach().requires_grad_(True)
         log_z = _forward(leaf, transitions, mask, start, end)
+        if validate:
+            _check_allowed(fn, log_z, mask)
         (grad,) = torch.autograd.grad(log_z.sum(), leaf, create_graph=differentiable)
     return (grad if differentiable else grad.detach()).to(emissions_in.dtype)
 
@@ -331,6 +356,9 @@ def viterbi_decode(emissions: Tensor, transitions: Tensor, *, mask: Tensor | Non
 
     Returns:
         :class:`ViterbiResult` (tags (B, T) long, −1 past each row's length; score (B,)).
+
+    Raises:
+        TypeError, ValueError: as :func:`crf_log_partition`.
 
     Example:
         >>> emissions = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
@@ -364,4 +392,6 @@ def viterbi_decode(emissions: Tensor, transitions: Tensor, *, mask: Tensor | Non
             previous = pointers[:, step].gather(1, tags[:, step].clamp(min=0).unsqueeze(1)).squeeze(1)
             tags[:, step - 1] = torch.where(step < lengths, previous, tags[:, step - 1])
         score = torch.where(nonempty, score, torch.zeros_like(score))
+    if validate:
+        _check_allowed(fn, score, mask)
     return ViterbiResult(tags, score.to(out_dtype))

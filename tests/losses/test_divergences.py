@@ -89,11 +89,17 @@ def test_low_precision_error_no_worse_than_naive(name, dtype):
         "hellinger": lambda: 0.5 * (p.sqrt() - q.sqrt()).square().sum(-1),
         "brier": lambda: (p - q).square().sum(-1),
     }[name]()
-    err = (got.to(F64) - truth).abs().max()
-    # a NaN or inf from the naive op (fp16 underflow) counts as an infinite error
-    naive_err = torch.nan_to_num((naive.to(F64) - truth).abs(), nan=math.inf).max()
-    assert torch.isfinite(err)
-    assert err <= naive_err + ERROR_SLACK[dtype] * max(1.0, float(truth.abs().max()))
+    err = (got.to(F64) - truth).abs()
+    naive_err = (naive.to(F64) - truth).abs()
+    assert torch.isfinite(err).all()
+    # Rows where the naive op gives NaN or inf (fp16 underflow: 35 to 64 of the 64 rows for kl,
+    # reverse_kl, js, renyi) have nothing to compare with; comparing maxima with an infinite naive
+    # error could never fail there. Bound those rows by a few roundings of the dtype instead.
+    finite = torch.isfinite(naive_err)
+    if bool(finite.any()):
+        assert err[finite].max() <= naive_err[finite].max() + ERROR_SLACK[dtype] * max(1.0, float(truth.abs().max()))
+    bound = 4 * torch.finfo(dtype).eps * truth[~finite].abs().clamp_min(1.0)
+    assert (err[~finite] <= bound).all()
 
 
 def R_js_naive(p, q, beta):
@@ -280,10 +286,10 @@ def test_half_precision_is_computed_in_float32_and_returned_in_dtype(dtype):
 def test_modules_match_functions():
     logits, target = torch.randn(3, 5, dtype=F64), random_target((3, 5), -1)
     modules = {
-        "kl": logitlab.KLDivergenceLoss(), "reverse_kl": logitlab.ReverseKLDivergenceLoss(),
-        "js": logitlab.JSDivergenceLoss(beta=0.3), "alpha": logitlab.AlphaDivergenceLoss(amari_alpha=0.3),
-        "renyi": logitlab.RenyiDivergenceLoss(renyi_alpha=2.5), "tv": logitlab.TotalVariationLoss(),
-        "hellinger": logitlab.HellingerLoss(), "brier": logitlab.BrierLoss(),
+        "kl": logitlab.nn.KLDivergenceLoss(), "reverse_kl": logitlab.nn.ReverseKLDivergenceLoss(),
+        "js": logitlab.nn.JSDivergenceLoss(beta=0.3), "alpha": logitlab.nn.AlphaDivergenceLoss(amari_alpha=0.3),
+        "renyi": logitlab.nn.RenyiDivergenceLoss(renyi_alpha=2.5), "tv": logitlab.nn.TotalVariationLoss(),
+        "hellinger": logitlab.nn.HellingerLoss(), "brier": logitlab.nn.BrierLoss(),
     }
     mask = torch.tensor([True, False, True])
     for name, module in modules.items():
@@ -291,7 +297,7 @@ def test_modules_match_functions():
         torch.testing.assert_close(module(logits, target), fn(logits, target, **params))
         torch.testing.assert_close(module(logits, target, mask=mask), fn(logits, target, mask=mask, **params))
     assert "beta=0.3" in repr(modules["js"])
-    generic = logitlab.DivergenceLoss(divergence="renyi", renyi_alpha=2.5, reduction="sum")
+    generic = logitlab.nn.DivergenceLoss(divergence="renyi", renyi_alpha=2.5, reduction="sum")
     torch.testing.assert_close(generic(logits, target), D.renyi_divergence(logits, target, renyi_alpha=2.5,
                                                                            reduction="sum"))
     teacher = torch.randn(3, 5, dtype=F64)

@@ -182,11 +182,11 @@ def test_modules_match_functions():
     logits, index = torch.randn(4, 6, dtype=F64), torch.randint(0, 6, (4,))
     mask = torch.tensor([True, False, True, True])
     pairs = [
-        (logitlab.FenchelYoungLoss(normalizer="entmax", alpha=1.3),
+        (logitlab.nn.FenchelYoungLoss(normalizer="entmax", alpha=1.3),
          lambda **kw: FY.fenchel_young_loss(logits, index, normalizer="entmax", alpha=1.3, **kw)),
-        (logitlab.SparsemaxLoss(), lambda **kw: FY.sparsemax_loss(logits, index, **kw)),
-        (logitlab.EntmaxLoss(alpha=1.5), lambda **kw: FY.entmax_loss(logits, index, **kw)),
-        (logitlab.Entmax15Loss(reduction="sum"), lambda **kw: FY.entmax15_loss(logits, index, reduction="sum", **kw)),
+        (logitlab.nn.SparsemaxLoss(), lambda **kw: FY.sparsemax_loss(logits, index, **kw)),
+        (logitlab.nn.EntmaxLoss(alpha=1.5), lambda **kw: FY.entmax_loss(logits, index, **kw)),
+        (logitlab.nn.Entmax15Loss(reduction="sum"), lambda **kw: FY.entmax15_loss(logits, index, reduction="sum", **kw)),
     ]
     for module, call in pairs:
         torch.testing.assert_close(module(logits, index), call())

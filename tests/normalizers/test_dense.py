@@ -443,3 +443,16 @@ def test_scaled_path_for_huge_scores_matches_reference(dim):
         torch.testing.assert_close(out.detach().to(F64), reference(x.detach(), dim), rtol=0, atol=1e-6)
         (grad,) = torch.autograd.grad((out * torch.randn(5, 7)).sum(), x)
         assert bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("fn", [softmax, log_softmax], ids=lambda f: f.__name__)
+def test_all_excluded_rows_are_found_without_validation_too(fn):
+    x = torch.randn(5, 4, 3, dtype=F64)
+    x[1, :, 2] = -INF  # dim=1: the row (1, :, 2) is empty
+    x[3, 0, 0] = -INF  # first entry excluded, row not empty
+    for validate in (True, False):
+        out = fn(x, dim=1, validate=validate)
+        expected = -INF if fn is log_softmax else 0.0
+        assert out[1, :, 2].tolist() == [expected] * 4
+        torch.testing.assert_close(out[3, 1:, 0], fn(x[3, 1:, 0]))
+        assert not bool(torch.isnan(out).any())

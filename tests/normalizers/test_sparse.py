@@ -210,13 +210,46 @@ def test_neg_inf_excludes_and_all_neg_inf_row_is_zero_with_zero_grad(name):
         assert float(alpha.grad[1]) == 0.0 and torch.isfinite(alpha.grad).all()
 
 
-@pytest.mark.parametrize("name", ["sparsemax", "entmax15", "entmax"])
-def test_nan_rows_come_out_nan_and_empty_inputs_work(name):
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15", "entmax", "entmax_with_info"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("n", [5, 300])  # 300: the bad entry lies outside the first top-k
+def test_nan_and_plus_inf_logits_raise_unless_validate_false(name, bad, n):
     fn = getattr(logitlab, name)
-    z = torch.randn(3, 5)
-    z[1, 2] = math.nan
-    p = fn(z)
+    z = torch.randn(3, n)
+    z[:, 0] = -math.inf  # excluded classes stay allowed
+    z[1, n - 2] = bad
+    with pytest.raises(ValueError, match=rf"^{name}\(\): argument 'logits' expected values without NaN "
+                                         rf"or \+inf .*got <1 bad entries in 1 row\(s\), first at row 1, "
+                                         rf"class {n - 2}>"):
+        fn(z)
+    out = fn(z, validate=False)
+    p = out.probs if name == "entmax_with_info" else out
     assert torch.isnan(p[1]).all() and torch.isfinite(p[[0, 2]]).all()
+    # Another dim, a 3-D tensor: the row is counted in the flattened batch.
+    z3 = torch.randn(2, 7, 3)
+    z3[1, 4, 2] = bad
+    with pytest.raises(ValueError, match=r"first at row 5, class 4>"):
+        fn(z3, dim=1)
+
+
+@pytest.mark.parametrize("bad", [math.nan, 1.0, 0.5, math.inf])
+def test_alpha_tensor_values_are_checked(bad):
+    z = torch.randn(3, 6)
+    alpha = torch.tensor([[1.5], [bad], [2.0]])
+    for fn in (logitlab.entmax, logitlab.entmax_with_info):
+        name = fn.__name__
+        with pytest.raises(ValueError, match=rf"^{name}\(\): argument 'alpha' expected values > 1 "
+                                             rf"\(finite\), got {bad}"):
+            fn(z, alpha)
+    with pytest.raises(ValueError, match=r"argument 'alpha' expected values > 1"):
+        logitlab.entmax(z, torch.tensor(bad))  # one α shared by every row
+    with pytest.raises(ValueError, match=r"tsallis_regularizer\(\): argument 'alpha'"):
+        logitlab.tsallis_regularizer(torch.ones(3, 2) / 2, alpha=alpha)
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15", "entmax"])
+def test_empty_inputs_work(name):
+    fn = getattr(logitlab, name)
     assert fn(torch.empty(0, 5)).shape == (0, 5)
     assert fn(torch.empty(3, 0)).shape == (3, 0)
     assert torch.equal(fn(torch.tensor(2.0)), torch.tensor(1.0))
@@ -250,6 +283,32 @@ def test_low_precision_error_no_worse_than_naive(name, dtype):
     assert ours.dtype == dtype
     err_ours = (ours.to(F64) - truth).abs().max()
     err_naive = (_naive_at(name, z).to(F64) - truth).abs().nan_to_num(math.inf).max()
+    assert err_ours <= err_naive + ERROR_SLACK[dtype]
+
+
+def _naive_entmax_at(z, alpha, n_iter=60):
+    """Textbook α-entmax in the input's own dtype: bisection for τ on [max x − 1, max x − n^{1−α}]
+    with x = (α−1) z, then p = [x − τ]_+^{1/(α−1)} renormalized."""
+    x = z * (alpha - 1)
+    top = x.amax(-1, keepdim=True)
+    lo, hi = top - 1, top - z.shape[-1] ** (1 - alpha)
+    for _ in range(n_iter):
+        mid = (lo + hi) / 2
+        mass = ((x - mid).clamp_min(0) ** (1 / (alpha - 1))).sum(-1, keepdim=True)
+        lo, hi = torch.where(mass >= 1, mid, lo), torch.where(mass >= 1, hi, mid)
+    p = (x - lo).clamp_min(0) ** (1 / (alpha - 1))
+    return p / p.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_low_precision_error_no_worse_than_naive_entmax(alpha, dtype):
+    z = _logits((64, 100), 3.0).to(dtype)
+    truth = ref.entmax_bisect(z.to(F64), alpha)
+    ours = logitlab.entmax(z, alpha)
+    assert ours.dtype == dtype
+    err_ours = (ours.to(F64) - truth).abs().max()
+    err_naive = (_naive_entmax_at(z, alpha).to(F64) - truth).abs().nan_to_num(math.inf).max()
     assert err_ours <= err_naive + ERROR_SLACK[dtype]
 
 
@@ -354,40 +413,60 @@ def test_error_messages(call, kind, message):
 def test_modules_match_functions():
     z = _logits((3, 4, 5))
     alpha = torch.full((3, 1, 5), 1.7, dtype=F64)
-    assert torch.equal(logitlab.Sparsemax(dim=1)(z), logitlab.sparsemax(z, dim=1))
-    assert torch.equal(logitlab.Entmax15()(z), logitlab.entmax15(z))
-    module = logitlab.Entmax(alpha, dim=1)
+    assert torch.equal(logitlab.nn.Sparsemax(dim=1)(z), logitlab.sparsemax(z, dim=1))
+    assert torch.equal(logitlab.nn.Entmax15()(z), logitlab.entmax15(z))
+    module = logitlab.nn.Entmax(alpha, dim=1)
     assert torch.equal(module(z), logitlab.entmax(z, alpha, dim=1))
     assert "alpha" in dict(module.named_buffers())
-    learnable = logitlab.Entmax(torch.nn.Parameter(torch.tensor(1.5, dtype=F64)))
+    learnable = logitlab.nn.Entmax(torch.nn.Parameter(torch.tensor(1.5, dtype=F64)))
     learnable(z).sum().backward()
     assert learnable.alpha.grad is not None
-    assert repr(logitlab.Sparsemax()) == "Sparsemax(dim=-1)"
-    assert repr(logitlab.Entmax(2.0, max_iter=7)) == "Entmax(alpha=2.0, dim=-1, tol=1e-10, max_iter=7)"
+    assert repr(logitlab.nn.Sparsemax()) == "Sparsemax(dim=-1)"
+    assert repr(logitlab.nn.Entmax(2.0, max_iter=7)) == "Entmax(alpha=2.0, dim=-1, tol=1e-10, max_iter=7)"
+    bad = z.clone()
+    bad[0, 0, 0] = math.nan
+    for module in (logitlab.nn.Sparsemax(validate=False), logitlab.nn.Entmax15(validate=False),
+                   logitlab.nn.Entmax(1.7, validate=False)):
+        assert "validate=False" in repr(module)
+        assert torch.isnan(module(bad)[0, 0]).all()
+        module.validate = True
+        with pytest.raises(ValueError, match=r"argument 'logits' expected values without NaN"):
+            module(bad)
 
 
 def test_custom_ops_pass_opcheck():
     z = torch.randn(4, 40, requires_grad=True)
     alpha = torch.full((4, 1), 1.5)
     for kind in _threshold.KINDS:
-        torch.library.opcheck(_threshold._threshold_op, (z, alpha, kind, 1e-10, 100, True),
+        torch.library.opcheck(_threshold._threshold_op, (z, alpha, kind, 1e-10, 100, True, True, "f"),
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
 def test_torch_compile_fullgraph_has_no_graph_break():
-    def objective(logits, weights):
-        return (logitlab.sparsemax(logits) * weights).sum() + (logitlab.entmax15(logits) * weights).sum()
+    def objective(logits, weights, alpha):
+        return ((logitlab.sparsemax(logits) * weights).sum() + (logitlab.entmax15(logits) * weights).sum()
+                + (logitlab.entmax(logits, alpha) * weights).sum())
 
     z = torch.randn(8, 50, requires_grad=True)
     w = torch.randn(8, 50)
+    alpha = torch.full((8, 1), 1.3)
     compiled = torch.compile(objective, fullgraph=True, backend="aot_eager")
-    value = compiled(z, w)
+    value = compiled(z, w, alpha)
     (grad,) = torch.autograd.grad(value, z)
     z2 = z.detach().clone().requires_grad_()
-    expected = objective(z2, w)
+    expected = objective(z2, w, alpha)
     (expected_grad,) = torch.autograd.grad(expected, z2)
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(grad, expected_grad)
+    # Validation runs inside the op: the compiled graph still rejects bad logits and α.
+    bad = z.detach().clone()
+    bad[3, 7] = math.nan
+    with pytest.raises(ValueError, match=r"sparsemax\(\): argument 'logits' expected values without NaN"):
+        compiled(bad, w, alpha)
+    alpha_bad = alpha.clone()
+    alpha_bad[2] = 0.9
+    with pytest.raises(ValueError, match=r"entmax\(\): argument 'alpha' expected values > 1"):
+        compiled(z.detach(), w, alpha_bad)
 
 
 @pytest.mark.parametrize("kind", _threshold.KINDS)
@@ -397,6 +476,6 @@ def test_gradcheck_custom_op_path(kind):
     alpha = torch.full((3, 1), 1.6, dtype=F64, requires_grad=kind == "bisect")
 
     def probs(t, a):
-        return _threshold._threshold_op(t, a, kind, 1e-14, 100, True)[0]
+        return _threshold._threshold_op(t, a, kind, 1e-14, 100, True, True, "f")[0]
 
     assert torch.autograd.gradcheck(probs, (z, alpha))

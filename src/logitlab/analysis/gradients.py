@@ -107,6 +107,7 @@ def gradient_sweep(normalizer: str, loss: str, *, margins: Tensor | list[float],
         fail(fn, "margins", "finite values >= 0", f"<min {float(margins_t.min()):.3g}>")
     if not math.isfinite(float(offset)):
         fail(fn, "offset", "a finite number", offset)
+    _check_pair(fn, normalizer, loss)
     objective = registry.make_objective(normalizer, loss, **params)
     normalize = registry.get_normalizer(normalizer)
     accepted = inspect.signature(registry.resolve(registry.NORMALIZERS[normalizer].fn)).parameters
@@ -130,6 +131,20 @@ def gradient_sweep(normalizer: str, loss: str, *, margins: Tensor | list[float],
                          as_t(wrongs), as_t(probs), dict(params))
 
 
+def _check_pair(fn: str, normalizer: object, loss: object) -> None:
+    """Both names in the registry and the pair defined there, else an error naming the argument."""
+    if normalizer not in registry.NORMALIZERS:
+        fail(fn, "normalizer", "one of " + ", ".join(map(repr, registry.NORMALIZERS)), normalizer,
+             detail=f"unknown normalizer {normalizer!r}")
+    if loss not in registry.LOSSES:
+        fail(fn, "loss", "one of " + ", ".join(map(repr, registry.LOSSES)), loss,
+             detail=f"unknown loss {loss!r}")
+    takes = registry.LOSSES[loss].normalizers  # type: ignore[index]
+    if normalizer not in takes:
+        fail(fn, "loss", f"a loss defined for normalizer {normalizer!r}", loss,
+             detail=f"not defined for normalizer {normalizer!r}; it takes: {', '.join(takes)}")
+
+
 #: Keyword parameters :func:`sweep_pairs` uses per normalizer unless told otherwise: x/Σx needs
 #: a positivity transform for logits that can be negative (the study's choice: softplus).
 DEFAULT_SWEEP_PARAMS: dict[str, dict[str, Any]] = {"standard": {"positivity": "softplus"}}
@@ -148,6 +163,9 @@ def sweep_pairs(*, margins: Tensor | list[float], num_classes: int = 10,
 
     Returns:
         One :class:`GradientSweep` per pair, in order.
+
+    Raises:
+        ValueError, TypeError: as :func:`gradient_sweep`, for the first pair that fails.
 
     Example:
         >>> sweeps = sweep_pairs(margins=[0.0, 30.0], num_classes=4,

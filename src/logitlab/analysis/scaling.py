@@ -78,6 +78,9 @@ def scale_response(normalizer: str, logits: Tensor, scales: Tensor | list[float]
     scales_t = torch.as_tensor(scales, dtype=torch.float64).detach()
     if scales_t.ndim != 1 or scales_t.numel() == 0 or not bool(torch.isfinite(scales_t).all()):
         fail(fn, "scales", "a non-empty 1-D sequence of finite numbers", f"<{scales_t.numel()} values>")
+    if normalizer not in registry.NORMALIZERS:
+        fail(fn, "normalizer", "one of " + ", ".join(map(repr, registry.NORMALIZERS)), normalizer,
+             detail=f"unknown normalizer {normalizer!r}")
     normalize = registry.get_normalizer(normalizer)
     base = logits.detach().to(torch.float64)
     with torch.no_grad():

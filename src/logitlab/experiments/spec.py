@@ -16,6 +16,7 @@ become softplus(z) = log(1 + e^z) > 0 before x / Σx (``standard_normalize``'s o
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -217,8 +218,8 @@ _NUMERIC = {
     "batch_size": (int, "an int >= 1", lambda v: v >= 1),
     "hidden": (int, "an int >= 1", lambda v: v >= 1),
     "n_bins": (int, "an int >= 1", lambda v: v >= 1),
-    "lr": (float, "a number > 0", lambda v: v > 0),
-    "weight_decay": (float, "a number >= 0", lambda v: v >= 0),
+    "lr": (float, "a finite number > 0", lambda v: 0 < v < math.inf),
+    "weight_decay": (float, "a finite number >= 0", lambda v: 0 <= v < math.inf),
     "val_fraction": (float, "a number in (0, 0.5)", lambda v: 0 < v < 0.5),
     "test_fraction": (float, "a number in (0, 0.5)", lambda v: 0 < v < 0.5),
     "nll_smoothing": (float, "a number in [0, 1)", lambda v: 0 <= v < 1),

@@ -69,14 +69,37 @@ def log_power_sum(log_p: Tensor, log_q: Tensor, alpha: float) -> tuple[Tensor, T
     return torch.where(infinite, torch.zeros_like(log_sum), log_sum), infinite
 
 
+def power_sum_minus_one(p: Tensor, log_p: Tensor, log_q: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """``(Σ p^α q^(1−α) − 1, usable)`` without cancellation near α = 1, for rows on the simplex.
+
+    With d = log p − log q on the joint support and Σ p = 1, Σ p^α q^(1−α) − 1 =
+    Σ_{p,q>0} p·expm1((α − 1) d) − Σ_{p>0=q} p (the last sum only for α < 1; for α > 1 such a
+    row is +inf and flagged by :func:`log_power_sum`). Computing ``1 + (...)`` and subtracting 1
+    instead loses every digit below eps, then divided by α − 1. ``usable`` (N,) marks rows with
+    |(α − 1) d| ≤ 1 everywhere (no overflow in expm1); the others must use the log-space sum.
+    """
+    both = (log_p > NEG_INF) & (log_q > NEG_INF)
+    scaled = (alpha - 1) * torch.where(both, log_p - log_q, torch.zeros_like(log_p))
+    usable = (scaled.abs() <= 1).all(-1)
+    scaled = torch.where(usable.unsqueeze(-1), scaled, torch.zeros_like(scaled))
+    gain = torch.where(both, p * torch.expm1(scaled), torch.zeros_like(p)).sum(-1)
+    if alpha < 1:
+        gain = gain - torch.where((log_p > NEG_INF) & ~both, p, torch.zeros_like(p)).sum(-1)
+    return gain, usable
+
+
 def amari(p: Tensor, log_p: Tensor, q: Tensor, log_q: Tensor, alpha: float) -> Tensor:
     """(Σ p^α q^(1−α) − 1) / (α (α − 1)); α = 1 gives KL(p ‖ q), α = 0 gives KL(q ‖ p)."""
     if alpha == 1:
         return kl(p, log_p, q, log_q)
     if alpha == 0:
         return kl(q, log_q, p, log_p)
+    if alpha < 0.5:  # D_α(p ‖ q) = D_{1−α}(q ‖ p): keep the order nearest 1, where the sum cancels
+        return amari(q, log_q, p, log_p, 1 - alpha)
     log_sum, infinite = log_power_sum(log_p, log_q, alpha)
-    return _infinite_rows(torch.expm1(log_sum) / (alpha * (alpha - 1)), infinite)
+    near, usable = power_sum_minus_one(p, log_p, log_q, alpha)
+    values = torch.where(usable, near, torch.expm1(log_sum)) / (alpha * (alpha - 1))
+    return _infinite_rows(values, infinite)
 
 
 def renyi(p: Tensor, log_p: Tensor, q: Tensor, log_q: Tensor, alpha: float) -> Tensor:
@@ -86,7 +109,11 @@ def renyi(p: Tensor, log_p: Tensor, q: Tensor, log_q: Tensor, alpha: float) -> T
     log_sum, infinite = log_power_sum(log_p, log_q, alpha)
     # Disjoint supports (log_sum = -inf, α < 1) give +inf: flag them for a zero gradient.
     infinite = infinite | (log_sum == NEG_INF)
-    return _infinite_rows(_finite_or_zero(log_sum) / (alpha - 1), infinite)
+    near, usable = power_sum_minus_one(p, log_p, log_q, alpha)
+    usable = usable & ~infinite & (near > -1)
+    near = torch.log1p(torch.where(usable, near, torch.zeros_like(near)))
+    values = torch.where(usable, near, _finite_or_zero(log_sum))
+    return _infinite_rows(values / (alpha - 1), infinite)
 
 
 def total_variation(p: Tensor, log_p: Tensor, q: Tensor, log_q: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ in the forward or the backward pass.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Mapping
 
@@ -43,8 +44,10 @@ def normalizer_spec(fn: str, name: object, allowed: tuple[str, ...]) -> registry
     return registry.NORMALIZERS[name]  # type: ignore[index]
 
 
-def _accepted(path: str) -> tuple[set[str], bool]:
-    """Keyword names a ``"module:function"`` accepts besides the tensor and ``dim``."""
+@functools.lru_cache(maxsize=None)
+def _accepted(path: str) -> tuple[frozenset[str], bool]:
+    """Keyword names a ``"module:function"`` accepts besides the tensor and ``dim`` (cached:
+    ``inspect.signature`` costs more than a small loss call)."""
     signature = inspect.signature(registry.resolve(path))
     names, var = set(), False
     for index, (pname, param) in enumerate(signature.parameters.items()):
@@ -52,7 +55,7 @@ def _accepted(path: str) -> tuple[set[str], bool]:
             var = True
         elif index > 0 and pname != "dim" and param.kind is not inspect.Parameter.VAR_POSITIONAL:
             names.add(pname)
-    return names, var
+    return frozenset(names), var
 
 
 def normalizer_params(fn: str, spec: registry.NormalizerSpec, params: Mapping[str, Any],

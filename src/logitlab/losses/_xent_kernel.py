@@ -95,7 +95,8 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
     else:
         grad = None
     losses = rows.new_empty(n_rows, dtype=cd)
-    block = min(n_rows, _block_rows(n_classes, cd))
+    # max(1, ...): an empty batch (N = 0) still needs a positive range() step.
+    block = max(1, min(n_rows, _block_rows(n_classes, cd)))
     convert = rows.dtype != cd or temp != 1.0
     s_buf = rows.new_empty((block, n_classes), dtype=cd) if convert else None
     lp_buf = rows.new_empty((block, n_classes), dtype=cd)

@@ -52,21 +52,35 @@ def _compiling() -> bool:
     return bool(torch.compiler.is_compiling())
 
 
+def _no_grad_options(fn: str, **options: object) -> None:
+    """Scalar options are read as Python numbers: a tensor that requires grad would get none."""
+    for name, value in options.items():
+        if isinstance(value, Tensor) and value.requires_grad:
+            fail(fn, name, "a number (its gradient is not computed)",
+                 "<tensor that requires grad>", kind=TypeError,
+                 detail="to learn it, scale the logits yourself, e.g. logits / temperature")
+
+
 def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, weight: object,
                            ignore_index: object, mask: object, validate: bool,
-                           allow_probs: bool = True) -> _Rows:
-    """The checks and the row layout shared by cross_entropy, nll_loss and the focal losses."""
-    check_floating(fn, "logits", logits)
+                           allow_probs: bool = True, name: str = "logits") -> _Rows:
+    """The checks and the row layout shared by cross_entropy, nll_loss and the focal losses.
+
+    ``name`` is the caller's name of the scores argument ('log_probs' for nll_loss).
+    """
+    check_floating(fn, name, logits)
     if logits.ndim == 0:
-        fail(fn, "logits", "a tensor with at least 1 dimension (the classes)", logits)
+        fail(fn, name, "a tensor with at least 1 dimension (the classes)", logits)
     dim = check_dim(fn, dim, logits.ndim)
     target = check_tensor(fn, "target", target)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         fail(fn, "ignore_index", "an int", f"<{type(ignore_index).__name__}>", kind=TypeError)
     n_classes = logits.shape[dim]
+    if n_classes == 0:
+        fail(fn, name, f"at least 1 class along dim {dim}", f"<shape {tuple(logits.shape)}>")
     batch_shape = tuple(logits.shape[:dim] + logits.shape[dim + 1:])
     index_target = not target.is_floating_point()
-    kinds = (f"class indices of shape {batch_shape} (logits' shape without dim {dim})"
+    kinds = (f"class indices of shape {batch_shape} ({name}' shape without dim {dim})"
              + (f" or probabilities of shape {tuple(logits.shape)}" if allow_probs else ""))
     if index_target:
         if target.dtype == torch.bool or target.is_complex():
@@ -88,6 +102,8 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
         weight = check_floating(fn, "weight", weight)
         if tuple(weight.shape) != (n_classes,):
             fail(fn, "weight", f"a 1-D tensor of {n_classes} class weights", weight)
+        if validate and not _compiling() and not bool(torch.isfinite(weight).all()):
+            fail(fn, "weight", "finite class weights", "<NaN or inf entries>")
         weight = weight.to(cd)
     rows, _ = to_rows(logits, dim)
     n_rows = rows.shape[0]
@@ -96,7 +112,7 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
         if mask.dtype != torch.bool:
             fail(fn, "mask", "a bool tensor (True = keep the row)", f"<dtype {mask.dtype}>", kind=TypeError)
         if tuple(mask.shape) != batch_shape:
-            fail(fn, "mask", f"shape {batch_shape} (logits' shape without dim {dim})",
+            fail(fn, "mask", f"shape {batch_shape} ({name}' shape without dim {dim})",
                  f"<shape {tuple(mask.shape)}>")
         keep = mask.reshape(n_rows)
     else:
@@ -113,6 +129,10 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
         target_rows, _ = to_rows(target, dim)
         if validate and not _compiling():
             check_probs(fn, "target", target_rows if mask is None else target_rows[keep], dim=-1)
+        if mask is not None:
+            # Masked-out rows are not checked and may hold anything (padding, NaN): zero them, or
+            # NaN · 0 would put NaN into their gradient rows.
+            target_rows = torch.where(keep.unsqueeze(1), target_rows, target_rows.new_zeros(()))
         row_weight = None
     return _Rows(rows, target_rows, index_target, keep, row_weight, weight, batch_shape)
 
@@ -177,12 +197,14 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         label_smoothing: ε in [0, 1].
         z_loss: z ≥ 0, the coefficient of logsumexp².
         temperature: T > 0; the loss is that of softmax(logits / T).
-        validate: check the data (index range, probability rows, NaN/+inf logits). With
+        validate: check the data (index range, probability rows, NaN/+inf logits, finite
+            class weights). With
             ``False`` these checks are skipped; argument checks always run. Under
             ``torch.compile`` the data checks are skipped.
         inplace_backward: write the gradient into the logits' memory during the forward
             (saves an (N, C) allocation). This DESTROYS the logits: only use it when nothing
-            else reads them after this call. Fused implementation only.
+            else reads them after this call. Fused implementation only; not for expanded
+            (broadcast) logits, whose elements share memory.
         impl: 'auto' | 'fused' | 'composite'.
 
     Returns:
@@ -191,7 +213,9 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     Raises:
         TypeError / ValueError / IndexError: naming the argument, e.g. a target shape or dtype
         mismatch, a class index out of range, probabilities that are negative or do not sum
-        to 1, NaN or +inf logits, an invalid option.
+        to 1, NaN or +inf logits, NaN or infinite class weights, no class (C = 0), an invalid
+        option, or ``impl='fused'`` when the class weights or target probabilities require a
+        gradient (the fused implementation differentiates the logits only).
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
@@ -204,6 +228,7 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     """
     fn = "cross_entropy"
     check_reduction(fn, reduction)
+    _no_grad_options(fn, label_smoothing=label_smoothing, z_loss=z_loss, temperature=temperature)
     eps = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     z = check_range(fn, "z_loss", z_loss, 0.0, math.inf, high_open=True)
     temp = check_positive(fn, "temperature", temperature)
@@ -214,9 +239,20 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         needs_composite = compiling or (not r.index_target and target.requires_grad) or (
             weight is not None and weight.requires_grad)
         impl = "composite" if needs_composite else "fused"
+    elif impl == "fused" and ((not r.index_target and target.requires_grad) or (
+            weight is not None and weight.requires_grad)):
+        # The fused Function returns no gradient for them: raise rather than drop it silently.
+        which = "weight" if weight is not None and weight.requires_grad else "target"
+        fail(fn, "impl", "'composite' or 'auto' when " + which + " requires a gradient",
+             impl, detail="the fused implementation differentiates the logits only")
     if inplace_backward and impl != "fused":
         fail(fn, "inplace_backward", "False with the composite implementation", inplace_backward,
              detail=f"impl resolved to {impl!r}")
+    if inplace_backward and any(stride == 0 and size > 1 for stride, size in zip(r.rows.stride(), r.rows.shape)):
+        # An expanded (broadcast) tensor has one memory cell for several elements: the gradient
+        # cannot be written into it (torch raised 'unsupported operation' from inside the kernel).
+        fail(fn, "inplace_backward", "False for expanded logits (elements sharing memory)",
+             inplace_backward, detail=f"logits strides {tuple(logits.stride())}; clone() them first")
     opts = XentOptions(fn, r.index_target, eps, z, temp, reduction == "none",
                        bool(validate) and not compiling, bool(inplace_backward))
     scale = _scale(r, reduction, compute_dtype(logits))
@@ -257,7 +293,7 @@ def nll_loss(log_probs: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor
     fn = "nll_loss"
     check_reduction(fn, reduction)
     r = _check_target_and_rows(fn, log_probs, target, dim, weight, ignore_index, mask, validate,
-                               allow_probs=False)
+                               allow_probs=False, name="log_probs")
     if validate and not _compiling():
         check_finite(fn, "log_probs", log_probs)
     cd = compute_dtype(log_probs)
@@ -278,8 +314,9 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
         loss = −w · [ pos_weight · t · log σ(z) + (1 − t) · log(1 − σ(z)) ]
              = w · [ (1 − t) · z + (1 + (pos_weight − 1) · t) · softplus(−z) ]
 
-    (the second form is the stable one used here). 'mean' averages over all elements. Values
-    and gradients equal ``torch.nn.functional.binary_cross_entropy_with_logits``.
+    (the second form is the stable one used here). 'mean' averages over all elements (and is
+    0 for an empty tensor, where torch gives NaN). Values and gradients equal
+    ``torch.nn.functional.binary_cross_entropy_with_logits`` for finite logits.
 
     Args:
         logits: (*shape) scores.
@@ -288,13 +325,16 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
         pos_weight: a tensor broadcastable to (*shape) (typically (C,)), the weight of the
             positive term.
         reduction: 'none' | 'mean' | 'sum'.
-        validate: check that target lies in [0, 1] and logits have no NaN.
+        validate: check that target lies in [0, 1], and that logits, weight and pos_weight
+            are finite.
 
     Returns:
         A scalar, or (*shape) for ``reduction='none'``.
 
     Raises:
-        TypeError / ValueError naming the argument.
+        TypeError / ValueError naming the argument: a non-floating tensor, a target shape
+        other than logits', a weight that does not broadcast to logits' shape, NaN or
+        infinite logits or weights, targets outside [0, 1].
 
     Example:
         >>> binary_cross_entropy_with_logits(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]))
@@ -310,12 +350,18 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
         if value is not None:
             check_floating(fn, name, value)
             try:
-                torch.broadcast_shapes(value.shape, logits.shape)
+                broadcast = torch.broadcast_shapes(value.shape, logits.shape)
             except RuntimeError:
+                broadcast = None
+            # It must broadcast TO logits' shape: a larger weight would enlarge the output.
+            if broadcast != logits.shape:
                 fail(fn, name, f"a shape broadcastable to {tuple(logits.shape)}", value)
+            if validate and not _compiling() and not bool(torch.isfinite(value).all()):
+                fail(fn, name, "finite values", "<NaN or inf entries>")
     if validate and not _compiling():
-        if bool(torch.isnan(logits).any()):
-            fail(fn, "logits", "values without NaN", "<NaN entries>")
+        if not bool(torch.isfinite(logits).all()):
+            # ±inf is rejected too: (1 − t) · z is 0 · inf = NaN at z = +inf, t = 1.
+            fail(fn, "logits", "finite values", "<NaN or inf entries>")
         if target.numel() and bool(((target < 0) | (target > 1) | torch.isnan(target)).any()):
             fail(fn, "target", "probabilities in [0, 1]", f"<range [{float(target.min()):.3g}, {float(target.max()):.3g}]>")
     cd = compute_dtype(logits)
@@ -327,7 +373,10 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
         values = (1 - t) * z + (1 + (pos_weight.to(cd) - 1) * t) * softplus_neg
     if weight is not None:
         values = values * weight.to(cd)
-    out = values if reduction == "none" else (values.sum() if reduction == "sum" else values.mean())
+    if reduction == "mean" and values.numel() == 0:
+        out = values.sum()  # the mean of no element is 0 (as reduce_loss), not torch's NaN
+    else:
+        out = values if reduction == "none" else (values.sum() if reduction == "sum" else values.mean())
     return out.to(logits.dtype)
 
 
@@ -348,6 +397,10 @@ def log_likelihood(logits: Tensor, target: Tensor, *, dim: int = -1, validate: b
 
     Returns:
         A scalar ≤ 0 (−inf when a target class has a ``-inf`` logit).
+
+    Raises:
+        TypeError / ValueError / IndexError naming the argument, as :func:`cross_entropy`
+        (the messages name ``cross_entropy()``, which computes it).
 
     Example:
         >>> log_likelihood(torch.zeros(1000, 10), torch.zeros(1000, dtype=torch.long))  # 1000 log 0.1

@@ -74,6 +74,35 @@ def _check_param(fn: str, divergence: str, value: Any) -> float:
     return check_positive(fn, "renyi_alpha", value)
 
 
+def check_mask(fn: str, mask: Tensor | None, batch_shape: tuple[int, ...]) -> None:
+    """``mask`` is None or a bool tensor of ``batch_shape`` (the logits without the class axis)."""
+    if mask is not None:
+        check_tensor(fn, "mask", mask)
+        if mask.dtype != torch.bool or tuple(mask.shape) != batch_shape:
+            fail(fn, "mask", f"a bool tensor of shape {batch_shape} (logits without dim)",
+                 f"<{mask.dtype} of shape {tuple(mask.shape)}>")
+
+
+def check_logit_rows(fn: str, name: str, logits: Tensor, axis: int) -> None:
+    """No NaN or +inf, and at least one logit > -inf in every row along ``axis`` (a data pass)."""
+    check_finite(fn, name, logits)
+    if logits.numel() and bool((logits == -math.inf).all(axis).any()):
+        fail(fn, name, "at least one logit > -inf per row", "<a row of all -inf>")
+
+
+def scale_by_temperature(fn: str, name: str, logits: Tensor, temperature: float, dtype: torch.dtype,
+                         validate: bool) -> Tensor:
+    """``logits / temperature`` in ``dtype``; with ``validate``, a finite logit may not overflow.
+
+    (Shared with the Fenchel–Young losses; its natural home is ``losses._model``.)
+    """
+    scaled = logits.to(dtype) / temperature
+    if validate and temperature < 1 and bool((torch.isinf(scaled) & torch.isfinite(logits)).any()):
+        fail(fn, "temperature", f"a value for which {name} / temperature stays finite in {dtype}",
+             temperature, detail=f"largest |{name}| is {float(logits[torch.isfinite(logits)].abs().max()):.3g}")
+    return scaled
+
+
 def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None, *,
                 normalizer: str, dim: int, reduction: str, mask: Tensor | None,
                 temperature: float, target_logits: Tensor | None, validate: bool,
@@ -84,6 +113,8 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
     spec = normalizer_spec(fn, normalizer, _SIMPLEX)
     nparams = normalizer_params(fn, spec, params, own=_OWN)
     axis = check_dim(fn, dim, logits.ndim)
+    if logits.ndim and logits.shape[axis] == 0:
+        fail(fn, "logits", f"at least one class along dim {dim}", f"<shape {tuple(logits.shape)}>")
     check_reduction(fn, reduction)
     temperature = check_positive(fn, "temperature", temperature)
     value = _check_param(fn, divergence, param) if pname is not None else None
@@ -96,23 +127,21 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
     if given.shape != logits.shape:  # type: ignore[union-attr]
         fail(fn, name, f"shape {tuple(logits.shape)} (the shape of logits)",
              f"<shape {tuple(given.shape)}>")  # type: ignore[union-attr]
+    if logits.ndim == 0:  # one class: view as (1,) so that every row-wise step sees an axis
+        logits = logits.reshape(1)
+        target = None if target is None else target.reshape(1)
+        target_logits = None if target_logits is None else target_logits.reshape(1)
     batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)
-    if mask is not None:
-        check_tensor(fn, "mask", mask)
-        if mask.dtype != torch.bool or tuple(mask.shape) != batch_shape:
-            fail(fn, "mask", f"a bool tensor of shape {batch_shape} (logits without dim)",
-                 f"<{mask.dtype} of shape {tuple(mask.shape)}>")
+    check_mask(fn, mask, batch_shape)
     if validate:
-        check_finite(fn, "logits", logits)
-        if logits.numel() and bool((logits == -math.inf).all(axis).any()):
-            fail(fn, "logits", "at least one logit > -inf per row", "<a row of all -inf>")
+        check_logit_rows(fn, "logits", logits, axis)
         if target is not None:
             check_probs(fn, "target", target, dim=axis)
         else:
-            check_finite(fn, "target_logits", target_logits)  # type: ignore[arg-type]
+            check_logit_rows(fn, "target_logits", target_logits, axis)  # type: ignore[arg-type]
 
     dtype = compute_dtype(logits)
-    rows, _ = to_rows(logits.to(dtype) / temperature, axis)
+    rows, _ = to_rows(scale_by_temperature(fn, "logits", logits, temperature, dtype, validate), axis)
     if divergence == "kl" and target is not None and not target.requires_grad:
         # Fast path for the common case (distillation to fixed probabilities, a model without
         # excluded classes): Σ xlogy(p, p) − p log q, no masks. Falls through on a -inf log q.
@@ -128,7 +157,8 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
         p = to_rows(target.to(dtype), axis)[0]
         log_p = safe_log(p)  # exact zeros: -inf with a zero gradient
     else:
-        teacher = to_rows(target_logits.to(dtype) / temperature, axis)[0]  # type: ignore[union-attr]
+        teacher = to_rows(scale_by_temperature(fn, "target_logits", target_logits, temperature,  # type: ignore[arg-type]
+                                               dtype, validate), axis)[0]
         p, log_p = model_distribution(spec, teacher, nparams, validate)
     assert q is not None  # internal: every path above sets it
     values = kernel(p, log_p, q, log_q) if value is None else kernel(p, log_p, q, log_q, value)
@@ -156,8 +186,9 @@ _ARGS = """
 
     Raises:
         ValueError / TypeError: unknown normalizer, a parameter it does not take, target shape
-            not that of logits, target rows not distributions, NaN or +inf logits, invalid
-            divergence parameter.
+            not that of logits, target rows not distributions, NaN or +inf logits, a row of
+            all -inf, no class along ``dim``, a temperature for which logits / temperature
+            overflows, invalid divergence parameter.
 """
 
 

@@ -23,9 +23,10 @@ from torch import Tensor
 from logitlab import registry
 from logitlab._reduction import reduce_loss, to_rows
 from logitlab._validation import (
-    check_dim, check_finite, check_floating, check_index_target, check_positive, check_probs,
+    check_dim, check_floating, check_index_target, check_positive, check_probs,
     check_reduction, check_tensor, compute_dtype, fail,
 )
+from logitlab.losses.divergences import check_logit_rows, check_mask, scale_by_temperature
 from logitlab.losses._model import (
     normalizer_params, normalizer_spec, regularizer_params, with_validate,
 )
@@ -109,7 +110,8 @@ def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str = "sof
     Raises:
         ValueError / TypeError: unknown normalizer or one without Ω (the message lists the
             choices), a parameter the normalizer does not take, target shape or dtype,
-            index out of range, rows not distributions, NaN/+inf logits.
+            index out of range, rows not distributions, NaN/+inf logits, a row of all -inf,
+            no class along ``dim``, a temperature for which logits / temperature overflows.
 
     Reference: Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR, 2020.
 
@@ -131,6 +133,8 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
     spec = normalizer_spec(fn, normalizer, _FY)
     nparams = normalizer_params(fn, spec, params)
     axis = check_dim(fn, dim, logits.ndim)
+    if logits.ndim and logits.shape[axis] == 0:
+        fail(fn, "logits", f"at least one class along dim {dim}", f"<shape {tuple(logits.shape)}>")
     check_reduction(fn, reduction)
     temperature = check_positive(fn, "temperature", temperature)
     batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)
@@ -146,22 +150,16 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
     elif target.shape != logits.shape:
         fail(fn, "target", f"probabilities of shape {tuple(logits.shape)} or class indices of "
              f"shape {batch_shape}", f"<shape {tuple(target.shape)}>")
-    if mask is not None:
-        check_tensor(fn, "mask", mask)
-        if mask.dtype != torch.bool or tuple(mask.shape) != batch_shape:
-            fail(fn, "mask", f"a bool tensor of shape {batch_shape} (logits without dim)",
-                 f"<{mask.dtype} of shape {tuple(mask.shape)}>")
+    check_mask(fn, mask, batch_shape)
     if validate:
-        check_finite(fn, "logits", logits)
-        if logits.numel() and bool((logits == -math.inf).all(axis).any()):
-            fail(fn, "logits", "at least one logit > -inf per row", "<a row of all -inf>")
+        check_logit_rows(fn, "logits", logits, axis)
         if index:
             check_index_target(fn, "target", target, n, ignore_index=ignore_index)
         else:
             check_probs(fn, "target", target, dim=axis)
 
     dtype = compute_dtype(logits)
-    theta = to_rows(logits.to(dtype) / temperature, axis)[0]
+    theta = to_rows(scale_by_temperature(fn, "logits", logits, temperature, dtype, validate), axis)[0]
     keep = mask
     if index:
         flat = target.reshape(-1)

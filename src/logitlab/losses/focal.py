@@ -10,7 +10,7 @@ from torch import Tensor
 from logitlab._reduction import reduce_loss
 from logitlab._validation import check_floating, check_range, check_reduction, compute_dtype, fail
 from logitlab.losses._xent_kernel import XentOptions, _bad_row
-from logitlab.losses.cross_entropy import _check_target_and_rows, _compiling, cross_entropy
+from logitlab.losses.cross_entropy import _check_target_and_rows, _compiling, _no_grad_options, cross_entropy
 
 __all__ = ["focal_loss", "poly1_cross_entropy"]
 
@@ -32,7 +32,9 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
 
     p = softmax(logits) along ``dim`` and y the target class. γ = 0 and no α gives
     cross-entropy; γ > 0 down-weights examples the model already classifies confidently.
-    (1 − p_y) is computed as −expm1(log p_y), accurate when p_y is close to 1.
+    (1 − p_y) is computed as −expm1(log p_y), accurate when p_y is close to 1; where p_y
+    rounds to 1 the loss and its gradient are 0 for every γ (also 0 < γ < 1, where the
+    derivative of (1 − p_y)^γ alone is infinite).
 
     ``alpha`` is a balancing factor: a number (the same for every class) or a (C,) tensor of
     per-class factors α_c. Unlike ``weight`` in :func:`cross_entropy`, α does not enter the
@@ -64,6 +66,7 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
     """
     fn = "focal_loss"
     check_reduction(fn, reduction)
+    _no_grad_options(fn, gamma=gamma)
     gamma = check_range(fn, "gamma", gamma, 0.0, math.inf, high_open=True)
     r = _check_target_and_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
     cd = compute_dtype(logits)
@@ -71,12 +74,26 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
     if gamma == 0.0:
         values = -log_pt
     else:
-        values = -torch.pow(-torch.expm1(log_pt), gamma) * log_pt
+        # (1 − p_y)^γ with a zero-safe pow: for 0 < γ < 1 the derivative of u^γ is infinite at
+        # u = 0 (a confidently right row, p_y == 1 in the compute dtype) and inf · 0 would make
+        # the gradient NaN; the loss ~ u^(1+γ) has derivative 0 there, which the where gives.
+        # A target on an excluded (-inf) class has u = 1 and loss +inf; its factor is kept out of
+        # the graph there (-log p_y = inf times d(u^γ) = 0 was NaN), so the gradient is that of
+        # −log p_y, p − onehot, finite as in cross_entropy (the limit of the full gradient).
+        finite = torch.isfinite(log_pt)
+        u = torch.where(finite, -torch.expm1(torch.where(finite, log_pt, torch.zeros_like(log_pt))),
+                        torch.ones_like(log_pt))
+        positive = u > 0
+        factor = torch.where(positive, torch.where(positive, u, torch.ones_like(u)).pow(gamma),
+                             torch.zeros_like(u))
+        values = -factor * log_pt
     if alpha is not None:
         if isinstance(alpha, Tensor):
             check_floating(fn, "alpha", alpha)
             if tuple(alpha.shape) != (r.rows.shape[1],):
                 fail(fn, "alpha", f"a number or a 1-D tensor of {r.rows.shape[1]} class factors", alpha)
+            if validate and not _compiling() and not bool(torch.isfinite(alpha).all()):
+                fail(fn, "alpha", "finite class factors", "<NaN or inf entries>")
             values = values * alpha.to(cd)[r.target]
         else:
             values = values * check_range(fn, "alpha", alpha, 0.0, math.inf, high_open=True)
@@ -117,6 +134,7 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
     """
     fn = "poly1_cross_entropy"
     check_reduction(fn, reduction)
+    _no_grad_options(fn, epsilon=epsilon, label_smoothing=label_smoothing)
     epsilon = check_range(fn, "epsilon", epsilon, -1.0, math.inf, high_open=True)
     smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, allow_probs=False)

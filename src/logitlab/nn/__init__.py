@@ -4,27 +4,23 @@ Argument names, order and defaults are the functional ones; tensors (class weigh
 registered as buffers so that ``.to(device)`` moves them.
 """
 
-__all__: list[str] = []
-
-# --- dense normalizers ---
-from logitlab.nn.normalizers import (LogSigmoid, LogSoftmax, Sigmoid, Softmax, SphericalSoftmax,
-                                     StandardNormalize, TaylorSoftmax)
-
-__all__ += ["Softmax", "LogSoftmax", "Sigmoid", "LogSigmoid", "StandardNormalize", "SphericalSoftmax",
-            "TaylorSoftmax"]
-# --- end dense normalizers ---
-# cross-entropy family
-from logitlab.nn.cross_entropy import (  # noqa: E402
-    BCEWithLogitsLoss,
+from logitlab.nn.normalizers import (
+    Softmax,
+    LogSoftmax,
+    Sigmoid,
+    LogSigmoid,
+    StandardNormalize,
+    SphericalSoftmax,
+    TaylorSoftmax,
+)
+from logitlab.nn.cross_entropy import (
     CrossEntropyLoss,
-    FocalLoss,
     NLLLoss,
+    BCEWithLogitsLoss,
+    FocalLoss,
     Poly1CrossEntropyLoss,
 )
-
-__all__ += ["CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "FocalLoss", "Poly1CrossEntropyLoss"]
-# --- divergences and Fenchel–Young losses (div) ---
-from logitlab.nn.divergences import (  # noqa: E402
+from logitlab.nn.divergences import (
     DivergenceLoss,
     KLDivergenceLoss,
     ReverseKLDivergenceLoss,
@@ -39,7 +35,31 @@ from logitlab.nn.divergences import (  # noqa: E402
     EntmaxLoss,
     Entmax15Loss,
 )
-__all__ += [
+from logitlab.nn.sparse import (
+    Sparsemax,
+    Entmax15,
+    Entmax,
+)
+from logitlab.nn.structured import (
+    LinearChainCRF,
+)
+from logitlab.nn.fused import (
+    LinearCrossEntropy,
+)
+
+__all__ = [
+    "Softmax",
+    "LogSoftmax",
+    "Sigmoid",
+    "LogSigmoid",
+    "StandardNormalize",
+    "SphericalSoftmax",
+    "TaylorSoftmax",
+    "CrossEntropyLoss",
+    "NLLLoss",
+    "BCEWithLogitsLoss",
+    "FocalLoss",
+    "Poly1CrossEntropyLoss",
     "DivergenceLoss",
     "KLDivergenceLoss",
     "ReverseKLDivergenceLoss",
@@ -53,17 +73,9 @@ __all__ += [
     "SparsemaxLoss",
     "EntmaxLoss",
     "Entmax15Loss",
+    "Sparsemax",
+    "Entmax15",
+    "Entmax",
+    "LinearChainCRF",
+    "LinearCrossEntropy",
 ]
-# --- sparse maps ---
-from logitlab.nn.sparse import Entmax, Entmax15, Sparsemax  # noqa: E402
-
-__all__ += ["Sparsemax", "Entmax15", "Entmax"]
-# --- structures (theory) ---
-from logitlab.nn.structured import LinearChainCRF  # noqa: E402
-
-__all__ += ["LinearChainCRF"]
-# --- end structures ---
-# fused (scale)
-from logitlab.nn.fused import LinearCrossEntropy  # noqa: E402
-
-__all__ += ["LinearCrossEntropy"]

@@ -44,11 +44,19 @@ class CrossEntropyLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
-                f"temperature={self.temperature}, weighted={self.weight is not None}")
+                f"temperature={self.temperature}, weighted={self.weight is not None}, "
+                f"validate={self.validate}, inplace_backward={self.inplace_backward}, impl={self.impl!r}")
 
 
 class NLLLoss(nn.Module):
-    """:func:`logitlab.nll_loss` as a Module; ``weight`` is a buffer."""
+    """:func:`logitlab.nll_loss` as a Module; ``weight`` is a buffer.
+
+    Example:
+        >>> import torch
+        >>> NLLLoss(weight=torch.tensor([1.0, 3.0]))(torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]])),
+        ...                                         torch.tensor([0, 1]))  # (0.6931 + 3 · 2.3026) / 4
+        tensor(1.9002)
+    """
 
     weight: Tensor | None
 
@@ -68,7 +76,13 @@ class NLLLoss(nn.Module):
 
 
 class BCEWithLogitsLoss(nn.Module):
-    """:func:`logitlab.binary_cross_entropy_with_logits` as a Module; weights are buffers."""
+    """:func:`logitlab.binary_cross_entropy_with_logits` as a Module; weights are buffers.
+
+    Example:
+        >>> import torch
+        >>> BCEWithLogitsLoss(pos_weight=torch.tensor([2.0]))(torch.zeros(3), torch.ones(3))  # 2 log 2
+        tensor(1.3863)
+    """
 
     weight: Tensor | None
     pos_weight: Tensor | None
@@ -90,7 +104,13 @@ class BCEWithLogitsLoss(nn.Module):
 
 
 class FocalLoss(nn.Module):
-    """:func:`logitlab.focal_loss` as a Module; a tensor ``alpha`` is a buffer."""
+    """:func:`logitlab.focal_loss` as a Module; a tensor ``alpha`` is a buffer.
+
+    Example:
+        >>> import torch
+        >>> FocalLoss(gamma=1.0)(torch.zeros(1, 2), torch.tensor([0]))  # (1 − ½) log 2
+        tensor(0.3466)
+    """
 
     def __init__(self, *, gamma: float = 2.0, alpha: float | Tensor | None = None, dim: int = -1,
                  ignore_index: int = -100, reduction: str = "mean", validate: bool = True) -> None:
@@ -114,7 +134,13 @@ class FocalLoss(nn.Module):
 
 
 class Poly1CrossEntropyLoss(nn.Module):
-    """:func:`logitlab.poly1_cross_entropy` as a Module; ``weight`` is a buffer."""
+    """:func:`logitlab.poly1_cross_entropy` as a Module; ``weight`` is a buffer.
+
+    Example:
+        >>> import torch
+        >>> Poly1CrossEntropyLoss(epsilon=2.0)(torch.zeros(1, 2), torch.tensor([0]))  # log 2 + 2 · ½
+        tensor(1.6931)
+    """
 
     weight: Tensor | None
 

@@ -59,6 +59,25 @@ def _divergence_module(name: str, fn: Callable[..., Tensor], own: str | None,
                        temperature=temperature, validate=validate, **normalizer_params)
         _OptionsLoss.__init__(self, **options)
 
+    own_arg = f"{own}={default!r}, " if own is not None else ""
+    doc += f"""
+
+    Args (keyword-only, as in :func:`~logitlab.losses.divergences.{fn.__name__}`):
+        {own_arg}normalizer='softmax', dim=-1, reduction='mean', temperature=1.0, validate=True,
+        **normalizer_params. ``forward(logits (*batch, n), target (*batch, n), mask=None)``.
+
+    Raises:
+        As :func:`~logitlab.losses.divergences.{fn.__name__}`, when called.
+
+    Example:
+        >>> import torch
+        >>> logits, target = torch.tensor([[0.0, 1.0, -1.0]]), torch.tensor([[0.2, 0.5, 0.3]])
+        >>> module = {name}(reduction="none")
+        >>> bool(module(logits, target) == D.{fn.__name__}(logits, target, reduction="none"))
+        True
+        >>> module
+        {name}({own_arg}normalizer='softmax', dim=-1, reduction='none', temperature=1.0, validate=True)
+    """
     return type(name, (_OptionsLoss,), {"_fn": staticmethod(fn), "__init__": __init__,
                                         "__doc__": doc, "__module__": __name__})
 

@@ -10,6 +10,10 @@ from logitlab.normalizers.sparsemax import sparsemax
 __all__ = ["Sparsemax", "Entmax15", "Entmax"]
 
 
+def _validate_repr(validate: bool) -> str:
+    return "" if validate else ", validate=False"
+
+
 class Sparsemax(nn.Module):
     """Module form of :func:`logitlab.sparsemax`.
 
@@ -19,15 +23,16 @@ class Sparsemax(nn.Module):
         tensor([0.7500, 0.2500, 0.0000])
     """
 
-    def __init__(self, *, dim: int = -1) -> None:
+    def __init__(self, *, dim: int = -1, validate: bool = True) -> None:
         super().__init__()
         self.dim = dim
+        self.validate = validate
 
     def forward(self, logits: Tensor) -> Tensor:
-        return sparsemax(logits, dim=self.dim)
+        return sparsemax(logits, dim=self.dim, validate=self.validate)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}"
+        return f"dim={self.dim}" + _validate_repr(self.validate)
 
 
 class Entmax15(nn.Module):
@@ -39,15 +44,16 @@ class Entmax15(nn.Module):
         tensor([0.8307, 0.1693, 0.0000])
     """
 
-    def __init__(self, *, dim: int = -1) -> None:
+    def __init__(self, *, dim: int = -1, validate: bool = True) -> None:
         super().__init__()
         self.dim = dim
+        self.validate = validate
 
     def forward(self, logits: Tensor) -> Tensor:
-        return entmax15(logits, dim=self.dim)
+        return entmax15(logits, dim=self.dim, validate=self.validate)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}"
+        return f"dim={self.dim}" + _validate_repr(self.validate)
 
 
 class Entmax(nn.Module):
@@ -64,7 +70,7 @@ class Entmax(nn.Module):
     """
 
     def __init__(self, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: float = DEFAULT_TOL,
-                 max_iter: int = DEFAULT_MAX_ITER) -> None:
+                 max_iter: int = DEFAULT_MAX_ITER, validate: bool = True) -> None:
         super().__init__()
         if isinstance(alpha, nn.Parameter):
             self.alpha = alpha
@@ -75,10 +81,13 @@ class Entmax(nn.Module):
         self.dim = dim
         self.tol = tol
         self.max_iter = max_iter
+        self.validate = validate
 
     def forward(self, logits: Tensor) -> Tensor:
-        return entmax(logits, self.alpha, dim=self.dim, tol=self.tol, max_iter=self.max_iter)
+        return entmax(logits, self.alpha, dim=self.dim, tol=self.tol, max_iter=self.max_iter,
+                      validate=self.validate)
 
     def extra_repr(self) -> str:
         alpha = f"Tensor(shape={tuple(self.alpha.shape)})" if isinstance(self.alpha, Tensor) else self.alpha
-        return f"alpha={alpha}, dim={self.dim}, tol={self.tol:g}, max_iter={self.max_iter}"
+        return (f"alpha={alpha}, dim={self.dim}, tol={self.tol:g}, max_iter={self.max_iter}"
+                + _validate_repr(self.validate))

@@ -21,7 +21,9 @@ __all__ = ["scan", "empty_rows", "nonneg_inf", "safe_denominator", "describe_row
 def scan(fn: str, logits: Tensor, *, validate: bool) -> tuple[float, float]:
     """The smallest and largest entry of ``logits`` in one read (no allocation of its size).
 
-    With ``validate``, NaN or ``+inf`` anywhere raises (naming ``fn`` and ``logits``). The
+    With ``validate``, NaN or ``+inf`` anywhere raises (naming ``fn`` and ``logits``); this costs
+    one read of the logits (the row maximum). Without it, only the first entry of each row is
+    read unless one of them is ``-inf``. The
     minimum tells whether any class is excluded (``-inf``; NaN is reported as ``-inf`` too, so
     that callers take their careful path). Empty tensors give (0.0, 0.0).
     """
@@ -39,11 +41,15 @@ def empty_rows(fn: str, logits: Tensor, dim: int, *, validate: bool,
                row_max: Tensor | None = None) -> Tensor | None:
     """The (*batch, 1)-shaped mask of rows whose entries are all ``-inf``, or None if there are none.
 
-    With ``validate``, NaN or ``+inf`` anywhere raises (naming ``fn`` and ``logits``).
+    With ``validate``, NaN or ``+inf`` anywhere raises (naming ``fn`` and ``logits``); this costs
+    one read of the logits (the row maximum). Without it, only the first entry of each row is
+    read unless one of them is ``-inf``.
     ``row_max`` (the max along ``dim``, keepdim) may be passed when the caller has it already.
     """
     if logits.numel() == 0:
         return None
+    if not validate and row_max is None and not bool((logits.select(dim, 0) == -math.inf).any()):
+        return None  # a row is all -inf only if its first entry is: one column read, not a pass
     top = logits.amax(dim, keepdim=True) if row_max is None else row_max
     if bool(torch.isfinite(top).all()):
         return None

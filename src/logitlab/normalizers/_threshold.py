@@ -26,15 +26,23 @@ scatter), the others densely.
 The small per-row solves run on one thread (``torch.set_num_threads(1)`` around them, restored
 after): dozens of tiny ops each paying a fork-join cost more than they compute. The setting is
 process-wide, so another Python thread running torch ops at the same moment would see it.
+
+Validation costs no extra pass: ``torch.topk`` puts NaN and +inf first, so the row maximum the
+solve needs already tells which rows hold NaN or +inf; with ``validate`` such a row raises
+(inside the op, so it also works, without a graph break, under ``torch.compile``), otherwise it
+comes out NaN. α is checked (> 1, finite) there too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator
 
 import torch
 from torch import Tensor
+
+from logitlab._validation import fail
 
 __all__ = ["KINDS", "threshold_map", "ConvergenceError"]
 
@@ -225,8 +233,31 @@ def _solve_block(values: Tensor, idx: Tensor, alpha: float | Tensor, kind: str, 
             "violation": torch.where(excluded, 0, viol.to(cdtype)), "broken": broken}
 
 
+def _reject_logits(fn: str, rows: Tensor, broken: Tensor) -> None:
+    """Raise for the rows flagged ``broken`` (the failure path: its cost does not matter)."""
+    bad_rows = torch.nonzero(broken).squeeze(1)
+    sub = rows.index_select(0, bad_rows)
+    bad = torch.isnan(sub) | (sub == math.inf)
+    row, col = (int(i) for i in bad.nonzero()[0])
+    fail(fn, "logits", "values without NaN or +inf (-inf marks an excluded class)",
+         f"<{int(bad.sum())} bad entries in {bad_rows.numel()} row(s), first at row "
+         f"{int(bad_rows[row])}, class {col}>",
+         detail="rows counted with dim moved last and the other axes flattened")
+
+
+def _check_alpha_values(fn: str, alpha: float | Tensor) -> None:
+    if isinstance(alpha, float):
+        if not (alpha > 1 and math.isfinite(alpha)):
+            fail(fn, "alpha", "values > 1 (finite)", alpha)
+        return
+    good = (alpha > 1) & torch.isfinite(alpha)
+    if not bool(good.all()):
+        fail(fn, "alpha", "values > 1 (finite)", float(alpha[~good][0]))
+
+
 def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int,
-             raise_on_failure: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+             raise_on_failure: bool, validate: bool = False, fn: str = "threshold_map"
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     rows, n = logits.shape
     cdtype = _compute_dtype(logits.dtype)
     dev = logits.device
@@ -241,6 +272,8 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
         return probs, tau_out, first_idx, support, n_iter, violation
 
     alpha = _uniform(alpha)
+    if validate and kind == "bisect":
+        _check_alpha_values(fn, alpha)
     todo = None  # None: every row (no copy of the logits in the common case)
     k = first_k
     while True:
@@ -261,7 +294,9 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
                 support.copy_(r["support"])
                 n_iter.copy_(r["n_iter"])
                 violation.copy_(r["violation"])
-                if bool(r["broken"].any()):
+                if bool(r["broken"].any()):  # the row max is NaN or +inf
+                    if validate:
+                        _reject_logits(fn, logits, r["broken"])
                     probs.index_fill_(0, torch.nonzero(r["broken"]).squeeze(1), float("nan"))
             else:
                 keep = torch.nonzero(ok).squeeze(1)
@@ -284,7 +319,7 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
         if bool(unconverged.any()):
             worst = float(violation.max())
             raise ConvergenceError(
-                f"entmax(): the threshold solve did not converge within max_iter={max_iter} "
+                f"{fn}(): the threshold solve did not converge within max_iter={max_iter} "
                 f"(tol={tol:g}; {int(unconverged.sum())} row(s), worst |Σp − 1| = {worst:.3g}); "
                 f"raise max_iter or tol, or call entmax_with_info() to inspect the rows")
     return probs, tau_out, first_idx, support, n_iter, violation
@@ -347,12 +382,13 @@ def _backward(grad: Tensor, probs: Tensor, alpha: Tensor, first_idx: Tensor, sup
 
 @torch.library.custom_op("logitlab::threshold_map", mutates_args=())
 def _threshold_op(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int,
-                  raise_on_failure: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _forward(logits, alpha, kind, tol, max_iter, raise_on_failure)
+                  raise_on_failure: bool, validate: bool, fn: str
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _forward(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn)
 
 
 @_threshold_op.register_fake
-def _(logits, alpha, kind, tol, max_iter, raise_on_failure):
+def _(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn):
     rows, n = logits.shape
     cdtype = _compute_dtype(logits.dtype)
     first_k = _first_k(kind, n)
@@ -374,7 +410,7 @@ def _(grad, probs, alpha, first_idx, support, kind, need_alpha):
 
 
 def _setup_context(ctx, inputs, output):
-    _, alpha, kind, _, _, _ = inputs
+    _, alpha, kind, _, _, _, _, _ = inputs
     probs, _, first_idx, support, _, _ = output
     ctx.save_for_backward(probs, alpha, first_idx, support)
     ctx.kind = kind
@@ -385,7 +421,8 @@ def _backward_rule(ctx, grad_probs, *unused):
     need_alpha = bool(ctx.needs_input_grad[1])
     grad_logits, grad_alpha = _threshold_backward_op(
         grad_probs, probs, alpha, first_idx, support, ctx.kind, need_alpha)
-    return grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None), None, None, None, None
+    return (grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None),
+            None, None, None, None, None, None)
 
 
 _threshold_op.register_autograd(_backward_rule, setup_context=_setup_context)
@@ -396,8 +433,8 @@ class _ThresholdFunction(torch.autograd.Function):
     (whose first call imports torch._dynamo: seconds of start-up)."""
 
     @staticmethod
-    def forward(ctx, logits, alpha, kind, tol, max_iter, raise_on_failure):
-        out = _forward(logits, alpha, kind, tol, max_iter, raise_on_failure)
+    def forward(ctx, logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn):
+        out = _forward(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn)
         probs, tau, first_idx, support, n_iter, violation = out
         ctx.save_for_backward(probs, alpha, first_idx, support)
         ctx.kind = kind
@@ -411,13 +448,17 @@ class _ThresholdFunction(torch.autograd.Function):
         need_alpha = bool(ctx.needs_input_grad[1])
         grad_logits, grad_alpha = _backward(grad_probs.contiguous(), probs, alpha, first_idx, support,
                                             ctx.kind, need_alpha)
-        return grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None), None, None, None, None
+        return (grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None),
+                None, None, None, None, None, None)
 
 
 def threshold_map(rows: Tensor, kind: str, alpha: Tensor | None = None, *, tol: float = 0.0,
-                  max_iter: int = 1, raise_on_failure: bool = True
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                  max_iter: int = 1, raise_on_failure: bool = True, validate: bool = True,
+                  fn: str = "threshold_map") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Apply the map of ``kind`` to (rows, n) logits.
+
+    With ``validate``, NaN or +inf logits and α not > 1 raise ``ValueError`` naming ``fn``
+    (found from the row maxima the solve computes anyway); without, such rows come out NaN.
 
     Returns probs (rows, n), τ (rows,), iterations (rows,), |Σp − 1| before the final
     renormalization (rows,), support size (rows,). ``alpha`` is (rows, 1) or (1, 1) (only for
@@ -428,7 +469,7 @@ def threshold_map(rows: Tensor, kind: str, alpha: Tensor | None = None, *, tol: 
                               dtype=_compute_dtype(rows.dtype))
     if alpha.shape[0] != rows.shape[0]:
         alpha = alpha.expand(rows.shape[0], 1)
-    args = (rows, alpha, kind, float(tol), int(max_iter), bool(raise_on_failure))
+    args = (rows, alpha, kind, float(tol), int(max_iter), bool(raise_on_failure), bool(validate), fn)
     if torch.compiler.is_compiling():  # opaque to the compiler: no graph break
         probs, tau, _, support, n_iter, violation = _threshold_op(*args)
     else:

@@ -51,7 +51,7 @@ class EntmaxInfo(NamedTuple):
         return float(self.violation.max()) if self.violation.numel() else 0.0
 
 
-def entmax15(logits: Tensor, *, dim: int = -1) -> Tensor:
+def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
     """1.5-entmax, exact: p = [z/2 − τ]_+², with τ the unique threshold with Σ p = 1.
 
     The map of the Tsallis regularizer at α = 1.5 (:func:`tsallis15_regularizer`): sparse like
@@ -61,11 +61,13 @@ def entmax15(logits: Tensor, *, dim: int = -1) -> Tensor:
     solved on each row's largest entries (``torch.topk``), verified against the rest, and rows
     that fail the check are retried with more entries, then with a full sort. Half-precision
     inputs are computed in float32. ``-inf`` logits get probability exactly 0; a row of all
-    ``-inf`` gives an all-zero row with zero gradient; rows holding NaN or ``+inf`` come out NaN.
+    ``-inf`` gives an all-zero row with zero gradient. NaN or ``+inf`` logits raise (with
+    ``validate=False`` their rows come out NaN), checked from the row maxima the solve computes.
 
     Args:
         logits: (*batch, n) scores, along ``dim``.
         dim: the class axis.
+        validate: reject NaN and ``+inf`` logits.
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``.
@@ -73,6 +75,7 @@ def entmax15(logits: Tensor, *, dim: int = -1) -> Tensor:
     Raises:
         TypeError: ``logits`` is not a floating-point tensor.
         IndexError: ``dim`` is out of range.
+        ValueError: NaN or ``+inf`` logits (validate).
 
     Example:
         >>> import torch
@@ -86,11 +89,16 @@ def entmax15(logits: Tensor, *, dim: int = -1) -> Tensor:
     axis = check_dim("entmax15", dim, logits.ndim)
     if logits.numel() == 0:
         return logits.clone()
-    return rowwise(lambda rows: threshold_map(rows, "entmax15")[0], logits, axis)
+    return rowwise(lambda rows: threshold_map(rows, "entmax15", validate=validate, fn="entmax15")[0],
+                   logits, axis)
 
 
-def _check_alpha(fn: str, alpha: object, logits: Tensor, axis: int) -> Tensor | float:
-    """A float > 1, or a tensor > 1 broadcastable to ``logits`` with size 1 along ``dim``."""
+def _check_alpha(fn: str, alpha: object, logits: Tensor, axis: int, *, values: bool = True
+                 ) -> Tensor | float:
+    """A float > 1, or a tensor > 1 broadcastable to ``logits`` with size 1 along ``dim``.
+
+    ``values=False`` leaves a tensor's values unchecked (the threshold engine checks them).
+    """
     if isinstance(alpha, Tensor):
         if not alpha.is_floating_point():
             fail(fn, "alpha", "a float or a floating-point tensor", f"<dtype {alpha.dtype}>",
@@ -107,7 +115,7 @@ def _check_alpha(fn: str, alpha: object, logits: Tensor, axis: int) -> Tensor | 
         if not ok:
             fail(fn, "alpha", f"a tensor broadcastable to {tuple(row_shape)} (size 1 along dim)",
                  f"<shape {tuple(shape)}>")
-        if alpha.numel() and not bool(((alpha > 1) & torch.isfinite(alpha)).all()):
+        if values and alpha.numel() and not bool(((alpha > 1) & torch.isfinite(alpha)).all()):
             bad = alpha.detach()[~((alpha > 1) & torch.isfinite(alpha))].flatten()[0]
             fail(fn, "alpha", "values > 1 (finite)", float(bad))
         return alpha
@@ -128,10 +136,11 @@ def _check_solver(fn: str, tol: object, max_iter: object) -> tuple[float, int]:
 
 
 def _entmax_rows(fn: str, logits: Tensor, alpha: object, dim: int, tol: object, max_iter: object,
-                 raise_on_failure: bool):
+                 raise_on_failure: bool, validate: bool):
     check_floating(fn, "logits", logits)
     axis = check_dim(fn, dim, logits.ndim)
-    alpha = _check_alpha(fn, alpha, logits, axis)
+    # A tensor α's values are checked inside the op (data-dependent: no graph break there).
+    alpha = _check_alpha(fn, alpha, logits, axis, values=False)
     tol_f, max_iter_i = _check_solver(fn, tol, max_iter)
     if logits.numel() == 0:
         batch = tuple(s for i, s in enumerate(logits.shape) if i != axis)
@@ -147,14 +156,15 @@ def _entmax_rows(fn: str, logits: Tensor, alpha: object, dim: int, tol: object, 
     else:
         alpha_rows = rows.new_full((1, 1), alpha, dtype=cdtype)
     probs, tau, n_iter, violation, _ = threshold_map(
-        rows, "bisect", alpha_rows, tol=tol_f, max_iter=max_iter_i, raise_on_failure=raise_on_failure)
+        rows, "bisect", alpha_rows, tol=tol_f, max_iter=max_iter_i, raise_on_failure=raise_on_failure,
+        validate=validate, fn=fn)
     out = from_rows(probs, shape, axis, x.ndim).reshape(logits.shape)
     batch = tuple(s for i, s in enumerate(logits.shape) if i != axis)
     return out, tau.reshape(batch), n_iter.reshape(batch), violation.reshape(batch), tol_f
 
 
 def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: float = DEFAULT_TOL,
-           max_iter: int = DEFAULT_MAX_ITER) -> Tensor:
+           max_iter: int = DEFAULT_MAX_ITER, validate: bool = True) -> Tensor:
     """α-entmax for any α > 1: p = [(α−1) z − τ]_+^{1/(α−1)}, with τ such that Σ p = 1.
 
     The map of the Tsallis regularizer Ω_α(p) = (Σ p^α − 1)/(α(α−1)) (:func:`tsallis_regularizer`):
@@ -178,6 +188,10 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
         dim: the class axis.
         tol: tolerance on |Σ p − 1| before renormalization (> 0).
         max_iter: maximum Newton/bisection steps (>= 1).
+        validate: reject NaN and ``+inf`` logits, and NaN, infinite or <= 1 values of a tensor
+            ``alpha`` (without it such rows come out NaN). The logits are checked from the row
+            maxima the solve computes anyway (no extra pass), inside the op, so also under
+            ``torch.compile``.
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``.
@@ -185,7 +199,8 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
     Raises:
         TypeError: ``logits`` (or a tensor ``alpha``) is not floating point.
         IndexError: ``dim`` is out of range.
-        ValueError: ``alpha <= 1``, a bad ``alpha`` shape, ``tol <= 0`` or ``max_iter < 1``.
+        ValueError: ``alpha <= 1``, a bad ``alpha`` shape, ``tol <= 0`` or ``max_iter < 1``;
+            NaN or ``+inf`` logits, a tensor ``alpha`` with NaN or values <= 1 (validate).
         ConvergenceError: the solve did not reach ``tol`` within ``max_iter`` steps.
 
     Example:
@@ -199,11 +214,12 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
         Peters, Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019;
         Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 2020.
     """
-    return _entmax_rows("entmax", logits, alpha, dim, tol, max_iter, True)[0]
+    return _entmax_rows("entmax", logits, alpha, dim, tol, max_iter, True, validate)[0]
 
 
 def entmax_with_info(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1,
-                     tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER) -> EntmaxInfo:
+                     tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
+                     validate: bool = True) -> EntmaxInfo:
     """:func:`entmax`, returning the solve's report instead of raising when it does not converge.
 
     Args and Raises: as :func:`entmax` (except :class:`ConvergenceError`).
@@ -222,7 +238,7 @@ def entmax_with_info(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = 
         False
     """
     probs, tau, n_iter, violation, tol_f = _entmax_rows(
-        "entmax_with_info", logits, alpha, dim, tol, max_iter, False)
+        "entmax_with_info", logits, alpha, dim, tol, max_iter, False, validate)
     violation = violation.detach()
     return EntmaxInfo(probs, tau.detach(), n_iter, violation <= tol_f, violation)
 

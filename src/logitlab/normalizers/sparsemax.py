@@ -11,7 +11,7 @@ from logitlab.normalizers._threshold import threshold_map
 __all__ = ["sparsemax", "gini_regularizer"]
 
 
-def sparsemax(logits: Tensor, *, dim: int = -1) -> Tensor:
+def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
     """Sparsemax: the point of the simplex closest to the logits.
 
     sparsemax(z) = argmin_{p ∈ Δ} ‖p − z‖² = [z − τ]_+, with τ the unique threshold such that
@@ -28,11 +28,14 @@ def sparsemax(logits: Tensor, *, dim: int = -1) -> Tensor:
     custom op: ``torch.compile(fullgraph=True)`` of a caller has no graph break.
 
     ``-inf`` logits are excluded classes (probability exactly 0); a row whose entries are all
-    ``-inf`` gives an all-zero row with zero gradient. Rows holding NaN or ``+inf`` come out NaN.
+    ``-inf`` gives an all-zero row with zero gradient. NaN or ``+inf`` logits raise (with
+    ``validate=False`` their rows come out NaN); the check reuses the row maxima of the solve,
+    so it costs no extra pass, and it runs inside the op, also under ``torch.compile``.
 
     Args:
         logits: (*batch, n) scores, along ``dim``.
         dim: the class axis.
+        validate: reject NaN and ``+inf`` logits.
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``, with exact zeros.
@@ -40,6 +43,7 @@ def sparsemax(logits: Tensor, *, dim: int = -1) -> Tensor:
     Raises:
         TypeError: ``logits`` is not a floating-point tensor.
         IndexError: ``dim`` is out of range.
+        ValueError: NaN or ``+inf`` logits (validate).
 
     Example:
         >>> import torch
@@ -53,7 +57,8 @@ def sparsemax(logits: Tensor, *, dim: int = -1) -> Tensor:
     axis = check_dim("sparsemax", dim, logits.ndim)
     if logits.numel() == 0:
         return logits.clone()
-    return rowwise(lambda rows: threshold_map(rows, "sparsemax")[0], logits, axis)
+    return rowwise(lambda rows: threshold_map(rows, "sparsemax", validate=validate, fn="sparsemax")[0],
+                   logits, axis)
 
 
 def gini_regularizer(probs: Tensor, *, dim: int = -1) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from logitlab._validation import check_dim, check_floating, check_positive, compute_dtype, fail
 from logitlab.normalizers._masking import safe_denominator, scan
+from logitlab.normalizers._ratio import Score, ratio_normalize
 
 __all__ = ["spherical_softmax", "taylor_softmax", "SPHERICAL_EPS"]
 
@@ -76,6 +77,57 @@ def _normalize(values: Tensor, excluded: Tensor | None, dim: int, dtype: torch.d
     return (values / safe_denominator(values.sum(dim, keepdim=True))).to(dtype)
 
 
+class _Square(Score):
+    """g(z) = z² + ε, g'(z) = 2z."""
+
+    def __init__(self, eps: float):
+        self.eps = eps
+
+    def value(self, x: Tensor) -> Tensor:
+        return torch.addcmul(x.new_tensor(self.eps), x, x)
+
+    graph_value = value
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return 2 * x
+
+    def scale_by_derivative_(self, out: Tensor, x: Tensor) -> Tensor:
+        return out.mul_(x).mul_(2.0)
+
+
+class _Taylor(Score):
+    """g(z) = t_order(z) = Σ_{j<=order} z^j / j!, g' = t_(order-1), both by Horner's rule."""
+
+    def __init__(self, order: int):
+        self.order = order
+
+    @staticmethod
+    def _horner(x: Tensor, order: int, *, inplace: bool) -> Tensor:
+        # g_order = 1, g_(k-1) = 1 + (z / k) g_k, g_0 = t_order(z).
+        one = x.new_ones(())
+        value = torch.add(one, x, alpha=1.0 / order)
+        for k in range(order - 1, 0, -1):
+            if inplace:  # same kernel as the out-of-place call, so the same rounding
+                torch.addcmul(one, x, value, value=1.0 / k, out=value)
+            else:
+                value = torch.addcmul(one, x, value, value=1.0 / k)
+        return value
+
+    def value(self, x: Tensor) -> Tensor:
+        return self._horner(x, self.order, inplace=True)
+
+    def graph_value(self, x: Tensor) -> Tensor:
+        return self._horner(x, self.order, inplace=False)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return self._horner(x, self.order - 1, inplace=False)
+
+    def scale_by_derivative_(self, out: Tensor, x: Tensor) -> Tensor:
+        if self.order == 2:  # g' = 1 + z: out (1 + z) without a temporary
+            return out.addcmul_(out, x)
+        return out.mul_(self._horner(x, self.order - 1, inplace=True))
+
+
 def spherical_softmax(logits: Tensor, *, dim: int = -1, eps: float = SPHERICAL_EPS,
                       validate: bool = True) -> Tensor:
     """Spherical softmax: p_i = (z_i² + ε) / Σ_k (z_k² + ε).
@@ -119,9 +171,8 @@ def spherical_softmax(logits: Tensor, *, dim: int = -1, eps: float = SPHERICAL_E
         inverse = _power_of_two(finite, -_row_exponent(finite, d))
         scaled = finite * inverse
         values = torch.addcmul(eps * inverse * inverse, scaled, scaled)
-    else:
-        values = torch.addcmul(finite.new_tensor(eps), finite, finite)
-    return _normalize(values, prep.excluded, d, logits.dtype)
+        return _normalize(values, prep.excluded, d, logits.dtype)
+    return ratio_normalize(finite, prep.excluded, _Square(eps), d)[0].to(logits.dtype)
 
 
 def taylor_softmax(logits: Tensor, *, dim: int = -1, order: int = 2, validate: bool = True) -> Tensor:
@@ -165,7 +216,6 @@ def taylor_softmax(logits: Tensor, *, dim: int = -1, order: int = 2, validate: b
     prep = _prepare(fn, logits, dim, validate)
     finite, d = prep.finite, prep.dim
     n = logits.shape[d] if logits.ndim else 1
-    one = finite.new_ones(())
     if finite.numel() and _overflows(prep.top, order, n, finite.dtype):
         # Horner's rule on t(z) / s^order, homogeneous in a = z / s and b = 1 / s:
         # g_order = 1, g_(k-1) = b^(order-k+1) + (a / k) g_k, g_0 = t(z) / s^order.
@@ -174,9 +224,5 @@ def taylor_softmax(logits: Tensor, *, dim: int = -1, order: int = 2, validate: b
         value = torch.add(_power_of_two(finite, -exponent), scaled, alpha=1.0 / order)
         for k in range(order - 1, 0, -1):
             value = torch.addcmul(_power_of_two(finite, -(order - k + 1) * exponent), scaled, value, value=1.0 / k)
-    else:
-        # Horner's rule: g_order = 1, g_(k-1) = 1 + (z / k) g_k, g_0 = t(z).
-        value = torch.add(one, finite, alpha=1.0 / order)
-        for k in range(order - 1, 0, -1):
-            value = torch.addcmul(one, finite, value, value=1.0 / k)
-    return _normalize(value, prep.excluded, d, logits.dtype)
+        return _normalize(value, prep.excluded, d, logits.dtype)
+    return ratio_normalize(finite, prep.excluded, _Taylor(order), d)[0].to(logits.dtype)

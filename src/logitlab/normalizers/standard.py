@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from logitlab._validation import check_choice, check_dim, check_floating, compute_dtype, fail
-from logitlab.normalizers._masking import describe_rows, safe_denominator, scan
+from logitlab.normalizers._masking import describe_rows, scan
+from logitlab.normalizers._ratio import Score, ratio_normalize
 from logitlab.normalizers.softmax import softmax
 
 __all__ = ["standard_normalize", "POSITIVITY"]
@@ -33,6 +34,61 @@ def _log_softplus(z: Tensor) -> Tensor:
     zc = z.clamp(max=_COLD)
     zw = torch.where(cold, z.new_zeros(()), z)
     return torch.where(cold, zc - torch.exp(zc) / 2, torch.log(F.softplus(zw)))
+
+
+class _Identity(Score):
+    def value(self, x: Tensor) -> Tensor:
+        return x
+
+    def graph_value(self, x: Tensor) -> Tensor:
+        return x
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return torch.ones_like(x)
+
+    def scale_by_derivative_(self, out: Tensor, x: Tensor) -> Tensor:
+        return out
+
+
+class _Softplus(Score):
+    def value(self, x: Tensor) -> Tensor:
+        return F.softplus(x)
+
+    graph_value = value
+
+    def derivative(self, x: Tensor) -> Tensor:
+        # F.softplus is x itself above its threshold 20, so its derivative is exactly 1 there.
+        return torch.where(x > 20, x.new_ones(()), torch.sigmoid(x))
+
+    def scale_by_derivative_(self, out: Tensor, x: Tensor) -> Tensor:
+        slope = torch.sigmoid(x)
+        return out.mul_(slope.masked_fill_(x > 20, 1.0))
+
+
+class _Relu(Score):
+    def value(self, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+    graph_value = value
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return (x > 0).to(x.dtype)
+
+    def scale_by_derivative_(self, out: Tensor, x: Tensor) -> Tensor:
+        return out.masked_fill_(x <= 0, 0.0)
+
+
+class _Abs(Score):
+    def value(self, x: Tensor) -> Tensor:
+        return x.abs()
+
+    graph_value = value
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return x.sign()
+
+
+_SCORES = {None: _Identity(), "softplus": _Softplus(), "relu": _Relu(), "abs": _Abs()}
 
 
 def standard_normalize(logits: Tensor, *, dim: int = -1, positivity: str | None = None,
@@ -90,22 +146,12 @@ def standard_normalize(logits: Tensor, *, dim: int = -1, positivity: str | None 
     x = logits.to(compute_dtype(logits))
     excluded = logits == NEG_INF if low == NEG_INF else None
     finite = x if excluded is None else torch.where(excluded, x.new_zeros(()), x)
-    if positivity is None:
-        if validate and low < 0:
-            negative = (x < 0).any(d) if excluded is None else ((x < 0) & ~excluded).any(d)
-            if bool(negative.any()):
-                fail(fn, "logits", "non-negative scores (-inf marks an excluded class; "
-                     "positivity='softplus' accepts any logits)", f"<negative scores in {describe_rows(negative)}>")
-        scores = finite
-    elif positivity == "softplus":
-        scores = F.softplus(finite)
-        if excluded is not None:
-            scores = torch.where(excluded, x.new_zeros(()), scores)
-    elif positivity == "relu":
-        scores = torch.relu(finite)
-    else:
-        scores = finite.abs()
-    total = scores.sum(d, keepdim=True)
+    if positivity is None and validate and low < 0:
+        negative = (x < 0).any(d) if excluded is None else ((x < 0) & ~excluded).any(d)
+        if bool(negative.any()):
+            fail(fn, "logits", "non-negative scores (-inf marks an excluded class; "
+                 "positivity='softplus' accepts any logits)", f"<negative scores in {describe_rows(negative)}>")
+    probs, total = ratio_normalize(finite, excluded, _SCORES[positivity], d)
     if validate and positivity != "softplus" and logits.numel():
         zero = (total == 0).squeeze(d)
         if bool(zero.any()):
@@ -113,7 +159,6 @@ def standard_normalize(logits: Tensor, *, dim: int = -1, positivity: str | None 
                 zero = zero & ~excluded.all(d)
             if bool(zero.any()):
                 fail(fn, "logits", "rows with a positive sum of scores", f"<zero sum in {describe_rows(zero)}>")
-    probs = scores / safe_denominator(total)
     if positivity == "softplus" and logits.numel() and low < _COLD:
         cold = x.amax(d, keepdim=True) < _COLD
         if bool(cold.any()):
