@@ -80,7 +80,8 @@ def normalizer_params(fn: str, spec: registry.NormalizerSpec, params: Mapping[st
 
 def regularizer_params(spec: registry.NormalizerSpec, params: Mapping[str, Any]) -> dict[str, Any]:
     """The subset of the normalizer's parameters that its regularizer Ω takes (e.g. ``alpha``)."""
-    assert spec.regularizer is not None  # internal: callers check
+    if spec.regularizer is None:  # callers check; a bug, not bad input
+        raise RuntimeError(f"internal error: normalizer {spec.name!r} has no regularizer")
     names, var = _accepted(spec.regularizer)
     return {k: v for k, v in params.items() if var or k in names}
 

@@ -160,7 +160,8 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
         teacher = to_rows(scale_by_temperature(fn, "target_logits", target_logits, temperature,  # type: ignore[arg-type]
                                                dtype, validate), axis)[0]
         p, log_p = model_distribution(spec, teacher, nparams, validate)
-    assert q is not None  # internal: every path above sets it
+    if q is None:  # every path above sets it; a bug, not bad input
+        raise RuntimeError(f"{fn}(): internal error: no model distribution was computed")
     values = kernel(p, log_p, q, log_q) if value is None else kernel(p, log_p, q, log_q, value)
     values = values.reshape(batch_shape)
     return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
