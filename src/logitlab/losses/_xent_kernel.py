@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from logitlab._validation import compute_dtype, fail
+from logitlab._memory import empty_like_huge
 
 __all__ = ["XentOptions", "fused_cross_entropy", "composite_cross_entropy", "BLOCK_BYTES"]
 
@@ -91,7 +92,7 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
     cd = compute_dtype(rows)
     eps, z, temp = opts.label_smoothing, opts.z_loss, opts.temperature
     if want_grad:
-        grad = rows if opts.inplace_backward else torch.empty_like(rows)
+        grad = rows if opts.inplace_backward else empty_like_huge(rows)
     else:
         grad = None
     losses = rows.new_empty(n_rows, dtype=cd)
