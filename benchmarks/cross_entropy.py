@@ -19,7 +19,6 @@ the last line is the path of the records.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import logitlab  # noqa: E402
+from _harness import peak_extra_mib, write_records  # noqa: E402
 
 FULL_CASES = {
     "idx_4096x1000": dict(n=4096, v=1000, kind="index"),
@@ -179,22 +179,9 @@ def measure_memory(name: str, spec: dict, impl: str) -> dict:
         del loss, grad
     if hasattr(run, "prepare"):
         run.prepare()
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: fixed, so big blocks go back to the system
-    libc.malloc_trim(0)
-
-    def status(field: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1])
-        return 0
-
-    Path("/proc/self/clear_refs").write_text("5")
-    before = status("VmRSS:")
-    loss, grad = run()
-    peak = status("VmHWM:")
+    extra_mib, (loss, grad), _ = peak_extra_mib(run)
     grad_mib = grad.numel() * grad.element_size() / 2**20 if impl != "logitlab_inplace" else 0.0
-    return {"case": name, "impl": impl, "peak_extra_mib": (peak - before) / 1024, "grad_mib": grad_mib}
+    return {"case": name, "impl": impl, "peak_extra_mib": extra_mib, "grad_mib": grad_mib}
 
 
 def _subprocess(args: list[str]) -> list[dict]:
@@ -246,10 +233,7 @@ def main() -> None:
     stream = [r["stream_copy_gb_per_s"] for r in records]
     print(f"STREAM copy bandwidth measured in the case processes: {min(stream):.1f}..{max(stream):.1f} GB/s; "
           "GB/s counts the minimum traffic (read logits, write gradient, read target probabilities)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(records, indent=1) + "\n")
-    print(out)
+    print(write_records(args.out, records))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,12 @@ Usage: ``PYTHONPATH=src python benchmarks/divergences.py [--quick] [--out FILE]`
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
+
+from _harness import peak_extra_mib, time_interleaved, write_records
 
 CASES = ["kl", "fy_softmax", "sparsemax_loss", "entmax15_loss"]
 
@@ -47,18 +45,6 @@ def _callables(case: str):
     return (lambda z, p, y: logitlab.entmax15_loss(z, y, validate=False), lambda z, p, y: peer15(z, y))
 
 
-def _peak_extra_mib(fn, args) -> float:
-    """Extra resident memory of one call (see BENCHMARKING.md): trim, reset the high-water mark."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: large blocks go back to the OS on free
-    libc.malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn(*args)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-
-
 def run_case(case: str, rows: int, classes: int, repeats: int) -> dict:
     import torch
 
@@ -80,21 +66,14 @@ def run_case(case: str, rows: int, classes: int, repeats: int) -> dict:
     peer_value, peer_grad = step(peer)
     value_err = float((ours_value - peer_value).abs())
     grad_err = float((ours_grad - peer_grad).abs().max())
-    times = {"ours": [], "peer": []}
-    for _ in range(2):  # warm-up
-        step(ours), step(peer)
-    for _ in range(repeats):
-        for name, fn in (("ours", ours), ("peer", peer)):
-            start = time.perf_counter()
-            step(fn)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    mem = {name: _peak_extra_mib(step, (fn,)) for name, fn in (("ours", ours), ("peer", peer))}
-    ours_ms, peer_ms = statistics.median(times["ours"]), statistics.median(times["peer"])
+    timing = time_interleaved({"ours": lambda: step(ours), "peer": lambda: step(peer)}, repeats, warmup=2)
+    mem = {name: peak_extra_mib(lambda fn=fn: step(fn))[0] for name, fn in (("ours", ours), ("peer", peer))}
+    ours_ms, peer_ms = timing["ours"]["median_ms"], timing["peer"]["median_ms"]
     return {
         "case": case, "rows": rows, "classes": classes, "dtype": "float32",
         "ours_time_ms": ours_ms, "peer_time_ms": peer_ms, "ratio_ours_over_peer": ours_ms / peer_ms,
-        "ours_time_ms_min": min(times["ours"]), "ours_time_ms_max": max(times["ours"]),
-        "peer_time_ms_min": min(times["peer"]), "peer_time_ms_max": max(times["peer"]),
+        "ours_time_ms_min": timing["ours"]["min_ms"], "ours_time_ms_max": timing["ours"]["max_ms"],
+        "peer_time_ms_min": timing["peer"]["min_ms"], "peer_time_ms_max": timing["peer"]["max_ms"],
         "ours_peak_extra_mib": mem["ours"], "peer_peak_extra_mib": mem["peer"],
         "value_abs_err": value_err, "grad_max_abs_err": grad_err, "repeats": repeats,
         "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
@@ -127,12 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['peer_time_ms']:8.2f} ms  ratio {r['ratio_ours_over_peer']:5.2f}  mem ours/peer "
                   f"{r['ours_peak_extra_mib']:7.1f}/{r['peer_peak_extra_mib']:7.1f} MiB  "
                   f"err value {r['value_abs_err']:.1e} grad {r['grad_max_abs_err']:.1e}", flush=True)
-    import os
-
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(records, handle, indent=1)
-    print(args.out)
+    print(write_records(args.out, records))
 
 
 if __name__ == "__main__":

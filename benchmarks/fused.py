@@ -22,7 +22,6 @@ Records go to benchmarks/results/fused.json; the last line printed is that path.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _harness import peak_extra_mib, write_records
 
 FULL_SHAPES = [(4096, 1024, 32768), (2048, 2048, 131072)]
 QUICK_SHAPES = [(512, 128, 4096), (256, 256, 16384)]
@@ -118,22 +118,6 @@ def make_call(impl, hidden, weight, target):
     return call
 
 
-def _trim_and_reset():
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: large blocks come from mmap and go back at free
-    libc.malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _rss_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
 def measure_memory(impl, rows, dim, vocab, dtype_name, threads=2):
     """Run in a fresh process: extra memory (MiB) of one forward + backward."""
     torch.set_num_threads(threads)
@@ -143,15 +127,12 @@ def measure_memory(impl, rows, dim, vocab, dtype_name, threads=2):
     del small
     hidden, weight, target = make_inputs(rows, dim, vocab, dtype)
     call = make_call(impl, hidden, weight, target)
-    _trim_and_reset()
-    before = _rss_kib("VmRSS:")
-    call()
-    peak = _rss_kib("VmHWM:")
+    peak_mib = peak_extra_mib(call)[0]
     elt = torch.empty((), dtype=dtype).element_size()
     returned = (rows * dim + vocab * dim) * elt
     if impl == "floor":
         returned = 0  # its outputs were allocated before the call
-    return {"peak_delta_mib": (peak - before) / 1024, "extra_mem_mib": ((peak - before) * 1024 - returned) / 2**20}
+    return {"peak_delta_mib": peak_mib, "extra_mem_mib": peak_mib - returned / 2**20}
 
 
 def measure_time(rows, dim, vocab, dtype_name, impls, repeats, budget_s=600.0, threads=2):
@@ -272,9 +253,7 @@ def main(argv=None):
                 r["ratio_to_naive"] = r["time_ms_median"] / naive
             if "extra_mem_mib" in r:
                 r["extra_mem_pct_of_naive_logits"] = 100 * r["extra_mem_mib"] / r["naive_logits_mib"]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(records, indent=1))
+    out = write_records(args.out, records)
     print(render(records))
     print(out)
 

@@ -24,16 +24,13 @@ path of the records.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _harness import forward_backward, machine_info, peak_extra_mib, run_worker, summarize, write_records
 
 FULL_SHAPES = [(4096, 1000), (1024, 32768)]
 QUICK_SHAPES = [(64, 100), (16, 2048)]
@@ -95,35 +92,22 @@ def _setup(name: str, shape: tuple[int, int]):
     return ours, peer, peer_name, same, ref_fn_row, x, grad_out
 
 
-def _call(fn, x, grad_out):
-    xi = x.detach().requires_grad_()
-    start = time.perf_counter()
-    out = fn(xi)
-    out.backward(grad_out)
-    return time.perf_counter() - start, out.detach(), xi.grad
-
-
-def _summary(times: list[float]) -> dict:
-    ms = sorted(t * 1e3 for t in times)
-    return {"median_ms": statistics.median(ms), "min_ms": ms[0], "max_ms": ms[-1]}
-
-
 def worker_time(name: str, shape: tuple[int, int], repeats: int, warmup: int) -> dict:
     import torch
 
     ours, peer, peer_name, same, ref_fn, x, grad_out = _setup(name, shape)
     for _ in range(warmup):
-        _call(ours, x, grad_out)
-        _call(peer, x, grad_out)
+        forward_backward(ours, x, grad_out)
+        forward_backward(peer, x, grad_out)
     t_ours, t_peer = [], []
     for r in range(repeats):
         pair = [(ours, t_ours), (peer, t_peer)]
         for fn, bucket in (pair if r % 2 == 0 else pair[::-1]):
-            seconds, _, _ = _call(fn, x, grad_out)
+            seconds, _, _ = forward_backward(fn, x, grad_out)
             bucket.append(seconds)
-    _, out, grad = _call(ours, x, grad_out)
+    _, out, grad = forward_backward(ours, x, grad_out)
     if same:
-        _, out_peer, grad_peer = _call(peer, x, grad_out)
+        _, out_peer, grad_peer = forward_backward(peer, x, grad_out)
         err = float((out - out_peer).abs().max())
         grad_err = float((grad - grad_peer).abs().max())
         checked = peer_name
@@ -138,7 +122,7 @@ def worker_time(name: str, shape: tuple[int, int], repeats: int, warmup: int) ->
     else:
         err = grad_err = float("nan")
         checked = "none"
-    ours_s, peer_s = _summary(t_ours), _summary(t_peer)
+    ours_s, peer_s = summarize([t * 1e3 for t in t_ours]), summarize([t * 1e3 for t in t_peer])
     return {
         "normalizer": name, "shape": list(shape), "dtype": "float32", "peer": peer_name,
         "ours_median_ms": ours_s["median_ms"], "ours_min_ms": ours_s["min_ms"], "ours_max_ms": ours_s["max_ms"],
@@ -150,54 +134,21 @@ def worker_time(name: str, shape: tuple[int, int], repeats: int, warmup: int) ->
     }
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def worker_memory(name: str, shape: tuple[int, int], which: str) -> dict:
     ours, peer, peer_name, _, _, x, grad_out = _setup(name, shape)
     fn = ours if which == "ours" else peer
     for _ in range(2):
-        _call(fn, x, grad_out)
+        forward_backward(fn, x, grad_out)
     gc.collect()
-    method = "clear_refs"
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD fixed at 1 MiB: big blocks go back to the OS
-        libc.malloc_trim(0)
-    except OSError:
-        method = "no-trim"
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        method = "lifetime-peak"
-    base = _rss_kib("VmRSS")
-    _, out, grad = _call(fn, x, grad_out)
-    peak = _rss_kib("VmHWM")
+    extra_mib, (_, out, grad), method = peak_extra_mib(lambda: forward_backward(fn, x, grad_out))
     returned = out.numel() * out.element_size() + grad.numel() * grad.element_size()
     return {"normalizer": name, "shape": list(shape), "impl": which, "name": name if which == "ours" else peer_name,
-            "extra_peak_mib": (peak - base) / 1024, "returned_mib": returned / 2**20, "method": method}
+            "extra_peak_mib": extra_mib, "returned_mib": returned / 2**20, "method": method}
 
 
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
-
-def _spawn(args: list[str]) -> dict:
-    env = dict(os.environ)
-    src = str(HERE.parent / "src")
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], capture_output=True,
-                          text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {args} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
 
 def _table(records: list[dict], memory: dict) -> str:
     head = (f"{'normalizer':<18} {'shape':<13} {'peer':<21} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} "
@@ -241,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(HERE.parent / "src"))
-    import torch
-
     from logitlab import registry
 
     names = list(registry.NORMALIZERS) + list(EXTRA)
@@ -262,27 +211,22 @@ def main(argv: list[str] | None = None) -> int:
                 if args.quick:  # a smoke run: in this process, no memory figures
                     records.append(worker_time(name, shape, repeats, 2))
                 else:
-                    records.append(_spawn(["--worker", "time", "--case", name, "--shape", tag,
+                    records.append(run_worker(__file__, ["--worker", "time", "--case", name, "--shape", tag,
                                            "--repeats", str(repeats)]))
                 if not (args.no_memory or args.quick):
                     for which in ("ours", "peer"):
-                        memory[(name, shape, which)] = _spawn(
+                        memory[(name, shape, which)] = run_worker(__file__,
                             ["--worker", "memory", "--case", name, "--shape", tag, "--impl", which])
             except (RuntimeError, ImportError) as error:  # e.g. a normalizer not on this branch
                 last = str(error).strip().splitlines()[-1]
                 print(f"  skipped: {last}", file=sys.stderr)
     result = {
-        "benchmark": "normalizers forward+backward",
-        "torch_version": torch.__version__, "python": platform.python_version(),
-        "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-        "threads": 2, "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
+        "benchmark": "normalizers forward+backward", **machine_info(), "threads": 2,
         "quick": args.quick, "time_unix_s": time.time(),
         "records": records, "memory": list(memory.values()),
     }
     print(_table(records, memory))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(args.out)
+    print(write_records(args.out, result))
     return 0
 
 

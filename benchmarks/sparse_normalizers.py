@@ -23,16 +23,13 @@ printed, and the last line is the path of the records.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _harness import forward_backward, machine_info, peak_extra_mib, run_worker, summarize, write_records
 
 HERE = Path(__file__).resolve().parent
 FULL_SHAPES = [(4096, 1000), (1024, 32768)]
@@ -68,14 +65,6 @@ def _inputs(shape, scale):
     return torch.randn(shape) * scale, torch.randn(shape)
 
 
-def _call(fn, x, grad_out):
-    xi = x.detach().requires_grad_()
-    start = time.perf_counter()
-    out = fn(xi)
-    out.backward(grad_out)
-    return time.perf_counter() - start, out.detach(), xi.grad
-
-
 def _check(name, ours_out, ours_grad, peer_out, peer_grad, x, grad_out) -> dict:
     import torch
 
@@ -104,15 +93,14 @@ def worker_time(shape, repeats: int, warmup: int, scale: float) -> dict:
     names = list(impls)
     for _ in range(warmup):
         for name in names:
-            _call(impls[name][2], x, grad_out)
+            forward_backward(impls[name][2], x, grad_out)
     times = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]  # rotate: no fixed position
         for name in order:
-            times[name].append(_call(impls[name][2], x, grad_out)[0] * 1e3)
-    stats = {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t)}
-             for name, t in times.items()}
-    results = {name: _call(fn, x, grad_out)[1:] for name, (_, _, fn) in impls.items()}
+            times[name].append(forward_backward(impls[name][2], x, grad_out)[0] * 1e3)
+    stats = {name: summarize(t) for name, t in times.items()}
+    results = {name: forward_backward(fn, x, grad_out)[1:] for name, (_, _, fn) in impls.items()}
     softmax_ms = stats["torch.softmax"]["median_ms"]
     records = []
     for map_name in MAPS:
@@ -132,49 +120,16 @@ def worker_time(shape, repeats: int, warmup: int, scale: float) -> dict:
     return {"records": records, "torch_version": torch.__version__}
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def worker_memory(shape, impl: str, scale: float) -> dict:
     x, grad_out = _inputs(shape, scale)
     fn = _impls()[impl][2]
     for _ in range(2):
-        _call(fn, x, grad_out)
+        forward_backward(fn, x, grad_out)
     gc.collect()
-    method = "clear_refs"
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB: large blocks return to the OS
-        libc.malloc_trim(0)
-    except OSError:
-        method = "no-trim"
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        method = "lifetime-peak"
-    base = _status_kib("VmRSS")
-    _, out, grad = _call(fn, x, grad_out)
-    peak = _status_kib("VmHWM")
+    extra_mib, (_, out, grad), method = peak_extra_mib(lambda: forward_backward(fn, x, grad_out))
     returned = out.numel() * out.element_size() + grad.numel() * grad.element_size()
-    return {"impl": impl, "shape": list(shape), "extra_peak_mib": (peak - base) / 1024,
+    return {"impl": impl, "shape": list(shape), "extra_peak_mib": extra_mib,
             "returned_mib": returned / 2**20, "method": method}
-
-
-def _spawn(args: list[str]) -> dict:
-    env = dict(os.environ)
-    src = str(HERE.parent / "src")
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {args} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _table(records: list[dict], memory: dict) -> str:
@@ -220,8 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(HERE.parent / "src"))
-    import torch
-
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     repeats = max(5, args.repeats or 5)
     records, memory = [], {}
@@ -231,18 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             records += worker_time(shape, repeats, 1, args.scale)["records"]
             continue
-        records += _spawn(["--worker", "time", "--shape", tag, "--repeats", str(repeats),
+        records += run_worker(__file__, ["--worker", "time", "--shape", tag, "--repeats", str(repeats),
                            "--scale", str(args.scale)])["records"]
         if not args.no_memory:
             for impl in _impls():
                 print(f"[{tag}] memory {impl} ...", file=sys.stderr, flush=True)
-                memory[(impl, shape)] = _spawn(["--worker", "memory", "--shape", tag, "--impl", impl,
+                memory[(impl, shape)] = run_worker(__file__, ["--worker", "memory", "--shape", tag, "--impl", impl,
                                                 "--scale", str(args.scale)])
     result = {
-        "benchmark": "sparse normalizers forward+backward",
-        "torch_version": torch.__version__, "python": platform.python_version(),
-        "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-        "threads": 2, "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
+        "benchmark": "sparse normalizers forward+backward", **machine_info(), "threads": 2,
         "quick": args.quick, "logit_scale": args.scale, "alpha": ALPHA, "time_unix_s": time.time(),
         "records": records, "memory": list(memory.values()),
     }
@@ -250,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r["map"] for r in records if r["support_mismatches_vs_reference_4_rows"] or not r["finite"]]
     if bad:
         print(f"CORRECTNESS FAILURE: {bad}", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(args.out)
+    print(write_records(args.out, result))
     return 1 if bad else 0
 
 

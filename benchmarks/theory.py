@@ -27,16 +27,12 @@ the path of the records.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import itertools
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -45,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import logitlab  # noqa: E402
+from _harness import peak_extra_mib, time_interleaved, write_records  # noqa: E402
 
 F64 = torch.float64
 FULL = {
@@ -59,36 +56,8 @@ QUICK = {
 }
 
 
-def _trim_and_reset() -> int:
-    """Trim malloc, reset the kernel's RSS high-water mark, return the current RSS in KiB."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
 def _peak_extra_mib(call) -> float:
-    before = _trim_and_reset()
-    call()
-    return max(0.0, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
-
-
-def _timed(calls: dict, repeats: int) -> dict:
-    """Interleaved timing: warm-up once each, then A B A B ...; median/min/max in ms."""
-    for call in calls.values():
-        call()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: dict(median_ms=statistics.median(t), min_ms=min(t), max_ms=max(t)) for name, t in times.items()}
+    return max(0.0, peak_extra_mib(call)[0])
 
 
 def _maxent_case(spec: dict, repeats: int) -> dict:
@@ -117,7 +86,7 @@ def _maxent_case(spec: dict, repeats: int) -> dict:
         state["peer"] = minimize(dual, np.zeros(spec["f"]), jac=True, method="L-BFGS-B",
                                  options=dict(gtol=1e-12, ftol=1e-16, maxiter=10000, maxcor=30))
 
-    timing = _timed({"ours": ours, "peer": peer}, repeats)
+    timing = time_interleaved({"ours": ours, "peer": peer}, repeats)
     result, peer_result = state["ours"], state["peer"]
     scores = t_np @ peer_result.x
     p = np.exp(scores - scores.max())
@@ -150,7 +119,7 @@ def _crf_case(spec: dict, repeats: int, brute: bool) -> dict:
     if brute:
         calls = {"forward": lambda: logitlab.crf_log_partition(emissions, transitions),
                  "brute": lambda: _brute_force_log_partition(emissions, transitions)}
-        timing = _timed(calls, repeats)
+        timing = time_interleaved(calls, repeats)
         exact = _brute_force_log_partition(emissions.double(), transitions.double())
         diff = (logitlab.crf_log_partition(emissions, transitions).double() - exact).abs().max()
         record.update(forward_time_ms=timing["forward"]["median_ms"], brute_time_ms=timing["brute"]["median_ms"],
@@ -166,7 +135,7 @@ def _crf_case(spec: dict, repeats: int, brute: bool) -> dict:
             leaf.grad = None
             logitlab.linear_chain_crf_nll(leaf, transitions, tags).backward()
 
-        timing = _timed({"nll_fwd_bwd": train_step,
+        timing = time_interleaved({"nll_fwd_bwd": train_step,
                          "viterbi": lambda: logitlab.viterbi_decode(emissions, transitions)}, repeats)
         record.update(nll_fwd_bwd_time_ms=timing["nll_fwd_bwd"]["median_ms"],
                       viterbi_time_ms=timing["viterbi"]["median_ms"], peak_mem_mib=_peak_extra_mib(train_step))
@@ -238,9 +207,7 @@ def main() -> None:
                                  text=True, check=True)
             records.append(json.loads(out.stdout.strip().splitlines()[-1]))
     _table(records)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(records, indent=1))
-    print(args.out)
+    print(write_records(args.out, records))
 
 
 if __name__ == "__main__":
