@@ -1,0 +1,46 @@
+"""Smoke runs of every benchmark script: ``--quick`` exits 0, prints its table, writes its JSON.
+
+No timing asserts (numbers on a shared machine are noise); this only keeps the scripts running as
+the library changes. Each run writes its records to a tmp dir through ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# script -> (extra flags beyond --quick, strings its printed table must contain)
+SCRIPTS = {
+    "normalizers.py": ([], ["normalizer", "ours ms", "peer ms", "ratio", "softmax"]),
+    "sparse_normalizers.py": ([], ["pkg/ours", "ours/smax", "sparsemax", "entmax15", "entmax_alpha"]),
+    # --no-memory: the quick run's 12 memory processes (one torch import each) take ~20 s alone.
+    "cross_entropy.py": (["--no-memory"], ["speedup", "STREAM%", "logitlab_inplace", "idx_256x1000"]),
+    "divergences.py": ([], ["kl", "fy_softmax", "sparsemax_loss", "entmax15_loss", "mem ours/peer"]),
+    # One small float32 shape: the quick run's 4 cases x 6 memory processes take ~65 s.
+    "fused.py": (["--dtypes", "float32", "--shapes", "128x64x1024"],
+                 ["/floor", "/naive", "logitlab_recompute", "torch_lce"]),
+    "theory.py": ([], ["max-entropy solver", "CRF log-partition", "nll fwd+bwd ms"]),
+}
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_quick_run(script, tmp_path):
+    pytest.importorskip("entmax")  # the peer of the sparse maps and sparse losses
+    flags, table = SCRIPTS[script]
+    out = tmp_path / f"{Path(script).stem}.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *flags, "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for text in table:
+        assert text in proc.stdout, f"{text!r} missing from the output of {script}:\n{proc.stdout}"
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    records = json.loads(out.read_text())
+    assert records
