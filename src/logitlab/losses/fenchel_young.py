@@ -265,7 +265,7 @@ def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalize
 def entmax15_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: str = "mean",
                   mask: Tensor | None = None, ignore_index: int = -100, temperature: float = 1.0,
                   validate: bool = True) -> Tensor:
-    """The 1.5-entmax loss (exact sort-based 1.5-entmax): :func:`entmax_loss` at α = 1.5.
+    """The 1.5-entmax loss (the exact 1.5-entmax map): :func:`entmax_loss` at α = 1.5.
 
     Equal to ``entmax.Entmax15Loss`` for index targets; probability targets work too.
 
