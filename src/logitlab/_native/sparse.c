@@ -1,0 +1,204 @@
+/* sparsemax, 1.5-entmax and α-entmax rows: the threshold τ without sorting, and the backward.
+ *
+ * Every map is p_i = [x_i − τ]_+^q with x = (α−1)(z − max z) (sparsemax: α = 2, x = z − max z;
+ * 1.5-entmax: x = (z − max z)/2), q = 1/(α−1), and τ the unique root of
+ * f(τ) = Σ_i [x_i − τ]_+^q = 1. Since max x = 0 and p ≤ 1, τ ≥ −1: only entries with x > −1
+ * can be in the support. A row is read three times (the maximum; the candidates x > −1 copied
+ * into a per-thread scratch buffer; the output), the two last from the cache.
+ *
+ * sparsemax and 1.5-entmax (the closed-form kinds), on the candidates T:
+ *   τ_0 = −1 (a lower bound). At τ_k, one pass over T gives S = {x > τ_k}, |S|, Σ_S (x − τ_k),
+ *   Σ_S (x − τ_k)², min_S x and the largest entry of T outside S. The closed form on S (sparsemax
+ *   τ_S = τ_k + (Σu − 1)/|S|; 1.5-entmax the smaller root of Σ_S (u − δ)² = 1) is accepted when
+ *   it certifies itself: every entry of S is ≥ τ_S and every other entry (in T, and every entry
+ *   dropped earlier or never a candidate) is ≤ τ_S. Then Σ_all [x − τ_S]_+^q = 1 exactly as
+ *   evaluated, so τ_S is the threshold (the root is unique) and the support is S: the answer of
+ *   the sort-based algorithm, to rounding. Otherwise a Newton step on the convex f from the
+ *   left, τ_{k+1} = τ_k + (f − 1)/|f'| (for sparsemax this is Michelot's projection step), which
+ *   stays a lower bound; entries ≤ a lower bound can never be in the support and are dropped
+ *   from T. The support is usually certified after 1-4 passes over a shrinking T. A row that
+ *   does not certify within MAX_STEPS passes (rounding at a near-tie) takes the sort-based
+ *   algorithm on all its candidates.
+ *
+ * α-entmax (any α > 1): safeguarded Newton on f in double on the candidates, bracket
+ *   [lo, hi] = [−1, −|T|^{1−α}], a bisection step whenever Newton leaves the bracket, until
+ *   |f(τ) − 1| ≤ tol or max_iter steps; n_iter and the violation |f(τ) − 1| are reported (the
+ *   caller raises ConvergenceError). Each τ with f(τ) > 1 raises lo, and the entries ≤ lo are
+ *   dropped from T: they stay out of the support of every τ in the bracket. p is then
+ *   normalized by its sum.
+ *
+ * Backward, one pass for the sums and one to write, per row: with w_i = p_i^{2−α} on the
+ * support (sparsemax: 1, 1.5-entmax: √p), c = Σ w g / Σ w, ∂L/∂z_i = w_i (g_i − c); and for α,
+ * with a_i = q p_i − p_i log p_i, ∂L/∂α = q (Σ a g − c Σ a).
+ *
+ * Rows: a NaN or +inf makes the forward return its row index (when `validate`) or a NaN row; an
+ * all −inf row gives an all-zero row (τ = +inf) and a zero gradient.
+ */
+#include "vec.h"
+
+#include <float.h>
+#include <stdlib.h>
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+
+enum { KIND_SPARSEMAX = 0, KIND_ENTMAX15 = 1, KIND_BISECT = 2 };
+#define MAX_STEPS 64
+
+typedef struct {
+    double tau;      /* threshold in the x scale */
+    double mass;     /* Σ [x − τ]_+^q (bisect: the normalizer of p) */
+    double violation;
+    int64_t n_iter;
+    int64_t kept;    /* bisect: candidates left in the buffer (a superset of the support) */
+    int ok;          /* 0: not certified, take the sort-based fallback */
+} solve_t;
+
+/* Closed-form kinds on candidates xs[0, K); `drop` bounds every entry that is not a candidate. */
+static solve_t solve_closed(float *xs, int64_t K, double drop, int kind) {
+    solve_t out = {0.0, 1.0, 0.0, 0, 0, 0};
+    double tau = -1.0;
+    for (int step = 0; step < MAX_STEPS; step++) {
+        int64_t cnt = 0;
+        double su = 0.0, suu = 0.0, min_s = INFINITY, max_e = -INFINITY;
+        for (int64_t i = 0; i < K; i++) {
+            const double v = (double)xs[i];
+            if (v > tau) {
+                const double u = v - tau;
+                cnt++;
+                su += u;
+                suu += u * u;
+                min_s = v < min_s ? v : min_s;
+            } else {
+                max_e = v > max_e ? v : max_e;
+            }
+        }
+        if (cnt == 0) return out;
+        double delta, newton, f;
+        if (kind == KIND_SPARSEMAX) {
+            delta = (su - 1.0) / (double)cnt;
+            newton = delta;
+            f = su;
+        } else {
+            const double disc = su * su - (double)cnt * (suu - 1.0);
+            delta = disc >= 0.0 ? (su - sqrt(disc)) / (double)cnt : NAN;
+            newton = (suu - 1.0) / (2.0 * su);
+            f = suu;
+        }
+        const double tau_s = tau + delta;
+        out.n_iter = step + 1;
+        if (tau_s <= min_s && tau_s >= max_e && tau_s >= drop) { /* false for NaN: no root on S */
+            out.tau = tau_s;
+            out.ok = 1;
+            return out;
+        }
+        if (f >= 1.0) { /* τ is a lower bound: entries ≤ τ are out of the support for good */
+            int64_t kept = 0;
+            for (int64_t i = 0; i < K; i++) {
+                if ((double)xs[i] > tau) xs[kept++] = xs[i];
+                else drop = (double)xs[i] > drop ? (double)xs[i] : drop;
+            }
+            K = kept;
+        }
+        const double next = tau + newton;
+        if (!(next > tau)) return out; /* no progress (rounding): the fallback decides */
+        tau = next;
+    }
+    return out;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* The sort-based algorithm on all candidates (complete: every entry outside has x ≤ −1). */
+static double solve_sorted(float *xs, int64_t K, int kind) {
+    qsort(xs, (size_t)K, sizeof(float), cmp_desc);
+    double total = 0.0, total_sq = 0.0, tau = -1.0;
+    for (int64_t k = 1; k <= K; k++) {
+        const double v = (double)xs[k - 1];
+        total += v;
+        if (kind == KIND_SPARSEMAX) {
+            if (1.0 + (double)k * v > total) tau = (total - 1.0) / (double)k;
+        } else {
+            total_sq += v * v;
+            const double mean = total / (double)k;
+            const double d = (1.0 - (total_sq - (double)k * mean * mean)) / (double)k;
+            const double tau_k = mean - sqrt(d > 0.0 ? d : 0.0);
+            if (tau_k <= v) tau = tau_k;
+        }
+    }
+    return tau;
+}
+
+/* [u]^q and [u]^{q−1} for u > 0, with the common exponents done without pow. */
+static inline double pow_q(double u, double q) {
+    if (q == 1.0) return u;
+    if (q == 2.0) return u * u;
+    return pow(u, q);
+}
+static inline double pow_qm1(double u, double q) {
+    if (q == 1.0) return 1.0;
+    if (q == 2.0) return u;
+    return pow(u, q - 1.0);
+}
+
+/* α-entmax on candidates xs[0, K): safeguarded Newton, as the torch path does it. */
+static solve_t solve_bisect(float *xs, int64_t K, double alpha, double tol, int max_iter) {
+    const double q = 1.0 / (alpha - 1.0);
+    double lo = -1.0, hi = -pow((double)K, 1.0 - alpha), tau = lo;
+    solve_t out = {tau, 0.0, 0.0, 0, 0, 1};
+    double value = 0.0, slope = 0.0;
+    int64_t it = 0;
+    for (;;) {
+        double mass = 0.0, deriv = 0.0;
+        for (int64_t i = 0; i < K; i++) {
+            const double u = (double)xs[i] - tau;
+            if (u > 0.0) {
+                const double uq1 = pow_qm1(u, q);
+                mass += u * uq1;
+                deriv += uq1;
+            }
+        }
+        value = mass - 1.0;
+        slope = -q * deriv;
+        if (!(fabs(value) > tol) || it >= max_iter) break;
+        if (value > 0.0) {
+            lo = tau;
+            int64_t kept = 0; /* entries ≤ lo stay out of the support of every τ ≥ lo */
+            for (int64_t i = 0; i < K; i++)
+                if ((double)xs[i] > lo) xs[kept++] = xs[i];
+            K = kept;
+        } else if (value < 0.0) {
+            hi = tau;
+        }
+        const double newton = tau - value / slope;
+        tau = (newton > lo && newton < hi) ? newton : 0.5 * (lo + hi);
+        it++;
+    }
+    out.tau = tau;
+    out.n_iter = it;
+    out.violation = fabs(value);
+    out.kept = K;
+    return out;
+}
+
+#define X f32
+#include "sparse_body.h"
+#undef X
+#define X bf16
+#include "sparse_body.h"
+#undef X
+#define X f16
+#include "sparse_body.h"
+#undef X
+
+/* Whether this build runs rows on OpenMP threads (1) or serially (0). */
+int ll_sparse_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
