@@ -3,8 +3,11 @@
  * Every map is p_i = [x_i − τ]_+^q with x = (α−1)(z − max z) (sparsemax: α = 2, x = z − max z;
  * 1.5-entmax: x = (z − max z)/2), q = 1/(α−1), and τ the unique root of
  * f(τ) = Σ_i [x_i − τ]_+^q = 1. Since max x = 0 and p ≤ 1, τ ≥ −1: only entries with x > −1
- * can be in the support. A row is read three times (the maximum; the candidates x > −1 copied
- * into a per-thread scratch buffer; the output), the two last from the cache.
+ * can be in the support. A row is read three times (the maximum; the candidates x > −1, copied
+ * into a per-thread scratch buffer; the output), the two last from the cache. Candidates, τ and
+ * the probabilities are computed in double (a float32 pre-test with a margin picks the entries
+ * that need it), so p is the exact value rounded once to the output type; x − τ within TIE of 0
+ * is a tie (p = 0), as in exact arithmetic.
  *
  * sparsemax and 1.5-entmax (the closed-form kinds), on the candidates T:
  *   τ_0 = −1 (a lower bound). At τ_k, one pass over T gives S = {x > τ_k}, |S|, Σ_S (x − τ_k),
@@ -16,9 +19,9 @@
  *   the sort-based algorithm, to rounding. Otherwise a Newton step on the convex f from the
  *   left, τ_{k+1} = τ_k + (f − 1)/|f'| (for sparsemax this is Michelot's projection step), which
  *   stays a lower bound; entries ≤ a lower bound can never be in the support and are dropped
- *   from T. The support is usually certified after 1-4 passes over a shrinking T. A row that
- *   does not certify within MAX_STEPS passes (rounding at a near-tie) takes the sort-based
- *   algorithm on all its candidates.
+ *   from T. The support is usually certified after 1-8 passes over a shrinking T. A row that
+ *   does not certify within `max_passes` passes (64 from Python; 0 in the tests that force it)
+ *   takes the sort-based algorithm on all its candidates and reports n_iter = −1.
  *
  * α-entmax (any α > 1): safeguarded Newton on f in double on the candidates, bracket
  *   [lo, hi] = [−1, −|T|^{1−α}], a bisection step whenever Newton leaves the bracket, until
@@ -43,7 +46,13 @@
 #define CAT(a, b) CAT_(a, b)
 
 enum { KIND_SPARSEMAX = 0, KIND_ENTMAX15 = 1, KIND_BISECT = 2 };
-#define MAX_STEPS 64
+/* Slack of the float32 pre-tests that pick the entries computed in double (x is within ~1e-7 of
+ * its double value where it matters, |x| <= 1). */
+#define MARGIN 1e-4f
+/* x − τ at or below this is a tie with τ (probability 0): τ carries a rounding error of a few
+ * ulps of the sums it comes from (|x| <= 1), and an entry the exact τ equals must not come out
+ * as a 1e-17 "probability" (a support entry the sort-based answer does not have). */
+#define TIE (64.0 * DBL_EPSILON)
 
 typedef struct {
     double tau;      /* threshold in the x scale */
@@ -55,14 +64,14 @@ typedef struct {
 } solve_t;
 
 /* Closed-form kinds on candidates xs[0, K); `drop` bounds every entry that is not a candidate. */
-static solve_t solve_closed(float *xs, int64_t K, double drop, int kind) {
+static solve_t solve_closed(double *xs, int64_t K, double drop, int kind, int max_steps) {
     solve_t out = {0.0, 1.0, 0.0, 0, 0, 0};
     double tau = -1.0;
-    for (int step = 0; step < MAX_STEPS; step++) {
+    for (int step = 0; step < max_steps; step++) {
         int64_t cnt = 0;
         double su = 0.0, suu = 0.0, min_s = INFINITY, max_e = -INFINITY;
         for (int64_t i = 0; i < K; i++) {
-            const double v = (double)xs[i];
+            const double v = xs[i];
             if (v > tau) {
                 const double u = v - tau;
                 cnt++;
@@ -95,8 +104,8 @@ static solve_t solve_closed(float *xs, int64_t K, double drop, int kind) {
         if (f >= 1.0) { /* τ is a lower bound: entries ≤ τ are out of the support for good */
             int64_t kept = 0;
             for (int64_t i = 0; i < K; i++) {
-                if ((double)xs[i] > tau) xs[kept++] = xs[i];
-                else drop = (double)xs[i] > drop ? (double)xs[i] : drop;
+                if (xs[i] > tau) xs[kept++] = xs[i];
+                else drop = xs[i] > drop ? xs[i] : drop;
             }
             K = kept;
         }
@@ -108,16 +117,16 @@ static solve_t solve_closed(float *xs, int64_t K, double drop, int kind) {
 }
 
 static int cmp_desc(const void *a, const void *b) {
-    const float x = *(const float *)a, y = *(const float *)b;
+    const double x = *(const double *)a, y = *(const double *)b;
     return (x < y) - (x > y);
 }
 
 /* The sort-based algorithm on all candidates (complete: every entry outside has x ≤ −1). */
-static double solve_sorted(float *xs, int64_t K, int kind) {
-    qsort(xs, (size_t)K, sizeof(float), cmp_desc);
+static double solve_sorted(double *xs, int64_t K, int kind) {
+    qsort(xs, (size_t)K, sizeof(double), cmp_desc);
     double total = 0.0, total_sq = 0.0, tau = -1.0;
     for (int64_t k = 1; k <= K; k++) {
-        const double v = (double)xs[k - 1];
+        const double v = xs[k - 1];
         total += v;
         if (kind == KIND_SPARSEMAX) {
             if (1.0 + (double)k * v > total) tau = (total - 1.0) / (double)k;
@@ -145,7 +154,7 @@ static inline double pow_qm1(double u, double q) {
 }
 
 /* α-entmax on candidates xs[0, K): safeguarded Newton, as the torch path does it. */
-static solve_t solve_bisect(float *xs, int64_t K, double alpha, double tol, int max_iter) {
+static solve_t solve_bisect(double *xs, int64_t K, double alpha, double tol, int max_iter) {
     const double q = 1.0 / (alpha - 1.0);
     double lo = -1.0, hi = -pow((double)K, 1.0 - alpha), tau = lo;
     solve_t out = {tau, 0.0, 0.0, 0, 0, 1};
@@ -154,7 +163,7 @@ static solve_t solve_bisect(float *xs, int64_t K, double alpha, double tol, int 
     for (;;) {
         double mass = 0.0, deriv = 0.0;
         for (int64_t i = 0; i < K; i++) {
-            const double u = (double)xs[i] - tau;
+            const double u = xs[i] - tau;
             if (u > 0.0) {
                 const double uq1 = pow_qm1(u, q);
                 mass += u * uq1;
@@ -168,7 +177,7 @@ static solve_t solve_bisect(float *xs, int64_t K, double alpha, double tol, int 
             lo = tau;
             int64_t kept = 0; /* entries ≤ lo stay out of the support of every τ ≥ lo */
             for (int64_t i = 0; i < K; i++)
-                if ((double)xs[i] > lo) xs[kept++] = xs[i];
+                if (xs[i] > lo) xs[kept++] = xs[i];
             K = kept;
         } else if (value < 0.0) {
             hi = tau;

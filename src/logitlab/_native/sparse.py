@@ -15,7 +15,7 @@ __all__ = ["KIND_CODES", "supports", "sparse_forward", "sparse_backward"]
 _CODES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 KIND_CODES = {"sparsemax": 0, "entmax15": 1, "bisect": 2}
 _P, _I64, _F64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-_FWD_ARGTYPES = [_P, _I64, _P, _I64, _I64, _I64, _INT, _P, _I64, _F64, _INT, _INT, _P, _P, _P, _P, _INT]
+_FWD_ARGTYPES = [_P, _I64, _P, _I64, _I64, _I64, _INT, _P, _I64, _F64, _INT, _INT, _INT, _P, _P, _P, _P, _INT]
 _BWD_ARGTYPES = [_P, _I64, _P, _I64, _P, _I64, _I64, _I64, _INT, _P, _I64, _P, _INT]
 _functions: dict[tuple[str, str], object] = {}
 
@@ -49,18 +49,26 @@ def _rowmajor(t: Tensor) -> Tensor:
 
 
 def _alpha_arg(alpha: float | Tensor | None) -> tuple[Tensor | None, int]:
-    """A float32 tensor of α and its row stride (0: one α shared by every row)."""
+    """A float64 tensor of α and its row stride (0: one α shared by every row)."""
     if alpha is None:
         return None, 0
     if isinstance(alpha, float):
-        return torch.tensor([alpha], dtype=torch.float32), 0
-    return alpha.reshape(-1).to(torch.float32).contiguous(), 1
+        return torch.tensor([alpha], dtype=torch.float64), 0
+    return alpha.detach().reshape(-1).to(torch.float64).contiguous(), 1
+
+
+# Certification passes of the closed-form kinds before a row takes the sorted fallback.
+MAX_PASSES = 64
 
 
 def sparse_forward(rows: Tensor, kind: str, alpha: float | Tensor | None, tol: float, max_iter: int,
-                   validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
+                   validate: bool, *, max_passes: int = MAX_PASSES
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
     """probs (N, C), τ (N,) float32, support (N,), n_iter (N,) int64, violation (N,) float32,
-    and -1 or the first row holding NaN or +inf (with ``validate``; the caller raises)."""
+    and -1 or the first row holding NaN or +inf (with ``validate``; the caller raises).
+
+    ``max_passes=0`` sends every sparsemax / 1.5-entmax row to the sorted fallback (for tests).
+    """
     x = _rowmajor(rows)
     n_rows, n_classes = x.shape
     probs = empty_like_huge(x)
@@ -72,7 +80,7 @@ def sparse_forward(rows: Tensor, kind: str, alpha: float | Tensor | None, tol: f
     fn = _function("fwd", _CODES[x.dtype])
     code = fn(x.data_ptr(), x.stride(0), probs.data_ptr(), probs.stride(0), n_rows, n_classes,
               KIND_CODES[kind], a.data_ptr() if a is not None else None, lda, float(tol), int(max_iter),
-              int(bool(validate)), tau.data_ptr(), support.data_ptr(), n_iter.data_ptr(),
+              int(max_passes), int(bool(validate)), tau.data_ptr(), support.data_ptr(), n_iter.data_ptr(),
               violation.data_ptr(), threads_for(n_rows * n_classes))
     if code == -2:
         raise MemoryError("logitlab: the sparse kernel could not allocate its scratch rows")

@@ -3,36 +3,37 @@
 
 #define XT CAT(X, _t)
 
-/* Copy the candidates x > −1 of a row into buf; returns their count and sets *rest to the
- * largest x of the other finite entries (−inf if none). */
-static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, float s, int scaled, float *buf,
+/* Copy the candidates x > −1 of a row into buf (x in double: x = (z − m) s); returns their
+ * count and sets *rest to a bound on the x of every other entry. The test runs in float32 with a
+ * margin (so the set is a superset); a kept lane is recomputed in double. */
+static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, double s, double *buf,
                                    double *rest) {
     const int64_t full = C - C % VL, tail = C - full;
-    const vf vm = vsplat(m), vs = vsplat(s), floor = vsplat(-1.0f), ninf = vsplat(-INFINITY);
+    const vf vm = vsplat(m), vs = vsplat((float)s), floor = vsplat(-1.0f - MARGIN), ninf = vsplat(-INFINITY);
     vf vrest = ninf;
     int64_t K = 0;
     for (int64_t j = 0; j < C; j += VL) {
         const int last = j == full;
         if (last && !tail) break;
         vf v = last ? CAT(loadn_, X)(xr + j, tail, -INFINITY) : CAT(load_, X)(xr + j);
-        vf x = v - vm;
-        if (scaled) x = x * vs;
+        vf x = (v - vm) * vs;
         vi keep = x > floor;
         vrest = vmax(vrest, vselect(keep, ninf, x));
         if (hany(keep)) {
             for (int l = 0; l < VL; l++)
-                if (keep[l]) buf[K++] = x[l];
+                if (keep[l]) buf[K++] = ((double)v[l] - (double)m) * s;
         }
         if (last) break;
     }
-    *rest = (double)hmax(vrest);
+    /* A float32 x ≤ −1 − MARGIN is below −1 in double too (its error is far under MARGIN). */
+    *rest = hmax(vrest) == -INFINITY ? -INFINITY : -1.0;
     return K;
 }
 
 static int64_t CAT(sparse_fwd_rows_, X)(
     const XT *x, int64_t ldx, XT *p, int64_t ldp, int64_t r0, int64_t r1, int64_t C, int kind,
-    const float *alpha, int64_t lda, double tol, int max_iter, int validate, float *tau_out,
-    int64_t *support_out, int64_t *iter_out, float *viol_out, float *buf) {
+    const double *alpha, int64_t lda, double tol, int max_iter, int max_passes, int validate,
+    float *tau_out, int64_t *support_out, int64_t *iter_out, float *viol_out, double *buf) {
     const int64_t full = C - C % VL, tail = C - full;
     for (int64_t r = r0; r < r1; r++) {
         const XT *xr = x + r * ldx;
@@ -54,8 +55,8 @@ static int64_t CAT(sparse_fwd_rows_, X)(
         const float m = hmax(vmx);
         const int broken = hany(nan) || m == INFINITY;
         if (broken && validate) return r;
-        const float a = kind == KIND_BISECT ? alpha[r * lda] : (kind == KIND_SPARSEMAX ? 2.0f : 1.5f);
-        const int bad_alpha = !(a > 1.0f && a < INFINITY); /* unchecked (validate=False): a NaN row */
+        const double a = kind == KIND_BISECT ? alpha[r * lda] : (kind == KIND_SPARSEMAX ? 2.0 : 1.5);
+        const int bad_alpha = !(a > 1.0 && a < INFINITY); /* unchecked (validate=False): a NaN row */
         if (broken || bad_alpha || m == -INFINITY) { /* a NaN row, or all zero (every class excluded) */
             const int nan_row = broken || bad_alpha;
             const vf fill = vsplat(nan_row ? NAN : 0.0f);
@@ -68,62 +69,59 @@ static int64_t CAT(sparse_fwd_rows_, X)(
             continue;
         }
 
-        /* Pass 2: the candidates x > −1, in the scale of the map (float32, as written later). */
-        const float s = kind == KIND_SPARSEMAX ? 1.0f : (kind == KIND_ENTMAX15 ? 0.5f : a - 1.0f);
-        const int scaled = kind != KIND_SPARSEMAX;
+        /* Pass 2: the candidates x > −1, x = (α−1)(z − max z). */
+        const double s = a - 1.0, q = 1.0 / s;
         double rest;
-        int64_t K = CAT(candidates_, X)(xr, C, m, s, scaled, buf, &rest);
+        int64_t K = CAT(candidates_, X)(xr, C, m, s, buf, &rest);
 
         solve_t sol;
         if (kind == KIND_BISECT) {
-            sol = solve_bisect(buf, K, (double)a, tol, max_iter);
+            sol = solve_bisect(buf, K, a, tol, max_iter);
         } else {
-            sol = solve_closed(buf, K, rest, kind);
+            sol = solve_closed(buf, K, rest, kind, max_passes);
             if (!sol.ok) { /* the candidates again (the buffer was thinned), sorted */
-                K = CAT(candidates_, X)(xr, C, m, s, scaled, buf, &rest);
+                K = CAT(candidates_, X)(xr, C, m, s, buf, &rest);
                 sol.tau = solve_sorted(buf, K, kind);
+                sol.n_iter = -1; /* reported: the row took the sorted fallback */
             }
         }
-        const float tf = (float)sol.tau;
-        const double q = 1.0 / ((double)a - 1.0);
+        const double tau = sol.tau;
         double inv_mass = 1.0;
-        if (kind == KIND_BISECT) { /* the normalizer, from the same float32 u as the output */
+        if (kind == KIND_BISECT) { /* the normalizer, from the same u as the output */
             double mass = 0.0;
             for (int64_t i = 0; i < sol.kept; i++) {
-                const float u = buf[i] - tf;
-                if (u > 0.0f) mass += pow_q((double)u, q);
+                const double u = buf[i] - tau;
+                if (u > TIE) mass += pow_q(u, q);
             }
             inv_mass = 1.0 / mass;
         }
 
-        /* Pass 3: p = [x − τ]_+^q, written once. */
-        const vf vm = vsplat(m), vs = vsplat(s), vt = vsplat(tf), zero = vsplat(0.0f);
+        /* Pass 3: p = [x − τ]_+^q, written once; a block with no entry near τ (float32 test with
+         * a margin) is all zeros, the others are computed lane by lane in double. */
+        const vf vm = vsplat(m), vs = vsplat((float)s), vlow = vsplat((float)(tau - MARGIN)), zero = vsplat(0.0f);
         int64_t support = 0;
         for (int64_t j = 0; j < C; j += VL) {
             const int last = j == full;
             if (last && !tail) break;
             vf v = last ? CAT(loadn_, X)(xr + j, tail, -INFINITY) : CAT(load_, X)(xr + j);
-            vf xv = v - vm;
-            if (scaled) xv = xv * vs;
-            vf u = xv - vt;
-            vi pos = u > zero;
+            vi near = (v - vm) * vs > vlow;
             vf out = zero;
-            if (hany(pos)) {
-                if (kind == KIND_SPARSEMAX) {
-                    out = vselect(pos, u, zero);
-                } else if (kind == KIND_ENTMAX15) {
-                    out = vselect(pos, u * u, zero);
-                } else {
-                    for (int l = 0; l < VL; l++)
-                        if (pos[l]) out[l] = (float)(pow_q((double)u[l], q) * inv_mass);
+            if (hany(near)) {
+                for (int l = 0; l < VL; l++) {
+                    if (!near[l]) continue;
+                    const double u = ((double)v[l] - (double)m) * s - tau;
+                    if (u > TIE) {
+                        out[l] = (float)(kind == KIND_SPARSEMAX ? u : kind == KIND_ENTMAX15 ? u * u
+                                         : pow_q(u, q) * inv_mass);
+                        support++;
+                    }
                 }
-                for (int l = 0; l < VL; l++) support += pos[l] != 0;
             }
             if (last) CAT(storen_, X)(pr + j, out, tail);
             else CAT(store_, X)(pr + j, out);
             if (last) break;
         }
-        tau_out[r] = (float)((double)s * (double)m + sol.tau); /* in the logits' scale */
+        tau_out[r] = (float)(s * (double)m + tau); /* in the logits' scale */
         support_out[r] = support;
         iter_out[r] = sol.n_iter;
         viol_out[r] = (float)sol.violation;
@@ -134,15 +132,15 @@ static int64_t CAT(sparse_fwd_rows_, X)(
 /* Backward of rows [r0, r1): out = w ⊙ (g − c), and ∂L/∂α per row when grad_alpha != NULL. */
 static void CAT(sparse_bwd_rows_, X)(
     const XT *g, int64_t ldg, const XT *p, int64_t ldp, XT *o, int64_t ldo, int64_t r0, int64_t r1,
-    int64_t C, int kind, const float *alpha, int64_t lda, float *grad_alpha) {
+    int64_t C, int kind, const double *alpha, int64_t lda, float *grad_alpha) {
     const int64_t full = C - C % VL, tail = C - full;
     const vf zero = vsplat(0.0f);
     for (int64_t r = r0; r < r1; r++) {
         const XT *gr = g + r * ldg, *pr = p + r * ldp;
         XT *orow = o + r * ldo;
-        const float a = kind == KIND_BISECT ? alpha[r * lda] : (kind == KIND_SPARSEMAX ? 2.0f : 1.5f);
-        const float expo = 2.0f - a;
-        const double q = 1.0 / ((double)a - 1.0);
+        const double a = kind == KIND_BISECT ? alpha[r * lda] : (kind == KIND_SPARSEMAX ? 2.0 : 1.5);
+        const float expo = (float)(2.0 - a);
+        const double q = 1.0 / (a - 1.0);
 
         /* Pass 1: Σ w, Σ w g (and Σ a g, Σ a for α) over the support. */
         double sw = 0.0, swg = 0.0, sag = 0.0, sa = 0.0;
@@ -201,14 +199,14 @@ static void CAT(sparse_bwd_rows_, X)(
  * Returns -1, the smallest row index holding NaN or +inf (validate), or -2 (out of memory). */
 int64_t CAT(ll_sparse_fwd_, X)(
     const XT *x, int64_t ldx, XT *p, int64_t ldp, int64_t n_rows, int64_t C, int kind,
-    const float *alpha, int64_t lda, double tol, int max_iter, int validate, float *tau_out,
-    int64_t *support_out, int64_t *iter_out, float *viol_out, int threads) {
+    const double *alpha, int64_t lda, double tol, int max_iter, int max_passes, int validate,
+    float *tau_out, int64_t *support_out, int64_t *iter_out, float *viol_out, int threads) {
     const int64_t parts = n_rows < 8 * (int64_t)threads ? n_rows : 8 * (int64_t)threads;
     if (threads <= 1 || parts <= 1) {
-        float *buf = malloc((size_t)(C > 0 ? C : 1) * sizeof(float));
+        double *buf = malloc((size_t)(C > 0 ? C : 1) * sizeof(double));
         if (buf == NULL) return -2;
         const int64_t code = CAT(sparse_fwd_rows_, X)(x, ldx, p, ldp, 0, n_rows, C, kind, alpha, lda, tol,
-                                                      max_iter, validate, tau_out, support_out, iter_out,
+                                                      max_iter, max_passes, validate, tau_out, support_out, iter_out,
                                                       viol_out, buf);
         free(buf);
         return code;
@@ -217,14 +215,14 @@ int64_t CAT(ll_sparse_fwd_, X)(
     int oom = 0;
 #pragma omp parallel num_threads(threads) reduction(min : best) reduction(| : oom)
     {
-        float *buf = malloc((size_t)(C > 0 ? C : 1) * sizeof(float));
+        double *buf = malloc((size_t)(C > 0 ? C : 1) * sizeof(double));
         if (buf == NULL) oom = 1;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < parts; i++) {
             if (buf == NULL) continue;
             const int64_t a = n_rows * i / parts, b = n_rows * (i + 1) / parts;
             const int64_t code = CAT(sparse_fwd_rows_, X)(x, ldx, p, ldp, a, b, C, kind, alpha, lda, tol,
-                                                          max_iter, validate, tau_out, support_out,
+                                                          max_iter, max_passes, validate, tau_out, support_out,
                                                           iter_out, viol_out, buf);
             if (code >= 0 && code < best) best = code;
         }
@@ -237,7 +235,7 @@ int64_t CAT(ll_sparse_fwd_, X)(
 /* Backward over rows [0, n_rows) on `threads` OpenMP threads. */
 void CAT(ll_sparse_bwd_, X)(
     const XT *g, int64_t ldg, const XT *p, int64_t ldp, XT *o, int64_t ldo, int64_t n_rows, int64_t C,
-    int kind, const float *alpha, int64_t lda, float *grad_alpha, int threads) {
+    int kind, const double *alpha, int64_t lda, float *grad_alpha, int threads) {
     const int64_t parts = n_rows < 8 * (int64_t)threads ? n_rows : 8 * (int64_t)threads;
     if (threads <= 1 || parts <= 1) {
         CAT(sparse_bwd_rows_, X)(g, ldg, p, ldp, o, ldo, 0, n_rows, C, kind, alpha, lda, grad_alpha);
