@@ -54,6 +54,43 @@ enum { KIND_SPARSEMAX = 0, KIND_ENTMAX15 = 1, KIND_BISECT = 2 };
  * as a 1e-17 "probability" (a support entry the sort-based answer does not have). */
 #define TIE (64.0 * DBL_EPSILON)
 
+/* Eight doubles: candidates and thresholds are handled in double. */
+typedef double vd __attribute__((vector_size(64)));
+typedef int64_t vl __attribute__((vector_size(64)));
+typedef float vf8 __attribute__((vector_size(32)));
+#define DL 8
+
+/* The two halves of 16 floats as doubles, and back. */
+static inline vd half_lo(vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), vd); }
+static inline vd half_hi(vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), vd); }
+static inline vf join_halves(vd lo, vd hi) {
+    vf8 a = __builtin_convertvector(lo, vf8), b = __builtin_convertvector(hi, vf8);
+    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+/* The lanes of a mask as bits (lane l -> bit l), and the lanes of v whose bits are set stored
+ * contiguously at dst (which must have room for DL values): one instruction each with AVX-512,
+ * a loop over the lanes elsewhere. Returns the number stored. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline uint32_t lane_bits(vi mask) { return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask); }
+static inline int compress_store(double *dst, vd v, uint32_t bits) {
+    _mm512_storeu_pd(dst, _mm512_maskz_compress_pd((__mmask8)bits, (__m512d)v));
+    return __builtin_popcount(bits);
+}
+#else
+static inline uint32_t lane_bits(vi mask) {
+    uint32_t bits = 0;
+    for (int l = 0; l < VL; l++) bits |= (uint32_t)(mask[l] & 1) << l;
+    return bits;
+}
+static inline int compress_store(double *dst, vd v, uint32_t bits) {
+    int n = 0;
+    for (; bits; bits &= bits - 1) dst[n++] = v[__builtin_ctz(bits)];
+    return n;
+}
+#endif
+
 typedef struct {
     double tau;      /* threshold in the x scale */
     double mass;     /* Σ [x − τ]_+^q (bisect: the normalizer of p) */
@@ -63,52 +100,97 @@ typedef struct {
     int ok;          /* 0: not certified, take the sort-based fallback */
 } solve_t;
 
-/* Closed-form kinds on candidates xs[0, K); `drop` bounds every entry that is not a candidate. */
+/* Sums over the candidates above τ, eight doubles at a time (xs is padded with −inf to a
+ * multiple of DL): |S|, Σ_S (x − τ), Σ_S (x − τ)², min_S x, and the largest x not in S. */
+
+typedef struct {
+    int64_t cnt;
+    double su, suu, min_s, max_e;
+} sums_t;
+
+static inline vd vdsplat(double a) { return (vd){a, a, a, a, a, a, a, a}; }
+static inline vd vdselect(vl mask, vd a, vd b) { return (vd)(((vl)a & mask) | ((vl)b & ~mask)); }
+
+static sums_t sums_above(const double *xs, int64_t K, double tau) {
+    const vd vt = vdsplat(tau), zero = vdsplat(0.0);
+    vd vsu = zero, vsuu = zero, vmin = vdsplat(INFINITY), vmax = vdsplat(-INFINITY);
+    vl vcnt = (vl){0};
+    for (int64_t i = 0; i < K; i += DL) {
+        vd v;
+        memcpy(&v, xs + i, sizeof v);
+        const vl in = v > vt;
+        const vd u = vdselect(in, v - vt, zero);
+        vcnt -= in;
+        vsu += u;
+        vsuu += u * u;
+        vmin = vdselect(in & (v < vmin), v, vmin);
+        vmax = vdselect(~in & (v > vmax), v, vmax);
+    }
+    sums_t out = {0, 0.0, 0.0, INFINITY, -INFINITY};
+    for (int l = 0; l < DL; l++) {
+        out.cnt += vcnt[l];
+        out.su += vsu[l];
+        out.suu += vsuu[l];
+        out.min_s = vmin[l] < out.min_s ? vmin[l] : out.min_s;
+        out.max_e = vmax[l] > out.max_e ? vmax[l] : out.max_e;
+    }
+    return out;
+}
+
+static inline void pad(double *xs, int64_t K) {
+    for (int l = 0; l < DL; l++) xs[K + l] = -INFINITY;
+}
+
+/* Keep the entries > lo (in order, padded); *drop becomes the max of it and of those removed. */
+static int64_t keep_above(double *xs, int64_t K, double lo, double *drop) {
+    const vd vlo = vdsplat(lo);
+    vd vdrop = vdsplat(*drop);
+    int64_t kept = 0;
+    for (int64_t i = 0; i < K; i += DL) { /* writes stay behind the reads: kept <= i */
+        vd v;
+        memcpy(&v, xs + i, sizeof v);
+        const vl keep = v > vlo;
+        vdrop = vdselect(~keep & (v > vdrop), v, vdrop);
+        uint32_t bits = 0;
+        for (int l = 0; l < DL; l++) bits |= (uint32_t)(keep[l] & 1) << l;
+        kept += compress_store(xs + kept, v, bits);
+    }
+    pad(xs, kept);
+    double d = *drop;
+    for (int l = 0; l < DL; l++) d = vdrop[l] > d ? vdrop[l] : d;
+    *drop = d;
+    return kept;
+}
+
+/* Closed-form kinds on candidates xs[0, K) (padded); `drop` bounds every entry that is not a
+ * candidate. */
 static solve_t solve_closed(double *xs, int64_t K, double drop, int kind, int max_steps) {
     solve_t out = {0.0, 1.0, 0.0, 0, 0, 0};
     double tau = -1.0;
     for (int step = 0; step < max_steps; step++) {
-        int64_t cnt = 0;
-        double su = 0.0, suu = 0.0, min_s = INFINITY, max_e = -INFINITY;
-        for (int64_t i = 0; i < K; i++) {
-            const double v = xs[i];
-            if (v > tau) {
-                const double u = v - tau;
-                cnt++;
-                su += u;
-                suu += u * u;
-                min_s = v < min_s ? v : min_s;
-            } else {
-                max_e = v > max_e ? v : max_e;
-            }
-        }
-        if (cnt == 0) return out;
+        const sums_t t = sums_above(xs, K, tau);
+        if (t.cnt == 0) return out;
+        const double cnt = (double)t.cnt;
         double delta, newton, f;
         if (kind == KIND_SPARSEMAX) {
-            delta = (su - 1.0) / (double)cnt;
+            delta = (t.su - 1.0) / cnt;
             newton = delta;
-            f = su;
+            f = t.su;
         } else {
-            const double disc = su * su - (double)cnt * (suu - 1.0);
-            delta = disc >= 0.0 ? (su - sqrt(disc)) / (double)cnt : NAN;
-            newton = (suu - 1.0) / (2.0 * su);
-            f = suu;
+            const double disc = t.su * t.su - cnt * (t.suu - 1.0);
+            delta = disc >= 0.0 ? (t.su - sqrt(disc)) / cnt : NAN;
+            newton = (t.suu - 1.0) / (2.0 * t.su);
+            f = t.suu;
         }
         const double tau_s = tau + delta;
         out.n_iter = step + 1;
-        if (tau_s <= min_s && tau_s >= max_e && tau_s >= drop) { /* false for NaN: no root on S */
+        if (tau_s <= t.min_s && tau_s >= t.max_e && tau_s >= drop) { /* false for NaN: no root on S */
             out.tau = tau_s;
             out.ok = 1;
             return out;
         }
-        if (f >= 1.0) { /* τ is a lower bound: entries ≤ τ are out of the support for good */
-            int64_t kept = 0;
-            for (int64_t i = 0; i < K; i++) {
-                if (xs[i] > tau) xs[kept++] = xs[i];
-                else drop = xs[i] > drop ? xs[i] : drop;
-            }
-            K = kept;
-        }
+        /* τ is a lower bound: entries ≤ τ are out of the support for good */
+        if (f >= 1.0 && t.cnt < K) K = keep_above(xs, K, tau, &drop);
         const double next = tau + newton;
         if (!(next > tau)) return out; /* no progress (rounding): the fallback decides */
         tau = next;
@@ -141,16 +223,11 @@ static double solve_sorted(double *xs, int64_t K, int kind) {
     return tau;
 }
 
-/* [u]^q and [u]^{q−1} for u > 0, with the common exponents done without pow. */
+/* u^q for u > 0, with the common exponents done without pow. */
 static inline double pow_q(double u, double q) {
     if (q == 1.0) return u;
     if (q == 2.0) return u * u;
     return pow(u, q);
-}
-static inline double pow_qm1(double u, double q) {
-    if (q == 1.0) return 1.0;
-    if (q == 2.0) return u;
-    return pow(u, q - 1.0);
 }
 
 /* α-entmax on candidates xs[0, K): safeguarded Newton, as the torch path does it. */
@@ -162,23 +239,27 @@ static solve_t solve_bisect(double *xs, int64_t K, double alpha, double tol, int
     int64_t it = 0;
     for (;;) {
         double mass = 0.0, deriv = 0.0;
-        for (int64_t i = 0; i < K; i++) {
-            const double u = xs[i] - tau;
-            if (u > 0.0) {
-                const double uq1 = pow_qm1(u, q);
-                mass += u * uq1;
-                deriv += uq1;
+        if (q == 1.0 || q == 2.0) {
+            const sums_t t = sums_above(xs, K, tau);
+            mass = q == 1.0 ? t.su : t.suu;
+            deriv = q == 1.0 ? (double)t.cnt : t.su;
+        } else {
+            for (int64_t i = 0; i < K; i++) {
+                const double u = xs[i] - tau;
+                if (u > 0.0) {
+                    const double uq1 = pow(u, q - 1.0);
+                    mass += u * uq1;
+                    deriv += uq1;
+                }
             }
         }
         value = mass - 1.0;
         slope = -q * deriv;
         if (!(fabs(value) > tol) || it >= max_iter) break;
         if (value > 0.0) {
-            lo = tau;
-            int64_t kept = 0; /* entries ≤ lo stay out of the support of every τ ≥ lo */
-            for (int64_t i = 0; i < K; i++)
-                if (xs[i] > lo) xs[kept++] = xs[i];
-            K = kept;
+            lo = tau; /* entries ≤ lo stay out of the support of every τ ≥ lo */
+            double unused = -INFINITY;
+            K = keep_above(xs, K, lo, &unused);
         } else if (value < 0.0) {
             hi = tau;
         }

@@ -3,13 +3,15 @@
 
 #define XT CAT(X, _t)
 
-/* Copy the candidates x > −1 of a row into buf (x in double: x = (z − m) s); returns their
+/* Copy the candidates x > −1 of a row into buf (x in double: x = (z − m) s; padded with DL
+ * times −inf, so buf holds C + DL doubles); returns their
  * count and sets *rest to a bound on the x of every other entry. The test runs in float32 with a
  * margin (so the set is a superset); a kept lane is recomputed in double. */
 static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, double s, double *buf,
                                    double *rest) {
     const int64_t full = C - C % VL, tail = C - full;
     const vf vm = vsplat(m), vs = vsplat((float)s), floor = vsplat(-1.0f - MARGIN), ninf = vsplat(-INFINITY);
+    const vd dm = vdsplat((double)m), ds = vdsplat(s);
     vf vrest = ninf;
     int64_t K = 0;
     for (int64_t j = 0; j < C; j += VL) {
@@ -19,14 +21,16 @@ static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, double s, d
         vf x = (v - vm) * vs;
         vi keep = x > floor;
         vrest = vmax(vrest, vselect(keep, ninf, x));
-        if (hany(keep)) {
-            for (int l = 0; l < VL; l++)
-                if (keep[l]) buf[K++] = ((double)v[l] - (double)m) * s;
+        const uint32_t bits = lane_bits(keep);
+        if (bits) {
+            if (bits & 0xFFu) K += compress_store(buf + K, (half_lo(v) - dm) * ds, bits & 0xFFu);
+            if (bits >> 8) K += compress_store(buf + K, (half_hi(v) - dm) * ds, bits >> 8);
         }
         if (last) break;
     }
     /* A float32 x ≤ −1 − MARGIN is below −1 in double too (its error is far under MARGIN). */
     *rest = hmax(vrest) == -INFINITY ? -INFINITY : -1.0;
+    pad(buf, K);
     return K;
 }
 
@@ -97,8 +101,10 @@ static int64_t CAT(sparse_fwd_rows_, X)(
         }
 
         /* Pass 3: p = [x − τ]_+^q, written once; a block with no entry near τ (float32 test with
-         * a margin) is all zeros, the others are computed lane by lane in double. */
+         * a margin) is all zeros, the others are computed in double. */
         const vf vm = vsplat(m), vs = vsplat((float)s), vlow = vsplat((float)(tau - MARGIN)), zero = vsplat(0.0f);
+        const vd dm = vdsplat((double)m), ds = vdsplat(s), dtau = vdsplat(tau), dtie = vdsplat(TIE),
+                 dzero = vdsplat(0.0), dscale = vdsplat(kind == KIND_BISECT ? inv_mass : 1.0);
         int64_t support = 0;
         for (int64_t j = 0; j < C; j += VL) {
             const int last = j == full;
@@ -106,16 +112,24 @@ static int64_t CAT(sparse_fwd_rows_, X)(
             vf v = last ? CAT(loadn_, X)(xr + j, tail, -INFINITY) : CAT(load_, X)(xr + j);
             vi near = (v - vm) * vs > vlow;
             vf out = zero;
-            if (hany(near)) {
-                for (int l = 0; l < VL; l++) {
-                    if (!near[l]) continue;
-                    const double u = ((double)v[l] - (double)m) * s - tau;
-                    if (u > TIE) {
-                        out[l] = (float)(kind == KIND_SPARSEMAX ? u : kind == KIND_ENTMAX15 ? u * u
-                                         : pow_q(u, q) * inv_mass);
-                        support++;
+            const uint32_t bits = lane_bits(near);
+            if (bits) {
+                const vd u_lo = (half_lo(v) - dm) * ds - dtau, u_hi = (half_hi(v) - dm) * ds - dtau;
+                const vl in_lo = u_lo > dtie, in_hi = u_hi > dtie;
+                vd p_lo, p_hi;
+                if (kind == KIND_SPARSEMAX) {
+                    p_lo = u_lo, p_hi = u_hi;
+                } else if (kind == KIND_ENTMAX15 || q == 2.0) {
+                    p_lo = u_lo * u_lo * dscale, p_hi = u_hi * u_hi * dscale;
+                } else {
+                    p_lo = u_lo, p_hi = u_hi;
+                    for (int l = 0; l < DL; l++) {
+                        if (in_lo[l]) p_lo[l] = pow_q(u_lo[l], q) * inv_mass;
+                        if (in_hi[l]) p_hi[l] = pow_q(u_hi[l], q) * inv_mass;
                     }
                 }
+                out = join_halves(vdselect(in_lo, p_lo, dzero), vdselect(in_hi, p_hi, dzero));
+                for (int l = 0; l < DL; l++) support += (in_lo[l] != 0) + (in_hi[l] != 0);
             }
             if (last) CAT(storen_, X)(pr + j, out, tail);
             else CAT(store_, X)(pr + j, out);
@@ -149,10 +163,11 @@ static void CAT(sparse_bwd_rows_, X)(
             if (last && !tail) break;
             vf pv = last ? CAT(loadn_, X)(pr + j, tail, 0.0f) : CAT(load_, X)(pr + j);
             vi pos = pv > zero;
-            if (hany(pos)) {
+            uint32_t bits = lane_bits(pos);
+            if (bits) {
                 vf gv = last ? CAT(loadn_, X)(gr + j, tail, 0.0f) : CAT(load_, X)(gr + j);
-                for (int l = 0; l < VL; l++) {
-                    if (!pos[l]) continue;
+                for (; bits; bits &= bits - 1) {
+                    const int l = __builtin_ctz(bits);
                     const float pl = pv[l];
                     const float w = kind == KIND_SPARSEMAX ? 1.0f
                                     : kind == KIND_ENTMAX15 ? sqrtf(pl) : powf(pl, expo);
@@ -184,8 +199,10 @@ static void CAT(sparse_bwd_rows_, X)(
                 if (kind == KIND_SPARSEMAX) {
                     out = vselect(pos, d, zero);
                 } else {
-                    for (int l = 0; l < VL; l++)
-                        if (pos[l]) out[l] = (kind == KIND_ENTMAX15 ? sqrtf(pv[l]) : powf(pv[l], expo)) * d[l];
+                    for (uint32_t bits = lane_bits(pos); bits; bits &= bits - 1) {
+                        const int l = __builtin_ctz(bits);
+                        out[l] = (kind == KIND_ENTMAX15 ? sqrtf(pv[l]) : powf(pv[l], expo)) * d[l];
+                    }
                 }
             }
             if (last) CAT(storen_, X)(orow + j, out, tail);
@@ -203,7 +220,7 @@ int64_t CAT(ll_sparse_fwd_, X)(
     float *tau_out, int64_t *support_out, int64_t *iter_out, float *viol_out, int threads) {
     const int64_t parts = n_rows < 8 * (int64_t)threads ? n_rows : 8 * (int64_t)threads;
     if (threads <= 1 || parts <= 1) {
-        double *buf = malloc((size_t)(C > 0 ? C : 1) * sizeof(double));
+        double *buf = malloc((size_t)(C + DL) * sizeof(double));
         if (buf == NULL) return -2;
         const int64_t code = CAT(sparse_fwd_rows_, X)(x, ldx, p, ldp, 0, n_rows, C, kind, alpha, lda, tol,
                                                       max_iter, max_passes, validate, tau_out, support_out, iter_out,
@@ -215,7 +232,7 @@ int64_t CAT(ll_sparse_fwd_, X)(
     int oom = 0;
 #pragma omp parallel num_threads(threads) reduction(min : best) reduction(| : oom)
     {
-        double *buf = malloc((size_t)(C > 0 ? C : 1) * sizeof(double));
+        double *buf = malloc((size_t)(C + DL) * sizeof(double));
         if (buf == NULL) oom = 1;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < parts; i++) {
