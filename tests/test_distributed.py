@@ -38,8 +38,11 @@ def _err(a, b):
     return float((a.detach() - b.detach()).abs().max()) if a.numel() else 0.0
 
 
-def _compare_all(rank, world, sizes):
-    """Every vocab-parallel loss on this rank's slice vs the full single-process computation."""
+def _compare_all(rank, world, sizes, distill_sizes):
+    """Every vocab-parallel loss on this rank's slice vs the full single-process computation.
+
+    The distillation cases slice the same vocabulary as ``distill_sizes`` (which may leave a
+    rank without any class)."""
     logits, teacher, target, hidden, weight, bias, class_weight = _problem(sizes)
     lo, hi = _slice(sizes, rank)
     errors = {}
@@ -92,7 +95,7 @@ def _compare_all(rank, world, sizes):
         errors[f"linear{i}_grad_hidden"] = _err(h_local.grad, h.grad)
         errors[f"linear{i}_grad_weight"] = _err(w_local.grad, w_full.grad[lo:hi])
         errors[f"linear{i}_grad_bias"] = _err(b_local.grad, b_full.grad[lo:hi])
-    errors.update(_distillation_errors(rank, sizes, hidden, weight, bias, target))
+    errors.update(_distillation_errors(rank, distill_sizes, hidden, weight, bias, target))
     return errors
 
 
@@ -151,9 +154,11 @@ def _fail_on_rank_one(rank, world):
     return float(vocab_parallel_cross_entropy(logits, torch.tensor([0, 1, 2])))
 
 
-@pytest.mark.parametrize("sizes", [(7, 6), (3, 9, 1)], ids=["2 ranks uneven", "3 ranks uneven"])
-def test_vocab_parallel_matches_single_process(sizes):
-    results = run_ranks(_compare_all, len(sizes), args=(sizes,), timeout=90)
+@pytest.mark.parametrize("sizes,distill_sizes", [((7, 6), (7, 6)), ((3, 9, 1), (5, 0, 8))],
+                         ids=["2 ranks uneven", "3 ranks uneven, distillation with an empty shard"])
+def test_vocab_parallel_matches_single_process(sizes, distill_sizes):
+    assert sum(distill_sizes) == sum(sizes) and len(distill_sizes) == len(sizes)
+    results = run_ranks(_compare_all, len(sizes), args=(sizes, distill_sizes), timeout=90)
     assert len(results) == len(sizes)
     for rank, errors in enumerate(results):
         bad = {k: e for k, e in errors.items() if not e <= 1e-10}

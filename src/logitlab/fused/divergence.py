@@ -18,46 +18,67 @@ __all__ = ["linear_divergence_loss", "DIVERGENCES"]
 DIVERGENCES = ("kl", "reverse_kl", "js")
 
 
-def _log_normalizers(blocks: list[Tensor], group, extra: Tensor) -> tuple[Tensor, Tensor]:
-    """log Σ_c exp x_c over the FULL vocabulary for each (rows, V_local) block, and Σ_ranks ``extra``.
+def _log_softmax_full(blocks: list[Tensor], group) -> list[Tensor]:
+    """Log-softmax over the FULL vocabulary of each (rows, V_local) block of this rank's columns.
 
-    Two all-reduces whatever the number of blocks: the row maxima (MAX), then the shifted sums of
-    exponentials together with ``extra`` (SUM), so a row statistic such as the target logit
-    rides along. Without a group both are no-ops and this is a plain log-sum-exp.
+    Each rank's log-sum-exp ℓ_r over its own columns (read off its local log-softmax at the row
+    maximum, where that is accurate) is combined as lse = M + log Σ_r exp(ℓ_r − M), M = max_r ℓ_r:
+    two all-reduces of (blocks, rows) statistics whatever the number of blocks, the maxima
+    (MAX) then the sums (SUM). The local log-softmax is then shifted by ℓ_r − lse. Without a
+    group this is torch's log_softmax (differentiable: the naive path runs through autograd).
     """
+    log_probs = [torch.log_softmax(b, 1) for b in blocks]
+    if group is None:
+        return log_probs
     rows, local = blocks[0].shape
     if local:
-        peaks = torch.stack([b.detach().amax(1) for b in blocks])
+        own = []
+        for b, lp in zip(blocks, log_probs):
+            peak, at = b.max(1, keepdim=True)
+            own.append((peak - lp.gather(1, at)).squeeze(1))
+        own = torch.stack(own)
     else:
-        peaks = blocks[0].new_full((len(blocks), rows), -math.inf)
-    all_reduce(peaks, "max", group)
+        own = blocks[0].new_full((len(blocks), rows), -math.inf)
+    peaks = all_reduce(own.clone(), "max", group)
     peaks = torch.where(torch.isfinite(peaks), peaks, peaks.new_zeros(()))
-    sums = torch.cat([torch.stack([(b - m.unsqueeze(1)).exp().sum(1) for b, m in zip(blocks, peaks)]),
-                      extra.reshape(-1, rows)])
-    all_reduce(sums, "sum", group)
-    return peaks + sums[: len(blocks)].log(), sums[len(blocks):]
+    lse = peaks + all_reduce((own - peaks).exp(), "sum", group).log()
+    empty = torch.isneginf(own)  # rows whose columns on this rank are all -inf: log-probability -inf
+    for lp, shift, none_here in zip(log_probs, lse - own, empty):
+        lp.sub_(shift.unsqueeze(1))
+        if bool(none_here.any()):
+            lp.masked_fill_(none_here.unsqueeze(1), -math.inf)
+    return log_probs
 
 
 def _divergence_rows(log_p: Tensor, log_q: Tensor, divergence: str, beta: float, group=None,
-                     need_grad: bool = True) -> tuple[Tensor, Tensor | None]:
+                     need_grad: bool = True, extra: Tensor | None = None):
     """Per-row D between teacher p and student q, given as log-probabilities (rows along dim 1).
 
     The columns may be this rank's slice of the vocabulary (log-probabilities normalized over the
-    full one): the sums over the columns are then all-reduced over ``group`` (one all-reduce).
+    full one): the sums over the columns are then all-reduced over ``group``, in one all-reduce
+    that also sums the (rows,) tensor ``extra`` when given.
 
-    Returns (value of the full rows, gradient with respect to s = z / T on these columns, or
-    None without ``need_grad``).
+    Returns (value of the full rows, gradient with respect to s = z / T on these columns or None
+    without ``need_grad``, the reduced ``extra`` or None).
     """
+    rows = log_q.shape[0]
+    parts = [] if extra is None else [extra.reshape(rows)]
+
+    def reduce(*sums):
+        out = all_reduce(torch.stack([*sums, *parts]), "sum", group)
+        return out, (out[-1] if parts else None)
+
     q = log_q.exp()
     zero = q.new_zeros(())
     if divergence == "kl":        # D(p ‖ q) = Σ p (log p − log q);  ∂/∂s = q − p
         p = log_p.exp()
-        value = torch.where(p > 0, p * (log_p - log_q), zero).sum(1)
-        return all_reduce(value, "sum", group), (q - p if need_grad else None)
+        sums, extra = reduce(torch.where(p > 0, p * (log_p - log_q), zero).sum(1))
+        return sums[0], (q - p if need_grad else None), extra
     if divergence == "reverse_kl":  # D(q ‖ p) = Σ q (log q − log p);  ∂/∂s = q (log q − log p − D)
         ratio = torch.where(q > 0, log_q - log_p, zero)
-        value = all_reduce((q * ratio).sum(1), "sum", group)
-        return value, (q * (ratio - value.unsqueeze(1)) if need_grad else None)
+        sums, extra = reduce((q * ratio).sum(1))
+        value = sums[0]
+        return value, (q * (ratio - value.unsqueeze(1)) if need_grad else None), extra
     # Generalized Jensen–Shannon: m = β p + (1 − β) q,
     # JS_β = β D(p ‖ m) + (1 − β) D(q ‖ m); ∂JS_β/∂q = (1 − β) log(q / m), so with
     # slope = (1 − β) log(q / m): ∂/∂s = q (slope − Σ q·slope).
@@ -65,10 +86,9 @@ def _divergence_rows(log_p: Tensor, log_q: Tensor, divergence: str, beta: float,
                             log_q + math.log(1 - beta) if beta < 1 else torch.full_like(log_q, -math.inf))
     p = log_p.exp()
     slope = torch.where(q > 0, (1 - beta) * (log_q - log_m), zero)
-    sums = torch.stack([(q * slope).sum(1), torch.where(p > 0, p * (log_p - log_m), zero).sum(1)])
-    all_reduce(sums, "sum", group)
+    sums, extra = reduce((q * slope).sum(1), torch.where(p > 0, p * (log_p - log_m), zero).sum(1))
     value = sums[0] + beta * sums[1] if beta > 0 else sums[0]
-    return value, (q * (slope - sums[0].unsqueeze(1)) if need_grad else None)
+    return value, (q * (slope - sums[0].unsqueeze(1)) if need_grad else None), extra
 
 
 @dataclass
@@ -77,9 +97,9 @@ class DivergenceKernel:
 
     With a ``group``, both heads hold this rank's columns [vocab_start, vocab_start + V_local)
     of the vocabulary, and per chunk three all-reduces of (rows,)-sized statistics give every
-    rank the rows of the full vocabulary: the maxima of z / T, u / T (and z when T ≠ 1 and the
-    hard-label term is on), then their sums of exponentials with the target logit, then the
-    divergence's own sums over the columns.
+    rank the rows of the full vocabulary: the maxima of the ranks' log-sum-exps of z / T, u / T
+    (and of z when T ≠ 1 and the hard-label term is on), then their sums of exponentials, then
+    the divergence's own sums over the columns with the target's −log-probability.
     """
 
     teacher_hidden: Tensor   # (N, D_t)
@@ -102,31 +122,31 @@ class DivergenceKernel:
         teacher = teacher.to(z.dtype)
         if self.teacher_bias is not None:
             teacher.add_(self.teacher_bias.to(z.dtype))
-        u = teacher.div_(t)
-        s = z / t
+        u = teacher.div_(t) if t != 1 else teacher
+        s = z / t if t != 1 else z
         blocks = [s, u] + ([z] if alpha and t != 1 else [])  # the hard-label term is at T = 1
-        z_t = z.new_zeros(rows)
+        log_q, log_p, *log_softmax_z = _log_softmax_full(blocks, group)
+        nll = None  # − log softmax(z)_target, from the rank that owns the target's column
         if alpha:
+            log_probs = log_softmax_z[0] if t != 1 else log_q
             index = self.target[start:stop] - self.vocab_start
             owned = keep & (index >= 0) & (index < local)
             index = torch.where(owned, index, torch.zeros_like(index)).unsqueeze(1)
+            nll = log_probs.new_zeros(rows)
             if local:
-                z_t = torch.where(owned, z.gather(1, index).squeeze(1), z_t)
-        lse, (z_t,) = _log_normalizers(blocks, group, z_t)
-        log_q = s - lse[0].unsqueeze(1)
-        log_p = u.sub_(lse[1].unsqueeze(1))
-        loss, grad = _divergence_rows(log_p, log_q, self.divergence, self.beta, group, need_grad)
+                nll = torch.where(owned, -log_probs.gather(1, index).squeeze(1), nll)
+        loss, grad, nll = _divergence_rows(log_p, log_q, self.divergence, self.beta, group, need_grad, extra=nll)
         if alpha:
-            lse_z = lse[2] if t != 1 else lse[0]
-            loss = loss + alpha * (lse_z - z_t)
+            loss = loss + alpha * nll
         loss = torch.where(keep, loss, loss.new_zeros(()))
         if not need_grad:
             return loss, None
         grad.div_(t)
         if alpha:  # + α (softmax(z) − onehot(target)) on these columns
-            grad.add_((z - lse_z.unsqueeze(1)).exp_().mul_(alpha))
+            grad.add_(log_probs.exp_().mul_(alpha))  # softmax(z); log_probs is spent
             if local:
-                grad.scatter_add_(1, index, torch.where(owned, grad.new_full((), -alpha), grad.new_zeros(())).unsqueeze(1))
+                hit = torch.where(owned, grad.new_full((), -alpha), grad.new_zeros(()))
+                grad.scatter_add_(1, index, hit.unsqueeze(1))
         return loss, grad.masked_fill_(~keep.unsqueeze(1), 0.0)
 
 
@@ -155,9 +175,10 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     With ``process_group``, ``weight`` and ``teacher_weight`` (and ``bias``, ``teacher_bias``)
     are this rank's contiguous rows of the vocabulary, in rank order (shards may be uneven);
     ``hidden``, ``teacher_hidden`` and ``target`` (global class indices) are the same on every
-    rank. Per chunk of rows, only (rows,)-sized statistics cross the group: the row maxima of
-    z / T and u / T, their sums of exponentials (with the target logit), then the divergence's
-    sums over each rank's columns; logits and weights are never gathered. Every rank gets the
+    rank. Per chunk of rows, only (rows,)-sized statistics cross the group: the maxima of the
+    ranks' log-sum-exps of z / T and u / T, their sums of exponentials, then the divergence's
+    sums over each rank's columns (with −log softmax(z)_target from the rank that owns the
+    target); logits and weights are never gathered. Every rank gets the
     loss of the full vocabulary, the same grad_hidden (summed over the ranks), and for its
     shard the matching rows of the full grad_weight and grad_bias.
 
