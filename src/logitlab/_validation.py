@@ -198,18 +198,25 @@ def check_mask(fn: str, mask: object, batch_shape: tuple[int, ...]) -> Tensor | 
 
 
 def check_index_target(fn: str, name: str, target: Tensor, num_classes: int, *,
-                       ignore_index: int | None = None) -> None:
-    """Check integer class indices in [0, num_classes) (``ignore_index`` excepted)."""
+                       ignore_index: int | None = None, keep: Tensor | None = None) -> None:
+    """Check integer class indices in [0, num_classes) (``ignore_index`` and rows where ``keep``
+    is False excepted); the message names the first bad index.
+
+    Written with elementwise ops and one reduction, not boolean-mask indexing: ``target[mask]``
+    took 4 ms on 4096 elements with two threads in torch 2.13 (0.2 ms on one), more than the loss.
+    """
     if target.numel() == 0:
         return
-    valid = target if ignore_index is None else target[target != ignore_index]
-    if valid.numel() == 0:
-        return
-    low, high = int(valid.min()), int(valid.max())
-    if low < 0 or high >= num_classes:
-        bad = low if low < 0 else high
+    bad = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad &= target != ignore_index
+    if keep is not None:
+        bad &= keep.reshape(target.shape)
+    if bool(bad.any()):
+        first = int(bad.reshape(-1).to(torch.uint8).argmax())
         extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
-        fail(fn, name, f"class indices in [0, {num_classes - 1}]{extra}", f"<index {bad}>")
+        fail(fn, name, f"class indices in [0, {num_classes - 1}]{extra}",
+             f"<index {int(target.reshape(-1)[first])}>")
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:

@@ -95,7 +95,7 @@ ERRORS = [
     (lambda: cross_entropy(torch.tensor([[0.0, 1.0], [math.inf, 0.0]]), torch.tensor([0, 1])), ValueError,
      r"got <NaN or \+inf in row 1"),
     (lambda: cross_entropy(torch.tensor([[-math.inf, -math.inf]]), torch.tensor([0])), ValueError,
-     r"expected at least one finite logit per row"),
+     r"expected at least one finite logit per kept row"),
     (lambda: cross_entropy(torch.tensor([[0.0, math.nan]]), torch.tensor([0]), impl="composite"), ValueError, r"NaN or \+inf in row 0"),
     (lambda: cross_entropy(X, Y, label_smoothing=1.5), ValueError, r"argument 'label_smoothing' expected a number in \[0.0, 1.0\], got 1.5"),
     (lambda: cross_entropy(X, Y, z_loss=-1.0), ValueError, r"argument 'z_loss' expected a number in \[0.0, inf\), got -1.0"),

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from logitlab._validation import compute_dtype, fail
 from logitlab._memory import empty_like_huge
+from logitlab._native import xent as native_xent
 
 __all__ = ["XentOptions", "fused_cross_entropy", "composite_cross_entropy", "BLOCK_BYTES"]
 
@@ -66,18 +67,27 @@ class XentOptions(NamedTuple):
     inplace_backward: bool
 
 
-def _bad_row(opts: XentOptions, row_max: Tensor, offset: int) -> None:
-    """Raise if a row holds NaN or +inf (its max is NaN or +inf) or only -inf logits."""
+def _bad_row(opts: XentOptions, row_max: Tensor, offset: int, keep: Tensor | None = None) -> None:
+    """Raise if a row holds NaN or +inf (its max is NaN or +inf), or a kept row only -inf logits.
+
+    An excluded row (ignored target, masked out) may be all -inf: padding often is.
+    """
     bad = torch.isnan(row_max) | (row_max == math.inf)
     if bool(bad.any()):
-        row = offset + int(bad.nonzero()[0, 0])
+        _raise_bad(opts, offset + int(bad.nonzero()[0, 0]), 1)
+    empty = row_max == -math.inf
+    if keep is not None:
+        empty &= keep
+    if bool(empty.any()):
+        _raise_bad(opts, offset + int(empty.nonzero()[0, 0]), 2)
+
+
+def _raise_bad(opts: XentOptions, row: int, kind: int) -> None:
+    if kind == 1:
         fail(opts.fn, "logits", "values without NaN or +inf (-inf marks an excluded class)",
              f"<NaN or +inf in row {row} of the flattened batch>")
-    empty = row_max == -math.inf
-    if bool(empty.any()):
-        row = offset + int(empty.nonzero()[0, 0])
-        fail(opts.fn, "logits", "at least one finite logit per row (-inf excludes a class)",
-             f"<row {row} of the flattened batch is all -inf>")
+    fail(opts.fn, "logits", "at least one finite logit per kept row (-inf excludes a class)",
+         f"<row {row} of the flattened batch is all -inf>")
 
 
 def _block_rows(n_classes: int, dtype: torch.dtype) -> int:
@@ -95,6 +105,13 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
         grad = rows if opts.inplace_backward else empty_like_huge(rows)
     else:
         grad = None
+    if native_xent.supports(rows):
+        losses, bad, kind = native_xent.xent_rows(
+            rows, target, weight, keep, scale, index_target=opts.index_target, label_smoothing=eps,
+            z_loss=z, temperature=temp, validate=opts.validate, grad=grad)
+        if bad >= 0:
+            _raise_bad(opts, bad, kind)
+        return losses, grad
     losses = rows.new_empty(n_rows, dtype=cd)
     # max(1, ...): an empty batch (N = 0) still needs a positive range() step.
     block = max(1, min(n_rows, _block_rows(n_classes, cd)))
@@ -121,8 +138,12 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
         else:
             s = x
         if opts.validate:
-            _bad_row(opts, s.amax(1), r0)
+            _bad_row(opts, s.amax(1), r0, keep[r0:r1])
         logp = _LOG_SOFTMAX_OUT(s, 1, False, out=lp_buf[:k])
+        excluded = ~keep[r0:r1]
+        if bool(excluded.any()):
+            # An excluded row may be all -inf (padding): NaN there would leak into its zero gradient.
+            logp.masked_fill_(excluded.unsqueeze(1), 0.0)
         sc = scale[r0:r1]
         if opts.index_target:
             y = target[r0:r1].unsqueeze(1)
@@ -257,7 +278,10 @@ def composite_cross_entropy(rows: Tensor, target: Tensor, weight: Tensor | None,
     if opts.temperature != 1.0:
         s = s / opts.temperature
     if opts.validate:
-        _bad_row(opts, s.detach().amax(1), 0)
+        _bad_row(opts, s.detach().amax(1), 0, keep)
+    # An excluded row may be all -inf (padding); its log-softmax would be NaN, and NaN times the
+    # zero the row's loss is multiplied by stays NaN in the gradient.
+    s = s.masked_fill(~keep.unsqueeze(1), 0.0)
     logp = torch.log_softmax(s, 1)
     w = weight.to(cd) if weight is not None else None
     if opts.index_target:

@@ -1,0 +1,146 @@
+/* Portable SIMD helpers for logitlab's native kernels (GCC/Clang vector extensions).
+ *
+ * A vector holds VL = 16 floats (64 bytes). On a CPU with AVX-512 that is one register; with
+ * -march=native on an older CPU the compiler splits it into narrower registers; on any other
+ * target it is lowered to scalar code. The results are the same everywhere: every operation is
+ * an ordinary IEEE float32 operation (no fast-math), and exp below is our own polynomial, so
+ * it does not depend on the platform's libm.
+ *
+ * Storage types: float32 ("f32"), bfloat16 ("bf16", the top 16 bits of a float32) and IEEE
+ * half ("f16"). Computation is always float32; a half-precision store rounds to nearest even.
+ */
+#ifndef LOGITLAB_VEC_H
+#define LOGITLAB_VEC_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define VL 16
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+typedef _Float16 vhf __attribute__((vector_size(32)));
+
+typedef uint16_t bf16_t;
+typedef _Float16 f16_t;
+typedef float f32_t;
+
+static inline vf vsplat(float a) { return (vf){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+
+static inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+
+static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
+
+static inline float hsum(vf a) {
+    /* Pairwise: the same rounding on every target. */
+    float s[VL];
+    memcpy(s, &a, sizeof s);
+    for (int w = VL / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) s[i] += s[i + w];
+    return s[0];
+}
+
+static inline double hsum_d(vf a) {
+    float s[VL];
+    memcpy(s, &a, sizeof s);
+    double t = 0.0;
+    for (int i = 0; i < VL; i++) t += s[i];
+    return t;
+}
+
+static inline float hmax(vf a) {
+    float s[VL];
+    memcpy(s, &a, sizeof s);
+    float m = s[0];
+    for (int i = 1; i < VL; i++) m = s[i] > m ? s[i] : m;
+    return m;
+}
+
+static inline int hany(vi a) {
+    int32_t s[VL];
+    memcpy(s, &a, sizeof s);
+    int32_t r = 0;
+    for (int i = 0; i < VL; i++) r |= s[i];
+    return r != 0;
+}
+
+/* exp(t) for t <= 0 (the only range softmax needs), float32 accuracy (~1 ulp): t = n ln2 + r
+ * with |r| <= ln2 / 2 (Cody-Waite split of ln2), exp(r) by its degree-7 Taylor polynomial
+ * (truncation error < 1e-8 relative), times 2^n built in the exponent bits. Inputs below
+ * -87.3 (results under FLT_MIN, including -inf) give exactly 0; NaN stays NaN. */
+static inline vf vexp_neg(vf t) {
+    const vf magic = vsplat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
+    vf k = t * vsplat(1.44269504088896341f) + magic;
+    vf n = k - magic;
+    vi ni = (vi)k - (vi)magic; /* the integer n, from the mantissa bits of k */
+    vf r = t - n * vsplat(0.693359375f);
+    r = r - n * vsplat(-2.12194440e-4f);
+    vf p = vsplat(1.0f / 5040.0f);
+    p = p * r + vsplat(1.0f / 720.0f);
+    p = p * r + vsplat(1.0f / 120.0f);
+    p = p * r + vsplat(1.0f / 24.0f);
+    p = p * r + vsplat(1.0f / 6.0f);
+    p = p * r + vsplat(0.5f);
+    p = p * r + vsplat(1.0f);
+    p = p * r + vsplat(1.0f);
+    vi scale = (ni + 127) << 23;
+    vf out = p * (vf)scale;
+    return vselect((t >= vsplat(-87.3f)) | (t != t), out, vsplat(0.0f));
+}
+
+static inline float sexp_neg(float t) {
+    vf v = vsplat(t);
+    vf e = vexp_neg(v);
+    return e[0];
+}
+
+/* Loads and stores of VL elements (full) or n < VL elements (tail, padded with `fill`). */
+static inline vf load_f32(const f32_t *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline vf load_bf16(const bf16_t *p) {
+    vh h; memcpy(&h, p, sizeof h);
+    return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+static inline vf load_f16(const f16_t *p) {
+    vhf h; memcpy(&h, p, sizeof h);
+    return __builtin_convertvector(h, vf);
+}
+static inline void store_f32(f32_t *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vh bf16_round(vf v) {
+    vu b = (vu)v;
+    vu rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
+    vi nan = v != v; /* a NaN stays a (quiet) NaN instead of rounding into the infinities */
+    rounded = (vu)(((vi)rounded & ~nan) | (nan & 0x7FC0));
+    return __builtin_convertvector(rounded, vh);
+}
+static inline void store_bf16(bf16_t *p, vf v) { vh h = bf16_round(v); memcpy(p, &h, sizeof h); }
+static inline void store_f16(f16_t *p, vf v) { vhf h = __builtin_convertvector(v, vhf); memcpy(p, &h, sizeof h); }
+
+#define DEFINE_TAIL(T)                                                               \
+    static inline vf loadn_##T(const T##_t *p, int64_t n, float fill) {             \
+        T##_t buf[VL];                                                               \
+        memcpy(buf, p, (size_t)n * sizeof(T##_t));                                   \
+        vf v = load_##T(buf);                                                        \
+        for (int64_t i = n; i < VL; i++) v[i] = fill;                                \
+        return v;                                                                    \
+    }                                                                                \
+    static inline void storen_##T(T##_t *p, vf v, int64_t n) {                      \
+        T##_t buf[VL];                                                               \
+        store_##T(buf, v);                                                           \
+        memcpy(p, buf, (size_t)n * sizeof(T##_t));                                   \
+    }
+DEFINE_TAIL(f32)
+DEFINE_TAIL(bf16)
+DEFINE_TAIL(f16)
+
+/* Element access for scalar fix-ups. */
+static inline float get_f32(const f32_t *p, int64_t i) { return p[i]; }
+static inline float get_bf16(const bf16_t *p, int64_t i) { uint32_t u = (uint32_t)p[i] << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline float get_f16(const f16_t *p, int64_t i) { return (float)p[i]; }
+static inline void set_f32(f32_t *p, int64_t i, float v) { p[i] = v; }
+static inline void set_bf16(bf16_t *p, int64_t i, float v) { vh h = bf16_round(vsplat(v)); p[i] = h[0]; }
+static inline void set_f16(f16_t *p, int64_t i, float v) { p[i] = (f16_t)v; }
+
+#endif

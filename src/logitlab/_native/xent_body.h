@@ -1,0 +1,172 @@
+/* One cross-entropy row kernel, instantiated by xent.c for each pair of storage types:
+ * X (logits and gradient) and P (target probabilities). See xent.c for the mathematics. */
+
+#define XT CAT(X, _t)
+#define PT CAT(P, _t)
+
+static int64_t CAT4(xent_rows_, X, _, P)(
+    const XT *x, int64_t ldx, XT *g, int64_t ldg, int64_t r0, int64_t r1, int64_t C,
+    const int64_t *target, const PT *prob, int64_t ldp, const float *cw, double w_sum,
+    const float *scale, const uint8_t *keep, double eps, double zl, float inv_t, int validate,
+    float *loss) {
+    const int64_t full = C - C % VL;
+    const int64_t tail = C - full;
+    vi tail_lanes;
+    for (int i = 0; i < VL; i++) tail_lanes[i] = i < tail ? -1 : 0;
+    /* The exponentials are kept in a float32 gradient between the two passes that need them;
+     * a half-precision gradient would round them, so there they are computed twice. */
+    const int keep_exp = g != NULL && sizeof(XT) == 4;
+
+    for (int64_t r = r0; r < r1; r++) {
+        const XT *xr = x + r * ldx;
+        XT *gr = g != NULL ? g + r * ldg : NULL;
+        const PT *pr = prob != NULL ? prob + r * ldp : NULL;
+
+        /* Pass 1: the row maximum, and whether the row holds a NaN. */
+        vf vm = vsplat(-INFINITY);
+        vi nan = (vi){0};
+        for (int64_t j = 0; j < full; j += VL) {
+            vf v = CAT(load_, X)(xr + j);
+            nan |= v != v;
+            vm = vmax(vm, v);
+        }
+        if (tail) {
+            vf v = CAT(loadn_, X)(xr + full, tail, -INFINITY);
+            nan |= v != v;
+            vm = vmax(vm, v);
+        }
+        const float mx = hmax(vm);
+        if (validate && (hany(nan) || mx == INFINITY)) return r * 4 + 1;
+        if (!keep[r]) {
+            loss[r] = 0.0f;
+            if (gr != NULL) {
+                vf zero = vsplat(0.0f);
+                for (int64_t j = 0; j < full; j += VL) CAT(store_, X)(gr + j, zero);
+                if (tail) CAT(storen_, X)(gr + full, zero, tail);
+            }
+            continue;
+        }
+        if (validate && mx == -INFINITY) return r * 4 + 2;
+        const float m = mx * inv_t; /* max(x / T) = max(x) / T: rounding is monotone */
+        int64_t y = 0;
+        float s_y = 0.0f;
+        if (target != NULL) {
+            y = target[r];
+            s_y = CAT(get_, X)(xr, y) * inv_t; /* read before an in-place gradient overwrites it */
+        }
+
+        /* Pass 2: Σ exp(s − m); with smoothing Σ w_c (s_c − m); with probabilities
+         * Σ q_c w_c (s_c − m) over q_c w_c ≠ 0 (0 · log 0 = 0) and Σ q_c w_c. */
+        vf vsum = vsplat(0.0f), vsm = vsplat(0.0f), vdot = vsplat(0.0f), vtq = vsplat(0.0f);
+        const vf vinv = vsplat(inv_t), vmm = vsplat(m), vzero = vsplat(0.0f);
+        for (int64_t j = 0; j < C; j += VL) {
+            const int last = j == full;
+            vf s = (last ? CAT(loadn_, X)(xr + j, tail, -INFINITY) : CAT(load_, X)(xr + j)) * vinv;
+            vf t = s - vmm;
+            vf e = vexp_neg(t);
+            vsum += e;
+            if (keep_exp) {
+                if (last) storen_f32((f32_t *)gr + j, e, tail);
+                else store_f32((f32_t *)gr + j, e);
+            }
+            vf w = vsplat(1.0f);
+            if (cw != NULL && (eps > 0.0 || pr != NULL)) w = last ? loadn_f32(cw + j, tail, 0.0f) : load_f32(cw + j);
+            if (eps > 0.0) {
+                vf term = cw != NULL ? w * t : t;
+                vsm += last ? vselect(tail_lanes, term, vzero) : term;
+            }
+            if (pr != NULL) {
+                vf q = last ? CAT(loadn_, P)(pr + j, tail, 0.0f) : CAT(load_, P)(pr + j);
+                vf qw = cw != NULL ? q * w : q;
+                vtq += qw;
+                vdot += vselect(qw != vzero, qw * t, vzero);
+            }
+            if (last) break;
+        }
+        const double sum = hsum_d(vsum);
+        const double log_sum = log(sum);
+        const double lse = (double)m + log_sum;
+        double ce = 0.0, total = 0.0, row_w = 1.0, w_y = 1.0;
+        if (target != NULL) {
+            w_y = cw != NULL ? (double)cw[y] : 1.0;
+            row_w = w_y;
+            if (eps < 1.0) ce = -(1.0 - eps) * w_y * ((double)s_y - (double)m - log_sum);
+            total = (1.0 - eps) * w_y;
+        } else {
+            const double tq = hsum_d(vtq);
+            ce = -(1.0 - eps) * (hsum_d(vdot) - log_sum * tq);
+            total = (1.0 - eps) * tq;
+        }
+        if (eps > 0.0) {
+            ce -= eps / (double)C * (hsum_d(vsm) - log_sum * w_sum);
+            total += eps * w_sum / (double)C;
+        }
+        if (zl > 0.0) {
+            ce += zl * row_w * lse * lse;
+            total += 2.0 * zl * row_w * lse;
+        }
+        loss[r] = (float)(ce * (double)scale[r]);
+        if (gr == NULL) continue;
+
+        /* Pass 3: the gradient (total · p − q ⊙ w) · scale / T, written once. */
+        const double sct = (double)scale[r] * (double)inv_t;
+        const vf vk = vsplat((float)(total * sct / sum));
+        const vf vspread = vsplat((float)(sct * eps / (double)C));
+        const vf vhit = vsplat((float)(sct * (1.0 - eps)));
+        for (int64_t j = 0; j < C; j += VL) {
+            const int last = j == full;
+            if (last && !tail) break;
+            vf e;
+            if (keep_exp) {
+                e = last ? loadn_f32((f32_t *)gr + j, tail, 0.0f) : load_f32((f32_t *)gr + j);
+            } else {
+                vf s = (last ? CAT(loadn_, X)(xr + j, tail, -INFINITY) : CAT(load_, X)(xr + j)) * vinv;
+                e = vexp_neg(s - vmm);
+            }
+            vf gv = e * vk;
+            vf w = vsplat(1.0f);
+            if (cw != NULL && (eps > 0.0 || pr != NULL)) w = last ? loadn_f32(cw + j, tail, 0.0f) : load_f32(cw + j);
+            if (eps > 0.0) gv -= cw != NULL ? vspread * w : vspread;
+            if (pr != NULL) {
+                vf q = last ? CAT(loadn_, P)(pr + j, tail, 0.0f) : CAT(load_, P)(pr + j);
+                gv -= vhit * (cw != NULL ? q * w : q);
+            }
+            if (last) CAT(storen_, X)(gr + j, gv, tail);
+            else CAT(store_, X)(gr + j, gv);
+            if (last) break;
+        }
+        if (target != NULL) {
+            /* The target column, from the same float32 terms, rounded once. */
+            const double e_y = (double)sexp_neg(s_y - m);
+            double g_y = e_y * (total * sct / sum) - sct * (1.0 - eps) * w_y;
+            if (eps > 0.0) g_y -= sct * eps / (double)C * w_y;
+            CAT(set_, X)(gr, y, (float)g_y);
+        }
+    }
+    return -1;
+}
+
+/* Rows [0, n_rows) on `threads` OpenMP threads (the runtime torch itself uses, when it is
+ * libgomp), in ranges handed out as threads free up; returns the smallest error code. */
+int64_t CAT4(ll_xent_, X, _, P)(
+    const XT *x, int64_t ldx, XT *g, int64_t ldg, int64_t n_rows, int64_t C,
+    const int64_t *target, const PT *prob, int64_t ldp, const float *cw, double w_sum,
+    const float *scale, const uint8_t *keep, double eps, double zl, float inv_t, int validate,
+    float *loss, int threads) {
+    const int64_t parts = n_rows < 8 * (int64_t)threads ? n_rows : 8 * (int64_t)threads;
+    if (threads <= 1 || parts <= 1)
+        return CAT4(xent_rows_, X, _, P)(x, ldx, g, ldg, 0, n_rows, C, target, prob, ldp, cw, w_sum,
+                                         scale, keep, eps, zl, inv_t, validate, loss);
+    int64_t best = INT64_MAX;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) reduction(min : best)
+    for (int64_t i = 0; i < parts; i++) {
+        const int64_t a = n_rows * i / parts, b = n_rows * (i + 1) / parts;
+        const int64_t code = CAT4(xent_rows_, X, _, P)(x, ldx, g, ldg, a, b, C, target, prob, ldp, cw,
+                                                       w_sum, scale, keep, eps, zl, inv_t, validate, loss);
+        if (code >= 0 && code < best) best = code;
+    }
+    return best == INT64_MAX ? -1 : best;
+}
+
+#undef XT
+#undef PT
