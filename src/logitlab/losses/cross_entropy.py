@@ -21,6 +21,7 @@ from logitlab._validation import (
     check_finite,
     check_floating,
     check_index_target,
+    check_mask,
     check_positive,
     check_probs,
     check_range,
@@ -108,13 +109,7 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
     rows, _ = to_rows(logits, dim)
     n_rows = rows.shape[0]
     if mask is not None:
-        mask = check_tensor(fn, "mask", mask)
-        if mask.dtype != torch.bool:
-            fail(fn, "mask", "a bool tensor (True = keep the row)", f"<dtype {mask.dtype}>", kind=TypeError)
-        if tuple(mask.shape) != batch_shape:
-            fail(fn, "mask", f"shape {batch_shape} ({name}' shape without dim {dim})",
-                 f"<shape {tuple(mask.shape)}>")
-        keep = mask.reshape(n_rows)
+        keep = check_mask(fn, mask, batch_shape).reshape(n_rows)
     else:
         keep = torch.ones(n_rows, dtype=torch.bool, device=logits.device)
     if index_target:
