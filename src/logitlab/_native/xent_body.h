@@ -8,7 +8,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
     const XT *x, int64_t ldx, XT *g, int64_t ldg, int64_t r0, int64_t r1, int64_t C,
     const int64_t *target, const PT *prob, int64_t ldp, const float *cw, double w_sum,
     const float *scale, const uint8_t *keep, double eps, double zl, float inv_t, int validate,
-    float *loss) {
+    int scale_loss, float *loss) {
     const int64_t full = C - C % VL;
     const int64_t tail = C - full;
     vi tail_lanes;
@@ -105,7 +105,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
             ce += zl * row_w * lse * lse;
             total += 2.0 * zl * row_w * lse;
         }
-        loss[r] = (float)(ce * (double)scale[r]);
+        loss[r] = (float)(scale_loss ? ce * (double)scale[r] : ce);
         if (gr == NULL) continue;
 
         /* Pass 3: the gradient (total · p − q ⊙ w) · scale / T, written once. */
@@ -152,17 +152,17 @@ int64_t CAT4(ll_xent_, X, _, P)(
     const XT *x, int64_t ldx, XT *g, int64_t ldg, int64_t n_rows, int64_t C,
     const int64_t *target, const PT *prob, int64_t ldp, const float *cw, double w_sum,
     const float *scale, const uint8_t *keep, double eps, double zl, float inv_t, int validate,
-    float *loss, int threads) {
+    int scale_loss, float *loss, int threads) {
     const int64_t parts = n_rows < 8 * (int64_t)threads ? n_rows : 8 * (int64_t)threads;
     if (threads <= 1 || parts <= 1)
         return CAT4(xent_rows_, X, _, P)(x, ldx, g, ldg, 0, n_rows, C, target, prob, ldp, cw, w_sum,
-                                         scale, keep, eps, zl, inv_t, validate, loss);
+                                         scale, keep, eps, zl, inv_t, validate, scale_loss, loss);
     int64_t best = INT64_MAX;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) reduction(min : best)
     for (int64_t i = 0; i < parts; i++) {
         const int64_t a = n_rows * i / parts, b = n_rows * (i + 1) / parts;
         const int64_t code = CAT4(xent_rows_, X, _, P)(x, ldx, g, ldg, a, b, C, target, prob, ldp, cw,
-                                                       w_sum, scale, keep, eps, zl, inv_t, validate, loss);
+                                                       w_sum, scale, keep, eps, zl, inv_t, validate, scale_loss, loss);
         if (code >= 0 && code < best) best = code;
     }
     return best == INT64_MAX ? -1 : best;
