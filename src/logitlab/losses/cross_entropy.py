@@ -172,11 +172,16 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     * A ``-inf`` logit excludes its class (probability exactly 0). Target mass on an excluded
       class (the target index itself, or any class when ``label_smoothing > 0``, as in torch)
       gives loss +inf; the gradient stays finite. A class with zero target probability and a
-      ``-inf`` logit contributes 0 (0 · log 0 = 0). A row with only ``-inf`` logits is an error.
+      ``-inf`` logit contributes 0 (0 · log 0 = 0). A kept row with only ``-inf`` logits is an
+      error; an excluded row may be all ``-inf`` (padding often is) and gives 0 and zero
+      gradient (torch gives a NaN gradient row).
 
-    Implementation (``impl``): 'fused' computes the loss and its gradient in one blocked pass
-    over the logits and saves only the gradient (the backward scales it in place, so it runs
-    once and has no double backward: use 'composite' for that); 'composite' is written with
+    Implementation (``impl``): 'fused' computes the loss and its gradient in one pass over the
+    logits and saves only the gradient (the backward scales it in place, so it runs once and
+    has no double backward: use 'composite' for that). On the CPU, float32/bfloat16/float16
+    logits go through a native C kernel built once per machine on first use (about 2 s, then
+    cached; see ``logitlab env``), and otherwise through an eager torch kernel with the same
+    results (``LOGITLAB_NATIVE=0`` forces it). 'composite' is written with
     differentiable torch ops. 'auto' picks 'fused', except under ``torch.compile``, or when the
     target probabilities or the class weights require a gradient, where it picks 'composite'.
 
