@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import logitlab  # noqa: E402
+from logitlab import _native  # noqa: E402
+from logitlab.losses import _xent_kernel  # noqa: E402
 from _harness import peak_extra_mib, write_records  # noqa: E402
 
 FULL_CASES = {
@@ -51,7 +53,8 @@ QUICK_CASES = {
     "probs_64x8192": dict(n=64, v=8192, kind="probs"),
     "bf16_64x8192": dict(n=64, v=8192, kind="index", dtype="bfloat16"),
 }
-IMPLS = ("torch", "logitlab", "logitlab_inplace")
+# logitlab_eager: the same op with the native kernel switched off (its torch fallback path).
+IMPLS = ("torch", "logitlab", "logitlab_inplace", "logitlab_eager")
 
 
 def _inputs(spec: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -81,6 +84,17 @@ def _runner(impl: str, logits: torch.Tensor, target: torch.Tensor, options: dict
         def run():
             leaf.grad = None
             loss = logitlab.cross_entropy(leaf, target, validate=False, **options)
+            loss.backward()
+            return loss, leaf.grad
+    elif impl == "logitlab_eager":
+        def run():
+            leaf.grad = None
+            native = _xent_kernel.native_xent.supports
+            _xent_kernel.native_xent.supports = lambda rows: False
+            try:
+                loss = logitlab.cross_entropy(leaf, target, validate=False, **options)
+            finally:
+                _xent_kernel.native_xent.supports = native
             loss.backward()
             return loss, leaf.grad
     else:  # the gradient overwrites the logits: refill them before each timed call
@@ -120,6 +134,10 @@ def _bytes_moved(spec: dict, itemsize: int) -> int:
 
 def run_case(name: str, spec: dict, repeats: int, warmup: int, threads: int = 2) -> list[dict]:
     torch.set_num_threads(threads)
+    start = time.perf_counter()
+    native = _native.load("xent") is not None
+    load_s = time.perf_counter() - start
+    build = _native.status().get("xent", {})
     logits, target, options = _inputs(spec)
     runs = {impl: _runner(impl, logits, target, options) for impl in IMPLS}
     times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
@@ -162,6 +180,8 @@ def run_case(name: str, spec: dict, repeats: int, warmup: int, threads: int = 2)
             "stream_copy_gb_per_s": stream_gbs, "stream_fraction": moved / med / 1e9 / stream_gbs,
             "max_abs_loss_diff_vs_torch": float((loss - ref_loss).abs()),
             "max_rel_grad_diff_vs_torch": float((grad - ref_grad).abs().max()) / scale,
+            "native_kernel": native, "native_compiled_now": bool(build.get("compiled")),
+            "native_compile_s": build.get("compile_s", 0.0), "native_load_s": load_s,
             "torch_version": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
         })
     return records
@@ -230,6 +250,11 @@ def main() -> None:
               f"{r['speedup_vs_torch']:7.2f}x {r['gb_per_s']:6.1f} {100 * r['stream_fraction']:7.0f}% "
               f"{r.get('peak_extra_mib', float('nan')):9.0f} {r.get('grad_mib', float('nan')):9.0f} "
               f"{r['first_call_ms']:9.0f} {r['max_abs_loss_diff_vs_torch']:8.1e} {r['max_rel_grad_diff_vs_torch']:10.1e}")
+    builds = [r for r in records if r["impl"] == "logitlab"]
+    compiled = [r["native_compile_s"] for r in builds if r["native_compiled_now"]]
+    print("native kernel: " + ("unavailable (eager fallback timed as logitlab)" if not builds or not builds[0]["native_kernel"]
+          else (f"compiled in {compiled[0]:.1f} s by the first process (cached after that); " if compiled else "from the cache; ")
+          + f"load {1e3 * max(r['native_load_s'] for r in builds):.0f} ms per process (not in the times)"))
     stream = [r["stream_copy_gb_per_s"] for r in records]
     print(f"STREAM copy bandwidth measured in the case processes: {min(stream):.1f}..{max(stream):.1f} GB/s; "
           "GB/s counts the minimum traffic (read logits, write gradient, read target probabilities)")

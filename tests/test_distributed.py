@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from logitlab import reference
 from logitlab.distributed import run_ranks, vocab_parallel_cross_entropy, vocab_parallel_kl_divergence
-from logitlab.fused import linear_cross_entropy
+from logitlab.fused import linear_cross_entropy, linear_divergence_loss
 
 F64 = torch.float64
 
@@ -38,8 +38,11 @@ def _err(a, b):
     return float((a.detach() - b.detach()).abs().max()) if a.numel() else 0.0
 
 
-def _compare_all(rank, world, sizes):
-    """Every vocab-parallel loss on this rank's slice vs the full single-process computation."""
+def _compare_all(rank, world, sizes, distill_sizes):
+    """Every vocab-parallel loss on this rank's slice vs the full single-process computation.
+
+    The distillation cases slice the same vocabulary as ``distill_sizes`` (which may leave a
+    rank without any class)."""
     logits, teacher, target, hidden, weight, bias, class_weight = _problem(sizes)
     lo, hi = _slice(sizes, rank)
     errors = {}
@@ -92,6 +95,55 @@ def _compare_all(rank, world, sizes):
         errors[f"linear{i}_grad_hidden"] = _err(h_local.grad, h.grad)
         errors[f"linear{i}_grad_weight"] = _err(w_local.grad, w_full.grad[lo:hi])
         errors[f"linear{i}_grad_bias"] = _err(b_local.grad, b_full.grad[lo:hi])
+    errors.update(_distillation_errors(rank, distill_sizes, hidden, weight, bias, target))
+    return errors
+
+
+# Distillation over a sharded head: (options, target kind); "-inf" puts a -inf teacher logit on
+# class 2 (probability 0, in rank 0's shard). Rows 1 and 4 of the target are ignored.
+DISTILL_CASES = [
+    (dict(divergence="kl"), "some_ignored"),
+    (dict(divergence="kl", temperature=1.5, reduction="none"), None),
+    (dict(divergence="reverse_kl", temperature=2.0, hard_label_weight=0.5, reduction="sum"), "some_ignored"),
+    (dict(divergence="js", beta=0.3, hard_label_weight=0.3, impl="auto"), "some_ignored"),
+    (dict(divergence="js", beta=0.5, temperature=0.7, hard_label_weight=1.0), "all_ignored"),
+    (dict(divergence="kl", hard_label_weight=0.2, temperature=3.0, reduction="none"), "-inf"),
+    (dict(divergence="js", beta=0.8, reduction="sum"), "-inf"),
+]
+
+
+def _distillation_errors(rank, sizes, hidden, weight, bias, target):
+    """linear_divergence_loss(process_group=) on this rank's rows vs the full single-process loss."""
+    lo, hi = _slice(sizes, rank)
+    gen = torch.Generator().manual_seed(1)
+    teacher_hidden = torch.randn(hidden.shape[0], 4, dtype=F64, generator=gen)
+    teacher_weight = torch.randn(weight.shape[0], 4, dtype=F64, generator=gen)
+    group = torch.distributed.group.WORLD
+    errors = {}
+    for i, (opts, kind) in enumerate(DISTILL_CASES):
+        opts = dict(opts)
+        impl = opts.pop("impl", "chunked")
+        teacher_bias = torch.randn(weight.shape[0], dtype=F64, generator=gen)
+        if kind == "-inf":
+            teacher_bias[2] = -torch.inf
+        tgt = None if kind is None else torch.full_like(target, -100) if kind == "all_ignored" else target
+        h, w_full, b_full = (x.clone().requires_grad_() for x in (hidden, weight, bias))
+        expected = reference.linear_divergence_loss(h, w_full, bias=b_full, teacher_hidden=teacher_hidden,
+                                                    teacher_weight=teacher_weight, teacher_bias=teacher_bias,
+                                                    target=tgt, **opts)
+        h_local, w_local, b_local = (x.clone().requires_grad_() for x in (hidden, weight[lo:hi], bias[lo:hi]))
+        got = linear_divergence_loss(h_local, w_local, bias=b_local, teacher_hidden=teacher_hidden,
+                                     teacher_weight=teacher_weight[lo:hi], teacher_bias=teacher_bias[lo:hi],
+                                     target=tgt, process_group=group, impl=impl, chunk_size=4, **opts)
+        seed = torch.linspace(0.5, 1.5, expected.numel(), dtype=F64).reshape(expected.shape)
+        (expected * seed).sum().backward()
+        (got * seed).sum().backward()
+        errors[f"distill{i}_value"] = _err(got, expected)
+        errors[f"distill{i}_grad_hidden"] = _err(h_local.grad, h.grad)
+        errors[f"distill{i}_grad_weight"] = _err(w_local.grad, w_full.grad[lo:hi])
+        errors[f"distill{i}_grad_bias"] = _err(b_local.grad, b_full.grad[lo:hi])
+        if kind == "all_ignored":  # mean over no kept row: 0, with zero gradients
+            errors[f"distill{i}_all_ignored_is_zero"] = float(got.detach().abs()) + float(h_local.grad.abs().max())
     return errors
 
 
@@ -102,14 +154,16 @@ def _fail_on_rank_one(rank, world):
     return float(vocab_parallel_cross_entropy(logits, torch.tensor([0, 1, 2])))
 
 
-@pytest.mark.parametrize("sizes", [(7, 6), (3, 9, 1)], ids=["2 ranks uneven", "3 ranks uneven"])
-def test_vocab_parallel_matches_single_process(sizes):
-    results = run_ranks(_compare_all, len(sizes), args=(sizes,), timeout=90)
+@pytest.mark.parametrize("sizes,distill_sizes", [((7, 6), (7, 6)), ((3, 9, 1), (5, 0, 8))],
+                         ids=["2 ranks uneven", "3 ranks uneven, distillation with an empty shard"])
+def test_vocab_parallel_matches_single_process(sizes, distill_sizes):
+    assert sum(distill_sizes) == sum(sizes) and len(distill_sizes) == len(sizes)
+    results = run_ranks(_compare_all, len(sizes), args=(sizes, distill_sizes), timeout=90)
     assert len(results) == len(sizes)
     for rank, errors in enumerate(results):
         bad = {k: e for k, e in errors.items() if not e <= 1e-10}
         assert not bad, f"rank {rank}: {bad}"
-        assert len(errors) == 10 * 2 + 4 + 12
+        assert len(errors) == 10 * 2 + 4 + 12 + 4 * len(DISTILL_CASES) + 1
 
 
 def test_a_failing_rank_makes_the_others_raise_within_the_timeout():

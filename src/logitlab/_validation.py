@@ -30,6 +30,7 @@ __all__ = [
     "check_probs",
     "check_index_target",
     "check_same_shape",
+    "check_mask",
     "compute_dtype",
     "REDUCTIONS",
 ]
@@ -170,6 +171,30 @@ def check_probs(fn: str, name: str, probs: Tensor, *, dim: int = -1, atol: float
         worst = int(err.flatten().argmax())
         fail(fn, name, f"rows summing to 1 along dim {dim} (tolerance {atol:.1e})",
              f"<row {worst} sums to {float(sums.flatten()[worst]):.6g}>")
+
+
+def check_mask(fn: str, mask: object, batch_shape: tuple[int, ...]) -> Tensor | None:
+    """``mask`` is None or a bool tensor of ``batch_shape`` (the input's shape without its class dim).
+
+    Not a bool tensor: TypeError; a bool tensor of another shape: ValueError. Returns ``mask``.
+
+    Example:
+        >>> check_mask("cross_entropy", torch.ones(3), (3,))
+        Traceback (most recent call last):
+        ...
+        TypeError: cross_entropy(): argument 'mask' expected a bool tensor of shape (3,) (True = keep the row), got <torch.float32 tensor of shape (3,)>
+    """
+    if mask is None:
+        return None
+    expected = f"a bool tensor of shape {tuple(batch_shape)} (True = keep the row)"
+    if not isinstance(mask, Tensor):
+        fail(fn, "mask", expected, f"<{type(mask).__name__}>", kind=TypeError)
+    received = f"<{mask.dtype} tensor of shape {tuple(mask.shape)}>"
+    if mask.dtype != torch.bool:
+        fail(fn, "mask", expected, received, kind=TypeError)
+    if tuple(mask.shape) != tuple(batch_shape):
+        fail(fn, "mask", expected, received)
+    return mask
 
 
 def check_index_target(fn: str, name: str, target: Tensor, num_classes: int, *,

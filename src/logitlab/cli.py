@@ -45,6 +45,20 @@ def _cmd_env(args: argparse.Namespace) -> int:
             print(f"{name} {getattr(module, '__version__', '?')}")
         except ImportError:
             print(f"{name} not installed")
+    from logitlab import _native
+
+    for kernel in ("xent", "sparse"):
+        if not (_native.source_dir() / f"{kernel}.c").exists():
+            continue
+        _native.load(kernel)
+        info = _native.status().get(kernel, {})
+        if not info:
+            print(f"native kernel {kernel}: off (LOGITLAB_NATIVE=0)")
+        elif "error" in info:
+            print(f"native kernel {kernel}: unavailable, eager fallback ({info['error']})")
+        else:
+            how = f"compiled now in {info['compile_s']:.1f} s" if info["compiled"] else "cached"
+            print(f"native kernel {kernel}: {info['path']} ({how}, {info['compiler']})")
     return 0
 
 

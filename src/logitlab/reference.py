@@ -546,8 +546,11 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
             value = torch.where(q > 0, q * (torch.log(q) - torch.log(p)), torch.zeros_like(q)).sum()
         else:
             m = beta * p + (1 - beta) * q
-            value = torch.where(p > 0, beta * p * torch.log(p / m), torch.zeros_like(p)).sum()
-            value = value + torch.where(q > 0, (1 - beta) * q * torch.log(q / m), torch.zeros_like(q)).sum()
+            # 0·log(0 / m) = 0; the log of a where()-guarded p keeps the gradient finite too.
+            p_safe, q_safe = torch.where(p > 0, p, torch.ones_like(p)), torch.where(q > 0, q, torch.ones_like(q))
+            m_p, m_q = torch.where(p > 0, m, torch.ones_like(m)), torch.where(q > 0, m, torch.ones_like(m))
+            value = torch.where(p > 0, beta * p * torch.log(p_safe / m_p), torch.zeros_like(p)).sum()
+            value = value + torch.where(q > 0, (1 - beta) * q * torch.log(q_safe / m_q), torch.zeros_like(q)).sum()
         if hard_label_weight:
             value = value - hard_label_weight * torch.log_softmax(z[n], 0)[int(flat[n])]
         values.append(torch.as_tensor(value, dtype=F64))

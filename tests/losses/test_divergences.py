@@ -346,8 +346,12 @@ def test_error_messages():
          ValueError, r"argument 'temperature' expected a finite number > 0, got 0.0"),
         (lambda: D.kl_divergence(logits, target, reduction="avg"),
          ValueError, r"argument 'reduction' expected one of 'none', 'mean', 'sum'"),
-        (lambda: D.kl_divergence(logits, target, mask=torch.ones(3, dtype=torch.bool)),
-         ValueError, r"argument 'mask' expected a bool tensor of shape \(2,\)"),
+        (lambda: D.kl_divergence(logits, target, mask=torch.ones(3, dtype=torch.bool)), ValueError,
+         r"kl_divergence\(\): argument 'mask' expected a bool tensor of shape \(2,\) \(True = keep the row\), "
+         r"got <torch.bool tensor of shape \(3,\)>$"),
+        (lambda: D.kl_divergence(logits, target, mask=torch.ones(2, dtype=torch.int64)), TypeError,
+         r"kl_divergence\(\): argument 'mask' expected a bool tensor of shape \(2,\) \(True = keep the row\), "
+         r"got <torch.int64 tensor of shape \(2,\)>$"),
         (lambda: D.kl_divergence(logits, torch.tensor([0, 1])),
          TypeError, r"argument 'target' expected a floating-point tensor"),
         (lambda: D.divergence_loss(logits),

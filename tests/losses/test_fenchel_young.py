@@ -222,8 +222,12 @@ def test_error_messages():
          r"argument 'alpha' expected 1.5 with normalizer='entmax15'"),
         (lambda: FY.entmax_loss(logits, index, normalizer="softmax"), ValueError,
          r"argument 'normalizer' expected one of 'entmax15', 'entmax', got 'softmax'"),
-        (lambda: FY.sparsemax_loss(logits, index, mask=torch.ones(2)), ValueError,
-         r"argument 'mask' expected a bool tensor of shape \(2,\)"),
+        (lambda: FY.sparsemax_loss(logits, index, mask=torch.ones(2)), TypeError,
+         r"sparsemax_loss\(\): argument 'mask' expected a bool tensor of shape \(2,\) \(True = keep the row\), "
+         r"got <torch.float32 tensor of shape \(2,\)>$"),
+        (lambda: FY.sparsemax_loss(logits, index, mask=torch.ones(2, 1, dtype=torch.bool)), ValueError,
+         r"sparsemax_loss\(\): argument 'mask' expected a bool tensor of shape \(2,\) \(True = keep the row\), "
+         r"got <torch.bool tensor of shape \(2, 1\)>$"),
         (lambda: FY.sparsemax_loss(logits, index, reduction="max"), ValueError, r"argument 'reduction'"),
     ]
     for call, kind, pattern in cases:

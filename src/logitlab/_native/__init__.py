@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["load", "status", "threads_for", "cache_dir", "NativeUnavailableWarning"]
+__all__ = ["load", "status", "threads_for", "cache_dir", "source_dir", "NativeUnavailableWarning"]
 
 _HERE = Path(__file__).resolve().parent
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno",
@@ -61,6 +61,11 @@ def cache_dir() -> Path:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "logitlab"
+
+
+def source_dir() -> Path:
+    """Where the kernels' C sources live (inside the installed package)."""
+    return _HERE
 
 
 def _enabled() -> bool:

@@ -14,6 +14,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define VL 16
@@ -70,7 +71,7 @@ static inline int hany(vi a) {
 /* exp(t) for t <= 0 (the only range softmax needs), float32 accuracy (~1 ulp): t = n ln2 + r
  * with |r| <= ln2 / 2 (Cody-Waite split of ln2), exp(r) by its degree-7 Taylor polynomial
  * (truncation error < 1e-8 relative), times 2^n built in the exponent bits. Inputs below
- * -87.3 (results under FLT_MIN, including -inf) give exactly 0; NaN gives 0 too. */
+ * -87.3 (results under FLT_MIN, including -inf) give exactly 0; NaN stays NaN. */
 static inline vf vexp_neg(vf t) {
     const vf magic = vsplat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
     vf k = t * vsplat(1.44269504088896341f) + magic;
@@ -88,7 +89,7 @@ static inline vf vexp_neg(vf t) {
     p = p * r + vsplat(1.0f);
     vi scale = (ni + 127) << 23;
     vf out = p * (vf)scale;
-    return vselect(t >= vsplat(-87.3f), out, vsplat(0.0f));
+    return vselect((t >= vsplat(-87.3f)) | (t != t), out, vsplat(0.0f));
 }
 
 static inline float sexp_neg(float t) {

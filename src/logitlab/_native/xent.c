@@ -10,8 +10,8 @@
  *     ∂ℓ/∂x_c = (A p_c − (1 − ε) q_c w_c − (ε / C) w_c) / T,
  *     A = (1 − ε) Σ_c q_c w_c + ε w_sum / C + 2 λ ρ lse.
  *
- * The row's loss and gradient are multiplied by scale[r] (the reduction's factor; rows with
- * keep[r] == 0 get loss 0 and a zero gradient row). The row is read three times: for its
+ * The row's gradient, and its loss when `scale_loss`, are multiplied by scale[r] (the
+ * reduction's factor; rows with keep[r] == 0 get loss 0 and a zero gradient row). The row is read three times: for its
  * maximum, for Z and the sums, and for the gradient; the second and third reads hit the cache
  * (a row of 32768 float32 is 128 KiB), so memory traffic is one read of the logits and one
  * write of the gradient. The gradient may be the logits' own memory (g == x): every element is

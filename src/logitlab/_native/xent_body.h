@@ -8,19 +8,22 @@ static int64_t CAT4(xent_rows_, X, _, P)(
     const XT *x, int64_t ldx, XT *g, int64_t ldg, int64_t r0, int64_t r1, int64_t C,
     const int64_t *target, const PT *prob, int64_t ldp, const float *cw, double w_sum,
     const float *scale, const uint8_t *keep, double eps, double zl, float inv_t, int validate,
-    float *loss) {
+    int scale_loss, float *loss) {
     const int64_t full = C - C % VL;
     const int64_t tail = C - full;
     vi tail_lanes;
     for (int i = 0; i < VL; i++) tail_lanes[i] = i < tail ? -1 : 0;
-    /* The exponentials are kept in a float32 gradient between the two passes that need them;
-     * a half-precision gradient would round them, so there they are computed twice. */
-    const int keep_exp = g != NULL && sizeof(XT) == 4;
+    /* The exponentials are kept between the two passes that need them: in the gradient row
+     * itself when it is float32, else in a float32 scratch row (a half-precision gradient
+     * would round them). Without scratch memory they are computed twice. */
+    float *scratch = g != NULL && sizeof(XT) != 4 ? malloc((size_t)(C + VL) * sizeof(float)) : NULL;
+    const int keep_exp = g != NULL && (sizeof(XT) == 4 || scratch != NULL);
 
     for (int64_t r = r0; r < r1; r++) {
         const XT *xr = x + r * ldx;
         XT *gr = g != NULL ? g + r * ldg : NULL;
         const PT *pr = prob != NULL ? prob + r * ldp : NULL;
+        f32_t *er = scratch != NULL ? scratch : (f32_t *)gr; /* where the exponentials wait */
 
         /* Pass 1: the row maximum, and whether the row holds a NaN. */
         vf vm = vsplat(-INFINITY);
@@ -36,7 +39,10 @@ static int64_t CAT4(xent_rows_, X, _, P)(
             vm = vmax(vm, v);
         }
         const float mx = hmax(vm);
-        if (validate && (hany(nan) || mx == INFINITY)) return r * 4 + 1;
+        if (validate && (hany(nan) || mx == INFINITY)) {
+            free(scratch);
+            return r * 4 + 1;
+        }
         if (!keep[r]) {
             loss[r] = 0.0f;
             if (gr != NULL) {
@@ -46,7 +52,10 @@ static int64_t CAT4(xent_rows_, X, _, P)(
             }
             continue;
         }
-        if (validate && mx == -INFINITY) return r * 4 + 2;
+        if (validate && mx == -INFINITY) {
+            free(scratch);
+            return r * 4 + 2;
+        }
         const float m = mx * inv_t; /* max(x / T) = max(x) / T: rounding is monotone */
         int64_t y = 0;
         float s_y = 0.0f;
@@ -66,8 +75,8 @@ static int64_t CAT4(xent_rows_, X, _, P)(
             vf e = vexp_neg(t);
             vsum += e;
             if (keep_exp) {
-                if (last) storen_f32((f32_t *)gr + j, e, tail);
-                else store_f32((f32_t *)gr + j, e);
+                if (last) storen_f32(er + j, e, tail);
+                else store_f32(er + j, e);
             }
             vf w = vsplat(1.0f);
             if (cw != NULL && (eps > 0.0 || pr != NULL)) w = last ? loadn_f32(cw + j, tail, 0.0f) : load_f32(cw + j);
@@ -105,7 +114,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
             ce += zl * row_w * lse * lse;
             total += 2.0 * zl * row_w * lse;
         }
-        loss[r] = (float)(ce * (double)scale[r]);
+        loss[r] = (float)(scale_loss ? ce * (double)scale[r] : ce);
         if (gr == NULL) continue;
 
         /* Pass 3: the gradient (total · p − q ⊙ w) · scale / T, written once. */
@@ -118,7 +127,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
             if (last && !tail) break;
             vf e;
             if (keep_exp) {
-                e = last ? loadn_f32((f32_t *)gr + j, tail, 0.0f) : load_f32((f32_t *)gr + j);
+                e = last ? loadn_f32(er + j, tail, 0.0f) : load_f32(er + j);
             } else {
                 vf s = (last ? CAT(loadn_, X)(xr + j, tail, -INFINITY) : CAT(load_, X)(xr + j)) * vinv;
                 e = vexp_neg(s - vmm);
@@ -143,6 +152,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
             CAT(set_, X)(gr, y, (float)g_y);
         }
     }
+    free(scratch);
     return -1;
 }
 
@@ -152,17 +162,17 @@ int64_t CAT4(ll_xent_, X, _, P)(
     const XT *x, int64_t ldx, XT *g, int64_t ldg, int64_t n_rows, int64_t C,
     const int64_t *target, const PT *prob, int64_t ldp, const float *cw, double w_sum,
     const float *scale, const uint8_t *keep, double eps, double zl, float inv_t, int validate,
-    float *loss, int threads) {
+    int scale_loss, float *loss, int threads) {
     const int64_t parts = n_rows < 8 * (int64_t)threads ? n_rows : 8 * (int64_t)threads;
     if (threads <= 1 || parts <= 1)
         return CAT4(xent_rows_, X, _, P)(x, ldx, g, ldg, 0, n_rows, C, target, prob, ldp, cw, w_sum,
-                                         scale, keep, eps, zl, inv_t, validate, loss);
+                                         scale, keep, eps, zl, inv_t, validate, scale_loss, loss);
     int64_t best = INT64_MAX;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) reduction(min : best)
     for (int64_t i = 0; i < parts; i++) {
         const int64_t a = n_rows * i / parts, b = n_rows * (i + 1) / parts;
         const int64_t code = CAT4(xent_rows_, X, _, P)(x, ldx, g, ldg, a, b, C, target, prob, ldp, cw,
-                                                       w_sum, scale, keep, eps, zl, inv_t, validate, loss);
+                                                       w_sum, scale, keep, eps, zl, inv_t, validate, scale_loss, loss);
         if (code >= 0 && code < best) best = code;
     }
     return best == INT64_MAX ? -1 : best;

@@ -112,9 +112,14 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     grad_b = hidden.new_zeros(vocab, dtype=acc) if need[2] else None
     bias_acc = bias.to(acc) if bias is not None else None
 
+    native = plan.softcap is None and plan.group is None and hasattr(kernel, "native")
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
         h = hidden[start:stop]
+        if native and _native_chunk(h, weight_t, bias, kernel, start, stop, row_scale, need, low_buf if low else z_buf,
+                                    z_buf, loss_rows, grad_h, grad_w, grad_b, low, sum_low):
+            continue
+        native = False
         z = z_buf[: stop - start]
         if low:
             torch.mm(h, weight_t, out=low_buf[: stop - start])
@@ -153,6 +158,45 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     if grad_b is not None and bias is not None and grad_b.dtype != bias.dtype:
         grad_b = grad_b.to(bias.dtype)
     return loss_rows, grad_h, grad_w, grad_b
+
+
+def _native_chunk(h: Tensor, weight_t: Tensor, bias: Tensor | None, kernel, start: int, stop: int, row_scale,
+                  need: tuple[bool, bool, bool], block_buf: Tensor, z_buf: Tensor, loss_rows: Tensor,
+                  grad_h: Tensor | None, grad_w: Tensor | None, grad_b: Tensor | None, low: bool,
+                  sum_low: bool) -> bool:
+    """One chunk with the native row kernel; False (nothing done) when the kernel declines.
+
+    The block of logits stays in the input's dtype (bfloat16 logits come straight out of the
+    bfloat16 matmul, as in the naive computation) and the kernel turns it into the gradient in
+    place, in one pass: no float32 copy, no separate scaling pass. With bfloat16 inputs and a
+    float32 ``accum_dtype``, grad_weight is still summed in float32 (from a float32 copy of the
+    chunk's gradient).
+    """
+    block = block_buf[: stop - start]
+    if bias is not None and bias.dtype != block.dtype:
+        return False
+    if bias is not None:
+        torch.addmm(bias, h, weight_t, out=block)
+    else:
+        torch.mm(h, weight_t, out=block)
+    out = kernel.native(block, start, stop, any(need), row_scale)
+    if out is None:
+        return False
+    loss, grad = out
+    loss_rows[start:stop] = loss
+    if grad is None:
+        return True
+    if need[0]:
+        torch.mm(grad, weight_t.t(), out=grad_h[start:stop])
+    if need[1]:
+        if low and not sum_low:
+            wide = z_buf[: stop - start].copy_(grad)
+            grad_w.addmm_(wide.t(), h.to(wide.dtype))
+        else:
+            grad_w.addmm_(grad.t(), h)
+    if need[2]:
+        grad_b.add_(grad.sum(0, dtype=grad_b.dtype))
+    return True
 
 
 class FusedLinearLoss(torch.autograd.Function):

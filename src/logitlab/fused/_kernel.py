@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from logitlab._native import xent as native_xent
+
 
 def all_reduce(x: Tensor, op: str, group) -> Tensor:
     """All-reduce ``x`` in place over ``group`` (a no-op without a group); returns ``x``."""
@@ -126,6 +128,28 @@ class CrossEntropyKernel:
                 grad.sub_((eps / vocab) * self.class_weight.to(z.dtype))
             grad.masked_fill_(~keep.unsqueeze(1), 0.0)
         return loss, grad
+
+    def native(self, z: Tensor, start: int, stop: int, need_grad: bool,
+               row_scale: Tensor | float | None) -> tuple[Tensor, Tensor | None] | None:
+        """The same rows through the native C kernel (``_native/xent.c``), or None without it.
+
+        One pass over the block, which may be float32, bfloat16 or float16: the gradient,
+        already multiplied by ``row_scale``, overwrites the block in place. Only for the full
+        vocabulary (no process group: the kernel has no all-reduce between its passes).
+        """
+        if self.group is not None or not native_xent.supports(z):
+            return None
+        keep = self.keep[start:stop]
+        scale = keep.to(torch.float32)
+        if isinstance(row_scale, Tensor):
+            scale = scale * row_scale[start:stop].to(torch.float32) if row_scale.ndim else scale * row_scale.float()
+        elif row_scale is not None:
+            scale = scale * float(row_scale)
+        losses, _, _ = native_xent.xent_rows(
+            z, self.target[start:stop], self.class_weight, keep, scale, index_target=True,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, temperature=1.0, validate=False,
+            grad=z if need_grad else None, scale_loss=False, weight_sum=self.weight_total)
+        return losses, (z if need_grad else None)
 
     def _weighted_sum(self, z: Tensor) -> Tensor:
         if self.class_weight is None:

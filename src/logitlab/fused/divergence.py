@@ -10,76 +10,144 @@ from torch import Tensor
 
 from logitlab import _validation as v
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows
-from logitlab.fused.cross_entropy import check_linear, check_target, choose_impl
+from logitlab.fused._kernel import all_reduce
+from logitlab.fused.cross_entropy import check_linear, check_target, choose_impl, vocab_offsets
 
 __all__ = ["linear_divergence_loss", "DIVERGENCES"]
 
 DIVERGENCES = ("kl", "reverse_kl", "js")
 
 
-def _divergence_rows(log_p: Tensor, log_q: Tensor, divergence: str, beta: float) -> tuple[Tensor, Tensor]:
-    """Per-row D between teacher p and student q (log-probabilities, rows along dim 1).
+def _log_softmax_full(blocks: list[Tensor], group) -> list[Tensor]:
+    """Log-softmax over the FULL vocabulary of each (rows, V_local) block of this rank's columns.
 
-    Returns (value, ∂value/∂log_q·q-chain): the gradient with respect to the student's logits
-    divided by temperature, i.e. with respect to s = z / T.
+    Each rank's log-sum-exp ℓ_r over its own columns (read off its local log-softmax at the row
+    maximum, where that is accurate) is combined as lse = M + log Σ_r exp(ℓ_r − M), M = max_r ℓ_r:
+    two all-reduces of (blocks, rows) statistics whatever the number of blocks, the maxima
+    (MAX) then the sums (SUM). The local log-softmax is then shifted by ℓ_r − lse. Without a
+    group this is torch's log_softmax (differentiable: the naive path runs through autograd).
     """
+    log_probs = [torch.log_softmax(b, 1) for b in blocks]
+    if group is None:
+        return log_probs
+    rows, local = blocks[0].shape
+    if local:
+        own = []
+        for b, lp in zip(blocks, log_probs):
+            peak, at = b.max(1, keepdim=True)
+            own.append((peak - lp.gather(1, at)).squeeze(1))
+        own = torch.stack(own)
+    else:
+        own = blocks[0].new_full((len(blocks), rows), -math.inf)
+    peaks = all_reduce(own.clone(), "max", group)
+    peaks = torch.where(torch.isfinite(peaks), peaks, peaks.new_zeros(()))
+    lse = peaks + all_reduce((own - peaks).exp(), "sum", group).log()
+    empty = torch.isneginf(own)  # rows whose columns on this rank are all -inf: log-probability -inf
+    for lp, shift, none_here in zip(log_probs, lse - own, empty):
+        lp.sub_(shift.unsqueeze(1))
+        if bool(none_here.any()):
+            lp.masked_fill_(none_here.unsqueeze(1), -math.inf)
+    return log_probs
+
+
+def _divergence_rows(log_p: Tensor, log_q: Tensor, divergence: str, beta: float, group=None,
+                     need_grad: bool = True, extra: Tensor | None = None):
+    """Per-row D between teacher p and student q, given as log-probabilities (rows along dim 1).
+
+    The columns may be this rank's slice of the vocabulary (log-probabilities normalized over the
+    full one): the sums over the columns are then all-reduced over ``group``, in one all-reduce
+    that also sums the (rows,) tensor ``extra`` when given.
+
+    Returns (value of the full rows, gradient with respect to s = z / T on these columns or None
+    without ``need_grad``, the reduced ``extra`` or None).
+    """
+    rows = log_q.shape[0]
+    parts = [] if extra is None else [extra.reshape(rows)]
+
+    def reduce(*sums):
+        out = all_reduce(torch.stack([*sums, *parts]), "sum", group)
+        return out, (out[-1] if parts else None)
+
     q = log_q.exp()
-    if divergence == "kl":        # D(p ‖ q) = Σ p (log p − log q)
+    zero = q.new_zeros(())
+    if divergence == "kl":        # D(p ‖ q) = Σ p (log p − log q);  ∂/∂s = q − p
         p = log_p.exp()
-        value = torch.where(p > 0, p * (log_p - log_q), p.new_zeros(())).sum(1)
-        return value, q - p
-    if divergence == "reverse_kl":  # D(q ‖ p) = Σ q (log q − log p)
-        ratio = log_q - log_p
-        value = (q * ratio).sum(1)
-        return value, q * (ratio - value.unsqueeze(1))
+        sums, extra = reduce(torch.where(p > 0, p * (log_p - log_q), zero).sum(1))
+        return sums[0], (q - p if need_grad else None), extra
+    if divergence == "reverse_kl":  # D(q ‖ p) = Σ q (log q − log p);  ∂/∂s = q (log q − log p − D)
+        ratio = torch.where(q > 0, log_q - log_p, zero)
+        sums, extra = reduce((q * ratio).sum(1))
+        value = sums[0]
+        return value, (q * (ratio - value.unsqueeze(1)) if need_grad else None), extra
     # Generalized Jensen–Shannon: m = β p + (1 − β) q,
-    # JS_β = β D(p ‖ m) + (1 − β) D(q ‖ m); ∂JS_β/∂q = (1 − β) log(q / m).
+    # JS_β = β D(p ‖ m) + (1 − β) D(q ‖ m); ∂JS_β/∂q = (1 − β) log(q / m), so with
+    # slope = (1 − β) log(q / m): ∂/∂s = q (slope − Σ q·slope).
     log_m = torch.logaddexp(log_p + math.log(beta) if beta > 0 else torch.full_like(log_p, -math.inf),
                             log_q + math.log(1 - beta) if beta < 1 else torch.full_like(log_q, -math.inf))
     p = log_p.exp()
-    value = (1 - beta) * (q * (log_q - log_m)).sum(1)
-    if beta > 0:
-        value = value + beta * torch.where(p > 0, p * (log_p - log_m), p.new_zeros(())).sum(1)
-    slope = (1 - beta) * (log_q - log_m)
-    return value, q * (slope - (q * slope).sum(1, keepdim=True))
+    slope = torch.where(q > 0, (1 - beta) * (log_q - log_m), zero)
+    sums, extra = reduce((q * slope).sum(1), torch.where(p > 0, p * (log_p - log_m), zero).sum(1))
+    value = sums[0] + beta * sums[1] if beta > 0 else sums[0]
+    return value, (q * (slope - sums[0].unsqueeze(1)) if need_grad else None), extra
 
 
 @dataclass
 class DivergenceKernel:
-    """Rows of D(teacher ‖ student) at temperature T (+ α·cross-entropy on hard labels)."""
+    """Rows of D(teacher ‖ student) at temperature T (+ α·cross-entropy on hard labels).
+
+    With a ``group``, both heads hold this rank's columns [vocab_start, vocab_start + V_local)
+    of the vocabulary, and per chunk three all-reduces of (rows,)-sized statistics give every
+    rank the rows of the full vocabulary: the maxima of the ranks' log-sum-exps of z / T, u / T
+    (and of z when T ≠ 1 and the hard-label term is on), then their sums of exponentials, then
+    the divergence's own sums over the columns with the target's −log-probability.
+    """
 
     teacher_hidden: Tensor   # (N, D_t)
-    teacher_weight: Tensor   # (V, D_t)
+    teacher_weight: Tensor   # (V_local, D_t)
     teacher_bias: Tensor | None
     keep: Tensor             # (N,) bool
-    target: Tensor | None    # (N,) or None
+    target: Tensor | None    # (N,) global class indices, or None
     divergence: str
     beta: float
     temperature: float
     hard_label_weight: float
+    vocab_start: int = 0
+    group: object = None
 
     def __call__(self, z: Tensor, start: int, stop: int, need_grad: bool):
         keep = self.keep[start:stop]
-        t = self.temperature
+        t, alpha, group = self.temperature, self.hard_label_weight, self.group
+        rows, local = z.shape
         teacher = self.teacher_hidden[start:stop] @ self.teacher_weight.t()
         teacher = teacher.to(z.dtype)
         if self.teacher_bias is not None:
             teacher.add_(self.teacher_bias.to(z.dtype))
-        log_p = torch.log_softmax(teacher.div_(t), dim=1)
-        log_q = torch.log_softmax(z / t, dim=1)
-        loss, grad = _divergence_rows(log_p, log_q, self.divergence, self.beta)
-        grad.div_(t)
-        if self.hard_label_weight:
-            log_q1 = log_q if t == 1 else torch.log_softmax(z, dim=1)
-            index = torch.where(keep, self.target[start:stop], torch.zeros_like(self.target[start:stop]))
-            loss = loss - self.hard_label_weight * log_q1.gather(1, index.unsqueeze(1)).squeeze(1)
-            if need_grad:
-                grad.add_(self.hard_label_weight * log_q1.exp())
-                grad.scatter_add_(1, index.unsqueeze(1), grad.new_full((stop - start, 1), -self.hard_label_weight))
+        u = teacher.div_(t) if t != 1 else teacher
+        s = z / t if t != 1 else z
+        blocks = [s, u] + ([z] if alpha and t != 1 else [])  # the hard-label term is at T = 1
+        log_q, log_p, *log_softmax_z = _log_softmax_full(blocks, group)
+        nll = None  # − log softmax(z)_target, from the rank that owns the target's column
+        if alpha:
+            log_probs = log_softmax_z[0] if t != 1 else log_q
+            index = self.target[start:stop] - self.vocab_start
+            owned = keep & (index >= 0) & (index < local)
+            index = torch.where(owned, index, torch.zeros_like(index)).unsqueeze(1)
+            nll = log_probs.new_zeros(rows)
+            if local:
+                nll = torch.where(owned, -log_probs.gather(1, index).squeeze(1), nll)
+        loss, grad, nll = _divergence_rows(log_p, log_q, self.divergence, self.beta, group, need_grad, extra=nll)
+        if alpha:
+            loss = loss + alpha * nll
         loss = torch.where(keep, loss, loss.new_zeros(()))
-        if need_grad:
-            grad.masked_fill_(~keep.unsqueeze(1), 0.0)
-        return loss, grad
+        if not need_grad:
+            return loss, None
+        grad.div_(t)
+        if alpha:  # + α (softmax(z) − onehot(target)) on these columns
+            grad.add_(log_probs.exp_().mul_(alpha))  # softmax(z); log_probs is spent
+            if local:
+                hit = torch.where(owned, grad.new_full((), -alpha), grad.new_zeros(()))
+                grad.scatter_add_(1, index, hit.unsqueeze(1))
+        return loss, grad.masked_fill_(~keep.unsqueeze(1), 0.0)
 
 
 def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Tensor, teacher_weight: Tensor,
@@ -87,7 +155,8 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
                            target: Tensor | None = None, hard_label_weight: float = 0.0,
                            bias: Tensor | None = None, teacher_bias: Tensor | None = None,
                            ignore_index: int = -100, reduction: str = "mean", chunk_size: int | None = None,
-                           impl: str = "auto", accum_dtype: torch.dtype = torch.float32) -> Tensor:
+                           impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
+                           process_group=None) -> Tensor:
     r"""Distillation loss between a student head and a frozen teacher head, logits never materialized.
 
     With student logits z = hidden @ weight.T + bias, teacher logits u = teacher_hidden @
@@ -103,9 +172,20 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     Gradients flow to the student (hidden, weight, bias) only; the teacher is treated as
     constant. Rows whose target is ``ignore_index`` count in neither term.
 
+    With ``process_group``, ``weight`` and ``teacher_weight`` (and ``bias``, ``teacher_bias``)
+    are this rank's contiguous rows of the vocabulary, in rank order (shards may be uneven);
+    ``hidden``, ``teacher_hidden`` and ``target`` (global class indices) are the same on every
+    rank. Per chunk of rows, only (rows,)-sized statistics cross the group: the maxima of the
+    ranks' log-sum-exps of z / T and u / T, their sums of exponentials, then the divergence's
+    sums over each rank's columns (with −log softmax(z)_target from the rank that owns the
+    target); logits and weights are never gathered. Every rank gets the
+    loss of the full vocabulary, the same grad_hidden (summed over the ranks), and for its
+    shard the matching rows of the full grad_weight and grad_bias.
+
     Args:
         hidden: (*batch, D) student features. weight: (V, D) student head. bias: (V,) optional.
         teacher_hidden: (*batch, D_t). teacher_weight: (V, D_t). teacher_bias: (V,) optional.
+            (With ``process_group``, V is V_local, this rank's number of vocabulary rows.)
         divergence: 'kl' | 'reverse_kl' | 'js'.
         beta: β in [0, 1] of the generalized JS divergence.
         temperature: T > 0 applied to both heads' logits.
@@ -113,12 +193,16 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         hard_label_weight: α >= 0, weight of the cross-entropy term (needs ``target``).
         reduction: 'none' | 'mean' (over kept rows) | 'sum'.
         chunk_size, impl, accum_dtype: as in :func:`linear_cross_entropy`.
+        process_group: a torch.distributed group over which both heads are sharded by
+            vocabulary rows, or None (one process holds the whole vocabulary). With a group,
+            ``impl="naive"`` also runs chunked (autograd cannot differentiate an all-reduce).
 
     Returns:
-        A scalar (or (*batch) for 'none') in the dtype of ``hidden``.
+        A scalar (or (*batch) for 'none') in the dtype of ``hidden``, the same on every rank.
 
     Raises:
-        ValueError/TypeError: shapes that do not fit or bad options.
+        ValueError/TypeError: shapes that do not fit, bad options, indices out of range (of the
+        full vocabulary); RuntimeError naming the collective when another rank fails.
 
     Example:
         >>> torch.manual_seed(0)
@@ -153,7 +237,9 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     v.check_choice(fn, "impl", impl, ("auto", "chunked", "naive"))
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         v.fail(fn, "chunk_size", "None or an int >= 1", chunk_size)
-    vocab = weight.shape[0]
+    vocab_start, vocab = 0, weight.shape[0]
+    if process_group is not None:
+        vocab_start, vocab = vocab_offsets(weight.shape[0], process_group, weight.device)
     rows = hidden.numel() // max(hidden.shape[-1], 1)
     if target is not None:
         check_target(fn, target, hidden)
@@ -170,12 +256,12 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         teacher_weight=teacher_weight.detach(),
         teacher_bias=None if teacher_bias is None else teacher_bias.detach(), keep=keep, target=flat_target,
         divergence=divergence, beta=float(beta), temperature=float(temperature),
-        hard_label_weight=float(hard_label_weight))
+        hard_label_weight=float(hard_label_weight), vocab_start=vocab_start, group=process_group)
     kept = int(keep.sum())
     scale = None if reduction == "none" else 1.0 if reduction == "sum" else (1.0 / kept if kept else 0.0)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
 
-    if choose_impl(impl, rows, vocab) == "naive":
+    if choose_impl(impl, rows, vocab) == "naive" and process_group is None:
         acc = accumulation_dtype(hidden.dtype, accum_dtype)
         z = torch.nn.functional.linear(hidden2d, weight, bias).to(acc)
         loss_rows, _ = kernel(z, 0, rows, need_grad=False)
@@ -183,6 +269,9 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         return (out.reshape(target.shape if target is not None else hidden.shape[:-1]) if scale is None
                 else out).to(hidden.dtype)
 
-    plan = Plan(chunk=chunk_size or chunk_rows(rows, vocab, hidden.dtype), accum_dtype=accum_dtype)
+    # The chunk depends only on what every rank shares (rows, full vocabulary): the ranks must
+    # run the same number of chunks, since each chunk's statistics are all-reduced.
+    plan = Plan(chunk=chunk_size or chunk_rows(rows, vocab, hidden.dtype), accum_dtype=accum_dtype,
+                group=process_group)
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     return out.reshape(hidden.shape[:-1]) if reduction == "none" else out

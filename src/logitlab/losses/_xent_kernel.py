@@ -17,17 +17,19 @@ and its gradient with respect to the logits is ((A + 2 z r lse) p − q ⊙ w) /
 
 Why a fused Function: on a CPU the time of eager cross-entropy is dominated by allocating and
 page-faulting full (N, C) tensors (log-softmax output, the one-hot gradient, the gradient).
-The fused forward walks the logits a block of rows at a time, keeps the block's log-softmax in
-a small reused buffer that stays in cache, and writes the finished gradient once (into a new
-(N, C) tensor, or into the logits themselves with ``inplace_backward``). The backward only
-scales the saved gradient by the incoming one, in place.
+The fused forward computes the loss and the finished gradient in one pass over the logits and
+writes the gradient once (into a new (N, C) tensor advised to use huge pages, or into the
+logits themselves with ``inplace_backward``). The backward only scales it by the incoming
+gradient, in place.
 
-Why eager ops and not a compiled per-block kernel: a torch.compile (inductor C++) kernel for one
-block did the in-place forward+backward at (4096, 32768) in ~73 ms against ~110-180 ms for these
-eager blocks, but its cold compile took 19.5 s for a single option set and shape, every option
-combination (smoothing, weights, probabilities, z-loss, dtype) would need its own, and a machine
-without a C++ compiler would need the fallback anyway. The eager kernel has no start-up cost and
-runs wherever torch does; a compiled variant can be added behind ``impl=`` later.
+Two kernels implement that forward, with the same results (tests hold both to the float64
+truth): the native C kernel (``logitlab/_native/xent.c``: each row read once from memory, its
+maximum, Σ exp and the gradient computed while it sits in cache, rows on torch's OpenMP threads)
+for CPU float32/bfloat16/float16 logits, and the eager torch kernel below, which walks a block
+of rows at a time with a few eager ops per block, for float64, other devices and machines where
+the native kernel cannot be built. Why C and not torch.compile: an inductor kernel for one block
+was as fast, but its cold compile took 19.5 s per option set (smoothing, weights, probabilities,
+z-loss and dtype each need their own), where the one C file covers them all and builds in ~2 s.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from logitlab._validation import (
     check_finite,
     check_floating,
     check_index_target,
+    check_mask,
     check_positive,
     check_probs,
     check_range,
@@ -108,13 +109,7 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
     rows, _ = to_rows(logits, dim)
     n_rows = rows.shape[0]
     if mask is not None:
-        mask = check_tensor(fn, "mask", mask)
-        if mask.dtype != torch.bool:
-            fail(fn, "mask", "a bool tensor (True = keep the row)", f"<dtype {mask.dtype}>", kind=TypeError)
-        if tuple(mask.shape) != batch_shape:
-            fail(fn, "mask", f"shape {batch_shape} ({name}' shape without dim {dim})",
-                 f"<shape {tuple(mask.shape)}>")
-        keep = mask.reshape(n_rows)
+        keep = check_mask(fn, mask, batch_shape).reshape(n_rows)
     else:
         keep = torch.ones(n_rows, dtype=torch.bool, device=logits.device)
     if index_target:
@@ -177,11 +172,16 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     * A ``-inf`` logit excludes its class (probability exactly 0). Target mass on an excluded
       class (the target index itself, or any class when ``label_smoothing > 0``, as in torch)
       gives loss +inf; the gradient stays finite. A class with zero target probability and a
-      ``-inf`` logit contributes 0 (0 · log 0 = 0). A row with only ``-inf`` logits is an error.
+      ``-inf`` logit contributes 0 (0 · log 0 = 0). A kept row with only ``-inf`` logits is an
+      error; an excluded row may be all ``-inf`` (padding often is) and gives 0 and zero
+      gradient (torch gives a NaN gradient row).
 
-    Implementation (``impl``): 'fused' computes the loss and its gradient in one blocked pass
-    over the logits and saves only the gradient (the backward scales it in place, so it runs
-    once and has no double backward: use 'composite' for that); 'composite' is written with
+    Implementation (``impl``): 'fused' computes the loss and its gradient in one pass over the
+    logits and saves only the gradient (the backward scales it in place, so it runs once and
+    has no double backward: use 'composite' for that). On the CPU, float32/bfloat16/float16
+    logits go through a native C kernel built once per machine on first use (about 2 s, then
+    cached; see ``logitlab env``), and otherwise through an eager torch kernel with the same
+    results (``LOGITLAB_NATIVE=0`` forces it). 'composite' is written with
     differentiable torch ops. 'auto' picks 'fused', except under ``torch.compile``, or when the
     target probabilities or the class weights require a gradient, where it picks 'composite'.
 

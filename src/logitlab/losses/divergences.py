@@ -27,8 +27,8 @@ from torch import Tensor
 from logitlab import registry
 from logitlab._reduction import reduce_loss, to_rows
 from logitlab._validation import (
-    check_choice, check_dim, check_finite, check_floating, check_positive, check_probs,
-    check_reduction, check_tensor, compute_dtype, fail,
+    check_choice, check_dim, check_finite, check_floating, check_mask, check_positive, check_probs,
+    check_reduction, compute_dtype, fail,
 )
 from logitlab.losses import _kernels
 from logitlab.losses._model import model_distribution, normalizer_params, normalizer_spec, safe_log
@@ -72,15 +72,6 @@ def _check_param(fn: str, divergence: str, value: Any) -> float:
             fail(fn, "amari_alpha", "a finite real number", value)
         return float(value)
     return check_positive(fn, "renyi_alpha", value)
-
-
-def check_mask(fn: str, mask: Tensor | None, batch_shape: tuple[int, ...]) -> None:
-    """``mask`` is None or a bool tensor of ``batch_shape`` (the logits without the class axis)."""
-    if mask is not None:
-        check_tensor(fn, "mask", mask)
-        if mask.dtype != torch.bool or tuple(mask.shape) != batch_shape:
-            fail(fn, "mask", f"a bool tensor of shape {batch_shape} (logits without dim)",
-                 f"<{mask.dtype} of shape {tuple(mask.shape)}>")
 
 
 def check_logit_rows(fn: str, name: str, logits: Tensor, axis: int) -> None:
