@@ -3,7 +3,9 @@
 For each shape, one fresh process times every implementation interleaved (the order rotates
 each repeat): ``torch.softmax`` (the speed baseline), and for each of sparsemax, 1.5-entmax and
 α-entmax (α = 1.5 by the general solver) ours and the ``entmax`` package's
-(``sparsemax`` / ``entmax15`` / ``entmax_bisect``). Warm-up, then ``--repeats`` (>= 5) timed
+(``sparsemax`` / ``entmax15`` / ``entmax_bisect``). Ours runs the native kernel
+(``_native/sparse.c``) on float32 CPU logits where it builds, else the torch top-k path; the
+record's ``ours_path`` says which. Warm-up, then ``--repeats`` (>= 5) timed
 calls; median, min and max are recorded. Correctness is checked in the same process: ours
 against the package (probabilities, gradients, support) and against ``logitlab.reference``
 (float64, sort-based) on a few rows. Peak memory of one call is measured per implementation in
@@ -88,7 +90,10 @@ def _check(name, ours_out, ours_grad, peer_out, peer_grad, x, grad_out) -> dict:
 def worker_time(shape, repeats: int, warmup: int, scale: float) -> dict:
     import torch
 
+    from logitlab._native import sparse as native_sparse
+
     x, grad_out = _inputs(shape, scale)
+    ours_path = "native" if native_sparse.supports(x) else "torch"
     impls = _impls()
     names = list(impls)
     for _ in range(warmup):
@@ -108,7 +113,7 @@ def worker_time(shape, repeats: int, warmup: int, scale: float) -> dict:
         peer = next(n for n, (m, k, _) in impls.items() if m == map_name and k == "package")
         records.append({
             "map": map_name, "shape": list(shape), "dtype": "float32", "logit_scale": scale,
-            "ours": ours, "package": peer,
+            "ours": ours, "package": peer, "ours_path": ours_path,
             **{f"ours_{k}": v for k, v in stats[ours].items()},
             **{f"package_{k}": v for k, v in stats[peer].items()},
             **{f"softmax_{k}": v for k, v in stats["torch.softmax"].items()},
