@@ -9,8 +9,12 @@
  * that need it), so p is the exact value rounded once to the output type; x − τ within TIE of 0
  * is a tie (p = 0), as in exact arithmetic.
  *
+ * The candidate bound is tightened for free: the 16 lane maxima of the max pass are entries of
+ * the row, and any j entries ≥ y give f(y − j^{1−α}) ≥ 1, so τ ≥ lo = max_j (x_(j) − j^{1−α})
+ * over them (at least −1); the candidates are the entries with x > lo (less a margin).
+ *
  * sparsemax and 1.5-entmax (the closed-form kinds), on the candidates T:
- *   τ_0 = −1 (a lower bound). At τ_k, one pass over T gives S = {x > τ_k}, |S|, Σ_S (x − τ_k),
+ *   τ_0 = lo (a lower bound). At τ_k, one pass over T gives S = {x > τ_k}, |S|, Σ_S (x − τ_k),
  *   Σ_S (x − τ_k)², min_S x and the largest entry of T outside S. The closed form on S (sparsemax
  *   τ_S = τ_k + (Σu − 1)/|S|; 1.5-entmax the smaller root of Σ_S (u − δ)² = 1) is accepted when
  *   it certifies itself: every entry of S is ≥ τ_S and every other entry (in T, and every entry
@@ -24,7 +28,7 @@
  *   takes the sort-based algorithm on all its candidates and reports n_iter = −1.
  *
  * α-entmax (any α > 1): safeguarded Newton on f in double on the candidates, bracket
- *   [lo, hi] = [−1, −|T|^{1−α}], a bisection step whenever Newton leaves the bracket, until
+ *   [lo, hi] = [lo, −|T|^{1−α}], a bisection step whenever Newton leaves the bracket, until
  *   |f(τ) − 1| ≤ tol or max_iter steps; n_iter and the violation |f(τ) − 1| are reported (the
  *   caller raises ConvergenceError). Each τ with f(τ) > 1 raises lo, and the entries ≤ lo are
  *   dropped from T: they stay out of the support of every τ in the bracket. p is then
@@ -68,12 +72,13 @@ static inline vf join_halves(vd lo, vd hi) {
     return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 }
 
-/* The lanes of a mask as bits (lane l -> bit l), and the lanes of v whose bits are set stored
- * contiguously at dst (which must have room for DL values): one instruction each with AVX-512,
- * a loop over the lanes elsewhere. Returns the number stored. */
+/* The lanes of a mask as bits (lane l -> bit l); the square root of each lane; the lanes of v
+ * whose bits are set stored contiguously at dst (which must have room for DL values; returns
+ * how many): one instruction each with AVX-512, a loop over the lanes elsewhere. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 static inline uint32_t lane_bits(vi mask) { return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask); }
+static inline vf vsqrt(vf a) { return (vf)_mm512_sqrt_ps((__m512)a); }
 static inline int compress_store(double *dst, vd v, uint32_t bits) {
     _mm512_storeu_pd(dst, _mm512_maskz_compress_pd((__mmask8)bits, (__m512d)v));
     return __builtin_popcount(bits);
@@ -83,6 +88,10 @@ static inline uint32_t lane_bits(vi mask) {
     uint32_t bits = 0;
     for (int l = 0; l < VL; l++) bits |= (uint32_t)(mask[l] & 1) << l;
     return bits;
+}
+static inline vf vsqrt(vf a) {
+    for (int l = 0; l < VL; l++) a[l] = sqrtf(a[l]);
+    return a;
 }
 static inline int compress_store(double *dst, vd v, uint32_t bits) {
     int n = 0;
@@ -163,10 +172,10 @@ static int64_t keep_above(double *xs, int64_t K, double lo, double *drop) {
 }
 
 /* Closed-form kinds on candidates xs[0, K) (padded); `drop` bounds every entry that is not a
- * candidate. */
-static solve_t solve_closed(double *xs, int64_t K, double drop, int kind, int max_steps) {
+ * candidate; tau0 is a lower bound on τ below every candidate worth keeping. */
+static solve_t solve_closed(double *xs, int64_t K, double drop, int kind, int max_steps, double tau0) {
     solve_t out = {0.0, 1.0, 0.0, 0, 0, 0};
-    double tau = -1.0;
+    double tau = tau0;
     for (int step = 0; step < max_steps; step++) {
         const sums_t t = sums_above(xs, K, tau);
         if (t.cnt == 0) return out;
@@ -196,6 +205,24 @@ static solve_t solve_closed(double *xs, int64_t K, double drop, int kind, int ma
         tau = next;
     }
     return out;
+}
+
+/* A lower bound on τ from a few entries of the row (x[0, n), any order): with x_(j) the j-th
+ * largest, those j entries alone give f(x_(j) − j^{1−α}) ≥ j (j^{1−α})^q = 1, so τ is at least
+ * max_j x_(j) − j^{1−α}, and at least −1. rank[j] = j^{1−α}. */
+static double rank_bound(double *x, int n, const double *rank) {
+    for (int i = 1; i < n; i++) { /* insertion sort, descending: n <= VL */
+        const double v = x[i];
+        int k = i;
+        for (; k > 0 && x[k - 1] < v; k--) x[k] = x[k - 1];
+        x[k] = v;
+    }
+    double lo = -1.0;
+    for (int j = 1; j <= n; j++) {
+        const double b = x[j - 1] - rank[j];
+        lo = b > lo ? b : lo;
+    }
+    return lo;
 }
 
 static int cmp_desc(const void *a, const void *b) {
@@ -230,10 +257,11 @@ static inline double pow_q(double u, double q) {
     return pow(u, q);
 }
 
-/* α-entmax on candidates xs[0, K): safeguarded Newton, as the torch path does it. */
-static solve_t solve_bisect(double *xs, int64_t K, double alpha, double tol, int max_iter) {
+/* α-entmax on candidates xs[0, K): safeguarded Newton from the lower bound lo0, as the torch
+ * path does it. */
+static solve_t solve_bisect(double *xs, int64_t K, double alpha, double tol, int max_iter, double lo0) {
     const double q = 1.0 / (alpha - 1.0);
-    double lo = -1.0, hi = -pow((double)K, 1.0 - alpha), tau = lo;
+    double lo = lo0, hi = -pow((double)K, 1.0 - alpha), tau = lo;
     solve_t out = {tau, 0.0, 0.0, 0, 0, 1};
     double value = 0.0, slope = 0.0;
     int64_t it = 0;

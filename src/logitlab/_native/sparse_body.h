@@ -3,14 +3,14 @@
 
 #define XT CAT(X, _t)
 
-/* Copy the candidates x > −1 of a row into buf (x in double: x = (z − m) s; padded with DL
+/* Copy the candidates x > lo of a row into buf (x in double: x = (z − m) s; padded with DL
  * times −inf, so buf holds C + DL doubles); returns their
  * count and sets *rest to a bound on the x of every other entry. The test runs in float32 with a
  * margin (so the set is a superset); a kept lane is recomputed in double. */
-static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, double s, double *buf,
+static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, double s, double lo, double *buf,
                                    double *rest) {
     const int64_t full = C - C % VL, tail = C - full;
-    const vf vm = vsplat(m), vs = vsplat((float)s), floor = vsplat(-1.0f - MARGIN), ninf = vsplat(-INFINITY);
+    const vf vm = vsplat(m), vs = vsplat((float)s), floor = vsplat((float)(lo - MARGIN)), ninf = vsplat(-INFINITY);
     const vd dm = vdsplat((double)m), ds = vdsplat(s);
     vf vrest = ninf;
     int64_t K = 0;
@@ -28,8 +28,8 @@ static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, double s, d
         }
         if (last) break;
     }
-    /* A float32 x ≤ −1 − MARGIN is below −1 in double too (its error is far under MARGIN). */
-    *rest = hmax(vrest) == -INFINITY ? -INFINITY : -1.0;
+    /* A float32 x ≤ lo − MARGIN is below lo − MARGIN / 2 in double (its error is far smaller). */
+    *rest = hmax(vrest) == -INFINITY ? -INFINITY : lo - 0.5 * MARGIN;
     pad(buf, K);
     return K;
 }
@@ -39,6 +39,7 @@ static int64_t CAT(sparse_fwd_rows_, X)(
     const double *alpha, int64_t lda, double tol, int max_iter, int max_passes, int validate,
     float *tau_out, int64_t *support_out, int64_t *iter_out, float *viol_out, double *buf) {
     const int64_t full = C - C % VL, tail = C - full;
+    double rank[VL + 1], rank_alpha = NAN;
     for (int64_t r = r0; r < r1; r++) {
         const XT *xr = x + r * ldx;
         XT *pr = p + r * ldp;
@@ -73,18 +74,30 @@ static int64_t CAT(sparse_fwd_rows_, X)(
             continue;
         }
 
-        /* Pass 2: the candidates x > −1, x = (α−1)(z − max z). */
+        /* A lower bound on τ from the lane maxima, then pass 2: the candidates above it, in the
+         * scale x = (α−1)(z − max z). */
         const double s = a - 1.0, q = 1.0 / s;
+        if (a != rank_alpha) { /* rank[j] = j^{1−α}, recomputed when α changes */
+            for (int j = 1; j <= VL; j++)
+                rank[j] = kind == KIND_SPARSEMAX ? 1.0 / j : kind == KIND_ENTMAX15 ? 1.0 / sqrt((double)j)
+                                                                                : pow((double)j, 1.0 - a);
+            rank_alpha = a;
+        }
+        double tops[VL];
+        int n_tops = 0;
+        for (int l = 0; l < VL; l++)
+            if (vmx[l] > -INFINITY) tops[n_tops++] = ((double)vmx[l] - (double)m) * s;
+        const double lo = rank_bound(tops, n_tops, rank), tau0 = lo - 0.5 * MARGIN;
         double rest;
-        int64_t K = CAT(candidates_, X)(xr, C, m, s, buf, &rest);
+        int64_t K = CAT(candidates_, X)(xr, C, m, s, lo, buf, &rest);
 
         solve_t sol;
         if (kind == KIND_BISECT) {
-            sol = solve_bisect(buf, K, a, tol, max_iter);
+            sol = solve_bisect(buf, K, a, tol, max_iter, tau0);
         } else {
-            sol = solve_closed(buf, K, rest, kind, max_passes);
-            if (!sol.ok) { /* the candidates again (the buffer was thinned), sorted */
-                K = CAT(candidates_, X)(xr, C, m, s, buf, &rest);
+            sol = solve_closed(buf, K, rest, kind, max_passes, tau0);
+            if (!sol.ok) { /* every entry with x > −1 (the buffer was thinned), sorted */
+                K = CAT(candidates_, X)(xr, C, m, s, -1.0, buf, &rest);
                 sol.tau = solve_sorted(buf, K, kind);
                 sol.n_iter = -1; /* reported: the row took the sorted fallback */
             }
@@ -143,6 +156,19 @@ static int64_t CAT(sparse_fwd_rows_, X)(
     return -1;
 }
 
+/* w = p^{2−α} on the support (p > 0), 0 elsewhere; sparsemax 1, 1.5-entmax √p (vectorized). */
+static inline vf CAT(weights_, X)(vf pv, vi pos, int kind, float expo) {
+    const vf zero = vsplat(0.0f);
+    if (kind == KIND_SPARSEMAX) return vselect(pos, vsplat(1.0f), zero);
+    if (kind == KIND_ENTMAX15) return vsqrt(vselect(pos, pv, zero));
+    vf w = zero;
+    for (uint32_t bits = lane_bits(pos); bits; bits &= bits - 1) {
+        const int l = __builtin_ctz(bits);
+        w[l] = powf(pv[l], expo);
+    }
+    return w;
+}
+
 /* Backward of rows [r0, r1): out = w ⊙ (g − c), and ∂L/∂α per row when grad_alpha != NULL. */
 static void CAT(sparse_bwd_rows_, X)(
     const XT *g, int64_t ldg, const XT *p, int64_t ldp, XT *o, int64_t ldo, int64_t r0, int64_t r1,
@@ -156,8 +182,9 @@ static void CAT(sparse_bwd_rows_, X)(
         const float expo = (float)(2.0 - a);
         const double q = 1.0 / (a - 1.0);
 
-        /* Pass 1: Σ w, Σ w g (and Σ a g, Σ a for α) over the support. */
-        double sw = 0.0, swg = 0.0, sag = 0.0, sa = 0.0;
+        /* Pass 1: Σ w, Σ w g (in double) and, for α, Σ a g and Σ a over the support. */
+        vd sw = vdsplat(0.0), swg = vdsplat(0.0);
+        double sag = 0.0, sa = 0.0;
         for (int64_t j = 0; j < C; j += VL) {
             const int last = j == full;
             if (last && !tail) break;
@@ -166,15 +193,14 @@ static void CAT(sparse_bwd_rows_, X)(
             uint32_t bits = lane_bits(pos);
             if (bits) {
                 vf gv = last ? CAT(loadn_, X)(gr + j, tail, 0.0f) : CAT(load_, X)(gr + j);
-                for (; bits; bits &= bits - 1) {
-                    const int l = __builtin_ctz(bits);
-                    const float pl = pv[l];
-                    const float w = kind == KIND_SPARSEMAX ? 1.0f
-                                    : kind == KIND_ENTMAX15 ? sqrtf(pl) : powf(pl, expo);
-                    sw += w;
-                    swg += (double)w * (double)gv[l];
-                    if (grad_alpha != NULL) {
-                        const double al = q * pl - (double)pl * log((double)pl);
+                gv = vselect(pos, gv, zero); /* g off the support never enters the sums */
+                const vf w = CAT(weights_, X)(pv, pos, kind, expo), wg = w * gv;
+                sw += half_lo(w) + half_hi(w);
+                swg += half_lo(wg) + half_hi(wg);
+                if (grad_alpha != NULL) {
+                    for (; bits; bits &= bits - 1) {
+                        const int l = __builtin_ctz(bits);
+                        const double pl = pv[l], al = q * pl - pl * log(pl);
                         sag += al * (double)gv[l];
                         sa += al;
                     }
@@ -182,7 +208,9 @@ static void CAT(sparse_bwd_rows_, X)(
             }
             if (last) break;
         }
-        const double c = sw > 0.0 ? swg / sw : 0.0;
+        double sw_t = 0.0, swg_t = 0.0;
+        for (int l = 0; l < DL; l++) sw_t += sw[l], swg_t += swg[l];
+        const double c = sw_t > 0.0 ? swg_t / sw_t : 0.0;
         if (grad_alpha != NULL) grad_alpha[r] = (float)(q * (sag - c * sa));
 
         /* Pass 2: the gradient, written once. */
@@ -193,17 +221,9 @@ static void CAT(sparse_bwd_rows_, X)(
             vf pv = last ? CAT(loadn_, X)(pr + j, tail, 0.0f) : CAT(load_, X)(pr + j);
             vi pos = pv > zero;
             vf out = zero;
-            if (hany(pos)) {
+            if (lane_bits(pos)) {
                 vf gv = last ? CAT(loadn_, X)(gr + j, tail, 0.0f) : CAT(load_, X)(gr + j);
-                vf d = gv - vc;
-                if (kind == KIND_SPARSEMAX) {
-                    out = vselect(pos, d, zero);
-                } else {
-                    for (uint32_t bits = lane_bits(pos); bits; bits &= bits - 1) {
-                        const int l = __builtin_ctz(bits);
-                        out[l] = (kind == KIND_ENTMAX15 ? sqrtf(pv[l]) : powf(pv[l], expo)) * d[l];
-                    }
-                }
+                out = vselect(pos, CAT(weights_, X)(pv, pos, kind, expo) * (gv - vc), zero);
             }
             if (last) CAT(storen_, X)(orow + j, out, tail);
             else CAT(store_, X)(orow + j, out);
