@@ -79,6 +79,7 @@ static inline vf join_halves(vd lo, vd hi) {
 #include <immintrin.h>
 static inline uint32_t lane_bits(vi mask) { return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask); }
 static inline vf vsqrt(vf a) { return (vf)_mm512_sqrt_ps((__m512)a); }
+#define BRANCH_FREE 1
 static inline int compress_store(double *dst, vd v, uint32_t bits) {
     _mm512_storeu_pd(dst, _mm512_maskz_compress_pd((__mmask8)bits, (__m512d)v));
     return __builtin_popcount(bits);
@@ -93,6 +94,7 @@ static inline vf vsqrt(vf a) {
     for (int l = 0; l < VL; l++) a[l] = sqrtf(a[l]);
     return a;
 }
+#define BRANCH_FREE 0
 static inline int compress_store(double *dst, vd v, uint32_t bits) {
     int n = 0;
     for (; bits; bits &= bits - 1) dst[n++] = v[__builtin_ctz(bits)];

@@ -7,8 +7,8 @@
  * times −inf, so buf holds C + DL doubles); returns their
  * count and sets *rest to a bound on the x of every other entry. The test runs in float32 with a
  * margin (so the set is a superset); a kept lane is recomputed in double. */
-static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, double s, double lo, double *buf,
-                                   double *rest) {
+static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, double s, double lo, int dense,
+                                   double *buf, double *rest) {
     const int64_t full = C - C % VL, tail = C - full;
     const vf vm = vsplat(m), vs = vsplat((float)s), floor = vsplat((float)(lo - MARGIN)), ninf = vsplat(-INFINITY);
     const vd dm = vdsplat((double)m), ds = vdsplat(s);
@@ -22,9 +22,9 @@ static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, double s, d
         vi keep = x > floor;
         vrest = vmax(vrest, vselect(keep, ninf, x));
         const uint32_t bits = lane_bits(keep);
-        if (bits) {
-            if (bits & 0xFFu) K += compress_store(buf + K, (half_lo(v) - dm) * ds, bits & 0xFFu);
-            if (bits >> 8) K += compress_store(buf + K, (half_hi(v) - dm) * ds, bits >> 8);
+        if (dense || bits) { /* dense: a block holds candidates about as often as not */
+            K += compress_store(buf + K, (half_lo(v) - dm) * ds, bits & 0xFFu);
+            K += compress_store(buf + K, (half_hi(v) - dm) * ds, bits >> 8);
         }
         if (last) break;
     }
@@ -40,6 +40,7 @@ static int64_t CAT(sparse_fwd_rows_, X)(
     float *tau_out, int64_t *support_out, int64_t *iter_out, float *viol_out, double *buf) {
     const int64_t full = C - C % VL, tail = C - full;
     double rank[VL + 1], rank_alpha = NAN;
+    int64_t k_prev = 0;
     for (int64_t r = r0; r < r1; r++) {
         const XT *xr = x + r * ldx;
         XT *pr = p + r * ldp;
@@ -89,7 +90,11 @@ static int64_t CAT(sparse_fwd_rows_, X)(
             if (vmx[l] > -INFINITY) tops[n_tops++] = ((double)vmx[l] - (double)m) * s;
         const double lo = rank_bound(tops, n_tops, rank), tau0 = lo - 0.5 * MARGIN;
         double rest;
-        int64_t K = CAT(candidates_, X)(xr, C, m, s, lo, buf, &rest);
+        /* Branch-free compaction when the previous row had candidates in a quarter of its blocks
+         * or more (a branch per block would mispredict), where compaction is one instruction. */
+        const int dense = BRANCH_FREE && 64 * k_prev > C;
+        int64_t K = CAT(candidates_, X)(xr, C, m, s, lo, dense, buf, &rest);
+        k_prev = K;
 
         solve_t sol;
         if (kind == KIND_BISECT) {
@@ -97,7 +102,7 @@ static int64_t CAT(sparse_fwd_rows_, X)(
         } else {
             sol = solve_closed(buf, K, rest, kind, max_passes, tau0);
             if (!sol.ok) { /* every entry with x > −1 (the buffer was thinned), sorted */
-                K = CAT(candidates_, X)(xr, C, m, s, -1.0, buf, &rest);
+                K = CAT(candidates_, X)(xr, C, m, s, -1.0, dense, buf, &rest);
                 sol.tau = solve_sorted(buf, K, kind);
                 sol.n_iter = -1; /* reported: the row took the sorted fallback */
             }
