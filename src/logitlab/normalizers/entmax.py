@@ -57,9 +57,10 @@ def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
     The map of the Tsallis regularizer at α = 1.5 (:func:`tsallis15_regularizer`): sparse like
     sparsemax, smoother (its Jacobian on the support is diag(√p) − √p √pᵀ / Σ√p). On the support
     S, with x = z/2, τ solves |S| τ² − 2τ Σ_S x + Σ_S x² − 1 = 0, so it is exact in closed form
-    from the support's sums of x and x². The support is found without sorting whole rows: τ is
-    solved on each row's largest entries (``torch.topk``), verified against the rest, and rows
-    that fail the check are retried with more entries, then with a full sort. Half-precision
+    from the support's sums of x and x². The support is found without sorting whole rows, as in
+    :func:`~logitlab.sparsemax` (a native kernel on the CPU for float32 and half precision: the
+    candidates x > τ's lower bound, τ certified against every other entry; elsewhere each row's
+    ``torch.topk``, verified, retried wider, finally sorted). Half-precision
     inputs are computed in float32. ``-inf`` logits get probability exactly 0; a row of all
     ``-inf`` gives an all-zero row with zero gradient. NaN or ``+inf`` logits raise (with
     ``validate=False`` their rows come out NaN), checked from the row maxima the solve computes.
@@ -170,9 +171,10 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
     The map of the Tsallis regularizer Ω_α(p) = (Σ p^α − 1)/(α(α−1)) (:func:`tsallis_regularizer`):
     softmax as α → 1, 1.5-entmax at α = 1.5, sparsemax at α = 2. τ has no closed form for a
     general α; it is found by safeguarded Newton (bisection whenever a Newton step leaves the
-    bracket [max − 1, max − k^{1−α}] in the x = (α−1) z scale), in float64, on the largest
-    entries of each row, verified against the rest as in :func:`sparsemax` (rows that fail are
-    retried with more entries, then a full sort). The solve stops when every row satisfies
+    bracket [max − 1, max − k^{1−α}] in the x = (α−1) z scale), in float64, on the entries that
+    can be in the support (native kernel on the CPU for float32 and half precision: those above
+    a lower bound on τ; elsewhere each row's ``torch.topk``, verified against the rest as in
+    :func:`sparsemax`, retried wider, then a full sort). The solve stops when every row satisfies
     |Σ p − 1| ≤ ``tol``; if ``max_iter`` steps do not get there it raises
     :class:`ConvergenceError` rather than return a silently wrong answer
     (:func:`entmax_with_info` reports per row instead). Rows are then renormalized to sum to 1.

@@ -19,10 +19,13 @@ def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor
     the map of the Fenchel–Young regularizer Ω(p) = ½‖p‖² − ½ (:func:`gini_regularizer`), and
     α-entmax at α = 2.
 
-    Exact, without sorting whole rows: τ is solved from the largest entries of each row
-    (``torch.topk``) and verified against the rest (an entry left out is no larger than the
-    smallest one looked at, which lies at or below τ); rows that fail the check are retried with
-    more entries and finally a full sort, so the result equals the sort-based one. The backward
+    Exact, without sorting whole rows. On the CPU in float32/bfloat16/float16 a native kernel
+    keeps only the entries that can be in the support (τ ≥ max z − 1, tightened by a bound from a
+    few row maxima), computes τ on them in double by the closed form, and accepts it only when
+    every other entry is certified to lie at or below it (else the sort-based algorithm on those
+    entries); elsewhere (float64, other devices, no C compiler) τ is solved from each row's
+    ``torch.topk`` and verified against the rest, retried wider, finally sorted. Either way the
+    result equals the sort-based one to rounding, with the same support. The backward
     is the closed form on the support, ∂L/∂z_i = 1[i∈S] (g_i − mean_{j∈S} g_j). Half-precision
     inputs are computed in float32 and returned in their dtype. The op is a ``torch.library``
     custom op: ``torch.compile(fullgraph=True)`` of a caller has no graph break.
