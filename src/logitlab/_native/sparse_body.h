@@ -180,6 +180,7 @@ static void CAT(sparse_bwd_rows_, X)(
     int64_t C, int kind, const double *alpha, int64_t lda, float *grad_alpha) {
     const int64_t full = C - C % VL, tail = C - full;
     const vf zero = vsplat(0.0f);
+    int64_t blocks_prev = 0;
     for (int64_t r = r0; r < r1; r++) {
         const XT *gr = g + r * ldg, *pr = p + r * ldp;
         XT *orow = o + r * ldo;
@@ -187,7 +188,11 @@ static void CAT(sparse_bwd_rows_, X)(
         const float expo = (float)(2.0 - a);
         const double q = 1.0 / (a - 1.0);
 
-        /* Pass 1: Σ w, Σ w g (in double) and, for α, Σ a g and Σ a over the support. */
+        /* Pass 1: Σ w, Σ w g (in double) and, for α, Σ a g and Σ a over the support. Blocks are
+         * computed without a test when the previous row had support in a quarter of its blocks
+         * or more (the test would mispredict), except for a general α (powf per lane). */
+        const int dense = kind != KIND_BISECT && 4 * VL * blocks_prev > C;
+        int64_t blocks = 0;
         vd sw = vdsplat(0.0), swg = vdsplat(0.0);
         double sag = 0.0, sa = 0.0;
         for (int64_t j = 0; j < C; j += VL) {
@@ -196,7 +201,8 @@ static void CAT(sparse_bwd_rows_, X)(
             vf pv = last ? CAT(loadn_, X)(pr + j, tail, 0.0f) : CAT(load_, X)(pr + j);
             vi pos = pv > zero;
             uint32_t bits = lane_bits(pos);
-            if (bits) {
+            blocks += bits != 0;
+            if (dense || bits) {
                 vf gv = last ? CAT(loadn_, X)(gr + j, tail, 0.0f) : CAT(load_, X)(gr + j);
                 gv = vselect(pos, gv, zero); /* g off the support never enters the sums */
                 const vf w = CAT(weights_, X)(pv, pos, kind, expo), wg = w * gv;
@@ -216,6 +222,7 @@ static void CAT(sparse_bwd_rows_, X)(
         double sw_t = 0.0, swg_t = 0.0;
         for (int l = 0; l < DL; l++) sw_t += sw[l], swg_t += swg[l];
         const double c = sw_t > 0.0 ? swg_t / sw_t : 0.0;
+        blocks_prev = blocks;
         if (grad_alpha != NULL) grad_alpha[r] = (float)(q * (sag - c * sa));
 
         /* Pass 2: the gradient, written once. */
@@ -226,7 +233,7 @@ static void CAT(sparse_bwd_rows_, X)(
             vf pv = last ? CAT(loadn_, X)(pr + j, tail, 0.0f) : CAT(load_, X)(pr + j);
             vi pos = pv > zero;
             vf out = zero;
-            if (lane_bits(pos)) {
+            if (dense || lane_bits(pos)) {
                 vf gv = last ? CAT(loadn_, X)(gr + j, tail, 0.0f) : CAT(load_, X)(gr + j);
                 out = vselect(pos, CAT(weights_, X)(pv, pos, kind, expo) * (gv - vc), zero);
             }
