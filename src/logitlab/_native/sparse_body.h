@@ -110,11 +110,16 @@ static int64_t CAT(sparse_fwd_rows_, X)(
         const double tau = sol.tau;
         double inv_mass = 1.0;
         if (kind == KIND_BISECT) { /* the normalizer, from the same u as the output */
-            double mass = 0.0;
-            for (int64_t i = 0; i < sol.kept; i++) {
-                const double u = buf[i] - tau;
-                if (u > TIE) mass += pow_q(u, q);
+            const vd dt = vdsplat(tau), dtie = vdsplat(TIE), zero = vdsplat(0.0);
+            vd vmass = zero;
+            for (int64_t i = 0; i < sol.kept; i += DL) { /* padded with −inf */
+                vd v;
+                memcpy(&v, buf + i, sizeof v);
+                const vd u = v - dt;
+                vmass += vdselect(u > dtie, q == 1.0 ? u : q == 2.0 ? u * u : vpow_pos(u, q), zero);
             }
+            double mass = 0.0;
+            for (int l = 0; l < DL; l++) mass += vmass[l];
             inv_mass = 1.0 / mass;
         }
 
@@ -139,12 +144,10 @@ static int64_t CAT(sparse_fwd_rows_, X)(
                     p_lo = u_lo, p_hi = u_hi;
                 } else if (kind == KIND_ENTMAX15 || q == 2.0) {
                     p_lo = u_lo * u_lo * dscale, p_hi = u_hi * u_hi * dscale;
+                } else if (q == 1.0) {
+                    p_lo = u_lo * dscale, p_hi = u_hi * dscale;
                 } else {
-                    p_lo = u_lo, p_hi = u_hi;
-                    for (int l = 0; l < DL; l++) {
-                        if (in_lo[l]) p_lo[l] = pow_q(u_lo[l], q) * inv_mass;
-                        if (in_hi[l]) p_hi[l] = pow_q(u_hi[l], q) * inv_mass;
-                    }
+                    p_lo = vpow_pos(u_lo, q) * dscale, p_hi = vpow_pos(u_hi, q) * dscale;
                 }
                 out = join_halves(vdselect(in_lo, p_lo, dzero), vdselect(in_hi, p_hi, dzero));
                 for (int l = 0; l < DL; l++) support += (in_lo[l] != 0) + (in_hi[l] != 0);
