@@ -155,7 +155,10 @@ def _entmax_rows(fn: str, logits: Tensor, alpha: object, dim: int, tol: object, 
         row_shape[axis] = 1
         alpha_rows = to_rows(alpha.to(cdtype).expand(row_shape), axis)[0]
     else:
-        alpha_rows = rows.new_full((1, 1), alpha, dtype=cdtype)
+        # A Python float α is used as the double it is (not rounded to the logits' dtype: at
+        # α near 1 the map is sensitive to it), except on devices without float64.
+        exact = torch.float64 if rows.device.type == "cpu" else cdtype
+        alpha_rows = rows.new_full((1, 1), alpha, dtype=exact)
     probs, tau, n_iter, violation, _ = threshold_map(
         rows, "bisect", alpha_rows, tol=tol_f, max_iter=max_iter_i, raise_on_failure=raise_on_failure,
         validate=validate, fn=fn)
