@@ -46,20 +46,10 @@ static int64_t CAT(sparse_fwd_rows_, X)(
         XT *pr = p + r * ldp;
 
         /* Pass 1: the row maximum, and whether the row holds a NaN. */
-        vf vmx = vsplat(-INFINITY);
-        vi nan = (vi){0};
-        for (int64_t j = 0; j < full; j += VL) {
-            vf v = CAT(load_, X)(xr + j);
-            nan |= v != v;
-            vmx = vmax(vmx, v);
-        }
-        if (tail) {
-            vf v = CAT(loadn_, X)(xr + full, tail, -INFINITY);
-            nan |= v != v;
-            vmx = vmax(vmx, v);
-        }
+        int has_nan;
+        const vf vmx = CAT(lanemax_, X)(xr, C, &has_nan);
         const float m = hmax(vmx);
-        const int broken = hany(nan) || m == INFINITY;
+        const int broken = has_nan || m == INFINITY;
         if (broken && validate) return r;
         const double a = kind == KIND_BISECT ? alpha[r * lda] : (kind == KIND_SPARSEMAX ? 2.0 : 1.5);
         const int bad_alpha = !(a > 1.0 && a < INFINITY); /* unchecked (validate=False): a NaN row */

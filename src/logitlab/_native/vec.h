@@ -136,6 +136,31 @@ DEFINE_TAIL(f32)
 DEFINE_TAIL(bf16)
 DEFINE_TAIL(f16)
 
+/* The first pass of every row kernel: per-lane maxima of n elements (the row maximum is their
+ * hmax; -inf lanes where a row is shorter than VL) and whether any element is NaN (NaN never
+ * wins the max, so it must be reported separately). */
+#define DEFINE_LANEMAX(T)                                                            \
+    static inline vf lanemax_##T(const T##_t *p, int64_t n, int *has_nan) {         \
+        const int64_t full = n - n % VL;                                             \
+        vf vm = vsplat(-INFINITY);                                                   \
+        vi nan = (vi){0};                                                            \
+        for (int64_t j = 0; j < full; j += VL) {                                     \
+            vf v = load_##T(p + j);                                                  \
+            nan |= v != v;                                                           \
+            vm = vmax(vm, v);                                                        \
+        }                                                                            \
+        if (n > full) {                                                              \
+            vf v = loadn_##T(p + full, n - full, -INFINITY);                         \
+            nan |= v != v;                                                           \
+            vm = vmax(vm, v);                                                        \
+        }                                                                            \
+        *has_nan = hany(nan);                                                        \
+        return vm;                                                                   \
+    }
+DEFINE_LANEMAX(f32)
+DEFINE_LANEMAX(bf16)
+DEFINE_LANEMAX(f16)
+
 /* Element access for scalar fix-ups. */
 static inline float get_f32(const f32_t *p, int64_t i) { return p[i]; }
 static inline float get_bf16(const bf16_t *p, int64_t i) { uint32_t u = (uint32_t)p[i] << 16; float f; memcpy(&f, &u, 4); return f; }

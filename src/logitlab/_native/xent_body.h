@@ -26,20 +26,9 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         f32_t *er = scratch != NULL ? scratch : (f32_t *)gr; /* where the exponentials wait */
 
         /* Pass 1: the row maximum, and whether the row holds a NaN. */
-        vf vm = vsplat(-INFINITY);
-        vi nan = (vi){0};
-        for (int64_t j = 0; j < full; j += VL) {
-            vf v = CAT(load_, X)(xr + j);
-            nan |= v != v;
-            vm = vmax(vm, v);
-        }
-        if (tail) {
-            vf v = CAT(loadn_, X)(xr + full, tail, -INFINITY);
-            nan |= v != v;
-            vm = vmax(vm, v);
-        }
-        const float mx = hmax(vm);
-        if (validate && (hany(nan) || mx == INFINITY)) {
+        int has_nan;
+        const float mx = hmax(CAT(lanemax_, X)(xr, C, &has_nan));
+        if (validate && (has_nan || mx == INFINITY)) {
             free(scratch);
             return r * 4 + 1;
         }
