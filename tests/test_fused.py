@@ -209,6 +209,7 @@ def test_auto_is_deterministic_in_the_shapes():
     assert chunk_rows(4096, 32768) == 128 and chunk_rows(2048, 131072) == 64 and chunk_rows(3, 10) == 3
     assert chunk_rows(1, 10**7) == 1
     assert chunk_rows(4096, 32768, torch.bfloat16) == 40 and chunk_rows(4096, 32768, torch.float64) == 128
+    assert chunk_rows(4096, 32768, torch.bfloat16, wide_block=False) == 128
 
 
 def test_bad_shapes_and_options_are_clear_errors():

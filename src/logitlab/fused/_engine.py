@@ -36,20 +36,23 @@ _MIN_BLOCK, _MAX_BLOCK, _FRACTION = 1 << 18, 1 << 24, 32
 NAIVE_MAX_ELEMENTS = 1 << 20
 
 
-def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32) -> int:
+def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wide_block: bool = True) -> int:
     """Rows per chunk for impl="chunked" when ``chunk_size`` is not given.
 
-    Deterministic in the shape and dtype: the block of logits holds N·V/32 elements (N·V/96
-    for float16/bfloat16 inputs) clipped to [2^18, 2^24], rounded down to a multiple of 8 rows
-    when that is at least 8.
+    Deterministic in the shape and dtype: the block of logits holds N·V/32 elements, clipped to
+    [2^18, 2^24], rounded down to a multiple of 8 rows when that is at least 8. float16/bfloat16
+    inputs whose block needs a float32 twin (``wide_block``: the eager row kernel, or grad_weight
+    summed in float32) take N·V/96 elements, the same bytes; without it (the native kernel works
+    on the half-precision block in place) they take N·V/32, three times the rows.
 
     Example:
         >>> chunk_rows(4096, 32768), chunk_rows(2048, 131072), chunk_rows(10, 50)
         (128, 64, 10)
-        >>> chunk_rows(4096, 32768, torch.bfloat16)
-        40
+        >>> chunk_rows(4096, 32768, torch.bfloat16), chunk_rows(4096, 32768, torch.bfloat16, wide_block=False)
+        (40, 128)
     """
-    fraction = _FRACTION * 3 if dtype in (torch.float16, torch.bfloat16) else _FRACTION
+    half = dtype in (torch.float16, torch.bfloat16)
+    fraction = _FRACTION * 3 if half and wide_block else _FRACTION
     block = min(max(rows * vocab // fraction, _MIN_BLOCK), _MAX_BLOCK)
     size = max(1, block // max(vocab, 1))
     if size >= 8:
@@ -103,7 +106,10 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     chunk = max(1, min(plan.chunk, rows))
     need_grad = any(need)
 
-    z_buf = hidden.new_empty(chunk, vocab, dtype=acc)
+    native = plan.softcap is None and plan.group is None and hasattr(kernel, "native")
+    # The float32 block is not needed when the native kernel works on the half-precision block
+    # and grad_weight is summed in that precision too; it is made if a chunk falls back.
+    z_buf = None if native and low and sum_low else hidden.new_empty(chunk, vocab, dtype=acc)
     low_buf = hidden.new_empty(chunk, vocab) if low else None
     weight_t = weight.t()
     loss_rows = hidden.new_empty(rows, dtype=acc)
@@ -112,7 +118,6 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     grad_b = hidden.new_zeros(vocab, dtype=acc) if need[2] else None
     bias_acc = bias.to(acc) if bias is not None else None
 
-    native = plan.softcap is None and plan.group is None and hasattr(kernel, "native")
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
         h = hidden[start:stop]
@@ -120,6 +125,8 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
                                     z_buf, loss_rows, grad_h, grad_w, grad_b, low, sum_low):
             continue
         native = False
+        if z_buf is None:
+            z_buf = hidden.new_empty(chunk, vocab, dtype=acc)
         z = z_buf[: stop - start]
         if low:
             torch.mm(h, weight_t, out=low_buf[: stop - start])
@@ -161,7 +168,7 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
 
 
 def _native_chunk(h: Tensor, weight_t: Tensor, bias: Tensor | None, kernel, start: int, stop: int, row_scale,
-                  need: tuple[bool, bool, bool], block_buf: Tensor, z_buf: Tensor, loss_rows: Tensor,
+                  need: tuple[bool, bool, bool], block_buf: Tensor, z_buf: Tensor | None, loss_rows: Tensor,
                   grad_h: Tensor | None, grad_w: Tensor | None, grad_b: Tensor | None, low: bool,
                   sum_low: bool) -> bool:
     """One chunk with the native row kernel; False (nothing done) when the kernel declines.
