@@ -28,9 +28,9 @@ from logitlab.fused._kernel import all_reduce, apply_softcap, softcap_backward
 
 # Elements of the (chunk, V) block of logits chosen by chunk_rows: 1/32 of the naive logits
 # (so about 3% of their size), but never below 2^18 (1 MiB in float32: tiny chunks make
-# inefficient matmuls) nor above 2^24 (64 MiB). Half-precision inputs need 6 bytes per block
-# element (a float32 block and a half-precision copy for the matmuls) against 2 per naive
-# logit, hence a block three times smaller for the same fraction of the naive logits' size.
+# inefficient matmuls) nor above 2^24 (64 MiB). Half-precision inputs that need a float32
+# twin of the block (6 bytes per block element against 2 per naive logit) take a block three
+# times smaller for the same fraction of the naive logits' size (``wide_block``).
 _MIN_BLOCK, _MAX_BLOCK, _FRACTION = 1 << 18, 1 << 24, 32
 # impl="auto" materializes logits only when they are small: at most 2^20 elements (4 MiB).
 NAIVE_MAX_ELEMENTS = 1 << 20
