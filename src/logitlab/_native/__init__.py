@@ -3,7 +3,8 @@
 Why C through ctypes rather than torch.compile or a torch C++ extension: the kernels are
 plain loops over raw memory (one file each, portable SIMD through GCC/Clang vector
 extensions, see ``vec.h``), so they need no torch headers and compile in about 2 s, against
-~20 s per option set for an inductor kernel and ~40 s for a C++ extension that includes torch.
+~20 s per option set measured for an inductor kernel (a C++ extension would compile torch's
+headers as well; not measured).
 The compiled library is cached under ``$LOGITLAB_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/logitlab`` or ``~/.cache/logitlab``), keyed by the source, the compiler, its
 flags and the CPU (the code is built with ``-march=native``), so a first call on a machine pays
