@@ -39,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["load", "status", "threads_for", "cache_dir", "source_dir", "NativeUnavailableWarning"]
+__all__ = ["load", "symbol", "status", "threads_for", "cache_dir", "source_dir", "DTYPE_CODES",
+           "NativeUnavailableWarning"]
 
 _HERE = Path(__file__).resolve().parent
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno",
@@ -49,6 +50,9 @@ _lock = threading.Lock()
 _libs: dict[str, ctypes.CDLL | None] = {}
 _info: dict[str, dict] = {}
 _warned: set[str] = set()
+_symbols: dict[tuple[str, str], object] = {}
+# The storage types the kernels are instantiated for, by the suffix of their C names.
+DTYPE_CODES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 class NativeUnavailableWarning(RuntimeWarning):
@@ -152,6 +156,20 @@ def load(name: str) -> ctypes.CDLL | None:
         _libs[name] = lib
         _info[name] = info
         return lib
+
+
+def symbol(name: str, function: str, argtypes: list, restype):
+    """The typed C function ``function`` of library ``<name>.c``, or None when it is unavailable."""
+    fn = _symbols.get((name, function))
+    if fn is None:
+        lib = load(name)
+        if lib is None:
+            return None
+        fn = getattr(lib, function)
+        fn.argtypes = argtypes
+        fn.restype = restype
+        _symbols[(name, function)] = fn
+    return fn
 
 
 def status() -> dict[str, dict]:

@@ -8,29 +8,21 @@ import torch
 from torch import Tensor
 
 from logitlab._memory import empty_like_huge
-from logitlab._native import load, threads_for
+from logitlab._native import DTYPE_CODES as _CODES
+from logitlab._native import symbol, threads_for
 
 __all__ = ["KIND_CODES", "supports", "sparse_forward", "sparse_backward"]
 
-_CODES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 KIND_CODES = {"sparsemax": 0, "entmax15": 1, "bisect": 2}
 _P, _I64, _F64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 _FWD_ARGTYPES = [_P, _I64, _P, _I64, _I64, _I64, _INT, _P, _I64, _F64, _INT, _INT, _INT, _P, _P, _P, _P, _INT]
 _BWD_ARGTYPES = [_P, _I64, _P, _I64, _P, _I64, _I64, _I64, _INT, _P, _I64, _P, _INT]
-_functions: dict[tuple[str, str], object] = {}
 
 
 def _function(direction: str, code: str):
-    fn = _functions.get((direction, code))
-    if fn is None:
-        lib = load("sparse")
-        if lib is None:
-            return None
-        fn = getattr(lib, f"ll_sparse_{direction}_{code}")
-        fn.argtypes = _FWD_ARGTYPES if direction == "fwd" else _BWD_ARGTYPES
-        fn.restype = ctypes.c_int64 if direction == "fwd" else None
-        _functions[(direction, code)] = fn
-    return fn
+    if direction == "fwd":
+        return symbol("sparse", f"ll_sparse_fwd_{code}", _FWD_ARGTYPES, ctypes.c_int64)
+    return symbol("sparse", f"ll_sparse_bwd_{code}", _BWD_ARGTYPES, None)
 
 
 def supports(rows: Tensor) -> bool:

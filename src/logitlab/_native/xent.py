@@ -7,27 +7,17 @@ import ctypes
 import torch
 from torch import Tensor
 
-from logitlab._native import load, threads_for
+from logitlab._native import DTYPE_CODES as _CODES
+from logitlab._native import symbol, threads_for
 
 __all__ = ["supports", "xent_rows"]
 
-_CODES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 _P, _I64, _F64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_float, ctypes.c_int
 _ARGTYPES = [_P, _I64, _P, _I64, _I64, _I64, _P, _P, _I64, _P, _F64, _P, _P, _F64, _F64, _F32, _INT, _INT, _P, _INT]
-_functions: dict[tuple[str, str], object] = {}
 
 
 def _function(x_code: str, p_code: str):
-    fn = _functions.get((x_code, p_code))
-    if fn is None:
-        lib = load("xent")
-        if lib is None:
-            return None
-        fn = getattr(lib, f"ll_xent_{x_code}_{p_code}")
-        fn.argtypes = _ARGTYPES
-        fn.restype = ctypes.c_int64
-        _functions[(x_code, p_code)] = fn
-    return fn
+    return symbol("xent", f"ll_xent_{x_code}_{p_code}", _ARGTYPES, ctypes.c_int64)
 
 
 def supports(rows: Tensor) -> bool:
@@ -41,12 +31,9 @@ def supports(rows: Tensor) -> bool:
 
 def xent_rows(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Tensor, scale: Tensor, *,
               index_target: bool, label_smoothing: float, z_loss: float, temperature: float,
-              validate: bool, grad: Tensor | None, scale_loss: bool = True,
-              weight_sum: float | None = None) -> tuple[Tensor, int, int]:
+              validate: bool, grad: Tensor | None, scale_loss: bool = True) -> tuple[Tensor, int, int]:
     """Per-row losses (N,) float32 (times ``scale`` if ``scale_loss``), writing the gradient
     (times ``scale``) into ``grad`` if given; ``grad`` may be ``rows`` itself.
-
-    ``weight_sum`` is Σ_c w_c for label smoothing (default: the sum of ``weight``, or C).
 
     Returns ``(losses, bad_row, kind)``: ``bad_row`` is -1, or the first row holding NaN/+inf
     (kind 1) or the first kept row that is all -inf (kind 2); the caller raises.
@@ -64,10 +51,7 @@ def xent_rows(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Tensor,
         p_code, ldp = _CODES[prob.dtype], prob.stride(0)
     fn = _function(x_code, p_code)
     cw = weight.to(torch.float32).contiguous() if weight is not None else None
-    if weight_sum is not None:
-        w_sum = float(weight_sum)
-    else:
-        w_sum = float(cw.double().sum()) if cw is not None else float(n_classes)
+    w_sum = float(cw.double().sum()) if cw is not None else float(n_classes)
     scale32 = scale.to(torch.float32).contiguous()
     keep8 = keep.contiguous().view(torch.uint8)
     losses = torch.empty(n_rows, dtype=torch.float32)
