@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from logitlab._native import xent as native_xent
 from logitlab.fused._kernel import all_reduce, apply_softcap, softcap_backward
 
 # Elements of the (chunk, V) block of logits chosen by chunk_rows: 1/32 of the naive logits
@@ -58,6 +59,17 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
     if size >= 8:
         size -= size % 8
     return max(1, min(size, rows))
+
+
+def needs_wide_block(hidden: Tensor, weight: Tensor, accum_dtype: torch.dtype, softcap: float | None,
+                     group) -> bool:
+    """Whether a half-precision block of logits needs a float32 twin (see :func:`chunk_rows`).
+
+    It does not when the native row kernel can work on the block in place (no softcap, no
+    process group, the kernel built) and grad_weight is summed in the inputs' precision.
+    """
+    return not (softcap is None and group is None and gradient_dtype(weight.dtype, accum_dtype) == weight.dtype
+                and native_xent.supports(hidden.new_empty(0, 0)))
 
 
 def accumulation_dtype(dtype: torch.dtype, accum_dtype: torch.dtype) -> torch.dtype:
@@ -107,9 +119,9 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     need_grad = any(need)
 
     native = plan.softcap is None and plan.group is None and hasattr(kernel, "native")
-    # The float32 block is not needed when the native kernel works on the half-precision block
-    # and grad_weight is summed in that precision too; it is made if a chunk falls back.
-    z_buf = None if native and low and sum_low else hidden.new_empty(chunk, vocab, dtype=acc)
+    # Without a float32 twin the block is made only if a chunk falls back to the eager kernel.
+    narrow = native and low and not needs_wide_block(hidden, weight, plan.accum_dtype, plan.softcap, plan.group)
+    z_buf = None if narrow else hidden.new_empty(chunk, vocab, dtype=acc)
     low_buf = hidden.new_empty(chunk, vocab) if low else None
     weight_t = weight.t()
     loss_rows = hidden.new_empty(rows, dtype=acc)

@@ -148,7 +148,7 @@ class CrossEntropyKernel:
         losses, _, _ = native_xent.xent_rows(
             z, self.target[start:stop], self.class_weight, keep, scale, index_target=True,
             label_smoothing=self.label_smoothing, z_loss=self.z_loss, temperature=1.0, validate=False,
-            grad=z if need_grad else None, scale_loss=False, weight_sum=self.weight_total)
+            grad=z if need_grad else None, scale_loss=False)
         return losses, (z if need_grad else None)
 
     def _weighted_sum(self, z: Tensor) -> Tensor:

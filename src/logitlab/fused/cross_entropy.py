@@ -7,9 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from logitlab import _validation as v
-from logitlab._native import xent as native_xent
 from logitlab.fused._engine import (NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows,
-                                    gradient_dtype)
+                                    needs_wide_block)
 from logitlab.fused._kernel import CrossEntropyKernel, all_reduce
 
 __all__ = ["linear_cross_entropy", "IMPLS"]
@@ -164,11 +163,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                           dtype=acc, group=process_group)
     scale = reduction_scale(kernel, reduction)
     if chunk_size is None:
-        # A half-precision block needs no float32 twin when the native kernel runs on it in place
-        # and grad_weight is summed in the same precision: three times the rows, same bytes.
-        narrow = (softcap is None and process_group is None and gradient_dtype(weight.dtype, accum_dtype) == weight.dtype
-                  and native_xent.supports(hidden.new_empty(0, 0)))
-        chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=not narrow)
+        wide = needs_wide_block(hidden, weight, accum_dtype, softcap, process_group)
+        chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide)
     chunk = chunk_size
     plan = Plan(chunk=chunk, accum_dtype=accum_dtype, softcap=softcap, group=process_group)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
