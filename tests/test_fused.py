@@ -177,6 +177,28 @@ def test_non_contiguous_inputs_and_rows_not_divisible_by_the_chunk():
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dim,vocab", [(6, 2 * 1024 + 77), (50, 13)], ids=["vocab_over_tiles", "dim_over_vocab"])
+@pytest.mark.parametrize("opts", [dict(bias=True, label_smoothing=0.1), dict(softcap=5.0, bias=True)],
+                         ids=["native", "eager"])
+def test_class_major_tiles_cover_every_column_and_feature(dim, vocab, opts):
+    # float32/float64 blocks are computed in class-major tiles of 1024 vocabulary rows
+    # (_engine.logits_into) and grad_hidden class-major (grad_hidden_into): a partial last tile,
+    # a last chunk with fewer rows, and more features than classes must all land in place.
+    hidden, weight, target = _inputs((11,), dim=dim, vocab=vocab)
+    opts = _expand(opts, vocab)
+    want = _value_and_grads(reference.linear_cross_entropy, hidden, weight, target, opts)
+    got = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=4, **k),
+                           hidden, weight, target, opts)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    opts32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in opts.items()}
+    got32 = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=4, **k),
+                             hidden.float(), weight.float(), target, opts32)
+    for g, w in zip(got32, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5)
+
+
 class _LargestAllocation(TorchDispatchMode):
     def __init__(self):
         super().__init__()
