@@ -180,7 +180,7 @@ def test_non_contiguous_inputs_and_rows_not_divisible_by_the_chunk():
 @pytest.mark.parametrize("dim,vocab", [(6, 2 * 1024 + 77), (50, 13)], ids=["vocab_over_tiles", "dim_over_vocab"])
 @pytest.mark.parametrize("opts", [dict(bias=True, label_smoothing=0.1), dict(softcap=5.0, bias=True)],
                          ids=["native", "eager"])
-def test_class_major_tiles_cover_every_column_and_feature(dim, vocab, opts):
+def test_vocabulary_tiles_cover_every_column_and_feature(dim, vocab, opts):
     # float32/float64 blocks are computed in class-major tiles of 1024 vocabulary rows
     # (_engine.logits_into) and grad_hidden class-major (grad_hidden_into): a partial last tile,
     # a last chunk with fewer rows, and more features than classes must all land in place.
@@ -197,6 +197,14 @@ def test_class_major_tiles_cover_every_column_and_feature(dim, vocab, opts):
     for g, w in zip(got32, want):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5)
+    # bfloat16 with the default float32 accum_dtype: grad_weight summed in float32 one gradient
+    # tile of 1024 classes at a time (_engine.grad_weight_into).
+    opts16 = {k: v.bfloat16() if isinstance(v, torch.Tensor) else v for k, v in opts.items()}
+    got16 = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=4, **k),
+                             hidden.bfloat16(), weight.bfloat16(), target, opts16)
+    for g, w in zip(got16, want):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g.double(), w, rtol=3e-2, atol=3e-2 * max(float(w.abs().max()), 1.0))
 
 
 class _LargestAllocation(TorchDispatchMode):

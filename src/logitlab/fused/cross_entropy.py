@@ -163,7 +163,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                           dtype=acc, group=process_group)
     scale = reduction_scale(kernel, reduction)
     if chunk_size is None:
-        wide = needs_wide_block(hidden, weight, accum_dtype, softcap, process_group)
+        wide = needs_wide_block(hidden, softcap, process_group)
         chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide)
     chunk = chunk_size
     plan = Plan(chunk=chunk, accum_dtype=accum_dtype, softcap=softcap, group=process_group)
