@@ -237,9 +237,10 @@ def test_auto_is_deterministic_in_the_shapes():
     assert choose_impl("auto", 32, 1000) == "naive"
     assert choose_impl("auto", 4096, 32768) == "chunked"
     assert chunk_rows(4096, 32768) == 128 and chunk_rows(2048, 131072) == 64 and chunk_rows(3, 10) == 3
-    assert chunk_rows(1, 10**7) == 1
-    assert chunk_rows(4096, 32768, torch.bfloat16) == 40 and chunk_rows(4096, 32768, torch.float64) == 128
-    assert chunk_rows(4096, 32768, torch.bfloat16, wide_block=False) == 128
+    assert chunk_rows(1, 10**7) == 1 and chunk_rows(10**5, 10**6) == 16  # at most 2^24 elements
+    assert chunk_rows(256, 50000) == 64 and chunk_rows(8192, 1000) == 256  # at least 64 rows, 2^18 elements
+    assert chunk_rows(16384, 32768, torch.bfloat16) == 168 and chunk_rows(4096, 32768, torch.float64) == 128
+    assert chunk_rows(16384, 32768, torch.bfloat16, wide_block=False) == 512
 
 
 def test_bad_shapes_and_options_are_clear_errors():
