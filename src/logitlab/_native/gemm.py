@@ -1,0 +1,42 @@
+"""Python side of ``gemm_bf16.c``: grad_weight (V, D) float32 += grad.T @ h for bfloat16 chunks."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from logitlab._native import symbol, threads_for
+
+__all__ = ["grad_weight_bf16"]
+
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_ARGTYPES = [_P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I64, _INT]
+
+
+def _available() -> bool:
+    probe = symbol("gemm_bf16", "ll_gw_bf16_available", [], _INT)
+    return probe is not None and bool(probe())
+
+
+def grad_weight_bf16(grad_w: Tensor, grad: Tensor, h: Tensor) -> bool:
+    """grad_w += grad.T @ h in place, for float32 grad_w (V, D) and bfloat16 grad (c, V), h (c, D).
+
+    Returns False (nothing done) when the kernel does not take these tensors: not on the CPU,
+    other dtypes, strided columns, or a CPU without AVX512-BF16 (the caller then uses torch).
+    """
+    if not (grad_w.dtype == torch.float32 and grad.dtype == h.dtype == torch.bfloat16
+            and grad_w.device.type == grad.device.type == h.device.type == "cpu"
+            and grad_w.dim() == grad.dim() == h.dim() == 2):
+        return False
+    rows, vocab = grad.shape
+    dim = h.shape[1]
+    if tuple(grad_w.shape) != (vocab, dim) or h.shape[0] != rows:
+        raise ValueError(f"grad_weight_bf16: shapes {tuple(grad_w.shape)} += {tuple(grad.shape)}.T @ {tuple(h.shape)}")
+    if any(t.shape[1] > 1 and t.stride(1) != 1 for t in (grad_w, grad, h)) or not _available():
+        return False
+    fn = symbol("gemm_bf16", "ll_gw_bf16", _ARGTYPES, _I64)
+    code = fn(grad_w.data_ptr(), grad_w.stride(0), grad.data_ptr(), grad.stride(0), h.data_ptr(), h.stride(0),
+              rows, vocab, dim, threads_for(vocab * dim))
+    return code == 0

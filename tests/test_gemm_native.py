@@ -1,0 +1,78 @@
+"""The native bfloat16 grad_weight kernel (``_native/gemm_bf16.c``) against the float64 truth.
+
+``linear_cross_entropy`` with bfloat16 inputs and the default float32 ``accum_dtype`` sums each
+chunk's grad.T @ h into a float32 grad_weight with it. The products of two bfloat16 numbers are
+exact in float32, so the kernel must agree with the float64 sum up to float32 additions, through
+its register tiles and every tail (odd rows, vocabulary rows not a multiple of the tile,
+columns not a multiple of 64), and the fused loss must give the same gradients with and without it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from logitlab._native import gemm as native_gemm
+from logitlab.fused import _engine, linear_cross_entropy
+
+pytestmark = pytest.mark.skipif(not native_gemm._available(),
+                                reason="no C compiler or no AVX512-BF16: the torch float32 path is used")
+
+BF16 = torch.bfloat16
+
+
+@pytest.mark.parametrize("rows,vocab,dim", [(1, 3, 1), (7, 50, 70), (2, 6 * 48, 64), (13, 97, 64),
+                                            (33, 6 * 48 + 5, 128 + 16 + 3), (128, 1000, 200)], ids=str)
+def test_matches_the_float64_sum(rows, vocab, dim):
+    gen = torch.Generator().manual_seed(rows * vocab + dim)
+    grad = torch.randn(rows, vocab, generator=gen).to(BF16)
+    h = torch.randn(rows, dim, generator=gen).to(BF16)
+    grad_w = torch.randn(vocab, dim, generator=gen)
+    want = grad_w.double() + grad.double().t() @ h.double()
+    assert native_gemm.grad_weight_bf16(grad_w, grad, h)
+    scale = float(want.abs().max())
+    torch.testing.assert_close(grad_w.double(), want, rtol=0, atol=4 * rows * 2**-24 * scale)
+
+
+def test_row_strides_and_a_second_call_accumulates():
+    # grad as a slice of a wider block, h as rows of a larger hidden: row strides, unit columns.
+    gen = torch.Generator().manual_seed(3)
+    block = torch.randn(9, 400, generator=gen).to(BF16)
+    hidden = torch.randn(20, 80, generator=gen).to(BF16)
+    grad, h = block[2:7, 10:310], hidden[5:10, :]
+    grad_w = torch.zeros(300, 80)
+    assert native_gemm.grad_weight_bf16(grad_w, grad, h) and native_gemm.grad_weight_bf16(grad_w, grad, h)
+    want = 2 * grad.double().t() @ h.double()
+    torch.testing.assert_close(grad_w.double(), want, rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
+def test_declines_what_it_does_not_take():
+    g, h = torch.randn(4, 10).to(BF16), torch.randn(4, 8).to(BF16)
+    assert not native_gemm.grad_weight_bf16(torch.zeros(10, 8, dtype=BF16), g, h)   # bf16 sum
+    assert not native_gemm.grad_weight_bf16(torch.zeros(10, 8), g.half(), h.half())  # float16
+    assert not native_gemm.grad_weight_bf16(torch.zeros(10, 8), g.t().contiguous().t(), h)  # strided columns
+    with pytest.raises(ValueError, match="shapes"):
+        native_gemm.grad_weight_bf16(torch.zeros(10, 9), g, h)
+
+
+def test_fused_gradients_agree_with_and_without_the_kernel(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    hidden = (torch.randn(37, 96, generator=gen) / 3).to(BF16)
+    weight = (torch.randn(2100, 96, generator=gen) / 3).to(BF16)
+    target = torch.randint(0, 2100, (37,), generator=gen)
+
+    def grads():
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        linear_cross_entropy(h, w, target, impl="chunked", chunk_size=8, label_smoothing=0.1).backward()
+        return h.grad, w.grad
+
+    calls = []
+    real = native_gemm.grad_weight_bf16
+    monkeypatch.setattr(_engine.native_gemm, "grad_weight_bf16", lambda *a: calls.append(1) or real(*a))
+    with_kernel = grads()
+    assert calls, "the bfloat16 chunks did not reach the native kernel"
+    monkeypatch.setattr(_engine.native_gemm, "grad_weight_bf16", lambda *a: False)
+    without = grads()
+    for a, b in zip(with_kernel, without):
+        # Both are float32 sums of the same exact products, rounded once to bfloat16 at the end.
+        torch.testing.assert_close(a.float(), b.float(), rtol=2**-7, atol=1e-6)
