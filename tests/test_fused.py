@@ -182,7 +182,7 @@ def test_non_contiguous_inputs_and_rows_not_divisible_by_the_chunk():
                          ids=["native", "eager"])
 def test_vocabulary_tiles_cover_every_column_and_feature(dim, vocab, opts):
     # float32/float64 blocks are computed in class-major tiles of 1024 vocabulary rows
-    # (_engine.logits_into) and grad_hidden class-major (grad_hidden_into): a partial last tile,
+    # (_matmul.logits_into) and grad_hidden class-major (_matmul.grad_hidden_into): a partial last tile,
     # a last chunk with fewer rows, and more features than classes must all land in place.
     hidden, weight, target = _inputs((11,), dim=dim, vocab=vocab)
     opts = _expand(opts, vocab)
@@ -197,8 +197,8 @@ def test_vocabulary_tiles_cover_every_column_and_feature(dim, vocab, opts):
     for g, w in zip(got32, want):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5)
-    # bfloat16 with the default float32 accum_dtype: grad_weight summed in float32 one gradient
-    # tile of 1024 classes at a time (_engine.grad_weight_into).
+    # bfloat16 with the default float32 accum_dtype: grad_weight summed in float32
+    # (_matmul.grad_weight_into: the native kernel, or torch one tile of 1024 classes at a time).
     opts16 = {k: v.bfloat16() if isinstance(v, torch.Tensor) else v for k, v in opts.items()}
     got16 = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=4, **k),
                              hidden.bfloat16(), weight.bfloat16(), target, opts16)

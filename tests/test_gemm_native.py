@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from logitlab._native import gemm as native_gemm
-from logitlab.fused import _engine, linear_cross_entropy
+from logitlab.fused import _matmul, linear_cross_entropy
 
 pytestmark = pytest.mark.skipif(not native_gemm._available(),
                                 reason="no C compiler or no AVX512-BF16: the torch float32 path is used")
@@ -68,10 +68,10 @@ def test_fused_gradients_agree_with_and_without_the_kernel(monkeypatch):
 
     calls = []
     real = native_gemm.grad_weight_bf16
-    monkeypatch.setattr(_engine.native_gemm, "grad_weight_bf16", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_matmul.native_gemm, "grad_weight_bf16", lambda *a: calls.append(1) or real(*a))
     with_kernel = grads()
     assert calls, "the bfloat16 chunks did not reach the native kernel"
-    monkeypatch.setattr(_engine.native_gemm, "grad_weight_bf16", lambda *a: False)
+    monkeypatch.setattr(_matmul.native_gemm, "grad_weight_bf16", lambda *a: False)
     without = grads()
     for a, b in zip(with_kernel, without):
         # Both are float32 sums of the same exact products, rounded once to bfloat16 at the end.

@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from logitlab._native import gemm as native_gemm
 from logitlab._native import xent as native_xent
 from logitlab.fused._kernel import all_reduce, apply_softcap, softcap_backward
+from logitlab.fused._matmul import grad_hidden_into, grad_weight_into, logits_into, matmul_scratch
 
 # Elements of the (chunk, V) block of logits chosen by chunk_rows: 1/32 of the naive logits
 # (so about 3% of their size), but at least 64 rows and 2^18 elements (1 MiB in float32: thin
@@ -45,10 +45,9 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
 
     Deterministic in the shape and dtype: the block of logits holds N·V/32 elements, but at least
     64 rows and 2^18 elements and at most 2^24 elements, rounded down to a multiple of 8 rows when
-    that is at least 8. float16/bfloat16
-    inputs whose block needs a float32 twin (``wide_block``: the eager row kernel) take N·V/96
-    elements, the same bytes; without it (the native kernel works on the half-precision block in
-    place) they take N·V/32, three times the rows.
+    that is at least 8. float16/bfloat16 inputs whose block needs a float32 twin (``wide_block``:
+    the eager row kernel) take N·V/96 elements, the same bytes; without it (the native kernel
+    works on the half-precision block in place) they take N·V/32, three times the rows.
 
     Example:
         >>> chunk_rows(4096, 32768), chunk_rows(2048, 131072), chunk_rows(256, 50000), chunk_rows(10, 50)
@@ -69,100 +68,10 @@ def needs_wide_block(hidden: Tensor, softcap: float | None, group) -> bool:
     """Whether a half-precision block of logits needs a float32 twin (see :func:`chunk_rows`).
 
     It does not when the native row kernel can work on the block in place: no softcap, no
-    process group, the kernel built. (A float32 grad_weight is then summed tile by tile, see
-    :func:`grad_weight_into`.)
+    process group, the kernel built. (A float32 grad_weight is then summed straight from the
+    half-precision block, see :func:`logitlab.fused._matmul.grad_weight_into`.)
     """
     return not (softcap is None and group is None and native_xent.supports(hidden.new_empty(0, 0)))
-
-
-# MKL's float32/float64 matmuls run fastest with the chunk's few rows as the output's leading
-# dimension, that is with class-major output: at (N, D, V) = (4096, 1024, 32768) in chunks of 128
-# rows, hidden @ weight.T took 2.20 s written row-major and 1.61 s written as (1024, chunk)
-# class-major tiles then transposed into the block (2048x2048x131072, 64 rows: 11.5 s and
-# 6.9 s). A (1024, chunk) tile stays in L2. grad @ weight, whose inner dimension is the whole
-# vocabulary, runs fastest split over the vocabulary into a batch of independent matmuls (one
-# per thread or more) whose results are then added: 1.94 s row-major, 1.75 s class-major, 1.58 s
-# in 8 parts (2 threads); at (2048, 2048, 131072) 9.8 s, 8.5 s and 7.2 s.
-# bfloat16/float16 matmuls (oneDNN) are faster row-major and keep it.
-_CLASS_MAJOR = (torch.float32, torch.float64)
-_TILE = 1024
-
-
-def vocab_splits(vocab: int, features: int) -> int:
-    """Parts of the vocabulary for :func:`grad_hidden_into`: 4 per thread, at most 16, and few
-    enough that their (parts, chunk, D) partial sums take at most a quarter of the block."""
-    return max(1, min(4 * torch.get_num_threads(), 16, vocab // (4 * features)))
-
-
-def matmul_scratch(chunk: int, vocab: int, features: int, dtype: torch.dtype, sum_dtype: torch.dtype,
-                   device) -> Tensor | None:
-    """The scratch of :func:`logits_into`, :func:`grad_hidden_into` and :func:`grad_weight_into`.
-
-    Class-major tiles for float32/float64 inputs; for half-precision inputs whose grad_weight is
-    summed wider, room for the chunk's hidden rows and one gradient tile in ``sum_dtype``; else None.
-    """
-    tile = min(_TILE, vocab) * chunk
-    if dtype in _CLASS_MAJOR:
-        return torch.empty(max(tile, vocab_splits(vocab, features) * features * chunk), dtype=dtype, device=device)
-    if sum_dtype != dtype:
-        return torch.empty(tile + features * chunk, dtype=sum_dtype, device=device)
-    return None
-
-
-def logits_into(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, scratch: Tensor | None) -> Tensor:
-    """out (c, V) ← h (c, D) @ weight.T (+ bias), in class-major tiles when ``scratch`` is given."""
-    if scratch is None or out.dtype != scratch.dtype:
-        return torch.mm(h, weight.t(), out=out) if bias is None else torch.addmm(bias, h, weight.t(), out=out)
-    rows, vocab = out.shape
-    for v in range(0, vocab, _TILE):
-        w = weight[v: v + _TILE]
-        tile = scratch[: w.shape[0] * rows].view(w.shape[0], rows)
-        if bias is None:
-            torch.mm(w, h.t(), out=tile)
-        else:
-            torch.addmm(bias[v: v + _TILE, None], w, h.t(), out=tile)
-        out[:, v: v + _TILE].copy_(tile.t())
-    return out
-
-
-def grad_hidden_into(out: Tensor, grad: Tensor, weight: Tensor, scratch: Tensor | None) -> Tensor:
-    """out (c, D) ← grad (c, V) @ weight (V, D); with ``scratch``, as the sum of a batch of
-    matmuls over :func:`vocab_splits` parts of the vocabulary."""
-    if scratch is None or out.dtype != scratch.dtype:
-        return torch.mm(grad, weight, out=out)
-    rows, features = out.shape
-    vocab = weight.shape[0]
-    splits = vocab_splits(vocab, features)
-    part = vocab // splits
-    even = splits * part
-    parts = scratch[: splits * rows * features].view(splits, rows, features)
-    torch.bmm(grad[:, :even].view(rows, splits, part).transpose(0, 1), weight[:even].view(splits, part, features),
-              out=parts)
-    torch.sum(parts, 0, out=out)
-    return out.addmm_(grad[:, even:], weight[even:]) if even < vocab else out
-
-
-def grad_weight_into(grad_w: Tensor, grad: Tensor, h: Tensor, scratch: Tensor | None) -> Tensor:
-    """grad_w (V, D) += grad.T @ h, for grad (c, V) and h (c, D).
-
-    When grad_w is wider than the chunk (float32 sums of bfloat16 chunks), the native kernel
-    (``_native/gemm_bf16.c``) sums the exact products of bfloat16 pairs into grad_w: 0.92 s at
-    (4096, 1024, 32768) in chunks of 128 rows. Without it, the product runs in grad_w's dtype one
-    (c, 1024) tile of the gradient at a time, widened into ``scratch`` (1.54 s, the same as
-    through a float32 twin of the whole block). Neither holds a float32 copy of the block, so
-    half-precision chunks keep three times the rows.
-    """
-    if grad_w.dtype == grad.dtype:
-        return grad_w.addmm_(grad.t(), h)
-    if native_gemm.grad_weight_bf16(grad_w, grad, h):
-        return grad_w
-    rows, features = h.shape
-    h_wide = scratch[: rows * features].view(rows, features).copy_(h)
-    rest = scratch[rows * features:]
-    for v in range(0, grad.shape[1], _TILE):
-        g = grad[:, v: v + _TILE]
-        grad_w[v: v + _TILE].addmm_(rest[: g.numel()].view(g.shape).copy_(g).t(), h_wide)
-    return grad_w
 
 
 def accumulation_dtype(dtype: torch.dtype, accum_dtype: torch.dtype) -> torch.dtype:
@@ -221,8 +130,7 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     grad_w = weight.new_zeros(weight.shape, dtype=weight.dtype if sum_low else acc) if need[1] else None
     grad_b = hidden.new_zeros(vocab, dtype=acc) if need[2] else None
     bias_acc = bias.to(acc) if bias is not None else None
-    scratch = matmul_scratch(chunk, vocab, hidden.shape[1], hidden.dtype, grad_w.dtype if need[1] else hidden.dtype,
-                             hidden.device)
+    scratch = matmul_scratch(chunk, vocab, hidden.shape[1], hidden.dtype, hidden.device)
     out = _Outputs(loss_rows, grad_h, grad_w, grad_b)
 
     for start in range(0, rows, chunk):
@@ -292,7 +200,7 @@ def _native_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, start:
     bfloat16 matmul, as in the naive computation) and the kernel turns it into the gradient in
     place, in one pass: no float32 copy, no separate scaling pass. With bfloat16 inputs and a
     float32 ``accum_dtype``, grad_weight is still summed in float32 (tile by tile,
-    :func:`grad_weight_into`).
+    :func:`~logitlab.fused._matmul.grad_weight_into`).
     """
     if bias is not None and bias.dtype != block.dtype:
         return False
@@ -307,7 +215,7 @@ def _native_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, start:
     if need[0]:
         grad_hidden_into(out.grad_h[start:stop], grad, weight, scratch)
     if need[1]:
-        grad_weight_into(out.grad_w, grad, h, scratch)
+        grad_weight_into(out.grad_w, grad, h)
     if need[2]:
         out.grad_b.add_(grad.sum(0, dtype=out.grad_b.dtype))
     return True

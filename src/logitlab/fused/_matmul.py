@@ -1,0 +1,96 @@
+"""The three matmuls of a chunk, arranged for the CPU's BLAS, and their scratch.
+
+For a chunk of c rows: logits (c, V) = h @ weight.T (+ bias), grad_hidden (c, D) = grad @ weight
+and grad_weight (V, D) += grad.T @ h. Which arrangement of the same product is fastest was
+measured on this project's machine (2 cores, torch 2.13 with MKL for float32 and oneDNN for
+bfloat16); the figures are in the comments below.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from logitlab._native import gemm as native_gemm
+
+# MKL's float32/float64 matmuls run fastest with the chunk's few rows as the output's leading
+# dimension, that is with class-major output: at (N, D, V) = (4096, 1024, 32768) in chunks of 128
+# rows, hidden @ weight.T took 2.20 s written row-major and 1.61 s written as (1024, chunk)
+# class-major tiles then transposed into the block (2048x2048x131072, 64 rows: 11.5 s and
+# 6.9 s). A (1024, chunk) tile stays in L2. grad @ weight, whose inner dimension is the whole
+# vocabulary, runs fastest split over the vocabulary into a batch of independent matmuls (one
+# per thread or more) whose results are then added: 1.94 s row-major, 1.75 s class-major, 1.58 s
+# in 8 parts (2 threads); at (2048, 2048, 131072) 9.8 s, 8.5 s and 7.2 s.
+# bfloat16/float16 matmuls (oneDNN) are faster row-major and keep it.
+_CLASS_MAJOR = (torch.float32, torch.float64)
+_TILE = 1024
+
+
+def vocab_splits(vocab: int, features: int) -> int:
+    """Parts of the vocabulary for :func:`grad_hidden_into`: 4 per thread, at most 16, and few
+    enough that their (parts, chunk, D) partial sums take at most a quarter of the block."""
+    return max(1, min(4 * torch.get_num_threads(), 16, vocab // (4 * features)))
+
+
+def matmul_scratch(chunk: int, vocab: int, features: int, dtype: torch.dtype, device) -> Tensor | None:
+    """The scratch of :func:`logits_into` and :func:`grad_hidden_into` for float32/float64 inputs
+    (a class-major tile, or the partial sums of grad_hidden), else None."""
+    if dtype not in _CLASS_MAJOR:
+        return None
+    size = max(min(_TILE, vocab), vocab_splits(vocab, features) * features) * chunk
+    return torch.empty(size, dtype=dtype, device=device)
+
+
+def logits_into(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, scratch: Tensor | None) -> Tensor:
+    """out (c, V) ← h (c, D) @ weight.T (+ bias), in class-major tiles when ``scratch`` is given."""
+    if scratch is None or out.dtype != scratch.dtype:
+        return torch.mm(h, weight.t(), out=out) if bias is None else torch.addmm(bias, h, weight.t(), out=out)
+    rows, vocab = out.shape
+    for v in range(0, vocab, _TILE):
+        w = weight[v: v + _TILE]
+        tile = scratch[: w.shape[0] * rows].view(w.shape[0], rows)
+        if bias is None:
+            torch.mm(w, h.t(), out=tile)
+        else:
+            torch.addmm(bias[v: v + _TILE, None], w, h.t(), out=tile)
+        out[:, v: v + _TILE].copy_(tile.t())
+    return out
+
+
+def grad_hidden_into(out: Tensor, grad: Tensor, weight: Tensor, scratch: Tensor | None) -> Tensor:
+    """out (c, D) ← grad (c, V) @ weight (V, D); with ``scratch``, as the sum of a batch of
+    matmuls over :func:`vocab_splits` parts of the vocabulary."""
+    if scratch is None or out.dtype != scratch.dtype:
+        return torch.mm(grad, weight, out=out)
+    rows, features = out.shape
+    vocab = weight.shape[0]
+    splits = vocab_splits(vocab, features)
+    part = vocab // splits
+    even = splits * part
+    parts = scratch[: splits * rows * features].view(splits, rows, features)
+    torch.bmm(grad[:, :even].view(rows, splits, part).transpose(0, 1), weight[:even].view(splits, part, features),
+              out=parts)
+    torch.sum(parts, 0, out=out)
+    return out.addmm_(grad[:, even:], weight[even:]) if even < vocab else out
+
+
+def grad_weight_into(grad_w: Tensor, grad: Tensor, h: Tensor) -> Tensor:
+    """grad_w (V, D) += grad.T @ h, for grad (c, V) and h (c, D).
+
+    When grad_w is wider than the chunk (float32 sums of bfloat16 chunks), the native kernel
+    (``_native/gemm_bf16.c``) sums the exact products of bfloat16 pairs into grad_w: 0.92 s at
+    (4096, 1024, 32768) in chunks of 128 rows. Without it, the product runs in grad_w's dtype one
+    (c, 1024) tile of the gradient at a time, widened (1.54 s, the same as through a float32 twin
+    of the whole block). Neither holds a float32 copy of the block, so half-precision chunks keep
+    three times the rows.
+    """
+    if grad_w.dtype == grad.dtype:
+        return grad_w.addmm_(grad.t(), h)
+    if native_gemm.grad_weight_bf16(grad_w, grad, h):
+        return grad_w
+    h_wide = h.to(grad_w.dtype)
+    tile = grad.new_empty(grad.shape[0], min(_TILE, grad.shape[1]), dtype=grad_w.dtype)
+    for v in range(0, grad.shape[1], _TILE):
+        g = grad[:, v: v + _TILE]
+        grad_w[v: v + _TILE].addmm_(tile[:, : g.shape[1]].copy_(g).t(), h_wide)
+    return grad_w
