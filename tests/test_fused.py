@@ -308,6 +308,22 @@ def _distill(batch, dtype=F64):
     return hidden, weight, teacher_hidden, teacher_weight, target
 
 
+def test_divergence_teacher_over_several_vocabulary_tiles():
+    # The float64 teacher block is computed in class-major tiles of 1024 classes, like the student's.
+    gen = torch.Generator().manual_seed(5)
+    vocab = 2 * 1024 + 77
+    hidden, weight = torch.randn(9, 5, generator=gen, dtype=F64), torch.randn(vocab, 5, generator=gen, dtype=F64)
+    th, tw = torch.randn(9, 7, generator=gen, dtype=F64), torch.randn(vocab, 7, generator=gen, dtype=F64)
+    extra = dict(teacher_hidden=th, teacher_weight=tw, teacher_bias=torch.randn(vocab, generator=gen, dtype=F64),
+                 divergence="js", beta=0.3)
+    got = _value_and_grads(lambda h, w, t, **k: linear_divergence_loss(h, w, impl="chunked", chunk_size=4, **k),
+                           hidden, weight, None, extra)
+    want = _value_and_grads(lambda h, w, t, **k: reference.linear_divergence_loss(h, w, **k),
+                            hidden, weight, None, extra)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("impl,batch", [("chunked", (1,)), ("chunked", (7,)), ("chunked", (3, 5, 7)),
                                         ("naive", (7,))], ids=str)
 @pytest.mark.parametrize("opts", DIVERGENCE_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))

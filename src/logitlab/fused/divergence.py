@@ -10,6 +10,7 @@ from torch import Tensor
 
 from logitlab import _validation as v
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows
+from logitlab.fused._matmul import logits_into, matmul_scratch
 from logitlab.fused._kernel import all_reduce
 from logitlab.fused.cross_entropy import check_linear, check_target, choose_impl, vocab_offsets
 
@@ -118,8 +119,12 @@ class DivergenceKernel:
         keep = self.keep[start:stop]
         t, alpha, group = self.temperature, self.hard_label_weight, self.group
         rows, local = z.shape
-        teacher = self.teacher_hidden[start:stop] @ self.teacher_weight.t()
-        teacher = teacher.to(z.dtype)
+        th = self.teacher_hidden[start:stop]
+        if th.dtype == z.dtype:  # float32/float64: class-major tiles, as for the student block
+            teacher = logits_into(torch.empty_like(z), th, self.teacher_weight, None,
+                                  matmul_scratch(rows, local, th.shape[1], th.dtype, th.device))
+        else:
+            teacher = (th @ self.teacher_weight.t()).to(z.dtype)
         if self.teacher_bias is not None:
             teacher.add_(self.teacher_bias.to(z.dtype))
         u = teacher.div_(t) if t != 1 else teacher
