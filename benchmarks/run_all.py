@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["normalizers.py", "sparse_normalizers.py", "cross_entropy.py", "divergences.py",
-           "fused.py", "theory.py"]
+           "fused.py", "distill.py", "theory.py"]
 
 
 def main(argv: list[str]) -> int:

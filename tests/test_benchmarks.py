@@ -28,6 +28,7 @@ SCRIPTS = {
     "fused.py": (["--dtypes", "float32", "--shapes", "128x64x1024", "--skip", "torch_lce"],
                  ["/floor", "/naive", "logitlab_recompute", "not measured: skipped"]),
     "theory.py": ([], ["max-entropy solver", "CRF log-partition", "nll fwd+bwd ms"]),
+    "distill.py": ([], ["distill kl", "ours/naive", "extra MiB ours/naive"]),
 }
 
 
