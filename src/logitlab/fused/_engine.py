@@ -199,8 +199,8 @@ def _native_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, start:
     The block of logits stays in the input's dtype (bfloat16 logits come straight out of the
     bfloat16 matmul, as in the naive computation) and the kernel turns it into the gradient in
     place, in one pass: no float32 copy, no separate scaling pass. With bfloat16 inputs and a
-    float32 ``accum_dtype``, grad_weight is still summed in float32 (tile by tile,
-    :func:`~logitlab.fused._matmul.grad_weight_into`).
+    float32 ``accum_dtype``, grad_weight is still summed in float32, straight from the bfloat16
+    block (:func:`~logitlab.fused._matmul.grad_weight_into`).
     """
     if bias is not None and bias.dtype != block.dtype:
         return False

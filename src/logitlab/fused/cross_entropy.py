@@ -165,8 +165,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     if chunk_size is None:
         wide = needs_wide_block(hidden, softcap, process_group)
         chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide)
-    chunk = chunk_size
-    plan = Plan(chunk=chunk, accum_dtype=accum_dtype, softcap=softcap, group=process_group)
+    plan = Plan(chunk=chunk_size, accum_dtype=accum_dtype, softcap=softcap, group=process_group)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     return out.reshape(target.shape) if reduction == "none" else out
