@@ -1,10 +1,12 @@
-"""The native bfloat16 grad_weight kernel (``_native/gemm_bf16.c``) against the float64 truth.
+"""The native bfloat16 kernels (``_native/gemm_bf16.c``) against the float64 truth.
 
 ``linear_cross_entropy`` with bfloat16 inputs and the default float32 ``accum_dtype`` sums each
 chunk's grad.T @ h into a float32 grad_weight with it. The products of two bfloat16 numbers are
 exact in float32, so the kernel must agree with the float64 sum up to float32 additions, through
 its register tiles and every tail (odd rows, vocabulary rows not a multiple of the tile,
 columns not a multiple of 64), and the fused loss must give the same gradients with and without it.
+grad_hidden (grad @ weight for bfloat16 chunks) is summed in float32 and rounded once to bfloat16,
+so it must be within half a bfloat16 step of the float64 product, plus the float32 additions.
 """
 
 from __future__ import annotations
@@ -67,12 +69,47 @@ def test_fused_gradients_agree_with_and_without_the_kernel(monkeypatch):
         return h.grad, w.grad
 
     calls = []
-    real = native_gemm.grad_weight_bf16
-    monkeypatch.setattr(_matmul.native_gemm, "grad_weight_bf16", lambda *a: calls.append(1) or real(*a))
+    for name in ("grad_weight_bf16", "grad_hidden_bf16"):
+        real = getattr(native_gemm, name)
+        monkeypatch.setattr(_matmul.native_gemm, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     with_kernel = grads()
-    assert calls, "the bfloat16 chunks did not reach the native kernel"
-    monkeypatch.setattr(_matmul.native_gemm, "grad_weight_bf16", lambda *a: False)
+    assert set(calls) == {"grad_weight_bf16", "grad_hidden_bf16"}, "the bfloat16 chunks did not reach the kernels"
+    for name in ("grad_weight_bf16", "grad_hidden_bf16"):
+        monkeypatch.setattr(_matmul.native_gemm, name, lambda *a: False)
     without = grads()
     for a, b in zip(with_kernel, without):
         # Both are float32 sums of the same exact products, rounded once to bfloat16 at the end.
         torch.testing.assert_close(a.float(), b.float(), rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows,vocab,dim", [(1, 1, 1), (5, 3, 17), (6, 2 * 256, 64), (13, 2 * 256 + 7, 64 + 16),
+                                            (64, 1001, 128), (131, 600, 3 * 64 + 40), (7, 300, 8)], ids=str)
+def test_grad_hidden_matches_the_float64_product(rows, vocab, dim):
+    # Row groups of 6 and every shorter group, vocabulary tiles of 256 and an odd last row,
+    # 64-column strips with partial last strips (below and above 16 columns).
+    gen = torch.Generator().manual_seed(rows * vocab + dim)
+    grad = torch.randn(rows, vocab, generator=gen).to(BF16)
+    weight = torch.randn(vocab, dim, generator=gen).to(BF16)
+    out = torch.full((rows, dim), float("nan"), dtype=BF16)
+    assert native_gemm.grad_hidden_bf16(out, grad, weight)
+    want = grad.double() @ weight.double()
+    bound = 2**-8 * want.abs() + 4 * vocab * 2**-24 * (grad.double().abs() @ weight.double().abs())
+    assert bool(((out.double() - want).abs() <= bound).all()), float((out.double() - want).abs().max())
+
+
+def test_grad_hidden_row_strides_and_declines():
+    gen = torch.Generator().manual_seed(4)
+    block = torch.randn(9, 700, generator=gen).to(BF16)
+    table = torch.randn(650, 150, generator=gen).to(BF16)
+    grad, weight = block[1:8, 20:620], table[30:630, 10:140]
+    wide = torch.zeros(7, 200, dtype=BF16)
+    out = wide[:, 50:180]
+    assert native_gemm.grad_hidden_bf16(out, grad, weight)
+    want = grad.double() @ weight.double()
+    torch.testing.assert_close(out.double(), want, rtol=2**-7, atol=1e-3)
+    assert not bool(wide[:, :50].any()) and not bool(wide[:, 180:].any())
+    assert not native_gemm.grad_hidden_bf16(torch.empty(7, 130), grad, weight)  # float32 out
+    assert not native_gemm.grad_hidden_bf16(out.half(), grad.half(), weight.half())
+    assert not native_gemm.grad_hidden_bf16(out, grad.t().contiguous().t(), weight)  # strided columns
+    with pytest.raises(ValueError, match="shapes"):
+        native_gemm.grad_hidden_bf16(torch.empty(7, 129, dtype=BF16), grad, weight)

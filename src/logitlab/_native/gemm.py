@@ -1,4 +1,6 @@
-"""Python side of ``gemm_bf16.c``: grad_weight (V, D) float32 += grad.T @ h for bfloat16 chunks."""
+"""Python side of ``gemm_bf16.c``: the bfloat16 chunk products of ``linear_cross_entropy`` that
+torch runs slowly on this CPU: grad_weight (V, D) float32 += grad.T @ h, and grad_hidden
+(c, D) = grad @ weight with few rows c."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from torch import Tensor
 
 from logitlab._native import symbol, threads_for
 
-__all__ = ["grad_weight_bf16"]
+__all__ = ["grad_hidden_bf16", "grad_weight_bf16"]
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _ARGTYPES = [_P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I64, _INT]
@@ -38,5 +40,25 @@ def grad_weight_bf16(grad_w: Tensor, grad: Tensor, h: Tensor) -> bool:
         return False
     fn = symbol("gemm_bf16", "ll_gw_bf16", _ARGTYPES, _I64)
     code = fn(grad_w.data_ptr(), grad_w.stride(0), grad.data_ptr(), grad.stride(0), h.data_ptr(), h.stride(0),
+              rows, vocab, dim, threads_for(vocab * dim))
+    return code == 0
+
+
+def grad_hidden_bf16(out: Tensor, grad: Tensor, weight: Tensor) -> bool:
+    """out (c, D) = grad (c, V) @ weight (V, D) for bfloat16 tensors, summed in float32 and rounded
+    once. Returns False (nothing done) for what the kernel does not take, like
+    :func:`grad_weight_bf16`."""
+    if not (out.dtype == grad.dtype == weight.dtype == torch.bfloat16
+            and out.device.type == grad.device.type == weight.device.type == "cpu"
+            and out.dim() == grad.dim() == weight.dim() == 2):
+        return False
+    rows, vocab = grad.shape
+    dim = weight.shape[1]
+    if tuple(out.shape) != (rows, dim) or weight.shape[0] != vocab:
+        raise ValueError(f"grad_hidden_bf16: shapes {tuple(out.shape)} = {tuple(grad.shape)} @ {tuple(weight.shape)}")
+    if any(t.shape[1] > 1 and t.stride(1) != 1 for t in (out, grad, weight)) or not _available():
+        return False
+    fn = symbol("gemm_bf16", "ll_gh_bf16", _ARGTYPES, _I64)
+    code = fn(out.data_ptr(), out.stride(0), grad.data_ptr(), grad.stride(0), weight.data_ptr(), weight.stride(0),
               rows, vocab, dim, threads_for(vocab * dim))
     return code == 0
