@@ -5,8 +5,9 @@ chunk's grad.T @ h into a float32 grad_weight with it. The products of two bfloa
 exact in float32, so the kernel must agree with the float64 sum up to float32 additions, through
 its register tiles and every tail (odd rows, vocabulary rows not a multiple of the tile,
 columns not a multiple of 64), and the fused loss must give the same gradients with and without it.
-grad_hidden (grad @ weight for bfloat16 chunks) is summed in float32 and rounded once to bfloat16,
-so it must be within half a bfloat16 step of the float64 product, plus the float32 additions.
+grad_hidden (grad @ weight) and the logits (h @ weight.T + bias) of bfloat16 chunks are summed in
+float32 and rounded once to bfloat16, so they must be within half a bfloat16 step of the float64
+product, plus the float32 additions.
 """
 
 from __future__ import annotations
@@ -69,12 +70,12 @@ def test_fused_gradients_agree_with_and_without_the_kernel(monkeypatch):
         return h.grad, w.grad
 
     calls = []
-    for name in ("grad_weight_bf16", "grad_hidden_bf16"):
+    for name in ("grad_weight_bf16", "grad_hidden_bf16", "logits_bf16"):
         real = getattr(native_gemm, name)
         monkeypatch.setattr(_matmul.native_gemm, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     with_kernel = grads()
-    assert set(calls) == {"grad_weight_bf16", "grad_hidden_bf16"}, "the bfloat16 chunks did not reach the kernels"
-    for name in ("grad_weight_bf16", "grad_hidden_bf16"):
+    assert set(calls) == {"grad_weight_bf16", "grad_hidden_bf16", "logits_bf16"}, "the bfloat16 chunks did not reach the kernels"
+    for name in ("grad_weight_bf16", "grad_hidden_bf16", "logits_bf16"):
         monkeypatch.setattr(_matmul.native_gemm, name, lambda *a: False)
     without = grads()
     for a, b in zip(with_kernel, without):
@@ -113,3 +114,37 @@ def test_grad_hidden_row_strides_and_declines():
     assert not native_gemm.grad_hidden_bf16(out, grad.t().contiguous().t(), weight)  # strided columns
     with pytest.raises(ValueError, match="shapes"):
         native_gemm.grad_hidden_bf16(torch.empty(7, 129, dtype=BF16), grad, weight)
+
+
+@pytest.mark.parametrize("rows,vocab,dim", [(1, 1, 1), (5, 7, 3), (16, 12, 64), (64, 6 * 50 + 5, 129),
+                                            (37, 100, 2), (128 + 3, 61, 40), (70, 6, 1)], ids=str)
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
+def test_logits_match_the_float64_product(rows, vocab, dim, with_bias):
+    # Blocks of 64 rows with every partial last block (1 to 4 vectors of 16), groups of 6
+    # vocabulary rows with a padded last group, odd dims whose last column pairs with zero.
+    gen = torch.Generator().manual_seed(rows * vocab + dim)
+    h = torch.randn(rows, dim, generator=gen).to(BF16)
+    weight = torch.randn(vocab, dim, generator=gen).to(BF16)
+    bias = torch.randn(vocab, generator=gen).to(BF16) if with_bias else None
+    out = torch.full((rows, vocab), float("nan"), dtype=BF16)
+    assert native_gemm.logits_bf16(out, h, weight, bias)
+    want = h.double() @ weight.double().t() + (0 if bias is None else bias.double())
+    size = h.double().abs() @ weight.double().abs().t() + (0 if bias is None else bias.double().abs())
+    bound = 2**-8 * want.abs() + 4 * dim * 2**-24 * size
+    assert bool(((out.double() - want).abs() <= bound).all()), float((out.double() - want).abs().max())
+
+
+def test_logits_row_strides_and_declines():
+    gen = torch.Generator().manual_seed(5)
+    hidden = torch.randn(30, 90, generator=gen).to(BF16)
+    table = torch.randn(400, 100, generator=gen).to(BF16)
+    h, weight = hidden[3:23, 5:85], table[50:350, 10:90]
+    wide = torch.zeros(20, 320, dtype=BF16)
+    out = wide[:, 10:310]
+    assert native_gemm.logits_bf16(out, h, weight, None)
+    torch.testing.assert_close(out.double(), h.double() @ weight.double().t(), rtol=2**-7, atol=1e-3)
+    assert not bool(wide[:, :10].any()) and not bool(wide[:, 310:].any())
+    assert not native_gemm.logits_bf16(out.float(), h, weight, None)
+    assert not native_gemm.logits_bf16(out, h, weight.t().contiguous().t(), None)  # strided columns
+    with pytest.raises(ValueError, match="shapes"):
+        native_gemm.logits_bf16(out, h, weight, torch.zeros(299, dtype=BF16))

@@ -62,3 +62,23 @@ def grad_hidden_bf16(out: Tensor, grad: Tensor, weight: Tensor) -> bool:
     code = fn(out.data_ptr(), out.stride(0), grad.data_ptr(), grad.stride(0), weight.data_ptr(), weight.stride(0),
               rows, vocab, dim, threads_for(vocab * dim))
     return code == 0
+
+
+def logits_bf16(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """out (c, V) = h (c, D) @ weight.T (+ bias) for bfloat16 tensors, summed in float32 from the
+    bias and rounded once. Returns False (nothing done) for what the kernel does not take."""
+    if not (out.dtype == h.dtype == weight.dtype == torch.bfloat16
+            and out.device.type == h.device.type == weight.device.type == "cpu"
+            and out.dim() == h.dim() == weight.dim() == 2 and (bias is None or bias.dim() == 1)):
+        return False
+    rows, dim = h.shape
+    vocab = weight.shape[0]
+    if tuple(out.shape) != (rows, vocab) or weight.shape[1] != dim or (bias is not None and bias.shape[0] != vocab):
+        raise ValueError(f"logits_bf16: shapes {tuple(out.shape)} = {tuple(h.shape)} @ {tuple(weight.shape)}.T")
+    if any(t.shape[1] > 1 and t.stride(1) != 1 for t in (out, h, weight)) or not _available():
+        return False
+    bias32 = None if bias is None else bias.to(device="cpu", dtype=torch.float32).contiguous()
+    fn = symbol("gemm_bf16", "ll_logits_bf16", [_P, _I64, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _INT], _I64)
+    code = fn(out.data_ptr(), out.stride(0), h.data_ptr(), h.stride(0), weight.data_ptr(), weight.stride(0),
+              None if bias32 is None else bias32.data_ptr(), rows, vocab, dim, threads_for(vocab * dim))
+    return code == 0
