@@ -1,6 +1,6 @@
 """Python side of ``gemm_bf16.c``: the bfloat16 chunk products of ``linear_cross_entropy`` that
-torch runs slowly on this CPU: grad_weight (V, D) float32 += grad.T @ h, and grad_hidden
-(c, D) = grad @ weight with few rows c."""
+torch runs slowly on this CPU: grad_weight (V, D) += grad.T @ h (float32 or bfloat16), grad_hidden
+(c, D) = grad @ weight and the logits (c, V) = h @ weight.T (+ bias), with few rows c."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ def _available() -> bool:
 
 
 def grad_weight_bf16(grad_w: Tensor, grad: Tensor, h: Tensor) -> bool:
-    """grad_w += grad.T @ h in place, for float32 grad_w (V, D) and bfloat16 grad (c, V), h (c, D).
+    """grad_w += grad.T @ h in place, for float32 or bfloat16 grad_w (V, D) and bfloat16 grad (c, V),
+    h (c, D); a bfloat16 grad_w is widened, summed with the products in float32 and rounded once.
 
     Returns False (nothing done) when the kernel does not take these tensors: not on the CPU,
     other dtypes, strided columns, or a CPU without AVX512-BF16 (the caller then uses torch).
     """
-    if not (grad_w.dtype == torch.float32 and grad.dtype == h.dtype == torch.bfloat16
+    if not (grad_w.dtype in (torch.float32, torch.bfloat16) and grad.dtype == h.dtype == torch.bfloat16
             and grad_w.device.type == grad.device.type == h.device.type == "cpu"
             and grad_w.dim() == grad.dim() == h.dim() == 2):
         return False
@@ -38,9 +39,9 @@ def grad_weight_bf16(grad_w: Tensor, grad: Tensor, h: Tensor) -> bool:
         raise ValueError(f"grad_weight_bf16: shapes {tuple(grad_w.shape)} += {tuple(grad.shape)}.T @ {tuple(h.shape)}")
     if any(t.shape[1] > 1 and t.stride(1) != 1 for t in (grad_w, grad, h)) or not _available():
         return False
-    fn = symbol("gemm_bf16", "ll_gw_bf16", _ARGTYPES, _I64)
+    fn = symbol("gemm_bf16", "ll_gw_bf16", [*_ARGTYPES, _INT], _I64)
     code = fn(grad_w.data_ptr(), grad_w.stride(0), grad.data_ptr(), grad.stride(0), h.data_ptr(), h.stride(0),
-              rows, vocab, dim, threads_for(vocab * dim))
+              rows, vocab, dim, threads_for(vocab * dim), int(grad_w.dtype == torch.bfloat16))
     return code == 0
 
 
