@@ -47,7 +47,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
             print(f"{name} not installed")
     from logitlab import _native
 
-    for kernel in ("xent", "sparse", "gemm_bf16"):
+    for kernel in ("xent", "sparse", "gemm_bf16", "gemm_f32"):
         if not (_native.source_dir() / f"{kernel}.c").exists():
             continue
         _native.load(kernel)

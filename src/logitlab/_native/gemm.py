@@ -1,6 +1,7 @@
-"""Python side of ``gemm_bf16.c``: the bfloat16 chunk products of ``linear_cross_entropy`` that
-torch runs slowly on this CPU: grad_weight (V, D) += grad.T @ h (float32 or bfloat16), grad_hidden
-(c, D) = grad @ weight and the logits (c, V) = h @ weight.T (+ bias), with few rows c."""
+"""Python side of ``gemm_bf16.c`` and ``gemm_f32.c``: the chunk products of
+``linear_cross_entropy`` that torch runs slowly on this CPU with few rows c. bfloat16: grad_weight
+(V, D) += grad.T @ h (into float32 or bfloat16), grad_hidden (c, D) = grad @ weight and the logits
+(c, V) = h @ weight.T (+ bias); float32: grad_hidden."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from logitlab._native import symbol, threads_for
 
-__all__ = ["grad_hidden_bf16", "grad_weight_bf16"]
+__all__ = ["grad_hidden_bf16", "grad_hidden_f32", "grad_weight_bf16", "logits_bf16"]
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _ARGTYPES = [_P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I64, _INT]
@@ -19,6 +20,11 @@ _ARGTYPES = [_P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I64, _INT]
 
 def _available() -> bool:
     probe = symbol("gemm_bf16", "ll_gw_bf16_available", [], _INT)
+    return probe is not None and bool(probe())
+
+
+def _f32_available() -> bool:
+    probe = symbol("gemm_f32", "ll_gemm_f32_available", [], _INT)
     return probe is not None and bool(probe())
 
 
@@ -82,4 +88,23 @@ def logits_bf16(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None) -> 
     fn = symbol("gemm_bf16", "ll_logits_bf16", [_P, _I64, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _INT], _I64)
     code = fn(out.data_ptr(), out.stride(0), h.data_ptr(), h.stride(0), weight.data_ptr(), weight.stride(0),
               None if bias32 is None else bias32.data_ptr(), rows, vocab, dim, threads_for(vocab * dim))
+    return code == 0
+
+
+def grad_hidden_f32(out: Tensor, grad: Tensor, weight: Tensor) -> bool:
+    """out (c, D) = grad (c, V) @ weight (V, D) for float32 tensors (``gemm_f32.c``). Returns False
+    (nothing done) for what the kernel does not take, like :func:`grad_weight_bf16`."""
+    if not (out.dtype == grad.dtype == weight.dtype == torch.float32
+            and out.device.type == grad.device.type == weight.device.type == "cpu"
+            and out.dim() == grad.dim() == weight.dim() == 2):
+        return False
+    rows, vocab = grad.shape
+    dim = weight.shape[1]
+    if tuple(out.shape) != (rows, dim) or weight.shape[0] != vocab:
+        raise ValueError(f"grad_hidden_f32: shapes {tuple(out.shape)} = {tuple(grad.shape)} @ {tuple(weight.shape)}")
+    if any(t.shape[1] > 1 and t.stride(1) != 1 for t in (out, grad, weight)) or not _f32_available():
+        return False
+    fn = symbol("gemm_f32", "ll_gh_f32", _ARGTYPES, _I64)
+    code = fn(out.data_ptr(), out.stride(0), grad.data_ptr(), grad.stride(0), weight.data_ptr(), weight.stride(0),
+              rows, vocab, dim, threads_for(vocab * dim))
     return code == 0
