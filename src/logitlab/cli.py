@@ -47,9 +47,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
             print(f"{name} not installed")
     from logitlab import _native
 
-    for kernel in ("xent", "sparse", "gemm_bf16", "gemm_f32"):
-        if not (_native.source_dir() / f"{kernel}.c").exists():
-            continue
+    for kernel in sorted(path.stem for path in _native.source_dir().glob("*.c")):
         _native.load(kernel)
         info = _native.status().get(kernel, {})
         if not info:

@@ -45,7 +45,8 @@ def matmul_scratch(chunk: int, vocab: int, features: int, dtype: torch.dtype, de
 def logits_into(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, scratch: Tensor | None) -> Tensor:
     """out (c, V) ← h (c, D) @ weight.T (+ bias), in class-major tiles when ``scratch`` is given.
 
-    bfloat16 runs in the native kernel where the CPU has AVX512-BF16: it reads the weight in place
+    bfloat16 runs in the native kernel (``_native/gemm_bf16_logits.c``) where the CPU has
+    AVX512-BF16: it reads the weight in place
     instead of repacking it on every call as oneDNN does (chunks of 64 rows at (2048, 2048, 131072):
     2.9 s → 2.5 s; 128 rows at (4096, 1024, 32768): 0.75 s → 0.66 s).
     """
@@ -69,11 +70,11 @@ def grad_hidden_into(out: Tensor, grad: Tensor, weight: Tensor, scratch: Tensor 
     """out (c, D) ← grad (c, V) @ weight (V, D); with ``scratch``, as the sum of a batch of
     matmuls over :func:`vocab_splits` parts of the vocabulary.
 
-    bfloat16 runs in the native kernel (``_native/gemm_bf16.c``) where the CPU has AVX512-BF16:
+    bfloat16 runs in the native kernel (``_native/gemm_bf16_gh.c``) where the CPU has AVX512-BF16:
     oneDNN repacks the whole weight on every call, and at 64 rows reached 270 GFLOP/s at
     (2048, 2048, 131072) against 380 for the kernel, which packs a 256 × 64 piece at a time while
     prefetching the next (4.1 s → 2.9 s over the 32 chunks). float32 runs in its AVX-512 twin
-    (``_native/gemm_f32.c``): 7.2 s → 6.0 s there, 1.57 s → 1.50 s at (4096, 1024, 32768), with
+    (``_native/gemm_f32_gh.c``): 7.2 s → 6.0 s there, 1.57 s → 1.50 s at (4096, 1024, 32768), with
     sums over spans of 512 classes, so its rounding matches torch.mm's. The batch over parts of
     the vocabulary is the path without the kernels.
     """
@@ -96,7 +97,7 @@ def grad_hidden_into(out: Tensor, grad: Tensor, weight: Tensor, scratch: Tensor 
 def grad_weight_into(grad_w: Tensor, grad: Tensor, h: Tensor) -> Tensor:
     """grad_w (V, D) += grad.T @ h, for grad (c, V) and h (c, D).
 
-    For bfloat16 chunks the native kernel (``_native/gemm_bf16.c``) sums the exact products of
+    For bfloat16 chunks the native kernel (``_native/gemm_bf16_gw.c``) sums the exact products of
     bfloat16 pairs in float32 into a float32 or bfloat16 grad_w, fetching the next tile of grad_w
     while it works on one: at (4096, 1024, 32768) in chunks of 128 rows, 0.76 s into float32 and
     0.73 s into bfloat16 (oneDNN's bfloat16 addmm: 0.74 s). When grad_w is wider than the chunk

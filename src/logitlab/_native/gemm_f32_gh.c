@@ -7,30 +7,15 @@
  * rows. It copies each (KT, 64) piece of W into a contiguous buffer (W's rows are dim apart, which
  * would put a piece's lines in a few sets of the L1 cache) while the previous piece's first
  * row group prefetches the next piece, and runs every group of MR output rows against the
- * buffer, broadcasting G[m][v] and keeping an MR x 64 block of the output in 24 registers.
- * The sums go straight into the output, zeroed first; a partial last strip is masked.
- * Without AVX-512, ll_gh_f32 returns -1 and the caller keeps torch's matmul.
+ * buffer, broadcasting G[m][v] and keeping an MR x 64 block of sums in 24 registers. Each span
+ * of KS classes is summed in a (rows, 64) buffer per strip, then added to the output (the first
+ * span writes it): one chain of float32 additions over the whole vocabulary rounded 10x worse
+ * than torch.mm, the spans as well as it. A partial last strip reads zeros past dim.
+ * Without AVX-512, ll_available() returns 0 and the caller keeps torch's matmul.
  */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#define THREAD_NUM() omp_get_thread_num()
-#define TEAM_SIZE() omp_get_num_threads()
-#else
-#define THREAD_NUM() 0
-#define TEAM_SIZE() 1
-#endif
+#include "gemm.h"
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define LL_HAVE_AVX512 1
-#else
-#define LL_HAVE_AVX512 0
-#endif
-
-int ll_gemm_f32_available(void) { return LL_HAVE_AVX512; }
+int ll_available(void) { return LL_HAVE_AVX512; }
 
 #if LL_HAVE_AVX512
 
@@ -38,12 +23,11 @@ int ll_gemm_f32_available(void) { return LL_HAVE_AVX512; }
 #define KT 128  /* vocabulary rows per piece */
 #define KS 512  /* vocabulary rows summed in a buffer before they go into the output */
 
-static inline __attribute__((always_inline)) void micro(float *out, int64_t ldo, const __mmask16 *mask,
-                                                        const float *g, int64_t ldg, const float *wp, int64_t nv,
+static inline __attribute__((always_inline)) void micro(float *out, int64_t ldo, const float *g, int64_t ldg, const float *wp, int64_t nv,
                                                         const int nm, const float *next, int64_t ldw) {
     __m512 acc[MR][4];
     for (int i = 0; i < nm; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_maskz_loadu_ps(mask[j], out + i * ldo + 16 * j);
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_loadu_ps(out + i * ldo + 16 * j);
     for (int64_t k = 0; k < nv; k++) {
         if (next)
             for (int l = 0; l < 4; l++) _mm_prefetch((const char *)(next + k * ldw + 16 * l), _MM_HINT_T1);
@@ -59,23 +43,23 @@ static inline __attribute__((always_inline)) void micro(float *out, int64_t ldo,
         }
     }
     for (int i = 0; i < nm; i++)
-        for (int j = 0; j < 4; j++) _mm512_mask_storeu_ps(out + i * ldo + 16 * j, mask[j], acc[i][j]);
+        for (int j = 0; j < 4; j++) _mm512_storeu_ps(out + i * ldo + 16 * j, acc[i][j]);
 }
 
 /* Every row against one piece; the first group prefetches the next piece (``next``, nv rows). */
-static void all_rows(float *out, int64_t ldo, const __mmask16 *mask, const float *g, int64_t ldg,
+static void all_rows(float *out, int64_t ldo, const float *g, int64_t ldg,
                      const float *wp, int64_t nv, int64_t rows, const float *next, int64_t ldw) {
     int64_t m = 0;
     for (; m + MR <= rows; m += MR, next = NULL)
-        micro(out + m * ldo, ldo, mask, g + m * ldg, ldg, wp, nv, MR, next, ldw);
+        micro(out + m * ldo, ldo, g + m * ldg, ldg, wp, nv, MR, next, ldw);
     float *o = out + m * ldo;
     const float *gm = g + m * ldg;
     switch (rows - m) {
-        case 5: micro(o, ldo, mask, gm, ldg, wp, nv, 5, next, ldw); break;
-        case 4: micro(o, ldo, mask, gm, ldg, wp, nv, 4, next, ldw); break;
-        case 3: micro(o, ldo, mask, gm, ldg, wp, nv, 3, next, ldw); break;
-        case 2: micro(o, ldo, mask, gm, ldg, wp, nv, 2, next, ldw); break;
-        case 1: micro(o, ldo, mask, gm, ldg, wp, nv, 1, next, ldw); break;
+        case 5: micro(o, ldo, gm, ldg, wp, nv, 5, next, ldw); break;
+        case 4: micro(o, ldo, gm, ldg, wp, nv, 4, next, ldw); break;
+        case 3: micro(o, ldo, gm, ldg, wp, nv, 3, next, ldw); break;
+        case 2: micro(o, ldo, gm, ldg, wp, nv, 2, next, ldw); break;
+        case 1: micro(o, ldo, gm, ldg, wp, nv, 1, next, ldw); break;
         default: break;
     }
 }
@@ -103,7 +87,6 @@ int64_t ll_gh_f32(float *out, int64_t ldo, const float *g, int64_t ldg, const fl
         int t = THREAD_NUM(), n = TEAM_SIZE();
         int64_t s0 = strips * t / n, s1 = strips * (t + 1) / n;
         float *wp = wp_all + (size_t)t * KT * 64;
-        const __mmask16 full[4] = {0xffff, 0xffff, 0xffff, 0xffff};
         for (int64_t span = 0; span < vocab; span += KS) {
             int64_t span_end = vocab - span < KS ? vocab : span + KS;
             memset(acc_all + s0 * rows * 64, 0, (size_t)(s1 - s0) * rows * 64 * sizeof(float));
@@ -121,7 +104,7 @@ int64_t ll_gh_f32(float *out, int64_t ldo, const float *g, int64_t ldg, const fl
                     /* The next piece: this tile's next strip, or the next tile's first strip. */
                     const float *next = s + 1 < s1 ? w + v0 * ldw + d0 + 64
                                       : v0 + KT < vocab ? w + (v0 + KT) * ldw + 64 * s0 : NULL;
-                    all_rows(acc_all + s * rows * 64, 64, full, g + v0, ldg, wp, nv, rows, next, ldw);
+                    all_rows(acc_all + s * rows * 64, 64, g + v0, ldg, wp, nv, rows, next, ldw);
                 }
             }
             /* The span's sums into the output: the first span writes it, the others add. */
