@@ -2,7 +2,7 @@
 rows c) that torch runs slowly on this CPU. bfloat16, summed in float32: grad_weight (V, D) +=
 grad.T @ h into float32 or bfloat16 (``gemm_bf16_gw.c``), grad_hidden (c, D) = grad @ weight
 (``gemm_bf16_gh.c``) and the logits (c, V) = h @ weight.T (+ bias) (``gemm_bf16_logits.c``);
-float32: grad_hidden (``gemm_f32_gh.c``).
+float32: grad_hidden and the logits (``gemm_f32_gh.c``, ``gemm_f32_logits.c``).
 
 Each function returns False (nothing done) when its kernel does not take the tensors: not on the
 CPU, other dtypes, strided columns, or a CPU without the instructions (AVX512-BF16 for bfloat16,
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from logitlab._native import symbol, threads_for
 
-__all__ = ["grad_hidden_bf16", "grad_hidden_f32", "grad_weight_bf16", "logits_bf16"]
+__all__ = ["grad_hidden_bf16", "grad_hidden_f32", "grad_weight_bf16", "logits_bf16", "logits_f32"]
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 BF16 = torch.bfloat16
@@ -31,7 +31,7 @@ def _available(lib: str = "gemm_bf16_gw") -> bool:
 
 
 def _f32_available() -> bool:
-    return _available("gemm_f32_gh")
+    return _available("gemm_f32_gh") and _available("gemm_f32_logits")
 
 
 def _takes(tensors: tuple[Tensor, ...], dtypes: tuple) -> bool:
@@ -97,3 +97,15 @@ def grad_hidden_f32(out: Tensor, grad: Tensor, weight: Tensor) -> bool:
     if tuple(out.shape) != (rows, dim) or weight.shape[0] != vocab:
         raise _shape_error("grad_hidden_f32", out.shape, grad.shape, weight.shape)
     return _launch("gemm_f32_gh", "ll_gh_f32", (out, grad, weight), (rows, vocab, dim))
+
+
+def logits_f32(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """out (c, V) = h (c, D) @ weight.T (+ bias) for float32 tensors, summed from the bias."""
+    if not (_takes((out, h, weight), (torch.float32,) * 3) and (bias is None or bias.dim() == 1)):
+        return False
+    (rows, dim), vocab = h.shape, weight.shape[0]
+    if tuple(out.shape) != (rows, vocab) or weight.shape[1] != dim or (bias is not None and bias.shape[0] != vocab):
+        raise _shape_error("logits_f32", out.shape, h.shape, weight.shape, () if bias is None else bias.shape)
+    bias32 = None if bias is None else bias.to(device="cpu", dtype=torch.float32).contiguous()
+    return _launch("gemm_f32_logits", "ll_logits_f32", (out, h, weight), (rows, vocab, dim),
+                   (None if bias32 is None else bias32.data_ptr(),), (_P,))
