@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from logitlab._native import gemm as native_gemm
+from logitlab.fused import _matmul, linear_cross_entropy
 
 pytestmark = pytest.mark.skipif(not native_gemm._f32_available(), reason="no C compiler or no AVX-512")
 
@@ -108,3 +109,31 @@ def test_logits_f32_row_strides_and_declines():
     assert not native_gemm.logits_f32(out, h, weight.t().contiguous().t(), None)  # strided columns
     with pytest.raises(ValueError, match="shapes"):
         native_gemm.logits_f32(out, h, weight, torch.zeros(299))
+
+
+def test_fused_gradients_agree_with_and_without_the_kernels(monkeypatch):
+    # Without the kernels, float32 blocks take MKL in class-major tiles and grad_hidden as a batch
+    # over parts of the vocabulary; both ways must give the same loss and gradients.
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(37, 96, generator=gen) / 3
+    weight = torch.randn(2100, 96, generator=gen) / 3
+    bias = torch.randn(2100, generator=gen)
+    target = torch.randint(0, 2100, (37,), generator=gen)
+
+    def run():
+        h, w, b = (t.clone().requires_grad_() for t in (hidden, weight, bias))
+        loss = linear_cross_entropy(h, w, target, bias=b, impl="chunked", chunk_size=8, label_smoothing=0.1)
+        loss.backward()
+        return loss.detach(), h.grad, w.grad, b.grad
+
+    calls = []
+    for name in ("grad_hidden_f32", "logits_f32"):
+        real = getattr(native_gemm, name)
+        monkeypatch.setattr(_matmul.native_gemm, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    with_kernels = run()
+    assert set(calls) == {"grad_hidden_f32", "logits_f32"}, "the float32 chunks did not reach the kernels"
+    for name in ("grad_hidden_f32", "logits_f32", "_f32_available"):
+        monkeypatch.setattr(_matmul.native_gemm, name, lambda *a: False)
+    without = run()
+    for a, b in zip(with_kernels, without):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
