@@ -1,12 +1,12 @@
 /* grad_weight (V, D) += G^T @ H for bfloat16 G (c, V) and H (c, D), into float32 or bf16.
  *
- * This is the float32 sum of bfloat16 chunks in linear_cross_entropy (accum_dtype=float32): the
- * products of two bfloat16 numbers are exact in float32, so this equals a float32 matmul of the
+ * This is grad_weight's sum over linear_cross_entropy's bfloat16 chunks: the products of two
+ * bfloat16 numbers are exact in float32, so into a float32 grad_weight this equals a matmul of the
  * widened inputs up to the order of the float32 additions, at the speed of bfloat16 dot products
  * (AVX512-BF16 VDPBF16PS: two products and their sum per float32 lane). The instruction treats
  * denormal inputs as zero and flushes denormal results, so values below 2^-126 (about 1.2e-38) in
  * magnitude are lost where the float32 matmul would keep them. Without that instruction set,
- * ll_available() returns 0 and the caller keeps its float32 matmul.
+ * ll_available() returns 0 and the caller keeps torch's matmul.
  *
  * Layout. H is packed once per call into pairs of rows, hp[k][d] = (H[2k][d], H[2k+1][d]), so one
  * 64-byte load holds the pairs of 16 columns. Each thread takes tiles of VT vocabulary rows and
