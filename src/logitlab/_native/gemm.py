@@ -66,46 +66,49 @@ def grad_weight_bf16(grad_w: Tensor, grad: Tensor, h: Tensor) -> bool:
                    (int(grad_w.dtype == BF16),), (_INT,))
 
 
-def grad_hidden_bf16(out: Tensor, grad: Tensor, weight: Tensor) -> bool:
-    """out (c, D) = grad (c, V) @ weight (V, D) for bfloat16 tensors, summed in float32 and rounded once."""
-    if not _takes((out, grad, weight), (BF16,) * 3):
+# The storage dtypes of the grad_hidden and logits kernels, by the suffix of their names.
+_SUFFIX = {BF16: "bf16", torch.float32: "f32"}
+
+
+def _grad_hidden(out: Tensor, grad: Tensor, weight: Tensor, dtype: torch.dtype) -> bool:
+    name = _SUFFIX[dtype]
+    if not _takes((out, grad, weight), (dtype,) * 3):
         return False
     (rows, vocab), dim = grad.shape, weight.shape[1]
     if tuple(out.shape) != (rows, dim) or weight.shape[0] != vocab:
-        raise _shape_error("grad_hidden_bf16", out.shape, grad.shape, weight.shape)
-    return _launch("gemm_bf16_gh", "ll_gh_bf16", (out, grad, weight), (rows, vocab, dim))
+        raise _shape_error(f"grad_hidden_{name}", out.shape, grad.shape, weight.shape)
+    return _launch(f"gemm_{name}_gh", f"ll_gh_{name}", (out, grad, weight), (rows, vocab, dim))
+
+
+def _logits(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> bool:
+    name = _SUFFIX[dtype]
+    if not (_takes((out, h, weight), (dtype,) * 3) and (bias is None or bias.dim() == 1)):
+        return False
+    (rows, dim), vocab = h.shape, weight.shape[0]
+    if tuple(out.shape) != (rows, vocab) or weight.shape[1] != dim or (bias is not None and bias.shape[0] != vocab):
+        raise _shape_error(f"logits_{name}", out.shape, h.shape, weight.shape, () if bias is None else bias.shape)
+    bias32 = None if bias is None else bias.to(device="cpu", dtype=torch.float32).contiguous()
+    return _launch(f"gemm_{name}_logits", f"ll_logits_{name}", (out, h, weight), (rows, vocab, dim),
+                   (None if bias32 is None else bias32.data_ptr(),), (_P,))
+
+
+def grad_hidden_bf16(out: Tensor, grad: Tensor, weight: Tensor) -> bool:
+    """out (c, D) = grad (c, V) @ weight (V, D) for bfloat16 tensors, summed in float32 and rounded once."""
+    return _grad_hidden(out, grad, weight, BF16)
 
 
 def logits_bf16(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """out (c, V) = h (c, D) @ weight.T (+ bias) for bfloat16 tensors, summed in float32 from the
     bias and rounded once."""
-    if not (_takes((out, h, weight), (BF16,) * 3) and (bias is None or bias.dim() == 1)):
-        return False
-    (rows, dim), vocab = h.shape, weight.shape[0]
-    if tuple(out.shape) != (rows, vocab) or weight.shape[1] != dim or (bias is not None and bias.shape[0] != vocab):
-        raise _shape_error("logits_bf16", out.shape, h.shape, weight.shape, () if bias is None else bias.shape)
-    bias32 = None if bias is None else bias.to(device="cpu", dtype=torch.float32).contiguous()
-    return _launch("gemm_bf16_logits", "ll_logits_bf16", (out, h, weight), (rows, vocab, dim),
-                   (None if bias32 is None else bias32.data_ptr(),), (_P,))
+    return _logits(out, h, weight, bias, BF16)
 
 
 def grad_hidden_f32(out: Tensor, grad: Tensor, weight: Tensor) -> bool:
     """out (c, D) = grad (c, V) @ weight (V, D) for float32 tensors, summed in spans of 512 classes."""
-    if not _takes((out, grad, weight), (torch.float32,) * 3):
-        return False
-    (rows, vocab), dim = grad.shape, weight.shape[1]
-    if tuple(out.shape) != (rows, dim) or weight.shape[0] != vocab:
-        raise _shape_error("grad_hidden_f32", out.shape, grad.shape, weight.shape)
-    return _launch("gemm_f32_gh", "ll_gh_f32", (out, grad, weight), (rows, vocab, dim))
+    return _grad_hidden(out, grad, weight, torch.float32)
 
 
 def logits_f32(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """out (c, V) = h (c, D) @ weight.T (+ bias) for float32 tensors, summed from the bias."""
-    if not (_takes((out, h, weight), (torch.float32,) * 3) and (bias is None or bias.dim() == 1)):
-        return False
-    (rows, dim), vocab = h.shape, weight.shape[0]
-    if tuple(out.shape) != (rows, vocab) or weight.shape[1] != dim or (bias is not None and bias.shape[0] != vocab):
-        raise _shape_error("logits_f32", out.shape, h.shape, weight.shape, () if bias is None else bias.shape)
-    bias32 = None if bias is None else bias.to(device="cpu", dtype=torch.float32).contiguous()
-    return _launch("gemm_f32_logits", "ll_logits_f32", (out, h, weight), (rows, vocab, dim),
-                   (None if bias32 is None else bias32.data_ptr(),), (_P,))
+    """out (c, V) = h (c, D) @ weight.T (+ bias) for float32 tensors, summed from the bias in
+    spans of 128 features."""
+    return _logits(out, h, weight, bias, torch.float32)

@@ -120,7 +120,7 @@ class DivergenceKernel:
         t, alpha, group = self.temperature, self.hard_label_weight, self.group
         rows, local = z.shape
         th = self.teacher_hidden[start:stop]
-        if th.dtype == z.dtype:  # float32/float64: class-major tiles, as for the student block
+        if th.dtype == z.dtype:  # the student block's own arrangement (native kernel or class-major tiles)
             teacher = logits_into(torch.empty_like(z), th, self.teacher_weight, None,
                                   matmul_scratch(rows, local, th.shape[1], th.dtype, th.device))
         else:
