@@ -8,12 +8,15 @@
  * magnitude are lost where the float32 matmul would keep them. Without that instruction set,
  * ll_available() returns 0 and the caller keeps torch's matmul.
  *
- * Layout. H is packed once per call into pairs of rows, hp[k][d] = (H[2k][d], H[2k+1][d]), so one
- * 64-byte load holds the pairs of 16 columns. Each thread takes tiles of VT vocabulary rows and
- * packs their G pairs, gp[i][k] = (G[2k][v0+i], G[2k+1][v0+i]) as one 32-bit word to broadcast.
- * The micro-kernel keeps an NV x (16 ND) block of grad_weight in NV*ND = 24 registers for the
- * whole sum over c, and prefetches the next block's rows (without that, loading grad_weight from
- * memory stalled it: 0.91 s -> 0.76 s at 4096x1024x32768 in 32 chunks). A bf16 grad_weight
+ * Layout. H is packed once per call into pairs of rows, (H[2k][d], H[2k+1][d]), strip by strip
+ * (see hp_index), so one 64-byte load holds the pairs of 16 columns and a micro-tile's sum over c
+ * reads one run of memory. Each thread takes tiles of VT vocabulary rows and packs their G pairs,
+ * gp[k][i] = (G[2k][v0+i], G[2k+1][v0+i]) as one 32-bit word to broadcast. The micro-kernel keeps
+ * an NV x (16 ND) block of grad_weight in NV*ND = 24 registers for the whole sum over c, walks a
+ * tile's rows NV at a time and each group's columns left to right (grad_weight streams through in
+ * row order), and prefetches the next block (without that, loading grad_weight from memory stalled
+ * it: 0.91 s -> 0.76 s at 4096x1024x32768 in 32 chunks; the strip layout, the row order and the
+ * vector G packing took 3.18 s -> 2.89 s at 2048x2048x131072, bf16). A bf16 grad_weight
  * (accum_dtype=bfloat16) is widened on load and rounded to nearest even on store, so each call
  * rounds once. An odd last row pairs with zero. The column tail (D % 64) runs 16 masked
  * columns at a time; the last few vocabulary rows (fewer than NV) take a scalar loop.
@@ -26,7 +29,16 @@ int ll_available(void) { return LL_HAVE_BF16; }
 
 #define NV 6   /* grad_weight rows per micro-tile */
 #define ND 4   /* 16-column vectors per micro-tile */
-#define VT 48  /* vocabulary rows per thread tile */
+#define VT 48  /* vocabulary rows per thread tile (a multiple of 16: G is packed 16 at a time) */
+
+/* Where hp holds the pair (H[2k][d], H[2k+1][d]): column strips of 64 (below ``full``, the
+ * columns the full micro-tiles cover), then strips of 16 for the tail, each strip's pairs
+ * contiguous, so a micro-tile's 32 steps read one run of memory (with rows of pairs D apart,
+ * every step of a strip fell in the same few L1 sets and came from L2). */
+static inline int64_t hp_index(int64_t k, int64_t d, int64_t pairs, int64_t full) {
+    int64_t width = d < full ? 16 * ND : 16, s0 = d < full ? d - d % width : d - (d - full) % width;
+    return (s0 * pairs + k * width + (d - s0)) * 2;
+}
 
 /* grad_weight is float32, or bf16 when ``low`` (accum_dtype=bfloat16: widened on load, rounded
  * to nearest even on store, once per call). Offsets are in elements. */
@@ -55,18 +67,18 @@ static inline void gw_store_masked(void *gw, int64_t at, __mmask16 mask, __m512 
 /* The NV x (16 ND) micro-tile of grad_weight at offset ``at``; ``next`` (or -1) is the next
  * micro-tile's offset, whose rows are fetched while this one runs. */
 static void micro(void *gw, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs, const uint16_t *hp,
-                  int64_t dim, int64_t d0, int64_t next, int low) {
+                  int64_t full, int64_t d0, int64_t next, int low) {
     __m512 acc[NV][ND];
     for (int i = 0; i < NV; i++)
         for (int j = 0; j < ND; j++) acc[i][j] = gw_load(gw, at + i * ldw + 16 * j, low);
     for (int64_t k = 0; k < pairs; k++) {
         if (next >= 0 && k < NV * ND)
             __builtin_prefetch((const char *)gw + (next + (k / ND) * ldw + 16 * (k % ND)) * (low ? 2 : 4), 1, 3);
-        const uint16_t *b = hp + (k * dim + d0) * 2;
+        const uint16_t *b = hp + hp_index(k, d0, pairs, full);
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 32);
         __m512bh b2 = (__m512bh)_mm512_loadu_si512(b + 64), b3 = (__m512bh)_mm512_loadu_si512(b + 96);
         for (int i = 0; i < NV; i++) {
-            __m512bh a = (__m512bh)_mm512_set1_epi32((int)gp[i * pairs + k]);
+            __m512bh a = (__m512bh)_mm512_set1_epi32((int)gp[k * VT + i]);
             acc[i][0] = _mm512_dpbf16_ps(acc[i][0], a, b0);
             acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
             acc[i][2] = _mm512_dpbf16_ps(acc[i][2], a, b2);
@@ -79,28 +91,28 @@ static void micro(void *gw, int64_t at, int64_t ldw, const uint32_t *gp, int64_t
 
 /* Columns [d0, d0 + n) with n <= 16 under a mask, for the NV rows at ``at``: the column tail. */
 static void micro_masked(void *gw, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs, const uint16_t *hp,
-                         int64_t dim, int64_t d0, int n, int low) {
+                         int64_t full, int64_t d0, int n, int low) {
     __mmask16 mask = (__mmask16)((1u << n) - 1u);
     __m512 acc[NV];
     for (int i = 0; i < NV; i++) acc[i] = gw_load_masked(gw, at + i * ldw, mask, low);
     for (int64_t k = 0; k < pairs; k++) {
-        __m512bh b = (__m512bh)_mm512_maskz_loadu_epi32(mask, hp + (k * dim + d0) * 2);
+        __m512bh b = (__m512bh)_mm512_maskz_loadu_epi32(mask, hp + hp_index(k, d0, pairs, full));
         for (int i = 0; i < NV; i++)
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32((int)gp[i * pairs + k]), b);
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32((int)gp[k * VT + i]), b);
     }
     for (int i = 0; i < NV; i++) gw_store_masked(gw, at + i * ldw, mask, acc[i], low);
 }
 
 /* The same sum for rows [i0, i1) of the tile at ``at`` and columns [d0, d1), one value at a time. */
 static void scalar(void *gw, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs, const uint16_t *hp,
-                   int64_t dim, int64_t i0, int64_t i1, int64_t d0, int64_t d1, int low) {
+                   int64_t full, int64_t i0, int64_t i1, int64_t d0, int64_t d1, int low) {
     for (int64_t i = i0; i < i1; i++)
         for (int64_t d = d0; d < d1; d++) {
             int64_t o = at + i * ldw + d;
             float acc = low ? bf16_value(((uint16_t *)gw)[o]) : ((float *)gw)[o];
             for (int64_t k = 0; k < pairs; k++) {
-                uint32_t pair = gp[i * pairs + k];
-                const uint16_t *b = hp + (k * dim + d) * 2;
+                uint32_t pair = gp[k * VT + i];
+                const uint16_t *b = hp + hp_index(k, d, pairs, full);
                 acc += bf16_value((uint16_t)(pair & 0xffff)) * bf16_value(b[0]);
                 acc += bf16_value((uint16_t)(pair >> 16)) * bf16_value(b[1]);
             }
@@ -120,19 +132,20 @@ int64_t ll_gw_bf16(void *gw, int64_t ldw, const uint16_t *g, int64_t ldg, const 
 #if LL_HAVE_BF16
     if (rows <= 0 || vocab <= 0 || dim <= 0) return 0;
     int64_t pairs = (rows + 1) / 2;
-    size_t hp_bytes = ((size_t)pairs * (size_t)dim * 4 + 63) / 64 * 64;
+    int64_t full = dim - dim % (16 * ND), padded = full + (dim - full + 15) / 16 * 16;
+    size_t hp_bytes = ((size_t)pairs * (size_t)padded * 4 + 63) / 64 * 64;
     uint16_t *hp = aligned_alloc(64, hp_bytes);
     if (!hp) return -1;
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t k = 0; k < pairs; k++) {
         const uint16_t *even = h + 2 * k * ldh, *odd = 2 * k + 1 < rows ? even + ldh : NULL;
-        uint16_t *out = hp + k * dim * 2;
-        for (int64_t d = 0; d < dim; d++) {
-            out[2 * d] = even[d];
-            out[2 * d + 1] = odd ? odd[d] : 0;
+        for (int64_t d = 0; d < padded; d++) {
+            uint16_t *out = hp + hp_index(k, d, pairs, full);
+            out[0] = d < dim ? even[d] : 0;
+            out[1] = d < dim && odd ? odd[d] : 0;
         }
     }
-    int64_t tiles = (vocab + VT - 1) / VT, full = dim - dim % (16 * ND);
+    int64_t tiles = (vocab + VT - 1) / VT;
     /* Every thread's G tile is allocated up front: a failure must come before any update. */
     uint32_t *gp_all = malloc((size_t)(threads > 0 ? threads : 1) * VT * (size_t)pairs * sizeof(uint32_t));
     if (!gp_all) {
@@ -146,24 +159,28 @@ int64_t ll_gw_bf16(void *gw, int64_t ldw, const uint16_t *g, int64_t ldg, const 
         for (int64_t t = 0; t < tiles; t++) {
             int64_t v0 = t * VT, nv = vocab - v0 < VT ? vocab - v0 : VT;
             for (int64_t k = 0; k < pairs; k++) {
-                const uint16_t *even = g + 2 * k * ldg + v0, *odd = 2 * k + 1 < rows ? even + ldg : NULL;
-                for (int64_t i = 0; i < nv; i++)
-                    gp[i * pairs + k] = (uint32_t)even[i] | (odd ? (uint32_t)odd[i] << 16 : 0u);
+                const uint16_t *even = g + 2 * k * ldg + v0, *odd = even + ldg;
+                for (int64_t i = 0; i < nv; i += 16) {
+                    __mmask16 m = nv - i >= 16 ? 0xffff : (__mmask16)((1u << (nv - i)) - 1u);
+                    __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, even + i));
+                    __m512i hi = 2 * k + 1 < rows ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, odd + i))
+                                                  : _mm512_setzero_si512();
+                    _mm512_storeu_si512(gp + k * VT + i, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+                }
             }
             int64_t tile = v0 * ldw, grouped = nv - nv % NV;
-            for (int64_t d0 = 0; d0 < full; d0 += 16 * ND) {
-                for (int64_t i = 0; i < grouped; i += NV) {
-                    int64_t next = i + NV < grouped ? tile + (i + NV) * ldw + d0
-                                 : d0 + 16 * ND < full ? tile + d0 + 16 * ND : -1;
-                    micro(gw, tile + i * ldw + d0, ldw, gp + i * pairs, pairs, hp, dim, d0, next, low);
+            for (int64_t i = 0; i < grouped; i += NV)
+                for (int64_t d0 = 0; d0 < full; d0 += 16 * ND) {
+                    int64_t next = d0 + 16 * ND < full ? tile + i * ldw + d0 + 16 * ND
+                                 : i + NV < grouped ? tile + (i + NV) * ldw : -1;
+                    micro(gw, tile + i * ldw + d0, ldw, gp + i, pairs, hp, full, d0, next, low);
                 }
-                if (grouped < nv) scalar(gw, tile, ldw, gp, pairs, hp, dim, grouped, nv, d0, d0 + 16 * ND, low);
-            }
+            if (grouped < nv) scalar(gw, tile, ldw, gp, pairs, hp, full, grouped, nv, 0, full, low);
             for (int64_t d0 = full; d0 < dim; d0 += 16) {
                 int n = dim - d0 < 16 ? (int)(dim - d0) : 16;
                 for (int64_t i = 0; i < grouped; i += NV)
-                    micro_masked(gw, tile + i * ldw + d0, ldw, gp + i * pairs, pairs, hp, dim, d0, n, low);
-                if (grouped < nv) scalar(gw, tile, ldw, gp, pairs, hp, dim, grouped, nv, d0, d0 + n, low);
+                    micro_masked(gw, tile + i * ldw + d0, ldw, gp + i, pairs, hp, full, d0, n, low);
+                if (grouped < nv) scalar(gw, tile, ldw, gp, pairs, hp, full, grouped, nv, d0, d0 + n, low);
             }
         }
     }
