@@ -138,6 +138,13 @@ int64_t ll_gh_bf16(uint16_t *out, int64_t ldo, const uint16_t *g, int64_t ldg, c
                 const uint16_t *next = s + 1 < s1 ? w + v0 * ldw + d0 + 64
                                      : v0 + KT < even ? w + (v0 + KT) * ldw + 64 * s0 : NULL;
                 gh_rows(acc_all + s * rows * 64, gt, KT, wp, pairs, rows, next, ldw);
+                /* The next tile's columns of G, a share of the rows after each strip (without it the
+                 * copy above waited on them: 0.72 -> 0.65 s over 32 calls at 128x32768x1024). */
+                int64_t n0 = rows * (s - s0) / (s1 - s0), n1 = rows * (s + 1 - s0) / (s1 - s0);
+                int64_t ahead = even - v0 - KT < KT ? even - v0 - KT : KT;
+                for (int64_t m = n0; m < n1; m++)
+                    for (int64_t b = 0; b < 2 * ahead; b += 64)
+                        _mm_prefetch((const char *)(g + m * ldg + v0 + KT) + b, _MM_HINT_T1);
             }
         }
         for (int64_t s = s0; s < s1; s++) {
