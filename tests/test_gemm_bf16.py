@@ -120,11 +120,14 @@ def test_grad_hidden_row_strides_and_declines():
 
 
 @pytest.mark.parametrize("rows,vocab,dim", [(1, 1, 1), (5, 7, 3), (16, 12, 64), (64, 6 * 50 + 5, 129),
-                                            (37, 100, 2), (128 + 3, 61, 40), (70, 6, 1)], ids=str)
+                                            (37, 100, 2), (128 + 3, 61, 40), (70, 6, 1), (88, 13, 33),
+                                            (100, 7, 18)], ids=str)
 @pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
 def test_logits_match_the_float64_product(rows, vocab, dim, with_bias):
-    # Blocks of 64 rows with every partial last block (1 to 4 vectors of 16), groups of 6
-    # vocabulary rows with a padded last group, odd dims whose last column pairs with zero.
+    # Blocks of up to 64 rows with every partial last block (1 to 4 vectors of 16) and vectors
+    # shared out between blocks (70 = 32 + 38, 88 = 48 + 40, 100 = 48 + 52, 131 = 48 + 48 + 35),
+    # groups of 6 vocabulary rows with a padded last group, odd dims whose last column pairs with
+    # zero.
     gen = torch.Generator().manual_seed(rows * vocab + dim)
     h = torch.randn(rows, dim, generator=gen).to(BF16)
     weight = torch.randn(vocab, dim, generator=gen).to(BF16)

@@ -1,8 +1,9 @@
 /* logits: out (rows, vocab) bf16 = H (rows, dim) @ W^T (+ bias), summed in float32.
  *
  * The weight is read once, in place: a micro-tile broadcasts the (W[v][2k], W[v][2k+1]) pairs of
- * LV vocabulary rows straight from W against 64 rows of H packed once per call as
- * hp[b][k][lane] = (H[64b + lane][2k], H[64b + lane][2k+1]) (zero past the rows and the columns),
+ * LV vocabulary rows straight from W against blocks of up to 64 rows of H packed once per call as
+ * hp[b][k][lane] = (H[m_b + lane][2k], H[m_b + lane][2k+1]) (zero past the block's rows and the
+ * columns; m_b from block_start),
  * so nothing of W is repacked, unlike oneDNN's bf16 matmul on every call. The LV x 64 float32
  * sums start at the bias, are rounded to bf16 in registers and written out through a small
  * transposed tile. Each thread takes a contiguous range of LV-row groups; the last, partial group
@@ -15,6 +16,10 @@ int ll_available(void) { return LL_HAVE_BF16; }
 #if LL_HAVE_BF16
 
 #define LV 6  /* vocabulary rows per micro-tile */
+
+/* First row of block b of ``blocks`` (at most 64 rows each): the ``lanes`` 16-row vectors shared
+ * out evenly, so 88 rows run as 48 + 40 (three vectors each) rather than 64 + 24. */
+static inline int64_t block_start(int64_t b, int64_t lanes, int64_t blocks) { return 16 * (lanes * b / blocks); }
 
 static inline __attribute__((always_inline)) void lg_micro(uint16_t *tile, const uint16_t *w, int64_t ldw,
                                                            const uint32_t *hp, int64_t pairs, int64_t dim,
@@ -50,6 +55,7 @@ int64_t ll_logits_bf16(uint16_t *out, int64_t ldo, const uint16_t *h, int64_t ld
 #if LL_HAVE_BF16
     if (rows <= 0 || vocab <= 0) return 0;
     int64_t pairs = (dim + 1) / 2, blocks = (rows + 63) / 64, groups = (vocab + LV - 1) / LV;
+    int64_t lanes = (rows + 15) / 16;  /* 16-row vectors, shared out evenly between the blocks */
     int nthreads = threads > 0 ? threads : 1;
     uint32_t *hp = aligned_alloc(64, (size_t)blocks * (size_t)(pairs > 0 ? pairs : 1) * 64 * sizeof(uint32_t));
     uint16_t *pad_all = calloc((size_t)nthreads * LV * (size_t)(dim + 2), sizeof(uint16_t));
@@ -62,13 +68,16 @@ int64_t ll_logits_bf16(uint16_t *out, int64_t ldo, const uint16_t *h, int64_t ld
     {
         #pragma omp for schedule(static)
         for (int64_t k = 0; k < pairs; k++)
-            for (int64_t m = 0; m < blocks * 64; m++) {
-                uint32_t v = 0;
-                if (m < rows) {
-                    const uint16_t *r = h + m * ldh + 2 * k;
-                    v = (uint32_t)r[0] | (2 * k + 1 < dim ? (uint32_t)r[1] << 16 : 0u);
+            for (int64_t blk = 0; blk < blocks; blk++) {
+                int64_t m0 = block_start(blk, lanes, blocks), m1 = block_start(blk + 1, lanes, blocks);
+                for (int64_t m = m0; m < m0 + 64; m++) {
+                    uint32_t v = 0;
+                    if (m < m1 && m < rows) {
+                        const uint16_t *r = h + m * ldh + 2 * k;
+                        v = (uint32_t)r[0] | (2 * k + 1 < dim ? (uint32_t)r[1] << 16 : 0u);
+                    }
+                    hp[(blk * pairs + k) * 64 + m - m0] = v;
                 }
-                hp[((m / 64) * pairs + k) * 64 + m % 64] = v;
             }
         int t = THREAD_NUM(), n = TEAM_SIZE();
         int64_t g0 = groups * t / n, g1 = groups * (t + 1) / n;
@@ -86,7 +95,8 @@ int64_t ll_logits_bf16(uint16_t *out, int64_t ldo, const uint16_t *h, int64_t ld
             float b[LV] = {0};
             for (int64_t i = 0; i < nv && bias; i++) b[i] = bias[v0 + i];
             for (int64_t blk = 0; blk < blocks; blk++) {
-                int64_t m0 = 64 * blk, nm = rows - m0 < 64 ? rows - m0 : 64;
+                int64_t m0 = block_start(blk, lanes, blocks), m1 = block_start(blk + 1, lanes, blocks);
+                int64_t nm = (m1 < rows ? m1 : rows) - m0;
                 const uint32_t *hb = hp + blk * pairs * 64;
                 const float *bp = bias ? b : NULL;
                 switch ((nm + 15) / 16) {
