@@ -75,8 +75,9 @@ def grad_hidden_into(out: Tensor, grad: Tensor, weight: Tensor, scratch: Tensor 
 
     bfloat16 runs in the native kernel (``_native/gemm_bf16_gh.c``) where the CPU has AVX512-BF16:
     oneDNN repacks the whole weight on every call, and at 64 rows reached 270 GFLOP/s at
-    (2048, 2048, 131072) against 380 for the kernel, which packs a 256 × 64 piece at a time while
-    prefetching the next (4.1 s → 2.9 s over the 32 chunks). float32 runs in its AVX-512 twin
+    (2048, 2048, 131072) against about 410 for the kernel, which packs a 256 × 64 piece at a time
+    while prefetching the next and reads the chunk's gradient from a copy of each tile's columns
+    (4.1 s → 2.7 s over the 32 chunks; 0.65 s at (4096, 1024, 32768)). float32 runs in its AVX-512 twin
     (``_native/gemm_f32_gh.c``): 7.2 s → 6.0 s there, 1.57 s → 1.50 s at (4096, 1024, 32768), with
     sums over spans of 512 classes, so its rounding matches torch.mm's. The batch over parts of
     the vocabulary is the path without the kernels.
@@ -103,7 +104,8 @@ def grad_weight_into(grad_w: Tensor, grad: Tensor, h: Tensor) -> Tensor:
     For bfloat16 chunks the native kernel (``_native/gemm_bf16_gw.c``) sums the exact products of
     bfloat16 pairs in float32 into a float32 or bfloat16 grad_w, fetching the next tile of grad_w
     while it works on one: at (4096, 1024, 32768) in chunks of 128 rows, 0.76 s into float32 and
-    0.73 s into bfloat16 (oneDNN's bfloat16 addmm: 0.74 s). When grad_w is wider than the chunk
+    0.69 s into bfloat16 (oneDNN's bfloat16 addmm: 0.74 s); at (2048, 2048, 131072) in chunks of
+    64 rows, 3.1 s and 2.9 s. When grad_w is wider than the chunk
     and the kernel is not there, the product runs in grad_w's dtype one (c, 1024) tile of the
     gradient at a time, widened (1.54 s, the same as through a float32 twin of the whole block).
     Neither holds a float32 copy of the block, so half-precision chunks keep three times the rows.
