@@ -44,16 +44,15 @@ def _madvise():
         return None
 
 
-def empty_like_huge(tensor: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
-    """``torch.empty_like(tensor, dtype=dtype)`` (contiguous), advised to use huge pages when
-    large on CPU.
+def empty_like_huge(tensor: Tensor) -> Tensor:
+    """``torch.empty_like(tensor)`` (contiguous), advised to use huge pages when large on CPU.
 
     Example:
         >>> x = torch.ones(3, 4)
-        >>> empty_like_huge(x).shape, empty_like_huge(x).dtype, empty_like_huge(x, dtype=torch.int8).dtype
-        (torch.Size([3, 4]), torch.float32, torch.int8)
+        >>> empty_like_huge(x).shape, empty_like_huge(x).dtype
+        (torch.Size([3, 4]), torch.float32)
     """
-    out = torch.empty(tensor.shape, dtype=tensor.dtype if dtype is None else dtype, device=tensor.device)
+    out = torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
     size = out.numel() * out.element_size()
     if out.device.type != "cpu" or size < _MIN_BYTES or torch.compiler.is_compiling():
         return out

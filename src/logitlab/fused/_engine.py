@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from logitlab._memory import empty_like_huge
 from logitlab._native import xent as native_xent
 from logitlab.fused._kernel import all_reduce, apply_softcap, softcap_backward
 from logitlab.fused._matmul import grad_hidden_into, grad_weight_into, logits_into, matmul_scratch
@@ -128,11 +127,7 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     low_buf = hidden.new_empty(chunk, vocab) if low else None
     loss_rows = hidden.new_empty(rows, dtype=acc)
     grad_h = hidden.new_empty(hidden.shape) if need[0] else None
-    # grad_weight is as large as the head and fresh on every call: on huge pages its first write
-    # faults 2 MiB at a time (at (2048, 2048, 131072), bf16: 1.085x -> 1.073x the GEMM floor with
-    # bf16 sums, 1.158x -> 1.134x with float32 ones; averages of 3 interleaved runs). The bf16
-    # copy of a float32 sum below stays on ordinary pages: advised too, it ran 0.5 s slower here.
-    grad_w = empty_like_huge(weight, dtype=weight.dtype if sum_low else acc).zero_() if need[1] else None
+    grad_w = weight.new_zeros(weight.shape, dtype=weight.dtype if sum_low else acc) if need[1] else None
     grad_b = hidden.new_zeros(vocab, dtype=acc) if need[2] else None
     bias_acc = bias.to(acc) if bias is not None else None
     scratch = matmul_scratch(chunk, vocab, hidden.shape[1], hidden.dtype, hidden.device)
