@@ -159,12 +159,12 @@ int64_t ll_gw_bf16(void *gw, int64_t ldw, const uint16_t *g, int64_t ldg, const 
         for (int64_t t = 0; t < tiles; t++) {
             int64_t v0 = t * VT, nv = vocab - v0 < VT ? vocab - v0 : VT;
             for (int64_t k = 0; k < pairs; k++) {
-                const uint16_t *even = g + 2 * k * ldg + v0, *odd = even + ldg;
+                const uint16_t *even = g + 2 * k * ldg + v0, *odd = 2 * k + 1 < rows ? even + ldg : NULL;
                 for (int64_t i = 0; i < nv; i += 16) {
                     __mmask16 m = nv - i >= 16 ? 0xffff : (__mmask16)((1u << (nv - i)) - 1u);
                     __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, even + i));
-                    __m512i hi = 2 * k + 1 < rows ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, odd + i))
-                                                  : _mm512_setzero_si512();
+                    __m512i hi = odd ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, odd + i))
+                                     : _mm512_setzero_si512();
                     _mm512_storeu_si512(gp + k * VT + i, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
                 }
             }
