@@ -65,10 +65,12 @@ def test_grad_hidden_f32_row_strides_and_declines():
 
 
 @pytest.mark.parametrize("rows,vocab,dim", [(1, 1, 1), (5, 7, 3), (16, 12, 128), (64, 6 * 50 + 5, 129),
-                                            (37, 100, 2 * 128 + 7), (128 + 3, 61, 40), (70, 6, 1)], ids=str)
+                                            (37, 100, 2 * 128 + 7), (128 + 3, 61, 40), (70, 6, 1), (88, 13, 33)],
+                         ids=str)
 @pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
 def test_logits_f32_match_the_float64_product(rows, vocab, dim, with_bias):
-    # Blocks of 64 rows with every partial last block (1 to 4 vectors of 16), groups of 6
+    # Blocks of up to 64 rows with every partial last block (1 to 4 vectors of 16) and vectors
+    # shared out between blocks (70 = 32 + 38, 88 = 48 + 40, 131 = 48 + 48 + 35), groups of 6
     # vocabulary rows with a padded last group, spans of 128 features with a partial last one.
     gen = torch.Generator().manual_seed(rows * vocab + dim)
     h = torch.randn(rows, dim, generator=gen)

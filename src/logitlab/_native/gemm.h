@@ -43,4 +43,9 @@ static inline uint16_t bf16_round(float f) {
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+/* First row of block b of ``blocks`` (at most 64 rows each) in the logits kernels, which run
+ * the chunk's rows as vectors of 16 against the weight: the ``lanes`` = ceil(rows / 16) vectors
+ * shared out evenly, so 88 rows run as 48 + 40 (three vectors each) rather than 64 + 24. */
+static inline int64_t block_start(int64_t b, int64_t lanes, int64_t blocks) { return 16 * (lanes * b / blocks); }
+
 #endif

@@ -71,10 +71,11 @@ static void micro(void *gw, int64_t at, int64_t ldw, const uint32_t *gp, int64_t
     __m512 acc[NV][ND];
     for (int i = 0; i < NV; i++)
         for (int j = 0; j < ND; j++) acc[i][j] = gw_load(gw, at + i * ldw + 16 * j, low);
+    const uint16_t *strip = hp + hp_index(0, d0, pairs, full);  /* step k at strip + k * 32 ND */
     for (int64_t k = 0; k < pairs; k++) {
         if (next >= 0 && k < NV * ND)
             __builtin_prefetch((const char *)gw + (next + (k / ND) * ldw + 16 * (k % ND)) * (low ? 2 : 4), 1, 3);
-        const uint16_t *b = hp + hp_index(k, d0, pairs, full);
+        const uint16_t *b = strip + k * 32 * ND;
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 32);
         __m512bh b2 = (__m512bh)_mm512_loadu_si512(b + 64), b3 = (__m512bh)_mm512_loadu_si512(b + 96);
         for (int i = 0; i < NV; i++) {
@@ -95,8 +96,9 @@ static void micro_masked(void *gw, int64_t at, int64_t ldw, const uint32_t *gp, 
     __mmask16 mask = (__mmask16)((1u << n) - 1u);
     __m512 acc[NV];
     for (int i = 0; i < NV; i++) acc[i] = gw_load_masked(gw, at + i * ldw, mask, low);
+    const uint16_t *strip = hp + hp_index(0, d0, pairs, full);  /* a tail strip: 16 pairs per step */
     for (int64_t k = 0; k < pairs; k++) {
-        __m512bh b = (__m512bh)_mm512_maskz_loadu_epi32(mask, hp + hp_index(k, d0, pairs, full));
+        __m512bh b = (__m512bh)_mm512_maskz_loadu_epi32(mask, strip + k * 32);
         for (int i = 0; i < NV; i++)
             acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32((int)gp[k * VT + i]), b);
     }

@@ -3,7 +3,7 @@
  * The weight is read once, in place: a micro-tile broadcasts the (W[v][2k], W[v][2k+1]) pairs of
  * LV vocabulary rows straight from W against blocks of up to 64 rows of H packed once per call as
  * hp[b][k][lane] = (H[m_b + lane][2k], H[m_b + lane][2k+1]) (zero past the block's rows and the
- * columns; m_b from block_start),
+ * columns; m_b from block_start in gemm.h),
  * so nothing of W is repacked, unlike oneDNN's bf16 matmul on every call. The LV x 64 float32
  * sums start at the bias, are rounded to bf16 in registers and written out through a small
  * transposed tile. Each thread takes a contiguous range of LV-row groups; the last, partial group
@@ -16,10 +16,6 @@ int ll_available(void) { return LL_HAVE_BF16; }
 #if LL_HAVE_BF16
 
 #define LV 6  /* vocabulary rows per micro-tile */
-
-/* First row of block b of ``blocks`` (at most 64 rows each): the ``lanes`` 16-row vectors shared
- * out evenly, so 88 rows run as 48 + 40 (three vectors each) rather than 64 + 24. */
-static inline int64_t block_start(int64_t b, int64_t lanes, int64_t blocks) { return 16 * (lanes * b / blocks); }
 
 static inline __attribute__((always_inline)) void lg_micro(uint16_t *tile, const uint16_t *w, int64_t ldw,
                                                            const uint32_t *hp, int64_t pairs, int64_t dim,

@@ -2,8 +2,9 @@
  * float32 chunks.
  *
  * The float32 twin of gemm_bf16_logits.c: a micro-tile broadcasts W[v][k] for LV vocabulary
- * rows straight from W (read once, in place) against 64 rows of H packed once per call as
- * hp[b][k][lane] = H[64b + lane][k] (zero past the rows), keeping LV x 64 sums in 24 registers
+ * rows straight from W (read once, in place) against blocks of up to 64 rows of H packed once per
+ * call as hp[b][k][lane] = H[m_b + lane][k] (zero past the block's rows; m_b from block_start in
+ * gemm.h), keeping LV x 64 sums in 24 registers
  * over spans of KS features that are then added to a tile started at the bias (one chain over
  * all of dim rounded 2-3x worse than torch.mm), and writes the tile out transposed.
  * MKL at 64 rows reached about 150 GFLOP/s on this product at (2048, 2048, 131072), even with
@@ -55,7 +56,7 @@ int64_t ll_logits_f32(float *out, int64_t ldo, const float *h, int64_t ldh, cons
                       int64_t rows, int64_t vocab, int64_t dim, int threads, const float *bias) {
 #if LL_HAVE_AVX512
     if (rows <= 0 || vocab <= 0) return 0;
-    int64_t blocks = (rows + 63) / 64, groups = (vocab + LV - 1) / LV;
+    int64_t blocks = (rows + 63) / 64, groups = (vocab + LV - 1) / LV, lanes = (rows + 15) / 16;
     int nthreads = threads > 0 ? threads : 1;
     float *hp = aligned_alloc(64, (size_t)blocks * (size_t)(dim > 0 ? dim : 1) * 64 * sizeof(float));
     float *pad_all = calloc((size_t)nthreads * LV * (size_t)(dim + 1), sizeof(float));
@@ -68,8 +69,11 @@ int64_t ll_logits_f32(float *out, int64_t ldo, const float *h, int64_t ldh, cons
     {
         #pragma omp for schedule(static)
         for (int64_t k = 0; k < dim; k++)
-            for (int64_t m = 0; m < blocks * 64; m++)
-                hp[((m / 64) * dim + k) * 64 + m % 64] = m < rows ? h[m * ldh + k] : 0.0f;
+            for (int64_t blk = 0; blk < blocks; blk++) {
+                int64_t m0 = block_start(blk, lanes, blocks), m1 = block_start(blk + 1, lanes, blocks);
+                for (int64_t m = m0; m < m0 + 64; m++)
+                    hp[(blk * dim + k) * 64 + m - m0] = m < m1 && m < rows ? h[m * ldh + k] : 0.0f;
+            }
         int t = THREAD_NUM(), n = TEAM_SIZE();
         int64_t g0 = groups * t / n, g1 = groups * (t + 1) / n;
         float *pad = pad_all + (size_t)t * LV * (size_t)(dim + 1);
@@ -87,7 +91,8 @@ int64_t ll_logits_f32(float *out, int64_t ldo, const float *h, int64_t ldh, cons
             for (int64_t i = 0; i < nv && bias; i++) b[i] = bias[v0 + i];
             const float *bp = bias ? b : NULL;
             for (int64_t blk = 0; blk < blocks; blk++) {
-                int64_t m0 = 64 * blk, nm = rows - m0 < 64 ? rows - m0 : 64;
+                int64_t m0 = block_start(blk, lanes, blocks), m1 = block_start(blk + 1, lanes, blocks);
+                int64_t nm = (m1 < rows ? m1 : rows) - m0;
                 const float *hb = hp + blk * dim * 64;
                 switch ((nm + 15) / 16) {
                     case 1: micro(tile, wv, ld, hb, dim, bp, 1); break;
