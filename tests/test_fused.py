@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import logitlab
 from logitlab import reference
 from logitlab.fused import linear_cross_entropy, linear_divergence_loss
-from logitlab.fused._engine import FusedLinearLoss, Plan, chunk_rows
+from logitlab.fused._engine import FusedLinearLoss, Plan, chunk_rows, needs_wide_block
 from logitlab.fused.cross_entropy import build_kernel, choose_impl
 from logitlab.nn import LinearCrossEntropy
 
@@ -241,6 +241,30 @@ def test_auto_is_deterministic_in_the_shapes():
     assert chunk_rows(256, 50000) == 64 and chunk_rows(8192, 1000) == 256  # at least 64 rows, 2^18 elements
     assert chunk_rows(16384, 32768, torch.bfloat16) == 168 and chunk_rows(4096, 32768, torch.float64) == 128
     assert chunk_rows(16384, 32768, torch.bfloat16, wide_block=False) == 512
+    # A float32 grad_weight sum for a bf16 head: the block may take 1/8 of its bytes (D·4/16 rows
+    # of bf16, D·4/48 with a float32 twin), never fewer rows than without it, never more than N.
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert chunk_rows(2048, 131072, bf16, wide_block=False, dim=2048, sum_dtype=f32) == 512
+    assert chunk_rows(4096, 32768, bf16, wide_block=False, dim=1024, sum_dtype=f32) == 256
+    assert chunk_rows(2048, 131072, bf16, dim=2048, sum_dtype=f32) == 168
+    assert chunk_rows(300, 131072, bf16, wide_block=False, dim=2048, sum_dtype=f32) == 300
+    assert chunk_rows(16384, 32768, bf16, wide_block=False, dim=64, sum_dtype=f32) == 512
+    assert chunk_rows(2048, 131072, bf16, wide_block=False, dim=2048, sum_dtype=bf16) == 64
+    assert chunk_rows(2048, 131072, f32, dim=2048, sum_dtype=f32) == 64
+
+
+@pytest.mark.parametrize("accum, grad, grows", [(torch.float32, True, True), (torch.bfloat16, True, False),
+                                                (torch.float32, False, False)])
+def test_auto_chunk_grows_only_beside_a_wider_grad_weight_sum(monkeypatch, accum, grad, grows):
+    seen = []
+    real = FusedLinearLoss.apply
+    monkeypatch.setattr(FusedLinearLoss, "apply", lambda *a: seen.append(a[5].chunk) or real(*a))
+    hidden = torch.randn(512, 1024, dtype=torch.bfloat16)
+    weight = torch.randn(4096, 1024, dtype=torch.bfloat16, requires_grad=grad)
+    linear_cross_entropy(hidden, weight, torch.randint(4096, (512,)), impl="chunked", accum_dtype=accum)
+    # 64 rows by the size rule; 1024·4/16 rows beside the float32 sum (1024·4/48 with a float32 twin).
+    grown = 80 if needs_wide_block(hidden, None, None) else 256
+    assert seen == [grown if grows else 64]
 
 
 def test_bad_shapes_and_options_are_clear_errors():

@@ -35,12 +35,19 @@ from logitlab.fused._matmul import grad_hidden_into, grad_weight_into, logits_in
 # Half-precision inputs that need a float32 twin of the block (6 bytes per block element against
 # 2 per naive logit) take a block three times smaller for the same fraction of the naive logits'
 # size (``wide_block``).
-_MIN_BLOCK, _MAX_BLOCK, _FRACTION, _MIN_ROWS = 1 << 18, 1 << 24, 32, 64
+# When grad_weight is summed in a dtype wider than the head's (bf16 inputs, float32 accum_dtype),
+# that (V, D) sum is extra memory whatever the chunk; the block may then take up to 1/8 of its
+# bytes, which is D·4/16 rows for a bf16 block. Each chunk streams the whole sum through memory
+# once, so fewer chunks save that traffic: at (N, D, V) = (2048, 2048, 131072) bf16, 64 rows took
+# 9.6-10.0 s, 256 rows 8.6-8.9 s and 512 rows 8.6-8.7 s (the three-GEMM floor 8.1-8.5 s); at
+# (4096, 1024, 32768), 128 rows 2.17-2.21 s, 256 rows 2.10 s (the floor about 2.0 s).
+_MIN_BLOCK, _MAX_BLOCK, _FRACTION, _MIN_ROWS, _SUM_SHARE = 1 << 18, 1 << 24, 32, 64, 8
 # impl="auto" materializes logits only when they are small: at most 2^20 elements (4 MiB).
 NAIVE_MAX_ELEMENTS = 1 << 20
 
 
-def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wide_block: bool = True) -> int:
+def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wide_block: bool = True,
+               dim: int = 0, sum_dtype: torch.dtype | None = None) -> int:
     """Rows per chunk for impl="chunked" when ``chunk_size`` is not given.
 
     Deterministic in the shape and dtype: the block of logits holds N·V/32 elements, but at least
@@ -49,16 +56,26 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
     the eager row kernel) take N·V/96 elements, the same bytes; without it (the native kernel
     works on the half-precision block in place) they take N·V/32, three times the rows.
 
+    When grad_weight is summed in ``sum_dtype`` wider than ``dtype`` (the head is (V, ``dim``)),
+    that sum's V·D·itemsize bytes are extra memory anyway, and the block may grow to 1/8 of them:
+    fewer chunks stream the sum through memory fewer times. The rows then depend on D and the
+    dtypes, not on V, so the ranks of a vocabulary-sharded head agree.
+
     Example:
         >>> chunk_rows(4096, 32768), chunk_rows(2048, 131072), chunk_rows(256, 50000), chunk_rows(10, 50)
         (128, 64, 64, 10)
         >>> chunk_rows(16384, 32768, torch.bfloat16), chunk_rows(16384, 32768, torch.bfloat16, wide_block=False)
         (168, 512)
+        >>> chunk_rows(2048, 131072, torch.bfloat16, wide_block=False, dim=2048, sum_dtype=torch.float32)
+        512
     """
     half = dtype in (torch.float16, torch.bfloat16)
     fraction = _FRACTION * 3 if half and wide_block else _FRACTION
     block = min(max(rows * vocab // fraction, _MIN_ROWS * vocab, _MIN_BLOCK), _MAX_BLOCK)
     size = max(1, block // max(vocab, 1))
+    if sum_dtype is not None and sum_dtype.itemsize > dtype.itemsize:
+        block_bytes = dtype.itemsize + (4 if half and wide_block else 0)  # per element, with any twin
+        size = max(size, dim * sum_dtype.itemsize // (_SUM_SHARE * block_bytes))
     if size >= 8:
         size -= size % 8
     return max(1, min(size, rows))

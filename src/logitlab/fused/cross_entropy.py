@@ -8,7 +8,7 @@ from torch import Tensor
 
 from logitlab import _validation as v
 from logitlab.fused._engine import (NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows,
-                                    needs_wide_block)
+                                    gradient_dtype, needs_wide_block)
 from logitlab.fused._kernel import CrossEntropyKernel, all_reduce
 
 __all__ = ["linear_cross_entropy", "IMPLS"]
@@ -164,7 +164,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     scale = reduction_scale(kernel, reduction)
     if chunk_size is None:
         wide = needs_wide_block(hidden, softcap, process_group)
-        chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide)
+        summed = weight.requires_grad and torch.is_grad_enabled()  # a (V, D) grad_weight sum exists
+        chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide, dim=hidden.shape[-1],
+                                sum_dtype=gradient_dtype(weight.dtype, accum_dtype) if summed else None)
     plan = Plan(chunk=chunk_size, accum_dtype=accum_dtype, softcap=softcap, group=process_group)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
