@@ -107,8 +107,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         impl: 'auto' | 'chunked' | 'naive'.
         accum_dtype: dtype in which grad_weight and grad_bias are summed over chunks (logit
             blocks are at least float32 whatever it is). With half-precision inputs, float32
-            (the default) costs a float32 copy of the head's gradient; the input's own dtype
-            saves that memory at one rounding per chunk.
+            (the default) costs a float32 copy of the head's gradient (and the default chunk
+            then grows to 1/8 of that copy's bytes); the input's own dtype saves that memory at
+            one rounding per chunk.
         process_group: a torch.distributed group for a vocabulary-sharded head, or None.
         validate: check that the class indices are in range.
 
