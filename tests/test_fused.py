@@ -251,6 +251,9 @@ def test_auto_is_deterministic_in_the_shapes():
     assert chunk_rows(16384, 32768, bf16, wide_block=False, dim=64, sum_dtype=f32) == 512
     assert chunk_rows(2048, 131072, bf16, wide_block=False, dim=2048, sum_dtype=bf16) == 64
     assert chunk_rows(2048, 131072, f32, dim=2048, sum_dtype=f32) == 64
+    # A float64 sum: the twin is float64 too (2048·8/(8·10) rows); float32 inputs never grow.
+    assert chunk_rows(2048, 131072, bf16, dim=2048, sum_dtype=torch.float64) == 200
+    assert chunk_rows(2048, 131072, f32, dim=2048, sum_dtype=torch.float64) == 64
 
 
 @pytest.mark.parametrize("accum, grad, grows", [(torch.float32, True, True), (torch.bfloat16, True, False),

@@ -56,7 +56,7 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
     the eager row kernel) take N·V/96 elements, the same bytes; without it (the native kernel
     works on the half-precision block in place) they take N·V/32, three times the rows.
 
-    When grad_weight is summed in ``sum_dtype`` wider than ``dtype`` (the head is (V, ``dim``)),
+    When a half-precision head (V, ``dim``) has its grad_weight summed in a wider ``sum_dtype``,
     that sum's V·D·itemsize bytes are extra memory anyway, and the block may grow to 1/8 of them:
     fewer chunks stream the sum through memory fewer times. The rows then depend on D and the
     dtypes, not on V, so the ranks of a vocabulary-sharded head agree.
@@ -73,8 +73,9 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
     fraction = _FRACTION * 3 if half and wide_block else _FRACTION
     block = min(max(rows * vocab // fraction, _MIN_ROWS * vocab, _MIN_BLOCK), _MAX_BLOCK)
     size = max(1, block // max(vocab, 1))
-    if sum_dtype is not None and sum_dtype.itemsize > dtype.itemsize:
-        block_bytes = dtype.itemsize + (4 if half and wide_block else 0)  # per element, with any twin
+    if half and sum_dtype is not None and sum_dtype.itemsize > dtype.itemsize:
+        # A wide block's twin is in the accumulation dtype, which is then sum_dtype.
+        block_bytes = dtype.itemsize + (sum_dtype.itemsize if wide_block else 0)
         size = max(size, dim * sum_dtype.itemsize // (_SUM_SHARE * block_bytes))
     if size >= 8:
         size -= size % 8
