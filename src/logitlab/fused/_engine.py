@@ -59,7 +59,8 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
     When a half-precision head (V, ``dim``) has its grad_weight summed in a wider ``sum_dtype``,
     that sum's V·D·itemsize bytes are extra memory anyway, and the block may grow to 1/8 of them:
     fewer chunks stream the sum through memory fewer times. The rows then depend on D and the
-    dtypes, not on V, so the ranks of a vocabulary-sharded head agree.
+    dtypes, not on V, so the ranks of a vocabulary-sharded head agree. A wide block's twin is
+    counted in ``sum_dtype`` when that is wider than float32 (its dtype then), in both rules.
 
     Example:
         >>> chunk_rows(4096, 32768), chunk_rows(2048, 131072), chunk_rows(256, 50000), chunk_rows(10, 50)
@@ -70,12 +71,14 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
         512
     """
     half = dtype in (torch.float16, torch.bfloat16)
-    fraction = _FRACTION * 3 if half and wide_block else _FRACTION
-    block = min(max(rows * vocab // fraction, _MIN_ROWS * vocab, _MIN_BLOCK), _MAX_BLOCK)
+    # Bytes per block element: the input's dtype, plus a half-precision block's twin in the
+    # accumulation dtype (float32, or sum_dtype when that is wider). Both shares count these bytes.
+    twin = max(4, sum_dtype.itemsize if sum_dtype is not None else 0) if half and wide_block else 0
+    block_bytes = dtype.itemsize + twin
+    naive_share = rows * vocab * dtype.itemsize // (_FRACTION * block_bytes)
+    block = min(max(naive_share, _MIN_ROWS * vocab, _MIN_BLOCK), _MAX_BLOCK)
     size = max(1, block // max(vocab, 1))
     if half and sum_dtype is not None and sum_dtype.itemsize > dtype.itemsize:
-        # A wide block's twin is in the accumulation dtype, which is then sum_dtype.
-        block_bytes = dtype.itemsize + (sum_dtype.itemsize if wide_block else 0)
         size = max(size, dim * sum_dtype.itemsize // (_SUM_SHARE * block_bytes))
     if size >= 8:
         size -= size % 8
