@@ -24,20 +24,34 @@ pytestmark = pytest.mark.skipif(not native_gemm._available(),
 BF16 = torch.bfloat16
 
 
+# (src, out) dtypes: in place in float32 or bfloat16, from zeros (no source read), and a float32
+# sum written into a bfloat16 result (the last chunk).
+_SOURCES = {"float32_in_place": (torch.float32, torch.float32), "bf16_in_place": (BF16, BF16),
+            "zeros_into_float32": (None, torch.float32), "zeros_into_bf16": (None, BF16),
+            "float32_into_bf16": (torch.float32, BF16)}
+
+
 @pytest.mark.parametrize("rows,vocab,dim", [(1, 3, 1), (7, 50, 70), (2, 6 * 48, 64), (13, 97, 64),
                                             (33, 6 * 48 + 5, 128 + 16 + 3), (128, 1000, 200)], ids=str)
-@pytest.mark.parametrize("sum_dtype", [torch.float32, BF16], ids=["float32_sum", "bf16_sum"])
-def test_matches_the_float64_sum(rows, vocab, dim, sum_dtype):
+@pytest.mark.parametrize("source", _SOURCES)
+def test_matches_the_float64_sum(rows, vocab, dim, source):
+    src_dtype, out_dtype = _SOURCES[source]
     gen = torch.Generator().manual_seed(rows * vocab + dim)
     grad = torch.randn(rows, vocab, generator=gen).to(BF16)
     h = torch.randn(rows, dim, generator=gen).to(BF16)
-    grad_w = torch.randn(vocab, dim, generator=gen).to(sum_dtype)
-    want = grad_w.double() + grad.double().t() @ h.double()
-    assert native_gemm.grad_weight_bf16(grad_w, grad, h)
-    size = grad_w.double().abs() + grad.double().abs().t() @ h.double().abs()
-    # float32 additions, then (bfloat16 grad_w) one rounding to nearest.
-    bound = 4 * rows * 2**-24 * size + (2**-8 * want.abs() if sum_dtype == BF16 else 0)
-    assert bool(((grad_w.double() - want).abs() <= bound).all()), float((grad_w.double() - want).abs().max())
+    src = None if src_dtype is None else torch.randn(vocab, dim, generator=gen).to(src_dtype)
+    start = torch.zeros(vocab, dim, dtype=torch.float64) if src is None else src.double()
+    in_place = src is not None and src_dtype == out_dtype
+    # Out of place, every element of out must be written: NaN wherever the kernel missed one.
+    out = src if in_place else torch.full((vocab, dim), float("nan"), dtype=out_dtype)
+    want = start + grad.double().t() @ h.double()
+    assert native_gemm.grad_weight_bf16(out, grad, h, src=src)
+    if src is not None and not in_place:
+        assert torch.equal(src.double(), start), "the source was written"
+    size = start.abs() + grad.double().abs().t() @ h.double().abs()
+    # float32 additions, then (bfloat16 out) one rounding to nearest.
+    bound = 4 * rows * 2**-24 * size + (2**-8 * want.abs() if out_dtype == BF16 else 0)
+    assert bool(((out.double() - want).abs() <= bound).all()), float((out.double() - want).abs().max())
 
 
 def test_row_strides_and_a_second_call_accumulates():
@@ -47,18 +61,23 @@ def test_row_strides_and_a_second_call_accumulates():
     hidden = torch.randn(20, 80, generator=gen).to(BF16)
     grad, h = block[2:7, 10:310], hidden[5:10, :]
     grad_w = torch.zeros(300, 80)
-    assert native_gemm.grad_weight_bf16(grad_w, grad, h) and native_gemm.grad_weight_bf16(grad_w, grad, h)
+    assert native_gemm.grad_weight_bf16(grad_w, grad, h, src=grad_w) and native_gemm.grad_weight_bf16(grad_w, grad, h, src=grad_w)
     want = 2 * grad.double().t() @ h.double()
     torch.testing.assert_close(grad_w.double(), want, rtol=0, atol=1e-5 * float(want.abs().max()))
 
 
 def test_declines_what_it_does_not_take():
     g, h = torch.randn(4, 10).to(BF16), torch.randn(4, 8).to(BF16)
-    assert not native_gemm.grad_weight_bf16(torch.zeros(10, 8, dtype=torch.float64), g, h)  # float64 sum
-    assert not native_gemm.grad_weight_bf16(torch.zeros(10, 8), g.half(), h.half())  # float16
-    assert not native_gemm.grad_weight_bf16(torch.zeros(10, 8), g.t().contiguous().t(), h)  # strided columns
+    assert not native_gemm.grad_weight_bf16(torch.zeros(10, 8, dtype=torch.float64), g, h, src=None)  # float64 sum
+    assert not native_gemm.grad_weight_bf16(torch.zeros(10, 8), g.half(), h.half(), src=None)  # float16
+    assert not native_gemm.grad_weight_bf16(torch.zeros(10, 8), g.t().contiguous().t(), h, src=None)  # strided columns
+    assert not native_gemm.grad_weight_bf16(torch.zeros(10, 8), g[:0], h[:0], src=None)  # no rows: torch's zeros
+    out = torch.zeros(10, 8)
+    assert not native_gemm.grad_weight_bf16(out, g, h, src=torch.zeros(8, 10).t())  # a source laid out otherwise
     with pytest.raises(ValueError, match="shapes"):
-        native_gemm.grad_weight_bf16(torch.zeros(10, 9), g, h)
+        native_gemm.grad_weight_bf16(torch.zeros(10, 9), g, h, src=None)
+    with pytest.raises(ValueError, match="shapes"):
+        native_gemm.grad_weight_bf16(out, g, h, src=torch.zeros(10, 9))
 
 
 def test_fused_gradients_agree_with_and_without_the_kernel(monkeypatch):
@@ -75,11 +94,11 @@ def test_fused_gradients_agree_with_and_without_the_kernel(monkeypatch):
     calls = []
     for name in ("grad_weight_bf16", "grad_hidden_bf16", "logits_bf16"):
         real = getattr(native_gemm, name)
-        monkeypatch.setattr(_matmul.native_gemm, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+        monkeypatch.setattr(_matmul.native_gemm, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
     with_kernel = grads()
     assert set(calls) == {"grad_weight_bf16", "grad_hidden_bf16", "logits_bf16"}, "the bfloat16 chunks did not reach the kernels"
     for name in ("grad_weight_bf16", "grad_hidden_bf16", "logits_bf16"):
-        monkeypatch.setattr(_matmul.native_gemm, name, lambda *a: False)
+        monkeypatch.setattr(_matmul.native_gemm, name, lambda *a, **k: False)
     without = grads()
     for a, b in zip(with_kernel, without):
         # Both are float32 sums of the same exact products, rounded once to bfloat16 at the end.

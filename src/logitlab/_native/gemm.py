@@ -1,7 +1,8 @@
 """Python side of the ``gemm_*.c`` kernels: the products of ``linear_cross_entropy``'s chunks (few
-rows c) that torch runs slowly on this CPU. bfloat16, summed in float32: grad_weight (V, D) +=
-grad.T @ h into float32 or bfloat16 (``gemm_bf16_gw.c``), grad_hidden (c, D) = grad @ weight
-(``gemm_bf16_gh.c``) and the logits (c, V) = h @ weight.T (+ bias) (``gemm_bf16_logits.c``);
+rows c) that torch runs slowly on this CPU. bfloat16, summed in float32: grad_weight (V, D) =
+src + grad.T @ h with float32 or bfloat16 src (or zeros) and result (``gemm_bf16_gw.c``),
+grad_hidden (c, D) = grad @ weight (``gemm_bf16_gh.c``) and the logits (c, V) = h @ weight.T
+(+ bias) (``gemm_bf16_logits.c``);
 float32: grad_hidden and the logits (``gemm_f32_gh.c``, ``gemm_f32_logits.c``).
 
 Each function returns False (nothing done) when its kernel does not take the tensors: not on the
@@ -53,17 +54,22 @@ def _shape_error(name: str, *shapes) -> ValueError:
     return ValueError(f"{name}: mismatched shapes " + ", ".join(str(tuple(s)) for s in shapes))
 
 
-def grad_weight_bf16(grad_w: Tensor, grad: Tensor, h: Tensor) -> bool:
-    """grad_w (V, D) += grad.T @ h in place, for bfloat16 grad (c, V), h (c, D) and a float32 or
-    bfloat16 grad_w; a bfloat16 grad_w is widened, summed with the products in float32 and
-    rounded once."""
-    if not (grad_w.dtype in (torch.float32, BF16) and _takes((grad_w, grad, h), (grad_w.dtype, BF16, BF16))):
+def grad_weight_bf16(out: Tensor, grad: Tensor, h: Tensor, *, src: Tensor | None) -> bool:
+    """out (V, D) = src + grad.T @ h, for bfloat16 grad (c, V) and h (c, D); ``out`` and ``src``
+    float32 or bfloat16 (the sum is float32 and rounded once into a bfloat16 ``out``). ``src`` is
+    ``out`` itself to sum in place, None for zeros (no fill beforehand), or another tensor of
+    ``out``'s shape and strides (the last chunk: a float32 sum into the bfloat16 result).
+    False (nothing written) also for c = 0 or a ``src`` laid out otherwise."""
+    wide = (torch.float32, BF16)
+    if not (out.dtype in wide and (src is None or src.dtype in wide) and _takes((out, grad, h), (out.dtype, BF16, BF16))):
         return False
     (rows, vocab), dim = grad.shape, h.shape[1]
-    if tuple(grad_w.shape) != (vocab, dim) or h.shape[0] != rows:
-        raise _shape_error("grad_weight_bf16", grad_w.shape, grad.shape, h.shape)
-    return _launch("gemm_bf16_gw", "ll_gw_bf16", (grad_w, grad, h), (rows, vocab, dim),
-                   (int(grad_w.dtype == BF16),), (_INT,))
+    if tuple(out.shape) != (vocab, dim) or h.shape[0] != rows or (src is not None and src.shape != out.shape):
+        raise _shape_error("grad_weight_bf16", out.shape, grad.shape, h.shape, () if src is None else src.shape)
+    if src is not None and (src.stride() != out.stride() or src.device != out.device):
+        return False
+    src_args = (None if src is None else src.data_ptr(), int(src is not None and src.dtype == BF16), int(out.dtype == BF16))
+    return _launch("gemm_bf16_gw", "ll_gw_bf16", (out, grad, h), (rows, vocab, dim), src_args, (_P, _INT, _INT))
 
 
 # The storage dtypes of the grad_hidden and logits kernels, by the suffix of their names.

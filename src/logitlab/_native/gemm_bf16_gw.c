@@ -1,4 +1,5 @@
-/* grad_weight (V, D) += G^T @ H for bfloat16 G (c, V) and H (c, D), into float32 or bf16.
+/* grad_weight (V, D) += G^T @ H for bfloat16 G (c, V) and H (c, D), into float32 or bf16; or
+ * out = src + G^T @ H from a float32/bf16 src or zeros into a float32/bf16 out (see gw_io).
  *
  * This is grad_weight's sum over linear_cross_entropy's bfloat16 chunks: the products of two
  * bfloat16 numbers are exact in float32, so into a float32 grad_weight this equals a matmul of the
@@ -40,41 +41,72 @@ static inline int64_t hp_index(int64_t k, int64_t d, int64_t pairs, int64_t full
     return (s0 * pairs + k * width + (d - s0)) * 2;
 }
 
-/* grad_weight is float32, or bf16 when ``low`` (accum_dtype=bfloat16: widened on load, rounded
- * to nearest even on store, once per call). Offsets are in elements. */
-static inline __m512 gw_load(const void *gw, int64_t at, int low) {
-    if (!low) return _mm512_loadu_ps((const float *)gw + at);
-    __m256i bits = _mm256_loadu_si256((const __m256i *)((const uint16_t *)gw + at));
+/* Where the sum starts and where it goes: out = src + G^T H. ``src`` is float32, or bf16 when
+ * ``src_low`` (accum_dtype=bfloat16: widened on load), or NULL for zeros (the first chunk: no
+ * zero fill of grad_weight beforehand, and no read of it); ``dst`` is float32, or bf16 when
+ * ``dst_low`` (rounded to nearest even on store, once per call). src == dst sums in place; a bf16
+ * dst beside a float32 src is the last chunk, which writes the returned bf16 gradient without a
+ * separate conversion pass over the float32 sum. Offsets are in elements, the same for both. */
+typedef struct {
+    const void *src;
+    void *dst;
+    int src_low, dst_low;
+} gw_io;
+
+static inline __m512 gw_load(const gw_io *io, int64_t at) {
+    if (!io->src) return _mm512_setzero_ps();
+    if (!io->src_low) return _mm512_loadu_ps((const float *)io->src + at);
+    __m256i bits = _mm256_loadu_si256((const __m256i *)((const uint16_t *)io->src + at));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
-static inline void gw_store(void *gw, int64_t at, __m512 v, int low) {
-    if (low) _mm256_storeu_si256((__m256i *)((uint16_t *)gw + at), (__m256i)_mm512_cvtneps_pbh(v));
-    else _mm512_storeu_ps((float *)gw + at, v);
+static inline void gw_store(const gw_io *io, int64_t at, __m512 v) {
+    if (io->dst_low) _mm256_storeu_si256((__m256i *)((uint16_t *)io->dst + at), (__m256i)_mm512_cvtneps_pbh(v));
+    else _mm512_storeu_ps((float *)io->dst + at, v);
 }
 
-static inline __m512 gw_load_masked(const void *gw, int64_t at, __mmask16 mask, int low) {
-    if (!low) return _mm512_maskz_loadu_ps(mask, (const float *)gw + at);
-    __m256i bits = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)gw + at);
+static inline __m512 gw_load_masked(const gw_io *io, int64_t at, __mmask16 mask) {
+    if (!io->src) return _mm512_setzero_ps();
+    if (!io->src_low) return _mm512_maskz_loadu_ps(mask, (const float *)io->src + at);
+    __m256i bits = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)io->src + at);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
-static inline void gw_store_masked(void *gw, int64_t at, __mmask16 mask, __m512 v, int low) {
-    if (low) _mm256_mask_storeu_epi16((uint16_t *)gw + at, mask, (__m256i)_mm512_cvtneps_pbh(v));
-    else _mm512_mask_storeu_ps((float *)gw + at, mask, v);
+static inline void gw_store_masked(const gw_io *io, int64_t at, __mmask16 mask, __m512 v) {
+    if (io->dst_low) _mm256_mask_storeu_epi16((uint16_t *)io->dst + at, mask, (__m256i)_mm512_cvtneps_pbh(v));
+    else _mm512_mask_storeu_ps((float *)io->dst + at, mask, v);
+}
+
+/* The element at ``at`` of src as float32 (0 without src), and its store to dst. */
+static inline float gw_value(const gw_io *io, int64_t at) {
+    if (!io->src) return 0.0f;
+    return io->src_low ? bf16_value(((const uint16_t *)io->src)[at]) : ((const float *)io->src)[at];
+}
+
+static inline void gw_put(const gw_io *io, int64_t at, float v) {
+    if (io->dst_low) ((uint16_t *)io->dst)[at] = bf16_round(v);
+    else ((float *)io->dst)[at] = v;
+}
+
+/* A line of the next micro-tile, fetched while this one runs: for writing when the sum is in place
+ * or starts from zeros (dst's line), for reading from a separate src. */
+static inline void gw_prefetch(const gw_io *io, int64_t at) {
+    if (io->src == io->dst) __builtin_prefetch((const char *)io->dst + at * (io->dst_low ? 2 : 4), 1, 3);
+    else if (io->src) __builtin_prefetch((const char *)io->src + at * (io->src_low ? 2 : 4), 0, 3);
+    else __builtin_prefetch((const char *)io->dst + at * (io->dst_low ? 2 : 4), 1, 3);
 }
 
 /* The NV x (16 ND) micro-tile of grad_weight at offset ``at``; ``next`` (or -1) is the next
  * micro-tile's offset, whose rows are fetched while this one runs. */
-static void micro(void *gw, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs, const uint16_t *hp,
-                  int64_t full, int64_t d0, int64_t next, int low) {
+static void micro(const gw_io *io, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs, const uint16_t *hp,
+                  int64_t full, int64_t d0, int64_t next) {
     __m512 acc[NV][ND];
     for (int i = 0; i < NV; i++)
-        for (int j = 0; j < ND; j++) acc[i][j] = gw_load(gw, at + i * ldw + 16 * j, low);
+        for (int j = 0; j < ND; j++) acc[i][j] = gw_load(io, at + i * ldw + 16 * j);
     const uint16_t *strip = hp + hp_index(0, d0, pairs, full);  /* step k at strip + k * 32 ND */
     for (int64_t k = 0; k < pairs; k++) {
         if (next >= 0 && k < NV * ND)
-            __builtin_prefetch((const char *)gw + (next + (k / ND) * ldw + 16 * (k % ND)) * (low ? 2 : 4), 1, 3);
+            gw_prefetch(io, next + (k / ND) * ldw + 16 * (k % ND));
         const uint16_t *b = strip + k * 32 * ND;
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 32);
         __m512bh b2 = (__m512bh)_mm512_loadu_si512(b + 64), b3 = (__m512bh)_mm512_loadu_si512(b + 96);
@@ -87,52 +119,54 @@ static void micro(void *gw, int64_t at, int64_t ldw, const uint32_t *gp, int64_t
         }
     }
     for (int i = 0; i < NV; i++)
-        for (int j = 0; j < ND; j++) gw_store(gw, at + i * ldw + 16 * j, acc[i][j], low);
+        for (int j = 0; j < ND; j++) gw_store(io, at + i * ldw + 16 * j, acc[i][j]);
 }
 
 /* Columns [d0, d0 + n) with n <= 16 under a mask, for the NV rows at ``at``: the column tail. */
-static void micro_masked(void *gw, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs, const uint16_t *hp,
-                         int64_t full, int64_t d0, int n, int low) {
+static void micro_masked(const gw_io *io, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs,
+                         const uint16_t *hp, int64_t full, int64_t d0, int n) {
     __mmask16 mask = (__mmask16)((1u << n) - 1u);
     __m512 acc[NV];
-    for (int i = 0; i < NV; i++) acc[i] = gw_load_masked(gw, at + i * ldw, mask, low);
+    for (int i = 0; i < NV; i++) acc[i] = gw_load_masked(io, at + i * ldw, mask);
     const uint16_t *strip = hp + hp_index(0, d0, pairs, full);  /* a tail strip: 16 pairs per step */
     for (int64_t k = 0; k < pairs; k++) {
         __m512bh b = (__m512bh)_mm512_maskz_loadu_epi32(mask, strip + k * 32);
         for (int i = 0; i < NV; i++)
             acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32((int)gp[k * VT + i]), b);
     }
-    for (int i = 0; i < NV; i++) gw_store_masked(gw, at + i * ldw, mask, acc[i], low);
+    for (int i = 0; i < NV; i++) gw_store_masked(io, at + i * ldw, mask, acc[i]);
 }
 
 /* The same sum for rows [i0, i1) of the tile at ``at`` and columns [d0, d1), one value at a time. */
-static void scalar(void *gw, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs, const uint16_t *hp,
-                   int64_t full, int64_t i0, int64_t i1, int64_t d0, int64_t d1, int low) {
+static void scalar(const gw_io *io, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs, const uint16_t *hp,
+                   int64_t full, int64_t i0, int64_t i1, int64_t d0, int64_t d1) {
     for (int64_t i = i0; i < i1; i++)
         for (int64_t d = d0; d < d1; d++) {
             int64_t o = at + i * ldw + d;
-            float acc = low ? bf16_value(((uint16_t *)gw)[o]) : ((float *)gw)[o];
+            float acc = gw_value(io, o);
             for (int64_t k = 0; k < pairs; k++) {
                 uint32_t pair = gp[k * VT + i];
                 const uint16_t *b = hp + hp_index(k, d, pairs, full);
                 acc += bf16_value((uint16_t)(pair & 0xffff)) * bf16_value(b[0]);
                 acc += bf16_value((uint16_t)(pair >> 16)) * bf16_value(b[1]);
             }
-            if (low) ((uint16_t *)gw)[o] = bf16_round(acc);
-            else ((float *)gw)[o] = acc;
+            gw_put(io, o, acc);
         }
 }
 
 #endif
 
 
-/* gw (vocab, dim) float32, or bf16 when low != 0, row stride ldw; g (rows, vocab) bf16, row stride
- * ldg; h (rows, dim) bf16, row stride ldh; unit column strides. Returns 0, or -1 (nothing
- * written) without AVX512-BF16 or without memory for the packed copies. */
-int64_t ll_gw_bf16(void *gw, int64_t ldw, const uint16_t *g, int64_t ldg, const uint16_t *h, int64_t ldh,
-                   int64_t rows, int64_t vocab, int64_t dim, int threads, int low) {
+/* dst (vocab, dim) = src + g^T h. dst float32, or bf16 when dst_low != 0, row stride ldw; src the
+ * same shape and row stride, float32 or bf16 (src_low), or NULL for zeros; src == dst sums in place.
+ * g (rows, vocab) bf16, row stride ldg; h (rows, dim) bf16, row stride ldh; unit column strides.
+ * Returns 0, or -1 (nothing written) without AVX512-BF16 or without memory for the packed copies. */
+int64_t ll_gw_bf16(void *dst, int64_t ldw, const uint16_t *g, int64_t ldg, const uint16_t *h, int64_t ldh,
+                   int64_t rows, int64_t vocab, int64_t dim, int threads, const void *src, int src_low, int dst_low) {
 #if LL_HAVE_BF16
-    if (rows <= 0 || vocab <= 0 || dim <= 0) return 0;
+    const gw_io io_value = {src, dst, src_low, dst_low}, *io = &io_value;
+    if (vocab <= 0 || dim <= 0) return 0;
+    if (rows <= 0) return -1;  /* dst = src: the caller's copy, not worth a loop here */
     int64_t pairs = (rows + 1) / 2;
     int64_t full = dim - dim % (16 * ND), padded = full + (dim - full + 15) / 16 * 16;
     size_t hp_bytes = ((size_t)pairs * (size_t)padded * 4 + 63) / 64 * 64;
@@ -175,14 +209,14 @@ int64_t ll_gw_bf16(void *gw, int64_t ldw, const uint16_t *g, int64_t ldg, const 
                 for (int64_t d0 = 0; d0 < full; d0 += 16 * ND) {
                     int64_t next = d0 + 16 * ND < full ? tile + i * ldw + d0 + 16 * ND
                                  : i + NV < grouped ? tile + (i + NV) * ldw : -1;
-                    micro(gw, tile + i * ldw + d0, ldw, gp + i, pairs, hp, full, d0, next, low);
+                    micro(io, tile + i * ldw + d0, ldw, gp + i, pairs, hp, full, d0, next);
                 }
-            if (grouped < nv) scalar(gw, tile, ldw, gp, pairs, hp, full, grouped, nv, 0, full, low);
+            if (grouped < nv) scalar(io, tile, ldw, gp, pairs, hp, full, grouped, nv, 0, full);
             for (int64_t d0 = full; d0 < dim; d0 += 16) {
                 int n = dim - d0 < 16 ? (int)(dim - d0) : 16;
                 for (int64_t i = 0; i < grouped; i += NV)
-                    micro_masked(gw, tile + i * ldw + d0, ldw, gp + i, pairs, hp, full, d0, n, low);
-                if (grouped < nv) scalar(gw, tile, ldw, gp, pairs, hp, full, grouped, nv, d0, d0 + n, low);
+                    micro_masked(io, tile + i * ldw + d0, ldw, gp + i, pairs, hp, full, d0, n);
+                if (grouped < nv) scalar(io, tile, ldw, gp, pairs, hp, full, grouped, nv, d0, d0 + n);
             }
         }
     }
@@ -190,8 +224,8 @@ int64_t ll_gw_bf16(void *gw, int64_t ldw, const uint16_t *g, int64_t ldg, const 
     free(hp);
     return 0;
 #else
-    (void)gw; (void)ldw; (void)g; (void)ldg; (void)h; (void)ldh; (void)rows; (void)vocab; (void)dim; (void)threads;
-    (void)low;
+    (void)dst; (void)ldw; (void)g; (void)ldg; (void)h; (void)ldh; (void)rows; (void)vocab; (void)dim; (void)threads;
+    (void)src; (void)src_low; (void)dst_low;
     return -1;
 #endif
 }

@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from logitlab._native import xent as native_xent
 from logitlab.fused._kernel import all_reduce, apply_softcap, softcap_backward
-from logitlab.fused._matmul import grad_hidden_into, grad_weight_into, logits_into, matmul_scratch
+from logitlab.fused._matmul import GradWeightSum, grad_hidden_into, logits_into, matmul_scratch
 
 # Elements of the (chunk, V) block of logits chosen by chunk_rows: 1/32 of the naive logits
 # (so about 3% of their size), but at least 64 rows and 2^18 elements (1 MiB in float32: thin
@@ -90,7 +90,7 @@ def needs_wide_block(hidden: Tensor, softcap: float | None, group) -> bool:
 
     It does not when the native row kernel can work on the block in place: no softcap, no
     process group, the kernel built. (A float32 grad_weight is then summed straight from the
-    half-precision block, see :func:`logitlab.fused._matmul.grad_weight_into`.)
+    half-precision block, see :class:`logitlab.fused._matmul.GradWeightSum`.)
     """
     return not (softcap is None and group is None and native_xent.supports(hidden.new_empty(0, 0)))
 
@@ -148,7 +148,7 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     low_buf = hidden.new_empty(chunk, vocab) if low else None
     loss_rows = hidden.new_empty(rows, dtype=acc)
     grad_h = hidden.new_empty(hidden.shape) if need[0] else None
-    grad_w = weight.new_zeros(weight.shape, dtype=weight.dtype if sum_low else acc) if need[1] else None
+    grad_w = GradWeightSum(weight, weight.dtype if sum_low else acc) if need[1] else None
     grad_b = hidden.new_zeros(vocab, dtype=acc) if need[2] else None
     bias_acc = bias.to(acc) if bias is not None else None
     scratch = matmul_scratch(chunk, vocab, hidden.shape[1], hidden.dtype, hidden.device)
@@ -187,17 +187,14 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
         if need[0]:
             grad_hidden_into(grad_h[start:stop], g_low if low else grad, weight, scratch)
         if need[1]:
-            if sum_low:
-                grad_w.addmm_(g_low.t(), h)
-            else:
-                grad_w.addmm_(grad.t(), h.to(acc) if low else h)
+            grad_w.add(g_low if sum_low else grad, h, last=stop == rows)
         if need[2]:
             grad_b.add_(grad.sum(0))
 
     if grad_h is not None:
         all_reduce(grad_h, "sum", plan.group)
-    if grad_w is not None and grad_w.dtype != weight.dtype:
-        grad_w = grad_w.to(weight.dtype)
+    if grad_w is not None:
+        grad_w = grad_w.result()
     if grad_b is not None and bias is not None and grad_b.dtype != bias.dtype:
         grad_b = grad_b.to(bias.dtype)
     return loss_rows, grad_h, grad_w, grad_b
@@ -209,7 +206,7 @@ class _Outputs:
 
     loss_rows: Tensor
     grad_h: Tensor | None
-    grad_w: Tensor | None
+    grad_w: GradWeightSum | None
     grad_b: Tensor | None
 
 
@@ -221,7 +218,7 @@ def _native_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, start:
     bfloat16 matmul, as in the naive computation) and the kernel turns it into the gradient in
     place, in one pass: no float32 copy, no separate scaling pass. With bfloat16 inputs and a
     float32 ``accum_dtype``, grad_weight is still summed in float32, straight from the bfloat16
-    block (:func:`~logitlab.fused._matmul.grad_weight_into`).
+    block (:class:`~logitlab.fused._matmul.GradWeightSum`).
     """
     if bias is not None and bias.dtype != block.dtype:
         return False
@@ -236,7 +233,7 @@ def _native_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, start:
     if need[0]:
         grad_hidden_into(out.grad_h[start:stop], grad, weight, scratch)
     if need[1]:
-        grad_weight_into(out.grad_w, grad, h)
+        out.grad_w.add(grad, h, last=stop == out.loss_rows.shape[0])
     if need[2]:
         out.grad_b.add_(grad.sum(0, dtype=out.grad_b.dtype))
     return True
