@@ -50,19 +50,25 @@ def test_sum_over_chunks_matches_float64(monkeypatch, dtype, sum_dtype, kernel, 
 
 
 @pytest.mark.skipif(not _NATIVE, reason="no AVX512-BF16 kernel")
-def test_wide_sum_of_a_bf16_head_is_written_straight_into_the_result():
-    # One chunk: the float32 sum is never made. Several: the last chunk writes the bf16 result.
+def test_float32_sum_of_a_bf16_head_lives_in_halves_and_the_result_buffer():
+    # Several chunks: the upper halves of the float32 sum sit in the buffer that the last chunk
+    # rounds in place and returns, beside an int16 buffer of lower halves; no float32 (V, D) tensor.
     weight = torch.empty(97, 70, dtype=BF16)
-    one = GradWeightSum(weight, F32)
-    one.add(*_chunks(1, BF16)[0], last=True)
-    assert one.sum is None and one.final is not None and one.result() is one.final
     several = GradWeightSum(weight, F32)
     chunks = _chunks(3, BF16)
-    for i, (g, h) in enumerate(chunks):
-        several.add(g, h, last=i == 2)
-    assert several.sum.dtype == F32 and several.result() is several.final
+    several.add(*chunks[0], last=False)
+    upper, lower = several.halves
+    assert several.sum is None and upper.dtype == BF16 and lower.dtype == torch.int16
+    several.add(*chunks[1], last=False)
+    assert several.halves[0] is upper and several.halves[1] is lower
+    several.add(*chunks[2], last=True)
+    assert several.halves is None and several.sum is None and several.result() is upper
     with pytest.raises(RuntimeError, match="already added"):
         several.add(*chunks[0], last=True)
+    # One chunk: no lower halves at all, the kernel writes the rounded sum straight into the result.
+    one = GradWeightSum(weight, F32)
+    one.add(*_chunks(1, BF16)[0], last=True)
+    assert one.halves is None and one.sum is None and one.final is not None and one.result() is one.final
 
 
 def test_nothing_added_gives_zeros_in_the_weights_dtype():

@@ -24,34 +24,72 @@ pytestmark = pytest.mark.skipif(not native_gemm._available(),
 BF16 = torch.bfloat16
 
 
-# (src, out) dtypes: in place in float32 or bfloat16, from zeros (no source read), and a float32
-# sum written into a bfloat16 result (the last chunk).
+def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 -> (upper 16 bits as bfloat16, lower 16 bits as int16)."""
+    bits = x.float().view(torch.int32)
+    return (bits >> 16).to(torch.int16).view(BF16), (bits & 0xFFFF).to(torch.int16)
+
+
+def _join(halves) -> torch.Tensor:
+    upper, lower = (t.view(torch.int16).to(torch.int32) for t in halves)
+    return ((upper << 16) | (lower & 0xFFFF)).view(torch.float32)
+
+
+# (src, out): in place in float32 or bfloat16; from zeros (no source read); a float32 sum written
+# into a bfloat16 result; a float32 sum split in halves, in place, from zeros, and rounded into
+# its own upper halves (the last chunk of linear_cross_entropy's default bfloat16 path).
 _SOURCES = {"float32_in_place": (torch.float32, torch.float32), "bf16_in_place": (BF16, BF16),
             "zeros_into_float32": (None, torch.float32), "zeros_into_bf16": (None, BF16),
-            "float32_into_bf16": (torch.float32, BF16)}
+            "float32_into_bf16": (torch.float32, BF16), "split_in_place": ("split", "split"),
+            "zeros_into_split": (None, "split"), "split_into_its_upper_halves": ("split", BF16)}
 
 
 @pytest.mark.parametrize("rows,vocab,dim", [(1, 3, 1), (7, 50, 70), (2, 6 * 48, 64), (13, 97, 64),
                                             (33, 6 * 48 + 5, 128 + 16 + 3), (128, 1000, 200)], ids=str)
 @pytest.mark.parametrize("source", _SOURCES)
 def test_matches_the_float64_sum(rows, vocab, dim, source):
-    src_dtype, out_dtype = _SOURCES[source]
+    src_kind, out_kind = _SOURCES[source]
     gen = torch.Generator().manual_seed(rows * vocab + dim)
     grad = torch.randn(rows, vocab, generator=gen).to(BF16)
     h = torch.randn(rows, dim, generator=gen).to(BF16)
-    src = None if src_dtype is None else torch.randn(vocab, dim, generator=gen).to(src_dtype)
-    start = torch.zeros(vocab, dim, dtype=torch.float64) if src is None else src.double()
-    in_place = src is not None and src_dtype == out_dtype
-    # Out of place, every element of out must be written: NaN wherever the kernel missed one.
-    out = src if in_place else torch.full((vocab, dim), float("nan"), dtype=out_dtype)
-    want = start + grad.double().t() @ h.double()
+    start = torch.zeros(vocab, dim) if src_kind is None else torch.randn(vocab, dim, generator=gen)
+    if src_kind == BF16:
+        start = start.to(BF16).float()
+    src = None if src_kind is None else _split(start) if src_kind == "split" else start.to(src_kind)
+    before = None if src is None else [t.clone() for t in (src if isinstance(src, tuple) else (src,))]
+    if source == "split_into_its_upper_halves":
+        out = src[0]
+    elif src_kind == out_kind:
+        out = src
+    else:  # out of place, every element of out must be written: NaN wherever the kernel missed one
+        out = _split(torch.full((vocab, dim), float("nan"))) if out_kind == "split" else \
+            torch.full((vocab, dim), float("nan"), dtype=out_kind)
+    want = start.double() + grad.double().t() @ h.double()
     assert native_gemm.grad_weight_bf16(out, grad, h, src=src)
-    if src is not None and not in_place:
-        assert torch.equal(src.double(), start), "the source was written"
-    size = start.abs() + grad.double().abs().t() @ h.double().abs()
+    if src is not None and out is not src and source != "split_into_its_upper_halves":
+        assert all(torch.equal(a, b) for a, b in zip(before, src if isinstance(src, tuple) else (src,))), "src written"
+    got = _join(out).double() if out_kind == "split" else out.double()
+    size = start.double().abs() + grad.double().abs().t() @ h.double().abs()
     # float32 additions, then (bfloat16 out) one rounding to nearest.
-    bound = 4 * rows * 2**-24 * size + (2**-8 * want.abs() if out_dtype == BF16 else 0)
-    assert bool(((out.double() - want).abs() <= bound).all()), float((out.double() - want).abs().max())
+    bound = 4 * rows * 2**-24 * size + (2**-8 * want.abs() if out_kind == BF16 else 0)
+    assert bool(((got - want).abs() <= bound).all()), float((got - want).abs().max())
+
+
+def test_split_sum_is_the_float32_sum_bit_for_bit():
+    # The halves only store the float32 sum: the same additions as a float32 sum give the same bits,
+    # and rounding the halves in place gives what rounding the float32 sum gives.
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(9, 301, generator=gen).to(BF16) for _ in range(3)]
+    hs = [torch.randn(9, 83, generator=gen).to(BF16) for _ in range(3)]
+    wide, halves = torch.empty(301, 83), _split(torch.empty(301, 83))
+    for i, (g, h) in enumerate(zip(grads, hs)):
+        assert native_gemm.grad_weight_bf16(wide, g, h, src=wide if i else None)
+        if i < 2:
+            assert native_gemm.grad_weight_bf16(halves, g, h, src=halves if i else None)
+        else:
+            assert native_gemm.grad_weight_bf16(halves[0], g, h, src=halves)
+        assert i == 2 or torch.equal(_join(halves), wide)
+    assert torch.equal(halves[0], wide.to(BF16))
 
 
 def test_row_strides_and_a_second_call_accumulates():
@@ -78,6 +116,9 @@ def test_declines_what_it_does_not_take():
         native_gemm.grad_weight_bf16(torch.zeros(10, 9), g, h, src=None)
     with pytest.raises(ValueError, match="shapes"):
         native_gemm.grad_weight_bf16(out, g, h, src=torch.zeros(10, 9))
+    upper, lower = torch.zeros(10, 8, dtype=BF16), torch.zeros(10, 8, dtype=torch.int16)
+    assert not native_gemm.grad_weight_bf16((upper, lower.to(BF16)), g, h, src=None)  # halves: int16 lower
+    assert not native_gemm.grad_weight_bf16((upper, torch.zeros(8, 10, dtype=torch.int16).t()), g, h, src=None)
 
 
 def test_fused_gradients_agree_with_and_without_the_kernel(monkeypatch):

@@ -1,6 +1,6 @@
 """Python side of the ``gemm_*.c`` kernels: the products of ``linear_cross_entropy``'s chunks (few
 rows c) that torch runs slowly on this CPU. bfloat16, summed in float32: grad_weight (V, D) =
-src + grad.T @ h with float32 or bfloat16 src (or zeros) and result (``gemm_bf16_gw.c``),
+src + grad.T @ h with float32, bfloat16 or split float32 src (or zeros) and result (``gemm_bf16_gw.c``),
 grad_hidden (c, D) = grad @ weight (``gemm_bf16_gh.c``) and the logits (c, V) = h @ weight.T
 (+ bias) (``gemm_bf16_logits.c``);
 float32: grad_hidden and the logits (``gemm_f32_gh.c``, ``gemm_f32_logits.c``).
@@ -54,22 +54,42 @@ def _shape_error(name: str, *shapes) -> ValueError:
     return ValueError(f"{name}: mismatched shapes " + ", ".join(str(tuple(s)) for s in shapes))
 
 
-def grad_weight_bf16(out: Tensor, grad: Tensor, h: Tensor, *, src: Tensor | None) -> bool:
-    """out (V, D) = src + grad.T @ h, for bfloat16 grad (c, V) and h (c, D); ``out`` and ``src``
-    float32 or bfloat16 (the sum is float32 and rounded once into a bfloat16 ``out``). ``src`` is
-    ``out`` itself to sum in place, None for zeros (no fill beforehand), or another tensor of
-    ``out``'s shape and strides (the last chunk: a float32 sum into the bfloat16 result).
-    False (nothing written) also for c = 0 or a ``src`` laid out otherwise."""
-    wide = (torch.float32, BF16)
-    if not (out.dtype in wide and (src is None or src.dtype in wide) and _takes((out, grad, h), (out.dtype, BF16, BF16))):
+# A float32 sum split in halves: (upper 16 bits as bfloat16, lower 16 bits as int16), two tensors
+# of one shape and strides; the upper halves alone are the value truncated to bfloat16.
+Halves = tuple[Tensor, Tensor]
+
+
+def grad_weight_bf16(out: Tensor | Halves, grad: Tensor, h: Tensor, *, src: Tensor | Halves | None) -> bool:
+    """out (V, D) = src + grad.T @ h, for bfloat16 grad (c, V) and h (c, D), summed in float32.
+
+    ``out`` and ``src`` are float32, bfloat16 (rounded once into ``out``) or a float32 split in
+    :data:`Halves`; ``src`` may be ``out`` itself (in place, also a split ``src`` rounded into its
+    own upper halves), None for zeros (no fill beforehand), or another tensor of ``out``'s shape
+    and strides. False (nothing written) also for c = 0 or a ``src`` laid out otherwise.
+    """
+    parts_out = out if isinstance(out, tuple) else (out,)
+    parts_src = () if src is None else src if isinstance(src, tuple) else (src,)
+    every = (*parts_out, *parts_src)
+    if not (_sum_dtypes_ok(out) and (src is None or _sum_dtypes_ok(src)) and _takes((grad, h), (BF16, BF16))
+            and all(t.device.type == "cpu" and t.dim() == 2 for t in every)):
         return False
     (rows, vocab), dim = grad.shape, h.shape[1]
-    if tuple(out.shape) != (vocab, dim) or h.shape[0] != rows or (src is not None and src.shape != out.shape):
-        raise _shape_error("grad_weight_bf16", out.shape, grad.shape, h.shape, () if src is None else src.shape)
-    if src is not None and (src.stride() != out.stride() or src.device != out.device):
+    if any(tuple(t.shape) != (vocab, dim) for t in every) or h.shape[0] != rows:
+        raise _shape_error("grad_weight_bf16", *(t.shape for t in every), grad.shape, h.shape)
+    if any(t.stride() != parts_out[0].stride() for t in every):
         return False
-    src_args = (None if src is None else src.data_ptr(), int(src is not None and src.dtype == BF16), int(out.dtype == BF16))
-    return _launch("gemm_bf16_gw", "ll_gw_bf16", (out, grad, h), (rows, vocab, dim), src_args, (_P, _INT, _INT))
+    lo_src = parts_src[1].data_ptr() if len(parts_src) == 2 else None
+    lo_out = parts_out[1].data_ptr() if len(parts_out) == 2 else None
+    extra = (parts_src[0].data_ptr() if parts_src else None, lo_src, int(bool(parts_src) and parts_src[0].dtype == BF16),
+             lo_out, int(parts_out[0].dtype == BF16))
+    return _launch("gemm_bf16_gw", "ll_gw_bf16", (parts_out[0], grad, h), (rows, vocab, dim), extra,
+                   (_P, _P, _INT, _P, _INT))
+
+
+def _sum_dtypes_ok(x: Tensor | Halves) -> bool:
+    if isinstance(x, tuple):
+        return len(x) == 2 and x[0].dtype == BF16 and x[1].dtype == torch.int16
+    return x.dtype in (torch.float32, BF16)
 
 
 # The storage dtypes of the grad_hidden and logits kernels, by the suffix of their names.

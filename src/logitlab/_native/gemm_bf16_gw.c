@@ -1,5 +1,5 @@
 /* grad_weight (V, D) += G^T @ H for bfloat16 G (c, V) and H (c, D), into float32 or bf16; or
- * out = src + G^T @ H from a float32/bf16 src or zeros into a float32/bf16 out (see gw_io).
+ * out = src + G^T @ H from a float32/bf16/split-float32 src or zeros into such an out (see gw_io).
  *
  * This is grad_weight's sum over linear_cross_entropy's bfloat16 chunks: the products of two
  * bfloat16 numbers are exact in float32, so into a float32 grad_weight this equals a matmul of the
@@ -42,58 +42,98 @@ static inline int64_t hp_index(int64_t k, int64_t d, int64_t pairs, int64_t full
 }
 
 /* Where the sum starts and where it goes: out = src + G^T H. ``src`` is float32, or bf16 when
- * ``src_low`` (accum_dtype=bfloat16: widened on load), or NULL for zeros (the first chunk: no
- * zero fill of grad_weight beforehand, and no read of it); ``dst`` is float32, or bf16 when
- * ``dst_low`` (rounded to nearest even on store, once per call). src == dst sums in place; a bf16
- * dst beside a float32 src is the last chunk, which writes the returned bf16 gradient without a
- * separate conversion pass over the float32 sum. Offsets are in elements, the same for both. */
+ * ``src_low`` (accum_dtype=bfloat16: widened on load), or float32 split in halves (``src_lo`` set:
+ * src holds each value's upper 16 bits, src_lo its lower 16), or NULL for zeros (the first chunk:
+ * no zero fill of grad_weight beforehand, and no read of it). ``dst`` likewise: float32, bf16 when
+ * ``dst_low`` (rounded to nearest even on store, once per call), or split (``dst_lo`` set). A split
+ * float32 sum of a bf16 head keeps its upper halves in the bf16 gradient's own buffer, so the sum
+ * costs 2 bytes per element beyond the gradient, not 4, and the last chunk rounds the total into
+ * that buffer in place (dst == src, dst_low, no dst_lo). src == dst sums in place. Offsets are in
+ * elements, the same for every buffer. */
 typedef struct {
     const void *src;
+    const uint16_t *src_lo;
     void *dst;
+    uint16_t *dst_lo;
     int src_low, dst_low;
 } gw_io;
 
+static inline __m512 halves_join(__m256i hi, __m256i lo) {
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16), _mm512_cvtepu16_epi32(lo)));
+}
+
 static inline __m512 gw_load(const gw_io *io, int64_t at) {
     if (!io->src) return _mm512_setzero_ps();
-    if (!io->src_low) return _mm512_loadu_ps((const float *)io->src + at);
-    __m256i bits = _mm256_loadu_si256((const __m256i *)((const uint16_t *)io->src + at));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+    if (!io->src_low && !io->src_lo) return _mm512_loadu_ps((const float *)io->src + at);
+    __m256i hi = _mm256_loadu_si256((const __m256i *)((const uint16_t *)io->src + at));
+    return halves_join(hi, io->src_lo ? _mm256_loadu_si256((const __m256i *)(io->src_lo + at)) : _mm256_setzero_si256());
 }
 
 static inline void gw_store(const gw_io *io, int64_t at, __m512 v) {
-    if (io->dst_low) _mm256_storeu_si256((__m256i *)((uint16_t *)io->dst + at), (__m256i)_mm512_cvtneps_pbh(v));
-    else _mm512_storeu_ps((float *)io->dst + at, v);
+    if (io->dst_lo) {
+        __m512i bits = _mm512_castps_si512(v);
+        _mm256_storeu_si256((__m256i *)((uint16_t *)io->dst + at), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+        _mm256_storeu_si256((__m256i *)(io->dst_lo + at), _mm512_cvtepi32_epi16(bits));
+    } else if (io->dst_low) {
+        _mm256_storeu_si256((__m256i *)((uint16_t *)io->dst + at), (__m256i)_mm512_cvtneps_pbh(v));
+    } else {
+        _mm512_storeu_ps((float *)io->dst + at, v);
+    }
 }
 
 static inline __m512 gw_load_masked(const gw_io *io, int64_t at, __mmask16 mask) {
     if (!io->src) return _mm512_setzero_ps();
-    if (!io->src_low) return _mm512_maskz_loadu_ps(mask, (const float *)io->src + at);
-    __m256i bits = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)io->src + at);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+    if (!io->src_low && !io->src_lo) return _mm512_maskz_loadu_ps(mask, (const float *)io->src + at);
+    __m256i hi = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)io->src + at);
+    return halves_join(hi, io->src_lo ? _mm256_maskz_loadu_epi16(mask, io->src_lo + at) : _mm256_setzero_si256());
 }
 
 static inline void gw_store_masked(const gw_io *io, int64_t at, __mmask16 mask, __m512 v) {
-    if (io->dst_low) _mm256_mask_storeu_epi16((uint16_t *)io->dst + at, mask, (__m256i)_mm512_cvtneps_pbh(v));
-    else _mm512_mask_storeu_ps((float *)io->dst + at, mask, v);
+    if (io->dst_lo) {
+        __m512i bits = _mm512_castps_si512(v);
+        _mm256_mask_storeu_epi16((uint16_t *)io->dst + at, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+        _mm256_mask_storeu_epi16(io->dst_lo + at, mask, _mm512_cvtepi32_epi16(bits));
+    } else if (io->dst_low) {
+        _mm256_mask_storeu_epi16((uint16_t *)io->dst + at, mask, (__m256i)_mm512_cvtneps_pbh(v));
+    } else {
+        _mm512_mask_storeu_ps((float *)io->dst + at, mask, v);
+    }
 }
 
 /* The element at ``at`` of src as float32 (0 without src), and its store to dst. */
 static inline float gw_value(const gw_io *io, int64_t at) {
     if (!io->src) return 0.0f;
-    return io->src_low ? bf16_value(((const uint16_t *)io->src)[at]) : ((const float *)io->src)[at];
+    if (!io->src_low && !io->src_lo) return ((const float *)io->src)[at];
+    uint32_t u = (uint32_t)((const uint16_t *)io->src)[at] << 16 | (io->src_lo ? io->src_lo[at] : 0u);
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
 }
 
 static inline void gw_put(const gw_io *io, int64_t at, float v) {
-    if (io->dst_low) ((uint16_t *)io->dst)[at] = bf16_round(v);
-    else ((float *)io->dst)[at] = v;
+    if (io->dst_lo) {
+        uint32_t u;
+        memcpy(&u, &v, sizeof u);
+        ((uint16_t *)io->dst)[at] = (uint16_t)(u >> 16);
+        io->dst_lo[at] = (uint16_t)u;
+    } else if (io->dst_low) {
+        ((uint16_t *)io->dst)[at] = bf16_round(v);
+    } else {
+        ((float *)io->dst)[at] = v;
+    }
 }
 
 /* A line of the next micro-tile, fetched while this one runs: for writing when the sum is in place
- * or starts from zeros (dst's line), for reading from a separate src. */
+ * or starts from zeros (dst's line, and a split dst's lower halves), for reading from a separate src. */
 static inline void gw_prefetch(const gw_io *io, int64_t at) {
-    if (io->src == io->dst) __builtin_prefetch((const char *)io->dst + at * (io->dst_low ? 2 : 4), 1, 3);
-    else if (io->src) __builtin_prefetch((const char *)io->src + at * (io->src_low ? 2 : 4), 0, 3);
-    else __builtin_prefetch((const char *)io->dst + at * (io->dst_low ? 2 : 4), 1, 3);
+    if (io->src && io->src != io->dst) {
+        __builtin_prefetch((const char *)io->src + at * (io->src_low || io->src_lo ? 2 : 4), 0, 3);
+        if (io->src_lo) __builtin_prefetch(io->src_lo + at, 0, 3);
+        return;
+    }
+    __builtin_prefetch((const char *)io->dst + at * (io->dst_low || io->dst_lo ? 2 : 4), 1, 3);
+    if (io->dst_lo) __builtin_prefetch(io->dst_lo + at, 1, 3);
+    else if (io->src_lo) __builtin_prefetch(io->src_lo + at, 0, 3);  /* the last chunk of a split sum */
 }
 
 /* The NV x (16 ND) micro-tile of grad_weight at offset ``at``; ``next`` (or -1) is the next
@@ -157,14 +197,16 @@ static void scalar(const gw_io *io, int64_t at, int64_t ldw, const uint32_t *gp,
 #endif
 
 
-/* dst (vocab, dim) = src + g^T h. dst float32, or bf16 when dst_low != 0, row stride ldw; src the
- * same shape and row stride, float32 or bf16 (src_low), or NULL for zeros; src == dst sums in place.
+/* dst (vocab, dim) = src + g^T h. dst float32, bf16 when dst_low != 0, or split float32 with lower
+ * halves at dst_lo, row stride ldw; src the same shape and row stride, float32, bf16 (src_low) or
+ * split (src_lo), or NULL for zeros; src == dst sums in place (see gw_io).
  * g (rows, vocab) bf16, row stride ldg; h (rows, dim) bf16, row stride ldh; unit column strides.
  * Returns 0, or -1 (nothing written) without AVX512-BF16 or without memory for the packed copies. */
 int64_t ll_gw_bf16(void *dst, int64_t ldw, const uint16_t *g, int64_t ldg, const uint16_t *h, int64_t ldh,
-                   int64_t rows, int64_t vocab, int64_t dim, int threads, const void *src, int src_low, int dst_low) {
+                   int64_t rows, int64_t vocab, int64_t dim, int threads, const void *src, const uint16_t *src_lo,
+                   int src_low, uint16_t *dst_lo, int dst_low) {
 #if LL_HAVE_BF16
-    const gw_io io_value = {src, dst, src_low, dst_low}, *io = &io_value;
+    const gw_io io_value = {src, src_lo, dst, dst_lo, src_low, dst_low}, *io = &io_value;
     if (vocab <= 0 || dim <= 0) return 0;
     if (rows <= 0) return -1;  /* dst = src: the caller's copy, not worth a loop here */
     int64_t pairs = (rows + 1) / 2;
@@ -225,7 +267,7 @@ int64_t ll_gw_bf16(void *dst, int64_t ldw, const uint16_t *g, int64_t ldg, const
     return 0;
 #else
     (void)dst; (void)ldw; (void)g; (void)ldg; (void)h; (void)ldh; (void)rows; (void)vocab; (void)dim; (void)threads;
-    (void)src; (void)src_low; (void)dst_low;
+    (void)src; (void)src_lo; (void)src_low; (void)dst_lo; (void)dst_low;
     return -1;
 #endif
 }
