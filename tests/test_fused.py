@@ -241,18 +241,20 @@ def test_auto_is_deterministic_in_the_shapes():
     assert chunk_rows(256, 50000) == 64 and chunk_rows(8192, 1000) == 256  # at least 64 rows, 2^18 elements
     assert chunk_rows(16384, 32768, torch.bfloat16) == 168 and chunk_rows(4096, 32768, torch.float64) == 128
     assert chunk_rows(16384, 32768, torch.bfloat16, wide_block=False) == 512
-    # A float32 grad_weight sum for a bf16 head: the block may take 1/8 of its bytes (D·4/16 rows
-    # of bf16, D·4/48 with a float32 twin), never fewer rows than without it, never more than N.
+    # A float32 grad_weight sum for a bf16 head: the block may grow to 512 rows but take no more
+    # than 1/4 of the sum's bytes (D·4/8 rows of bf16, D·4/24 with a float32 twin), never fewer
+    # rows than without it, never more than N.
     f32, bf16 = torch.float32, torch.bfloat16
     assert chunk_rows(2048, 131072, bf16, wide_block=False, dim=2048, sum_dtype=f32) == 512
-    assert chunk_rows(4096, 32768, bf16, wide_block=False, dim=1024, sum_dtype=f32) == 256
-    assert chunk_rows(2048, 131072, bf16, dim=2048, sum_dtype=f32) == 168
+    assert chunk_rows(4096, 32768, bf16, wide_block=False, dim=1024, sum_dtype=f32) == 512
+    assert chunk_rows(4096, 32768, bf16, wide_block=False, dim=512, sum_dtype=f32) == 256
+    assert chunk_rows(2048, 131072, bf16, dim=2048, sum_dtype=f32) == 336
     assert chunk_rows(300, 131072, bf16, wide_block=False, dim=2048, sum_dtype=f32) == 300
     assert chunk_rows(16384, 32768, bf16, wide_block=False, dim=64, sum_dtype=f32) == 512
     assert chunk_rows(2048, 131072, bf16, wide_block=False, dim=2048, sum_dtype=bf16) == 64
     assert chunk_rows(2048, 131072, f32, dim=2048, sum_dtype=f32) == 64
-    # A float64 sum: the twin is float64 too (2048·8/(8·10) rows); float32 inputs never grow.
-    assert chunk_rows(2048, 131072, bf16, dim=2048, sum_dtype=torch.float64) == 200
+    # A float64 sum: the twin is float64 too (2048·8/(4·10) rows); float32 inputs never grow.
+    assert chunk_rows(2048, 131072, bf16, dim=2048, sum_dtype=torch.float64) == 408
     assert chunk_rows(2048, 131072, f32, dim=2048, sum_dtype=torch.float64) == 64
 
 
@@ -262,11 +264,11 @@ def test_auto_chunk_grows_only_beside_a_wider_grad_weight_sum(monkeypatch, accum
     seen = []
     real = FusedLinearLoss.apply
     monkeypatch.setattr(FusedLinearLoss, "apply", lambda *a: seen.append(a[5].chunk) or real(*a))
-    hidden = torch.randn(512, 1024, dtype=torch.bfloat16)
+    hidden = torch.randn(1024, 1024, dtype=torch.bfloat16)
     weight = torch.randn(4096, 1024, dtype=torch.bfloat16, requires_grad=grad)
-    linear_cross_entropy(hidden, weight, torch.randint(4096, (512,)), impl="chunked", accum_dtype=accum)
-    # 64 rows by the size rule; 1024·4/16 rows beside the float32 sum (1024·4/48 with a float32 twin).
-    grown = 80 if needs_wide_block(hidden, None, None) else 256
+    linear_cross_entropy(hidden, weight, torch.randint(4096, (1024,)), impl="chunked", accum_dtype=accum)
+    # 64 rows by the size rule; 1024·4/8 rows beside the float32 sum (1024·4/24 with a float32 twin).
+    grown = 168 if needs_wide_block(hidden, None, None) else 512
     assert seen == [grown if grows else 64]
 
 

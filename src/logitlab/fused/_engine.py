@@ -36,12 +36,16 @@ from logitlab.fused._matmul import GradWeightSum, grad_hidden_into, logits_into,
 # 2 per naive logit) take a block three times smaller for the same fraction of the naive logits'
 # size (``wide_block``).
 # When grad_weight is summed in a dtype wider than the head's (bf16 inputs, float32 accum_dtype),
-# that (V, D) sum is extra memory whatever the chunk; the block may then take up to 1/8 of its
-# bytes, which is D·4/16 rows for a bf16 block. Each chunk streams the whole sum through memory
-# once, so fewer chunks save that traffic: at (N, D, V) = (2048, 2048, 131072) bf16, 64 rows took
-# 9.6-10.0 s, 256 rows 8.6-8.9 s and 512 rows 8.6-8.7 s (the three-GEMM floor 8.1-8.5 s); at
-# (4096, 1024, 32768), 128 rows 2.17-2.21 s, 256 rows 2.10 s (the floor about 2.0 s).
-_MIN_BLOCK, _MAX_BLOCK, _FRACTION, _MIN_ROWS, _SUM_SHARE = 1 << 18, 1 << 24, 32, 64, 8
+# every chunk streams that (V, D) sum through memory once (read and written: 4 bytes per element,
+# its upper and lower halves, see _matmul.GradWeightSum), 4/c bytes per flop of the chunk's
+# grad_weight product, so fewer chunks save that traffic; and the sum is extra memory whatever the
+# chunk (its lower halves, V·D·2 bytes). The block may then grow to 512 rows (_SUM_ROWS), but to
+# no more than 1/4 of the float32 sum's bytes (half its lower halves): D·4/8 rows of a bf16 block.
+# Measured with the sum split in halves: at (N, D, V) = (4096, 1024, 32768) bf16, 256 rows took
+# 2.23-2.26 s, 512 rows 2.16-2.25 s and 1024 rows 2.14-2.16 s; at (2048, 2048, 131072) 512 and
+# 1024 rows 8.37-8.55 s alike (64 rows took 9.6-10.0 s with a float32 sum; the three-GEMM floor
+# is 2.0-2.1 s and 8.1-8.9 s).
+_MIN_BLOCK, _MAX_BLOCK, _FRACTION, _MIN_ROWS, _SUM_SHARE, _SUM_ROWS = 1 << 18, 1 << 24, 32, 64, 4, 512
 # impl="auto" materializes logits only when they are small: at most 2^20 elements (4 MiB).
 NAIVE_MAX_ELEMENTS = 1 << 20
 
@@ -57,9 +61,10 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
     works on the half-precision block in place) they take N·V/32, three times the rows.
 
     When a half-precision head (V, ``dim``) has its grad_weight summed in a wider ``sum_dtype``,
-    that sum's V·D·itemsize bytes are extra memory anyway, and the block may grow to 1/8 of them:
-    fewer chunks stream the sum through memory fewer times. The rows then depend on D and the
-    dtypes, not on V, so the ranks of a vocabulary-sharded head agree. A wide block's twin is
+    every chunk streams that sum through memory, which is partly extra memory anyway, and the
+    block may grow to 512 rows but no more than 1/4 of the sum's V·D·itemsize bytes: fewer chunks
+    stream the sum fewer times. The rows then depend on D and the dtypes, not on V, so the ranks
+    of a vocabulary-sharded head agree. A wide block's twin is
     counted in ``sum_dtype`` when that is wider than float32 (its dtype then), in both rules.
 
     Example:
@@ -79,7 +84,7 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
     block = min(max(naive_share, _MIN_ROWS * vocab, _MIN_BLOCK), _MAX_BLOCK)
     size = max(1, block // max(vocab, 1))
     if half and sum_dtype is not None and sum_dtype.itemsize > dtype.itemsize:
-        size = max(size, dim * sum_dtype.itemsize // (_SUM_SHARE * block_bytes))
+        size = max(size, min(_SUM_ROWS, dim * sum_dtype.itemsize // (_SUM_SHARE * block_bytes)))
     if size >= 8:
         size -= size % 8
     return max(1, min(size, rows))
