@@ -41,112 +41,119 @@ static inline int64_t hp_index(int64_t k, int64_t d, int64_t pairs, int64_t full
     return (s0 * pairs + k * width + (d - s0)) * 2;
 }
 
-/* Where the sum starts and where it goes: out = src + G^T H. ``src`` is float32, or bf16 when
- * ``src_low`` (accum_dtype=bfloat16: widened on load), or float32 split in halves (``src_lo`` set:
- * src holds each value's upper 16 bits, src_lo its lower 16), or NULL for zeros (the first chunk:
- * no zero fill of grad_weight beforehand, and no read of it). ``dst`` likewise: float32, bf16 when
- * ``dst_low`` (rounded to nearest even on store, once per call), or split (``dst_lo`` set). A split
- * float32 sum of a bf16 head keeps its upper halves in the bf16 gradient's own buffer, so the sum
- * costs 2 bytes per element beyond the gradient, not 4, and the last chunk rounds the total into
- * that buffer in place (dst == src, dst_low, no dst_lo). src == dst sums in place. Offsets are in
- * elements, the same for every buffer. */
+/* Where the sum starts and where it goes: out = src + G^T H, each a ``kind``. The source is
+ * float32, bf16 (accum_dtype=bfloat16: widened on load), a float32 split in halves (src holds
+ * each value's upper 16 bits, src_lo its lower 16), or ZERO (the first chunk: no zero fill of
+ * grad_weight beforehand, and no read of it). The destination is float32, bf16 (rounded to
+ * nearest even on store, once per call) or split. A split float32 sum of a bf16 head keeps its
+ * upper halves in the bf16 gradient's own buffer, so the sum costs 2 bytes per element beyond
+ * the gradient, not 4, and the last chunk rounds the total into that buffer in place (src SPLIT,
+ * dst the same buffer as BF16). src == dst sums in place. Offsets are in elements, the same for
+ * every buffer. */
+enum { ZERO = 0, F32 = 1, BF16 = 2, SPLIT = 3 };
 typedef struct {
     const void *src;
     const uint16_t *src_lo;
     void *dst;
     uint16_t *dst_lo;
-    int src_low, dst_low;
+    int src_kind, dst_kind;
 } gw_io;
 
-static inline __m512 halves_join(__m256i hi, __m256i lo) {
+/* The helpers take the kinds as arguments so that the micro-kernel, instantiated per pair of
+ * kinds (micro), has no branch left in its loops (one branch per vector cost 8% at 64 rows). */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE __m512 halves_join(__m256i hi, __m256i lo) {
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16), _mm512_cvtepu16_epi32(lo)));
 }
 
-static inline __m512 gw_load(const gw_io *io, int64_t at) {
-    if (!io->src) return _mm512_setzero_ps();
-    if (!io->src_low && !io->src_lo) return _mm512_loadu_ps((const float *)io->src + at);
-    __m256i hi = _mm256_loadu_si256((const __m256i *)((const uint16_t *)io->src + at));
-    return halves_join(hi, io->src_lo ? _mm256_loadu_si256((const __m256i *)(io->src_lo + at)) : _mm256_setzero_si256());
+ALWAYS_INLINE __m256i halves_load(const uint16_t *p, __mmask16 mask) {
+    return mask == 0xffff ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskz_loadu_epi16(mask, p);
 }
 
-static inline void gw_store(const gw_io *io, int64_t at, __m512 v) {
-    if (io->dst_lo) {
-        __m512i bits = _mm512_castps_si512(v);
-        _mm256_storeu_si256((__m256i *)((uint16_t *)io->dst + at), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
-        _mm256_storeu_si256((__m256i *)(io->dst_lo + at), _mm512_cvtepi32_epi16(bits));
-    } else if (io->dst_low) {
-        _mm256_storeu_si256((__m256i *)((uint16_t *)io->dst + at), (__m256i)_mm512_cvtneps_pbh(v));
-    } else {
-        _mm512_storeu_ps((float *)io->dst + at, v);
+ALWAYS_INLINE void halves_store(uint16_t *p, __mmask16 mask, __m256i v) {
+    if (mask == 0xffff) _mm256_storeu_si256((__m256i *)p, v);
+    else _mm256_mask_storeu_epi16(p, mask, v);
+}
+
+/* ``mask`` selects columns (the column tail); the full micro-tiles pass 0xffff, a constant, and
+ * get plain loads and stores. */
+ALWAYS_INLINE __m512 gw_load(int kind, const gw_io *io, int64_t at, __mmask16 mask) {
+    const uint16_t *hi = (const uint16_t *)io->src + at;
+    switch (kind) {
+    case F32:
+        return mask == 0xffff ? _mm512_loadu_ps((const float *)io->src + at)
+                              : _mm512_maskz_loadu_ps(mask, (const float *)io->src + at);
+    case BF16: return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves_load(hi, mask)), 16));
+    case SPLIT: return halves_join(halves_load(hi, mask), halves_load(io->src_lo + at, mask));
+    default: return _mm512_setzero_ps();
     }
 }
 
-static inline __m512 gw_load_masked(const gw_io *io, int64_t at, __mmask16 mask) {
-    if (!io->src) return _mm512_setzero_ps();
-    if (!io->src_low && !io->src_lo) return _mm512_maskz_loadu_ps(mask, (const float *)io->src + at);
-    __m256i hi = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)io->src + at);
-    return halves_join(hi, io->src_lo ? _mm256_maskz_loadu_epi16(mask, io->src_lo + at) : _mm256_setzero_si256());
-}
-
-static inline void gw_store_masked(const gw_io *io, int64_t at, __mmask16 mask, __m512 v) {
-    if (io->dst_lo) {
-        __m512i bits = _mm512_castps_si512(v);
-        _mm256_mask_storeu_epi16((uint16_t *)io->dst + at, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
-        _mm256_mask_storeu_epi16(io->dst_lo + at, mask, _mm512_cvtepi32_epi16(bits));
-    } else if (io->dst_low) {
-        _mm256_mask_storeu_epi16((uint16_t *)io->dst + at, mask, (__m256i)_mm512_cvtneps_pbh(v));
-    } else {
-        _mm512_mask_storeu_ps((float *)io->dst + at, mask, v);
+ALWAYS_INLINE void gw_store(int kind, const gw_io *io, int64_t at, __mmask16 mask, __m512 v) {
+    uint16_t *hi = (uint16_t *)io->dst + at;
+    __m512i bits = _mm512_castps_si512(v);
+    switch (kind) {
+    case F32:
+        if (mask == 0xffff) _mm512_storeu_ps((float *)io->dst + at, v);
+        else _mm512_mask_storeu_ps((float *)io->dst + at, mask, v);
+        break;
+    case BF16: halves_store(hi, mask, (__m256i)_mm512_cvtneps_pbh(v)); break;
+    default:  /* SPLIT */
+        halves_store(hi, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+        halves_store(io->dst_lo + at, mask, _mm512_cvtepi32_epi16(bits));
     }
 }
 
-/* The element at ``at`` of src as float32 (0 without src), and its store to dst. */
+/* The element at ``at`` of src as float32 (0 for ZERO), and its store to dst. */
 static inline float gw_value(const gw_io *io, int64_t at) {
-    if (!io->src) return 0.0f;
-    if (!io->src_low && !io->src_lo) return ((const float *)io->src)[at];
-    uint32_t u = (uint32_t)((const uint16_t *)io->src)[at] << 16 | (io->src_lo ? io->src_lo[at] : 0u);
+    if (io->src_kind == ZERO) return 0.0f;
+    if (io->src_kind == F32) return ((const float *)io->src)[at];
+    uint32_t u = (uint32_t)((const uint16_t *)io->src)[at] << 16 | (io->src_kind == SPLIT ? io->src_lo[at] : 0u);
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
 }
 
 static inline void gw_put(const gw_io *io, int64_t at, float v) {
-    if (io->dst_lo) {
-        uint32_t u;
-        memcpy(&u, &v, sizeof u);
-        ((uint16_t *)io->dst)[at] = (uint16_t)(u >> 16);
-        io->dst_lo[at] = (uint16_t)u;
-    } else if (io->dst_low) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    if (io->dst_kind == F32) {
+        ((float *)io->dst)[at] = v;
+    } else if (io->dst_kind == BF16) {
         ((uint16_t *)io->dst)[at] = bf16_round(v);
     } else {
-        ((float *)io->dst)[at] = v;
+        ((uint16_t *)io->dst)[at] = (uint16_t)(u >> 16);
+        io->dst_lo[at] = (uint16_t)u;
     }
 }
 
-/* A line of the next micro-tile, fetched while this one runs: for writing when the sum is in place
- * or starts from zeros (dst's line, and a split dst's lower halves), for reading from a separate src. */
-static inline void gw_prefetch(const gw_io *io, int64_t at) {
-    if (io->src && io->src != io->dst) {
-        __builtin_prefetch((const char *)io->src + at * (io->src_low || io->src_lo ? 2 : 4), 0, 3);
-        if (io->src_lo) __builtin_prefetch(io->src_lo + at, 0, 3);
+/* A line of the next micro-tile, fetched while this one runs: from a separate src for reading,
+ * else dst's line (and a split dst's lower halves) for writing; the lower halves of a split src
+ * rounded into its own upper halves (the last chunk) for reading. */
+ALWAYS_INLINE void gw_prefetch(int sk, int dk, const gw_io *io, int64_t at) {
+    if (sk != ZERO && io->src != io->dst) {
+        __builtin_prefetch((const char *)io->src + at * (sk == F32 ? 4 : 2), 0, 3);
+        if (sk == SPLIT) __builtin_prefetch(io->src_lo + at, 0, 3);
         return;
     }
-    __builtin_prefetch((const char *)io->dst + at * (io->dst_low || io->dst_lo ? 2 : 4), 1, 3);
-    if (io->dst_lo) __builtin_prefetch(io->dst_lo + at, 1, 3);
-    else if (io->src_lo) __builtin_prefetch(io->src_lo + at, 0, 3);  /* the last chunk of a split sum */
+    __builtin_prefetch((const char *)io->dst + at * (dk == F32 ? 4 : 2), 1, 3);
+    if (dk == SPLIT) __builtin_prefetch(io->dst_lo + at, 1, 3);
+    else if (sk == SPLIT) __builtin_prefetch(io->src_lo + at, 0, 3);
 }
 
 /* The NV x (16 ND) micro-tile of grad_weight at offset ``at``; ``next`` (or -1) is the next
  * micro-tile's offset, whose rows are fetched while this one runs. */
-static void micro(const gw_io *io, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs, const uint16_t *hp,
-                  int64_t full, int64_t d0, int64_t next) {
+ALWAYS_INLINE void micro_kinds(int sk, int dk, const gw_io *shared, int64_t at, int64_t ldw, const uint32_t *gp,
+                               int64_t pairs, const uint16_t *hp, int64_t full, int64_t d0, int64_t next) {
+    const gw_io local = *shared, *io = &local;  /* in registers: the stores below may alias *shared */
     __m512 acc[NV][ND];
     for (int i = 0; i < NV; i++)
-        for (int j = 0; j < ND; j++) acc[i][j] = gw_load(io, at + i * ldw + 16 * j);
+        for (int j = 0; j < ND; j++) acc[i][j] = gw_load(sk, io, at + i * ldw + 16 * j, 0xffff);
     const uint16_t *strip = hp + hp_index(0, d0, pairs, full);  /* step k at strip + k * 32 ND */
     for (int64_t k = 0; k < pairs; k++) {
         if (next >= 0 && k < NV * ND)
-            gw_prefetch(io, next + (k / ND) * ldw + 16 * (k % ND));
+            gw_prefetch(sk, dk, io, next + (k / ND) * ldw + 16 * (k % ND));
         const uint16_t *b = strip + k * 32 * ND;
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 32);
         __m512bh b2 = (__m512bh)_mm512_loadu_si512(b + 64), b3 = (__m512bh)_mm512_loadu_si512(b + 96);
@@ -159,7 +166,19 @@ static void micro(const gw_io *io, int64_t at, int64_t ldw, const uint32_t *gp, 
         }
     }
     for (int i = 0; i < NV; i++)
-        for (int j = 0; j < ND; j++) gw_store(io, at + i * ldw + 16 * j, acc[i][j]);
+        for (int j = 0; j < ND; j++) gw_store(dk, io, at + i * ldw + 16 * j, 0xffff, acc[i][j]);
+}
+
+static void micro(const gw_io *io, int64_t at, int64_t ldw, const uint32_t *gp, int64_t pairs, const uint16_t *hp,
+                  int64_t full, int64_t d0, int64_t next) {
+#define MICRO(sk, dk) case (sk) * 4 + (dk): micro_kinds(sk, dk, io, at, ldw, gp, pairs, hp, full, d0, next); return;
+#define MICRO_FROM(sk) MICRO(sk, F32) MICRO(sk, BF16) MICRO(sk, SPLIT)
+    switch (io->src_kind * 4 + io->dst_kind) {
+        MICRO_FROM(ZERO) MICRO_FROM(F32) MICRO_FROM(BF16) MICRO_FROM(SPLIT)
+        default: return;
+    }
+#undef MICRO_FROM
+#undef MICRO
 }
 
 /* Columns [d0, d0 + n) with n <= 16 under a mask, for the NV rows at ``at``: the column tail. */
@@ -167,14 +186,14 @@ static void micro_masked(const gw_io *io, int64_t at, int64_t ldw, const uint32_
                          const uint16_t *hp, int64_t full, int64_t d0, int n) {
     __mmask16 mask = (__mmask16)((1u << n) - 1u);
     __m512 acc[NV];
-    for (int i = 0; i < NV; i++) acc[i] = gw_load_masked(io, at + i * ldw, mask);
+    for (int i = 0; i < NV; i++) acc[i] = gw_load(io->src_kind, io, at + i * ldw, mask);
     const uint16_t *strip = hp + hp_index(0, d0, pairs, full);  /* a tail strip: 16 pairs per step */
     for (int64_t k = 0; k < pairs; k++) {
         __m512bh b = (__m512bh)_mm512_maskz_loadu_epi32(mask, strip + k * 32);
         for (int i = 0; i < NV; i++)
             acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32((int)gp[k * VT + i]), b);
     }
-    for (int i = 0; i < NV; i++) gw_store_masked(io, at + i * ldw, mask, acc[i]);
+    for (int i = 0; i < NV; i++) gw_store(io->dst_kind, io, at + i * ldw, mask, acc[i]);
 }
 
 /* The same sum for rows [i0, i1) of the tile at ``at`` and columns [d0, d1), one value at a time. */
@@ -206,7 +225,8 @@ int64_t ll_gw_bf16(void *dst, int64_t ldw, const uint16_t *g, int64_t ldg, const
                    int64_t rows, int64_t vocab, int64_t dim, int threads, const void *src, const uint16_t *src_lo,
                    int src_low, uint16_t *dst_lo, int dst_low) {
 #if LL_HAVE_BF16
-    const gw_io io_value = {src, src_lo, dst, dst_lo, src_low, dst_low}, *io = &io_value;
+    const gw_io io_value = {src, src_lo, dst, dst_lo, !src ? ZERO : src_lo ? SPLIT : src_low ? BF16 : F32,
+                            dst_lo ? SPLIT : dst_low ? BF16 : F32}, *io = &io_value;
     if (vocab <= 0 || dim <= 0) return 0;
     if (rows <= 0) return -1;  /* dst = src: the caller's copy, not worth a loop here */
     int64_t pairs = (rows + 1) / 2;
