@@ -106,10 +106,11 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         chunk_size: rows per chunk (default: :func:`logitlab.fused._engine.chunk_rows`).
         impl: 'auto' | 'chunked' | 'naive'.
         accum_dtype: dtype in which grad_weight and grad_bias are summed over chunks (logit
-            blocks are at least float32 whatever it is). With half-precision inputs, float32
-            (the default) costs a float32 copy of the head's gradient (and the default chunk
-            then grows to 1/8 of that copy's bytes); the input's own dtype saves that memory at
-            one rounding per chunk.
+            blocks are at least float32 whatever it is). With bf16 inputs, float32 (the default)
+            costs 2 bytes per element of the head beyond its gradient (the float32 sum's lower
+            halves; its upper halves live in the returned gradient's buffer), 4 with float16 or
+            without the native kernel (a float32 copy), and the default chunk then grows to up to
+            512 rows; the input's own dtype saves that memory at one rounding per chunk.
         process_group: a torch.distributed group for a vocabulary-sharded head, or None.
         validate: check that the class indices are in range.
 
