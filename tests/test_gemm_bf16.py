@@ -99,7 +99,8 @@ def test_row_strides_and_a_second_call_accumulates():
     hidden = torch.randn(20, 80, generator=gen).to(BF16)
     grad, h = block[2:7, 10:310], hidden[5:10, :]
     grad_w = torch.zeros(300, 80)
-    assert native_gemm.grad_weight_bf16(grad_w, grad, h, src=grad_w) and native_gemm.grad_weight_bf16(grad_w, grad, h, src=grad_w)
+    for _ in range(2):
+        assert native_gemm.grad_weight_bf16(grad_w, grad, h, src=grad_w)
     want = 2 * grad.double().t() @ h.double()
     torch.testing.assert_close(grad_w.double(), want, rtol=0, atol=1e-5 * float(want.abs().max()))
 
@@ -135,9 +136,10 @@ def test_fused_gradients_agree_with_and_without_the_kernel(monkeypatch):
     calls = []
     for name in ("grad_weight_bf16", "grad_hidden_bf16", "logits_bf16"):
         real = getattr(native_gemm, name)
-        monkeypatch.setattr(_matmul.native_gemm, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+        monkeypatch.setattr(_matmul.native_gemm, name,
+                            lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
     with_kernel = grads()
-    assert set(calls) == {"grad_weight_bf16", "grad_hidden_bf16", "logits_bf16"}, "the bfloat16 chunks did not reach the kernels"
+    assert set(calls) == {"grad_weight_bf16", "grad_hidden_bf16", "logits_bf16"}, "the bf16 chunks missed the kernels"
     for name in ("grad_weight_bf16", "grad_hidden_bf16", "logits_bf16"):
         monkeypatch.setattr(_matmul.native_gemm, name, lambda *a, **k: False)
     without = grads()

@@ -80,8 +80,9 @@ def grad_weight_bf16(out: Tensor | Halves, grad: Tensor, h: Tensor, *, src: Tens
         return False
     lo_src = parts_src[1].data_ptr() if len(parts_src) == 2 else None
     lo_out = parts_out[1].data_ptr() if len(parts_out) == 2 else None
-    extra = (parts_src[0].data_ptr() if parts_src else None, lo_src, int(bool(parts_src) and parts_src[0].dtype == BF16),
-             lo_out, int(parts_out[0].dtype == BF16))
+    src_bf16 = bool(parts_src) and parts_src[0].dtype == BF16
+    extra = (parts_src[0].data_ptr() if parts_src else None, lo_src, int(src_bf16), lo_out,
+             int(parts_out[0].dtype == BF16))
     return _launch("gemm_bf16_gw", "ll_gw_bf16", (parts_out[0], grad, h), (rows, vocab, dim), extra,
                    (_P, _P, _INT, _P, _INT))
 

@@ -64,7 +64,8 @@ typedef struct {
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 ALWAYS_INLINE __m512 halves_join(__m256i hi, __m256i lo) {
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16), _mm512_cvtepu16_epi32(lo)));
+    __m512i upper = _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16);
+    return _mm512_castsi512_ps(_mm512_or_si512(upper, _mm512_cvtepu16_epi32(lo)));
 }
 
 ALWAYS_INLINE __m256i halves_load(const uint16_t *p, __mmask16 mask) {

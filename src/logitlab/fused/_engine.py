@@ -64,8 +64,8 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
     every chunk streams that sum through memory, which is partly extra memory anyway, and the
     block may grow to 512 rows but no more than 1/4 of the sum's V·D·itemsize bytes: fewer chunks
     stream the sum fewer times. The rows then depend on D and the dtypes, not on V, so the ranks
-    of a vocabulary-sharded head agree. A wide block's twin is
-    counted in ``sum_dtype`` when that is wider than float32 (its dtype then), in both rules.
+    of a vocabulary-sharded head agree. A wide block's twin is counted in ``sum_dtype`` when that
+    is wider than float32 (its dtype then), in both rules.
 
     Example:
         >>> chunk_rows(4096, 32768), chunk_rows(2048, 131072), chunk_rows(256, 50000), chunk_rows(10, 50)
