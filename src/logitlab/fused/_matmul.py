@@ -99,19 +99,14 @@ def grad_hidden_into(out: Tensor, grad: Tensor, weight: Tensor, scratch: Tensor 
 
 
 def grad_weight_into(grad_w: Tensor, grad: Tensor, h: Tensor) -> Tensor:
-    """grad_w (V, D) += grad.T @ h, for grad (c, V) and h (c, D).
+    """grad_w (V, D) += grad.T @ h in torch, for grad (c, V) and h (c, D): where the bfloat16
+    kernel of :class:`GradWeightSum` declines.
 
-    For bfloat16 chunks the native kernel (``_native/gemm_bf16_gw.c``) sums the exact products of
-    bfloat16 pairs in float32 into a float32 or bfloat16 grad_w, fetching the next tile of grad_w
-    while it works on one: at (4096, 1024, 32768) in chunks of 128 rows, 0.76 s into float32 and
-    0.69 s into bfloat16 (oneDNN's bfloat16 addmm: 0.74 s); at (2048, 2048, 131072) in chunks of
-    64 rows, 3.1 s and 2.9 s. When grad_w is wider than the chunk
-    and the kernel is not there, the product runs in grad_w's dtype one (c, 1024) tile of the
-    gradient at a time, widened (1.54 s, the same as through a float32 twin of the whole block).
-    Neither holds a float32 copy of the block, so half-precision chunks keep three times the rows.
+    When grad_w is wider than the chunk, the product runs in grad_w's dtype one (c, 1024) tile of
+    the gradient at a time, widened (1.54 s at (4096, 1024, 32768) in chunks of 128 rows, the same
+    as through a float32 twin of the whole block), so half-precision chunks need no float32 copy
+    of the block and keep three times the rows.
     """
-    if native_gemm.grad_weight_bf16(grad_w, grad, h, src=grad_w):
-        return grad_w
     if grad_w.dtype == grad.dtype:
         return grad_w.addmm_(grad.t(), h.to(grad.dtype))
     h_wide = h.to(grad_w.dtype)
@@ -125,8 +120,12 @@ def grad_weight_into(grad_w: Tensor, grad: Tensor, h: Tensor) -> Tensor:
 class GradWeightSum:
     """grad_weight (V, D), summed over the chunks in ``dtype`` and returned in ``weight``'s dtype.
 
-    The sum starts from nothing rather than from a zero-filled tensor: the first chunk writes it
-    (``torch.mm``, or the bfloat16 kernel reading no source). For a bfloat16 head summed in
+    bfloat16 chunks run in the native kernel (``_native/gemm_bf16_gw.c``), which sums the exact
+    products of bfloat16 pairs in float32, fetching the next tile of the sum while it works on one:
+    at (4096, 1024, 32768) in chunks of 128 rows, 0.76 s into float32 and 0.69 s into bfloat16
+    (oneDNN's bfloat16 addmm: 0.74 s); at (2048, 2048, 131072) in chunks of 64 rows, 3.1 s and
+    2.9 s. The sum starts from nothing rather than from a zero-filled tensor: the first chunk
+    writes it (``torch.mm``, or the kernel reading no source). For a bfloat16 head summed in
     float32 (the default ``accum_dtype``) the bfloat16 kernel keeps that sum split in halves: the
     upper 16 bits of each float32 in the buffer of the bfloat16 gradient it will return, the lower
     16 in a (V, D) int16 buffer. The sum is the same float32 sum, bit for bit, at 2 bytes per
@@ -157,23 +156,23 @@ class GradWeightSum:
             grad_weight_into(self.total(), grad, h)
 
     def _native(self, grad: Tensor, h: Tensor, last: bool) -> bool:
-        if not self.split or self.sum is not None:
-            out = self.sum if self.sum is not None else self.weight.new_empty(self.weight.shape, dtype=self.dtype)
-            if not native_gemm.grad_weight_bf16(out, grad, h, src=self.sum):
-                return False
-            self.sum = out
-            return True
-        upper = self.halves[0] if self.halves is not None else self.weight.new_empty(self.weight.shape)
-        if last:
-            out = upper
+        """The chunk through the bfloat16 kernel; False (nothing changed) when it declines."""
+        shape = self.weight.shape
+        if self.split and self.sum is None:  # the halves, or at the last chunk the rounded gradient
+            upper = self.halves[0] if self.halves is not None else self.weight.new_empty(shape)
+            out = upper if last else self.halves or (upper, self.weight.new_empty(shape, dtype=torch.int16))
+            src = self.halves
         else:
-            out = self.halves or (upper, self.weight.new_empty(self.weight.shape, dtype=torch.int16))
-        if not native_gemm.grad_weight_bf16(out, grad, h, src=self.halves):
+            out = self.sum if self.sum is not None else self.weight.new_empty(shape, dtype=self.dtype)
+            src = self.sum
+        if not native_gemm.grad_weight_bf16(out, grad, h, src=src):
             return False
-        if last:
-            self.final, self.halves = upper, None
-        else:
+        if isinstance(out, tuple):
             self.halves = out
+        elif out.dtype == self.dtype:
+            self.sum = out
+        else:
+            self.final, self.halves = out, None
         return True
 
     def total(self) -> Tensor:
