@@ -136,6 +136,9 @@ def measure_memory(impl, rows, dim, vocab, dtype_name, threads=2):
     call = make_call(impl, hidden, weight, target)
     if impl in COMPILED:
         call()  # compile for this very shape: the measured call must not include compilation
+        # Drop that call's gradients: the measured call frees them first, so they would count in
+        # the RSS before it and the returned gradients would be subtracted twice.
+        hidden.grad = weight.grad = None
     peak_mib = peak_extra_mib(call)[0]
     elt = torch.empty((), dtype=dtype).element_size()
     returned = (rows * dim + vocab * dim) * elt

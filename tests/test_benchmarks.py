@@ -46,3 +46,20 @@ def test_quick_run(script, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == str(out)
     records = json.loads(out.read_text())
     assert records
+
+
+def test_fused_memory_of_a_compiled_impl_counts_its_gradients_once():
+    """The warm-up call of a compiled peer leaves gradients behind; they must not be subtracted twice.
+
+    naive, measured as if it were compiled, holds about its (N, V) logits at its peak (16 MiB
+    here; it read 16 MiB extra), beside 34 MiB of returned gradients: counting the warm-up call's
+    gradients in the RSS before the measured call read -16 MiB.
+    """
+    code = ("import sys, json; sys.path.insert(0, 'benchmarks'); import fused; fused.COMPILED.add('naive'); "
+            "print(json.dumps(fused.measure_memory('naive', 512, 1024, 8192, 'float32')))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logits_mib = 512 * 8192 * 4 / 2**20
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["extra_mem_mib"] >= logits_mib / 2
