@@ -139,6 +139,36 @@ def test_a_chunk_made_only_of_ignored_rows():
     assert not got[1][4:8].any()
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("opts", [dict(), dict(reduction="none"), dict(softcap=2.0, label_smoothing=0.1)],
+                         ids=["mean", "none", "softcap_smooth"])
+def test_ignored_rows_take_no_matmul(monkeypatch, dtype, opts):
+    """The loop computes logits only for the kept rows: 8 of 12 here, in chunks of 3 (the last one
+    short), whichever row kernel (native or eager) gets the block."""
+    from logitlab.fused._kernel import CrossEntropyKernel
+
+    rows_seen = []
+    for name in ("__call__", "native"):
+        method = getattr(CrossEntropyKernel, name)
+
+        def counting(self, z, *args, method=method):
+            rows_seen.append(z.shape[0])
+            return method(self, z, *args)
+
+        monkeypatch.setattr(CrossEntropyKernel, name, counting)
+    hidden, weight, target = _inputs((12,), dim=8, vocab=40, dtype=dtype, ignore=False)
+    target[[0, 5, 6, 11]] = -100
+    got = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="chunked", chunk_size=3, **k),
+                           hidden, weight, target, opts)
+    monkeypatch.undo()
+    want = _value_and_grads(lambda *a, **k: linear_cross_entropy(*a, impl="naive", **k), hidden, weight, target, opts)
+    per_pass = [3, 3, 2]
+    assert rows_seen in (per_pass, per_pass * 2)  # reduction 'none' runs the loop again in backward
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10 if dtype == F64 else 2e-2, atol=1e-12 if dtype == F64 else 1e-2)
+    assert not got[1][[0, 5, 6, 11]].any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.1, z_loss=1e-3), dict(reduction="sum")],
                          ids=["default", "smooth_z", "sum"])
@@ -362,6 +392,31 @@ def test_divergence_matches_reference(batch, opts, impl):
     extra = dict(teacher_hidden=th, teacher_weight=tw, teacher_bias=tb, target=target, **opts)
     got = _value_and_grads(lambda h, w, t, **k: linear_divergence_loss(h, w, impl=impl, chunk_size=3, **k),
                            hidden, weight, None, extra)
+    want = _value_and_grads(lambda h, w, t, **k: reference.linear_divergence_loss(h, w, **k),
+                            hidden, weight, None, extra)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_divergence_skips_ignored_rows(monkeypatch):
+    """Rows whose hard label is ignored count for nothing, so the loop gives the kernel only the
+    others (7 of 9 here, teacher rows gathered to match)."""
+    from logitlab.fused.divergence import DivergenceKernel
+
+    hidden, weight, th, tw, target = _distill((9,))
+    target[8] = 3  # rows 0 and 4 stay ignored
+    rows_seen, call = [], DivergenceKernel.__call__
+
+    def counting(self, z, *args):
+        rows_seen.append(z.shape[0])
+        return call(self, z, *args)
+
+    monkeypatch.setattr(DivergenceKernel, "__call__", counting)
+    extra = dict(teacher_hidden=th, teacher_weight=tw, target=target, divergence="js", hard_label_weight=0.5,
+                 temperature=1.5)
+    got = _value_and_grads(lambda h, w, t, **k: linear_divergence_loss(h, w, impl="chunked", chunk_size=3, **k),
+                           hidden, weight, None, extra)
+    assert rows_seen == [3, 3, 1]
     want = _value_and_grads(lambda h, w, t, **k: reference.linear_divergence_loss(h, w, **k),
                             hidden, weight, None, extra)
     for g, w in zip(got, want):

@@ -4,7 +4,8 @@ For each chunk of rows: logits = hidden_chunk @ weight.T (+ bias) into a reused 
 row kernel turns them into losses and (in place) into the gradient G with respect to the
 logits, then the two gradient matmuls run at once: grad_hidden[chunk] = G @ weight and
 grad_weight += G.T @ hidden_chunk. Three matmuls in total, the same as the naive computation,
-and only a (chunk, V) block of logits alive at a time.
+and only a (chunk, V) block of logits alive at a time. Rows that count for nothing (ignored
+targets: padding) are left out of the chunks altogether, so they cost no matmul.
 
 Two strategies share this loop:
 
@@ -125,6 +126,10 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
                row_scale: Tensor | float | None, need: tuple[bool, bool, bool]):
     """One pass of the chunk loop.
 
+    Rows that do not count (a kernel's ``kept_rows()``: ignored targets) have zero loss and zero
+    gradient, so the loop skips them: each chunk gathers the next ``chunk`` kept rows of hidden,
+    and its grad_hidden rows are scattered back into a zero-filled grad_hidden.
+
     Args:
         hidden: (N, D). weight: (V, D). bias: (V,) or None.
         kernel: a row kernel ``(z, start, stop, need_grad) -> (loss_rows, grad_z)``.
@@ -135,7 +140,12 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
         (loss_rows (N,) in the accumulation dtype, grad_hidden, grad_weight, grad_bias), the
         gradients in the dtypes of their inputs (None where not needed).
     """
-    rows, _ = hidden.shape
+    index = kernel.kept_rows() if hasattr(kernel, "kept_rows") else None
+    if index is not None:
+        kernel = kernel.take(index)
+        if isinstance(row_scale, Tensor) and row_scale.ndim:
+            row_scale = row_scale[index]
+    rows = hidden.shape[0] if index is None else index.numel()
     vocab = weight.shape[0]
     acc = accumulation_dtype(hidden.dtype, plan.accum_dtype)
     low = hidden.dtype != acc
@@ -144,58 +154,47 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     sum_dtype = gradient_dtype(weight.dtype, plan.accum_dtype)
     sum_low = low and sum_dtype == weight.dtype
     chunk = max(1, min(plan.chunk, rows))
-    need_grad = any(need)
 
-    native = plan.softcap is None and plan.group is None and hasattr(kernel, "native")
+    # The native row kernel, where it takes the block (decided before any chunk's logits exist).
+    native = (plan.softcap is None and plan.group is None and hasattr(kernel, "native")
+              and native_xent.supports(hidden.new_empty(0, 0)))
     # Without a float32 twin the block is made only if a chunk falls back to the eager kernel.
     narrow = native and low and not needs_wide_block(hidden, plan.softcap, plan.group)
     z_buf = None if narrow else hidden.new_empty(chunk, vocab, dtype=acc)
     low_buf = hidden.new_empty(chunk, vocab) if low else None
     loss_rows = hidden.new_empty(rows, dtype=acc)
-    grad_h = hidden.new_empty(hidden.shape) if need[0] else None
+    grad_h = None
+    if need[0]:
+        grad_h = hidden.new_empty(hidden.shape) if index is None else hidden.new_zeros(hidden.shape)
     grad_w = GradWeightSum(weight, weight.dtype if sum_low else acc) if need[1] else None
     grad_b = hidden.new_zeros(vocab, dtype=acc) if need[2] else None
     bias_acc = bias.to(acc) if bias is not None else None
     scratch = matmul_scratch(chunk, vocab, hidden.shape[1], hidden.dtype, hidden.device)
     out = _Outputs(loss_rows, grad_h, grad_w, grad_b)
+    # The kept rows of a chunk, gathered, and their grad_hidden before it is scattered back.
+    h_buf = hidden.new_empty(chunk, hidden.shape[1]) if index is not None else None
+    gh_buf = hidden.new_empty(chunk, hidden.shape[1]) if index is not None and need[0] else None
 
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
-        h = hidden[start:stop]
-        if native and _native_chunk(h, weight, bias, kernel, start, stop, row_scale, need,
-                                    (low_buf if low else z_buf)[: stop - start], scratch, out):
-            continue
-        native = False
-        if z_buf is None:
-            z_buf = hidden.new_empty(chunk, vocab, dtype=acc)
-        z = z_buf[: stop - start]
-        if low:
-            torch.mm(h, weight.t(), out=low_buf[: stop - start])
-            z.copy_(low_buf[: stop - start])
-            if bias_acc is not None:
-                z.add_(bias_acc)
+        if index is None:
+            h, gh = hidden[start:stop], grad_h[start:stop] if need[0] else None
         else:
-            logits_into(z, h, weight, bias_acc, scratch)
-        tanh = apply_softcap(z, plan.softcap)
-        loss, grad = kernel(z, start, stop, need_grad)
-        loss_rows[start:stop] = loss
-        if not need_grad:
-            continue
-        softcap_backward(grad, tanh)
-        if isinstance(row_scale, Tensor) and row_scale.ndim:
-            grad.mul_(row_scale[start:stop].to(acc).unsqueeze(1))
-        elif row_scale is not None:
-            grad.mul_(row_scale)
-        if low and (need[0] or (need[1] and sum_low)):
-            g_low = low_buf[: stop - start]
-            g_low.copy_(grad)
-        if need[0]:
-            grad_hidden_into(grad_h[start:stop], g_low if low else grad, weight, scratch)
-        if need[1]:
-            grad_w.add(g_low if sum_low else grad, h, last=stop == rows)
-        if need[2]:
-            grad_b.add_(grad.sum(0))
+            h = torch.index_select(hidden, 0, index[start:stop], out=h_buf[: stop - start])
+            gh = gh_buf[: stop - start] if need[0] else None
+        block = (low_buf if low else z_buf)[: stop - start] if native else None
+        if not (native and _native_chunk(h, weight, bias, kernel, start, stop, row_scale, need, block, gh,
+                                         scratch, out)):
+            native = False
+            if z_buf is None:
+                z_buf = hidden.new_empty(chunk, vocab, dtype=acc)
+            _eager_chunk(h, weight, bias_acc, kernel, plan, start, stop, row_scale, need,
+                         z_buf[: stop - start], low_buf[: stop - start] if low else None, sum_low, gh, scratch, out)
+        if index is not None and need[0]:
+            grad_h.index_copy_(0, index[start:stop], gh)
 
+    if index is not None:
+        loss_rows = loss_rows.new_zeros(hidden.shape[0]).index_copy_(0, index, loss_rows)
     if grad_h is not None:
         all_reduce(grad_h, "sum", plan.group)
     if grad_w is not None:
@@ -215,15 +214,49 @@ class _Outputs:
     grad_b: Tensor | None
 
 
+def _eager_chunk(h: Tensor, weight: Tensor, bias_acc: Tensor | None, kernel, plan: Plan, start: int, stop: int,
+                 row_scale, need: tuple[bool, bool, bool], z: Tensor, g_low: Tensor | None, sum_low: bool,
+                 gh: Tensor | None, scratch: Tensor | None, out: _Outputs) -> None:
+    """One chunk with the eager row kernel on a block ``z`` in the accumulation dtype (with
+    half-precision inputs, ``g_low`` is the block in their dtype: the logits come from their
+    matmul and the gradient goes back into it for the matmuls that run in that dtype)."""
+    if g_low is not None:
+        torch.mm(h, weight.t(), out=g_low)
+        z.copy_(g_low)
+        if bias_acc is not None:
+            z.add_(bias_acc)
+    else:
+        logits_into(z, h, weight, bias_acc, scratch)
+    tanh = apply_softcap(z, plan.softcap)
+    loss, grad = kernel(z, start, stop, any(need))
+    out.loss_rows[start:stop] = loss
+    if grad is None:
+        return
+    softcap_backward(grad, tanh)
+    if isinstance(row_scale, Tensor) and row_scale.ndim:
+        grad.mul_(row_scale[start:stop].to(z.dtype).unsqueeze(1))
+    elif row_scale is not None:
+        grad.mul_(row_scale)
+    if g_low is not None and (need[0] or (need[1] and sum_low)):
+        g_low.copy_(grad)
+    if need[0]:
+        grad_hidden_into(gh, g_low if g_low is not None else grad, weight, scratch)
+    if need[1]:
+        out.grad_w.add(g_low if sum_low else grad, h, last=stop == out.loss_rows.shape[0])
+    if need[2]:
+        out.grad_b.add_(grad.sum(0))
+
+
 def _native_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, start: int, stop: int, row_scale,
-                  need: tuple[bool, bool, bool], block: Tensor, scratch: Tensor | None, out: _Outputs) -> bool:
+                  need: tuple[bool, bool, bool], block: Tensor, gh: Tensor | None, scratch: Tensor | None,
+                  out: _Outputs) -> bool:
     """One chunk with the native row kernel; False (nothing done) when the kernel declines.
 
     The block of logits stays in the input's dtype (bfloat16 logits come straight out of the
     bfloat16 matmul, as in the naive computation) and the kernel turns it into the gradient in
     place, in one pass: no float32 copy, no separate scaling pass. With bfloat16 inputs and a
     float32 ``accum_dtype``, grad_weight is still summed in float32, straight from the bfloat16
-    block (:class:`~logitlab.fused._matmul.GradWeightSum`).
+    block (:class:`~logitlab.fused._matmul.GradWeightSum`). ``gh`` receives the chunk's grad_hidden.
     """
     if bias is not None and bias.dtype != block.dtype:
         return False
@@ -236,7 +269,7 @@ def _native_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, start:
     if grad is None:
         return True
     if need[0]:
-        grad_hidden_into(out.grad_h[start:stop], grad, weight, scratch)
+        grad_hidden_into(gh, grad, weight, scratch)
     if need[1]:
         out.grad_w.add(grad, h, last=stop == out.loss_rows.shape[0])
     if need[2]:

@@ -9,7 +9,7 @@ every rank computes the loss of the full vocabulary while holding only its own c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -28,6 +28,17 @@ def all_reduce(x: Tensor, op: str, group) -> Tensor:
                 f"vocab-parallel loss: all_reduce({op}) of a {tuple(x.shape)} tensor failed on rank "
                 f"{dist.get_rank()}: another rank failed, left, or the group timed out ({error})") from error
     return x
+
+
+def kept_index(keep: Tensor) -> Tensor | None:
+    """Indices of the rows that count (``keep`` (N,) bool), or None when every row does.
+
+    A row kernel's ignored rows have loss 0 and gradient 0, so the chunk loop skips them: no
+    logits and no matmuls for padding.
+    """
+    if bool(keep.all()):
+        return None
+    return keep.nonzero().squeeze(1)
 
 
 def apply_softcap(z: Tensor, softcap: float | None) -> Tensor | None:
@@ -128,6 +139,15 @@ class CrossEntropyKernel:
                 grad.sub_((eps / vocab) * self.class_weight.to(z.dtype))
             grad.masked_fill_(~keep.unsqueeze(1), 0.0)
         return loss, grad
+
+    def kept_rows(self) -> Tensor | None:
+        """See :func:`kept_index`."""
+        return kept_index(self.keep)
+
+    def take(self, index: Tensor) -> CrossEntropyKernel:
+        """The same kernel over rows ``index`` of this one, in that order."""
+        return replace(self, target=self.target[index], keep=self.keep[index],
+                       target_weight=self.target_weight[index])
 
     def native(self, z: Tensor, start: int, stop: int, need_grad: bool,
                row_scale: Tensor | float | None) -> tuple[Tensor, Tensor | None] | None:

@@ -84,8 +84,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     ``impl="chunked"`` processes ``chunk_size`` rows at a time: their logits, log-sum-exp,
     loss and gradient contributions (grad_hidden of the chunk, grad_weight accumulated in
     ``accum_dtype``) in one pass, so that backward only scales the stored gradients (for
-    reduction 'none' the chunks are recomputed in backward instead). ``impl="naive"``
-    materializes the logits; ``impl="auto"`` uses naive for at most 2^20 logits, else chunked.
+    reduction 'none' the chunks are recomputed in backward instead). Rows whose target is
+    ``ignore_index`` are left out of the chunks (their loss and gradient are 0), so padding
+    costs no matmul. ``impl="naive"`` materializes the logits; ``impl="auto"`` uses naive for
+    at most 2^20 logits, else chunked.
 
     With ``process_group``, ``weight`` (and ``bias``, ``class_weight``) are this rank's
     contiguous rows of the vocabulary, in rank order; ``hidden`` and ``target`` (global class

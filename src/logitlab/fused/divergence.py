@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ from torch import Tensor
 from logitlab import _validation as v
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows
 from logitlab.fused._matmul import logits_into, matmul_scratch
-from logitlab.fused._kernel import all_reduce
+from logitlab.fused._kernel import all_reduce, kept_index
 from logitlab.fused.cross_entropy import check_linear, check_target, choose_impl, vocab_offsets
 
 __all__ = ["linear_divergence_loss", "DIVERGENCES"]
@@ -114,12 +114,24 @@ class DivergenceKernel:
     hard_label_weight: float
     vocab_start: int = 0
     group: object = None
+    rows: Tensor | None = None  # row r of this kernel is row rows[r] of teacher_hidden (None: r)
+
+    def kept_rows(self) -> Tensor | None:
+        """See :func:`logitlab.fused._kernel.kept_index`."""
+        return kept_index(self.keep)
+
+    def take(self, index: Tensor) -> DivergenceKernel:
+        """The same kernel over rows ``index`` of this one, in that order (teacher rows gathered
+        a chunk at a time)."""
+        return replace(self, keep=self.keep[index], target=None if self.target is None else self.target[index],
+                       rows=index if self.rows is None else self.rows[index])
 
     def __call__(self, z: Tensor, start: int, stop: int, need_grad: bool):
         keep = self.keep[start:stop]
         t, alpha, group = self.temperature, self.hard_label_weight, self.group
         rows, local = z.shape
-        th = self.teacher_hidden[start:stop]
+        th = (self.teacher_hidden[start:stop] if self.rows is None
+              else self.teacher_hidden.index_select(0, self.rows[start:stop]))
         if th.dtype == z.dtype:  # the student block's own arrangement (native kernel or class-major tiles)
             teacher = logits_into(torch.empty_like(z), th, self.teacher_weight, None,
                                   matmul_scratch(rows, local, th.shape[1], th.dtype, th.device))
@@ -175,7 +187,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     applied (multiply by it yourself to follow Hinton et al.). Equivalent to computing both logit
     matrices and the divergence row by row; here only a chunk of rows of each exists at a time.
     Gradients flow to the student (hidden, weight, bias) only; the teacher is treated as
-    constant. Rows whose target is ``ignore_index`` count in neither term.
+    constant. Rows whose target is ``ignore_index`` count in neither term (and cost no matmul).
 
     With ``process_group``, ``weight`` and ``teacher_weight`` (and ``bias``, ``teacher_bias``)
     are this rank's contiguous rows of the vocabulary, in rank order (shards may be uneven);
