@@ -5,7 +5,8 @@ with recompute in backward (the design alternative), the naive computation (mate
 logits, torch autograd), torch.nn.functional.linear_cross_entropy with chunking options,
 cut-cross-entropy's torch_compile implementation (only when importable: the reason is printed
 otherwise; its first call, the compilation, is timed apart), and the three-GEMM floor (the bare
-matmuls h·Wᵀ, G·W, Gᵀ·h into preallocated outputs).
+matmuls h·Wᵀ, G·W, Gᵀ·h into preallocated outputs). The targets ignore every 17th row, as
+padding would: logitlab leaves those rows out of its chunks, the floor and naive multiply them.
 
 Method (see /work/shared/BENCHMARKING.md): times come from one process per case in which the
 implementations are interleaved (A B C … A B C …) after a warm-up; the correctness of each is
@@ -42,6 +43,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 IMPLS = ["floor", "logitlab", "logitlab_recompute", "logitlab_bf16_accum", "naive", "torch_lce",
          "cce_torch_compile"]
 RESULTS = Path(__file__).resolve().parent / "results" / "fused.json"
+IGNORED_EVERY = 17  # targets: every 17th row is ignore_index
 
 
 # Implementations compiled on their first call (torch.compile): warmed up at the measured shape
@@ -63,7 +65,7 @@ def make_inputs(rows, dim, vocab, dtype, seed=0):
     hidden = (torch.randn(rows, dim, generator=gen) / dim**0.25).to(dtype).requires_grad_()
     weight = (torch.randn(vocab, dim, generator=gen) / dim**0.25).to(dtype).requires_grad_()
     target = torch.randint(0, vocab, (rows,), generator=gen)
-    target[::17] = -100
+    target[::IGNORED_EVERY] = -100  # as padding would be
     return hidden, weight, target
 
 
@@ -234,7 +236,9 @@ def main(argv=None):
         for dtype_name in args.dtypes.split(","):
             repeats = args.repeats or (3 if args.quick else 5 if rows * dim * vocab <= 2**37 else 3)
             case_impls = [i for i in impls if i != "logitlab_bf16_accum" or dtype_name != "float32"]
-            print(f"# ({rows}, {dim}, {vocab}) {dtype_name}: timing {len(case_impls)} impls x {repeats} ...",
+            kept = rows - len(range(0, rows, IGNORED_EVERY))
+            print(f"# ({rows}, {dim}, {vocab}) {dtype_name}: timing {len(case_impls)} impls x {repeats} "
+                  f"({kept} of {rows} rows kept: logitlab skips the ignored ones, the floor and naive do not) ...",
                   flush=True)
             task = {"kind": "time", "rows": rows, "dim": dim, "vocab": vocab, "dtype_name": dtype_name,
                     "impls": case_impls, "repeats": repeats, "budget_s": args.budget_s,
