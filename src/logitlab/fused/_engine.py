@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from logitlab._native import xent as native_xent
-from logitlab.fused._kernel import all_reduce, apply_softcap, softcap_backward
+from logitlab.fused._kernel import all_reduce, apply_softcap, kept_index, softcap_backward
 from logitlab.fused._matmul import GradWeightSum, grad_hidden_into, logits_into, matmul_scratch
 
 # Elements of the (chunk, V) block of logits chosen by chunk_rows: 1/32 of the naive logits
@@ -126,8 +126,8 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
                row_scale: Tensor | float | None, need: tuple[bool, bool, bool]):
     """One pass of the chunk loop.
 
-    Rows that do not count (a kernel's ``kept_rows()``: ignored targets) have zero loss and zero
-    gradient, so the loop skips them: each chunk gathers the next ``chunk`` kept rows of hidden,
+    Rows that do not count (``kept_index`` of a kernel's ``keep``, for kernels that can ``take``
+    a subset of their rows: ignored targets) have zero loss and zero gradient, so the loop skips them: each chunk gathers the next ``chunk`` kept rows of hidden,
     and its grad_hidden rows are scattered back into a zero-filled grad_hidden.
 
     Args:
@@ -140,7 +140,7 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
         (loss_rows (N,) in the accumulation dtype, grad_hidden, grad_weight, grad_bias), the
         gradients in the dtypes of their inputs (None where not needed).
     """
-    index = kernel.kept_rows() if hasattr(kernel, "kept_rows") else None
+    index = kept_index(kernel.keep) if hasattr(kernel, "take") else None
     if index is not None:
         kernel = kernel.take(index)
         if isinstance(row_scale, Tensor) and row_scale.ndim:

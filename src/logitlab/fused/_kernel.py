@@ -33,8 +33,8 @@ def all_reduce(x: Tensor, op: str, group) -> Tensor:
 def kept_index(keep: Tensor) -> Tensor | None:
     """Indices of the rows that count (``keep`` (N,) bool), or None when every row does.
 
-    A row kernel's ignored rows have loss 0 and gradient 0, so the chunk loop skips them: no
-    logits and no matmuls for padding.
+    A row kernel's ignored rows have loss 0 and gradient 0, so the chunk loop skips them (for a
+    kernel with ``keep`` and ``take``): no logits and no matmuls for padding.
     """
     if bool(keep.all()):
         return None
@@ -139,10 +139,6 @@ class CrossEntropyKernel:
                 grad.sub_((eps / vocab) * self.class_weight.to(z.dtype))
             grad.masked_fill_(~keep.unsqueeze(1), 0.0)
         return loss, grad
-
-    def kept_rows(self) -> Tensor | None:
-        """See :func:`kept_index`."""
-        return kept_index(self.keep)
 
     def take(self, index: Tensor) -> CrossEntropyKernel:
         """The same kernel over rows ``index`` of this one, in that order."""

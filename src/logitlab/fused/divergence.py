@@ -11,7 +11,7 @@ from torch import Tensor
 from logitlab import _validation as v
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows
 from logitlab.fused._matmul import logits_into, matmul_scratch
-from logitlab.fused._kernel import all_reduce, kept_index
+from logitlab.fused._kernel import all_reduce
 from logitlab.fused.cross_entropy import check_linear, check_target, choose_impl, vocab_offsets
 
 __all__ = ["linear_divergence_loss", "DIVERGENCES"]
@@ -115,10 +115,6 @@ class DivergenceKernel:
     vocab_start: int = 0
     group: object = None
     rows: Tensor | None = None  # row r of this kernel is row rows[r] of teacher_hidden (None: r)
-
-    def kept_rows(self) -> Tensor | None:
-        """See :func:`logitlab.fused._kernel.kept_index`."""
-        return kept_index(self.keep)
 
     def take(self, index: Tensor) -> DivergenceKernel:
         """The same kernel over rows ``index`` of this one, in that order (teacher rows gathered
