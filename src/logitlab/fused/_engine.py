@@ -127,8 +127,9 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     """One pass of the chunk loop.
 
     Rows that do not count (``kept_index`` of a kernel's ``keep``, for kernels that can ``take``
-    a subset of their rows: ignored targets) have zero loss and zero gradient, so the loop skips them: each chunk gathers the next ``chunk`` kept rows of hidden,
-    and its grad_hidden rows are scattered back into a zero-filled grad_hidden.
+    a subset of their rows: ignored targets) have zero loss and zero gradient, so the loop skips
+    them: each chunk gathers the next ``chunk`` kept rows of hidden, and its grad_hidden rows are
+    scattered back into a zero-filled grad_hidden.
 
     Args:
         hidden: (N, D). weight: (V, D). bias: (V,) or None.
