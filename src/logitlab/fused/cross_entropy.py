@@ -107,14 +107,15 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         softcap: optional c > 0: logits become c·tanh(z / c) before the loss.
         chunk_size: rows per chunk (default: :func:`logitlab.fused._engine.chunk_rows`).
         impl: 'auto' | 'chunked' | 'naive'.
-        accum_dtype: dtype in which grad_weight and grad_bias are summed over chunks (logit
-            blocks are at least float32 whatever it is). With bf16 inputs, float32 (the default)
-            costs 2 bytes per element of the head beyond its gradient (the float32 sum's lower
-            halves; its upper halves live in the returned gradient's buffer), 4 with float16 or
-            without the native kernel (a float32 copy), and the default chunk then grows to up to
-            512 rows; the input's own dtype saves that memory at one rounding per chunk. (With
-            three matmuls, an exact float32 sum over chunks needs min(V·D, N·V)·2 bytes beyond
-            the gradients: more than 5% of the bf16 logits' N·V·2 bytes unless D < N/20.)
+        accum_dtype: dtype in which grad_weight and grad_bias are summed over chunks (the row
+            kernel computes in float32 at least, whatever it is). With bf16 inputs, float32 (the
+            default) costs 2 bytes per element of the head beyond its gradient (the float32
+            sum's lower halves; its upper halves live in the returned gradient's buffer), 4 with
+            float16 or without the native kernel (a float32 copy), and the default chunk then
+            grows to up to 512 rows; the input's own dtype saves that memory at one rounding per
+            chunk. (With three matmuls, an exact float32 sum over chunks needs min(V·D, N·V)·2
+            bytes beyond the gradients: more than 5% of the bf16 logits' N·V·2 bytes unless
+            D < N/20.)
         process_group: a torch.distributed group for a vocabulary-sharded head, or None.
         validate: check that the class indices are in range.
 
