@@ -76,3 +76,23 @@ def rowwise(fn: Callable[[Tensor], Tensor], x: Tensor, dim: int) -> Tensor:
         return fn(x.reshape(1, 1)).reshape(())
     rows, shape = to_rows(x, dim)
     return from_rows(fn(rows), shape, dim, x.ndim)
+
+
+def neutralize(x: Tensor, keep: Tensor | None, axis: int, value: float) -> Tensor:
+    """``x`` with every row that ``keep`` excludes set to ``value`` along ``axis``.
+
+    An excluded row (masked out, ignored target) may hold anything: padding is often all -inf
+    and may be NaN. Its loss is 0, but a NaN or ±inf inside it would still reach the gradient
+    (0 · NaN = NaN through a softmax of an all -inf row) or fail a data check meant for kept
+    rows. Losses call this on their inputs before checking them. ``keep`` has the shape of ``x``
+    without ``axis``; None (every row kept) returns ``x`` itself.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 2.0], [-math.inf, -math.inf]])
+        >>> neutralize(x, torch.tensor([True, False]), 1, 0.0)
+        tensor([[1., 2.],
+                [0., 0.]])
+    """
+    if keep is None:
+        return x
+    return torch.where(keep.unsqueeze(axis), x, x.new_full((), value))

@@ -57,9 +57,9 @@ def _check(fn: str, probs: object, target: object, validate: bool) -> tuple[Tens
         fail(fn, "target", "an integer tensor of class indices", f"<dtype {target.dtype}>", kind=TypeError)
     if probs.shape[0] == 0:
         fail(fn, "probs", "at least one row", "<0 rows>")
+    check_index_target(fn, "target", target, probs.shape[1])  # always: an index addresses memory
     if validate:
         check_probs(fn, "probs", probs)
-        check_index_target(fn, "target", target, probs.shape[1])
     return probs.to(compute_dtype(probs)), target.long()
 
 

@@ -47,20 +47,26 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         }
         const float m = mx * inv_t; /* max(x / T) = max(x) / T: rounding is monotone */
         int64_t y = 0;
-        float s_y = 0.0f;
+        float t_y = 0.0f;
         if (target != NULL) {
             y = target[r];
-            s_y = CAT(get_, X)(xr, y) * inv_t; /* read before an in-place gradient overwrites it */
+            if (y < 0 || y >= C) { /* checked whatever `validate` says: y addresses memory */
+                free(scratch);
+                return r * 4 + 3;
+            }
+            t_y = (CAT(get_, X)(xr, y) - mx) * inv_t; /* read before an in-place gradient overwrites it */
         }
 
         /* Pass 2: Σ exp(s − m); with smoothing Σ w_c (s_c − m); with probabilities
          * Σ q_c w_c (s_c − m) over q_c w_c ≠ 0 (0 · log 0 = 0) and Σ q_c w_c. */
         vf vsum = vsplat(0.0f), vsm = vsplat(0.0f), vdot = vsplat(0.0f), vtq = vsplat(0.0f);
-        const vf vinv = vsplat(inv_t), vmm = vsplat(m), vzero = vsplat(0.0f);
+        const vf vinv = vsplat(inv_t), vmx = vsplat(mx), vzero = vsplat(0.0f);
         for (int64_t j = 0; j < C; j += VL) {
             const int last = j == full;
-            vf s = (last ? CAT(loadn_, X)(xr + j, tail, -INFINITY) : CAT(load_, X)(xr + j)) * vinv;
-            vf t = s - vmm;
+            /* t = (x − max x) / T, the max subtracted before the scaling: x·(1/T) − m would be
+             * contracted into one FMA that skips the product's rounding, so the maximum would
+             * map to ±ulp(m) instead of exactly 0, and exp of a positive t overflows. */
+            vf t = ((last ? CAT(loadn_, X)(xr + j, tail, -INFINITY) : CAT(load_, X)(xr + j)) - vmx) * vinv;
             vf e = vexp_neg(t);
             vsum += e;
             if (keep_exp) {
@@ -88,7 +94,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         if (target != NULL) {
             w_y = cw != NULL ? (double)cw[y] : 1.0;
             row_w = w_y;
-            if (eps < 1.0) ce = -(1.0 - eps) * w_y * ((double)s_y - (double)m - log_sum);
+            if (eps < 1.0) ce = -(1.0 - eps) * w_y * ((double)t_y - log_sum);
             total = (1.0 - eps) * w_y;
         } else {
             const double tq = hsum_d(vtq);
@@ -118,8 +124,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
             if (keep_exp) {
                 e = last ? loadn_f32(er + j, tail, 0.0f) : load_f32(er + j);
             } else {
-                vf s = (last ? CAT(loadn_, X)(xr + j, tail, -INFINITY) : CAT(load_, X)(xr + j)) * vinv;
-                e = vexp_neg(s - vmm);
+                e = vexp_neg(((last ? CAT(loadn_, X)(xr + j, tail, -INFINITY) : CAT(load_, X)(xr + j)) - vmx) * vinv);
             }
             vf gv = e * vk;
             vf w = vsplat(1.0f);
@@ -135,7 +140,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         }
         if (target != NULL) {
             /* The target column, from the same float32 terms, rounded once. */
-            const double e_y = (double)sexp_neg(s_y - m);
+            const double e_y = (double)sexp_neg(t_y);
             double g_y = e_y * (total * sct / sum) - sct * (1.0 - eps) * w_y;
             if (eps > 0.0) g_y -= sct * eps / (double)C * w_y;
             CAT(set_, X)(gr, y, (float)g_y);

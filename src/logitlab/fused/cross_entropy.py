@@ -155,8 +155,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     if process_group is not None:
         vocab_start, vocab_total = vocab_offsets(vocab_local, process_group, weight.device)
     flat_target = target.reshape(-1).long()
-    if validate:
-        v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
+    # Whatever `validate` says: an index addresses memory (of the head, the logits, the weights).
+    v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
 
     rows = flat_target.numel()
     mode = choose_impl(impl, rows, vocab_total)

@@ -84,7 +84,14 @@ def _bad_row(opts: XentOptions, row_max: Tensor, offset: int, keep: Tensor | Non
         _raise_bad(opts, offset + int(empty.nonzero()[0, 0]), 2)
 
 
-def _raise_bad(opts: XentOptions, row: int, kind: int) -> None:
+def _raise_bad(opts: XentOptions, row: int, kind: int, target: Tensor | None = None,
+               n_classes: int = 0) -> None:
+    """Raise for the native kernel's error ``kind`` at ``row``: 1 NaN/+inf, 2 all -inf, 3 a class
+    index outside [0, n_classes) (checked even with ``validate=False``: the index addresses memory)."""
+    if kind == 3:
+        index = int(target.reshape(-1)[row]) if target is not None else "?"
+        fail(opts.fn, "target", f"class indices in [0, {n_classes - 1}]",
+             f"<index {index} in row {row} of the flattened batch>", kind=IndexError)
     if kind == 1:
         fail(opts.fn, "logits", "values without NaN or +inf (-inf marks an excluded class)",
              f"<NaN or +inf in row {row} of the flattened batch>")
@@ -112,7 +119,7 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
             rows, target, weight, keep, scale, index_target=opts.index_target, label_smoothing=eps,
             z_loss=z, temperature=temp, validate=opts.validate, grad=grad)
         if bad >= 0:
-            _raise_bad(opts, bad, kind)
+            _raise_bad(opts, bad, kind, target, n_classes)
         return losses, grad
     losses = rows.new_empty(n_rows, dtype=cd)
     # max(1, ...): an empty batch (N = 0) still needs a positive range() step.

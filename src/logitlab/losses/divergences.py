@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from logitlab import registry
-from logitlab._reduction import reduce_loss, to_rows
+from logitlab._reduction import neutralize, reduce_loss, to_rows
 from logitlab._validation import (
     check_choice, check_dim, check_finite, check_floating, check_mask, check_positive, check_probs,
     check_reduction, compute_dtype, fail,
@@ -124,6 +124,11 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
         target_logits = None if target_logits is None else target_logits.reshape(1)
     batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)
     check_mask(fn, mask, batch_shape)
+    if mask is not None:
+        # Masked-out rows may hold anything (all -inf padding, NaN): neither checked nor computed.
+        logits = neutralize(logits, mask, axis, 0.0)
+        target = None if target is None else neutralize(target, mask, axis, 1.0 / logits.shape[axis])
+        target_logits = None if target_logits is None else neutralize(target_logits, mask, axis, 0.0)
     if validate:
         check_logit_rows(fn, "logits", logits, axis)
         if target is not None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from logitlab import registry
-from logitlab._reduction import reduce_loss, to_rows
+from logitlab._reduction import neutralize, reduce_loss, to_rows
 from logitlab._validation import (
     check_dim, check_floating, check_index_target, check_mask, check_positive, check_probs,
     check_reduction, check_tensor, compute_dtype, fail,
@@ -151,22 +151,29 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
         fail(fn, "target", f"probabilities of shape {tuple(logits.shape)} or class indices of "
              f"shape {batch_shape}", f"<shape {tuple(target.shape)}>")
     check_mask(fn, mask, batch_shape)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        fail(fn, "ignore_index", "an int", f"<{type(ignore_index).__name__}>", kind=TypeError)
+    keep = mask
+    if index:
+        kept = target != ignore_index
+        keep = kept if keep is None else keep & kept
+        # Whatever `validate` says: an index addresses memory.
+        check_index_target(fn, "target", target, n, ignore_index=ignore_index, keep=keep)
+    if logits.ndim:
+        # Excluded rows may hold anything (all -inf padding, NaN): neither checked nor computed.
+        logits = neutralize(logits, keep, axis, 0.0)
+        if not index:
+            target = neutralize(target, keep, axis, 1.0 / max(n, 1))
     if validate:
         check_logit_rows(fn, "logits", logits, axis)
-        if index:
-            check_index_target(fn, "target", target, n, ignore_index=ignore_index)
-        else:
+        if not index:
             check_probs(fn, "target", target, dim=axis)
 
     dtype = compute_dtype(logits)
     theta = to_rows(scale_by_temperature(fn, "logits", logits, temperature, dtype, validate), axis)[0]
-    keep = mask
     if index:
         flat = target.reshape(-1)
-        kept = flat != ignore_index
-        y = torch.where(kept, flat, torch.zeros_like(flat)).long()
-        kept = kept.reshape(batch_shape)
-        keep = kept if keep is None else keep & kept
+        y = torch.where(keep.reshape(-1), flat, torch.zeros_like(flat)).long()
     else:
         y = to_rows(target.to(dtype), axis)[0]
     normalize = registry.resolve(spec.fn)

@@ -7,21 +7,25 @@ import math
 import torch
 from torch import Tensor
 
-from logitlab._reduction import reduce_loss
-from logitlab._validation import check_floating, check_range, check_reduction, compute_dtype, fail
+from logitlab._reduction import neutralize, reduce_loss
+from logitlab._validation import check_choice, check_floating, check_range, check_reduction, compute_dtype, fail
 from logitlab.losses._xent_kernel import XentOptions, _bad_row
-from logitlab.losses.cross_entropy import _check_target_and_rows, _compiling, _no_grad_options, cross_entropy
+from logitlab.losses.cross_entropy import IMPLS, _check_target_and_rows, _compiling, _no_grad_options, cross_entropy
 
 __all__ = ["focal_loss", "poly1_cross_entropy"]
 
 
-def _log_p_target(fn: str, rows: Tensor, target: Tensor, validate: bool) -> Tensor:
-    """log softmax(rows)[target] per row, without materializing the full log-softmax."""
+def _log_p_target(fn: str, rows: Tensor, target: Tensor, keep: Tensor, validate: bool) -> Tensor:
+    """log softmax(rows)[target] per row, without materializing the full log-softmax.
+
+    Rows that ``keep`` excludes are neither checked nor computed (they are set to 0 first: an
+    all -inf padding row would give NaN, and its NaN would reach the gradient).
+    """
     cd = compute_dtype(rows)
-    s = rows.to(cd)
+    s = neutralize(rows.to(cd), keep, 1, 0.0)
     if validate and not _compiling():
         opts = XentOptions(fn, True, 0.0, 0.0, 1.0, True, True, False)
-        _bad_row(opts, s.detach().amax(1), 0)
+        _bad_row(opts, s.detach().amax(1), 0, keep)
     return s.gather(1, target.unsqueeze(1)).squeeze(1) - torch.logsumexp(s, 1)
 
 
@@ -70,7 +74,7 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
     gamma = check_range(fn, "gamma", gamma, 0.0, math.inf, high_open=True)
     r = _check_target_and_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
     cd = compute_dtype(logits)
-    log_pt = _log_p_target(fn, r.rows, r.target, validate)
+    log_pt = _log_p_target(fn, r.rows, r.target, r.keep, validate)
     if gamma == 0.0:
         values = -log_pt
     else:
@@ -105,7 +109,7 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
 def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0, dim: int = -1,
                         weight: Tensor | None = None, ignore_index: int = -100,
                         mask: Tensor | None = None, reduction: str = "mean",
-                        label_smoothing: float = 0.0, validate: bool = True) -> Tensor:
+                        label_smoothing: float = 0.0, validate: bool = True, impl: str = "auto") -> Tensor:
     r"""Poly-1 cross-entropy: CE + ε (1 − p_t) (Leng et al., 2022, "PolyLoss").
 
     CE is :func:`cross_entropy` with the same weight, smoothing and exclusion options, and p_t
@@ -119,7 +123,10 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
         target: (*batch) integer class indices.
         epsilon: ε ≥ −1, the coefficient of the first polynomial term.
         dim, weight, ignore_index, mask, reduction, label_smoothing, validate: as in
-            :func:`cross_entropy`.
+            :func:`cross_entropy` (validate checks the logits of the kept rows for NaN/+inf
+            and all -inf).
+        impl: the implementation of the cross-entropy term, as in :func:`cross_entropy`
+            ('composite' for higher-order gradients).
 
     Returns:
         A scalar, or (*batch) for ``reduction='none'``.
@@ -137,11 +144,12 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
     _no_grad_options(fn, epsilon=epsilon, label_smoothing=label_smoothing)
     epsilon = check_range(fn, "epsilon", epsilon, -1.0, math.inf, high_open=True)
     smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
+    check_choice(fn, "impl", impl, IMPLS)
     r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, allow_probs=False)
     ce = cross_entropy(logits, target, dim=dim, weight=weight, ignore_index=ignore_index, mask=mask,
-                       reduction="none", label_smoothing=smoothing, validate=False).reshape(-1)
+                       reduction="none", label_smoothing=smoothing, validate=False, impl=impl).reshape(-1)
     cd = compute_dtype(logits)
-    p_y = _log_p_target(fn, r.rows, r.target, False).exp()
+    p_y = _log_p_target(fn, r.rows, r.target, r.keep, validate).exp()
     n_classes = r.rows.shape[1]
     p_t = (1.0 - smoothing) * p_y + smoothing / n_classes
     poly = epsilon * (1.0 - p_t)

@@ -146,16 +146,18 @@ class Poly1CrossEntropyLoss(nn.Module):
 
     def __init__(self, *, epsilon: float = 1.0, dim: int = -1, weight: Tensor | None = None,
                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-                 validate: bool = True) -> None:
+                 validate: bool = True, impl: str = "auto") -> None:
         super().__init__()
         self.epsilon, self.dim, self.ignore_index = epsilon, dim, ignore_index
         self.reduction, self.label_smoothing, self.validate = reduction, label_smoothing, validate
+        self.impl = impl
         _buffer(self, "weight", weight)
 
     def forward(self, logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         return poly1_cross_entropy(logits, target, epsilon=self.epsilon, dim=self.dim, weight=self.weight,
                                    ignore_index=self.ignore_index, mask=mask, reduction=self.reduction,
-                                   label_smoothing=self.label_smoothing, validate=self.validate)
+                                   label_smoothing=self.label_smoothing, validate=self.validate,
+                                   impl=self.impl)
 
     def extra_repr(self) -> str:
         return (f"epsilon={self.epsilon}, dim={self.dim}, ignore_index={self.ignore_index}, "

@@ -20,12 +20,22 @@ __all__ = ["softmax", "log_softmax", "shannon_negentropy"]
 NEG_INF = -math.inf
 
 
-def _scaled(fn: str, logits: Tensor, temperature: float | Tensor) -> Tensor:
-    """``logits / temperature`` (temperature already validated), in the compute dtype unless T = 1."""
+def _scaled(fn: str, logits: Tensor, temperature: float | Tensor, dim: int) -> Tensor:
+    """``logits / temperature`` up to a constant per row (temperature already validated), in the
+    compute dtype unless T = 1.
+
+    Below T = 1 (and for a tensor T) the row maximum is subtracted first: (z − max z) / T ≤ 0
+    cannot overflow, where z / T reaches ±inf for a tiny T (softmax(z, temperature=1e-40) was NaN)
+    and softmax and log_softmax are unchanged by a constant per row (so is their gradient,
+    with respect to z and to T).
+    """
     if not isinstance(temperature, Tensor) and temperature == 1.0:
         return logits  # torch.softmax(..., dtype=) upcasts half precision without a copy here
     cdtype = compute_dtype(logits)
     x = logits.to(cdtype)
+    if (isinstance(temperature, Tensor) or temperature < 1.0) and x.shape[dim] > 0:
+        peak = x.detach().amax(dim, keepdim=True)
+        x = x - torch.where(torch.isfinite(peak), peak, peak.new_zeros(()))
     if isinstance(temperature, Tensor):
         t = temperature.to(cdtype).reshape(())
         if t.requires_grad:
@@ -90,7 +100,7 @@ def softmax(logits: Tensor, *, dim: int = -1, temperature: float | Tensor = 1.0,
     temperature = _check_temperature(fn, temperature)
     if logits.ndim == 0:
         return softmax(logits.reshape(1), temperature=temperature, validate=validate).reshape(())
-    x = _scaled(fn, logits, temperature)
+    x = _scaled(fn, logits, temperature, d)
     empty = empty_rows(fn, logits, d, validate=validate)
     cdtype = compute_dtype(logits)
     if empty is None:
@@ -132,7 +142,7 @@ def log_softmax(logits: Tensor, *, dim: int = -1, temperature: float | Tensor = 
     temperature = _check_temperature(fn, temperature)
     if logits.ndim == 0:
         return log_softmax(logits.reshape(1), temperature=temperature, validate=validate).reshape(())
-    x = _scaled(fn, logits, temperature)
+    x = _scaled(fn, logits, temperature, d)
     if scan(fn, logits, validate=validate)[0] > NEG_INF:  # no excluded class: torch's op as is
         return torch.log_softmax(x, d, dtype=compute_dtype(logits)).to(logits.dtype)
     empty = empty_rows(fn, logits, d, validate=False)
