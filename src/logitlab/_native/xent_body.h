@@ -25,14 +25,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         const PT *pr = prob != NULL ? prob + r * ldp : NULL;
         f32_t *er = scratch != NULL ? scratch : (f32_t *)gr; /* where the exponentials wait */
 
-        /* Pass 1: the row maximum, and whether the row holds a NaN. */
-        int has_nan;
-        const float mx = hmax(CAT(lanemax_, X)(xr, C, &has_nan));
-        if (validate && (has_nan || mx == INFINITY)) {
-            free(scratch);
-            return r * 4 + 1;
-        }
-        if (!keep[r]) {
+        if (!keep[r]) { /* an excluded row may hold anything (padding): never read */
             loss[r] = 0.0f;
             if (gr != NULL) {
                 vf zero = vsplat(0.0f);
@@ -40,6 +33,13 @@ static int64_t CAT4(xent_rows_, X, _, P)(
                 if (tail) CAT(storen_, X)(gr + full, zero, tail);
             }
             continue;
+        }
+        /* Pass 1: the row maximum, and whether the row holds a NaN. */
+        int has_nan;
+        const float mx = hmax(CAT(lanemax_, X)(xr, C, &has_nan));
+        if (validate && (has_nan || mx == INFINITY)) {
+            free(scratch);
+            return r * 4 + 1;
         }
         if (validate && mx == -INFINITY) {
             free(scratch);

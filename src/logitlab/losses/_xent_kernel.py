@@ -70,11 +70,13 @@ class XentOptions(NamedTuple):
 
 
 def _bad_row(opts: XentOptions, row_max: Tensor, offset: int, keep: Tensor | None = None) -> None:
-    """Raise if a row holds NaN or +inf (its max is NaN or +inf), or a kept row only -inf logits.
+    """Raise if a kept row holds NaN or +inf (its max is NaN or +inf), or only -inf logits.
 
-    An excluded row (ignored target, masked out) may be all -inf: padding often is.
+    An excluded row (ignored target, masked out) may hold anything: padding often is all -inf.
     """
     bad = torch.isnan(row_max) | (row_max == math.inf)
+    if keep is not None:
+        bad &= keep
     if bool(bad.any()):
         _raise_bad(opts, offset + int(bad.nonzero()[0, 0]), 1)
     empty = row_max == -math.inf
