@@ -8,7 +8,11 @@ headers as well; not measured).
 The compiled library is cached under ``$LOGITLAB_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/logitlab`` or ``~/.cache/logitlab``), keyed by the source, the compiler, its
 flags and the CPU (the code is built with ``-march=native``), so a first call on a machine pays
-the compile once and every later process loads it in milliseconds.
+the compile once and every later process loads it in milliseconds. The size and SHA-256 of each
+library are recorded beside it at build time and checked before it is loaded: a truncated or
+damaged file (which would crash the loading process) is rebuilt, not trusted. Builds hold a
+lock file, so that processes sharing an empty cache compile once; the files are readable by
+every user of a shared cache.
 
 Where compiling is impossible (no C compiler, an unsupported platform, a read-only cache) or
 ``LOGITLAB_NATIVE=0`` is set, :func:`load` returns None after one warning and the ops use
@@ -24,8 +28,10 @@ them; a second thread pool would fight torch's spinning OpenMP workers for the c
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -104,6 +110,67 @@ def _key(name: str, cc: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _digest(path: Path) -> dict:
+    """The size and SHA-256 of a compiled file, as recorded beside it at build time."""
+    data = path.read_bytes()
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _intact(target: Path, record: Path) -> bool:
+    """Whether ``target`` is the file that was built: a truncated or overwritten library (a full
+    disk, a crash mid-copy, another tool) would crash the process that loads it (SIGBUS)."""
+    try:
+        return json.loads(record.read_text()) == _digest(target)
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """An exclusive lock on ``path`` across processes (one compiles, the others wait and load);
+    none where the cache is read-only (then a missing or damaged library cannot be rebuilt)."""
+    try:
+        import fcntl
+
+        handle = open(path, "a+")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _compile(cc: str, name: str, target: Path) -> None:
+    """Build ``<name>.c`` into ``target``, then record its size and hash beside it."""
+    # Build beside the target and rename: concurrent processes never load a partial file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        for extra in ([OPENMP], []):  # without OpenMP (serial) if the compiler lacks it
+            done = subprocess.run([cc, *FLAGS, *extra, "-I", str(_HERE), "-o", tmp, str(_HERE / f"{name}.c"),
+                                   "-lm"], capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                break
+        if done.returncode != 0:
+            raise OSError(f"{cc} failed on {name}.c: {done.stderr.strip()[-2000:]}")
+        # mkstemp made the file 0600: readable by every user, so that a shared cache works.
+        os.chmod(tmp, 0o755)
+        record = target.with_suffix(".json")
+        record_tmp = Path(tmp).with_suffix(".json")
+        record_tmp.write_text(json.dumps(_digest(Path(tmp))))
+        os.chmod(record_tmp, 0o644)
+        os.replace(record_tmp, record)
+        os.replace(tmp, target)
+    finally:
+        for leftover in (tmp, str(Path(tmp).with_suffix(".json"))):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+
 def _build(name: str) -> tuple[ctypes.CDLL, dict]:
     if not sys.platform.startswith(("linux", "darwin")):
         raise OSError(f"native kernels are built on Linux and macOS only, not {sys.platform}")
@@ -111,26 +178,15 @@ def _build(name: str) -> tuple[ctypes.CDLL, dict]:
     if cc is None:
         raise OSError("no C compiler found (tried $CC, cc, gcc, clang)")
     target = cache_dir() / f"{name}-{_key(name, cc)}.so"
+    record = target.with_suffix(".json")
     info = {"name": name, "path": str(target), "compiler": cc, "compiled": False, "compile_s": 0.0}
-    if not target.exists():
+    if not _intact(target, record):
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Build beside the target and rename: concurrent processes never load a partial file.
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        start = time.perf_counter()
-        try:
-            for extra in ([OPENMP], []):  # without OpenMP (serial) if the compiler lacks it
-                done = subprocess.run([cc, *FLAGS, *extra, "-I", str(_HERE), "-o", tmp, str(_HERE / f"{name}.c"),
-                                       "-lm"], capture_output=True, text=True, timeout=300)
-                if done.returncode == 0:
-                    break
-            if done.returncode != 0:
-                raise OSError(f"{cc} failed on {name}.c: {done.stderr.strip()[-2000:]}")
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        info.update(compiled=True, compile_s=time.perf_counter() - start)
+        with _build_lock(target.with_suffix(".lock")):
+            if not _intact(target, record):  # another process may have built it meanwhile
+                start = time.perf_counter()
+                _compile(cc, name, target)
+                info.update(compiled=True, compile_s=time.perf_counter() - start)
     return ctypes.CDLL(str(target)), info
 
 
