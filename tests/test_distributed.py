@@ -187,3 +187,56 @@ def test_bad_shapes_are_clear_errors():
         vocab_parallel_cross_entropy(torch.randn(3, 4), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"vocab_parallel_kl_divergence\(\): argument 'local_teacher_logits' expected shape \(3, 4\)"):
         vocab_parallel_kl_divergence(torch.randn(3, 4), torch.randn(3, 5))
+
+
+def _mismatched_rows(rank, world):
+    logits = torch.randn(3 + rank, 4)  # rank 1 passes one more row
+    target = torch.zeros(3 + rank, dtype=torch.long)
+    try:
+        vocab_parallel_cross_entropy(logits, target, timeout=20)
+    except ValueError as error:
+        return str(error)
+    return "no error"
+
+
+def test_ranks_with_different_batch_sizes_raise_on_every_rank():
+    start = time.monotonic()
+    results = run_ranks(_mismatched_rows, 2, timeout=60, group_timeout=60)
+    for message in results:
+        assert message.startswith("vocab_parallel_cross_entropy(): argument 'target' expected the same number "
+                                  "of rows on every rank"), message
+        assert "[3, 4]" in message
+    assert time.monotonic() - start < 45
+
+
+def _rank_one_stays_alive(rank, world):
+    logits, target = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    if rank == 1:  # fails before the collective, but its process (and the group) lives on
+        time.sleep(8)
+        return "alive"
+    try:
+        vocab_parallel_cross_entropy(logits, target, timeout=2)
+    except RuntimeError as error:
+        return str(error)
+    return "no error"
+
+
+def test_timeout_bounds_every_collective_when_a_failed_rank_stays_alive():
+    start = time.monotonic()
+    results = run_ranks(_rank_one_stays_alive, 2, timeout=60, group_timeout=120)
+    assert results[1] == "alive"
+    assert "did not complete within timeout=2 s on rank 0" in results[0], results[0]
+    assert time.monotonic() - start < 40
+
+
+@pytest.mark.parametrize("fn", [vocab_parallel_cross_entropy, vocab_parallel_kl_divergence])
+def test_nan_logits_raise(fn):
+    bad = torch.randn(3, 4)
+    bad[1, 2] = float("nan")
+    other = torch.tensor([0, 1, 2]) if fn is vocab_parallel_cross_entropy else torch.randn(3, 4)
+    with pytest.raises(ValueError, match=fn.__name__ + r"\(\): argument 'local_logits' expected values without NaN"):
+        fn(bad, other)
+    if fn is vocab_parallel_cross_entropy:  # an ignored row may hold anything
+        x = bad.clone().requires_grad_()
+        fn(x, torch.tensor([0, -100, 2])).backward()
+        assert torch.isfinite(x.grad).all()

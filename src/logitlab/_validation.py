@@ -31,6 +31,9 @@ __all__ = [
     "check_index_target",
     "check_same_shape",
     "check_mask",
+    "check_same_device",
+    "check_float_dtype",
+    "has_data",
     "compute_dtype",
     "REDUCTIONS",
 ]
@@ -134,7 +137,7 @@ def check_reduction(fn: str, reduction: object) -> str:
 
 def check_finite(fn: str, name: str, tensor: Tensor, *, allow_neg_inf: bool = True) -> None:
     """Reject NaN and +inf (and -inf unless ``allow_neg_inf``: -inf marks an excluded class)."""
-    if tensor.numel() == 0:
+    if tensor.numel() == 0 or not has_data(tensor):
         return
     if allow_neg_inf:
         bad = torch.isnan(tensor) | (tensor == math.inf)
@@ -155,7 +158,7 @@ def check_same_shape(fn: str, name: str, tensor: Tensor, shape: torch.Size, othe
 
 def check_probs(fn: str, name: str, probs: Tensor, *, dim: int = -1, atol: float | None = None) -> None:
     """Check that ``probs`` has non-negative entries and rows summing to 1 along ``dim``."""
-    if probs.numel() == 0:
+    if probs.numel() == 0 or not has_data(probs):
         return
     if not bool(torch.isfinite(probs).all()):
         fail(fn, name, "finite probabilities", "<non-finite entries>")
@@ -205,7 +208,7 @@ def check_index_target(fn: str, name: str, target: Tensor, num_classes: int, *,
     Written with elementwise ops and one reduction, not boolean-mask indexing: ``target[mask]``
     took 4 ms on 4096 elements with two threads in torch 2.13 (0.2 ms on one), more than the loss.
     """
-    if target.numel() == 0:
+    if target.numel() == 0 or not has_data(target, keep):
         return
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
@@ -217,6 +220,33 @@ def check_index_target(fn: str, name: str, target: Tensor, num_classes: int, *,
         extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
         fail(fn, name, f"class indices in [0, {num_classes - 1}]{extra}",
              f"<index {int(target.reshape(-1)[first])}>")
+
+
+def has_data(*tensors: Tensor | None) -> bool:
+    """Whether data checks can look at these tensors' values: not on the meta device (shapes
+    only: a meta call infers the output's shape and dtype, and checks no value)."""
+    return not any(t is not None and t.device.type == "meta" for t in tensors)
+
+
+def check_same_device(fn: str, ref_name: str, ref: Tensor, **others: Tensor | None) -> None:
+    """Every tensor of ``others`` (None skipped) is on the device of ``ref``.
+
+    Example:
+        >>> check_same_device("f", "hidden", torch.zeros(1), weight=torch.zeros(1, device="meta"))
+        Traceback (most recent call last):
+        ...
+        ValueError: f(): argument 'weight' expected a tensor on cpu (the device of hidden), got <tensor on meta>
+    """
+    for name, tensor in others.items():
+        if tensor is not None and tensor.device != ref.device:
+            fail(fn, name, f"a tensor on {ref.device} (the device of {ref_name})", f"<tensor on {tensor.device}>")
+
+
+def check_float_dtype(fn: str, name: str, value: object) -> torch.dtype:
+    """``value`` is a floating torch.dtype (float16, bfloat16, float32, float64)."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        fail(fn, name, "a floating torch.dtype (torch.float32, torch.bfloat16, ...)", value, kind=TypeError)
+    return value  # type: ignore[return-value]
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:

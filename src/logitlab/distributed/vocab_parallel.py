@@ -8,14 +8,16 @@ offsets are found from every rank's slice size when ``vocab_start`` is not given
 
 from __future__ import annotations
 
+import datetime
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from logitlab import _validation as v
-from logitlab.fused._kernel import all_reduce
-from logitlab.fused.cross_entropy import build_kernel, check_options, reduction_scale, vocab_offsets
+from logitlab.fused._kernel import all_reduce, collective_timeout
+from logitlab.fused.cross_entropy import build_kernel, check_group, check_options, reduction_scale, vocab_offsets
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_kl_divergence", "resolve_group"]
 
@@ -27,11 +29,20 @@ def resolve_group(group):
     return group
 
 
-def _offsets(fn: str, local: int, group, vocab_start, device) -> tuple[int, int]:
+def check_timeout(fn: str, timeout) -> datetime.timedelta | None:
+    """None, a number of seconds > 0, or a positive datetime.timedelta, as a timedelta."""
+    if timeout is None:
+        return None
+    seconds = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
+    v.check_positive(fn, "timeout", seconds)
+    return datetime.timedelta(seconds=float(seconds))
+
+
+def _offsets(fn: str, local: int, group, vocab_start, device, rows: int) -> tuple[int, int]:
     if group is None:
         start = 0 if vocab_start is None else int(vocab_start)
         return start, start + local
-    start, total = vocab_offsets(local, group, device)
+    start, total = vocab_offsets(local, group, device, rows=rows, fn=fn)
     if vocab_start is not None and int(vocab_start) != start:
         v.fail(fn, "vocab_start", f"{start} (the sum of the slice sizes of the lower ranks)", vocab_start)
     return start, total
@@ -59,7 +70,8 @@ class _PrecomputedRows(torch.autograd.Function):
 
 def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=None, vocab_start: int | None = None,
                                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-                                 z_loss: float = 0.0, validate: bool = True) -> Tensor:
+                                 z_loss: float = 0.0, validate: bool = True,
+                                 timeout: float | datetime.timedelta | None = None) -> Tensor:
     r"""Cross-entropy over a vocabulary split across ranks, equal on every rank to the full one.
 
     With z the full logits (the concatenation of every rank's slice in rank order) and
@@ -75,14 +87,20 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         group: the process group (default: the world when initialized; one process otherwise).
         vocab_start: the first class of this slice; found from the slice sizes when None.
         ignore_index, reduction, label_smoothing, z_loss: as in ``cross_entropy``.
-        validate: check the class indices against the global vocabulary size.
+        validate: check the logits for NaN and +inf (-inf excludes a class; rows whose target is
+            ``ignore_index`` are not checked). Class indices are checked against the global
+            vocabulary whatever it says.
+        timeout: seconds (or a ``datetime.timedelta``) that each collective of this call may
+            wait; None leaves the group's own timeout (30 min by default for gloo). A rank that
+            fails but stays alive then makes the others raise within it instead of hanging.
 
     Returns:
         A scalar (or (*batch) for 'none') in the dtype of ``local_logits``.
 
     Raises:
-        ValueError/TypeError: bad shapes or options; RuntimeError naming the collective when
-        another rank fails or the group times out.
+        ValueError/TypeError: bad shapes or options, ranks passing different numbers of rows
+        (on every rank); RuntimeError naming the collective when another rank fails, does not
+        call it within ``timeout``, or the group times out.
 
     Example:
         >>> logits, target = torch.randn(4, 6), torch.tensor([0, 5, -100, 2])
@@ -101,23 +119,32 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
                f"<shape {tuple(target.shape)}>")
     check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=None,
                   chunk_size=None, impl="auto")
-    group = resolve_group(group)
+    v.check_same_device(fn, "local_logits", local_logits, target=target)
+    group = check_group(fn, resolve_group(group))
+    timeout = check_timeout(fn, timeout)
     local = local_logits.shape[-1]
-    start, total = _offsets(fn, local, group, vocab_start, local_logits.device)
     flat = target.reshape(-1).long()
-    # Whatever `validate` says: an index addresses memory.
-    v.check_index_target(fn, "target", flat, total, ignore_index=ignore_index)
-    acc = v.compute_dtype(local_logits)
-    kernel = build_kernel(flat, None, ignore_index=ignore_index, vocab_start=start, vocab_total=total,
-                          label_smoothing=label_smoothing, z_loss=z_loss, dtype=acc, group=group)
-    z = local_logits.detach().reshape(-1, local).to(acc, copy=True)
-    loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
+    if validate:
+        v.check_finite(fn, "local_logits",
+                       torch.where((flat != ignore_index).reshape(target.shape + (1,)), local_logits.detach(),
+                                   local_logits.new_zeros(())))
+    with collective_timeout(timeout):
+        start, total = _offsets(fn, local, group, vocab_start, local_logits.device, flat.numel())
+        # Whatever `validate` says: an index addresses memory.
+        v.check_index_target(fn, "target", flat, total, ignore_index=ignore_index)
+        acc = v.compute_dtype(local_logits)
+        kernel = build_kernel(flat, None, ignore_index=ignore_index, vocab_start=start, vocab_total=total,
+                              label_smoothing=label_smoothing, z_loss=z_loss, dtype=acc, group=group)
+        z = local_logits.detach().reshape(-1, local).to(acc, copy=True)
+        z = z.masked_fill_((flat == ignore_index).unsqueeze(1), 0.0)  # padding may hold anything
+        loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
     out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(kernel, reduction))
     return out.reshape(target.shape) if reduction == "none" else out
 
 
 def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Tensor, *, group=None,
-                                 temperature: float = 1.0, reduction: str = "mean") -> Tensor:
+                                 temperature: float = 1.0, reduction: str = "mean", validate: bool = True,
+                                 timeout: float | datetime.timedelta | None = None) -> Tensor:
     r"""D(p ‖ q) with p = softmax(teacher / T), q = softmax(student / T) over a sharded vocabulary.
 
     D(p ‖ q) = Σ_c p_c (log p_c − log q_c) = Σ_c p_c (u_c − z_c) / T + lse(z / T) − lse(u / T),
@@ -131,9 +158,15 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
         group: the process group (default: the world when initialized).
         temperature: T > 0.
         reduction: 'none' | 'mean' | 'sum'.
+        validate: check both slices for NaN and +inf (-inf excludes a class).
+        timeout: as in :func:`vocab_parallel_cross_entropy`.
 
     Returns:
         A scalar (or (*batch)) in the dtype of ``local_logits``.
+
+    Raises:
+        ValueError/TypeError: bad shapes or options, NaN/+inf logits, ranks passing different
+        numbers of rows (on every rank); RuntimeError naming the collective as above.
 
     Example:
         >>> z, u = torch.randn(3, 5), torch.randn(3, 5)
@@ -148,19 +181,28 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     v.check_same_shape(fn, "local_teacher_logits", local_teacher_logits, local_logits.shape, "local_logits")
     v.check_positive(fn, "temperature", temperature)
     v.check_reduction(fn, reduction)
-    group = resolve_group(group)
+    v.check_same_device(fn, "local_logits", local_logits, local_teacher_logits=local_teacher_logits)
+    if validate:
+        v.check_finite(fn, "local_logits", local_logits)
+        v.check_finite(fn, "local_teacher_logits", local_teacher_logits)
+    group = check_group(fn, resolve_group(group))
+    timeout = check_timeout(fn, timeout)
     acc = v.compute_dtype(local_logits)
     local = local_logits.shape[-1]
     z = local_logits.detach().reshape(-1, local).to(acc) / temperature
     u = local_teacher_logits.detach().reshape(-1, local).to(acc) / temperature
     rows = z.shape[0]
-    peaks = torch.stack([z.amax(1), u.amax(1)]) if local else z.new_full((2, rows), float("-inf"))
-    all_reduce(peaks, "max", group)
+    with collective_timeout(timeout):
+        if group is not None:  # the same rows everywhere, or the all-reduces below mismatch
+            vocab_offsets(local, group, z.device, rows=rows, fn=fn)
+        peaks = torch.stack([z.amax(1), u.amax(1)]) if local else z.new_full((2, rows), float("-inf"))
+        all_reduce(peaks, "max", group)
     peaks = torch.where(torch.isfinite(peaks), peaks, peaks.new_zeros(()))
     q = (z - peaks[0].unsqueeze(1)).exp_()
     p = (u - peaks[1].unsqueeze(1)).exp_()
     sums = torch.stack([q.sum(1), p.sum(1), (p * (u - z)).sum(1)])
-    all_reduce(sums, "sum", group)
+    with collective_timeout(timeout):
+        all_reduce(sums, "sum", group)
     q.div_(sums[0].unsqueeze(1))
     p.div_(sums[1].unsqueeze(1))
     lse_z, lse_u = peaks[0] + sums[0].log(), peaks[1] + sums[1].log()

@@ -9,6 +9,9 @@ every rank computes the loss of the full vocabulary while holding only its own c
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import datetime
 from dataclasses import dataclass, replace
 
 import torch
@@ -17,17 +20,50 @@ from torch import Tensor
 
 from logitlab._native import xent as native_xent
 
+# The bound on each collective of the call in progress (None: the group's own timeout).
+_TIMEOUT: contextvars.ContextVar[datetime.timedelta | None] = contextvars.ContextVar("timeout", default=None)
+
+
+@contextlib.contextmanager
+def collective_timeout(timeout: datetime.timedelta | None):
+    """Every collective started inside (all_reduce, all_gather below) waits at most ``timeout``."""
+    token = _TIMEOUT.set(timeout)
+    try:
+        yield
+    finally:
+        _TIMEOUT.reset(token)
+
+
+def _run(what: str, start) -> None:
+    """Run collective ``start(async_op)``, waiting at most the current timeout; clear errors."""
+    timeout = _TIMEOUT.get()
+    try:
+        if timeout is None:
+            start(False)
+        elif start(True).wait(timeout) is False:  # a backend that reports instead of raising
+            raise RuntimeError("the wait timed out")
+    except RuntimeError as error:
+        bound = f" within timeout={timeout.total_seconds():g} s" if timeout is not None else ""
+        raise RuntimeError(
+            f"vocab-parallel loss: {what} did not complete{bound} on rank {dist.get_rank()}: another rank "
+            f"failed, left, did not call it, or the group timed out ({error})") from error
+
 
 def all_reduce(x: Tensor, op: str, group) -> Tensor:
     """All-reduce ``x`` in place over ``group`` (a no-op without a group); returns ``x``."""
     if group is not None:
-        try:
-            dist.all_reduce(x, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=group)
-        except RuntimeError as error:
-            raise RuntimeError(
-                f"vocab-parallel loss: all_reduce({op}) of a {tuple(x.shape)} tensor failed on rank "
-                f"{dist.get_rank()}: another rank failed, left, or the group timed out ({error})") from error
+        reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
+        _run(f"all_reduce({op}) of a {tuple(x.shape)} tensor",
+             lambda async_op: dist.all_reduce(x, op=reduce_op, group=group, async_op=async_op))
     return x
+
+
+def all_gather(x: Tensor, group) -> list[Tensor]:
+    """Every rank's ``x`` (same shape on every rank), in rank order."""
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    _run(f"all_gather of a {tuple(x.shape)} tensor",
+         lambda async_op: dist.all_gather(out, x, group=group, async_op=async_op))
+    return out
 
 
 def kept_index(keep: Tensor) -> Tensor | None:

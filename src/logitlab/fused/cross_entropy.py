@@ -9,7 +9,7 @@ from torch import Tensor
 from logitlab import _validation as v
 from logitlab.fused._engine import (NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows,
                                     gradient_dtype, needs_wide_block)
-from logitlab.fused._kernel import CrossEntropyKernel, all_reduce
+from logitlab.fused._kernel import CrossEntropyKernel, all_gather, all_reduce
 
 __all__ = ["linear_cross_entropy", "IMPLS"]
 
@@ -34,18 +34,39 @@ def check_linear(fn: str, hidden, weight, bias) -> None:
         v.check_floating(fn, "bias", bias)
         if tuple(bias.shape) != (weight.shape[0],):
             v.fail(fn, "bias", f"shape ({weight.shape[0]},) (V = weight.shape[0])", f"<shape {tuple(bias.shape)}>")
+    v.check_same_device(fn, "hidden", hidden, weight=weight, bias=bias)
+
+
+def check_head_values(fn: str, hidden2d: Tensor, keep: Tensor, **tensors: Tensor | None) -> None:
+    """No NaN or ±inf in the rows of ``hidden2d`` (N, D) that count (``keep``), nor in ``tensors``
+    (a bias, whose name ends in 'bias', may hold -inf: it excludes a class).
+
+    A row that does not count (its target is ``ignore_index``) may hold anything: padding.
+    """
+    if not v.has_data(hidden2d, keep, *tensors.values()):
+        return
+    bad = ~torch.isfinite(hidden2d).all(1) & keep
+    if bool(bad.any()):
+        v.fail(fn, "hidden", "finite values in the rows whose target counts",
+               f"<NaN or inf in row {int(bad.nonzero()[0, 0])} of the flattened batch>")
+    for name, tensor in tensors.items():
+        if tensor is not None:
+            v.check_finite(fn, name, tensor, allow_neg_inf=name.endswith("bias"))
 
 
 def check_target(fn: str, target, hidden: Tensor) -> None:
     v.check_tensor(fn, "target", target)
+    v.check_same_device(fn, "hidden", hidden, target=target)
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         v.fail(fn, "target", "an integer tensor of class indices", f"<dtype {target.dtype}>", kind=TypeError)
     if tuple(target.shape) != tuple(hidden.shape[:-1]):
         v.fail(fn, "target", f"shape {tuple(hidden.shape[:-1])} (hidden.shape[:-1])", f"<shape {tuple(target.shape)}>")
 
 
-def check_options(fn: str, *, reduction, label_smoothing, z_loss, softcap, chunk_size, impl) -> None:
+def check_options(fn: str, *, reduction, label_smoothing, z_loss, softcap, chunk_size, impl,
+                  accum_dtype=torch.float32) -> None:
     v.check_reduction(fn, reduction)
+    v.check_float_dtype(fn, "accum_dtype", accum_dtype)
     v.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     v.check_range(fn, "z_loss", z_loss, 0.0, float("inf"))
     if softcap is not None:
@@ -117,7 +138,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
             bytes beyond the gradients: more than 5% of the bf16 logits' N·V·2 bytes unless
             D < N/20.)
         process_group: a torch.distributed group for a vocabulary-sharded head, or None.
-        validate: check that the class indices are in range.
+        validate: check that the rows of ``hidden`` that count (target not ``ignore_index``),
+            ``weight``, ``bias`` and ``class_weight`` hold no NaN or inf (a pass over each; rows
+            that do not count may hold anything). Class indices are checked whatever it says.
 
     Returns:
         A scalar (or (*batch) for 'none') in the dtype of ``hidden``.
@@ -143,22 +166,28 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     check_linear(fn, hidden, weight, bias)
     check_target(fn, target, hidden)
     check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                  softcap=softcap, chunk_size=chunk_size, impl=impl)
+                  softcap=softcap, chunk_size=chunk_size, impl=impl, accum_dtype=accum_dtype)
+    process_group = check_group(fn, process_group)
     vocab_local = weight.shape[0]
     if class_weight is not None:
         v.check_floating(fn, "class_weight", class_weight)
         if tuple(class_weight.shape) != (vocab_local,):
             v.fail(fn, "class_weight", f"shape ({vocab_local},) (V = weight.shape[0])",
                    f"<shape {tuple(class_weight.shape)}>")
+        v.check_same_device(fn, "hidden", hidden, class_weight=class_weight)
 
     vocab_start, vocab_total = 0, vocab_local
     if process_group is not None:
-        vocab_start, vocab_total = vocab_offsets(vocab_local, process_group, weight.device)
+        vocab_start, vocab_total = vocab_offsets(vocab_local, process_group, weight.device,
+                                                 rows=target.numel(), fn=fn)
     flat_target = target.reshape(-1).long()
     # Whatever `validate` says: an index addresses memory (of the head, the logits, the weights).
     v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
 
     rows = flat_target.numel()
+    if validate:
+        check_head_values(fn, hidden.reshape(rows, hidden.shape[-1]), flat_target != ignore_index,
+                          weight=weight, bias=bias, class_weight=class_weight)
     mode = choose_impl(impl, rows, vocab_total)
     if mode == "naive" and process_group is None:
         return _naive(hidden, weight, target, bias=bias, class_weight=class_weight, ignore_index=ignore_index,
@@ -210,24 +239,47 @@ def reduction_scale(kernel: CrossEntropyKernel, reduction: str) -> float | None:
     return 0.0 if denom == 0 else 1.0 / denom
 
 
-def vocab_offsets(vocab_local: int, group, device) -> tuple[int, int]:
-    """(start of this rank's slice, full vocabulary size) from every rank's slice size."""
+def check_group(fn: str, group):
+    """``group`` is None or a torch.distributed ProcessGroup (a string such as "world" is not)."""
+    if group is None:
+        return None
     import torch.distributed as dist
 
-    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size(group))]
-    try:
-        dist.all_gather(sizes, torch.tensor([vocab_local], dtype=torch.int64, device=device), group=group)
-    except RuntimeError as error:
-        raise RuntimeError(f"vocab-parallel loss: all_gather of the slice sizes failed on rank {dist.get_rank()}: "
-                           f"another rank failed, left, or the group timed out ({error})") from error
-    counts = [int(s) for s in sizes]
+    if not isinstance(group, dist.ProcessGroup):
+        v.fail(fn, "process_group", "None or a torch.distributed.ProcessGroup (e.g. dist.group.WORLD)",
+               f"<{type(group).__name__}>", kind=TypeError)
+    return group
+
+
+def vocab_offsets(vocab_local: int, group, device, *, rows: int | None = None,
+                  fn: str = "vocab-parallel loss") -> tuple[int, int]:
+    """(start of this rank's slice, full vocabulary size) from every rank's slice size.
+
+    With ``rows``, every rank must pass the same number of rows (the row statistics are
+    all-reduced row by row): a mismatch raises on every rank, naming each rank's count, instead
+    of leaving the ranks waiting on collectives of different sizes.
+    """
+    import torch.distributed as dist
+
+    mine = torch.tensor([vocab_local, -1 if rows is None else rows], dtype=torch.int64, device=device)
+    sizes = [[int(n) for n in s] for s in all_gather(mine, group)]
+    counts = [s[0] for s in sizes]
+    row_counts = [s[1] for s in sizes]
+    if len(set(row_counts)) > 1:
+        v.fail(fn, "target", "the same number of rows on every rank of the group",
+               f"<rows per rank {row_counts}>")
     rank = dist.get_rank(group)
     return sum(counts[:rank]), sum(counts)
 
 
 def _naive(hidden, weight, target, *, bias, class_weight, ignore_index, reduction, label_smoothing,
            z_loss, softcap) -> Tensor:
-    """The baseline: materialize the logits, then torch's cross_entropy (+ z-loss by hand)."""
+    """The baseline: materialize the logits, then torch's cross_entropy (+ z-loss by hand).
+
+    Ignored rows of ``hidden`` are zeroed first: their gradient rows are 0, but a NaN there
+    (padding) would still enter grad_weight = Σ_n grad_n ⊗ hidden_n as 0 · NaN.
+    """
+    hidden = torch.where((target != ignore_index).unsqueeze(-1), hidden, hidden.new_zeros(()))
     logits = F.linear(hidden, weight, bias)
     logits = logits.to(v.compute_dtype(logits))
     if softcap is not None:

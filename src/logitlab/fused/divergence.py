@@ -12,7 +12,7 @@ from logitlab import _validation as v
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows
 from logitlab.fused._matmul import logits_into, matmul_scratch
 from logitlab.fused._kernel import all_reduce
-from logitlab.fused.cross_entropy import check_linear, check_target, choose_impl, vocab_offsets
+from logitlab.fused.cross_entropy import check_group, check_head_values, check_linear, check_target, choose_impl, vocab_offsets
 
 __all__ = ["linear_divergence_loss", "DIVERGENCES"]
 
@@ -169,7 +169,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
                            bias: Tensor | None = None, teacher_bias: Tensor | None = None,
                            ignore_index: int = -100, reduction: str = "mean", chunk_size: int | None = None,
                            impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
-                           process_group=None) -> Tensor:
+                           process_group=None, validate: bool = True) -> Tensor:
     r"""Distillation loss between a student head and a frozen teacher head, logits never materialized.
 
     With student logits z = hidden @ weight.T + bias, teacher logits u = teacher_hidden @
@@ -200,7 +200,8 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         teacher_hidden: (*batch, D_t). teacher_weight: (V, D_t). teacher_bias: (V,) optional.
             (With ``process_group``, V is V_local, this rank's number of vocabulary rows.)
         divergence: 'kl' | 'reverse_kl' | 'js'.
-        beta: β in [0, 1] of the generalized JS divergence.
+        beta: β in (0, 1) of the generalized JS divergence (used by 'js' only; at β = 0 or 1
+            JS_β is 0 for every pair, so they are refused, as by ``divergence_loss``).
         temperature: T > 0 applied to both heads' logits.
         target: (*batch) class indices (or ``ignore_index``), optional.
         hard_label_weight: α >= 0, weight of the cross-entropy term (needs ``target``).
@@ -209,6 +210,9 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         process_group: a torch.distributed group over which both heads are sharded by
             vocabulary rows, or None (one process holds the whole vocabulary). With a group,
             ``impl="naive"`` also runs chunked (autograd cannot differentiate an all-reduce).
+        validate: check that the rows that count of ``hidden`` and ``teacher_hidden``, and the
+            heads and biases, hold no NaN or inf (rows whose target is ``ignore_index`` may
+            hold anything). Class indices are checked whatever it says.
 
     Returns:
         A scalar (or (*batch) for 'none') in the dtype of ``hidden``, the same on every rank.
@@ -242,8 +246,15 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
                f"<shape {tuple(teacher_weight.shape)}>")
     if teacher_bias is not None and tuple(teacher_bias.shape) != (weight.shape[0],):
         v.fail(fn, "teacher_bias", f"shape ({weight.shape[0]},)", f"<shape {tuple(teacher_bias.shape)}>")
+    v.check_same_device(fn, "hidden", hidden, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
+                        teacher_bias=teacher_bias)
     v.check_choice(fn, "divergence", divergence, DIVERGENCES)
-    v.check_range(fn, "beta", beta, 0.0, 1.0)
+    if divergence == "js":
+        if not 0.0 < v.check_range(fn, "beta", beta, 0.0, 1.0) < 1.0:
+            v.fail(fn, "beta", "a number in (0, 1) for divergence='js'", float(beta),
+                   detail="JS_β is 0 for every pair at β = 0 or 1; use divergence='kl' or 'reverse_kl'")
+    v.check_float_dtype(fn, "accum_dtype", accum_dtype)
+    process_group = check_group(fn, process_group)
     v.check_positive(fn, "temperature", temperature)
     v.check_range(fn, "hard_label_weight", hard_label_weight, 0.0, float("inf"))
     v.check_reduction(fn, reduction)
@@ -252,7 +263,8 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         v.fail(fn, "chunk_size", "None or an int >= 1", chunk_size)
     vocab_start, vocab = 0, weight.shape[0]
     if process_group is not None:
-        vocab_start, vocab = vocab_offsets(weight.shape[0], process_group, weight.device)
+        vocab_start, vocab = vocab_offsets(weight.shape[0], process_group, weight.device,
+                                           rows=hidden.numel() // max(hidden.shape[-1], 1), fn=fn)
     rows = hidden.numel() // max(hidden.shape[-1], 1)
     if target is not None:
         check_target(fn, target, hidden)
@@ -263,6 +275,10 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         if hard_label_weight:
             v.fail(fn, "target", "class indices when hard_label_weight > 0", None)
         flat_target, keep = None, torch.ones(rows, dtype=torch.bool, device=hidden.device)
+    if validate:
+        check_head_values(fn, hidden.reshape(rows, hidden.shape[-1]), keep, weight=weight, bias=bias,
+                          teacher_weight=teacher_weight, teacher_bias=teacher_bias)
+        check_head_values(fn, teacher_hidden.reshape(rows, teacher_hidden.shape[-1]), keep)
 
     kernel = DivergenceKernel(
         teacher_hidden=teacher_hidden.detach().reshape(rows, teacher_hidden.shape[-1]),
@@ -276,6 +292,10 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
 
     if choose_impl(impl, rows, vocab) == "naive" and process_group is None:
         acc = accumulation_dtype(hidden.dtype, accum_dtype)
+        # Rows that do not count are zeroed: a NaN there (padding) would reach grad_weight as 0 · NaN.
+        hidden2d = torch.where(keep.unsqueeze(1), hidden2d, hidden2d.new_zeros(()))
+        kernel = replace(kernel, teacher_hidden=torch.where(keep.unsqueeze(1), kernel.teacher_hidden,
+                                                            kernel.teacher_hidden.new_zeros(())))
         z = torch.nn.functional.linear(hidden2d, weight, bias).to(acc)
         loss_rows, _ = kernel(z, 0, rows, need_grad=False)
         out = loss_rows if scale is None else loss_rows.sum() * scale
