@@ -243,3 +243,19 @@ def test_hand_written_backward_equals_autograd_of_the_recursion():
     for a, b in zip(ours, plain):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e10, 1e30, 1e37])
+def test_marginals_stay_bounded_for_huge_scores(scale):
+    """Node marginals lie in [0, 1] and sum to 1 per position; expected transition counts lie in
+    [0, T − 1] and sum to T − 1 (exp(α + β − log Z) overflowed to inf at 1e30)."""
+    torch.manual_seed(0)
+    emissions = (torch.randn(3, 6, 4) * scale).requires_grad_()
+    transitions = torch.randn(4, 4).requires_grad_()
+    crf_log_partition(emissions, transitions).sum().backward()
+    node, edge = emissions.grad, transitions.grad
+    assert torch.isfinite(node).all() and torch.isfinite(edge).all()
+    assert node.min() >= 0 and node.max() <= 1
+    assert torch.allclose(node.sum(2), torch.ones(3, 6))
+    assert edge.min() >= 0 and edge.max() <= 3 * 5
+    assert torch.allclose(edge.sum(), torch.tensor(3.0 * 5))

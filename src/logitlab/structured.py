@@ -123,6 +123,13 @@ class _ForwardBackward(torch.autograd.Function):
     ∂ log Z/∂A_ij = Σ_t exp(α_{t−1}(i) + A_ij + E_t(j) + β_t(j) − log Z) (edge marginals), with
     β_{L−1} = end, β_{t−1}(i) = logsumexp_j(A_ij + E_t(j) + β_t(j)). A double backward (marginals
     that must stay differentiable) differentiates the plain recursion instead.
+
+    Since log Z = logsumexp_k(α_t(k) + β_t(k)) at every step t (and likewise over the edges of a
+    step), the marginals are computed as softmaxes over each step's states and edges rather than
+    as exp(… − log Z): the two are equal, but with scores near 1e30 the subtraction of log Z
+    cancels catastrophically in floating point, and exp of its error was inf. A softmax is a
+    distribution whatever the rounding, so the gradients stay in [0, 1] per position (expected
+    transition counts in [0, T − 1]).
     """
 
     @staticmethod
@@ -137,12 +144,12 @@ class _ForwardBackward(torch.autograd.Function):
             alphas[:, step] = alpha
         log_z = _logsumexp(alpha + end, 1)
         log_z = torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
-        ctx.save_for_backward(emissions, transitions, start, end, mask, alphas, log_z)
+        ctx.save_for_backward(emissions, transitions, start, end, mask, alphas)
         return log_z
 
     @staticmethod
     def backward(ctx, grad):
-        emissions, transitions, start, end, mask, alphas, log_z = ctx.saved_tensors
+        emissions, transitions, start, end, mask, alphas = ctx.saved_tensors
         inputs = (emissions, transitions, start, end)
         if torch.is_grad_enabled():  # create_graph: differentiate the plain (autograd) recursion
             wanted = [x for x, need in zip(inputs, ctx.needs_input_grad[:4]) if need]
@@ -159,12 +166,13 @@ class _ForwardBackward(torch.autograd.Function):
         for step in range(t - 1, -1, -1):
             beta = torch.where((lengths - 1 == step).unsqueeze(1), end.expand(b, k), beta)
             active = (step < lengths).unsqueeze(1)
-            node = torch.exp(alphas[:, step] + beta - log_z.unsqueeze(1))
+            node = torch.softmax(alphas[:, step] + beta, 1)
             grad_emissions[:, step] = torch.where(active, node * grad.unsqueeze(1), zero)
             if step == 0:
                 break
             ahead = (emissions[:, step] + beta).unsqueeze(1)  # (B, 1, K): E_t(j) + β_t(j)
-            edge = torch.exp(alphas[:, step - 1].unsqueeze(2) + transitions + ahead - log_z.view(b, 1, 1))
+            edge_scores = alphas[:, step - 1].unsqueeze(2) + transitions + ahead
+            edge = torch.softmax(edge_scores.reshape(b, k * k), 1).reshape(b, k, k)
             grad_transitions += torch.where(active.unsqueeze(2), edge * grad.view(b, 1, 1), zero).sum(0)
             beta = torch.where(active, _logsumexp(transitions + ahead, 2), beta)
         grad_start = grad_emissions[:, 0].sum(0)

@@ -69,7 +69,15 @@ class _Ratio(torch.autograd.Function):
             owned = True
         total = values.sum(dim, keepdim=True)
         denominator = safe_denominator(total)
-        probs = values.div_(denominator) if owned else values / denominator
+        if total.device.type != "meta" and bool(torch.isinf(total).any()):
+            # Σ g overflowed (finite scores near the dtype's largest value): those rows are divided
+            # by their maximum first. Their saved denominator stays inf: the gradient, at most
+            # 1 / S, is 0 at this precision.
+            peak = torch.where(torch.isinf(total), values.amax(dim, keepdim=True), total.new_ones(()))
+            values = values.div_(peak) if owned else values / peak
+            probs = values.div_(safe_denominator(values.sum(dim, keepdim=True)))
+        else:
+            probs = values.div_(denominator) if owned else values / denominator
         ctx.save_for_backward(x, probs, denominator, excluded)
         ctx.score, ctx.dim = score, dim
         ctx.mark_non_differentiable(total)
