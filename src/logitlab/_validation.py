@@ -34,6 +34,7 @@ __all__ = [
     "check_same_device",
     "check_float_dtype",
     "has_data",
+    "meta_output",
     "compute_dtype",
     "REDUCTIONS",
 ]
@@ -68,8 +69,13 @@ def fail(fn: str, name: str, expected: str, received: object, *, kind: type = Va
 
 
 def check_tensor(fn: str, name: str, value: object) -> Tensor:
+    """``value`` is a torch.Tensor; a DTensor is refused with what to do instead."""
     if not isinstance(value, Tensor):
         fail(fn, name, "a torch.Tensor", f"<{type(value).__name__}>", kind=TypeError)
+    if type(value).__name__ == "DTensor":
+        fail(fn, name, "a plain (local) torch.Tensor", "<DTensor>", kind=TypeError,
+             detail="pass dtensor.to_local(); for logits sharded over the vocabulary, use the "
+                    "vocab-parallel losses or process_group= with the local shards")
     return value  # type: ignore[return-value]
 
 
@@ -226,6 +232,18 @@ def has_data(*tensors: Tensor | None) -> bool:
     """Whether data checks can look at these tensors' values: not on the meta device (shapes
     only: a meta call infers the output's shape and dtype, and checks no value)."""
     return not any(t is not None and t.device.type == "meta" for t in tensors)
+
+
+def meta_output(like: Tensor, shape: tuple[int, ...], reduction: str | None = None) -> Tensor:
+    """The result of a call on meta tensors: an empty meta tensor of the output's shape and dtype
+    (``shape`` itself, or a scalar unless ``reduction`` is 'none' or None).
+
+    Example:
+        >>> meta_output(torch.empty(3, 5, device="meta"), (3,), "mean").shape
+        torch.Size([])
+    """
+    size = shape if reduction in (None, "none") else ()
+    return torch.empty(size, dtype=like.dtype, device="meta")
 
 
 def check_same_device(fn: str, ref_name: str, ref: Tensor, **others: Tensor | None) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from logitlab._validation import (
-    check_dim, check_floating, check_positive, check_probs, compute_dtype, fail,
+    check_dim, check_floating, check_positive, check_probs, check_same_device, compute_dtype, fail,
 )
 from logitlab.losses import _kernels
 from logitlab.losses.divergences import check_logit_rows
@@ -39,6 +39,7 @@ def _pair(fn: str, target_probs: Tensor, probs: Tensor, dim: int, validate: bool
     """Check a (target, model) pair; return both with the class axis last, in the compute dtype."""
     check_floating(fn, "target_probs", target_probs)
     check_floating(fn, "probs", probs)
+    check_same_device(fn, "target_probs", target_probs, probs=probs)
     if target_probs.shape != probs.shape:
         fail(fn, "probs", f"shape {tuple(target_probs.shape)} (the shape of target_probs)",
              f"<shape {tuple(probs.shape)}>")
@@ -191,6 +192,7 @@ def decompose(logits: Tensor, target_probs: Tensor, *, dim: int = -1,
     fn = "decompose"
     check_floating(fn, "logits", logits)
     check_floating(fn, "target_probs", target_probs)
+    check_same_device(fn, "logits", logits, target_probs=target_probs)
     if target_probs.shape != logits.shape:
         fail(fn, "target_probs", f"shape {tuple(logits.shape)} (the shape of logits)",
              f"<shape {tuple(target_probs.shape)}>")

@@ -23,6 +23,7 @@ from torch import Tensor
 from logitlab._validation import (
     check_choice,
     check_floating,
+    check_same_device,
     check_index_target,
     check_probs,
     check_range,
@@ -49,6 +50,7 @@ BINNINGS = ("width", "mass")
 def _check(fn: str, probs: object, target: object, validate: bool) -> tuple[Tensor, Tensor]:
     probs = check_floating(fn, "probs", probs)
     target = check_tensor(fn, "target", target)
+    check_same_device(fn, "probs", probs, target=target)
     if probs.dim() != 2:
         fail(fn, "probs", "a 2-D tensor (N, C)", f"<shape {tuple(probs.shape)}>")
     if target.dim() != 1 or target.shape[0] != probs.shape[0]:

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from logitlab._reduction import reduce_loss
-from logitlab._validation import check_finite, check_floating, check_reduction, check_tensor, compute_dtype, fail
+from logitlab._validation import (check_finite, check_floating, check_reduction, check_same_device, check_tensor,
+                                  compute_dtype, fail)
 
 __all__ = ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode", "ViterbiResult"]
 
@@ -62,6 +63,10 @@ def _prepare(fn: str, emissions: object, transitions: object, mask: object, star
         fail(fn, "emissions", "a (B, T, K) tensor (batch, time, tags) with K >= 1",
              f"<shape {tuple(emissions.shape)}>")
     b, t, k = emissions.shape
+    check_same_device(fn, "emissions", emissions, transitions=transitions,
+                      start_transitions=start if isinstance(start, torch.Tensor) else None,
+                      end_transitions=end if isinstance(end, torch.Tensor) else None,
+                      mask=mask if isinstance(mask, torch.Tensor) else None)
     if transitions.shape != (k, k):
         fail(fn, "transitions", f"shape ({k}, {k}) (K x K, K = emissions.shape[-1])",
              f"<shape {tuple(transitions.shape)}>")
@@ -287,13 +292,14 @@ def linear_chain_crf_nll(emissions: Tensor, transitions: Tensor, tags: Tensor, *
     emissions, transitions, mask, start, end = _prepare(fn, emissions, transitions, mask, start_transitions,
                                                         end_transitions, validate)
     tags = check_tensor(fn, "tags", tags)
+    check_same_device(fn, "emissions", emissions, tags=tags)
     if tags.dtype.is_floating_point or tags.dtype == torch.bool or tags.is_complex():
         fail(fn, "tags", "an integer tensor", f"<dtype {tags.dtype}>", kind=TypeError)
     if tags.shape != emissions.shape[:2]:
         fail(fn, "tags", f"shape {tuple(emissions.shape[:2])} (the batch and time of emissions)",
              f"<shape {tuple(tags.shape)}>")
     tags = tags.to(torch.long)
-    if validate and bool(mask.any()):
+    if tags.device.type != "meta" and bool(mask.any()):  # whatever `validate` says: indices address memory
         valid = tags[mask]
         low, high = int(valid.min()), int(valid.max())
         if low < 0 or high >= emissions.shape[2]:

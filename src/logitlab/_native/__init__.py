@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["load", "symbol", "status", "threads_for", "cache_dir", "source_dir", "DTYPE_CODES",
-           "NativeUnavailableWarning"]
+           "NativeUnavailableWarning", "plain_cpu"]
 
 _HERE = Path(__file__).resolve().parent
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno",
@@ -231,6 +231,22 @@ def symbol(name: str, function: str, argtypes: list, restype):
 def status() -> dict[str, dict]:
     """What :func:`load` did per kernel: path, compiler, whether it compiled now and how long, or the error."""
     return {name: dict(info) for name, info in _info.items()}
+
+
+def plain_cpu(tensor: torch.Tensor) -> bool:
+    """Whether a kernel may read ``tensor``'s memory: a plain CPU tensor (or Parameter), or a
+    FakeTensor standing for one under ``torch.compile`` (so that tracing takes the same path).
+
+    A tensor subclass such as a DTensor has no storage of its own (``data_ptr()`` is 0): a kernel
+    reading it crashed the process, so such tensors take the torch path instead.
+    """
+    if tensor.device.type != "cpu":
+        return False
+    if type(tensor) in (torch.Tensor, torch.nn.Parameter):
+        return True
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(tensor, FakeTensor)
 
 
 # Below this many elements a kernel runs on one thread: waking the others costs more.

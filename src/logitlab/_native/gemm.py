@@ -17,7 +17,7 @@ import ctypes
 import torch
 from torch import Tensor
 
-from logitlab._native import symbol, threads_for
+from logitlab._native import plain_cpu, symbol, threads_for
 
 __all__ = ["grad_hidden_bf16", "grad_hidden_f32", "grad_weight_bf16", "logits_bf16", "logits_f32"]
 
@@ -36,7 +36,7 @@ def _f32_available() -> bool:
 
 
 def _takes(tensors: tuple[Tensor, ...], dtypes: tuple) -> bool:
-    return all(t.dtype == d and t.device.type == "cpu" and t.dim() == 2 for t, d in zip(tensors, dtypes))
+    return all(t.dtype == d and plain_cpu(t) and t.dim() == 2 for t, d in zip(tensors, dtypes))
 
 
 def _launch(lib: str, function: str, tensors: tuple[Tensor, ...], sizes: tuple[int, int, int],
@@ -71,7 +71,7 @@ def grad_weight_bf16(out: Tensor | Halves, grad: Tensor, h: Tensor, *, src: Tens
     parts_src = () if src is None else src if isinstance(src, tuple) else (src,)
     every = (*parts_out, *parts_src)
     if not (_sum_dtypes_ok(out) and (src is None or _sum_dtypes_ok(src)) and _takes((grad, h), (BF16, BF16))
-            and all(t.device.type == "cpu" and t.dim() == 2 for t in every)):
+            and all(plain_cpu(t) and t.dim() == 2 for t in every)):
         return False
     (rows, vocab), dim = grad.shape, h.shape[1]
     if any(tuple(t.shape) != (vocab, dim) for t in every) or h.shape[0] != rows:

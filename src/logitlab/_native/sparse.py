@@ -9,7 +9,7 @@ from torch import Tensor
 
 from logitlab._memory import empty_like_huge
 from logitlab._native import DTYPE_CODES as _CODES
-from logitlab._native import symbol, threads_for
+from logitlab._native import plain_cpu, symbol, threads_for
 
 __all__ = ["KIND_CODES", "supports", "sparse_forward", "sparse_backward"]
 
@@ -31,7 +31,7 @@ def supports(rows: Tensor) -> bool:
     Depends only on the device, the dtype and the rank (other strides are made contiguous), so
     that a fake tensor under ``torch.compile`` gets the same answer as the real one.
     """
-    if rows.device.type != "cpu" or rows.dtype not in _CODES or rows.dim() != 2:
+    if not plain_cpu(rows) or rows.dtype not in _CODES or rows.dim() != 2:
         return False
     return _function("fwd", _CODES[rows.dtype]) is not None
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from logitlab._native import DTYPE_CODES as _CODES
-from logitlab._native import symbol, threads_for
+from logitlab._native import plain_cpu, symbol, threads_for
 
 __all__ = ["supports", "xent_rows"]
 
@@ -22,7 +22,7 @@ def _function(x_code: str, p_code: str):
 
 def supports(rows: Tensor) -> bool:
     """Whether the native kernel takes these (N, C) logits (it builds on first use)."""
-    if rows.device.type != "cpu" or rows.dtype not in _CODES or rows.dim() != 2:
+    if not plain_cpu(rows) or rows.dtype not in _CODES or rows.dim() != 2:
         return False
     if rows.shape[1] > 1 and rows.stride(1) != 1:
         return False
@@ -39,6 +39,11 @@ def xent_rows(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Tensor,
     (kind 1) or the first kept row that is all -inf (kind 2); the caller raises.
     """
     n_rows, n_classes = rows.shape
+    for tensor in (target, weight, keep, scale, grad):
+        # The kernel reads raw pointers: a tensor elsewhere (meta, CUDA) would be read as host memory.
+        if tensor is not None and not plain_cpu(tensor):
+            raise RuntimeError(f"xent_rows: every tensor must be a plain CPU tensor, got a {type(tensor).__name__} "
+                               f"on {tensor.device}")
     x_code = _CODES[rows.dtype]
     if index_target:
         tgt = target.to(torch.int64).contiguous()

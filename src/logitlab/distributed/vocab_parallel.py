@@ -9,6 +9,7 @@ offsets are found from every rank's slice size when ``vocab_start`` is not given
 from __future__ import annotations
 
 import datetime
+import math
 
 import torch
 import torch.distributed as dist
@@ -123,7 +124,12 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
     group = check_group(fn, resolve_group(group))
     timeout = check_timeout(fn, timeout)
     local = local_logits.shape[-1]
+    if group is None and local == 0:
+        v.fail(fn, "local_logits", "at least one class (without a group the slice is the whole vocabulary)",
+               f"<shape {tuple(local_logits.shape)}>")
     flat = target.reshape(-1).long()
+    if not v.has_data(local_logits, target):  # meta: the output's shape only (no collective either)
+        return v.meta_output(local_logits, tuple(target.shape), reduction)
     if validate:
         v.check_finite(fn, "local_logits",
                        torch.where((flat != ignore_index).reshape(target.shape + (1,)), local_logits.detach(),
@@ -135,7 +141,7 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         acc = v.compute_dtype(local_logits)
         kernel = build_kernel(flat, None, ignore_index=ignore_index, vocab_start=start, vocab_total=total,
                               label_smoothing=label_smoothing, z_loss=z_loss, dtype=acc, group=group)
-        z = local_logits.detach().reshape(-1, local).to(acc, copy=True)
+        z = local_logits.detach().reshape(math.prod(local_logits.shape[:-1]), local).to(acc, copy=True)
         z = z.masked_fill_((flat == ignore_index).unsqueeze(1), 0.0)  # padding may hold anything
         loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
     out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(kernel, reduction))
@@ -182,15 +188,20 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     v.check_positive(fn, "temperature", temperature)
     v.check_reduction(fn, reduction)
     v.check_same_device(fn, "local_logits", local_logits, local_teacher_logits=local_teacher_logits)
+    if not v.has_data(local_logits, local_teacher_logits):
+        return v.meta_output(local_logits, tuple(local_logits.shape[:-1]), reduction)
     if validate:
         v.check_finite(fn, "local_logits", local_logits)
         v.check_finite(fn, "local_teacher_logits", local_teacher_logits)
     group = check_group(fn, resolve_group(group))
     timeout = check_timeout(fn, timeout)
     acc = v.compute_dtype(local_logits)
-    local = local_logits.shape[-1]
-    z = local_logits.detach().reshape(-1, local).to(acc) / temperature
-    u = local_teacher_logits.detach().reshape(-1, local).to(acc) / temperature
+    local = local_logits.shape[-1] if local_logits.ndim else 1
+    if group is None and local == 0:  # one process holds the whole vocabulary: it must not be empty
+        v.fail(fn, "local_logits", "at least one class (without a group the slice is the whole vocabulary)",
+               f"<shape {tuple(local_logits.shape)}>")
+    z = local_logits.detach().reshape(math.prod(local_logits.shape[:-1]), local).to(acc) / temperature
+    u = local_teacher_logits.detach().reshape(math.prod(local_logits.shape[:-1]), local).to(acc) / temperature
     rows = z.shape[0]
     with collective_timeout(timeout):
         if group is not None:  # the same rows everywhere, or the all-reduces below mismatch

@@ -182,9 +182,12 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                                                  rows=target.numel(), fn=fn)
     flat_target = target.reshape(-1).long()
     # Whatever `validate` says: an index addresses memory (of the head, the logits, the weights).
+    # (On meta tensors there is nothing to check: the shapes were.)
     v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
 
     rows = flat_target.numel()
+    if not v.has_data(hidden, weight, target, bias, class_weight):  # meta: the output's shape only
+        return v.meta_output(hidden, tuple(target.shape), reduction)
     if validate:
         check_head_values(fn, hidden.reshape(rows, hidden.shape[-1]), flat_target != ignore_index,
                           weight=weight, bias=bias, class_weight=class_weight)

@@ -275,6 +275,8 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         if hard_label_weight:
             v.fail(fn, "target", "class indices when hard_label_weight > 0", None)
         flat_target, keep = None, torch.ones(rows, dtype=torch.bool, device=hidden.device)
+    if not v.has_data(hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, target):
+        return v.meta_output(hidden, tuple(hidden.shape[:-1]), reduction)
     if validate:
         check_head_values(fn, hidden.reshape(rows, hidden.shape[-1]), keep, weight=weight, bias=bias,
                           teacher_weight=teacher_weight, teacher_bias=teacher_bias)

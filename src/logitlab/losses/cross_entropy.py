@@ -26,8 +26,11 @@ from logitlab._validation import (
     check_probs,
     check_range,
     check_reduction,
+    check_same_device,
     check_tensor,
     compute_dtype,
+    has_data,
+    meta_output,
     fail,
 )
 from logitlab.losses._xent_kernel import XentOptions, composite_cross_entropy, fused_cross_entropy
@@ -74,6 +77,8 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
         fail(fn, name, "a tensor with at least 1 dimension (the classes)", logits)
     dim = check_dim(fn, dim, logits.ndim)
     target = check_tensor(fn, "target", target)
+    check_same_device(fn, name, logits, target=target, weight=weight if isinstance(weight, Tensor) else None,
+                      mask=mask if isinstance(mask, Tensor) else None)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         fail(fn, "ignore_index", "an int", f"<{type(ignore_index).__name__}>", kind=TypeError)
     n_classes = logits.shape[dim]
@@ -103,7 +108,7 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
         weight = check_floating(fn, "weight", weight)
         if tuple(weight.shape) != (n_classes,):
             fail(fn, "weight", f"a 1-D tensor of {n_classes} class weights", weight)
-        if validate and not _compiling() and not bool(torch.isfinite(weight).all()):
+        if validate and not _compiling() and has_data(weight) and not bool(torch.isfinite(weight).all()):
             fail(fn, "weight", "finite class weights", "<NaN or inf entries>")
         weight = weight.to(cd)
     rows, _ = to_rows(logits, dim)
@@ -234,6 +239,8 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     temp = check_positive(fn, "temperature", temperature)
     check_choice(fn, "impl", impl, IMPLS)
     r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate)
+    if not has_data(logits, target, weight, mask):  # meta: the output's shape, no data to read
+        return meta_output(logits, r.batch_shape, reduction)
     compiling = _compiling()
     if impl == "auto":
         needs_composite = compiling or (not r.index_target and target.requires_grad) or (
@@ -294,6 +301,8 @@ def nll_loss(log_probs: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor
     check_reduction(fn, reduction)
     r = _check_target_and_rows(fn, log_probs, target, dim, weight, ignore_index, mask, validate,
                                allow_probs=False, name="log_probs")
+    if not has_data(log_probs, target, weight, mask):
+        return meta_output(log_probs, r.batch_shape, reduction)
     if validate and not _compiling():
         check_finite(fn, "log_probs", log_probs)
     cd = compute_dtype(log_probs)
@@ -346,6 +355,9 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
     check_floating(fn, "target", target)
     if target.shape != logits.shape:
         fail(fn, "target", f"shape {tuple(logits.shape)} (the shape of logits)", f"<shape {tuple(target.shape)}>")
+    check_same_device(fn, "logits", logits, target=target, weight=weight, pos_weight=pos_weight)
+    if not has_data(logits, target, weight, pos_weight):
+        return meta_output(logits, tuple(logits.shape), reduction)
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
         if value is not None:
             check_floating(fn, name, value)

@@ -28,7 +28,7 @@ from logitlab import registry
 from logitlab._reduction import neutralize, reduce_loss, to_rows
 from logitlab._validation import (
     check_choice, check_dim, check_finite, check_floating, check_mask, check_positive, check_probs,
-    check_reduction, compute_dtype, fail,
+    check_reduction, check_same_device, compute_dtype, fail, has_data, meta_output,
 )
 from logitlab.losses import _kernels
 from logitlab.losses._model import model_distribution, normalizer_params, normalizer_spec, safe_log
@@ -124,6 +124,9 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
         target_logits = None if target_logits is None else target_logits.reshape(1)
     batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)
     check_mask(fn, mask, batch_shape)
+    check_same_device(fn, "logits", logits, target=target, target_logits=target_logits, mask=mask)
+    if not has_data(logits, target, target_logits, mask):  # meta: the output's shape, no data to read
+        return meta_output(logits, batch_shape, reduction)
     if mask is not None:
         # Masked-out rows may hold anything (all -inf padding, NaN): neither checked nor computed.
         logits = neutralize(logits, mask, axis, 0.0)

@@ -24,7 +24,7 @@ from logitlab import registry
 from logitlab._reduction import neutralize, reduce_loss, to_rows
 from logitlab._validation import (
     check_dim, check_floating, check_index_target, check_mask, check_positive, check_probs,
-    check_reduction, check_tensor, compute_dtype, fail,
+    check_reduction, check_same_device, check_tensor, compute_dtype, fail, has_data, meta_output,
 )
 from logitlab.losses.divergences import check_logit_rows, scale_by_temperature
 from logitlab.losses._model import (
@@ -151,6 +151,9 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
         fail(fn, "target", f"probabilities of shape {tuple(logits.shape)} or class indices of "
              f"shape {batch_shape}", f"<shape {tuple(target.shape)}>")
     check_mask(fn, mask, batch_shape)
+    check_same_device(fn, "logits", logits, target=target, mask=mask)
+    if not has_data(logits, target, mask):  # meta: the output's shape, no data to read
+        return meta_output(logits, batch_shape, reduction)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         fail(fn, "ignore_index", "an int", f"<{type(ignore_index).__name__}>", kind=TypeError)
     keep = mask

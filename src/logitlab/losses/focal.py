@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from logitlab._reduction import neutralize, reduce_loss
-from logitlab._validation import check_choice, check_floating, check_range, check_reduction, compute_dtype, fail
+from logitlab._validation import (check_choice, check_floating, check_range, check_reduction, compute_dtype, fail,
+                                  has_data, meta_output)
 from logitlab.losses._xent_kernel import XentOptions, _bad_row
 from logitlab.losses.cross_entropy import IMPLS, _check_target_and_rows, _compiling, _no_grad_options, cross_entropy
 
@@ -73,6 +74,8 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
     _no_grad_options(fn, gamma=gamma)
     gamma = check_range(fn, "gamma", gamma, 0.0, math.inf, high_open=True)
     r = _check_target_and_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
+    if not has_data(logits, target, mask, alpha if isinstance(alpha, Tensor) else None):
+        return meta_output(logits, r.batch_shape, reduction)
     cd = compute_dtype(logits)
     log_pt = _log_p_target(fn, r.rows, r.target, r.keep, validate)
     if gamma == 0.0:
@@ -146,6 +149,8 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
     smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     check_choice(fn, "impl", impl, IMPLS)
     r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, allow_probs=False)
+    if not has_data(logits, target, weight, mask):
+        return meta_output(logits, r.batch_shape, reduction)
     ce = cross_entropy(logits, target, dim=dim, weight=weight, ignore_index=ignore_index, mask=mask,
                        reduction="none", label_smoothing=smoothing, validate=False, impl=impl).reshape(-1)
     cd = compute_dtype(logits)

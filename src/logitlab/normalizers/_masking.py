@@ -27,7 +27,7 @@ def scan(fn: str, logits: Tensor, *, validate: bool) -> tuple[float, float]:
     minimum tells whether any class is excluded (``-inf``; NaN is reported as ``-inf`` too, so
     that callers take their careful path). Empty tensors give (0.0, 0.0).
     """
-    if logits.numel() == 0:
+    if logits.numel() == 0 or logits.device.type == "meta":  # meta: shapes only, no value to read
         return 0.0, 0.0
     low, high = torch.stack(torch.aminmax(logits)).tolist()
     if validate and not high < math.inf:  # NaN or +inf somewhere
@@ -46,7 +46,7 @@ def empty_rows(fn: str, logits: Tensor, dim: int, *, validate: bool,
     read unless one of them is ``-inf``.
     ``row_max`` (the max along ``dim``, keepdim) may be passed when the caller has it already.
     """
-    if logits.numel() == 0:
+    if logits.numel() == 0 or logits.device.type == "meta":
         return None
     if not validate and row_max is None and not bool((logits.select(dim, 0) == -math.inf).any()):
         return None  # a row is all -inf only if its first entry is: one column read, not a pass

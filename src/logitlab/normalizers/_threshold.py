@@ -197,7 +197,8 @@ def threshold_map(rows: Tensor, kind: str, alpha: Tensor | None = None, *, tol: 
     if alpha.shape[0] != rows.shape[0]:
         alpha = alpha.expand(rows.shape[0], 1)
     args = (rows, alpha, kind, float(tol), int(max_iter), bool(raise_on_failure), bool(validate), fn)
-    if torch.compiler.is_compiling():  # opaque to the compiler: no graph break
+    # Opaque to the compiler (no graph break); on meta tensors the op's fake gives the shapes.
+    if torch.compiler.is_compiling() or rows.device.type == "meta":
         probs, tau, _, support, n_iter, violation = _threshold_op(*args)
     else:
         probs, tau, _, support, n_iter, violation = _ThresholdFunction.apply(*args)

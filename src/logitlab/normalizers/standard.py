@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from logitlab._validation import check_choice, check_dim, check_floating, compute_dtype, fail
+from logitlab._validation import check_choice, check_dim, check_floating, compute_dtype, fail, has_data
 from logitlab.normalizers._masking import describe_rows, scan
 from logitlab.normalizers._ratio import Score, ratio_normalize
 from logitlab.normalizers.softmax import softmax
@@ -152,7 +152,7 @@ def standard_normalize(logits: Tensor, *, dim: int = -1, positivity: str | None 
             fail(fn, "logits", "non-negative scores (-inf marks an excluded class; "
                  "positivity='softplus' accepts any logits)", f"<negative scores in {describe_rows(negative)}>")
     probs, total = ratio_normalize(finite, excluded, _SCORES[positivity], d)
-    if validate and positivity != "softplus" and logits.numel():
+    if validate and positivity != "softplus" and logits.numel() and has_data(logits):
         zero = (total == 0).squeeze(d)
         if bool(zero.any()):
             if excluded is not None:
