@@ -77,7 +77,7 @@ def _check_param(fn: str, divergence: str, value: Any) -> float:
 def check_logit_rows(fn: str, name: str, logits: Tensor, axis: int) -> None:
     """No NaN or +inf, and at least one logit > -inf in every row along ``axis`` (a data pass)."""
     check_finite(fn, name, logits)
-    if logits.numel() and bool((logits == -math.inf).all(axis).any()):
+    if logits.numel() and has_data(logits) and bool((logits == -math.inf).all(axis).any()):
         fail(fn, name, "at least one logit > -inf per row", "<a row of all -inf>")
 
 
