@@ -27,6 +27,7 @@ __all__ = [
     "check_choice",
     "check_reduction",
     "check_finite",
+    "check_nonnegative",
     "check_probs",
     "check_index_target",
     "check_same_shape",
@@ -155,6 +156,17 @@ def check_finite(fn: str, name: str, tensor: Tensor, *, allow_neg_inf: bool = Tr
         count = int(bad.sum())
         first = tuple(int(i) for i in bad.nonzero()[0])
         fail(fn, name, what, f"<{count} bad entries, first at index {first}>")
+
+
+def check_nonnegative(fn: str, name: str, tensor: Tensor) -> None:
+    """Reject NaN, ±inf and negative entries (one read of ``tensor``: its min and max)."""
+    if tensor.numel() == 0 or not has_data(tensor):
+        return
+    low, high = torch.stack(torch.aminmax(tensor)).tolist()  # NaN propagates
+    if not (math.isfinite(low) and math.isfinite(high)):
+        check_finite(fn, name, tensor, allow_neg_inf=False)
+    if low < 0:
+        fail(fn, name, "non-negative entries", f"<minimum {low:.3g}>")
 
 
 def check_same_shape(fn: str, name: str, tensor: Tensor, shape: torch.Size, other: str) -> None:

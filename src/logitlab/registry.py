@@ -177,10 +177,12 @@ def resolve(path: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)
 
 
-def _lookup(table: Mapping[str, Any], kind: str, name: object) -> Any:
+def _lookup(table: Mapping[str, Any], kind: str, name: object, fn: str, arg: str) -> Any:
+    """``table[name]``, or a ValueError naming the caller ``fn``, its argument ``arg`` and the choices."""
     if name not in table:
         raise ValueError(
-            f"unknown {kind} {name!r}; expected one of: " + ", ".join(sorted(table)))
+            f"{fn}(): argument '{arg}' expected a registered {kind}, got {name!r} "
+            f"(unknown {kind} {name!r}; expected one of: " + ", ".join(sorted(table)) + ")")
     return table[name]  # type: ignore[index]
 
 
@@ -192,7 +194,7 @@ def get_normalizer(name: str) -> Callable[..., Tensor]:
         >>> get_normalizer("softmax")(torch.zeros(2))
         tensor([0.5000, 0.5000])
     """
-    spec = _lookup(NORMALIZERS, "normalizer", name)
+    spec = _lookup(NORMALIZERS, "normalizer", name, "get_normalizer", "name")
     fn = resolve(spec.fn)
     if not spec.params:
         return fn
@@ -208,7 +210,7 @@ def get_normalizer(name: str) -> Callable[..., Tensor]:
 
 def get_loss(name: str) -> Callable[..., Tensor]:
     """The functional loss registered as ``name``."""
-    return resolve(_lookup(LOSSES, "loss", name).fn)
+    return resolve(_lookup(LOSSES, "loss", name, "get_loss", "name").fn)
 
 
 def valid_pairs(*, index_targets: bool = False) -> list[tuple[str, str]]:
@@ -240,12 +242,12 @@ def make_objective(normalizer: str, loss: str, **params: Any) -> Callable[[Tenso
         >>> float(objective(torch.zeros(3, 4), torch.tensor([0, 1, 2])))  # log 4
         1.386...
     """
-    nspec = _lookup(NORMALIZERS, "normalizer", normalizer)
-    lspec = _lookup(LOSSES, "loss", loss)
+    nspec = _lookup(NORMALIZERS, "normalizer", normalizer, "make_objective", "normalizer")
+    lspec = _lookup(LOSSES, "loss", loss, "make_objective", "loss")
     if normalizer not in lspec.normalizers:
         raise ValueError(
-            f"loss {loss!r} is not defined for normalizer {normalizer!r}; "
-            f"it takes: {', '.join(lspec.normalizers)}")
+            f"make_objective(): argument 'normalizer' expected one of {', '.join(map(repr, lspec.normalizers))} "
+            f"for loss {loss!r}, got {normalizer!r} (loss {loss!r} is not defined for normalizer {normalizer!r})")
     fn = resolve(lspec.fn)
     kwargs = {**lspec.params, **params}
     if lspec.takes_normalizer:

@@ -30,7 +30,36 @@ from logitlab import registry
 from logitlab._validation import fail
 
 __all__ = ["normalizer_spec", "normalizer_params", "regularizer_params", "with_validate", "safe_log",
-           "model_distribution"]
+           "model_distribution", "as_callers_errors"]
+
+
+@functools.lru_cache(maxsize=None)
+def _inner_names() -> frozenset[str]:
+    """The function names of every registered normalizer, its log form and its Ω."""
+    paths = [p for spec in registry.NORMALIZERS.values() for p in (spec.fn, spec.log_fn, spec.regularizer) if p]
+    return frozenset(path.partition(":")[2] for path in paths)
+
+
+def as_callers_errors(body):
+    """Decorate ``body(fn, ...)`` so that an error a normalizer or Ω raised about a parameter the
+    loss passed on names the loss ``fn`` that was called (and the normalizer it went to):
+    ``fenchel_young_loss(normalizer="entmax", alpha=0.5)`` said "entmax(): argument 'alpha' …".
+    An error about the scores themselves keeps the normalizer's name: it says which map's
+    domain they left (e.g. negative scores for 'standard')."""
+
+    @functools.wraps(body)
+    def wrapper(fn: str, *args: Any, **kwargs: Any):
+        try:
+            return body(fn, *args, **kwargs)
+        except (ValueError, TypeError, IndexError) as error:
+            message = str(error)
+            inner, sep, rest = message.partition("(): ")
+            about_scores = rest.startswith(("argument 'logits'", "argument 'probs'"))
+            if sep and inner in _inner_names() and inner != fn and rest.startswith("argument '") and not about_scores:
+                raise type(error)(f"{fn}(): {rest} (raised by the normalizer's {inner}())") from error
+            raise
+
+    return wrapper
 
 
 def normalizer_spec(fn: str, name: object, allowed: tuple[str, ...]) -> registry.NormalizerSpec:

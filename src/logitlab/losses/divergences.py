@@ -31,7 +31,8 @@ from logitlab._validation import (
     check_reduction, check_same_device, compute_dtype, fail, has_data, meta_output,
 )
 from logitlab.losses import _kernels
-from logitlab.losses._model import model_distribution, normalizer_params, normalizer_spec, safe_log
+from logitlab.losses._model import (as_callers_errors, model_distribution, normalizer_params, normalizer_spec,
+                                   safe_log)
 
 __all__ = [
     "DIVERGENCES",
@@ -94,6 +95,7 @@ def scale_by_temperature(fn: str, name: str, logits: Tensor, temperature: float,
     return scaled
 
 
+@as_callers_errors
 def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None, *,
                 normalizer: str, dim: int, reduction: str, mask: Tensor | None,
                 temperature: float, target_logits: Tensor | None, validate: bool,

@@ -28,7 +28,7 @@ from logitlab._validation import (
 )
 from logitlab.losses.divergences import check_logit_rows, scale_by_temperature
 from logitlab.losses._model import (
-    normalizer_params, normalizer_spec, regularizer_params, with_validate,
+    as_callers_errors, normalizer_params, normalizer_spec, regularizer_params, with_validate,
 )
 
 __all__ = ["fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss"]
@@ -125,6 +125,7 @@ def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str = "sof
                           temperature=temperature, validate=validate, params=normalizer_params)
 
 
+@as_callers_errors
 def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, dim: int,
                    reduction: str, mask: Tensor | None, ignore_index: int, temperature: float,
                    validate: bool, params: dict[str, Any]) -> Tensor:

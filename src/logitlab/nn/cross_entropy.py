@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from logitlab._validation import check_tensor
+
 from logitlab.losses.cross_entropy import binary_cross_entropy_with_logits, cross_entropy, nll_loss
 from logitlab.losses.focal import focal_loss, poly1_cross_entropy
 
@@ -11,6 +13,9 @@ __all__ = ["CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "FocalLoss", "Pol
 
 
 def _buffer(module: nn.Module, name: str, value: Tensor | None) -> None:
+    """Register ``value`` (None or a tensor, checked: a list failed with an AttributeError) as a buffer."""
+    if value is not None:
+        check_tensor(type(module).__name__, name, value)
     module.register_buffer(name, value.detach().clone() if value is not None else None)
 
 

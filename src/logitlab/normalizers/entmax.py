@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from logitlab._reduction import from_rows, rowwise, to_rows
-from logitlab._validation import check_dim, check_floating, compute_dtype, fail
+from logitlab._validation import check_dim, check_floating, check_nonnegative, compute_dtype, fail
 from logitlab.normalizers._threshold import ConvergenceError, threshold_map
 
 __all__ = [
@@ -248,7 +248,8 @@ def entmax_with_info(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = 
     return EntmaxInfo(probs, tau.detach(), n_iter, violation <= tol_f, violation)
 
 
-def tsallis_regularizer(probs: Tensor, *, alpha: float | Tensor = 1.5, dim: int = -1) -> Tensor:
+def tsallis_regularizer(probs: Tensor, *, alpha: float | Tensor = 1.5, dim: int = -1,
+                        validate: bool = True) -> Tensor:
     """Ω_α(p) = (Σ_i p_i^α − 1) / (α(α − 1)): the Tsallis regularizer, the Ω of α-entmax.
 
     The negative Tsallis α-entropy; Ω(one-hot) = 0. At α = 2 it is ½‖p‖² − ½ (sparsemax's Ω);
@@ -258,6 +259,7 @@ def tsallis_regularizer(probs: Tensor, *, alpha: float | Tensor = 1.5, dim: int 
         probs: (*batch, n) distributions along ``dim``.
         alpha: a float > 1, or a tensor > 1 broadcastable to ``probs`` with size 1 along ``dim``.
         dim: the class axis.
+        validate: reject NaN, inf and negative entries of ``probs``.
 
     Returns:
         (*batch) Ω of each row, in the dtype of ``probs``.
@@ -265,7 +267,7 @@ def tsallis_regularizer(probs: Tensor, *, alpha: float | Tensor = 1.5, dim: int 
     Raises:
         TypeError: ``probs`` is not floating point.
         IndexError: ``dim`` is out of range.
-        ValueError: ``alpha <= 1``.
+        ValueError: ``alpha <= 1``; non-finite or negative entries (validate).
 
     Example:
         >>> import torch
@@ -279,6 +281,8 @@ def tsallis_regularizer(probs: Tensor, *, alpha: float | Tensor = 1.5, dim: int 
     check_floating("tsallis_regularizer", "probs", probs)
     axis = check_dim("tsallis_regularizer", dim, probs.ndim)
     alpha = _check_alpha("tsallis_regularizer", alpha, probs, axis)
+    if validate:
+        check_nonnegative("tsallis_regularizer", "probs", probs)
     p = probs.to(compute_dtype(probs))
     if p.ndim == 0:
         p = p.reshape(1)
@@ -288,12 +292,13 @@ def tsallis_regularizer(probs: Tensor, *, alpha: float | Tensor = 1.5, dim: int 
     return value.squeeze(axis).reshape([s for i, s in enumerate(probs.shape) if i != axis]).to(probs.dtype)
 
 
-def tsallis15_regularizer(probs: Tensor, *, dim: int = -1) -> Tensor:
+def tsallis15_regularizer(probs: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
     """Ω(p) = (Σ_i p_i^{3/2} − 1) / 0.75: the Tsallis regularizer at α = 1.5, Ω of entmax15.
 
     Args:
         probs: (*batch, n) distributions along ``dim``.
         dim: the class axis.
+        validate: reject NaN, inf and negative entries.
 
     Returns:
         (*batch) Ω of each row, in the dtype of ``probs``.
@@ -301,6 +306,7 @@ def tsallis15_regularizer(probs: Tensor, *, dim: int = -1) -> Tensor:
     Raises:
         TypeError: ``probs`` is not floating point.
         IndexError: ``dim`` is out of range.
+        ValueError: non-finite or negative entries (validate).
 
     Example:
         >>> import torch
@@ -309,4 +315,6 @@ def tsallis15_regularizer(probs: Tensor, *, dim: int = -1) -> Tensor:
     """
     check_floating("tsallis15_regularizer", "probs", probs)
     check_dim("tsallis15_regularizer", dim, probs.ndim)
-    return tsallis_regularizer(probs, alpha=1.5, dim=dim)
+    if validate:
+        check_nonnegative("tsallis15_regularizer", "probs", probs)
+    return tsallis_regularizer(probs, alpha=1.5, dim=dim, validate=False)

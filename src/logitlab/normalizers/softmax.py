@@ -12,7 +12,8 @@ import math
 import torch
 from torch import Tensor
 
-from logitlab._validation import check_dim, check_finite, check_floating, check_positive, compute_dtype, fail
+from logitlab._validation import (check_dim, check_finite, check_floating, check_nonnegative, check_positive,
+                                  compute_dtype, fail)
 from logitlab.normalizers._masking import empty_rows, nonneg_inf, scan
 
 __all__ = ["softmax", "log_softmax", "shannon_negentropy"]
@@ -183,12 +184,8 @@ def shannon_negentropy(probs: Tensor, *, dim: int = -1, validate: bool = True) -
     fn = "shannon_negentropy"
     check_floating(fn, "probs", probs)
     d = check_dim(fn, dim, probs.ndim)
-    if validate and probs.numel():
-        low, high = torch.stack(torch.aminmax(probs)).tolist()  # one read; NaN propagates
-        if not (math.isfinite(low) and math.isfinite(high)):
-            check_finite(fn, "probs", probs, allow_neg_inf=False)
-        if low < 0:
-            fail(fn, "probs", "non-negative entries", f"<minimum {low:.3g}>")
+    if validate:
+        check_nonnegative(fn, "probs", probs)
     p = probs.to(compute_dtype(probs))
     if p.ndim == 0:
         p = p.reshape(1)

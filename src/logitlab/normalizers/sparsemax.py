@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from logitlab._reduction import rowwise
-from logitlab._validation import check_dim, check_floating, compute_dtype
+from logitlab._validation import check_dim, check_floating, check_nonnegative, compute_dtype
 from logitlab.normalizers._threshold import threshold_map
 
 __all__ = ["sparsemax", "gini_regularizer"]
@@ -64,7 +64,7 @@ def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor
                    logits, axis)
 
 
-def gini_regularizer(probs: Tensor, *, dim: int = -1) -> Tensor:
+def gini_regularizer(probs: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
     """Ω(p) = ½‖p‖² − ½: the regularizer whose Fenchel–Young map is sparsemax.
 
     It is the negative Gini entropy (½ Σ p_i (1 − p_i) = −Ω(p)) and the Tsallis regularizer at
@@ -73,6 +73,7 @@ def gini_regularizer(probs: Tensor, *, dim: int = -1) -> Tensor:
     Args:
         probs: (*batch, n) distributions along ``dim``.
         dim: the class axis.
+        validate: reject NaN, inf and negative entries.
 
     Returns:
         (*batch) Ω of each row, in the dtype of ``probs``.
@@ -80,6 +81,7 @@ def gini_regularizer(probs: Tensor, *, dim: int = -1) -> Tensor:
     Raises:
         TypeError: ``probs`` is not a floating-point tensor.
         IndexError: ``dim`` is out of range.
+        ValueError: non-finite or negative entries (validate).
 
     Example:
         >>> import torch
@@ -91,6 +93,8 @@ def gini_regularizer(probs: Tensor, *, dim: int = -1) -> Tensor:
     """
     check_floating("gini_regularizer", "probs", probs)
     axis = check_dim("gini_regularizer", dim, probs.ndim)
+    if validate:
+        check_nonnegative("gini_regularizer", "probs", probs)
     p = probs.to(compute_dtype(probs))
     if p.ndim == 0:
         p = p.reshape(1)
