@@ -212,12 +212,17 @@ def tsallis_regularizer(probs: Tensor, alpha: float = 1.5, dim: int = -1) -> Ten
 
 
 def _row_ce(z: Tensor, q: Tensor, w: Tensor) -> Tensor:
-    """-sum_c q_c w_c log p_c for one row, with 0 * log 0 = 0."""
-    lse = torch.log(torch.exp(z - z.max()).sum()) + z.max()
+    """-sum_c q_c w_c log p_c for one row, with 0 * log 0 = 0.
+
+    log p_c = (z_c − max z) − log Σ exp(z − max z): the maximum is subtracted before anything
+    else, so that a row of scores near 1e30 keeps its log 2 (z_c − lse would round it away).
+    """
+    shifted = z - z.max()
+    log_sum = torch.log(torch.exp(shifted).sum())
     total = torch.zeros((), dtype=F64)
     for c in range(z.numel()):
         if q[c] * w[c] != 0:
-            total = total - q[c] * w[c] * (z[c] - lse)
+            total = total - q[c] * w[c] * (shifted[c] - log_sum)
     return total
 
 
