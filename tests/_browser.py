@@ -144,10 +144,11 @@ class Browser:
 
     # ---- the page ----
     def goto(self, url: str) -> None:
-        """Navigate and wait for the load event."""
-        self._events = [e for e in self._events if e["method"] != "Page.loadEventFired"]
-        self.send("Page.navigate", {"url": url})
-        self.wait_event("Page.loadEventFired")
+        """Load ``url`` afresh (through about:blank, so that a change of fragment alone reloads too)."""
+        for target in ("about:blank", url):
+            self._events = [e for e in self._events if e["method"] != "Page.loadEventFired"]
+            self.send("Page.navigate", {"url": target})
+            self.wait_event("Page.loadEventFired")
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (JSON-serializable; promises awaited)."""
@@ -191,10 +192,11 @@ class Browser:
 
     def press(self, key: str, code: int, *, times: int = 1) -> None:
         """Press and release a key ``times`` times (e.g. 'ArrowRight', 39) in the focused element."""
+        text = {"Enter": "\r"}.get(key)  # keys that type a character also send it (Enter submits)
         for _ in range(times):
-            for kind in ("rawKeyDown", "keyUp"):
-                self.send("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": key,
-                                                     "windowsVirtualKeyCode": code})
+            down = {"type": "keyDown", "text": text} if text else {"type": "rawKeyDown"}
+            for event in (down, {"type": "keyUp"}):
+                self.send("Input.dispatchKeyEvent", {**event, "key": key, "code": key, "windowsVirtualKeyCode": code})
 
     def type_text(self, text: str) -> None:
         """Type ``text`` into the focused element as key events."""
