@@ -349,7 +349,8 @@
   function applyGuide() {  // the guide's own slider sets the logits
     var k, i;
     if (state.guide === "scale") state.logits = state.base.map(function (b) { return state.c * b; });
-    if (state.guide === "wrong") {
+    if (state.guide === "wrong") {  // class 1 is the target, class 2 has the margin
+      state.target = 0;
       k = state.logits.length >= 3 ? state.logits.length : 4;
       state.logits = [];
       for (i = 0; i < k; i++) state.logits.push(i === 1 ? state.margin : 0);
