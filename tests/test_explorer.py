@@ -295,6 +295,10 @@ def test_guide_scale(fresh):
         assert second[f"map.standard.{i}"] == pytest.approx(first[f"map.standard.{i}"], abs=1e-12)
     assert second["map.softmax.3"] > first["map.softmax.3"] + 0.3
     assert second["guide.softmax_max"] == second["map.softmax.3"]
+    fresh.click(".exclude[data-i='0']")  # moving a logit by hand ends the view, which owned the logits
+    assert fresh.evaluate("document.getElementById('guide-c') === null && !location.hash.includes('guide')")
+    assert page_case(fresh)["logits"] == [-INF] + [c * b for b in (1.0, 1.5, 2.0)]
+    check_page(fresh)
 
 
 def test_guide_confidently_wrong(fresh):

@@ -307,7 +307,6 @@ var Engine = (function () {
   }
 
   // ---- divergence kernels (losses/_kernels.py), D(p ‖ q) on nodes ----
-  function isFinite_(v) { return isFinite(v); }
   function kl(p, lp, q, lq) {
     var infinite = false, terms = [];
     for (var i = 0; i < p.length; i++) {
@@ -315,7 +314,7 @@ var Engine = (function () {
       if (support && lq[i].v === NEG_INF) infinite = true;
       if (support && lq[i].v > NEG_INF) {
         var diff = sub(lp[i], lq[i]);
-        if (isFinite_(diff.v)) terms.push(mul(p[i], diff));
+        if (isFinite(diff.v)) terms.push(mul(p[i], diff));
       }
     }
     return infinite ? constant(Infinity) : sum(terms);

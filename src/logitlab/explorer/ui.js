@@ -151,8 +151,9 @@
       radio.addEventListener("change", function () { state.target = i; update(); });
     });
   }
-  function setLogit(i, value, source) {
+  function setLogit(i, value, source) {  // a logit moved by hand: the guided view (which owns the logits) ends
     state.logits[i] = value;
+    state.guide = "";
     update(source);
   }
   function syncInputs(source) {
