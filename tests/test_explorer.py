@@ -58,13 +58,16 @@ def expected(case: dict) -> dict[str, float | str]:
             out[f"map.{name}"] = "error"
             continue
         out.update({f"map.{name}.{i}": v for i, v in enumerate(probs.tolist())})
-    target = (1 - eps) * F.one_hot(torch.tensor(y), K).double() + eps / K
-    index = torch.tensor([y])
+    soft = case.get("soft")
+    base = F.one_hot(torch.tensor(y), K).double() if soft is None else torch.tensor(soft, dtype=torch.float64)
+    base = base / base.sum()
+    target = (1 - eps) * base + eps / K
+    index = torch.tensor([y]) if soft is None else base[None]  # cross_entropy takes either
     model = dict(normalizer=case["dn"], temperature=T, **_normalizer_params(case["dn"], case))
     losses = {
         "cross_entropy": lambda z: logitlab.cross_entropy(z[None], index, temperature=T),
         "label_smoothed_ce": lambda z: logitlab.cross_entropy(z[None], index, label_smoothing=eps, temperature=T),
-        "focal": lambda z: logitlab.focal_loss((z / T)[None], index, gamma=case["gamma"]),
+        "focal": lambda z: logitlab.focal_loss((z / T)[None], index, gamma=case["gamma"]),  # raises on soft
         "brier": lambda z: dv.brier_loss(z[None], target[None], **model),
         "kl": lambda z: dv.kl_divergence(z[None], target[None], **model),
         "reverse_kl": lambda z: dv.reverse_kl_divergence(z[None], target[None], **model),
@@ -82,7 +85,7 @@ def expected(case: dict) -> dict[str, float | str]:
         z = logits.clone().requires_grad_(True)
         try:
             value = loss(z)
-        except ValueError:
+        except (ValueError, TypeError):  # TypeError: focal_loss given a soft target
             out[f"loss.{name}"] = "error"
             continue
         (grad,) = torch.autograd.grad(value, z)
@@ -105,6 +108,8 @@ def fragment(case: dict) -> str:
     case = {**DEFAULTS, **case}
     parts = ["logits=" + ",".join("-inf" if v == -INF else repr(float(v)) for v in case["logits"])]
     parts += [f"{key}={case[key]}" for key in ("T", "alpha", "y", "eps", "gamma", "pos", "order", "dn", "units")]
+    if case.get("soft") is not None:
+        parts.append("soft=" + ",".join(repr(float(w)) for w in case["soft"]))
     return "#" + "&".join(parts)
 
 
@@ -114,7 +119,7 @@ _READ = "JSON.stringify(Array.from(document.querySelectorAll('[data-key]')).map(
 
 def shown(browser: Browser) -> dict[str, float | str]:
     pairs = json.loads(browser.evaluate(_READ))
-    return {key: (value if value == "error" else float(value)) for key, value in pairs}
+    return {key: (value if value == "error" or key == "input.soft" else float(value)) for key, value in pairs}
 
 
 def mismatches(page: dict, truth: dict) -> list[str]:
@@ -140,12 +145,14 @@ def page_case(browser: Browser) -> dict:
                              " gamma: document.getElementById('gamma-number').dataset.value,"
                              " y: Array.from(document.querySelectorAll('input.target')).findIndex(e => e.checked),"
                              " pos: document.getElementById('positivity').value, order: document.getElementById('order').value,"
-                             " dn: document.getElementById('divergence-normalizer').value, units: document.getElementById('units').value})")
+                             " dn: document.getElementById('divergence-normalizer').value, units: document.getElementById('units').value,"
+                             " soft: document.getElementById('soft-target').dataset.value})")
     state = json.loads(state)
     state["logits"] = [float(v) for v in state["logits"]]
     for key in ("T", "alpha", "eps", "gamma"):
         state[key] = float(state[key])
     state["order"] = int(state["order"])
+    state["soft"] = [float(w) for w in state["soft"].split(",")] if state["soft"] else None
     return state
 
 
@@ -210,6 +217,9 @@ GRID = [
     dict(logits=[3.0, 1.0, 0.2, -INF, -2.0, 7.0, 1.0, 1.0, 1.0, 0.0], T=0.1, eps=0.2, y=4, dn="spherical_softmax",
          alpha=1.05, pos="abs", units="bits"),
     dict(logits=[-1.0, 4.0, 2.5], dn="taylor_softmax", order=8, eps=1.0, y=2),
+    dict(logits=[2.0, 1.0, 0.5, -1.0], soft=[1.0, 3.0, 0.0, 1.0]),          # a soft target
+    dict(logits=[2.0, -INF, 0.5, -1.0], soft=[1.0, 0.0, 2.0, 1.0], eps=0.0, dn="entmax"),
+    dict(logits=[2.0, -INF, 0.5], soft=[1.0, 1.0, 2.0], eps=0.2, T=0.7),  # soft mass on an excluded class
 ]
 
 
@@ -219,7 +229,8 @@ def test_every_value_matches_the_library(browser, page_url, case):
         browser.goto(page_url + fragment(case))  # a fresh load reads the fragment
     else:
         browser.evaluate(f"location.hash = {json.dumps(fragment(case))}")  # hashchange
-    assert page_case(browser)["logits"] == case["logits"]
+    held = page_case(browser)
+    assert held["logits"] == case["logits"] and held["soft"] == case.get("soft")
     page = check_page(browser)
     if case["logits"] == [-INF, -INF, -INF]:
         assert all(page[f"map.{name}.{i}"] == 0.0 for name in MAPS if name != "standard" for i in range(3))
@@ -280,6 +291,21 @@ def test_typing_a_huge_logit(fresh):
     assert page_case(fresh)["logits"][3] == 1e4
     page = check_page(fresh)
     assert page["map.softmax.3"] == 1.0 and page["map.sparsemax.0"] == 0.0
+
+
+def test_typing_a_soft_target(fresh):
+    fresh.click("#soft-target")
+    fresh.type_text("1, 3, 0, 2")
+    fresh.press("Enter", 13)
+    assert page_case(fresh)["soft"] == [1.0, 3.0, 0.0, 2.0]
+    page = check_page(fresh)
+    assert page["loss.focal"] == "error"
+    assert fresh.evaluate("document.querySelector('input.target').disabled")
+    fresh.evaluate("document.getElementById('soft-target').select()")
+    fresh.type_text("1, 2")  # two weights for four classes: refused, marked, nothing changes
+    fresh.press("Enter", 13)
+    assert fresh.evaluate("document.getElementById('soft-target').classList.contains('bad')")
+    assert page_case(fresh)["soft"] == [1.0, 3.0, 0.0, 2.0]
 
 
 def test_guide_scale(fresh):

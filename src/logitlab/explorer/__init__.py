@@ -1,7 +1,8 @@
 """The explorer: one offline HTML page where a learner moves K logits and watches every map and loss.
 
 ``logitlab explore`` writes the page. It holds K logits (2 to 10), a temperature T, entmax's α,
-a target class with label smoothing ε, and shows live, for s = z / T:
+a target (a class, or a soft target given as K weights) with label smoothing ε, and shows live,
+for s = z / T:
 
 * every normalizer of the registry side by side (softmax, x/Σx with its positivity transform,
   sparsemax, 1.5-entmax, α-entmax, spherical softmax, Taylor softmax, per-class sigmoid), with
@@ -21,10 +22,11 @@ Chromium and compare every displayed number with the Python functions.
 
 The page reads its inputs from the URL fragment, e.g.
 ``explorer.html#logits=1,2,-inf,3&T=0.5&alpha=1.3&y=2&eps=0.1`` (keys: ``logits``, ``T``,
-``alpha``, ``y`` (0-based target class), ``eps``, ``gamma``, ``pos`` (none|softplus|relu|abs),
-``order``, ``dn`` (the divergences' normalizer), ``units`` (nats|bits), ``guide``
-(scale|wrong|sigmoid|underflow) and the guides' ``c``, ``m``, ``z``, ``n``, ``p``), and writes
-them back as they change, so a view can be bookmarked.
+``alpha``, ``y`` (0-based target class), ``soft`` (K target weights), ``eps``, ``gamma``, ``pos``
+(none|softplus|relu|abs), ``order``, ``dn`` (the divergences' normalizer), ``units``
+(nats|bits), ``guide`` (scale|wrong|sigmoid|underflow) and the guides' ``c``, ``m``, ``z``,
+``n``, ``p``), reports what it cannot read, and writes the inputs back as they change, so a
+view can be bookmarked.
 """
 
 from __future__ import annotations

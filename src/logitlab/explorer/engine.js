@@ -447,10 +447,13 @@ var Engine = (function () {
     "alpha", "renyi", "tv", "hellinger", "sparsemax_loss", "entmax15_loss", "entmax_loss",
     "binary_cross_entropy"];
 
-  function targetProbs(k, y, smoothing) {
-    var t = [];
-    for (var i = 0; i < k; i++) t.push((1 - smoothing) * (i === y ? 1 : 0) + smoothing / k);
-    return t;
+  // The target distribution: onehot(y), or the soft target's weights normalized, then smoothed
+  // towards uniform as cross_entropy's label_smoothing does: (1 − ε) base + ε / K.
+  function targetProbs(k, y, smoothing, soft) {
+    var base = [], total = 0, i;
+    if (soft) soft.forEach(function (w) { total += w; });
+    for (i = 0; i < k; i++) base.push(soft ? soft[i] / total : (i === y ? 1 : 0));
+    return base.map(function (b) { return (1 - smoothing) * b + smoothing / k; });
   }
 
   function evaluate(state) {
@@ -462,8 +465,9 @@ var Engine = (function () {
       try { maps[name] = { probs: applyMap(name, s, opts).probs }; }
       catch (error) { if (error instanceof MapError) maps[name] = { error: error.message }; else throw error; }
     });
-    var target = targetProbs(k, state.target, state.smoothing);
-    var onehot = targetProbs(k, state.target, 0);
+    var soft = state.softTarget && state.softTarget.length === k ? state.softTarget : null;
+    var target = targetProbs(k, state.target, state.smoothing, soft);
+    var onehot = targetProbs(k, state.target, 0, soft);  // the unsmoothed target (one-hot for a class)
     var losses = {};
     var empty = s.every(function (v) { return v === NEG_INF; });
     LOSSES.forEach(function (name) {
@@ -471,7 +475,7 @@ var Engine = (function () {
       var zNodes = state.logits.map(function (z) { return constant(z); });
       var sNodes = zNodes.map(function (z) { return scale(z, 1 / T); });  // -inf entries too: CE and the FY losses give them ŷ − y
       var root;
-      try { root = lossNode(name, sNodes, target, onehot, state, opts); }
+      try { root = lossNode(name, sNodes, target, onehot, state, opts, soft !== null); }
       catch (error) { if (error instanceof MapError) { losses[name] = { error: error.message }; return; } throw error; }
       backward(root);
       var grad = zNodes.map(function (z) { return z.g; });
@@ -494,13 +498,15 @@ var Engine = (function () {
     return { maps: maps, losses: losses, target: target, decomposition: decomposition };
   }
 
-  function lossNode(name, sNodes, target, onehot, state, opts) {
+  function lossNode(name, sNodes, target, onehot, state, opts, soft) {
     var lp = target.map(function (t) { return constant(t > 0 ? Math.log(t) : NEG_INF); });
     var p = target.map(function (t) { return constant(t); });
     switch (name) {
       case "cross_entropy": return crossEntropy(sNodes, onehot);
       case "label_smoothed_ce": return crossEntropy(sNodes, target);
-      case "focal": return focal(sNodes, state.target, state.gamma);
+      case "focal":
+        if (soft) throw new MapError("the focal loss takes a class target, not a soft one");
+        return focal(sNodes, state.target, state.gamma);
       case "sparsemax_loss": return fenchelYoung("sparsemax", sNodes, target, opts);
       case "entmax15_loss": return fenchelYoung("entmax15", sNodes, target, opts);
       case "entmax_loss": return fenchelYoung("entmax", sNodes, target, opts);

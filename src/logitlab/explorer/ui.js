@@ -37,7 +37,7 @@
     "taylor_softmax"];
   var DEFAULTS = { logits: [2, 1, 0.5, -1], temperature: 1, alpha: 1.5, target: 0, smoothing: 0, gamma: 2,
     positivity: "softplus", order: 2, divergenceNormalizer: "softmax", units: "nats", beta: 0.5,
-    amariAlpha: 0.5, renyiAlpha: 0.5, guide: "", c: 1, margin: 10, z: 2, n: 150, p: 0.5,
+    amariAlpha: 0.5, renyiAlpha: 0.5, softTarget: null, guide: "", c: 1, margin: 10, z: 2, n: 150, p: 0.5,
     base: [0.5, 1, 1.5, 2] };
   var state = clone(DEFAULTS);
 
@@ -82,7 +82,11 @@
     text.split("&").forEach(function (part) {
       if (!part) return;
       var kv = part.split("="), key = decodeURIComponent(kv[0]), value = decodeURIComponent(kv[1] || "");
-      if (key === "logits" || key === "base") {
+      if (key === "soft") {
+        var weights = value.split(",").map(parseNumber);
+        if (!validSoft(weights)) problems.push("soft: expected K non-negative finite weights with a positive sum, got " + value);
+        else next.softTarget = weights;
+      } else if (key === "logits" || key === "base") {
         var values = value.split(",").map(parseNumber);
         if (values.length < 2 || values.length > 10 || values.some(function (v) { return Number.isNaN(v) || v === Infinity; }))
           problems.push(key + ": expected 2 to 10 numbers (or -inf), got " + value);
@@ -97,6 +101,10 @@
         }
       } else problems.push("unknown key " + key);
     });
+    if (next.softTarget && next.softTarget.length !== next.logits.length) {
+      problems.push("soft: " + next.softTarget.length + " weights for " + next.logits.length + " logits");
+      next.softTarget = null;
+    }
     next.target = Math.min(Math.max(Math.round(next.target), 0), next.logits.length - 1);
     next.order = Math.max(2, 2 * Math.round(next.order / 2));
     if (!(next.temperature > 0)) { problems.push("T must be > 0"); next.temperature = 1; }
@@ -109,8 +117,13 @@
     var box = $("hash-problems");
     if (box) box.textContent = problems.join("; ");
   }
+  function validSoft(weights) {
+    return weights.length >= 2 && weights.every(function (w) { return isFinite(w) && w >= 0; }) &&
+      weights.reduce(function (a, b) { return a + b; }, 0) > 0;
+  }
   function writeHash() {
     var parts = ["logits=" + state.logits.map(function (v) { return v === -Infinity ? "-inf" : String(v); }).join(",")];
+    if (state.softTarget) parts.push("soft=" + state.softTarget.join(","));
     for (var key in HASH) {
       var value = state[HASH[key]];
       if (value !== DEFAULTS[HASH[key]]) parts.push(key + "=" + encodeURIComponent(String(value)));
@@ -180,6 +193,11 @@
       if (number !== source) number.value = String(v);
       dataValue(number, "input." + pair[1], v);
     });
+    var softBox = $("soft-target");
+    if (softBox !== source) softBox.value = state.softTarget ? state.softTarget.join(", ") : "";
+    softBox.setAttribute("data-key", "input.soft");
+    softBox.setAttribute("data-value", state.softTarget ? state.softTarget.join(",") : "");
+    document.querySelectorAll("input.target").forEach(function (radio) { radio.disabled = state.softTarget !== null; });
     $("positivity").value = state.positivity;
     $("order").value = String(state.order);
     $("divergence-normalizer").value = state.divergenceNormalizer;
@@ -342,9 +360,10 @@
     },
     wrong: function () {
       state.target = 0; state.temperature = 1; state.smoothing = 0; state.divergenceNormalizer = "softmax";
+      state.softTarget = null;
       applyGuide();
     },
-    sigmoid: function () { state.temperature = 1; state.target = 1; state.smoothing = 0; applyGuide(); },
+    sigmoid: function () { state.temperature = 1; state.target = 1; state.smoothing = 0; state.softTarget = null; applyGuide(); },
     underflow: function () { applyGuide(); },
   };
   function applyGuide() {  // the guide's own slider sets the logits
@@ -352,11 +371,16 @@
     if (state.guide === "scale") state.logits = state.base.map(function (b) { return state.c * b; });
     if (state.guide === "wrong") {  // class 1 is the target, class 2 has the margin
       state.target = 0;
+      state.softTarget = null;
       k = state.logits.length >= 3 ? state.logits.length : 4;
       state.logits = [];
       for (i = 0; i < k; i++) state.logits.push(i === 1 ? state.margin : 0);
     }
-    if (state.guide === "sigmoid") { state.logits = [0, state.z]; state.target = Math.min(state.target, 1); }
+    if (state.guide === "sigmoid") {
+      state.logits = [0, state.z];
+      state.target = Math.min(state.target, 1);
+    }
+    if (state.softTarget && state.softTarget.length !== state.logits.length) state.softTarget = null;
   }
   function guideSlider(label, name, min, max, step) {
     var row = el("div", { class: "row" });
@@ -462,10 +486,20 @@
     $("k").addEventListener("change", function () {
       var k = Math.max(2, Math.min(10, Math.round(Number($("k").value)) || 4));
       while (state.logits.length < k) state.logits.push(0);
+      if (state.softTarget && state.softTarget.length !== k) state.softTarget = null;
       state.logits.length = k;
       state.target = Math.min(state.target, k - 1);
       state.guide = "";
       update();
+    });
+    $("soft-target").addEventListener("change", function () {
+      var box = $("soft-target"), text = box.value.trim();
+      if (!text) { state.softTarget = null; box.classList.remove("bad"); update(box); return; }
+      var weights = text.split(/[\s,]+/).map(parseNumber);
+      if (!validSoft(weights) || weights.length !== state.logits.length) { box.classList.add("bad"); return; }
+      box.classList.remove("bad");
+      state.softTarget = weights;
+      update(box);
     });
     $("reset").addEventListener("click", function () { state = clone(DEFAULTS); update(); });
     [["positivity", "positivity", String], ["order", "order", Number], ["divergence-normalizer", "divergenceNormalizer", String],
