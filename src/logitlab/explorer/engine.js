@@ -461,7 +461,11 @@ var Engine = (function () {
     var s = state.logits.map(function (z) { return z / T; });
     var opts = { positivity: state.positivity, alpha: state.alpha, eps: SPHERICAL_EPS, order: state.order };
     var maps = {};
+    var overflow = s.some(function (v) { return v === Infinity || v === -Infinity; }) &&
+      state.logits.some(function (z, i) { return isFinite(z) && !isFinite(s[i]); });
+    var overflowText = "z / T overflows float64: raise T or shrink the logits";
     MAPS.forEach(function (name) {
+      if (overflow) { maps[name] = { error: overflowText }; return; }
       try { maps[name] = { probs: applyMap(name, s, opts).probs }; }
       catch (error) { if (error instanceof MapError) maps[name] = { error: error.message }; else throw error; }
     });
@@ -472,6 +476,7 @@ var Engine = (function () {
     var empty = s.every(function (v) { return v === NEG_INF; });
     LOSSES.forEach(function (name) {
       if (empty) { losses[name] = { error: "no class left: every logit is −∞" }; return; }
+      if (overflow) { losses[name] = { error: overflowText }; return; }
       var zNodes = state.logits.map(function (z) { return constant(z); });
       var sNodes = zNodes.map(function (z) { return scale(z, 1 / T); });  // -inf entries too: CE and the FY losses give them ŷ − y
       var root;
@@ -483,7 +488,7 @@ var Engine = (function () {
       losses[name] = { value: root.v, grad: grad, norm: norm };
     });
     var decomposition = null;
-    if (!empty) {  // H(t, q) = H(t) + KL(t ‖ q), q = softmax(s), in log space (information.decompose)
+    if (!empty && !overflow) {  // H(t, q) = H(t) + KL(t ‖ q), q = softmax(s), in log space (information.decompose)
       var soft = logSoftmax(s), entropy = 0, cross = 0;
       for (var i = 0; i < k; i++) {
         if (target[i] > 0) {
@@ -495,7 +500,8 @@ var Engine = (function () {
       var tNodes = target.map(constant), tLog = target.map(function (t) { return constant(t > 0 ? Math.log(t) : NEG_INF); });
       decomposition = { cross_entropy: cross, entropy: entropy, kl: kl(tNodes, tLog, sm.q, sm.logq).v };
     }
-    return { maps: maps, losses: losses, target: target, decomposition: decomposition };
+    return { maps: maps, losses: losses, target: target, decomposition: decomposition,
+      decompositionError: empty ? "no class left: every logit is −∞" : (overflow ? overflowText : null) };
   }
 
   function lossNode(name, sNodes, target, onehot, state, opts, soft) {

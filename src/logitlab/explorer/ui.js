@@ -333,7 +333,7 @@
   function drawDecomposition(result) {
     var body = $("dec-body"), d = result.decomposition, unit = state.units === "bits" ? Math.LN2 : 1;
     body.innerHTML = "";
-    if (!d) { body.appendChild(dataValue(el("div", { class: "error" }, "no class left: every logit is −∞"), "dec", "error")); return; }
+    if (!d) { body.appendChild(dataValue(el("div", { class: "error" }, result.decompositionError), "dec", "error")); return; }
     var h = d.entropy / unit, klv = d.kl / unit, cross = d.cross_entropy / unit, total = isFinite(cross) ? cross : h + 1;
     var bar = el("div", { class: "stack" });
     bar.appendChild(el("span", { class: "seg entropy", style: "width:" + (100 * h / (total || 1)) + "%" }));
