@@ -364,6 +364,7 @@ def test_guide_underflow(fresh):
     assert page["guide.product64"] == report.product["float64"][149].item()
     assert page["guide.log_sum"] == pytest.approx(report.log_likelihood[149].item(), abs=1e-9)
     assert page["guide.zero_at32"] == report.underflow_at["float32"] == 150
+    assert math.isnan(page["guide.zero_at64"])  # float64 holds 2^-150
     fresh.click("#guide-n")
     fresh.press("End", 35)
     page = shown(fresh)

@@ -63,7 +63,7 @@
     if (v === 0) return "0";
     var a = Math.abs(v);
     if (a < 1e-4 || a >= 1e5) return v.toExponential(2).replace("-", "−");
-    return v.toFixed(a >= 100 ? 1 : 4).replace("-", "−");
+    return v.toFixed(a >= 100 ? 2 : 4).replace("-", "−");
   }
   function dataValue(node, key, value) {
     node.setAttribute("data-key", key);
@@ -404,7 +404,7 @@
     var p = el("p");
     parts.forEach(function (part) {
       if (typeof part === "string") p.appendChild(document.createTextNode(part));
-      else p.appendChild(dataValue(el("b", {}, fmt(part[1])), part[0], part[1]));
+      else p.appendChild(dataValue(el("b", {}, part.length > 2 ? part[2] : fmt(part[1])), part[0], part[1]));
     });
     return p;
   }
@@ -446,9 +446,12 @@
     }
     if (state.guide === "underflow") {
       var u = Engine.underflow(state.p, state.n);
+      var at = function (key, n) {  // the first n whose product is 0 (NaN: not within these n)
+        return n === null ? [key, NaN, "beyond " + state.n] : [key, n, String(n)];
+      };
       text.appendChild(line(["Π of n likelihoods in float32: ", ["guide.product32", u.product32], " (0 from n = ",
-        ["guide.zero_at32", u.zeroAt32 === null ? NaN : u.zeroAt32], "), in float64: ", ["guide.product64", u.product64], " (0 from n = ",
-        ["guide.zero_at64", u.zeroAt64 === null ? NaN : u.zeroAt64], "); Σ log = ", ["guide.log_sum", u.logSum],
+        at("guide.zero_at32", u.zeroAt32), "), in float64: ", ["guide.product64", u.product64], " (0 from n = ",
+        at("guide.zero_at64", u.zeroAt64), "); Σ log = ", ["guide.log_sum", u.logSum],
         ", a moderate number. Training sums logs (cross-entropy) because the product leaves the floats."]));
     }
   }
