@@ -2,7 +2,8 @@
 
 Verbs: ``study`` (train every output layer × loss on bundled data and write a report),
 ``report`` (re-render a run's report from its stored records), ``list`` (the registry), ``env``
-(versions, for bug reports), ``demo`` (what each normalizer does to a few inputs).
+(versions, for bug reports), ``demo`` (what each normalizer does to a few inputs), ``explore``
+(write the offline explorer page: move the logits, watch every map, loss and gradient).
 """
 
 from __future__ import annotations
@@ -171,6 +172,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from logitlab.explorer import DEFAULT_OUT, write_explorer
+
+    try:
+        path = write_explorer(args.out or DEFAULT_OUT)
+    except OSError as error:
+        args.parser.error(f"--out {args.out or DEFAULT_OUT}: cannot write the page ({error})")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            print(f"explore: no browser found; open {path} yourself", file=sys.stderr)
+    print(path, flush=True)
+    return 0
+
+
 _STUDY_EPILOG = """\
 --set keys (type-checked): dataset, model, seeds, epochs, batch_size, lr, weight_decay,
 optimizer (adam|sgd), hidden, val_fraction, test_fraction, n_bins, nll_smoothing, pairs.
@@ -210,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `logitlab study`")
     p.add_argument("-o", "--output", metavar="FILE", help="where to write the HTML (default RUN_DIR/report.html)")
     p.set_defaults(func=_cmd_report, parser=p)
+    p = sub.add_parser("explore", help="write the explorer page: move the logits, watch every map and loss",
+                       description="Write one self-contained HTML page (no network) where K logits, a "
+                       "temperature, entmax's alpha and a target can be moved and every normalizer, loss and "
+                       "gradient follows. The last line printed is the page's path.")
+    p.add_argument("--out", metavar="FILE", help="where to write the page (default explorer.html)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.set_defaults(func=_cmd_explore, parser=p)
     return parser
 
 
