@@ -470,3 +470,23 @@ def test_bfloat16_accumulation_is_an_option_with_bounded_error():
     err_fp32 = float((fp32[2].to(F64) - truth[2]).abs().max())
     err_bf16 = float((bf16[2].to(F64) - truth[2]).abs().max())
     assert err_fp32 <= err_bf16 and err_bf16 <= 2**-6 * scale  # six roundings of 2^-9 at most
+
+
+@pytest.mark.parametrize("impl", ["auto", "naive", "chunked"])
+@pytest.mark.parametrize("fill", [float("nan"), float("inf")])
+def test_padding_rows_of_hidden_may_hold_anything(impl, fill):
+    """An ignored row's hidden state never reaches grad_weight (0 * NaN was NaN with impl='naive')."""
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(6, 4, dtype=torch.float64), torch.randn(9, 4, dtype=torch.float64)
+    target = torch.tensor([1, -100, 3, 8, -100, 0])
+    dirty = hidden.clone()
+    dirty[1], dirty[4, 2] = fill, fill
+    h, w = dirty.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = linear_cross_entropy(h, w, target, impl=impl)
+    loss.backward()
+    h0, w0 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    torch.nn.functional.cross_entropy(h0 @ w0.T, target).backward()
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(hidden @ weight.T, target))
+    assert torch.allclose(w.grad, w0.grad) and torch.isfinite(h.grad).all()
+    with pytest.raises(ValueError, match=r"linear_cross_entropy\(\): argument 'hidden' expected finite values"):
+        linear_cross_entropy(dirty, weight, torch.tensor([1, 2, 3, 8, -100, 0]), impl=impl)

@@ -91,7 +91,7 @@ def scale_by_temperature(fn: str, name: str, logits: Tensor, temperature: float,
     scaled = logits.to(dtype) / temperature
     if validate and temperature < 1 and bool((torch.isinf(scaled) & torch.isfinite(logits)).any()):
         fail(fn, "temperature", f"a value for which {name} / temperature stays finite in {dtype}",
-             temperature, detail=f"largest |{name}| is {float(logits[torch.isfinite(logits)].abs().max()):.3g}")
+             temperature, detail=f"largest |{name}| is {float(logits.detach()[torch.isfinite(logits)].abs().max()):.3g}")
     return scaled
 
 
