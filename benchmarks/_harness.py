@@ -122,9 +122,29 @@ def machine_info() -> dict:
     """Machine and torch fields for a results file (torch imported here, not at module import)."""
     import torch
 
+    from logitlab import _native
+
     return {"torch_version": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(), "cpu_flags": sorted(_native.cpu_flags() & CPU_FLAGS),
+            "native_builds": _native.supported_builds(),
             "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", "")}
+
+
+# The CPU flags that decide which kernels and builds run (recorded with every benchmark).
+CPU_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16", "asimd"})
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ('' where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def write_records(path: str | os.PathLike, data: object) -> Path:

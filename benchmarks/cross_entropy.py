@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import logitlab  # noqa: E402
 from logitlab import _native  # noqa: E402
 from logitlab.losses import _xent_kernel  # noqa: E402
-from _harness import peak_extra_mib, write_records  # noqa: E402
+from _harness import machine_info, peak_extra_mib, write_records  # noqa: E402
 
 FULL_CASES = {
     "idx_4096x1000": dict(n=4096, v=1000, kind="index"),
@@ -53,8 +53,11 @@ QUICK_CASES = {
     "probs_64x8192": dict(n=64, v=8192, kind="probs"),
     "bf16_64x8192": dict(n=64, v=8192, kind="index", dtype="bfloat16"),
 }
-# logitlab_eager: the same op with the native kernel switched off (its torch fallback path).
-IMPLS = ("torch", "logitlab", "logitlab_inplace", "logitlab_eager")
+# logitlab_eager: the same op with the native kernel switched off (its torch fallback path);
+# logitlab@<build>: the native kernel of each other build this CPU executes (e.g. the AVX2 build
+# on an AVX-512 machine), forced with _native.use_build.
+BUILDS = [b for b in _native.supported_builds()[1:] if b != "avx512"]
+IMPLS = ("torch", "logitlab", "logitlab_inplace", "logitlab_eager", *(f"logitlab@{b}" for b in BUILDS))
 
 
 def _inputs(spec: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -84,6 +87,13 @@ def _runner(impl: str, logits: torch.Tensor, target: torch.Tensor, options: dict
         def run():
             leaf.grad = None
             loss = logitlab.cross_entropy(leaf, target, validate=False, **options)
+            loss.backward()
+            return loss, leaf.grad
+    elif impl.startswith("logitlab@"):
+        def run():
+            leaf.grad = None
+            with _native.use_build(impl.partition("@")[2]):
+                loss = logitlab.cross_entropy(leaf, target, validate=False, **options)
             loss.backward()
             return loss, leaf.grad
     elif impl == "logitlab_eager":
@@ -181,8 +191,10 @@ def run_case(name: str, spec: dict, repeats: int, warmup: int, threads: int = 2)
             "max_abs_loss_diff_vs_torch": float((loss - ref_loss).abs()),
             "max_rel_grad_diff_vs_torch": float((grad - ref_grad).abs().max()) / scale,
             "native_kernel": native, "native_compiled_now": bool(build.get("compiled")),
+            "native_build": impl.partition("@")[2] if "@" in impl else (
+                build.get("build", "") if impl in ("logitlab", "logitlab_inplace") else ""),
             "native_compile_s": build.get("compile_s", 0.0), "native_load_s": load_s,
-            "torch_version": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), **machine_info(),
         })
     return records
 
@@ -241,6 +253,8 @@ def main() -> None:
                 print(f"[{name}] memory {row['impl']} ...", file=sys.stderr, flush=True)
                 row.update(_subprocess(["--case", name, "--memory", row["impl"]])[0])
         records.extend(rows)
+    info = machine_info()
+    print(f"CPU: {info['cpu_model']} (flags {' '.join(info['cpu_flags'])}); builds {', '.join(info['native_builds'])}")
     header = (f"{'case':18s} {'impl':17s} {'time ms':>9s} {'min..max':>13s} {'speedup':>8s} {'GB/s':>6s} "
               f"{'STREAM%':>8s} {'peak+MiB':>9s} {'grad MiB':>9s} {'first ms':>9s} {'|Δloss|':>8s} {'rel|Δgrad|':>10s}")
     print(header)

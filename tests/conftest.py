@@ -8,6 +8,8 @@ import pytest
 import torch
 from hypothesis import settings
 
+from logitlab import _native
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # Hypothesis: deterministic, bounded, no deadline (a shared 2-core machine is noisy).
@@ -31,3 +33,16 @@ def dims_of(shape):
     """Every valid dim of a tensor of ``shape``, negative and positive."""
     n = len(shape)
     return list(range(-n, n))
+
+
+# avx512bf16 differs from avx512 only in the bf16 matmul kernels (the others share its binary).
+ROW_KERNEL_BUILDS = [b for b in _native.supported_builds() if b != "avx512bf16"
+                     or "avx512" not in _native.supported_builds()]
+
+
+@pytest.fixture(params=ROW_KERNEL_BUILDS)
+def each_build(request):
+    """Run the test once per native build of the row kernels this CPU can execute (so an AVX-512
+    machine also tests the AVX2 and portable builds that other machines' users get)."""
+    with _native.use_build(request.param):
+        yield request.param

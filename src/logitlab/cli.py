@@ -31,6 +31,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+CPU_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16", "amx_tile",
+                       "asimd", "sve"})
+
+
 def _cmd_env(args: argparse.Namespace) -> int:
     import torch
 
@@ -48,6 +52,8 @@ def _cmd_env(args: argparse.Namespace) -> int:
             print(f"{name} not installed")
     from logitlab import _native
 
+    print(f"cpu flags that matter: {' '.join(sorted(_native.cpu_flags() & CPU_FLAGS)) or 'none'}")
+    print(f"native builds this CPU executes: {', '.join(_native.supported_builds())}")
     for kernel in sorted(path.stem for path in _native.source_dir().glob("*.c")):
         _native.load(kernel)
         info = _native.status().get(kernel, {})
@@ -57,7 +63,8 @@ def _cmd_env(args: argparse.Namespace) -> int:
             print(f"native kernel {kernel}: unavailable, eager fallback ({info['error']})")
         else:
             how = f"compiled now in {info['compile_s']:.1f} s" if info["compiled"] else "cached"
-            print(f"native kernel {kernel}: {info['path']} ({how}, {info['compiler']})")
+            print(f"native kernel {kernel}: build {info['build']} ({info['why']}), {info['path']} "
+                  f"({how}, {info['compiler']})")
     return 0
 
 

@@ -25,8 +25,9 @@ from logitlab._native import xent as native_xent
 from logitlab.losses import _xent_kernel
 from tests.conftest import ERROR_SLACK, LOW_PRECISION
 
-pytestmark = pytest.mark.skipif(native_xent._function("f32", "f32") is None,
-                                reason="no C compiler: the native kernel is unavailable here")
+pytestmark = [pytest.mark.skipif(native_xent._function("f32", "f32") is None,
+                                 reason="no C compiler: the native kernel is unavailable here"),
+              pytest.mark.usefixtures("each_build")]
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

@@ -15,6 +15,8 @@ from logitlab import reference as ref
 from logitlab._native import sparse as native_sparse
 from logitlab.normalizers.entmax import ConvergenceError
 
+pytestmark = pytest.mark.usefixtures("each_build")
+
 F64 = torch.float64
 ALPHAS = [1.05, 1.25, 1.5, 2.0, 3.0, 5.0]
 MAPS = {
