@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 
-import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from logitlab._validation import (check_dim, check_finite, check_floating, check_nonnegative, check_positive,
+from logitlab._validation import (check_dim, check_floating, check_nonnegative, check_positive,
                                   compute_dtype, fail)
 from logitlab.normalizers._masking import empty_rows, nonneg_inf, scan
 
