@@ -182,18 +182,30 @@ def test_default_options_on_a_large_vocabulary_do_not_allocate_the_logits():
     assert largest < 8 * 24 * vocab // 2
 
 
-def test_trainer_runs_a_few_steps_with_the_patch(tmp_path):
-    model = lt.apply(build("llama", torch.float32))
-    g = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": ids, "labels": ids.clone()} for ids in torch.randint(3, VOCAB, (16, T), generator=g)]
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4,
-                                          learning_rate=1e-2, logging_steps=1, report_to=[], save_strategy="no",
-                                          use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+def _trainer_losses(model, tmp_path, rows):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2,
+                                          gradient_accumulation_steps=2, max_steps=4, learning_rate=1e-2,
+                                          logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+                                          disable_tqdm=True, dataloader_num_workers=0, seed=0)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=rows)
     result = trainer.train()
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
-    assert result.global_step == 4 and lt.is_patched(model)
+    assert result.global_step == 4
+    return trainer, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_trainer_runs_a_few_steps_with_the_patch_and_the_stock_losses(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, VOCAB, (16, T), generator=g)
+    labels = ids.clone()
+    labels[::3, 5:] = -100  # uneven padding: num_items_in_batch differs from micro-batch to micro-batch
+    rows = [{"input_ids": i, "labels": lab} for i, lab in zip(ids, labels)]
+    stock = build("llama", torch.float32)
+    fused = lt.apply(copy.deepcopy(stock))
+    _, ref = _trainer_losses(stock, tmp_path / "stock", rows)
+    trainer, losses = _trainer_losses(fused, tmp_path / "fused", rows)
+    assert trainer.model_accepts_loss_kwargs  # so the Trainer passes num_items_in_batch through
+    assert len(losses) == 4 and lt.is_patched(fused)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref), rtol=1e-5, atol=1e-6)
 
 
 def test_patched_context_manager_restores_the_model():

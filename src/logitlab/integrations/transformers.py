@@ -106,9 +106,11 @@ def causal_lm_loss(hidden_states: Tensor, lm_head: nn.Linear, labels: Tensor | N
         impl, chunk_size, accum_dtype: as :func:`logitlab.linear_cross_entropy`.
 
     Returns:
-        A scalar: float32 for float32 and half-precision hidden states (as the stock loss, which
-        upcasts the logits to float32), float64 for float64 ones (the stock loss then rounds
-        to float32).
+        A scalar: float32 for float32 and half-precision hidden states, float64 for float64
+        ones (the stock loss rounds float64 logits to float32). With half-precision hidden
+        states the value is that of ``linear_cross_entropy``, which computes in float32 but
+        returns the input's dtype: it is rounded to bfloat16/float16 (e.g. 4.531 for the stock
+        4.519 of a bf16 model) before it becomes float32; the gradients are not affected.
 
     Raises:
         TypeError/ValueError: a head that is not a plain ``nn.Linear`` with a floating weight, no
