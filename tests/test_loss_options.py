@@ -184,3 +184,31 @@ def test_cross_entropy_shift_errors():
         cross_entropy(logits, torch.softmax(logits, -1), shift=1)
     with pytest.raises(ValueError, match=r"argument 'shift' expected a shift smaller than the sequence length"):
         cross_entropy(torch.randn(V), torch.tensor(3), shift=1)
+
+
+def _sharded_with_lse(rank, world, sizes):
+    """linear_cross_entropy_with_lse over this rank's rows of the head vs the full head."""
+    import torch.distributed as dist
+
+    hidden, weight, target = _data()
+    start = sum(sizes[:rank])
+    local = weight[start:start + sizes[rank]].clone().requires_grad_(True)
+    h = hidden.clone().requires_grad_(True)
+    out = linear_cross_entropy_with_lse(h, local, target, shift=1, z_loss=1e-2, impl="chunked", chunk_size=4,
+                                        process_group=dist.group.WORLD)
+    out.loss.backward()
+    full_h, full_w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    ref = linear_cross_entropy_with_lse(full_h, full_w, target, shift=1, z_loss=1e-2, impl="naive")
+    ref.loss.backward()
+    return {"loss": float((out.loss - ref.loss).abs()), "lse": float((out.lse - ref.lse).abs().max()),
+            "accuracy": float((out.accuracy - ref.accuracy).abs()),
+            "grad_hidden": float((h.grad - full_h.grad).abs().max()),
+            "grad_weight": float((local.grad - full_w.grad[start:start + sizes[rank]]).abs().max())}
+
+
+def test_with_lse_on_a_vocabulary_sharded_head_matches_the_full_head():
+    from logitlab.distributed import run_ranks
+
+    sizes = (4, 7)
+    for rank, errors in enumerate(run_ranks(_sharded_with_lse, len(sizes), args=(sizes,), timeout=90)):
+        assert all(e <= 1e-10 for e in errors.values()), (rank, errors)
