@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from logitlab import _validation as v
+from logitlab._reduction import shift_target
 from logitlab.fused._engine import (NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows,
                                     gradient_dtype, needs_wide_block)
-from logitlab._reduction import shift_target
 from logitlab.fused._kernel import CrossEntropyKernel, all_reduce
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult", "IMPLS"]
@@ -138,6 +138,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         validate: check that the class indices are in range.
         shift: k >= 0 (True = 1): next-token targets, see above; k must be smaller than the
             sequence length target.shape[-1].
+        _record: internal, for :func:`linear_cross_entropy_with_lse` (a (2, N) sink).
 
     Returns:
         A scalar (or (*batch) for 'none') in the dtype of ``hidden``.
