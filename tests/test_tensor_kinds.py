@@ -113,7 +113,8 @@ mesh = init_device_mesh("cpu", (1,))
 x = distribute_tensor(torch.randn(4, 40), mesh, [Replicate()])
 t = distribute_tensor(torch.tensor([0, 1, 2, 3]), mesh, [Replicate()])
 for name, call in [("sparsemax", lambda: logitlab.sparsemax(x)), ("entmax15", lambda: logitlab.entmax15(x)),
-                   ("cross_entropy", lambda: logitlab.cross_entropy(x, t)), ("softmax", lambda: logitlab.softmax(x))]:
+                   ("cross_entropy", lambda: logitlab.cross_entropy(x, t.to_local())),
+                   ("softmax", lambda: logitlab.softmax(x))]:
     print(name, flush=True)
     try:
         call()

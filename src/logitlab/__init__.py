@@ -74,6 +74,8 @@ from logitlab.functional import (
     Decomposition,
     # scale
     linear_cross_entropy,
+    linear_cross_entropy_with_lse,
+    LinearCrossEntropyResult,
     linear_divergence_loss,
     # structures
     linear_chain_crf_nll,
@@ -109,7 +111,7 @@ __all__ = [
     # information theory
     "entropy", "cross_entropy_between", "kl_between", "decompose", "Decomposition",
     # scale
-    "linear_cross_entropy", "linear_divergence_loss",
+    "linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult", "linear_divergence_loss",
     # structures
     "linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode",
     "ConvergenceError", "EntmaxInfo",

@@ -19,7 +19,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["reduce_loss", "to_rows", "from_rows", "rowwise"]
+from logitlab._validation import check_tensor, fail
+
+__all__ = ["reduce_loss", "to_rows", "from_rows", "rowwise", "shift_target"]
 
 
 def reduce_loss(values: Tensor, reduction: str, *, keep: Tensor | None = None,
@@ -96,3 +98,39 @@ def neutralize(x: Tensor, keep: Tensor | None, axis: int, value: float) -> Tenso
     if keep is None:
         return x
     return torch.where(keep.unsqueeze(axis), x, x.new_full((), value))
+
+
+def shift_target(fn: str, target: object, shift: object, ignore_index: int) -> Tensor:
+    """Next-token targets: position t is scored against ``target[..., t + shift]``.
+
+    The sequence is the last dimension of ``target`` (T positions). The result has the shape of
+    ``target``: its first T − shift positions hold ``target[..., shift:]`` and its last
+    ``shift`` positions hold ``ignore_index`` (they have no next token, so they do not count).
+    This is Hugging Face's causal-LM shift (labels padded with -100 on the right, then shifted
+    left). Only the integer targets move; the scores of the predicting positions (hidden states
+    or logits) are neither sliced nor copied. ``shift`` is an int >= 0 or a bool (True = 1);
+    0 returns ``target`` itself; otherwise the result is int64.
+
+    Example:
+        >>> shift_target("f", torch.tensor([[5, 6, 7]]), 1, -100)
+        tensor([[   6,    7, -100]])
+    """
+    if isinstance(shift, bool):
+        shift = int(shift)
+    if not isinstance(shift, int) or shift < 0:
+        fail(fn, "shift", "an int >= 0 or a bool (True = 1)", shift,
+             kind=ValueError if isinstance(shift, int) else TypeError)
+    target = check_tensor(fn, "target", target)
+    if shift == 0:
+        return target
+    if target.is_floating_point() or target.dtype == torch.bool:
+        fail(fn, "shift", "0 with a probability (floating) target", shift, kind=TypeError,
+             detail="shift moves integer class indices; shift probability targets yourself")
+    if target.ndim == 0 or target.shape[-1] <= shift:
+        length = "a 0-d target" if target.ndim == 0 else f"target.shape[-1] = {target.shape[-1]}"
+        fail(fn, "shift", f"a shift smaller than the sequence length (the last dimension of target; {length})",
+             shift, detail="a sequence needs at least shift + 1 positions to have a next token; "
+             "pass shift=0 with targets that are already shifted, or longer sequences")
+    target = target.long()  # room for ignore_index whatever the integer dtype
+    pad = target.new_full((*target.shape[:-1], shift), ignore_index)
+    return torch.cat([target[..., shift:], pad], dim=-1)

@@ -68,7 +68,9 @@ from logitlab.structured import (
     viterbi_decode,
 )
 from logitlab.fused.cross_entropy import (
+    LinearCrossEntropyResult,
     linear_cross_entropy,
+    linear_cross_entropy_with_lse,
 )
 from logitlab.fused.divergence import (
     linear_divergence_loss,
@@ -119,5 +121,7 @@ __all__ = [
     "crf_marginals",
     "viterbi_decode",
     "linear_cross_entropy",
+    "linear_cross_entropy_with_lse",
+    "LinearCrossEntropyResult",
     "linear_divergence_loss",
 ]

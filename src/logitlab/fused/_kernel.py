@@ -120,6 +120,10 @@ class CrossEntropyKernel:
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     group: object = None
+    # Optional (2, N) sink for linear_cross_entropy_with_lse: row lse and whether the target's
+    # logit is the largest (0 for ignored rows); rows[i] is the sink row of this kernel's row i.
+    record: Tensor | None = None
+    record_rows: Tensor | None = None
 
     def __call__(self, z: Tensor, start: int, stop: int, need_grad: bool) -> tuple[Tensor, Tensor | None]:
         rows, v_local = z.shape
@@ -148,6 +152,8 @@ class CrossEntropyKernel:
         all_reduce(stats, "sum", self.group)
         lse = peak + stats[0].log()
         z_t, z_w = stats[1], stats[2]
+        if self.record is not None:
+            self._write_record(start, stop, keep, lse, z_t >= peak)
 
         loss = (1 - eps) * w_t * (lse - z_t)
         if eps:
@@ -178,8 +184,21 @@ class CrossEntropyKernel:
 
     def take(self, index: Tensor) -> CrossEntropyKernel:
         """The same kernel over rows ``index`` of this one, in that order."""
+        rows = None
+        if self.record is not None:
+            rows = (self.record_rows if self.record_rows is not None
+                    else torch.arange(self.target.shape[0], device=index.device))[index]
         return replace(self, target=self.target[index], keep=self.keep[index],
-                       target_weight=self.target_weight[index])
+                       target_weight=self.target_weight[index], record_rows=rows)
+
+    def _write_record(self, start: int, stop: int, keep: Tensor, lse: Tensor, hit: Tensor) -> None:
+        lse = torch.where(keep, lse, lse.new_zeros(())).to(self.record.dtype)
+        hit = (keep & hit).to(self.record.dtype)
+        if self.record_rows is None:
+            self.record[0, start:stop], self.record[1, start:stop] = lse, hit
+        else:
+            rows = self.record_rows[start:stop]
+            self.record[0, rows], self.record[1, rows] = lse, hit
 
     def native(self, z: Tensor, start: int, stop: int, need_grad: bool,
                row_scale: Tensor | float | None) -> tuple[Tensor, Tensor | None] | None:
@@ -189,7 +208,7 @@ class CrossEntropyKernel:
         already multiplied by ``row_scale``, overwrites the block in place. Only for the full
         vocabulary (no process group: the kernel has no all-reduce between its passes).
         """
-        if self.group is not None or not native_xent.supports(z):
+        if self.group is not None or self.record is not None or not native_xent.supports(z):
             return None
         keep = self.keep[start:stop]
         scale = keep.to(torch.float32)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from logitlab import _validation as v
+from logitlab._reduction import shift_target
 from logitlab.fused._engine import (NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows,
                                     gradient_dtype, needs_wide_block)
 from logitlab.fused._kernel import CrossEntropyKernel, all_gather, all_reduce
 
-__all__ = ["linear_cross_entropy", "IMPLS"]
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult", "IMPLS"]
 
 IMPLS = ("auto", "chunked", "naive")
 
@@ -88,7 +91,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                          reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                          softcap: float | None = None, chunk_size: int | None = None, impl: str = "auto",
                          accum_dtype: torch.dtype = torch.float32, process_group=None,
-                         validate: bool = True) -> Tensor:
+                         validate: bool = True, shift: int = 0, _record: Tensor | None = None) -> Tensor:
     r"""Cross-entropy of a linear head, computed without holding the (N, V) logits.
 
     Equivalent to ``cross_entropy(hidden @ weight.T + bias, target, weight=class_weight, ...)``
@@ -114,6 +117,21 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     contiguous rows of the vocabulary, in rank order; ``hidden`` and ``target`` (global class
     indices) are the same on every rank. The loss of the full vocabulary comes out on every
     rank, logits are never gathered, and grad_hidden is summed over the ranks.
+
+    ``shift=k`` scores position t of the sequence (the last dimension of ``target``, the
+    second-to-last of ``hidden``) against ``target[..., t + k]``, as a causal LM predicts the
+    next token: the same as ``target = cat([target[..., k:], full(k, ignore_index)], -1)``, so
+    the last k positions do not count, and 'none' returns the shape of ``target`` (0 there).
+    Only the integer targets move; ``hidden`` is not sliced or copied (Hugging Face's
+    ``labels`` go in unshifted with ``shift=1``). Each row's log-sum-exp and the token accuracy
+    come from the sibling :func:`linear_cross_entropy_with_lse`.
+
+    Note the names: here ``weight`` is the HEAD (V, D) and the class weights are
+    ``class_weight``. In torch's ``F.linear_cross_entropy(input, linear_weight, target, *,
+    linear_bias, weight)`` the head is ``linear_weight`` and ``weight=`` means the class weights
+    (as in ``F.cross_entropy``). A ported call ``(hidden, head, target, weight=class_weights)``
+    fails here with "got multiple values for argument 'weight'": rename it ``class_weight=``
+    (and ``linear_bias=`` to ``bias=``).
 
     Args:
         hidden: (*batch, D) features.
@@ -141,6 +159,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         validate: check that the rows of ``hidden`` that count (target not ``ignore_index``),
             ``weight``, ``bias`` and ``class_weight`` hold no NaN or inf (a pass over each; rows
             that do not count may hold anything). Class indices are checked whatever it says.
+        shift: k >= 0 (True = 1): next-token targets, see above; k must be smaller than the
+            sequence length target.shape[-1].
+        _record: internal, for :func:`linear_cross_entropy_with_lse` (a (2, N) sink).
 
     Returns:
         A scalar (or (*batch) for 'none') in the dtype of ``hidden``.
@@ -165,6 +186,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     fn = "linear_cross_entropy"
     check_linear(fn, hidden, weight, bias)
     check_target(fn, target, hidden)
+    target = shift_target(fn, target, shift, ignore_index)
     check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
                   softcap=softcap, chunk_size=chunk_size, impl=impl, accum_dtype=accum_dtype)
     process_group = check_group(fn, process_group)
@@ -194,12 +216,14 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     mode = choose_impl(impl, rows, vocab_total)
     if mode == "naive" and process_group is None:
         return _naive(hidden, weight, target, bias=bias, class_weight=class_weight, ignore_index=ignore_index,
-                      reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+                      reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                      record=_record)
 
     acc = accumulation_dtype(hidden.dtype, accum_dtype)
     kernel = build_kernel(flat_target, class_weight, ignore_index=ignore_index, vocab_start=vocab_start,
                           vocab_total=vocab_total, label_smoothing=label_smoothing, z_loss=z_loss,
                           dtype=acc, group=process_group)
+    kernel.record = _record  # linear_cross_entropy_with_lse: the forward writes lse and hits into it
     scale = reduction_scale(kernel, reduction)
     if chunk_size is None:
         wide = needs_wide_block(hidden, softcap, process_group)
@@ -209,7 +233,76 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     plan = Plan(chunk=chunk_size, accum_dtype=accum_dtype, softcap=softcap, group=process_group)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
+    kernel.record = None  # a backward that recomputes the chunks leaves the returned statistics alone
     return out.reshape(target.shape) if reduction == "none" else out
+
+
+class LinearCrossEntropyResult(NamedTuple):
+    """What :func:`linear_cross_entropy_with_lse` returns."""
+
+    loss: Tensor      # as linear_cross_entropy, differentiable
+    lse: Tensor       # (*batch) log Σ_c exp z_c of each row (0 for rows that do not count)
+    accuracy: Tensor  # token accuracy, reduced like the loss (see the function)
+
+
+def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor, *, bias: Tensor | None = None,
+                                  class_weight: Tensor | None = None, ignore_index: int = -100,
+                                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                                  softcap: float | None = None, chunk_size: int | None = None,
+                                  impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
+                                  process_group=None, validate: bool = True,
+                                  shift: int = 0) -> LinearCrossEntropyResult:
+    r""":func:`linear_cross_entropy`, plus each row's log-sum-exp and the token accuracy.
+
+    The same loss (same arguments, same gradients), and from the same pass over the chunks of
+    logits, with no further matmul: ``lse`` (*batch), lse_n = log Σ_c exp z_nc of the logits the
+    loss sees (after ``softcap``), for z-loss logging; ``accuracy``, whether z_{n,t} is the
+    largest logit of row n (ties count as hits), unweighted by ``class_weight``: per row (1.0 or
+    0.0) for ``reduction="none"``, the number of hits for 'sum', the fraction of kept rows that
+    are hits for 'mean' (0 when none is kept). Rows that do not count (``ignore_index``, and
+    the last ``shift`` positions) have lse 0 and are no hits. ``lse`` and ``accuracy`` carry no
+    gradient. With ``impl="chunked"`` the native row kernel is not used (the eager kernel
+    records the statistics), so the loss may be slower than :func:`linear_cross_entropy`.
+
+    Naive equivalent: with ``z = hidden @ weight.T + bias``, ``lse = z.logsumexp(-1)`` and
+    ``accuracy = (z.argmax(-1) == target)`` averaged over the kept rows.
+
+    Returns:
+        ``LinearCrossEntropyResult(loss, lse, accuracy)``; ``lse`` and ``accuracy`` in float32
+        (float64 for float64 inputs or ``accum_dtype``).
+
+    Example:
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> hidden, weight = torch.randn(2, 4, 8), torch.randn(10, 8)
+        >>> target = torch.tensor([[1, 2, 3, 4], [5, 6, -100, -100]])
+        >>> out = linear_cross_entropy_with_lse(hidden, weight, target, shift=1)
+        >>> logits = hidden @ weight.T
+        >>> bool(torch.allclose(out.lse[0, :3], logits[0, :3].logsumexp(-1)))  # row 1 counts 1 position
+        True
+        >>> naive = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 10), target[:, 1:].reshape(-1))
+        >>> bool(torch.allclose(out.loss, naive))
+        True
+    """
+    fn = "linear_cross_entropy_with_lse"
+    v.check_floating(fn, "hidden", hidden)
+    if not isinstance(accum_dtype, torch.dtype):
+        v.fail(fn, "accum_dtype", "a torch.dtype", accum_dtype, kind=TypeError)
+    record = hidden.new_zeros(2, hidden.shape[:-1].numel(), dtype=accumulation_dtype(hidden.dtype, accum_dtype))
+    loss = linear_cross_entropy(hidden, weight, target, bias=bias, class_weight=class_weight,
+                                ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                                z_loss=z_loss, softcap=softcap, chunk_size=chunk_size, impl=impl,
+                                accum_dtype=accum_dtype, process_group=process_group, validate=validate,
+                                shift=shift, _record=record)
+    lse, hits = record[0].reshape(target.shape), record[1].reshape(target.shape)
+    if reduction == "none":
+        accuracy = hits
+    elif reduction == "sum":
+        accuracy = hits.sum()
+    else:
+        kept = (shift_target(fn, target, shift, ignore_index) != ignore_index).sum()
+        accuracy = hits.sum() / kept.clamp(min=1).to(hits.dtype)
+    return LinearCrossEntropyResult(loss, lse, accuracy)
 
 
 def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: int, vocab_start: int,
@@ -276,7 +369,7 @@ def vocab_offsets(vocab_local: int, group, device, *, rows: int | None = None,
 
 
 def _naive(hidden, weight, target, *, bias, class_weight, ignore_index, reduction, label_smoothing,
-           z_loss, softcap) -> Tensor:
+           z_loss, softcap, record=None) -> Tensor:
     """The baseline: materialize the logits, then torch's cross_entropy (+ z-loss by hand).
 
     Ignored rows of ``hidden`` are zeroed first: their gradient rows are 0, but a NaN there
@@ -292,6 +385,12 @@ def _naive(hidden, weight, target, *, bias, class_weight, ignore_index, reductio
     rows = F.cross_entropy(logits2d, flat, weight=cw, ignore_index=ignore_index, reduction="none",
                            label_smoothing=label_smoothing)
     keep = flat != ignore_index
+    if record is not None:
+        with torch.no_grad():
+            lse = torch.logsumexp(logits2d, dim=1)
+            z_t = logits2d.gather(1, torch.where(keep, flat, torch.zeros_like(flat)).unsqueeze(1)).squeeze(1)
+            record[0] = torch.where(keep, lse, lse.new_zeros(()))
+            record[1] = keep & (z_t >= logits2d.amax(dim=1))
     if z_loss:
         row_weight = 1.0 if cw is None else cw[torch.where(keep, flat, torch.zeros_like(flat))]
         rows = rows + z_loss * torch.where(keep, row_weight * torch.logsumexp(logits2d, dim=1).square(),

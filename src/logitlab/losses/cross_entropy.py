@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from logitlab._reduction import reduce_loss, to_rows
+from logitlab._reduction import reduce_loss, shift_target, to_rows
 from logitlab._validation import (
     check_dim,
     check_choice,
@@ -149,7 +149,8 @@ def _scale(r: _Rows, reduction: str, dtype: torch.dtype) -> Tensor:
 def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor | None = None,
                   ignore_index: int = -100, mask: Tensor | None = None, reduction: str = "mean",
                   label_smoothing: float = 0.0, z_loss: float = 0.0, temperature: float = 1.0,
-                  validate: bool = True, inplace_backward: bool = False, impl: str = "auto") -> Tensor:
+                  validate: bool = True, inplace_backward: bool = False, impl: str = "auto",
+                  shift: int = 0) -> Tensor:
     r"""Cross-entropy H(q, softmax(logits / T)) + z-loss, the maximum-likelihood loss.
 
     With s = logits / T, log p = log_softmax(s) along ``dim``, class weights w (default 1) and a
@@ -211,6 +212,11 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
             else reads them after this call. Fused implementation only; not for expanded
             (broadcast) logits, whose elements share memory.
         impl: 'auto' | 'fused' | 'composite'.
+        shift: k >= 0 (True = 1), index targets only: row t of the sequence (the last
+            dimension of ``target``) is scored against ``target[..., t + k]``, the next-token
+            targets of a causal LM; the last k positions do not count (loss 0 for 'none', left
+            out of 'mean'). Only the integer targets move, the logits are not sliced or copied;
+            ``mask`` still selects rows of ``logits``. k must be smaller than target.shape[-1].
 
     Returns:
         A scalar, or (*batch) per-row losses for ``reduction='none'``, in logits' dtype.
@@ -238,6 +244,7 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     z = check_range(fn, "z_loss", z_loss, 0.0, math.inf, high_open=True)
     temp = check_positive(fn, "temperature", temperature)
     check_choice(fn, "impl", impl, IMPLS)
+    target = shift_target(fn, target, shift, ignore_index)
     r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate)
     if not has_data(logits, target, weight, mask):  # meta: the output's shape, no data to read
         return meta_output(logits, r.batch_shape, reduction)

@@ -33,8 +33,9 @@ class CrossEntropyLoss(nn.Module):
     def __init__(self, *, dim: int = -1, weight: Tensor | None = None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                  temperature: float = 1.0, validate: bool = True, inplace_backward: bool = False,
-                 impl: str = "auto") -> None:
+                 impl: str = "auto", shift: int = 0) -> None:
         super().__init__()
+        self.shift = shift
         self.dim, self.ignore_index, self.reduction = dim, ignore_index, reduction
         self.label_smoothing, self.z_loss, self.temperature = label_smoothing, z_loss, temperature
         self.validate, self.inplace_backward, self.impl = validate, inplace_backward, impl
@@ -44,13 +45,14 @@ class CrossEntropyLoss(nn.Module):
         return cross_entropy(logits, target, dim=self.dim, weight=self.weight, ignore_index=self.ignore_index,
                              mask=mask, reduction=self.reduction, label_smoothing=self.label_smoothing,
                              z_loss=self.z_loss, temperature=self.temperature, validate=self.validate,
-                             inplace_backward=self.inplace_backward, impl=self.impl)
+                             inplace_backward=self.inplace_backward, impl=self.impl, shift=self.shift)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
                 f"temperature={self.temperature}, weighted={self.weight is not None}, "
-                f"validate={self.validate}, inplace_backward={self.inplace_backward}, impl={self.impl!r}")
+                f"validate={self.validate}, inplace_backward={self.inplace_backward}, impl={self.impl!r}"
+                + (f", shift={self.shift}" if self.shift else ""))
 
 
 class NLLLoss(nn.Module):
