@@ -41,6 +41,10 @@ class _FenchelYoung(torch.autograd.Function):
 
     The target is either (N, n) probabilities or (N,) class indices (then Ω(y) = 0, the
     registry's normalization of Ω at one-hot vectors, and no one-hot matrix is built).
+
+    With ``create_graph=True`` the backward recomputes ŷ = predict(θ) with its graph, so the
+    gradient ŷ − y is itself differentiable (the Hessian of L is the normalizer's Jacobian ∂ŷ/∂θ,
+    as for ``F.cross_entropy``); without, it reuses the ŷ of the forward.
     """
 
     @staticmethod
@@ -63,12 +67,16 @@ class _FenchelYoung(torch.autograd.Function):
             if excluded:  # target mass on an excluded class: ⟨θ, y⟩ = -inf
                 infinite = ((target > 0) & torch.isneginf(shifted)).any(-1)
                 values = torch.where(infinite, torch.full_like(values, math.inf), values)
-        ctx.save_for_backward(pred, target)
+        ctx.save_for_backward(pred, target, theta)
+        ctx.predict = predict
         return values.clamp_min(0)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        pred, target = ctx.saved_tensors
+        pred, target, theta = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: ŷ(θ) again, with its graph
+            top = theta.detach().amax(-1, keepdim=True)
+            pred = ctx.predict(theta - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
         if target.is_floating_point():
             diff = pred - target
         else:

@@ -19,6 +19,12 @@ start-up, hence the two paths). The backward uses the closed form on the support
 ∂p/∂z = diag(s) − s sᵀ/Σs with s = p^{2−α} on the support (sparsemax: s = 1[p > 0]), and for α
 ∂p_i/∂α = q (q p_i − p_i log p_i) − q p_i^{2−α} (q − Σ p log p)/Σs, q = 1/(α − 1).
 
+Double backward: with ``create_graph=True`` the backward runs as differentiable torch ops on the
+saved output p (and α), so its own graph reaches the logits through p's ∂p/∂z: Hessian-vector
+products and gradient penalties get their second-order term (the fast kernels run only when no
+graph is being built). On the support the second derivative is exact; sparsemax's s = 1[p > 0]
+is piecewise constant, so its second derivative is 0 wherever it exists.
+
 Validation costs no extra pass: both paths read each row's maximum anyway, which is NaN or +inf
 exactly when the row holds one; with ``validate`` such a row raises (inside the op, so it also
 works, without a graph break, under ``torch.compile``), otherwise it comes out NaN. α is checked
@@ -96,9 +102,39 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
     return probs, tau, first_idx, support, n_iter, violation
 
 
+def _differentiable_backward(grad: Tensor, probs: Tensor, alpha: Tensor, kind: str, need_alpha: bool
+                             ) -> tuple[Tensor, Tensor]:
+    """The closed-form backward in differentiable torch ops (dense rows), for double backward.
+
+    ∂L/∂z = s ⊙ (g − c), c = Σ s g / Σ s, s = p^{2−α} on the support; ∂L/∂α =
+    q Σ_i (g_i − c)(q p_i − p_i log p_i). Every op is safe at p = 0 (no inf · 0 in its own backward).
+    """
+    cdtype = compute_dtype(grad.dtype)
+    g, p = grad.to(cdtype), probs.to(cdtype)
+    positive = p > 0
+    safe = p.clamp_min(torch.finfo(cdtype).tiny)
+    a = alpha.to(cdtype)
+    if kind == "sparsemax":  # + 0·p keeps the graph, as torch's relu does: a zero second derivative
+        s = positive.to(cdtype) + 0 * p
+    elif kind == "entmax15":
+        s = torch.where(positive, safe.sqrt(), 0)
+    else:
+        s = torch.where(positive, safe.pow(2 - a), 0)
+    s_sum = s.sum(-1, keepdim=True)
+    centre = (s * g).sum(-1, keepdim=True) / torch.where(s_sum > 0, s_sum, 1)
+    grad_logits = (s * (g - centre)).to(grad.dtype)
+    if not need_alpha:
+        return grad_logits, g.new_zeros((g.shape[0], 1))
+    q = 1 / (a - 1)
+    plogp = torch.where(positive, p * safe.log(), 0)
+    return grad_logits, q * ((g - centre) * (q * p - plogp)).sum(-1, keepdim=True)
+
+
 def _backward(grad: Tensor, probs: Tensor, alpha: Tensor, first_idx: Tensor, support: Tensor,
               kind: str, need_alpha: bool) -> tuple[Tensor, Tensor]:
     rows, n = grad.shape
+    if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+        return _differentiable_backward(grad, probs, alpha, kind, need_alpha)
     if rows and n and first_idx.shape[1] == 0 and native_sparse.supports(probs):
         out, grad_alpha = native_sparse.sparse_backward(grad, probs, kind, uniform_alpha(alpha), need_alpha)
         if grad_alpha is None:
@@ -146,8 +182,11 @@ def _setup_context(ctx, inputs, output):
 def _backward_rule(ctx, grad_probs, *unused):
     probs, alpha, first_idx, support = ctx.saved_tensors
     need_alpha = bool(ctx.needs_input_grad[1])
-    grad_logits, grad_alpha = _threshold_backward_op(
-        grad_probs, probs, alpha, first_idx, support, ctx.kind, need_alpha)
+    if torch.is_grad_enabled():  # create_graph=True: the custom op would cut the graph
+        grad_logits, grad_alpha = _differentiable_backward(grad_probs, probs, alpha, ctx.kind, need_alpha)
+    else:
+        grad_logits, grad_alpha = _threshold_backward_op(
+            grad_probs, probs, alpha, first_idx, support, ctx.kind, need_alpha)
     return (grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None),
             None, None, None, None, None, None)
 
@@ -169,7 +208,6 @@ class _ThresholdFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_probs, *unused):
         probs, alpha, first_idx, support = ctx.saved_tensors
         need_alpha = bool(ctx.needs_input_grad[1])
