@@ -227,12 +227,13 @@ def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalize
     """The α-entmax loss: the Fenchel–Young loss of the Tsallis regularizer of order α.
 
     Ω_α(p) = (Σ_i p_i^α − 1) / (α (α − 1)),  L = ⟨θ, ŷ − y⟩ + Ω_α(y) − Ω_α(ŷ),  ŷ = α-entmax(θ).
-    α → 1 is the softmax (cross-entropy) loss and α = 2 the sparsemax loss.
+    α = 1 is the softmax (cross-entropy) loss and α = 2 the sparsemax loss; α < 1 gives the
+    losses of the dense α-entmax maps (Ω_α is convex on the simplex for every α > 0).
 
     Args:
         logits: (*batch, n) scores.
         target: (*batch) class indices or (*batch, n) probabilities.
-        alpha: the entmax order, > 1.
+        alpha: the entmax order, > 0.
         normalizer: 'entmax15' (exact, α = 1.5 only) or 'entmax' (any α); None picks
             'entmax15' when α = 1.5 and 'entmax' otherwise.
         **normalizer_params: further parameters of the normalizer.
@@ -242,7 +243,7 @@ def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalize
         The reduced loss, dtype of ``logits``.
 
     Raises:
-        ValueError: α ≤ 1, normalizer not an entmax, α ≠ 1.5 with 'entmax15'; and as
+        ValueError: α ≤ 0, normalizer not an entmax, α ≠ 1.5 with 'entmax15'; and as
             :func:`fenchel_young_loss`.
 
     Reference: Peters, Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019.
@@ -253,8 +254,6 @@ def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalize
     """
     fn = "entmax_loss"
     alpha = check_positive(fn, "alpha", alpha)
-    if not alpha > 1:
-        fail(fn, "alpha", "a number > 1", alpha)
     if normalizer is None:
         normalizer = "entmax15" if alpha == 1.5 else "entmax"
     if normalizer not in ("entmax15", "entmax"):

@@ -44,13 +44,24 @@ from logitlab.normalizers._threshold_topk import (
     compute_dtype, first_k, reject_logits, topk_backward, topk_forward, uniform_alpha)
 from logitlab.normalizers._threshold_topk import _FIRST_K, _GROW  # noqa: F401  (tests size the retries)
 
-__all__ = ["KINDS", "threshold_map", "ConvergenceError"]
+__all__ = ["KINDS", "threshold_map", "ConvergenceError", "check_converged"]
 
 KINDS = ("sparsemax", "entmax15", "bisect")
 
 
 class ConvergenceError(RuntimeError):
     """An iterative threshold solve stopped at ``max_iter`` before reaching ``tol``."""
+
+
+def check_converged(fn: str, violation: Tensor, tol: float, max_iter: int) -> None:
+    """Raise :class:`ConvergenceError` if a row's |Σp − 1| exceeds ``tol`` (NaN rows pass)."""
+    unconverged = violation > tol  # NaN rows (NaN / +inf logits) come out NaN, unreported
+    if bool(unconverged.any()):
+        worst = float(violation.max())
+        raise ConvergenceError(
+            f"{fn}(): the threshold solve did not converge within max_iter={max_iter} "
+            f"(tol={tol:g}; {int(unconverged.sum())} row(s), worst |Σp − 1| = {worst:.3g}); "
+            f"raise max_iter or tol, or call entmax_with_info() to inspect the rows")
 
 
 def _native(logits: Tensor) -> bool:
@@ -92,13 +103,7 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
             logits, alpha_u, kind, tol, max_iter, validate, fn)
 
     if kind == "bisect" and raise_on_failure:
-        unconverged = violation > tol  # NaN rows (NaN / +inf logits) come out NaN, unreported
-        if bool(unconverged.any()):
-            worst = float(violation.max())
-            raise ConvergenceError(
-                f"{fn}(): the threshold solve did not converge within max_iter={max_iter} "
-                f"(tol={tol:g}; {int(unconverged.sum())} row(s), worst |Σp − 1| = {worst:.3g}); "
-                f"raise max_iter or tol, or call entmax_with_info() to inspect the rows")
+        check_converged(fn, violation, tol, max_iter)
     return probs, tau, first_idx, support, n_iter, violation
 
 
