@@ -19,6 +19,7 @@ from logitlab.nn.cross_entropy import (
     BCEWithLogitsLoss,
     FocalLoss,
     Poly1CrossEntropyLoss,
+    LogLikelihood,
 )
 from logitlab.nn.divergences import (
     DivergenceLoss,
@@ -45,6 +46,11 @@ from logitlab.nn.structured import (
 )
 from logitlab.nn.fused import (
     LinearCrossEntropy,
+    LinearDivergenceLoss,
+)
+from logitlab.nn.distributed import (
+    VocabParallelCrossEntropy,
+    VocabParallelKLDivergence,
 )
 
 __all__ = [
@@ -78,4 +84,8 @@ __all__ = [
     "Entmax",
     "LinearChainCRF",
     "LinearCrossEntropy",
+    "LogLikelihood",
+    "LinearDivergenceLoss",
+    "VocabParallelCrossEntropy",
+    "VocabParallelKLDivergence",
 ]
