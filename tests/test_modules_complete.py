@@ -44,6 +44,8 @@ NOT_A_LAYER = {
     "gini_regularizer": "a regularizer Ω(p) of a normalizer: FenchelYoungLoss uses it",
     "tsallis15_regularizer": "a regularizer Ω(p) of a normalizer: FenchelYoungLoss uses it",
     "tsallis_regularizer": "a regularizer Ω(p) of a normalizer: FenchelYoungLoss uses it",
+    "binary_negentropy": "a regularizer Ω(p) of a normalizer: FenchelYoungLoss uses it",
+    "make_fenchel_young_loss": "a factory: it returns a loss function (the op), built from a user's Ω",
     "entmax_with_info": "the solve report of entmax (Module Entmax): a diagnostic, not a layer",
     "entropy": "a measurement of given distributions (analysis), not a function of logits",
     "cross_entropy_between": "a measurement of given distributions (analysis); CrossEntropyLoss is the layer",

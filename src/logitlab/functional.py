@@ -8,6 +8,7 @@ from logitlab.normalizers.softmax import (
 from logitlab.normalizers.sigmoid import (
     sigmoid,
     log_sigmoid,
+    binary_negentropy,
 )
 from logitlab.normalizers.standard import (
     standard_normalize,
@@ -42,6 +43,7 @@ from logitlab.losses.fenchel_young import (
     sparsemax_loss,
     entmax_loss,
     entmax15_loss,
+    make_fenchel_young_loss,
 )
 from logitlab.information import (
     entropy,
@@ -80,6 +82,7 @@ __all__ = [
     "shannon_negentropy",
     "sigmoid",
     "log_sigmoid",
+    "binary_negentropy",
     "standard_normalize",
     "spherical_softmax",
     "taylor_softmax",
@@ -102,6 +105,7 @@ __all__ = [
     "sparsemax_loss",
     "entmax_loss",
     "entmax15_loss",
+    "make_fenchel_young_loss",
     "entropy",
     "cross_entropy_between",
     "kl_between",

@@ -490,10 +490,13 @@ def cross_entropy_between(target_probs: Tensor, model_probs: Tensor, *, dim: int
 
 
 def regularizer(probs: Tensor, kind: str, *, alpha: float = 1.5, dim: int = -1) -> Tensor:
-    """Ω(p): 'shannon' Σ p log p, 'gini' ½‖p‖² − ½, 'tsallis' (Σ p^α − 1) / (α (α − 1))."""
+    """Ω(p): 'shannon' Σ p log p, 'gini' ½‖p‖² − ½, 'tsallis' (Σ p^α − 1) / (α (α − 1)),
+    'binary' Σ p log p + (1 − p) log(1 − p) (the sigmoid's, on the box [0, 1]^n)."""
     def row(p, _):
         if kind == "shannon":
             return sum(a * math.log(a) for a in p if a > 0)
+        if kind == "binary":
+            return sum(a * math.log(a) for a in p if a > 0) + sum((1 - a) * math.log(1 - a) for a in p if a < 1)
         if kind == "gini":
             return 0.5 * sum(a * a for a in p) - 0.5
         return (sum(a ** alpha for a in p) - 1) / (alpha * (alpha - 1))

@@ -93,7 +93,7 @@ NORMALIZERS: dict[str, NormalizerSpec] = {
         log_fn=f"{_N}.softmax:log_softmax", doc="exp(z / T) / Σ exp(z / T): the Gibbs distribution"),
     "sigmoid": NormalizerSpec(
         "sigmoid", f"{_N}.sigmoid:sigmoid", "Sigmoid", simplex=False, shift_invariant=False,
-        log_fn=f"{_N}.sigmoid:log_sigmoid", doc="1 / (1 + exp(-z)) per score: one-vs-all Bernoulli"),
+        regularizer=f"{_N}.sigmoid:binary_negentropy", log_fn=f"{_N}.sigmoid:log_sigmoid", doc="1 / (1 + exp(-z)) per score: one-vs-all Bernoulli"),
     "standard": NormalizerSpec(
         "standard", f"{_N}.standard:standard_normalize", "StandardNormalize", shift_invariant=False,
         doc="z / Σ z for non-negative scores"),

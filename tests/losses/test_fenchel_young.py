@@ -198,7 +198,7 @@ def test_error_messages():
     logits, index = torch.randn(2, 3), torch.tensor([0, 2])
     cases = [
         (lambda: FY.fenchel_young_loss(logits, index, normalizer="standard"), ValueError,
-         r"fenchel_young_loss\(\): argument 'normalizer' expected one of 'softmax', 'sparsemax', 'entmax15', "
+         r"fenchel_young_loss\(\): argument 'normalizer' expected one of 'softmax', 'sigmoid', 'sparsemax', 'entmax15', "
          r"'entmax', 'entmax_dense', got 'standard' \(this loss is not defined for it\)"),
         (lambda: FY.fenchel_young_loss(logits, index, normalizer="nope"), ValueError,
          r"argument 'normalizer' expected one of .*got 'nope' \(unknown normalizer\)"),
