@@ -34,6 +34,9 @@ MODULE_OF = {
     # The CRF layer holds the transition scores; its forward, decode and marginals call these.
     "linear_chain_crf_nll": "LinearChainCRF", "crf_log_partition": "LinearChainCRF",
     "crf_marginals": "LinearChainCRF", "viterbi_decode": "LinearChainCRF",
+    "crf_entropy": "LinearChainCRF", "crf_kbest_scores": "LinearChainCRF",
+    "hmm_log_likelihood": "HiddenMarkovModel", "hmm_posteriors": "HiddenMarkovModel",
+    "hmm_viterbi": "HiddenMarkovModel", "hmm_entropy": "HiddenMarkovModel",
     "linear_cross_entropy": "LinearCrossEntropy", "linear_divergence_loss": "LinearDivergenceLoss",
     "vocab_parallel_cross_entropy": "VocabParallelCrossEntropy",
     "vocab_parallel_kl_divergence": "VocabParallelKLDivergence",
@@ -51,6 +54,7 @@ NOT_A_LAYER = {
     "cross_entropy_between": "a measurement of given distributions (analysis); CrossEntropyLoss is the layer",
     "kl_between": "a measurement of given distributions (analysis); KLDivergenceLoss is the layer",
     "decompose": "a measurement returning three parts (analysis), not a loss",
+    "chain_forward": "the generic dynamic program over a semiring; LinearChainCRF's methods are its uses",
 }
 
 DISTRIBUTED_OPS = ["vocab_parallel_cross_entropy", "vocab_parallel_kl_divergence"]

@@ -82,6 +82,13 @@ from logitlab.functional import (
     crf_log_partition,
     crf_marginals,
     viterbi_decode,
+    chain_forward,
+    crf_entropy,
+    crf_kbest_scores,
+    hmm_log_likelihood,
+    hmm_posteriors,
+    hmm_viterbi,
+    hmm_entropy,
 )
 from logitlab.maxent import MaxEntProblem, MaxEntResult, solve_conditional_maxent, solve_maxent
 from logitlab.normalizers.entmax import ConvergenceError, EntmaxInfo
@@ -114,6 +121,8 @@ __all__ = [
     "linear_cross_entropy", "linear_divergence_loss",
     # structures
     "linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode",
+    "chain_forward", "crf_entropy", "crf_kbest_scores",
+    "hmm_log_likelihood", "hmm_posteriors", "hmm_viterbi", "hmm_entropy",
     "ConvergenceError", "EntmaxInfo",
     # theory
     "MaxEntProblem", "MaxEntResult", "solve_maxent", "solve_conditional_maxent",

@@ -68,6 +68,13 @@ from logitlab.structured import (
     crf_log_partition,
     crf_marginals,
     viterbi_decode,
+    chain_forward,
+    crf_entropy,
+    crf_kbest_scores,
+    hmm_log_likelihood,
+    hmm_posteriors,
+    hmm_viterbi,
+    hmm_entropy,
 )
 from logitlab.fused.cross_entropy import (
     linear_cross_entropy,
@@ -122,6 +129,13 @@ __all__ = [
     "crf_log_partition",
     "crf_marginals",
     "viterbi_decode",
+    "chain_forward",
+    "crf_entropy",
+    "crf_kbest_scores",
+    "hmm_log_likelihood",
+    "hmm_posteriors",
+    "hmm_viterbi",
+    "hmm_entropy",
     "linear_cross_entropy",
     "linear_divergence_loss",
 ]

@@ -639,8 +639,43 @@ def linear_chain_crf_brute_force(emissions: Tensor, transitions: Tensor, *, star
         for t, tag in enumerate(seq):
             marginals[t, tag] += p
     best = int(scores_t.argmax())
+    entropy = -sum(float(p) * math.log(float(p)) for p in probs if float(p) > 0)
     return {"log_partition": log_z, "marginals": marginals, "best_tags": torch.tensor(sequences[best]),
-            "best_score": scores_t[best], "scores": scores_t}
+            "best_score": scores_t[best], "scores": scores_t,
+            "sorted_scores": torch.sort(scores_t, descending=True).values,
+            "entropy": torch.tensor(entropy, dtype=F64)}
+
+
+def hmm_brute_force(observations: list[int], initial: Tensor, transition: Tensor, emission: Tensor
+                    ) -> dict[str, Tensor]:
+    """A hidden Markov model on one sequence by enumerating all K^L state sequences (float64).
+
+    ``initial`` (K,) π, ``transition`` (K, K) T[i, j] = p(j | i), ``emission`` (K, V)
+    B[k, v] = p(v | k), as probabilities. Returns 'likelihood' p(x) (0-d), 'posteriors' (L, K)
+    P(z_t = k | x), 'best_states' (L,) and 'best_joint' p(x, z*) (0-d), 'entropy' H(z | x).
+    """
+    initial, transition, emission = initial.to(F64), transition.to(F64), emission.to(F64)
+    k = initial.shape[0]
+    length = len(observations)
+    joint = {}
+    for states in itertools.product(range(k), repeat=length):
+        p = float(initial[states[0]]) * float(emission[states[0], observations[0]])
+        for t in range(1, length):
+            p *= float(transition[states[t - 1], states[t]]) * float(emission[states[t], observations[t]])
+        joint[states] = p
+    likelihood = sum(joint.values())
+    posteriors = torch.zeros(length, k, dtype=F64)
+    entropy = 0.0
+    for states, p in joint.items():
+        q = p / likelihood
+        if q > 0:
+            entropy -= q * math.log(q)
+        for t, z in enumerate(states):
+            posteriors[t, z] += q
+    best = max(joint, key=joint.get)
+    return {"likelihood": torch.tensor(likelihood, dtype=F64), "posteriors": posteriors,
+            "best_states": torch.tensor(best), "best_joint": torch.tensor(joint[best], dtype=F64),
+            "entropy": torch.tensor(entropy, dtype=F64)}
 
 
 def gibbs_distribution(statistics: Tensor, theta: Tensor, base_measure: Tensor | None = None) -> Tensor:

@@ -43,6 +43,7 @@ from logitlab.nn.sparse import (
 )
 from logitlab.nn.structured import (
     LinearChainCRF,
+    HiddenMarkovModel,
 )
 from logitlab.nn.fused import (
     LinearCrossEntropy,
@@ -88,4 +89,5 @@ __all__ = [
     "LinearDivergenceLoss",
     "VocabParallelCrossEntropy",
     "VocabParallelKLDivergence",
+    "HiddenMarkovModel",
 ]
