@@ -23,10 +23,9 @@ from torch import Tensor
 from logitlab import registry
 from logitlab._reduction import from_rows, reduce_loss, to_rows
 from logitlab._validation import (
-    check_dim, check_floating, check_index_target, check_mask, check_positive, check_probs,
-    check_reduction, check_tensor, compute_dtype, fail,
+    check_dim, check_finite, check_floating, check_index_target, check_mask, check_positive, check_probs,
+    check_reduction, check_tensor, check_unit_interval, compute_dtype, fail,
 )
-from logitlab._validation import check_finite, check_unit_interval
 from logitlab.losses.divergences import check_logit_rows, scale_by_temperature
 from logitlab.losses._model import (
     normalizer_params, normalizer_spec, regularizer_params, with_validate,

@@ -12,9 +12,10 @@ computed as exp(log1p((α−1) t)/(α−1)), and every formula has a finite limi
 and both its gradients are continuous across α = 1 (softmax there) and valid for α < 1, where
 the map is dense with power-law tails (p_i ~ |z_i|^{−1/(1−α)}).
 
-Solve: safeguarded Newton on g(μ) = log Σ_i exp_α(z_i − μ) (nearly linear in μ: one step at
-α = 1), in float64, bracket [max z, max z − log_α(1/n)] (log_α(y) = (y^{α−1} − 1)/(α−1)) where
-Σ p falls from ≥ 1 to ≤ 1; a step leaving the bracket is a bisection. It stops when
+Solve: safeguarded Newton on g(μ) = log Σ_i exp_α(z_i − μ) (nearly linear in μ: exact at once
+at α = 1), in float64, from μ = log Σ exp z, bracket [max z, max z − log_α(1/n)]
+(log_α(y) = (y^{α−1} − 1)/(α−1)) where Σ p falls from ≥ 1 to ≤ 1; a step leaving the bracket
+is a bisection. It stops when
 |Σ p − 1| ≤ ``tol`` for every row and reports iterations and violation per row, like the engine.
 
 Backward, on the saved p (and α), in differentiable torch ops (so double backward works):
@@ -77,7 +78,9 @@ def _solve(z: Tensor, eps: Tensor, tol: float, max_iter: int
     log_alpha = torch.where(eps == 0, -count.log(), torch.expm1(-eps * count.log()) / safe_eps)
     lo = torch.zeros_like(top)
     hi = -log_alpha.expand_as(top).clone()
-    mu = lo.clone()
+    # Start at log Σ exp(z − max), the answer at α = 1 (one Newton step there), kept in the bracket.
+    mu = torch.logsumexp(torch.where(finite, t, -math.inf), -1, keepdim=True)
+    mu = torch.minimum(torch.maximum(mu, lo), hi)
     n_iter = torch.zeros(z.shape[0], dtype=torch.int64, device=z.device)
     p, s = _probs_at(t, finite, eps, mu)
     mass = p.sum(-1, keepdim=True)
