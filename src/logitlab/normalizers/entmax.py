@@ -12,6 +12,7 @@ from logitlab._reduction import from_rows, rowwise, to_rows
 from logitlab._validation import check_dim, check_floating, compute_dtype, fail
 from logitlab.normalizers._qexp import DENSE_BELOW, qexp_map
 from logitlab.normalizers._threshold import ConvergenceError, check_converged, threshold_map
+from logitlab.normalizers._threshold_topk import reject_logits
 
 __all__ = [
     "entmax15",
@@ -176,6 +177,23 @@ def _entmax_rows(fn: str, logits: Tensor, alpha: object, dim: int, tol: object, 
     return out, tau.reshape(batch), n_iter.reshape(batch), violation.reshape(batch), tol_f
 
 
+def _softmax_rows(fn: str, rows: Tensor, validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """α = 1: torch's softmax, with the report of the q-exponential form (τ = −1, 0 steps)."""
+    cdtype = compute_dtype(rows)
+    top = rows.amax(-1)
+    broken = torch.isnan(top) | (top == math.inf)
+    if validate and bool(broken.any()):
+        reject_logits(fn, rows, broken)
+    excluded = top == -math.inf
+    x = rows.to(cdtype)
+    probs = torch.softmax(torch.where(excluded[:, None], 0.0, x), -1)
+    probs = torch.where(excluded[:, None], 0.0, probs).to(rows.dtype)
+    tau = torch.where(excluded, math.inf, torch.where(broken, math.nan, -1.0)).to(cdtype)
+    n_iter = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    violation = torch.where(broken, math.nan, 0.0).to(cdtype)
+    return probs, tau, n_iter, violation
+
+
 def _solve_rows(fn: str, rows: Tensor, alpha: Tensor, tol: float, max_iter: int,
                 raise_on_failure: bool, validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """α-entmax of (rows, n): α ≥ DENSE_BELOW by the threshold engine (native kernels), the
@@ -199,6 +217,8 @@ def _solve_rows(fn: str, rows: Tensor, alpha: Tensor, tol: float, max_iter: int,
             rows, "bisect", alpha, tol=tol, max_iter=max_iter, raise_on_failure=raise_on_failure,
             validate=validate, fn=fn)
         return probs, tau, n_iter, violation
+    if alpha.shape[0] == 1 and not alpha.requires_grad and float(alpha.reshape(-1)[0]) == 1.0:
+        return _softmax_rows(fn, rows, validate)  # α = 1 exactly, no α-gradient: the softmax
     probs, tau, n_iter, violation = qexp_map(rows, alpha, tol=tol, max_iter=max_iter,
                                              validate=validate, fn=fn)
     if raise_on_failure:
