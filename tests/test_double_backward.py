@@ -40,6 +40,10 @@ MAPS = {
     "entmax_1.7": (lambda z: logitlab.entmax(z, alpha=1.7), 1.7),
     "entmax_2.5": (lambda z: logitlab.entmax(z, alpha=2.5), 2.5),
     "entmax_with_info": (lambda z: logitlab.entmax_with_info(z, alpha=1.4).probs, 1.4),
+    # near and below 1: the q-exponential solver (issue 24), and the softmax at α = 1
+    "entmax_0.6": (lambda z: logitlab.entmax(z, alpha=0.6), 0.6),
+    "entmax_1.0": (lambda z: logitlab.entmax(z, alpha=1.0), 1.0),
+    "entmax_1.04": (lambda z: logitlab.entmax(z, alpha=1.04), 1.04),
 }
 
 
@@ -85,6 +89,8 @@ FY = {
     "sparsemax": {},
     "entmax15": {},
     "entmax": {"alpha": 1.3},
+    "entmax_dense": {"alpha": 0.5},
+    "sigmoid": {},
 }
 
 
@@ -93,6 +99,8 @@ FY = {
 def test_fenchel_young_gradgradcheck(normalizer, soft):
     z = _logits((3, 5))
     target = torch.softmax(torch.randn(3, 5, dtype=F64), -1) if soft else torch.tensor([0, 3, 4])
+    if soft and normalizer == "sigmoid":  # multi-label targets in [0, 1]^n
+        target = torch.rand(3, 5, dtype=F64)
     fn = lambda x: logitlab.fenchel_young_loss(x, target, normalizer=normalizer, reduction="none",  # noqa: E731
                                                **FY[normalizer])
     assert gradgradcheck(fn, (z,), atol=1e-6, rtol=1e-4)
