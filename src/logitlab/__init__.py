@@ -44,6 +44,7 @@ from logitlab.functional import (
     gini_regularizer,
     tsallis15_regularizer,
     tsallis_regularizer,
+    binary_negentropy,
     # cross-entropy family
     cross_entropy,
     nll_loss,
@@ -66,6 +67,7 @@ from logitlab.functional import (
     sparsemax_loss,
     entmax_loss,
     entmax15_loss,
+    make_fenchel_young_loss,
     # information theory
     entropy,
     cross_entropy_between,
@@ -82,6 +84,13 @@ from logitlab.functional import (
     crf_log_partition,
     crf_marginals,
     viterbi_decode,
+    chain_forward,
+    crf_entropy,
+    crf_kbest_scores,
+    hmm_log_likelihood,
+    hmm_posteriors,
+    hmm_viterbi,
+    hmm_entropy,
 )
 from logitlab.maxent import MaxEntProblem, MaxEntResult, solve_conditional_maxent, solve_maxent
 from logitlab.normalizers.entmax import ConvergenceError, EntmaxInfo
@@ -99,7 +108,7 @@ __all__ = [
     # normalizers
     "softmax", "log_softmax", "sigmoid", "log_sigmoid", "standard_normalize", "spherical_softmax",
     "taylor_softmax", "sparsemax", "entmax15", "entmax", "entmax_with_info", "shannon_negentropy",
-    "gini_regularizer", "tsallis15_regularizer", "tsallis_regularizer",
+    "gini_regularizer", "tsallis15_regularizer", "tsallis_regularizer", "binary_negentropy",
     # cross-entropy family
     "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood",
     "focal_loss", "poly1_cross_entropy",
@@ -107,13 +116,15 @@ __all__ = [
     "divergence_loss", "kl_divergence", "reverse_kl_divergence", "js_divergence",
     "alpha_divergence", "renyi_divergence", "total_variation", "hellinger_distance", "brier_loss",
     # Fenchel–Young losses
-    "fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss",
+    "fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss", "make_fenchel_young_loss",
     # information theory
     "entropy", "cross_entropy_between", "kl_between", "decompose", "Decomposition",
     # scale
     "linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult", "linear_divergence_loss",
     # structures
     "linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode",
+    "chain_forward", "crf_entropy", "crf_kbest_scores",
+    "hmm_log_likelihood", "hmm_posteriors", "hmm_viterbi", "hmm_entropy",
     "ConvergenceError", "EntmaxInfo",
     # theory
     "MaxEntProblem", "MaxEntResult", "solve_maxent", "solve_conditional_maxent",

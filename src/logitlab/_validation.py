@@ -23,6 +23,7 @@ __all__ = [
     "check_floating",
     "check_dim",
     "check_positive",
+    "check_unit_interval",
     "check_range",
     "check_choice",
     "check_reduction",
@@ -192,6 +193,17 @@ def check_probs(fn: str, name: str, probs: Tensor, *, dim: int = -1, atol: float
         worst = int(err.flatten().argmax())
         fail(fn, name, f"rows summing to 1 along dim {dim} (tolerance {atol:.1e})",
              f"<row {worst} sums to {float(sums.flatten()[worst]):.6g}>")
+
+
+def check_unit_interval(fn: str, name: str, probs: Tensor) -> None:
+    """Check that every entry of ``probs`` is a probability in [0, 1] (rows need not sum to 1)."""
+    if probs.numel() == 0:
+        return
+    if not bool(torch.isfinite(probs).all()):
+        fail(fn, name, "finite probabilities in [0, 1]", "<non-finite entries>")
+    low, high = float(probs.min()), float(probs.max())
+    if low < 0 or high > 1:
+        fail(fn, name, "probabilities in [0, 1]", f"<range [{low:.3g}, {high:.3g}]>")
 
 
 def check_mask(fn: str, mask: object, batch_shape: tuple[int, ...]) -> Tensor | None:

@@ -8,6 +8,7 @@ from logitlab.normalizers.softmax import (
 from logitlab.normalizers.sigmoid import (
     sigmoid,
     log_sigmoid,
+    binary_negentropy,
 )
 from logitlab.normalizers.standard import (
     standard_normalize,
@@ -42,6 +43,7 @@ from logitlab.losses.fenchel_young import (
     sparsemax_loss,
     entmax_loss,
     entmax15_loss,
+    make_fenchel_young_loss,
 )
 from logitlab.information import (
     entropy,
@@ -66,6 +68,13 @@ from logitlab.structured import (
     crf_log_partition,
     crf_marginals,
     viterbi_decode,
+    chain_forward,
+    crf_entropy,
+    crf_kbest_scores,
+    hmm_log_likelihood,
+    hmm_posteriors,
+    hmm_viterbi,
+    hmm_entropy,
 )
 from logitlab.fused.cross_entropy import (
     LinearCrossEntropyResult,
@@ -82,6 +91,7 @@ __all__ = [
     "shannon_negentropy",
     "sigmoid",
     "log_sigmoid",
+    "binary_negentropy",
     "standard_normalize",
     "spherical_softmax",
     "taylor_softmax",
@@ -104,6 +114,7 @@ __all__ = [
     "sparsemax_loss",
     "entmax_loss",
     "entmax15_loss",
+    "make_fenchel_young_loss",
     "entropy",
     "cross_entropy_between",
     "kl_between",
@@ -120,6 +131,13 @@ __all__ = [
     "crf_log_partition",
     "crf_marginals",
     "viterbi_decode",
+    "chain_forward",
+    "crf_entropy",
+    "crf_kbest_scores",
+    "hmm_log_likelihood",
+    "hmm_posteriors",
+    "hmm_viterbi",
+    "hmm_entropy",
     "linear_cross_entropy",
     "linear_cross_entropy_with_lse",
     "LinearCrossEntropyResult",

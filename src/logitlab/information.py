@@ -164,7 +164,7 @@ class Decomposition(NamedTuple):
     kl: Tensor
 
 
-def decompose(logits: Tensor, target_probs: Tensor, *, dim: int = -1,
+def decompose(logits: Tensor, target_probs: Tensor, *, dim: int = -1, base: float | None = None,
               validate: bool = True) -> Decomposition:
     """Split the cross-entropy of softmax(logits) into the target's entropy and the KL.
 
@@ -176,20 +176,26 @@ def decompose(logits: Tensor, target_probs: Tensor, *, dim: int = -1,
         logits: (*batch, n) scores (-inf marks an excluded class).
         target_probs: (*batch, n) target distributions.
         dim: the class axis.
+        base: the logarithm's base: None for nats, 2 for bits (any b > 0 other than 1; each
+            part is divided by log b).
         validate: check logits for NaN/+inf and target rows for being distributions.
 
     Returns:
         Decomposition(cross_entropy, entropy, kl), each (*batch), dtype of ``logits``.
 
     Raises:
-        ValueError: shapes differ, rows not distributions, NaN/+inf logits.
+        ValueError: shapes differ, rows not distributions, NaN/+inf logits, a bad ``base``.
 
     Example:
         >>> parts = decompose(torch.zeros(4), torch.tensor([0.5, 0.5, 0.0, 0.0]))
         >>> [round(float(x), 4) for x in parts]  # log 4 = log 2 + log 2
         [1.3863, 0.6931, 0.6931]
+        >>> [float(x) for x in decompose(torch.zeros(4), torch.tensor([0.5, 0.5, 0.0, 0.0]), base=2)]
+        [2.0, 1.0, 1.0]
     """
     fn = "decompose"
+    if base is not None:
+        _scale(torch.zeros(()), fn, base)  # check it before any work
     check_floating(fn, "logits", logits)
     check_floating(fn, "target_probs", target_probs)
     check_same_device(fn, "logits", logits, target_probs=target_probs)
@@ -207,4 +213,4 @@ def decompose(logits: Tensor, target_probs: Tensor, *, dim: int = -1,
     cross = _cross_entropy_rows(p, log_p, log_q)
     ent = -(p * torch.where(p > 0, log_p, torch.zeros_like(p))).sum(-1)
     kl = _kernels.kl(p, log_p, log_q.exp(), log_q)
-    return Decomposition(cross.to(logits.dtype), ent.to(logits.dtype), kl.to(logits.dtype))
+    return Decomposition(*(_scale(part, fn, base).to(logits.dtype) for part in (cross, ent, kl)))

@@ -194,6 +194,43 @@ def entmax_bisect(logits: Tensor, alpha: float = 1.5, dim: int = -1, n_iter: int
     return _unrows(out, shape, dim)
 
 
+def _exp_alpha(t: Tensor, alpha: float) -> Tensor:
+    """exp_α(t) = [1 + (α−1) t]_+^{1/(α−1)}, exp(t) at α = 1 (the Tsallis q-exponential)."""
+    if alpha == 1:
+        return torch.exp(t)
+    base = 1 + (alpha - 1) * t
+    return torch.where(base > 0, base.clamp_min(1e-300) ** (1 / (alpha - 1)), 0.0)
+
+
+def entmax_any_alpha(logits: Tensor, alpha: float = 1.5, dim: int = -1, n_iter: int = 200) -> Tensor:
+    """α-entmax for any α > 0 as p_i = exp_α(z_i − μ), μ the one number with Σ p = 1.
+
+    μ by plain bisection on [max z, max z − log_α(1/n)] (log_α(y) = (y^{α−1} − 1)/(α−1), log at
+    α = 1), where Σ p goes from ≥ 1 to ≤ 1; then two Newton steps in autograd-visible ops from
+    the (detached) bisection point, so the first and second derivatives of the result are those
+    of the exact map (the error of k Newton steps vanishes to order 2^k − 1 in the logits).
+    α = 1 is the softmax, α = 2 sparsemax; α < 1 gives dense maps with power-law tails.
+    Finite logits only.
+    """
+    rows, shape = _rows(logits, dim)
+    n = rows.shape[-1]
+    top = rows.max(-1, keepdim=True).values
+    log_alpha_n = math.log(1 / n) if alpha == 1 else ((1 / n) ** (alpha - 1) - 1) / (alpha - 1)
+    with torch.no_grad():
+        lo, hi = top.clone(), top - log_alpha_n
+        for _ in range(n_iter):
+            mid = (lo + hi) / 2
+            above = _exp_alpha(rows - mid, alpha).sum(-1, keepdim=True) >= 1
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    mu = lo
+    for _ in range(2):
+        p = _exp_alpha(rows - mu, alpha)
+        slope = torch.where(p > 0, p.clamp_min(1e-300) ** (2 - alpha), 0.0).sum(-1, keepdim=True)
+        mu = mu + (p.sum(-1, keepdim=True) - 1) / slope
+    p = _exp_alpha(rows - mu, alpha)
+    return _unrows(p / p.sum(-1, keepdim=True), shape, dim)
+
+
 def gini_regularizer(probs: Tensor, dim: int = -1) -> Tensor:
     """½ Σ p² − ½."""
     return 0.5 * (probs.to(F64) ** 2).sum(dim) - 0.5
@@ -458,10 +495,13 @@ def cross_entropy_between(target_probs: Tensor, model_probs: Tensor, *, dim: int
 
 
 def regularizer(probs: Tensor, kind: str, *, alpha: float = 1.5, dim: int = -1) -> Tensor:
-    """Ω(p): 'shannon' Σ p log p, 'gini' ½‖p‖² − ½, 'tsallis' (Σ p^α − 1) / (α (α − 1))."""
+    """Ω(p): 'shannon' Σ p log p, 'gini' ½‖p‖² − ½, 'tsallis' (Σ p^α − 1) / (α (α − 1)),
+    'binary' Σ p log p + (1 − p) log(1 − p) (the sigmoid's, on the box [0, 1]^n)."""
     def row(p, _):
         if kind == "shannon":
             return sum(a * math.log(a) for a in p if a > 0)
+        if kind == "binary":
+            return sum(a * math.log(a) for a in p if a > 0) + sum((1 - a) * math.log(1 - a) for a in p if a < 1)
         if kind == "gini":
             return 0.5 * sum(a * a for a in p) - 0.5
         return (sum(a ** alpha for a in p) - 1) / (alpha * (alpha - 1))
@@ -604,8 +644,43 @@ def linear_chain_crf_brute_force(emissions: Tensor, transitions: Tensor, *, star
         for t, tag in enumerate(seq):
             marginals[t, tag] += p
     best = int(scores_t.argmax())
+    entropy = -sum(float(p) * math.log(float(p)) for p in probs if float(p) > 0)
     return {"log_partition": log_z, "marginals": marginals, "best_tags": torch.tensor(sequences[best]),
-            "best_score": scores_t[best], "scores": scores_t}
+            "best_score": scores_t[best], "scores": scores_t,
+            "sorted_scores": torch.sort(scores_t, descending=True).values,
+            "entropy": torch.tensor(entropy, dtype=F64)}
+
+
+def hmm_brute_force(observations: list[int], initial: Tensor, transition: Tensor, emission: Tensor
+                    ) -> dict[str, Tensor]:
+    """A hidden Markov model on one sequence by enumerating all K^L state sequences (float64).
+
+    ``initial`` (K,) π, ``transition`` (K, K) T[i, j] = p(j | i), ``emission`` (K, V)
+    B[k, v] = p(v | k), as probabilities. Returns 'likelihood' p(x) (0-d), 'posteriors' (L, K)
+    P(z_t = k | x), 'best_states' (L,) and 'best_joint' p(x, z*) (0-d), 'entropy' H(z | x).
+    """
+    initial, transition, emission = initial.to(F64), transition.to(F64), emission.to(F64)
+    k = initial.shape[0]
+    length = len(observations)
+    joint = {}
+    for states in itertools.product(range(k), repeat=length):
+        p = float(initial[states[0]]) * float(emission[states[0], observations[0]])
+        for t in range(1, length):
+            p *= float(transition[states[t - 1], states[t]]) * float(emission[states[t], observations[t]])
+        joint[states] = p
+    likelihood = sum(joint.values())
+    posteriors = torch.zeros(length, k, dtype=F64)
+    entropy = 0.0
+    for states, p in joint.items():
+        q = p / likelihood
+        if q > 0:
+            entropy -= q * math.log(q)
+        for t, z in enumerate(states):
+            posteriors[t, z] += q
+    best = max(joint, key=joint.get)
+    return {"likelihood": torch.tensor(likelihood, dtype=F64), "posteriors": posteriors,
+            "best_states": torch.tensor(best), "best_joint": torch.tensor(joint[best], dtype=F64),
+            "entropy": torch.tensor(entropy, dtype=F64)}
 
 
 def gibbs_distribution(statistics: Tensor, theta: Tensor, base_measure: Tensor | None = None) -> Tensor:

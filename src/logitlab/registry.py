@@ -93,7 +93,7 @@ NORMALIZERS: dict[str, NormalizerSpec] = {
         log_fn=f"{_N}.softmax:log_softmax", doc="exp(z / T) / Σ exp(z / T): the Gibbs distribution"),
     "sigmoid": NormalizerSpec(
         "sigmoid", f"{_N}.sigmoid:sigmoid", "Sigmoid", simplex=False, shift_invariant=False,
-        log_fn=f"{_N}.sigmoid:log_sigmoid", doc="1 / (1 + exp(-z)) per score: one-vs-all Bernoulli"),
+        regularizer=f"{_N}.sigmoid:binary_negentropy", log_fn=f"{_N}.sigmoid:log_sigmoid", doc="1 / (1 + exp(-z)) per score: one-vs-all Bernoulli"),
     "standard": NormalizerSpec(
         "standard", f"{_N}.standard:standard_normalize", "StandardNormalize", shift_invariant=False,
         doc="z / Σ z for non-negative scores"),
@@ -105,7 +105,11 @@ NORMALIZERS: dict[str, NormalizerSpec] = {
         regularizer=f"{_N}.entmax:tsallis15_regularizer", doc="1.5-entmax (Tsallis α = 1.5), exact"),
     "entmax": NormalizerSpec(
         "entmax", f"{_N}.entmax:entmax", "Entmax", params={"alpha": 1.5}, sparse=True,
-        regularizer=f"{_N}.entmax:tsallis_regularizer", doc="α-entmax for any α > 1, by safeguarded Newton with bisection steps"),
+        regularizer=f"{_N}.entmax:tsallis_regularizer", doc="α-entmax for any α > 0 (softmax at 1, dense below), by safeguarded Newton"),
+    "entmax_dense": NormalizerSpec(
+        "entmax_dense", f"{_N}.entmax:entmax", "Entmax", params={"alpha": 0.5},
+        regularizer=f"{_N}.entmax:tsallis_regularizer",
+        doc="α-entmax below 1 (α = 0.5): dense, power-law tails; the same op as 'entmax'"),
     "spherical_softmax": NormalizerSpec(
         "spherical_softmax", f"{_N}.spherical:spherical_softmax", "SphericalSoftmax", shift_invariant=False,
         doc="(z² + ε) / Σ (z² + ε)"),

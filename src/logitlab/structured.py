@@ -25,16 +25,22 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from logitlab._reduction import reduce_loss
-from logitlab._validation import (check_finite, check_floating, check_reduction, check_same_device, check_tensor,
-                                  compute_dtype, fail)
+from logitlab._validation import (
+    check_finite, check_floating, check_probs, check_reduction, check_same_device, check_tensor, compute_dtype,
+    fail,
+)
+from logitlab.semirings import EntropySemiring, KMaxSemiring, LogSemiring, Semiring, get_semiring
 
-__all__ = ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode", "ViterbiResult"]
+__all__ = ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode", "ViterbiResult",
+           "chain_forward", "crf_entropy", "crf_kbest_scores",
+           "hmm_log_likelihood", "hmm_posteriors", "hmm_viterbi", "hmm_entropy"]
 
 
 class ViterbiResult(NamedTuple):
@@ -187,14 +193,8 @@ class _ForwardBackward(torch.autograd.Function):
 
 
 def _forward_autograd(emissions: Tensor, transitions: Tensor, mask: Tensor, start: Tensor, end: Tensor) -> Tensor:
-    """The forward recursion in plain differentiable ops (autograd keeps every step)."""
-    b, t, _ = emissions.shape
-    alpha = start + emissions[:, 0]
-    for step in range(1, t):
-        nxt = _logsumexp(alpha.unsqueeze(2) + transitions, 1) + emissions[:, step]
-        alpha = torch.where(mask[:, step : step + 1], nxt, alpha)
-    log_z = _logsumexp(alpha + end, 1)
-    return torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
+    """The forward recursion in plain differentiable ops: the log semiring's :func:`_chain`."""
+    return _chain(LogSemiring(), emissions, transitions, mask, start, end)[:, 0]
 
 
 def _sequence_score(emissions: Tensor, transitions: Tensor, tags: Tensor, mask: Tensor, start: Tensor,
@@ -409,3 +409,312 @@ def viterbi_decode(emissions: Tensor, transitions: Tensor, *, mask: Tensor | Non
     if validate:
         _check_allowed(fn, score, mask)
     return ViterbiResult(tags, score.to(out_dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# The forward algorithm over a semiring; entropy and k-best of the CRF
+# ---------------------------------------------------------------------------------------------
+
+
+def _chain(semiring: Semiring, emissions: Tensor, transitions: Tensor, mask: Tensor, start: Tensor,
+           end: Tensor) -> Tensor:
+    """⊕_y ⊗ (scores of y) over all tag sequences of each row: (B, width).
+
+    α_0 = start ⊗ E_0, α_t(j) = ⊕_i (α_{t−1}(i) ⊗ A_ij) ⊗ E_t(j), value = ⊕_j α_{L−1}(j) ⊗ end_j;
+    an empty row gets the value of the empty path (the semiring's one).
+    """
+    sr = semiring
+    b, t, _ = emissions.shape
+    one = sr.lift(emissions.new_zeros(b))
+    if t == 0:
+        return one
+    trans = sr.lift(transitions)  # (K, K, w)
+    alpha = sr.times(sr.lift(start), sr.lift(emissions[:, 0]))  # (B, K, w)
+    for step in range(1, t):
+        nxt = sr.times(sr.sum(sr.times(alpha.unsqueeze(2), trans), 1), sr.lift(emissions[:, step]))
+        alpha = torch.where(mask[:, step].view(b, 1, 1), nxt, alpha)
+    value = sr.sum(sr.times(alpha, sr.lift(end)), 1)
+    return torch.where(mask[:, 0].view(b, 1), value, one)
+
+
+def chain_forward(emissions: Tensor, transitions: Tensor, *, semiring: str | Semiring = "log",
+                  mask: Tensor | None = None, start_transitions: Tensor | None = None,
+                  end_transitions: Tensor | None = None, validate: bool = True) -> Tensor:
+    """The forward algorithm of a linear-chain CRF over a semiring: ⊕ over all K^L tag sequences.
+
+    α_0 = start ⊗ E_0, α_t(j) = ⊕_i (α_{t−1}(i) ⊗ A_ij) ⊗ E_t(j), result ⊕_j α_{L−1}(j) ⊗ end_j,
+    in O(L K²) (K² k² for k-max). The semiring decides what this computes
+    (:mod:`logitlab.semirings`): 'log' log Z (= :func:`crf_log_partition`), 'max' the Viterbi
+    score, ``KMaxSemiring(k)`` the k best scores, 'entropy' (log Z, H(p)) with H the entropy of
+    the CRF's distribution over sequences. Plain autograd: the gradient of the 'log' value with
+    respect to the emissions is the node marginals, that of 'max' the best path (one-hot).
+
+    Args:
+        emissions: (B, T, K); transitions: (K, K); mask: (B, T) bool, left-aligned, or None;
+        semiring: 'log' | 'max' | 'entropy' or a :class:`~logitlab.semirings.Semiring`;
+        start_transitions, end_transitions: (K,) or None; validate: check for NaN/+inf.
+
+    Returns:
+        (B,) for 'log' and 'max'; (B, width) otherwise ((B, k) for k-max, (B, 2) for entropy);
+        an empty row gets the empty path's value (0; k-max: 0 then −inf). Dtype of ``emissions``.
+
+    Raises:
+        TypeError, ValueError: as :func:`crf_log_partition`; an unknown semiring.
+
+    Example:
+        >>> from logitlab.semirings import KMaxSemiring
+        >>> emissions, transitions = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]), torch.zeros(2, 2)
+        >>> chain_forward(emissions, transitions, semiring="max")  # tags (0, 1): 1 + 2
+        tensor([3.])
+        >>> chain_forward(emissions, transitions, semiring=KMaxSemiring(3))
+        tensor([[3., 2., 1.]])
+    """
+    fn = "chain_forward"
+    sr = get_semiring(fn, semiring)
+    out_dtype = check_floating(fn, "emissions", emissions).dtype
+    emissions, transitions, mask, start, end = _prepare(fn, emissions, transitions, mask, start_transitions,
+                                                        end_transitions, validate)
+    value = _chain(sr, emissions, transitions, mask, start, end)
+    if validate:
+        _check_allowed(fn, value[:, 0], mask)
+    return (value.squeeze(-1) if sr.width == 1 and sr.name in ("log", "max") else value).to(out_dtype)
+
+
+def crf_entropy(emissions: Tensor, transitions: Tensor, *, mask: Tensor | None = None,
+                start_transitions: Tensor | None = None, end_transitions: Tensor | None = None,
+                validate: bool = True) -> Tensor:
+    """H(p) = −Σ_y p(y) log p(y) of a linear-chain CRF's distribution over tag sequences.
+
+    The entropy semiring's forward algorithm (:func:`chain_forward`), in O(L K²); equal to
+    log Z − E_p[s(y)], and differentiable.
+
+    Args:
+        emissions: (B, T, K); transitions: (K, K); mask: (B, T) bool, left-aligned, or None;
+        start_transitions, end_transitions: (K,) or None; validate: check for NaN/+inf.
+
+    Returns:
+        (B,) entropies in nats (0 for empty rows), dtype of ``emissions``.
+
+    Raises:
+        TypeError, ValueError: as :func:`crf_log_partition`.
+
+    Example:
+        >>> crf_entropy(torch.zeros(1, 3, 2), torch.zeros(2, 2))  # uniform over 8 sequences: log 8
+        tensor([2.0794])
+    """
+    return chain_forward(emissions, transitions, semiring=EntropySemiring(), mask=mask,
+                         start_transitions=start_transitions, end_transitions=end_transitions,
+                         validate=validate)[:, 1]
+
+
+def crf_kbest_scores(emissions: Tensor, transitions: Tensor, *, k: int, mask: Tensor | None = None,
+                     start_transitions: Tensor | None = None, end_transitions: Tensor | None = None,
+                     validate: bool = True) -> Tensor:
+    """The k largest sequence scores s(y) of each row, descending (the k-max semiring).
+
+    Args:
+        emissions: (B, T, K); transitions: (K, K); k: how many (>= 1); the rest as
+            :func:`chain_forward`.
+
+    Returns:
+        (B, k) scores, −inf where a row has fewer than k allowed sequences.
+
+    Raises:
+        TypeError, ValueError: as :func:`crf_log_partition`; ``k`` not an int >= 1.
+
+    Example:
+        >>> crf_kbest_scores(torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]), torch.zeros(2, 2), k=2)
+        tensor([[3., 2.]])
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        fail("crf_kbest_scores", "k", "an int >= 1", k)
+    return chain_forward(emissions, transitions, semiring=KMaxSemiring(k), mask=mask,
+                         start_transitions=start_transitions, end_transitions=end_transitions,
+                         validate=validate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hidden Markov models, on the same dynamic programs
+# ---------------------------------------------------------------------------------------------
+
+
+def _hmm_scores(fn: str, observations: object, log_initial: object, log_transition: object,
+                log_emission: object, mask: object, validate: bool):
+    """The HMM as a CRF: emissions E[b, t, k] = log B[k, x_bt], start = log π, A = log T."""
+    log_emission = check_floating(fn, "log_emission", log_emission)
+    if log_emission.ndim != 2 or log_emission.shape[0] < 1 or log_emission.shape[1] < 1:
+        fail(fn, "log_emission", "a (K, V) tensor of log-probabilities (states x symbols)",
+             f"<shape {tuple(log_emission.shape)}>")
+    k, v = log_emission.shape
+    log_initial = check_floating(fn, "log_initial", log_initial)
+    log_transition = check_floating(fn, "log_transition", log_transition)
+    for name, value, shape in (("log_initial", log_initial, (k,)), ("log_transition", log_transition, (k, k))):
+        if tuple(value.shape) != shape:
+            fail(fn, name, f"shape {shape} (K = log_emission.shape[0])", f"<shape {tuple(value.shape)}>")
+    observations = check_tensor(fn, "observations", observations)
+    if observations.dtype.is_floating_point or observations.dtype == torch.bool or observations.ndim != 2:
+        fail(fn, "observations", "a (B, T) integer tensor of symbols",
+             f"<{observations.dtype} tensor of shape {tuple(observations.shape)}>", kind=TypeError)
+    if validate:
+        for name, value in (("log_initial", log_initial), ("log_transition", log_transition),
+                            ("log_emission", log_emission)):
+            if bool(torch.isnan(value).any()) or bool((value == math.inf).any()):
+                fail(fn, name, "log-probabilities without NaN or +inf", "<NaN or +inf entries>")
+            check_probs(fn, name, value.double().exp(), dim=-1)
+    obs = observations.long()
+    present = mask if isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.shape == obs.shape else None
+    if validate and obs.numel():
+        seen = obs[present] if present is not None else obs.reshape(-1)
+        if seen.numel() and (int(seen.min()) < 0 or int(seen.max()) >= v):
+            bad = int(seen.min()) if int(seen.min()) < 0 else int(seen.max())
+            fail(fn, "observations", f"symbols in [0, {v - 1}] at masked-in positions", f"<symbol {bad}>")
+    safe = obs.clamp(0, v - 1)
+    emissions = log_emission.t()[safe]  # (B, T, K)
+    return emissions, log_transition, log_initial
+
+
+def _hmm_prepare(fn, observations, log_initial, log_transition, log_emission, mask, validate):
+    emissions, transitions, start = _hmm_scores(fn, observations, log_initial, log_transition, log_emission,
+                                                mask, validate)
+    out_dtype = emissions.dtype
+    # Only the HMM's own checks: impossible (−inf) transitions or emissions are allowed.
+    emissions, transitions, mask, start, end = _prepare(fn, emissions, transitions, mask, start, None, False)
+    return out_dtype, emissions, transitions, mask, start, end
+
+
+def hmm_log_likelihood(observations: Tensor, log_initial: Tensor, log_transition: Tensor,
+                       log_emission: Tensor, *, mask: Tensor | None = None, validate: bool = True) -> Tensor:
+    """log p(x) of observation sequences under a hidden Markov model (the forward algorithm).
+
+    p(x, z) = π_{z_0} B[z_0, x_0] Π_{t≥1} T[z_{t−1}, z_t] B[z_t, x_t]; p(x) = Σ_z p(x, z) is the
+    partition function of the linear-chain CRF with emissions log B[·, x_t], transitions log T and
+    start log π (no end scores), so p(z | x) is that CRF's Gibbs distribution. The same
+    :func:`chain_forward` code (log semiring), in O(L K²).
+
+    Args:
+        observations: (B, T) integer symbols in [0, V).
+        log_initial: (K,) log π; log_transition: (K, K) log T[i, j] = log p(z_t = j | z_{t−1} = i);
+        log_emission: (K, V) log B[k, v] = log p(x_t = v | z_t = k); each a log-distribution
+            along its last axis (−inf for impossible events).
+        mask: (B, T) bool, left-aligned, or None; validate: check the distributions and symbols.
+
+    Returns:
+        (B,) log p(x) (0 for empty rows), dtype of ``log_emission``.
+
+    Raises:
+        TypeError, ValueError: bad shapes or dtypes, rows that are not log-distributions, symbols
+            out of range, a non-empty sequence of probability 0.
+
+    Example:
+        >>> log_pi, log_t = torch.tensor([0.5, 0.5]).log(), torch.tensor([[0.9, 0.1], [0.1, 0.9]]).log()
+        >>> log_b = torch.tensor([[0.8, 0.2], [0.3, 0.7]]).log()
+        >>> hmm_log_likelihood(torch.tensor([[0]]), log_pi, log_t, log_b).exp()  # ½·0.8 + ½·0.3
+        tensor([0.5500])
+    """
+    fn = "hmm_log_likelihood"
+    out_dtype, emissions, transitions, mask, start, end = _hmm_prepare(
+        fn, observations, log_initial, log_transition, log_emission, mask, validate)
+    value = _chain(LogSemiring(), emissions, transitions, mask, start, end)[:, 0]
+    if validate:
+        _check_allowed(fn, value, mask)
+    return value.to(out_dtype)
+
+
+def hmm_posteriors(observations: Tensor, log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, *,
+                   mask: Tensor | None = None, validate: bool = True) -> Tensor:
+    """Posterior state marginals P(z_t = k | x) of an HMM (forward–backward).
+
+    The gradient of log p(x) with respect to the emission scores E_t(k) = log B[k, x_t], i.e. the
+    forward–backward algorithm (:func:`crf_marginals` on the HMM's CRF).
+
+    Args:
+        observations, log_initial, log_transition, log_emission, mask, validate: as
+            :func:`hmm_log_likelihood`.
+
+    Returns:
+        (B, T, K): rows sum to 1 at masked-in positions, 0 elsewhere.
+
+    Raises:
+        As :func:`hmm_log_likelihood`.
+
+    Example:
+        >>> log_pi, log_t = torch.tensor([0.5, 0.5]).log(), torch.tensor([[0.9, 0.1], [0.1, 0.9]]).log()
+        >>> log_b = torch.tensor([[0.8, 0.2], [0.3, 0.7]]).log()
+        >>> hmm_posteriors(torch.tensor([[0]]), log_pi, log_t, log_b)  # 0.4 / 0.55, 0.15 / 0.55
+        tensor([[[0.7273, 0.2727]]])
+    """
+    fn = "hmm_posteriors"
+    out_dtype, emissions, transitions, mask, start, end = _hmm_prepare(
+        fn, observations, log_initial, log_transition, log_emission, mask, validate)
+    if emissions.shape[1] == 0:
+        return emissions.new_zeros(emissions.shape).to(out_dtype)
+    differentiable = torch.is_grad_enabled() and emissions.requires_grad
+    with torch.enable_grad():
+        leaf = emissions if differentiable else emissions.detach().requires_grad_(True)
+        log_px = _chain(LogSemiring(), leaf, transitions, mask, start, end)[:, 0]
+        if validate:
+            _check_allowed(fn, log_px, mask)
+        (post,) = torch.autograd.grad(log_px.sum(), leaf, create_graph=differentiable)
+    return post.to(out_dtype)
+
+
+def hmm_viterbi(observations: Tensor, log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, *,
+                mask: Tensor | None = None, validate: bool = True) -> ViterbiResult:
+    """The most probable hidden state sequence argmax_z p(z | x) of an HMM (Viterbi).
+
+    Args:
+        observations, log_initial, log_transition, log_emission, mask, validate: as
+            :func:`hmm_log_likelihood`.
+
+    Returns:
+        :class:`ViterbiResult`: ``tags`` (B, T) the states (−1 past each row's length) and
+        ``score`` (B,) log p(x, z*).
+
+    Raises:
+        As :func:`hmm_log_likelihood`.
+
+    Example:
+        >>> log_pi, log_t = torch.tensor([0.5, 0.5]).log(), torch.tensor([[0.9, 0.1], [0.1, 0.9]]).log()
+        >>> log_b = torch.tensor([[0.8, 0.2], [0.3, 0.7]]).log()
+        >>> hmm_viterbi(torch.tensor([[0, 0, 1]]), log_pi, log_t, log_b).tags
+        tensor([[0, 0, 0]])
+    """
+    fn = "hmm_viterbi"
+    out_dtype, emissions, transitions, mask, start, end = _hmm_prepare(
+        fn, observations, log_initial, log_transition, log_emission, mask, validate)
+    result = viterbi_decode(emissions, transitions, mask=mask, start_transitions=start, end_transitions=end,
+                            validate=False)
+    if validate:
+        _check_allowed(fn, result.score, mask)
+    return ViterbiResult(result.tags, result.score.to(out_dtype))
+
+
+def hmm_entropy(observations: Tensor, log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, *,
+                mask: Tensor | None = None, validate: bool = True) -> Tensor:
+    """H(z | x) = −Σ_z p(z | x) log p(z | x): the posterior entropy of the hidden states.
+
+    The entropy semiring on the HMM's CRF (:func:`crf_entropy`).
+
+    Args:
+        observations, log_initial, log_transition, log_emission, mask, validate: as
+            :func:`hmm_log_likelihood`.
+
+    Returns:
+        (B,) entropies in nats (0 for empty rows).
+
+    Raises:
+        As :func:`hmm_log_likelihood`.
+
+    Example:
+        >>> log_pi, log_t = torch.tensor([0.5, 0.5]).log(), torch.full((2, 2), 0.5).log()
+        >>> log_b = torch.full((2, 3), 1 / 3).log()   # uninformative: every z equally likely
+        >>> hmm_entropy(torch.tensor([[0, 2]]), log_pi, log_t, log_b)  # log 4
+        tensor([1.3863])
+    """
+    fn = "hmm_entropy"
+    out_dtype, emissions, transitions, mask, start, end = _hmm_prepare(
+        fn, observations, log_initial, log_transition, log_emission, mask, validate)
+    value = _chain(EntropySemiring(), emissions, transitions, mask, start, end)
+    if validate:
+        _check_allowed(fn, value[:, 0], mask)
+    return value[:, 1].to(out_dtype)

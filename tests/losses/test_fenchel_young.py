@@ -198,8 +198,8 @@ def test_error_messages():
     logits, index = torch.randn(2, 3), torch.tensor([0, 2])
     cases = [
         (lambda: FY.fenchel_young_loss(logits, index, normalizer="standard"), ValueError,
-         r"fenchel_young_loss\(\): argument 'normalizer' expected one of 'softmax', 'sparsemax', 'entmax15', "
-         r"'entmax', got 'standard' \(this loss is not defined for it\)"),
+         r"fenchel_young_loss\(\): argument 'normalizer' expected one of 'softmax', 'sigmoid', 'sparsemax', 'entmax15', "
+         r"'entmax', 'entmax_dense', got 'standard' \(this loss is not defined for it\)"),
         (lambda: FY.fenchel_young_loss(logits, index, normalizer="nope"), ValueError,
          r"argument 'normalizer' expected one of .*got 'nope' \(unknown normalizer\)"),
         (lambda: FY.fenchel_young_loss(logits, torch.tensor([0, 3])), ValueError,
@@ -216,8 +216,8 @@ def test_error_messages():
          r"argument 'logits' expected values without NaN or \+inf"),
         (lambda: FY.fenchel_young_loss(logits, index, gamma=2.0), TypeError,
          r"argument 'gamma' expected a parameter of normalizer 'softmax'"),
-        (lambda: FY.entmax_loss(logits, index, alpha=1.0), ValueError,
-         r"entmax_loss\(\): argument 'alpha' expected a number > 1, got 1.0"),
+        (lambda: FY.entmax_loss(logits, index, alpha=0.0), ValueError,
+         r"entmax_loss\(\): argument 'alpha' expected a finite number > 0, got 0.0"),
         (lambda: FY.entmax_loss(logits, index, alpha=1.3, normalizer="entmax15"), ValueError,
          r"argument 'alpha' expected 1.5 with normalizer='entmax15'"),
         (lambda: FY.entmax_loss(logits, index, normalizer="softmax"), ValueError,

@@ -232,16 +232,16 @@ def test_nan_and_plus_inf_logits_raise_unless_validate_false(name, bad, n):
         fn(z3, dim=1)
 
 
-@pytest.mark.parametrize("bad", [math.nan, 1.0, 0.5, math.inf])
+@pytest.mark.parametrize("bad", [math.nan, 0.0, -0.5, math.inf])
 def test_alpha_tensor_values_are_checked(bad):
     z = torch.randn(3, 6)
     alpha = torch.tensor([[1.5], [bad], [2.0]])
     for fn in (logitlab.entmax, logitlab.entmax_with_info):
         name = fn.__name__
-        with pytest.raises(ValueError, match=rf"^{name}\(\): argument 'alpha' expected values > 1 "
+        with pytest.raises(ValueError, match=rf"^{name}\(\): argument 'alpha' expected values > 0 "
                                              rf"\(finite\), got {bad}"):
             fn(z, alpha)
-    with pytest.raises(ValueError, match=r"argument 'alpha' expected values > 1"):
+    with pytest.raises(ValueError, match=r"argument 'alpha' expected values > 0"):
         logitlab.entmax(z, torch.tensor(bad))  # one α shared by every row
     with pytest.raises(ValueError, match=r"tsallis_regularizer\(\): argument 'alpha'"):
         logitlab.tsallis_regularizer(torch.ones(3, 2) / 2, alpha=alpha)
@@ -386,21 +386,21 @@ def test_entmax_with_info_reports_and_entmax_raises():
     (lambda: logitlab.sparsemax(torch.zeros(2, 3), dim=2), IndexError,
      r"sparsemax\(\): argument 'dim' expected an int in \[-2, 1\] for a 2-D tensor, got 2"),
     (lambda: logitlab.entmax(torch.zeros(2, 3), dim=-3), IndexError, r"entmax\(\): argument 'dim'"),
-    (lambda: logitlab.entmax(torch.zeros(3), 1.0), ValueError,
-     r"entmax\(\): argument 'alpha' expected a finite number > 1, got 1.0"),
-    (lambda: logitlab.entmax(torch.zeros(3), 0.5), ValueError, r"argument 'alpha' expected a finite number > 1"),
-    (lambda: logitlab.entmax(torch.zeros(2, 3), torch.tensor([[1.5], [0.5]])), ValueError,
-     r"entmax\(\): argument 'alpha' expected values > 1 \(finite\), got 0.5"),
+    (lambda: logitlab.entmax(torch.zeros(3), 0.0), ValueError,
+     r"entmax\(\): argument 'alpha' expected a finite number > 0, got 0.0"),
+    (lambda: logitlab.entmax(torch.zeros(3), -0.5), ValueError, r"argument 'alpha' expected a finite number > 0"),
+    (lambda: logitlab.entmax(torch.zeros(2, 3), torch.tensor([[1.5], [0.0]])), ValueError,
+     r"entmax\(\): argument 'alpha' expected values > 0 \(finite\), got 0.0"),
     (lambda: logitlab.entmax(torch.zeros(2, 3), torch.ones(2, 3) * 1.5), ValueError,
      r"argument 'alpha' expected a tensor broadcastable to \(2, 1\)"),
-    (lambda: logitlab.entmax(torch.zeros(3), "1.5"), TypeError, r"argument 'alpha' expected a float > 1 or a tensor"),
+    (lambda: logitlab.entmax(torch.zeros(3), "1.5"), TypeError, r"argument 'alpha' expected a float > 0 or a tensor"),
     (lambda: logitlab.entmax(torch.zeros(3), tol=0.0), ValueError,
      r"entmax\(\): argument 'tol' expected a finite number > 0, got 0.0"),
     (lambda: logitlab.entmax(torch.zeros(3), max_iter=0), ValueError,
      r"entmax\(\): argument 'max_iter' expected an int >= 1, got 0"),
     (lambda: logitlab.entmax(torch.zeros(3), max_iter=True), ValueError, r"argument 'max_iter' expected an int >= 1"),
-    (lambda: logitlab.tsallis_regularizer(torch.ones(3) / 3, alpha=1.0), ValueError,
-     r"tsallis_regularizer\(\): argument 'alpha' expected a finite number > 1"),
+    (lambda: logitlab.tsallis_regularizer(torch.ones(3) / 3, alpha=0.0), ValueError,
+     r"tsallis_regularizer\(\): argument 'alpha' expected a finite number > 0"),
     (lambda: logitlab.gini_regularizer(torch.ones(3, dtype=torch.int64)), TypeError, r"gini_regularizer\(\)"),
 ])
 def test_error_messages(call, kind, message):

@@ -21,17 +21,18 @@ import torch
 from torch import Tensor
 
 from logitlab import registry
-from logitlab._reduction import neutralize, reduce_loss, to_rows
+from logitlab._reduction import from_rows, neutralize, reduce_loss, to_rows
 from logitlab._validation import (
-    check_dim, check_floating, check_index_target, check_mask, check_positive, check_probs,
-    check_reduction, check_same_device, check_tensor, compute_dtype, fail, has_data, meta_output,
+    check_dim, check_finite, check_floating, check_index_target, check_mask, check_positive, check_probs,
+    check_reduction, check_same_device, check_tensor, check_unit_interval, compute_dtype, fail, has_data,
+    meta_output,
 )
 from logitlab.losses.divergences import check_logit_rows, scale_by_temperature
 from logitlab.losses._model import (
     as_callers_errors, normalizer_params, normalizer_spec, regularizer_params, with_validate,
 )
 
-__all__ = ["fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss"]
+__all__ = ["fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss", "make_fenchel_young_loss"]
 
 _FY = tuple(name for name, spec in registry.NORMALIZERS.items() if spec.regularizer is not None)
 
@@ -41,14 +42,21 @@ class _FenchelYoung(torch.autograd.Function):
 
     The target is either (N, n) probabilities or (N,) class indices (then Ω(y) = 0, the
     registry's normalization of Ω at one-hot vectors, and no one-hot matrix is built).
+
+    With ``create_graph=True`` the backward recomputes ŷ = predict(θ) with its graph, so the
+    gradient ŷ − y is itself differentiable (the Hessian of L is the normalizer's Jacobian ∂ŷ/∂θ,
+    as for ``F.cross_entropy``); without, it reuses the ŷ of the forward.
     """
 
     @staticmethod
     def forward(ctx: Any, theta: Tensor, target: Tensor, predict: Callable[[Tensor], Tensor],
-                omega: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
-        # Every normalizer with an Ω is shift invariant and Σ(ŷ − y) = 0: shift by the row max
-        # so that ⟨θ, ŷ⟩ − ⟨θ, y⟩ does not lose digits to a large common offset.
+                omega: Callable[[Tensor], Tensor], shift: bool = True) -> Tensor:  # type: ignore[override]
+        # A map with an Ω over the simplex is shift invariant and Σ(ŷ − y) = 0: shift by the row
+        # max so that ⟨θ, ŷ⟩ − ⟨θ, y⟩ does not lose digits to a large common offset (``shift``;
+        # not for maps over other domains, e.g. the sigmoid's box).
         top = theta.amax(-1, keepdim=True)
+        if not shift:
+            top = torch.zeros_like(top)
         shifted = theta - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         pred = predict(shifted)
         excluded = bool(torch.isneginf(shifted).any())
@@ -63,17 +71,21 @@ class _FenchelYoung(torch.autograd.Function):
             if excluded:  # target mass on an excluded class: ⟨θ, y⟩ = -inf
                 infinite = ((target > 0) & torch.isneginf(shifted)).any(-1)
                 values = torch.where(infinite, torch.full_like(values, math.inf), values)
-        ctx.save_for_backward(pred, target)
+        ctx.save_for_backward(pred, target, theta)
+        ctx.predict, ctx.shift = predict, shift
         return values.clamp_min(0)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        pred, target = ctx.saved_tensors
+        pred, target, theta = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: ŷ(θ) again, with its graph
+            top = theta.detach().amax(-1, keepdim=True) if ctx.shift else torch.zeros_like(theta[:, :1])
+            pred = ctx.predict(theta - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
         if target.is_floating_point():
             diff = pred - target
         else:
             diff = pred.scatter_add(-1, target.unsqueeze(-1), pred.new_full((pred.shape[0], 1), -1.0))
-        return grad.unsqueeze(-1) * diff, None, None, None
+        return grad.unsqueeze(-1) * diff, None, None, None, None
 
 
 def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str = "softmax", dim: int = -1,
@@ -94,7 +106,13 @@ def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str = "sof
         logits: (*batch, n) scores (-inf marks an excluded class).
         target: (*batch) integer class indices, or (*batch, n) probabilities along ``dim``.
         normalizer: one with a regularizer: 'softmax' (Shannon), 'sparsemax' (Gini),
-            'entmax15', 'entmax' (Tsallis, ``alpha=``).
+            'entmax15', 'entmax', 'entmax_dense' (Tsallis, ``alpha=``), 'sigmoid' (the sum of
+            binary negentropies over the box [0, 1]^n: the one-vs-all binary logistic loss,
+            Σ_i BCE(θ_i, y_i) − H_b(y_i), with multi-label targets in [0, 1]^n). The other maps
+            ('standard', 'spherical_softmax', 'taylor_softmax') have no Ω: every map
+            ∇Ω*(θ) whose outputs sum to 1 is shift invariant (Ω*(θ + c1) = Ω*(θ) + c), and
+            those maps are not (their Jacobians are not even symmetric, as a gradient's must
+            be), so no Fenchel–Young loss has them as its prediction.
         dim: the class axis.
         reduction: 'none' (*batch) | 'mean' over kept rows | 'sum'.
         mask: (*batch) bool, True = keep the row.
@@ -170,8 +188,10 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
             target = neutralize(target, keep, axis, 1.0 / max(n, 1))
     if validate:
         check_logit_rows(fn, "logits", logits, axis)
-        if not index:
+        if not index and spec.simplex:
             check_probs(fn, "target", target, dim=axis)
+        elif not index:  # one probability per class (the sigmoid's box [0, 1]^n)
+            check_unit_interval(fn, "target", target)
 
     dtype = compute_dtype(logits)
     theta = to_rows(scale_by_temperature(fn, "logits", logits, temperature, dtype, validate), axis)[0]
@@ -187,7 +207,7 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
     values = _FenchelYoung.apply(
         theta, y,
         lambda rows: normalize(rows, dim=-1, **nparams),
-        lambda rows: regularize(rows, dim=-1, **rparams))
+        lambda rows: regularize(rows, dim=-1, **rparams), spec.shift_invariant)
     values = values.reshape(batch_shape)
     return reduce_loss(values, reduction, keep=keep).to(logits.dtype)
 
@@ -230,12 +250,13 @@ def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalize
     """The α-entmax loss: the Fenchel–Young loss of the Tsallis regularizer of order α.
 
     Ω_α(p) = (Σ_i p_i^α − 1) / (α (α − 1)),  L = ⟨θ, ŷ − y⟩ + Ω_α(y) − Ω_α(ŷ),  ŷ = α-entmax(θ).
-    α → 1 is the softmax (cross-entropy) loss and α = 2 the sparsemax loss.
+    α = 1 is the softmax (cross-entropy) loss and α = 2 the sparsemax loss; α < 1 gives the
+    losses of the dense α-entmax maps (Ω_α is convex on the simplex for every α > 0).
 
     Args:
         logits: (*batch, n) scores.
         target: (*batch) class indices or (*batch, n) probabilities.
-        alpha: the entmax order, > 1.
+        alpha: the entmax order, > 0.
         normalizer: 'entmax15' (exact, α = 1.5 only) or 'entmax' (any α); None picks
             'entmax15' when α = 1.5 and 'entmax' otherwise.
         **normalizer_params: further parameters of the normalizer.
@@ -245,7 +266,7 @@ def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalize
         The reduced loss, dtype of ``logits``.
 
     Raises:
-        ValueError: α ≤ 1, normalizer not an entmax, α ≠ 1.5 with 'entmax15'; and as
+        ValueError: α ≤ 0, normalizer not an entmax, α ≠ 1.5 with 'entmax15'; and as
             :func:`fenchel_young_loss`.
 
     Reference: Peters, Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019.
@@ -256,8 +277,6 @@ def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalize
     """
     fn = "entmax_loss"
     alpha = check_positive(fn, "alpha", alpha)
-    if not alpha > 1:
-        fail(fn, "alpha", "a number > 1", alpha)
     if normalizer is None:
         normalizer = "entmax15" if alpha == 1.5 else "entmax"
     if normalizer not in ("entmax15", "entmax"):
@@ -298,3 +317,131 @@ def entmax15_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: s
     return _fenchel_young("entmax15_loss", logits, target, normalizer="entmax15", dim=dim,
                           reduction=reduction, mask=mask, ignore_index=ignore_index,
                           temperature=temperature, validate=validate, params={})
+
+
+def make_fenchel_young_loss(*, regularizer: Callable[[Tensor], Tensor] | None = None,
+                            predict: Callable[[Tensor], Tensor] | None = None,
+                            max_fn: Callable[[Tensor], Tensor] | None = None,
+                            shift_invariant: bool = False) -> Callable[..., Tensor]:
+    """Build the Fenchel–Young loss of a user's regularizer Ω, from Ω and its map or from Ω*.
+
+    L_Ω(θ; y) = Ω*(θ) + Ω(y) − ⟨θ, y⟩,  Ω*(θ) = max_{p ∈ dom Ω} ⟨θ, p⟩ − Ω(p),  ∇_θ L = ŷ − y,
+
+    with ŷ(θ) = ∇Ω*(θ) the maximizer. Two ways to give Ω (all callables act on (N, n) rows,
+    the class axis last, and return (N,) values, or (N, n) for ``predict``):
+
+    * ``regularizer`` Ω and ``predict`` ŷ: L = ⟨θ, ŷ − y⟩ + Ω(y) − Ω(ŷ), by the autograd
+      Function of the built-in losses (gradient ŷ − y; neither Ω nor ``predict`` is
+      differentiated, except ``predict`` for a double backward).
+    * ``max_fn`` Ω* (a differentiable torch function): L = Ω*(θ) − ⟨θ, y⟩ + Ω(y), differentiated
+      by autograd (so ŷ = ∇Ω*, and double backward works if Ω* is twice differentiable). Ω(y) is
+      added when ``regularizer`` is also given; without it L is defined up to that constant of
+      the target (its gradient is the same), as optax's ``make_fenchel_young_loss``.
+
+    Index targets are taken as one-hot rows (Ω(y) is evaluated on them).
+
+    Args:
+        regularizer: Ω(p), convex.
+        predict: the map θ ↦ argmax_{p ∈ dom Ω} ⟨θ, p⟩ − Ω(p) (with ``regularizer``).
+        max_fn: θ ↦ Ω*(θ) (instead of ``predict``).
+        shift_invariant: the map ignores adding a constant to a row (true for any Ω on the
+            simplex); the loss then shifts each row by its max before the inner products.
+
+    Returns:
+        ``loss(logits, target, *, dim=-1, reduction='mean', mask=None, ignore_index=-100)``:
+        logits (*batch, n); target (*batch) class indices or (*batch, n) points of dom Ω;
+        'none' (*batch) | 'mean' over kept rows | 'sum'. ``loss.predict(logits, dim=-1)`` is ŷ.
+
+    Raises:
+        TypeError: neither or both of ``predict`` and ``max_fn``; ``predict`` without
+            ``regularizer``; an argument that is not callable. The loss raises as
+            :func:`fenchel_young_loss` for bad logits, targets, masks and reductions.
+
+    Example:
+        >>> shannon = lambda p: torch.special.xlogy(p, p).sum(-1)
+        >>> loss = make_fenchel_young_loss(regularizer=shannon, predict=lambda t: t.softmax(-1))
+        >>> logits, target = torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([1])
+        >>> from logitlab import cross_entropy
+        >>> bool(torch.isclose(loss(logits, target), cross_entropy(logits, target)))
+        True
+        >>> squared = make_fenchel_young_loss(max_fn=lambda t: 0.5 * (t * t).sum(-1),
+        ...                                   regularizer=lambda p: 0.5 * (p * p).sum(-1))
+        >>> squared(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))  # ½‖θ − y‖²
+        tensor(2.5000)
+
+    References:
+        Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 2020.
+    """
+    fn = "make_fenchel_young_loss"
+    for name, value in (("regularizer", regularizer), ("predict", predict), ("max_fn", max_fn)):
+        if value is not None and not callable(value):
+            fail(fn, name, "a callable or None", f"<{type(value).__name__}>", kind=TypeError)
+    if (predict is None) == (max_fn is None):
+        fail(fn, "predict", "exactly one of predict= (with regularizer=) and max_fn=",
+             "<both>" if predict is not None else "<neither>", kind=TypeError)
+    if predict is not None and regularizer is None:
+        fail(fn, "regularizer", "Ω(p) alongside predict=", None, kind=TypeError)
+    shift = bool(shift_invariant)
+
+    def rows_of(loss_fn: str, logits: Tensor, target: Tensor, dim: int, mask: Tensor | None,
+                ignore_index: int, reduction: str):
+        check_floating(loss_fn, "logits", logits)
+        check_tensor(loss_fn, "target", target)
+        axis = check_dim(loss_fn, dim, logits.ndim)
+        if logits.ndim == 0 or logits.shape[axis] == 0:
+            fail(loss_fn, "logits", f"at least one class along dim {dim}", f"<shape {tuple(logits.shape)}>")
+        check_reduction(loss_fn, reduction)
+        batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)
+        n = logits.shape[axis]
+        check_mask(loss_fn, mask, batch_shape)
+        check_logit_rows(loss_fn, "logits", logits, axis)
+        dtype = compute_dtype(logits)
+        theta = to_rows(logits.to(dtype), axis)[0]
+        keep = mask
+        if not target.is_floating_point():
+            if target.dtype == torch.bool or tuple(target.shape) != batch_shape:
+                fail(loss_fn, "target", f"class indices of shape {batch_shape} or points of shape "
+                     f"{tuple(logits.shape)}", f"<{target.dtype} tensor of shape {tuple(target.shape)}>")
+            check_index_target(loss_fn, "target", target, n, ignore_index=ignore_index)
+            flat = target.reshape(-1)
+            kept = flat != ignore_index
+            index = torch.where(kept, flat, torch.zeros_like(flat)).long()
+            y = torch.nn.functional.one_hot(index, n).to(dtype)
+            kept = kept.reshape(batch_shape)
+            keep = kept if keep is None else keep & kept
+        else:
+            if target.shape != logits.shape:
+                fail(loss_fn, "target", f"points of shape {tuple(logits.shape)} or class indices of shape "
+                     f"{batch_shape}", f"<shape {tuple(target.shape)}>")
+            check_finite(loss_fn, "target", target, allow_neg_inf=False)
+            y = to_rows(target.to(dtype), axis)[0]
+        return theta, y, keep, batch_shape
+
+    def loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: str = "mean",
+             mask: Tensor | None = None, ignore_index: int = -100) -> Tensor:
+        theta, y, keep, batch_shape = rows_of("fenchel_young", logits, target, dim, mask, ignore_index,
+                                              reduction)
+        if predict is not None:
+            values = _FenchelYoung.apply(theta, y, predict, regularizer, shift)
+        else:
+            top = theta.detach().amax(-1, keepdim=True) if shift else torch.zeros_like(theta[:, :1])
+            shifted = theta - top
+            values = max_fn(shifted) - (shifted * y).sum(-1)  # type: ignore[misc]
+            if regularizer is not None:
+                values = values + regularizer(y)
+        return reduce_loss(values.reshape(batch_shape), reduction, keep=keep).to(logits.dtype)
+
+    def predict_fn(logits: Tensor, *, dim: int = -1) -> Tensor:
+        check_floating("fenchel_young.predict", "logits", logits)
+        axis = check_dim("fenchel_young.predict", dim, logits.ndim)
+        rows, shape = to_rows(logits.to(compute_dtype(logits)), axis)
+        if predict is not None:
+            out = predict(rows)
+        else:
+            with torch.enable_grad():
+                x = rows.detach().requires_grad_()
+                (out,) = torch.autograd.grad(max_fn(x).sum(), x)  # type: ignore[misc]
+        return from_rows(out, shape, axis, logits.ndim).to(logits.dtype)
+
+    loss.predict = predict_fn  # type: ignore[attr-defined]
+    return loss

@@ -19,6 +19,7 @@ from logitlab.nn.cross_entropy import (
     BCEWithLogitsLoss,
     FocalLoss,
     Poly1CrossEntropyLoss,
+    LogLikelihood,
 )
 from logitlab.nn.divergences import (
     DivergenceLoss,
@@ -42,9 +43,15 @@ from logitlab.nn.sparse import (
 )
 from logitlab.nn.structured import (
     LinearChainCRF,
+    HiddenMarkovModel,
 )
 from logitlab.nn.fused import (
     LinearCrossEntropy,
+    LinearDivergenceLoss,
+)
+from logitlab.nn.distributed import (
+    VocabParallelCrossEntropy,
+    VocabParallelKLDivergence,
 )
 
 __all__ = [
@@ -78,4 +85,9 @@ __all__ = [
     "Entmax",
     "LinearChainCRF",
     "LinearCrossEntropy",
+    "LogLikelihood",
+    "LinearDivergenceLoss",
+    "VocabParallelCrossEntropy",
+    "VocabParallelKLDivergence",
+    "HiddenMarkovModel",
 ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from logitlab.fused import linear_cross_entropy
+from logitlab.fused import linear_cross_entropy, linear_divergence_loss
 
-__all__ = ["LinearCrossEntropy"]
+__all__ = ["LinearCrossEntropy", "LinearDivergenceLoss"]
 
 
 class LinearCrossEntropy(nn.Module):
@@ -47,3 +47,46 @@ class LinearCrossEntropy(nn.Module):
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, softcap={self.softcap}, "
                 f"chunk_size={self.chunk_size}, impl={self.impl!r}")
+
+
+class LinearDivergenceLoss(nn.Module):
+    """Module form of :func:`logitlab.linear_divergence_loss` (distillation between two heads).
+
+    Called as ``module(hidden, weight, teacher_hidden=..., teacher_weight=..., target=None)``:
+    the options live here, the heads' weights and biases are arguments of the call (so the
+    module can share an existing ``nn.Linear``'s weight), as in :class:`LinearCrossEntropy`.
+
+    Example:
+        >>> student, teacher = torch.nn.Linear(4, 10, bias=False), torch.nn.Linear(4, 10, bias=False)
+        >>> loss_fn = LinearDivergenceLoss(divergence="js", temperature=2.0)
+        >>> h = torch.randn(3, 4)
+        >>> loss_fn(h, student.weight, teacher_hidden=h, teacher_weight=student.weight).abs().item() < 1e-6
+        True
+        >>> loss_fn(h, student.weight, teacher_hidden=h, teacher_weight=teacher.weight).shape
+        torch.Size([])
+    """
+
+    def __init__(self, *, divergence: str = "kl", beta: float = 0.5, temperature: float = 1.0,
+                 hard_label_weight: float = 0.0, ignore_index: int = -100, reduction: str = "mean",
+                 chunk_size: int | None = None, impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
+                 process_group=None, validate: bool = True) -> None:
+        super().__init__()
+        self.divergence, self.beta, self.temperature = divergence, beta, temperature
+        self.hard_label_weight, self.ignore_index, self.reduction = hard_label_weight, ignore_index, reduction
+        self.chunk_size, self.impl, self.accum_dtype = chunk_size, impl, accum_dtype
+        self.process_group, self.validate = process_group, validate
+
+    def forward(self, hidden: Tensor, weight: Tensor, *, teacher_hidden: Tensor, teacher_weight: Tensor,
+                target: Tensor | None = None, bias: Tensor | None = None,
+                teacher_bias: Tensor | None = None) -> Tensor:
+        return linear_divergence_loss(
+            hidden, weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
+            divergence=self.divergence, beta=self.beta, temperature=self.temperature, target=target,
+            hard_label_weight=self.hard_label_weight, bias=bias, teacher_bias=teacher_bias,
+            ignore_index=self.ignore_index, reduction=self.reduction, chunk_size=self.chunk_size,
+            impl=self.impl, accum_dtype=self.accum_dtype, process_group=self.process_group,
+            validate=self.validate)
+
+    def extra_repr(self) -> str:
+        return (f"divergence={self.divergence!r}, beta={self.beta}, temperature={self.temperature}, "
+                f"hard_label_weight={self.hard_label_weight}, reduction={self.reduction!r}, impl={self.impl!r}")

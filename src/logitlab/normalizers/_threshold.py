@@ -19,6 +19,12 @@ start-up, hence the two paths). The backward uses the closed form on the support
 ∂p/∂z = diag(s) − s sᵀ/Σs with s = p^{2−α} on the support (sparsemax: s = 1[p > 0]), and for α
 ∂p_i/∂α = q (q p_i − p_i log p_i) − q p_i^{2−α} (q − Σ p log p)/Σs, q = 1/(α − 1).
 
+Double backward: with ``create_graph=True`` the backward runs as differentiable torch ops on the
+saved output p (and α), so its own graph reaches the logits through p's ∂p/∂z: Hessian-vector
+products and gradient penalties get their second-order term (the fast kernels run only when no
+graph is being built). On the support the second derivative is exact; sparsemax's s = 1[p > 0]
+is piecewise constant, so its second derivative is 0 wherever it exists.
+
 Validation costs no extra pass: both paths read each row's maximum anyway, which is NaN or +inf
 exactly when the row holds one; with ``validate`` such a row raises (inside the op, so it also
 works, without a graph break, under ``torch.compile``), otherwise it comes out NaN. α is checked
@@ -38,13 +44,24 @@ from logitlab.normalizers._threshold_topk import (
     compute_dtype, first_k, reject_logits, topk_backward, topk_forward, uniform_alpha)
 from logitlab.normalizers._threshold_topk import _FIRST_K, _GROW  # noqa: F401  (tests size the retries)
 
-__all__ = ["KINDS", "threshold_map", "ConvergenceError"]
+__all__ = ["KINDS", "threshold_map", "ConvergenceError", "check_converged"]
 
 KINDS = ("sparsemax", "entmax15", "bisect")
 
 
 class ConvergenceError(RuntimeError):
     """An iterative threshold solve stopped at ``max_iter`` before reaching ``tol``."""
+
+
+def check_converged(fn: str, violation: Tensor, tol: float, max_iter: int) -> None:
+    """Raise :class:`ConvergenceError` if a row's |Σp − 1| exceeds ``tol`` (NaN rows pass)."""
+    unconverged = violation > tol  # NaN rows (NaN / +inf logits) come out NaN, unreported
+    if bool(unconverged.any()):
+        worst = float(violation.max())
+        raise ConvergenceError(
+            f"{fn}(): the threshold solve did not converge within max_iter={max_iter} "
+            f"(tol={tol:g}; {int(unconverged.sum())} row(s), worst |Σp − 1| = {worst:.3g}); "
+            f"raise max_iter or tol, or call entmax_with_info() to inspect the rows")
 
 
 def _native(logits: Tensor) -> bool:
@@ -86,19 +103,43 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
             logits, alpha_u, kind, tol, max_iter, validate, fn)
 
     if kind == "bisect" and raise_on_failure:
-        unconverged = violation > tol  # NaN rows (NaN / +inf logits) come out NaN, unreported
-        if bool(unconverged.any()):
-            worst = float(violation.max())
-            raise ConvergenceError(
-                f"{fn}(): the threshold solve did not converge within max_iter={max_iter} "
-                f"(tol={tol:g}; {int(unconverged.sum())} row(s), worst |Σp − 1| = {worst:.3g}); "
-                f"raise max_iter or tol, or call entmax_with_info() to inspect the rows")
+        check_converged(fn, violation, tol, max_iter)
     return probs, tau, first_idx, support, n_iter, violation
+
+
+def _differentiable_backward(grad: Tensor, probs: Tensor, alpha: Tensor, kind: str, need_alpha: bool
+                             ) -> tuple[Tensor, Tensor]:
+    """The closed-form backward in differentiable torch ops (dense rows), for double backward.
+
+    ∂L/∂z = s ⊙ (g − c), c = Σ s g / Σ s, s = p^{2−α} on the support; ∂L/∂α =
+    q Σ_i (g_i − c)(q p_i − p_i log p_i). Every op is safe at p = 0 (no inf · 0 in its own backward).
+    """
+    cdtype = compute_dtype(grad.dtype)
+    g, p = grad.to(cdtype), probs.to(cdtype)
+    positive = p > 0
+    safe = p.clamp_min(torch.finfo(cdtype).tiny)
+    a = alpha.to(cdtype)
+    if kind == "sparsemax":  # + 0·p keeps the graph, as torch's relu does: a zero second derivative
+        s = positive.to(cdtype) + 0 * p
+    elif kind == "entmax15":
+        s = torch.where(positive, safe.sqrt(), 0)
+    else:
+        s = torch.where(positive, safe.pow(2 - a), 0)
+    s_sum = s.sum(-1, keepdim=True)
+    centre = (s * g).sum(-1, keepdim=True) / torch.where(s_sum > 0, s_sum, 1)
+    grad_logits = (s * (g - centre)).to(grad.dtype)
+    if not need_alpha:
+        return grad_logits, g.new_zeros((g.shape[0], 1))
+    q = 1 / (a - 1)
+    plogp = torch.where(positive, p * safe.log(), 0)
+    return grad_logits, q * ((g - centre) * (q * p - plogp)).sum(-1, keepdim=True)
 
 
 def _backward(grad: Tensor, probs: Tensor, alpha: Tensor, first_idx: Tensor, support: Tensor,
               kind: str, need_alpha: bool) -> tuple[Tensor, Tensor]:
     rows, n = grad.shape
+    if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+        return _differentiable_backward(grad, probs, alpha, kind, need_alpha)
     if rows and n and first_idx.shape[1] == 0 and native_sparse.supports(probs):
         out, grad_alpha = native_sparse.sparse_backward(grad, probs, kind, uniform_alpha(alpha), need_alpha)
         if grad_alpha is None:
@@ -146,8 +187,11 @@ def _setup_context(ctx, inputs, output):
 def _backward_rule(ctx, grad_probs, *unused):
     probs, alpha, first_idx, support = ctx.saved_tensors
     need_alpha = bool(ctx.needs_input_grad[1])
-    grad_logits, grad_alpha = _threshold_backward_op(
-        grad_probs, probs, alpha, first_idx, support, ctx.kind, need_alpha)
+    if torch.is_grad_enabled():  # create_graph=True: the custom op would cut the graph
+        grad_logits, grad_alpha = _differentiable_backward(grad_probs, probs, alpha, ctx.kind, need_alpha)
+    else:
+        grad_logits, grad_alpha = _threshold_backward_op(
+            grad_probs, probs, alpha, first_idx, support, ctx.kind, need_alpha)
     return (grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None),
             None, None, None, None, None, None)
 
@@ -169,7 +213,6 @@ class _ThresholdFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_probs, *unused):
         probs, alpha, first_idx, support = ctx.saved_tensors
         need_alpha = bool(ctx.needs_input_grad[1])

@@ -1,4 +1,4 @@
-"""α-entmax: the maps of the Tsallis regularizers, between softmax (α → 1) and sparsemax (α = 2)."""
+"""α-entmax: the maps of the Tsallis regularizers, for every α > 0 (softmax at 1, sparsemax at 2)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from torch import Tensor
 
 from logitlab._reduction import from_rows, rowwise, to_rows
 from logitlab._validation import check_dim, check_floating, check_nonnegative, compute_dtype, fail
-from logitlab.normalizers._threshold import ConvergenceError, threshold_map
+from logitlab.normalizers._qexp import DENSE_BELOW, qexp_map
+from logitlab.normalizers._threshold import ConvergenceError, check_converged, threshold_map
+from logitlab.normalizers._threshold_topk import reject_logits
 
 __all__ = [
     "entmax15",
@@ -32,11 +34,12 @@ class EntmaxInfo(NamedTuple):
     Attributes:
         probs: (*batch, n) the probabilities (rows renormalized to sum to 1).
         tau: (*batch) the threshold, p = [(α−1) z − τ]_+^{1/(α−1)} (+inf for an all-``-inf``
-            row); detached.
+            row); for rows solved in the q-exponential form (α < 1.0625), τ = (α−1) μ − 1 with
+            p = exp_α(z − μ), so −1 at α = 1 (where μ = log Σ exp z); detached.
         n_iter: (*batch) int64, Newton/bisection steps the row needed.
         converged: (*batch) bool, ``violation <= tol``.
-        violation: (*batch) |Σ_i [(α−1) z_i − τ]_+^{1/(α−1)} − 1| at the returned τ, before the
-            final renormalization.
+        violation: (*batch) |Σ_i p_i − 1| at the returned τ (or μ), before the final
+            renormalization.
     """
 
     probs: Tensor
@@ -96,9 +99,9 @@ def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
 
 def _check_alpha(fn: str, alpha: object, logits: Tensor, axis: int, *, values: bool = True
                  ) -> Tensor | float:
-    """A float > 1, or a tensor > 1 broadcastable to ``logits`` with size 1 along ``dim``.
+    """A float > 0, or a tensor > 0 broadcastable to ``logits`` with size 1 along ``dim``.
 
-    ``values=False`` leaves a tensor's values unchecked (the threshold engine checks them).
+    ``values=False`` leaves a tensor's values unchecked (the solve checks them).
     """
     if isinstance(alpha, Tensor):
         if not alpha.is_floating_point():
@@ -116,15 +119,20 @@ def _check_alpha(fn: str, alpha: object, logits: Tensor, axis: int, *, values: b
         if not ok:
             fail(fn, "alpha", f"a tensor broadcastable to {tuple(row_shape)} (size 1 along dim)",
                  f"<shape {tuple(shape)}>")
-        if values and alpha.numel() and not bool(((alpha > 1) & torch.isfinite(alpha)).all()):
-            bad = alpha.detach()[~((alpha > 1) & torch.isfinite(alpha))].flatten()[0]
-            fail(fn, "alpha", "values > 1 (finite)", float(bad))
+        if values:
+            _check_alpha_tensor_values(fn, alpha)
         return alpha
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        fail(fn, "alpha", "a float > 1 or a tensor", f"<{type(alpha).__name__}>", kind=TypeError)
-    if not (alpha > 1 and math.isfinite(alpha)):  # type: ignore[operator]
-        fail(fn, "alpha", "a finite number > 1", float(alpha))  # type: ignore[arg-type]
+        fail(fn, "alpha", "a float > 0 or a tensor", f"<{type(alpha).__name__}>", kind=TypeError)
+    if not (alpha > 0 and math.isfinite(alpha)):  # type: ignore[operator]
+        fail(fn, "alpha", "a finite number > 0", float(alpha))  # type: ignore[arg-type]
     return float(alpha)  # type: ignore[arg-type]
+
+
+def _check_alpha_tensor_values(fn: str, alpha: Tensor) -> None:
+    good = (alpha > 0) & torch.isfinite(alpha)
+    if alpha.numel() and not bool(good.all()):
+        fail(fn, "alpha", "values > 0 (finite)", float(alpha.detach()[~good].flatten()[0]))
 
 
 def _check_solver(fn: str, tol: object, max_iter: object) -> tuple[float, int]:
@@ -140,8 +148,11 @@ def _entmax_rows(fn: str, logits: Tensor, alpha: object, dim: int, tol: object, 
                  raise_on_failure: bool, validate: bool):
     check_floating(fn, "logits", logits)
     axis = check_dim(fn, dim, logits.ndim)
-    # A tensor α's values are checked inside the op (data-dependent: no graph break there).
+    # Compiled, a tensor α's values are checked inside the engine's op (no graph break there);
+    # eager, here (> 0: the rows below DENSE_BELOW take the q-exponential solver).
     alpha = _check_alpha(fn, alpha, logits, axis, values=False)
+    if isinstance(alpha, Tensor) and validate and not torch.compiler.is_compiling():
+        _check_alpha_tensor_values(fn, alpha)
     tol_f, max_iter_i = _check_solver(fn, tol, max_iter)
     if logits.numel() == 0:
         batch = tuple(s for i, s in enumerate(logits.shape) if i != axis)
@@ -159,41 +170,103 @@ def _entmax_rows(fn: str, logits: Tensor, alpha: object, dim: int, tol: object, 
         # α near 1 the map is sensitive to it), except on devices without float64.
         exact = torch.float64 if rows.device.type == "cpu" else cdtype
         alpha_rows = rows.new_full((1, 1), alpha, dtype=exact)
-    probs, tau, n_iter, violation, _ = threshold_map(
-        rows, "bisect", alpha_rows, tol=tol_f, max_iter=max_iter_i, raise_on_failure=raise_on_failure,
-        validate=validate, fn=fn)
+    probs, tau, n_iter, violation = _solve_rows(
+        fn, rows, alpha_rows, tol_f, max_iter_i, raise_on_failure, validate)
     out = from_rows(probs, shape, axis, x.ndim).reshape(logits.shape)
     batch = tuple(s for i, s in enumerate(logits.shape) if i != axis)
     return out, tau.reshape(batch), n_iter.reshape(batch), violation.reshape(batch), tol_f
 
 
+def _softmax_rows(fn: str, rows: Tensor, validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """α = 1: torch's softmax, with the report of the q-exponential form (τ = −1, 0 steps)."""
+    cdtype = compute_dtype(rows)
+    top = rows.amax(-1)
+    broken = torch.isnan(top) | (top == math.inf)
+    if validate and bool(broken.any()):
+        reject_logits(fn, rows, broken)
+    excluded = top == -math.inf
+    x = rows.to(cdtype)
+    probs = torch.softmax(torch.where(excluded[:, None], 0.0, x), -1)
+    probs = torch.where(excluded[:, None], 0.0, probs).to(rows.dtype)
+    tau = torch.where(excluded, math.inf, torch.where(broken, math.nan, -1.0)).to(cdtype)
+    n_iter = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    violation = torch.where(broken, math.nan, 0.0).to(cdtype)
+    return probs, tau, n_iter, violation
+
+
+def _solve_rows(fn: str, rows: Tensor, alpha: Tensor, tol: float, max_iter: int,
+                raise_on_failure: bool, validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """α-entmax of (rows, n): α ≥ DENSE_BELOW by the threshold engine (native kernels), the
+    rest (near and below 1) by the q-exponential solver; a tensor α with both splits the rows."""
+    # Compiled, or on meta tensors (no α to read): the engine alone, whose op has a fake.
+    eager = not torch.compiler.is_compiling() and rows.device.type != "meta"
+    if alpha.shape[0] > 1 and eager:
+        dense = (alpha < DENSE_BELOW).reshape(-1)
+        if bool(dense.any()) and not bool(dense.all()):
+            parts = [_solve_rows(fn, rows.index_select(0, idx), alpha.index_select(0, idx), tol,
+                                 max_iter, raise_on_failure, validate)
+                     for idx in (torch.nonzero(dense).squeeze(1), torch.nonzero(~dense).squeeze(1))]
+            order = torch.cat([torch.nonzero(dense).squeeze(1), torch.nonzero(~dense).squeeze(1)])
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel(), device=order.device)
+            return tuple(torch.cat([a, b]).index_select(0, inverse) for a, b in zip(*parts))  # type: ignore
+        use_dense = bool(dense.all())
+    else:
+        use_dense = eager and alpha.numel() > 0 and float(alpha.detach().reshape(-1)[0]) < DENSE_BELOW
+    if not use_dense:
+        probs, tau, n_iter, violation, _ = threshold_map(
+            rows, "bisect", alpha, tol=tol, max_iter=max_iter, raise_on_failure=raise_on_failure,
+            validate=validate, fn=fn)
+        return probs, tau, n_iter, violation
+    if alpha.shape[0] == 1 and not alpha.requires_grad and float(alpha.reshape(-1)[0]) == 1.0:
+        return _softmax_rows(fn, rows, validate)  # α = 1 exactly, no α-gradient: the softmax
+    probs, tau, n_iter, violation = qexp_map(rows, alpha, tol=tol, max_iter=max_iter,
+                                             validate=validate, fn=fn)
+    if raise_on_failure:
+        check_converged(fn, violation, tol, max_iter)
+    return probs, tau, n_iter, violation
+
+
 def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: float = DEFAULT_TOL,
            max_iter: int = DEFAULT_MAX_ITER, validate: bool = True) -> Tensor:
-    """α-entmax for any α > 1: p = [(α−1) z − τ]_+^{1/(α−1)}, with τ such that Σ p = 1.
+    """α-entmax for any α > 0: p = [(α−1) z − τ]_+^{1/(α−1)}, with τ such that Σ p = 1.
 
-    The map of the Tsallis regularizer Ω_α(p) = (Σ p^α − 1)/(α(α−1)) (:func:`tsallis_regularizer`):
-    softmax as α → 1, 1.5-entmax at α = 1.5, sparsemax at α = 2. τ has no closed form for a
-    general α; it is found by safeguarded Newton (bisection whenever a Newton step leaves the
+    The map of the Tsallis regularizer Ω_α(p) = (Σ p^α − 1)/(α(α−1)) (:func:`tsallis_regularizer`),
+    p = argmax_{p ∈ Δ} ⟨z, p⟩ − Ω_α(p): softmax at α = 1, 1.5-entmax at α = 1.5, sparsemax at
+    α = 2; sparse for α > 1, dense with power-law tails for α < 1. Equivalently
+    p_i = exp_α(z_i − μ) with exp_α(t) = [1 + (α−1) t]_+^{1/(α−1)} (exp at α = 1) and
+    τ = (α−1) μ − 1.
+
+    Two solvers, chosen per row by α. For α ≥ 1.0625, τ has no closed form; it is found by
+    safeguarded Newton (bisection whenever a Newton step leaves the
     bracket [max − 1, max − k^{1−α}] in the x = (α−1) z scale), in float64, on the entries that
     can be in the support (native kernel on the CPU for float32 and half precision: those above
     a lower bound on τ; elsewhere each row's ``torch.topk``, verified against the rest as in
-    :func:`sparsemax`, retried wider, then a full sort). The solve stops when every row satisfies
+    :func:`sparsemax`, retried wider, then a full sort). For α < 1.0625 (near and below 1) μ is
+    solved instead, in the logits' scale, by safeguarded Newton on log Σ exp_α(z − μ) over the
+    whole row in float64 (``normalizers._qexp``), with exp_α as exp(log1p((α−1)t)/(α−1)): no
+    1/(α−1) factor anywhere, so the map and both gradients are continuous across α = 1, where
+    it is the softmax. Either way the solve stops when every row satisfies
     |Σ p − 1| ≤ ``tol``; if ``max_iter`` steps do not get there it raises
     :class:`ConvergenceError` rather than return a silently wrong answer
     (:func:`entmax_with_info` reports per row instead). Rows are then renormalized to sum to 1.
+    Under ``torch.compile`` only the engine's custom op is traced: a tensor α must then be > 1
+    (an error otherwise), a float α ≥ 1.0625 traces without a graph break.
 
     Gradients flow to ``logits`` and, when ``alpha`` is a tensor that requires grad, to
-    ``alpha``: with s = p^{2−α} on the support and q = 1/(α−1),
-    ∂L/∂z = s ⊙ (g − c), c = Σ s g / Σ s; ∂L/∂α = q Σ_i (g_i − c) p_i (q − log p_i).
+    ``alpha`` (a per-row α may cross 1 during training): with s = p^{2−α} on the support,
+    ∂L/∂z = s ⊙ (g − c), c = Σ s g / Σ s; ∂L/∂α = Σ_i (g_i − c) ∂exp_α(t)/∂α at t = z_i − μ
+    (= q Σ_i (g_i − c) p_i (q − log p_i) with q = 1/(α−1) for α ≠ 1; −½ Σ_i (g_i − c) p_i log² p_i
+    at α = 1). Double backward (``create_graph=True``) is supported.
 
     Args:
         logits: (*batch, n) scores, along ``dim``.
-        alpha: a float > 1, or a tensor > 1 broadcastable to ``logits`` with size 1 along
+        alpha: a float > 0, or a tensor > 0 broadcastable to ``logits`` with size 1 along
             ``dim`` (e.g. (*batch, 1), one α per row).
         dim: the class axis.
         tol: tolerance on |Σ p − 1| before renormalization (> 0).
         max_iter: maximum Newton/bisection steps (>= 1).
-        validate: reject NaN and ``+inf`` logits, and NaN, infinite or <= 1 values of a tensor
+        validate: reject NaN and ``+inf`` logits, and NaN, infinite or <= 0 values of a tensor
             ``alpha`` (without it such rows come out NaN). The logits are checked from the row
             maxima the solve computes anyway (no extra pass), inside the op, so also under
             ``torch.compile``.
@@ -204,8 +277,8 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
     Raises:
         TypeError: ``logits`` (or a tensor ``alpha``) is not floating point.
         IndexError: ``dim`` is out of range.
-        ValueError: ``alpha <= 1``, a bad ``alpha`` shape, ``tol <= 0`` or ``max_iter < 1``;
-            NaN or ``+inf`` logits, a tensor ``alpha`` with NaN or values <= 1 (validate).
+        ValueError: ``alpha <= 0``, a bad ``alpha`` shape, ``tol <= 0`` or ``max_iter < 1``;
+            NaN or ``+inf`` logits, a tensor ``alpha`` with NaN or values <= 0 (validate).
         ConvergenceError: the solve did not reach ``tol`` within ``max_iter`` steps.
 
     Example:
@@ -214,10 +287,15 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
         tensor([0.8307, 0.1693, 0.0000])
         >>> entmax(torch.tensor([1.0, 0.5, -1.0]), alpha=2.0)  # sparsemax
         tensor([0.7500, 0.2500, 0.0000])
+        >>> entmax(torch.tensor([1.0, 0.5, -1.0]), alpha=1.0)  # softmax
+        tensor([0.5741, 0.3482, 0.0777])
+        >>> entmax(torch.tensor([1.0, 0.5, -1.0]), alpha=0.5)  # dense, heavier tail
+        tensor([0.4821, 0.3500, 0.1679])
 
     References:
         Peters, Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019;
-        Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 2020.
+        Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 2020;
+        Correia, Niculae & Martins, "Adaptively Sparse Transformers", EMNLP 2019 (learned α).
     """
     return _entmax_rows("entmax", logits, alpha, dim, tol, max_iter, True, validate)[0]
 
@@ -252,12 +330,14 @@ def tsallis_regularizer(probs: Tensor, *, alpha: float | Tensor = 1.5, dim: int 
                         validate: bool = True) -> Tensor:
     """Ω_α(p) = (Σ_i p_i^α − 1) / (α(α − 1)): the Tsallis regularizer, the Ω of α-entmax.
 
-    The negative Tsallis α-entropy; Ω(one-hot) = 0. At α = 2 it is ½‖p‖² − ½ (sparsemax's Ω);
-    as α → 1 it tends to the Shannon negentropy Σ p log p.
+    The negative Tsallis α-entropy, convex on the simplex for every α > 0; Ω(one-hot) = 0. At
+    α = 2 it is ½‖p‖² − ½ (sparsemax's Ω); at α = 1 it is the Shannon negentropy Σ p log p (the
+    limit, continuous in α: computed as Σ p·expm1((α−1) log p)/(α(α−1)), exact for rows on the
+    simplex, without the cancellation of Σ p^α − 1 near α = 1).
 
     Args:
         probs: (*batch, n) distributions along ``dim``.
-        alpha: a float > 1, or a tensor > 1 broadcastable to ``probs`` with size 1 along ``dim``.
+        alpha: a float > 0, or a tensor > 0 broadcastable to ``probs`` with size 1 along ``dim``.
         dim: the class axis.
         validate: reject NaN, inf and negative entries of ``probs``.
 
@@ -267,12 +347,14 @@ def tsallis_regularizer(probs: Tensor, *, alpha: float | Tensor = 1.5, dim: int 
     Raises:
         TypeError: ``probs`` is not floating point.
         IndexError: ``dim`` is out of range.
-        ValueError: ``alpha <= 1``; non-finite or negative entries (validate).
+        ValueError: ``alpha <= 0``; non-finite or negative entries (validate).
 
     Example:
         >>> import torch
         >>> tsallis_regularizer(torch.tensor([[1.0, 0.0], [0.5, 0.5]]), alpha=2.0)
         tensor([ 0.0000, -0.2500])
+        >>> tsallis_regularizer(torch.tensor([0.5, 0.5]), alpha=1.0)  # -log 2
+        tensor(-0.6931)
 
     References:
         Tsallis, "Possible generalization of Boltzmann-Gibbs statistics", J. Stat. Phys. 1988;
@@ -286,9 +368,15 @@ def tsallis_regularizer(probs: Tensor, *, alpha: float | Tensor = 1.5, dim: int 
     p = probs.to(compute_dtype(probs))
     if p.ndim == 0:
         p = p.reshape(1)
-    a = alpha.to(p.dtype) if isinstance(alpha, Tensor) else alpha
-    power = torch.where(p > 0, p.clamp_min(0).pow(a), 0).sum(axis, keepdim=True)
-    value = (power - 1) / (a * (a - 1))
+    a = alpha.to(p.dtype) if isinstance(alpha, Tensor) else torch.tensor(alpha, dtype=p.dtype)
+    # Σ p^α − 1 = Σ_{p>0} p (p^{α−1} − 1) on the simplex: each term p·expm1((α−1) log p)/(α−1)
+    # (p log p at α = 1) has no cancellation near α = 1.
+    eps = a - 1
+    positive = p > 0
+    log_p = torch.where(positive, p.clamp_min(torch.finfo(p.dtype).tiny).log(), 0)
+    safe = torch.where(eps == 0, 1, eps)
+    term = torch.where(eps == 0, log_p, torch.expm1(eps * log_p) / safe)
+    value = torch.where(positive, p * term, 0).sum(axis, keepdim=True) / a
     return value.squeeze(axis).reshape([s for i, s in enumerate(probs.shape) if i != axis]).to(probs.dtype)
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from logitlab._validation import check_dim, check_floating, compute_dtype
 from logitlab.normalizers._masking import scan
 
-__all__ = ["sigmoid", "log_sigmoid"]
+__all__ = ["sigmoid", "log_sigmoid", "binary_negentropy"]
 
 NEG_INF = -math.inf
 
@@ -84,3 +84,40 @@ def log_sigmoid(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tens
     excluded = logits == NEG_INF
     out = F.logsigmoid(torch.where(excluded, x.new_zeros(()), x))
     return torch.where(excluded, out.new_tensor(NEG_INF), out).to(logits.dtype)
+
+
+def binary_negentropy(probs: Tensor, *, dim: int = -1) -> Tensor:
+    """Ω(p) = Σ_i p_i log p_i + (1 − p_i) log(1 − p_i) on the box [0, 1]^n: the Ω of the sigmoid.
+
+    The negative sum of the per-class Bernoulli entropies, with 0 log 0 = 0, so Ω = 0 at every
+    0/1 vector (a one-hot target included). Its map over the box,
+    argmax_{p ∈ [0,1]^n} ⟨z, p⟩ − Ω(p), is the sigmoid of each score (Ω*(z) = Σ softplus(z_i)),
+    which makes the Fenchel–Young loss of the sigmoid the one-vs-all binary logistic loss
+    Σ_i BCE(z_i, y_i) − H_b(y_i) (``fenchel_young_loss(..., normalizer='sigmoid')``).
+
+    Args:
+        probs: (*batch, n) per-class probabilities in [0, 1] along ``dim``.
+        dim: the class axis.
+
+    Returns:
+        (*batch) Ω of each row, in the dtype of ``probs``.
+
+    Raises:
+        TypeError: ``probs`` is not a floating-point tensor.
+        IndexError: ``dim`` is out of range.
+
+    Example:
+        >>> binary_negentropy(torch.tensor([[1.0, 0.0], [0.5, 0.5]]))  # 0, then 2 · log ½
+        tensor([ 0.0000, -1.3863])
+
+    References:
+        Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 2020 (§ 4.2).
+    """
+    check_floating("binary_negentropy", "probs", probs)
+    axis = check_dim("binary_negentropy", dim, probs.ndim)
+    p = probs.to(compute_dtype(probs))
+    if p.ndim == 0:
+        p, axis = p.reshape(1), 0
+    q = 1 - p
+    value = torch.special.xlogy(p, p) + torch.special.xlogy(q, q)
+    return value.sum(axis).to(probs.dtype)
