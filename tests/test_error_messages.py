@@ -19,7 +19,7 @@ CASES = [
     ("make_objective", "loss", ValueError, lambda: L.make_objective("softmax", "nope")),
     ("make_objective", "normalizer", ValueError, lambda: L.make_objective("sigmoid", "sparsemax_loss")),
     ("fenchel_young_loss", "alpha", ValueError,
-     lambda: L.fenchel_young_loss(torch.randn(2, 3), torch.tensor([0, 1]), normalizer="entmax", alpha=0.5)),
+     lambda: L.fenchel_young_loss(torch.randn(2, 3), torch.tensor([0, 1]), normalizer="entmax", alpha=-1.0)),
     ("divergence_loss", "positivity", ValueError,
      lambda: L.divergence_loss(torch.randn(2, 3), torch.full((2, 3), 1 / 3), normalizer="standard", positivity="x")),
     ("js_divergence", "tol", ValueError,
