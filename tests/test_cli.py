@@ -24,19 +24,21 @@ def test_help_everywhere(verb, capsys):
 
 def test_study_help_lists_set_keys_and_flags(capsys):
     _, out, _ = _run(["study", "--help"], capsys)
-    for flag in ("--dataset", "--model", "--seeds", "--epochs", "--set", "--out", "--resume", "nll_smoothing"):
+    for flag in ("--dataset", "--model", "--seeds", "--steps", "--set", "--out", "--resume", "--force",
+                 "nll_smoothing", "temperature_scaling", "label"):
         assert flag in out
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--set", "epoch=3"], "unknown key 'epoch'; valid keys: dataset, model, seeds, epochs"),
+    (["--set", "epoch=3"], "unknown key 'epoch'; valid keys: dataset, label, model, seeds, steps"),
     (["--set", "seeds=three"], "seeds: expected an int >= 1, got 'three'"),
     (["--set", "lr=-1"], "lr: expected a finite number > 0, got -1.0"),
     (["--set", "lr=inf"], "lr: expected a finite number > 0, got inf"),
     (["--set", "weight_decay=inf"], "weight_decay: expected a finite number >= 0, got inf"),
-    (["--epochs", "0"], "epochs: expected an int >= 1, got 0"),
+    (["--steps", "0"], "steps: expected an int >= 1, got 0"),
+    (["--set", "temperature_scaling=maybe"], "temperature_scaling: expected true or false, got 'maybe'"),
     (["--set", "optimizer=lbfgs"], "unknown optimizer 'lbfgs'; valid choices: adam, sgd"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: digits, wine, breast_cancer, iris"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: digits, wine, breast_cancer, iris, or the path"),
     (["--model", "cnn"], "unknown model 'cnn'; valid choices: linear, mlp"),
     (["--set", "pairs=softmax+hinge"], "unknown or invalid pair 'softmax+hinge'; valid pairs for class-index training: softmax+cross_entropy"),
     (["--set", "pairs=sigmoid+cross_entropy"], "unknown or invalid pair 'sigmoid+cross_entropy'"),
@@ -68,7 +70,7 @@ def test_list_still_works(capsys):
 
 @pytest.mark.parametrize("spec_text,message", [
     ('{"bad json', "is not a stored study spec (Unterminated string starting at: line 1 column 2"),
-    ("{}", "is not a stored study spec (missing keys: dataset, model"),
+    ("{}", "is not a stored study spec (missing keys: dataset, label, model"),
     ("[1, 2]", "is not a stored study spec (expected a JSON object, got list)"),
 ])
 def test_report_of_a_damaged_spec_exits_2(spec_text, message, capsys, tmp_path):
@@ -78,11 +80,32 @@ def test_report_of_a_damaged_spec_exits_2(spec_text, message, capsys, tmp_path):
     assert status == 2 and message in err
 
 
-def test_report_of_damaged_records_exits_2(capsys, tmp_path):
+def test_report_of_damaged_records_says_what_it_skipped(capsys, tmp_path):
+    # Was: exit 2 and no report. A damaged complete line is skipped, and the report names it.
     from logitlab.experiments import records
     from logitlab.experiments.spec import StudySpec
 
     records.write_json(tmp_path / records.SPEC, StudySpec().to_json())
     (tmp_path / records.RECORDS).write_text('{"a": 1}\nnot json\n', encoding="utf-8")
-    status, _, err = _run(["report", str(tmp_path)], capsys)
-    assert status == 2 and f"read_records(): {tmp_path / records.RECORDS}:2 is not a JSON record" in err
+    status, _, _ = _run(["report", str(tmp_path)], capsys)
+    assert status == 0
+    text = (tmp_path / records.REPORT).read_text()
+    assert f"{tmp_path / records.RECORDS}: skipped 1 line(s) (line 2: not JSON" in text
+
+
+def test_out_that_is_a_file_exits_2(capsys, tmp_path):
+    out = tmp_path / "file"
+    out.write_text("x")
+    status, _, err = _run(["study", "--out", str(out), "--steps", "1"], capsys)
+    assert status == 2 and f"--out {out}: is a file, not a directory" in err
+    assert len(err.strip().splitlines()[-1]) > 0 and "Traceback" not in err
+
+
+def test_missing_study_extra_names_the_install_command(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    for argv in (["study", "--out", str(tmp_path / "r")], ["report", str(tmp_path)]):
+        status, _, err = _run(argv, capsys)
+        assert status == 2 and "the study needs scikit-learn (not installed): pip install 'logitlab[study]'" in err

@@ -19,7 +19,7 @@ import pytest
 from logitlab.experiments import records as rec
 
 CHROMIUM = "/usr/bin/chromium"
-SECTIONS = ["setup", "summary", "calibration", "training", "theory", "records"]
+from .test_study import SECTIONS  # every section of the report, in order
 
 # Appended to a copy of the report: after load, write what rendered into the DOM for --dump-dom.
 _PROBE = """<script>

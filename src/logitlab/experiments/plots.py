@@ -18,6 +18,7 @@ __all__ = [
     "gradient_norms",
     "line_panels",
     "bar_panel",
+    "confusion_matrices",
 ]
 
 _STYLE = {
@@ -171,27 +172,53 @@ def line_panels(panels: Sequence[Mapping[str, Any]], *, width: float = 4.2, heig
 
 
 def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> bytes:
-    """Training loss and validation accuracy per epoch, one line per combination (mean over seeds).
+    """Training loss, validation NLL and validation accuracy per optimizer step, one line per combination.
 
-    ``curves[name]`` has 'train_loss', 'val_accuracy' and their 'train_loss_lo/hi',
-    'val_accuracy_lo/hi' bands.
+    ``curves[name]`` has 'step' (the x values), 'train_loss', 'val_nll', 'val_accuracy' (means
+    over seeds) and their '_lo' / '_hi' bands.
     """
     panels = []
     for key, title, logy in (("train_loss", "training loss (each its own objective)", True),
+                             ("val_nll", "validation NLL (smoothed)", True),
                              ("val_accuracy", "validation accuracy", False)):
         series = []
-        for name, c in curves.items():
+        for i, (name, c) in enumerate(curves.items()):
             ys = c[key]
-            series.append((name, list(range(1, len(ys) + 1)), ys, c[key + "_lo"], c[key + "_hi"]))
-        panels.append({"title": title, "xlabel": "epoch", "ylabel": key.replace("_", " "), "logy": logy,
-                       "series": series, "legend": key == "val_accuracy", "legend_loc": "lower right"})
-    return line_panels(panels, width=5.0, height=3.6)
+            series.append((name, list(c["step"][:len(ys)]), ys, c[key + "_lo"], c[key + "_hi"], color(i)))
+        panels.append({"title": title, "xlabel": "optimizer step", "ylabel": key.replace("_", " "), "logy": logy,
+                       "series": series, "legend": key == "val_accuracy", "legend_outside": True})
+    return line_panels(panels, width=4.2, height=3.4)
 
 
 def gradient_norms(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> bytes:
-    """Output-layer gradient norm per epoch (mean over the epoch's steps and over seeds), log scale."""
-    series = [(name, list(range(1, len(c["grad_norm"]) + 1)), c["grad_norm"], c["grad_norm_lo"], c["grad_norm_hi"])
-              for name, c in curves.items()]
-    return line_panels([{"title": "output-layer gradient norm ‖∂L/∂(W, b)‖", "xlabel": "epoch",
+    """Output-layer gradient norm per optimizer step (mean over the steps since the previous point and over seeds)."""
+    series = [(name, list(c["step"][:len(c["grad_norm"])]), c["grad_norm"], c["grad_norm_lo"], c["grad_norm_hi"],
+               color(i)) for i, (name, c) in enumerate(curves.items())]
+    return line_panels([{"title": "output-layer gradient norm ‖∂L/∂(W, b)‖", "xlabel": "optimizer step",
                          "ylabel": "gradient norm", "logy": True, "series": series,
-                         "legend_loc": "upper right", "legend_cols": 2}], width=7.0, height=3.6)
+                         "legend_outside": True}], width=7.0, height=3.6)
+
+
+def confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]]) -> bytes:
+    """Confusion matrices (rows: true class, columns: predicted), counts summed over seeds, side by side."""
+    plt, style = _pyplot()
+    with plt.rc_context(style):
+        names = list(matrices)
+        fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            m = matrices[name]
+            ax.imshow(m, cmap="Blues")
+            size = len(m)
+            if size <= 12:
+                top = max(max(row) for row in m) or 1
+                for i in range(size):
+                    for j in range(size):
+                        if m[i][j]:
+                            ax.text(j, i, str(m[i][j]), ha="center", va="center", fontsize=6,
+                                    color="white" if m[i][j] > top / 2 else "black")
+            ax.set_title(name, fontsize=7)
+            ax.set_xlabel("predicted class")
+            ax.set_ylabel("true class")
+            ax.grid(False)
+        fig.tight_layout()
+        return _png(fig)

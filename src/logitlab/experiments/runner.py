@@ -25,7 +25,8 @@ from logitlab.experiments.data import Split, load_split
 from logitlab.experiments.models import build_model, output_layer
 from logitlab.experiments.spec import Combination, StudySpec
 
-__all__ = ["train_one", "run_study", "check_combinations", "predict_probs"]
+__all__ = ["train_one", "run_study", "check_combinations", "predict_probs", "fit_temperature", "loss_drop_share",
+           "RunExists", "print_progress"]
 
 Progress = Callable[[str, bool], None]
 
@@ -97,7 +98,7 @@ def check_combinations(spec: StudySpec) -> None:
 
 
 def train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
-              on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+              on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train ``combo`` on ``data`` with ``seed`` and return its record (metrics, curves, wall time).
 
     Runs on one CPU thread, so the same (spec, combination, seed) gives the same record whatever
@@ -106,13 +107,77 @@ def train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train_one(spec, combo, seed, data, on_epoch)
+        return _train_one(spec, combo, seed, data, on_step)
     finally:
         torch.set_num_threads(threads)
 
 
+# A run counts as still training when more than this share of its whole decrease in training
+# loss came in the last quarter of its steps.
+STILL_FALLING_SHARE = 0.10
+
+
+def loss_drop_share(train_loss: list[float]) -> float:
+    """The share of the run's total decrease in training loss made in its last quarter of points.
+
+    ``train_loss`` is the curve at evenly spaced points (the objective on the whole training split).
+    Returns 0 when the loss did not decrease overall (nothing to converge), NaN for < 4 points.
+
+    Example:
+        >>> loss_drop_share([1.0, 0.5, 0.3, 0.2, 0.2, 0.2, 0.2, 0.2])
+        0.0
+        >>> round(loss_drop_share([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]), 3)
+        0.286
+    """
+    values = [v for v in train_loss if v is not None and math.isfinite(v)]
+    if len(values) < 4 or len(values) != len(train_loss):
+        return math.nan
+    first, last = values[0], values[-1]
+    quarter = values[len(values) - 1 - len(values) // 4]
+    total = first - last
+    if total <= 0:
+        return 0.0
+    return max(0.0, quarter - last) / total
+
+
+def fit_temperature(logits: Tensor, target: Tensor, combo: Combination, *, smoothing: float) -> float:
+    """The temperature T > 0 that minimizes the smoothed NLL of ``predict_probs(combo, logits / T)``.
+
+    A one-dimensional search over log T in [log 0.05, log 20]: a grid of 41 points, then golden
+    sections around the best of them. The NLL is smoothed (as in the metrics) so that a sparse
+    map's zeros do not make it infinite.
+    """
+    def nll(log_t: float) -> float:
+        probs = predict_probs(combo, logits / math.exp(log_t))
+        if not bool(torch.isfinite(probs).all()):
+            return math.inf
+        return float(metrics.nll(probs, target, smoothing=smoothing, validate=False))
+
+    lo, hi = math.log(0.05), math.log(20.0)
+    grid = [lo + (hi - lo) * i / 40 for i in range(41)]
+    values = [nll(g) for g in grid]
+    best = min(range(len(grid)), key=lambda i: (values[i], abs(grid[i])))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(25):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(d)
+    log_t = (a + b) / 2
+    if nll(log_t) > values[best]:
+        log_t = grid[best]
+    return math.exp(log_t)
+
+
 def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
-               on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+               on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     from logitlab.registry import make_objective
 
     start = time.perf_counter()
@@ -126,60 +191,90 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
     objective = make_objective(combo.normalizer, combo.loss, **dict(combo.params))
     batches = torch.Generator().manual_seed(seed)
     n = data.x_train.shape[0]
-    curves: dict[str, list[float]] = {"train_loss": [], "val_accuracy": [], "grad_norm": []}
+    points = min(spec.eval_points, spec.steps)
+    marks = {round(spec.steps * (i + 1) / points) for i in range(points)}
+    curves: dict[str, list[float]] = {"step": [], "train_loss": [], "val_accuracy": [], "val_nll": [],
+                                      "grad_norm": []}
     diverged = False
-    for epoch in range(spec.epochs):
+    step = 0
+    loss_sum = grad_sum = 0.0
+    since = 0
+    order = torch.empty(0, dtype=torch.int64)
+    position = 0
+    while step < spec.steps:
+        if position >= order.numel():
+            order, position = torch.randperm(n, generator=batches), 0
+        index = order[position:position + spec.batch_size]
+        position += spec.batch_size
         model.train()
-        order = torch.randperm(n, generator=batches)
-        loss_sum = grad_sum = 0.0
-        steps = 0
-        for index in torch.split(order, spec.batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            loss = objective(model(data.x_train[index]), data.y_train[index])
-            if not torch.isfinite(loss):
-                diverged = True
-                break
-            loss.backward()
-            grad_sum += float(torch.sqrt(head.weight.grad.pow(2).sum() + head.bias.grad.pow(2).sum()))
-            optimizer.step()
-            loss_sum += loss.item()
-            steps += 1
-        if diverged:
+        optimizer.zero_grad(set_to_none=True)
+        loss = objective(model(data.x_train[index]), data.y_train[index])
+        if not torch.isfinite(loss):
+            diverged = True
             break
-        model.eval()
-        with torch.no_grad():
-            val_probs = predict_probs(combo, model(data.x_val))
-        val_acc = float(metrics.accuracy(val_probs, data.y_val, validate=False)) \
-            if bool(torch.isfinite(val_probs).all()) else math.nan
-        curves["train_loss"].append(loss_sum / steps)
-        curves["val_accuracy"].append(val_acc)
-        curves["grad_norm"].append(grad_sum / steps)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, loss_sum / steps)
+        loss.backward()
+        grad_sum += float(torch.sqrt(head.weight.grad.pow(2).sum() + head.bias.grad.pow(2).sum()))
+        optimizer.step()
+        loss_sum += loss.item()
+        since += 1
+        step += 1
+        if step in marks:
+            model.eval()
+            with torch.no_grad():
+                val_probs = predict_probs(combo, model(data.x_val))
+                train_loss = float(objective(model(data.x_train), data.y_train))
+            finite = bool(torch.isfinite(val_probs).all())
+            curves["step"].append(step)
+            curves["train_loss"].append(train_loss)
+            curves["val_accuracy"].append(float(metrics.accuracy(val_probs, data.y_val, validate=False))
+                                          if finite else math.nan)
+            curves["val_nll"].append(float(metrics.nll(val_probs, data.y_val, smoothing=spec.nll_smoothing,
+                                                       validate=False)) if finite else math.nan)
+            curves["grad_norm"].append(grad_sum / since)
+            if on_step is not None:
+                on_step(step, train_loss)
+            loss_sum = grad_sum = 0.0
+            since = 0
     model.eval()
     with torch.no_grad():
-        test_probs = predict_probs(combo, model(data.x_test))
+        test_logits = model(data.x_test)
+        val_logits = model(data.x_val)
+        test_probs = predict_probs(combo, test_logits)
     finite = bool(torch.isfinite(test_probs).all())
-    if finite:
+    values, reliability, scaled, temperature, predictions = {}, {}, {}, None, {}
+    if finite and not diverged:
         values, reliability = _metrics(test_probs, data.y_test, spec)
-    else:
-        values, reliability = {}, {}
+        predictions = {"target": data.y_test.tolist(), "predicted": test_probs.argmax(-1).tolist()}
+        if spec.temperature_scaling:
+            temperature = fit_temperature(val_logits, data.y_val, combo, smoothing=spec.nll_smoothing)
+            scaled_probs = predict_probs(combo, test_logits / temperature)
+            if bool(torch.isfinite(scaled_probs).all()):
+                scaled, _ = _metrics(scaled_probs, data.y_test, spec)
     return {
         "kind": "result",
         "combination": combo.key,
         **combo.to_json(),
         "seed": seed,
-        "epochs_run": len(curves["train_loss"]),
+        "steps_run": step,
+        "epochs_run": step * spec.batch_size / n,
         "diverged": diverged or not finite,
+        "loss_drop_share": loss_drop_share(curves["train_loss"]),
         "metrics": values,
+        "temperature": temperature,
+        "metrics_scaled": scaled,
         "reliability": reliability,
         "curves": curves,
+        "predictions": predictions,
+        "n_train": n,
+        "n_val": int(data.y_val.shape[0]),
         "n_test": int(data.y_test.shape[0]),
+        "num_classes": data.num_classes,
         "wall_time_s": time.perf_counter() - start,
     }
 
 
-def _print_progress(line: str, final: bool) -> None:
+def print_progress(line: str, final: bool) -> None:
+    """Progress on stdout: one rewritten line on a terminal, the final lines only otherwise."""
     import sys
 
     stream = sys.stdout
@@ -190,12 +285,27 @@ def _print_progress(line: str, final: bool) -> None:
         print(line, flush=True)
 
 
-def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False,
-              progress: Progress = _print_progress) -> Path:
+class RunExists(RuntimeError):
+    """``out_dir`` holds a run already and neither ``resume`` nor ``force`` was given."""
+
+
+def _warn(progress: Progress, text: str) -> None:
+    progress(f"warning: {text}", True)
+
+
+def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False, force: bool = False,
+              progress: Progress = print_progress, announce: bool = False) -> Path:
     """Run (or, with ``resume``, complete) the study in ``out_dir``; return the report's path.
 
-    Without ``resume`` an existing run in ``out_dir`` is replaced. With ``resume`` the stored
-    spec must equal ``spec``, and the (combination, seed) pairs already recorded are skipped.
+    A run already in ``out_dir`` (a spec.json or records.jsonl) is kept: ``resume`` completes
+    it (the stored spec must equal ``spec``; the (combination, seed) pairs already recorded are
+    skipped), ``force`` replaces it, and neither raises :class:`RunExists`. The directory is
+    locked while the study runs (:func:`records.lock_run`), so two processes never write it
+    at once. Damaged or duplicate lines of records.jsonl are skipped and reported.
+
+    Raises:
+        RunExists: a run is in ``out_dir`` and neither ``resume`` nor ``force`` was given.
+        records.RunLocked: another process is writing ``out_dir``.
     """
     from logitlab.experiments import theory
     from logitlab.experiments.report import write_report
@@ -203,24 +313,43 @@ def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / rec.RECORDS
-    if not resume:
-        for name in (rec.RECORDS, rec.THEORY, rec.REPORT):
-            (out_dir / name).unlink(missing_ok=True)
-    rec.write_json(out_dir / rec.SPEC, spec.to_json())
-    done = rec.done_keys(rec.read_records(records_path))
-    jobs = [(combo, seed) for seed in range(spec.seeds) for combo in spec.pairs]
-    # The models are tiny: one thread is fastest, and it avoids OpenMP spin-waits stalling on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _run_jobs(spec, jobs, done, records_path, progress)
-        if not (out_dir / rec.THEORY).exists():
-            progress("theory: computing the data of the theory section", True)
-            rec.write_json(out_dir / rec.THEORY, theory.collect(spec.pairs))
-    finally:
-        torch.set_num_threads(threads)
-    progress("report: rendering", True)
-    return write_report(out_dir)
+    with rec.lock_run(out_dir):
+        existing = [name for name in (rec.SPEC, rec.RECORDS) if (out_dir / name).exists()]
+        if existing and not resume and not force:
+            raise RunExists(f"{out_dir} holds a run already ({', '.join(existing)}); complete it with "
+                            f"`logitlab study --out {out_dir} --resume` or replace it with --force")
+        if not resume:
+            for name in (rec.RECORDS, rec.THEORY, rec.REPORT):
+                (out_dir / name).unlink(missing_ok=True)
+        rec.write_json(out_dir / rec.SPEC, spec.to_json())
+        scan = rec.scan_records(records_path)
+        if scan.skipped:
+            _warn(progress, rec.describe_skipped(records_path, scan.skipped) + "; their runs are redone "
+                  "where no usable record exists")
+        done = rec.done_keys(scan.records)
+        jobs = [(combo, seed) for seed in range(spec.seeds) for combo in spec.pairs]
+        if announce:
+            progress(f"study: {spec.dataset}, {spec.model} model, {len(spec.pairs)} combinations x {spec.seeds} "
+                     f"seeds, {spec.steps} steps of {spec.batch_size} -> {out_dir}", True)
+        # The models are tiny: one thread is fastest, and it avoids OpenMP spin-waits stalling on a busy machine.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _run_jobs(spec, jobs, done, records_path, progress)
+            if not (out_dir / rec.THEORY).exists():
+                progress("theory: computing the data of the theory section", True)
+                rec.write_json(out_dir / rec.THEORY, theory.collect(spec.pairs))
+        finally:
+            torch.set_num_threads(threads)
+        for warning in _warnings(spec, rec.read_records(records_path)):
+            _warn(progress, warning)
+        return write_report(out_dir, progress=progress)
+
+
+def _warnings(spec: StudySpec, records: list[dict[str, Any]]) -> list[str]:
+    from logitlab.experiments.report import run_warnings
+
+    return [text for text, _ in run_warnings(spec.to_json(), records)]
 
 
 def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tuple[str, int]],
@@ -235,15 +364,17 @@ def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tu
                 continue
             if seed not in splits:
                 splits[seed] = load_split(spec.dataset, seed, val_fraction=spec.val_fraction,
-                                          test_fraction=spec.test_fraction)
+                                          test_fraction=spec.test_fraction, label=spec.label)
 
-            def on_epoch(epoch: int, loss: float, head: str = head) -> None:
-                progress(f"{head}: epoch {epoch}/{spec.epochs} loss {loss:.4f}", False)
+            def on_step(step: int, loss: float, head: str = head) -> None:
+                progress(f"{head}: step {step}/{spec.steps} loss {loss:.4f}", False)
 
-            record = train_one(spec, combo, seed, splits[seed], on_epoch)
+            record = train_one(spec, combo, seed, splits[seed], on_step)
             writer.append(record)
             m = record["metrics"]
             losses = record["curves"]["train_loss"]
             final = f"loss {losses[-1]:.4f}, " if losses else ""
             summary = (f"{final}test acc {m['accuracy']:.3f}, ECE {m['ece_width']:.3f}" if m else "diverged")
-            progress(f"{head}: {record['epochs_run']} epochs, {summary}, {record['wall_time_s']:.1f} s", True)
+            if record["temperature"] is not None and record["metrics_scaled"]:
+                summary += f" (T = {record['temperature']:.2f}: {record['metrics_scaled']['ece_width']:.3f})"
+            progress(f"{head}: {record['steps_run']} steps, {summary}, {record['wall_time_s']:.1f} s", True)
