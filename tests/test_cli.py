@@ -109,3 +109,34 @@ def test_missing_study_extra_names_the_install_command(capsys, tmp_path, monkeyp
     for argv in (["study", "--out", str(tmp_path / "r")], ["report", str(tmp_path)]):
         status, _, err = _run(argv, capsys)
         assert status == 2 and "the study needs scikit-learn (not installed): pip install 'logitlab[study]'" in err
+
+
+def test_list_says_that_binary_cross_entropy_averages_over_classes(capsys):
+    # Was: "Σ_k BCE(...)" while the function averages; the study's gradient analysis read 1/C of it.
+    import torch
+
+    from logitlab.registry import make_objective
+
+    status, out, _ = _run(["list"], capsys)
+    line = next(line for line in out.splitlines() if line.strip().startswith("binary_cross_entropy "))
+    assert status == 0 and "averaged over the C classes" in line
+    logits, target = torch.tensor([[2.0, -1.0, 0.5, 3.0]], dtype=torch.float64), torch.tensor([1])
+    per_class = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.nn.functional.one_hot(target, 4).double(), reduction="none")
+    assert float(make_objective("sigmoid", "binary_cross_entropy")(logits, target)) == \
+        pytest.approx(float(per_class.mean()))
+
+
+def test_gradient_sweep_puts_bce_on_the_per_example_summed_convention():
+    import math
+
+    from logitlab.experiments import theory
+    from logitlab.experiments.spec import parse_combination
+
+    data = theory._gradient_sweep([parse_combination("sigmoid+binary_cross_entropy")])
+    curve = data["curves"]["sigmoid+binary_cross_entropy"]
+    margin = data["margins"][-1]
+    sigmoid = 1 / (1 + math.exp(-margin))
+    # ∂/∂z_k of Σ_k BCE: σ(z_k) − y_k; true class at logit 0, class 1 at the margin, 8 others at 0
+    expected = math.sqrt((0.5 - 1) ** 2 + sigmoid ** 2 + 8 * 0.5 ** 2)
+    assert curve["grad_norm"][-1] == pytest.approx(expected, rel=1e-9) and curve["scale"] == 10

@@ -15,15 +15,22 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 
+# What a loss computes where its registry line does not say it exactly (checked in tests/test_cli.py).
+_LOSS_COMPUTES = {
+    "binary_cross_entropy": "(1/C) Σ_k BCE(target_k, sigmoid(z_k)): one-vs-all, averaged over the C classes "
+                            "(torch's 'mean' is over all N·C elements)",
+}
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from logitlab.registry import LOSSES, NORMALIZERS, valid_pairs
 
     print("normalizers:")
     for name, spec in NORMALIZERS.items():
         print(f"  {name:<18} {spec.doc}")
-    print("losses:")
+    print("losses (the value of one example; a batch is averaged over its rows):")
     for name, spec in LOSSES.items():
-        print(f"  {name:<22} {spec.doc}")
+        print(f"  {name:<22} {_LOSS_COMPUTES.get(name, spec.doc)}")
     print("valid pairs (normalizer + loss):")
     for normalizer, loss in valid_pairs():
         print(f"  {normalizer} + {loss}")

@@ -16,6 +16,11 @@ from logitlab.experiments import plots
 __all__ = ["collect", "render", "SECTIONS"]
 
 NUM_CLASSES = 10
+# Losses whose value for one example is the *mean* over its C classes (torch's 'mean' reduction of
+# binary cross-entropy averages over all N·C elements). The gradient sweep puts every loss on one
+# convention, per example and summed over the classes, so their value and gradient are multiplied
+# by C there; otherwise sigmoid + BCE shows 1/C of its per-example gradient and reads as a weak signal.
+CLASS_MEAN_LOSSES = frozenset({"binary_cross_entropy"})
 MARGINS = [float(i) for i in range(21)]                   # 0 .. 20
 SCALES = [10 ** (-1 + 0.05 * i) for i in range(41)]      # 0.1 .. 10
 
@@ -36,9 +41,11 @@ def _gradient_sweep(combinations: Sequence[Any]) -> dict[str, Any]:
             try:
                 sweep = gradient_sweep(combo.normalizer, combo.loss, margins=MARGINS, num_classes=NUM_CLASSES,
                                        **dict(combo.params))
-                curves[combo.key] = {"group": group, "grad_norm": sweep.grad_norm.tolist(),
-                                     "loss_value": sweep.loss_value.tolist(), "prob_true": sweep.prob_true.tolist(),
-                                     "grad_true": sweep.grad_true.tolist()}
+                scale = float(NUM_CLASSES) if combo.loss in CLASS_MEAN_LOSSES else 1.0
+                curves[combo.key] = {"group": group, "grad_norm": (scale * sweep.grad_norm).tolist(),
+                                     "loss_value": (scale * sweep.loss_value).tolist(),
+                                     "prob_true": sweep.prob_true.tolist(),
+                                     "grad_true": (scale * sweep.grad_true).tolist(), "scale": scale}
             except Exception as error:  # noqa: BLE001 - shown in the report
                 failed[combo.key] = f"{type(error).__name__}: {error}"
     if not curves:
@@ -194,7 +201,9 @@ def _render_gradient_sweep(data: dict[str, Any]) -> str:
         "non-zero size (p − y tends to a fixed vector, norm √2), so the model keeps learning from its worst "
         "mistakes; with squared error on probabilities (Brier) it vanishes exponentially: a confidently wrong "
         "model stops learning. One example, class 0 true, class 1 ahead by the margin, all other logits 0; "
-        "from <code>logitlab.analysis.gradient_sweep</code>.", measured]) + \
+        "from <code>logitlab.analysis.gradient_sweep</code>. One convention for every loss: the loss of one "
+        "example summed over its classes (binary cross-entropy, which torch averages over the classes, is "
+        f"multiplied by C = {data['num_classes']}).", measured]) + \
         "".join(figure(extra, "gradient sweep, other pairs", []) for extra in pngs[1:])
 
 
