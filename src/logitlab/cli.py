@@ -137,6 +137,20 @@ def _stored_spec(path, what: str):
         raise _UsageError(f"{what}{path} is not a stored study spec ({error})") from None
 
 
+def _jobs(text: str | None) -> int:
+    import os
+
+    if text is None:
+        return max(1, min(4, os.cpu_count() or 1))
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise _UsageError(f"--jobs: expected an int >= 1, got {text!r}")
+    return value
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -167,6 +181,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         else:
             spec = apply_overrides(base, overrides)
             out = out or Path("runs") / f"{spec.dataset}-{spec.model}"
+        jobs = _jobs(args.jobs)
         if out.exists() and not out.is_dir():
             raise _UsageError(f"--out {out}: is a file, not a directory; name a directory for the run")
         check_combinations(spec)
@@ -174,7 +189,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         args.parser.error(str(error))
     resume_hint = f"logitlab study --out {out} --resume"
     try:
-        report = run_study(spec, out, resume=args.resume, force=args.force, announce=True)
+        report = run_study(spec, out, resume=args.resume, force=args.force, announce=True, workers=jobs)
     except RunExists as error:
         args.parser.error(str(error))
     except records.RunLocked as error:
@@ -254,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="complete an interrupted run in --out without redoing "
                    "finished combinations")
     p.add_argument("--force", action="store_true", help="replace a run already in --out")
+    p.add_argument("--jobs", metavar="N", help="train in N processes (default: the CPU count, at most 4); "
+                   "the records do not depend on it")
     p.set_defaults(func=_cmd_study, parser=p)
     p = sub.add_parser("report", help="re-render a run's report from its stored records",
                        description="Render RUN_DIR/report.html (or FILE) from spec.json, records.jsonl and "
@@ -267,4 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C outside the verbs' own handlers (imports, set-up): no traceback
+        print(f"\ninterrupted: logitlab {args.command} stopped", file=sys.stderr, flush=True)
+        return 130

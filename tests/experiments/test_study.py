@@ -288,3 +288,15 @@ def test_an_existing_run_is_kept_without_force(tiny_run, tmp_path, capsys):
     status, _, _ = run_cli(["study", "--out", str(out), "--steps", "5", "--seeds", "1", "--force",
                             "--set", "pairs=softmax+cross_entropy"], capsys)
     assert status == 0 and len(rec.read_records(out / rec.RECORDS)) == 1
+
+
+def test_worker_processes_give_the_same_records_in_job_order(tiny_run, tmp_path):
+    from logitlab.experiments.runner import run_study
+    from logitlab.experiments.spec import StudySpec
+
+    spec = StudySpec.from_json(json.loads((tiny_run.run_dir / rec.SPEC).read_text()))
+    lines = []
+    run_study(spec, tmp_path / "parallel", workers=2, progress=lambda line, final: lines.append(line))
+    parallel = rec.read_records(tmp_path / "parallel" / rec.RECORDS)
+    assert _strip_times(parallel) == _strip_times(rec.read_records(tiny_run.run_dir / rec.RECORDS))
+    assert any(line.startswith("[####################] 4/4") for line in lines)

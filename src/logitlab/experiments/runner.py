@@ -294,14 +294,15 @@ def _warn(progress: Progress, text: str) -> None:
 
 
 def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False, force: bool = False,
-              progress: Progress = print_progress, announce: bool = False) -> Path:
+              progress: Progress = print_progress, announce: bool = False, workers: int = 1) -> Path:
     """Run (or, with ``resume``, complete) the study in ``out_dir``; return the report's path.
 
     A run already in ``out_dir`` (a spec.json or records.jsonl) is kept: ``resume`` completes
     it (the stored spec must equal ``spec``; the (combination, seed) pairs already recorded are
     skipped), ``force`` replaces it, and neither raises :class:`RunExists`. The directory is
     locked while the study runs (:func:`records.lock_run`), so two processes never write it
-    at once. Damaged or duplicate lines of records.jsonl are skipped and reported.
+    at once. Damaged or duplicate lines of records.jsonl are skipped and reported. ``workers``
+    processes train the (combination, seed) jobs in parallel (the records do not depend on it).
 
     Raises:
         RunExists: a run is in ``out_dir`` and neither ``resume`` nor ``force`` was given.
@@ -335,7 +336,7 @@ def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False, force: bo
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            _run_jobs(spec, jobs, done, records_path, progress)
+            _run_jobs(spec, jobs, done, records_path, progress, workers)
             if not (out_dir / rec.THEORY).exists():
                 progress("theory: computing the data of the theory section", True)
                 rec.write_json(out_dir / rec.THEORY, theory.collect(spec.pairs))
@@ -352,29 +353,98 @@ def _warnings(spec: StudySpec, records: list[dict[str, Any]]) -> list[str]:
     return [text for text, _ in run_warnings(spec.to_json(), records)]
 
 
+def _summary_line(head: str, record: dict[str, Any]) -> str:
+    m = record["metrics"]
+    losses = record["curves"]["train_loss"]
+    final = f"loss {losses[-1]:.4f}, " if losses else ""
+    summary = (f"{final}test acc {m['accuracy']:.3f}, ECE {m['ece_width']:.3f}" if m else "diverged")
+    if record["temperature"] is not None and record["metrics_scaled"]:
+        summary += f" (T = {record['temperature']:.2f}: {record['metrics_scaled']['ece_width']:.3f})"
+    return f"{head}: {record['steps_run']} steps, {summary}, {record['wall_time_s']:.1f} s"
+
+
+def _bar(done: int, total: int, elapsed: float) -> str:
+    """``[####------] 12/40, 9 s, about 21 s left``: the study's own progress bar (no dependency)."""
+    width = 20
+    filled = width * done // max(total, 1)
+    left = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total}, {elapsed:.0f} s{left}"
+
+
+_WORKER_SPLITS: dict[tuple[str, int], Split] = {}
+
+
+def _worker_init() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
+    torch.set_num_threads(1)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # imports torch._dynamo before the first job's clock
+
+
+def _worker_job(task: tuple[dict[str, Any], int, int]) -> tuple[int, dict[str, Any]]:
+    spec_json, index, seed = task
+    spec = StudySpec.from_json(spec_json)
+    key = (spec.dataset, seed)
+    if key not in _WORKER_SPLITS:
+        _WORKER_SPLITS[key] = load_split(spec.dataset, seed, val_fraction=spec.val_fraction,
+                                         test_fraction=spec.test_fraction, label=spec.label)
+    return index, rec.to_json(train_one(spec, spec.pairs[index], seed, _WORKER_SPLITS[key]))
+
+
 def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tuple[str, int]],
-              records_path: Path, progress: Progress) -> None:
+              records_path: Path, progress: Progress, workers: int = 1) -> None:
+    """Train the jobs not yet ``done`` and append their records in job order.
+
+    With ``workers`` > 1 the jobs run in that many processes (each on one thread; the same
+    record as in this process); records are still appended in job order, each as soon as every
+    job before it has finished.
+    """
     total = len(jobs)
+    todo = [(number, combo, seed) for number, (combo, seed) in enumerate(jobs, 1) if (combo.key, seed) not in done]
+    for number, (combo, seed) in enumerate(jobs, 1):
+        if (combo.key, seed) in done:
+            progress(f"[{number}/{total}] {combo.key} seed {seed}: already recorded, skipped", True)
+    start = time.perf_counter()
     with rec.RecordWriter(records_path) as writer:
-        splits: dict[int, Split] = {}
-        for number, (combo, seed) in enumerate(jobs, 1):
-            head = f"[{number}/{total}] {combo.key} seed {seed}"
-            if (combo.key, seed) in done:
-                progress(f"{head}: already recorded, skipped", True)
-                continue
-            if seed not in splits:
-                splits[seed] = load_split(spec.dataset, seed, val_fraction=spec.val_fraction,
-                                          test_fraction=spec.test_fraction, label=spec.label)
+        if workers <= 1 or len(todo) <= 1:
+            splits: dict[int, Split] = {}
+            for finished, (number, combo, seed) in enumerate(todo):
+                head = f"[{number}/{total}] {combo.key} seed {seed}"
+                if seed not in splits:
+                    splits[seed] = load_split(spec.dataset, seed, val_fraction=spec.val_fraction,
+                                              test_fraction=spec.test_fraction, label=spec.label)
 
-            def on_step(step: int, loss: float, head: str = head) -> None:
-                progress(f"{head}: step {step}/{spec.steps} loss {loss:.4f}", False)
+                def on_step(step: int, loss: float, head: str = head, finished: int = finished) -> None:
+                    bar = _bar(finished, len(todo), time.perf_counter() - start)
+                    progress(f"{bar} {head}: step {step}/{spec.steps} loss {loss:.4f}", False)
 
-            record = train_one(spec, combo, seed, splits[seed], on_step)
-            writer.append(record)
-            m = record["metrics"]
-            losses = record["curves"]["train_loss"]
-            final = f"loss {losses[-1]:.4f}, " if losses else ""
-            summary = (f"{final}test acc {m['accuracy']:.3f}, ECE {m['ece_width']:.3f}" if m else "diverged")
-            if record["temperature"] is not None and record["metrics_scaled"]:
-                summary += f" (T = {record['temperature']:.2f}: {record['metrics_scaled']['ece_width']:.3f})"
-            progress(f"{head}: {record['steps_run']} steps, {summary}, {record['wall_time_s']:.1f} s", True)
+                record = train_one(spec, combo, seed, splits[seed], on_step)
+                writer.append(record)
+                progress(_summary_line(head, record), True)
+            return
+        import multiprocessing
+
+        index = {c.key: i for i, c in enumerate(spec.pairs)}
+        tasks = [(spec.to_json(), index[combo.key], seed) for _, combo, seed in todo]
+        heads = [f"[{number}/{total}] {combo.key} seed {seed}" for number, combo, seed in todo]
+        position = {(index[combo.key], seed): i for i, (_, combo, seed) in enumerate(todo)}
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), initializer=_worker_init)
+        try:
+            ready: dict[int, dict[str, Any]] = {}
+            next_out = 0
+            progress(f"{_bar(0, len(todo), 0.0)} starting {min(workers, len(todo))} worker processes", False)
+            for finished, (i, record) in enumerate(pool.imap_unordered(_worker_job, tasks), 1):
+                ready[position[i, record["seed"]]] = record
+                while next_out in ready:
+                    record = ready.pop(next_out)
+                    writer.append(record)
+                    progress(_summary_line(heads[next_out], record), True)
+                    next_out += 1
+                progress(_bar(finished, len(todo), time.perf_counter() - start), False)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
