@@ -158,6 +158,8 @@ DEFAULT_GRID = (
     "softmax+js",
     "softmax+tv",
     "softmax+hellinger",
+    "softmax+multiclass_hinge",
+    "softmax+perceptron",
     "sigmoid+binary_cross_entropy",
     "standard+kl",
     "spherical_softmax+kl",

@@ -20,6 +20,7 @@ from logitlab.nn.cross_entropy import (
     FocalLoss,
     Poly1CrossEntropyLoss,
 )
+from logitlab.nn.margin import MulticlassHingeLoss, PerceptronLoss
 from logitlab.nn.divergences import (
     DivergenceLoss,
     KLDivergenceLoss,
@@ -60,6 +61,8 @@ __all__ = [
     "BCEWithLogitsLoss",
     "FocalLoss",
     "Poly1CrossEntropyLoss",
+    "MulticlassHingeLoss",
+    "PerceptronLoss",
     "DivergenceLoss",
     "KLDivergenceLoss",
     "ReverseKLDivergenceLoss",
