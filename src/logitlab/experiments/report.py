@@ -192,8 +192,19 @@ def verdict(rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
             f"{html.escape(str(spec['dataset']))}, {html.escape(str(spec['model']))} model: a combination is called "
             f"better or worse than {BASELINE} only where the 95% interval of its paired per-seed difference "
             "excludes 0."]
+    judged_all = {metric: compare(rows, metric) for metric, _, _ in VERDICT_METRICS}
+    beats = {k: [title for metric, title, sign in VERDICT_METRICS
+                 if k in judged_all[metric] and _judge(judged_all[metric][k], sign) == "better"] for k in others}
+    loses = {k: [title for metric, title, sign in VERDICT_METRICS
+                 if k in judged_all[metric] and _judge(judged_all[metric][k], sign) == "worse"] for k in others}
+    never_worse = [k for k in others if not loses[k]]
+    winners = "; ".join(f"{html.escape(k)} ({', '.join(v)})" for k, v in beats.items() if v)
+    text.append(f"<b>In short</b>: of {len(others)} alternatives, {sum(not v for v in beats.values())} are better than "
+                f"softmax + CE on none of accuracy, NLL, Brier score and ECE"
+                + (f"; better on some: {winners}" if winners else "")
+                + f". Never worse on any of the four: {_names(never_worse)}.")
     for metric, title, sign in VERDICT_METRICS:
-        judged = compare(rows, metric)
+        judged = judged_all[metric]
         groups = {v: [k for k in others if k in judged and _judge(judged[k], sign) == v]
                   for v in ("better", "same", "worse")}
         worst = sorted(groups["worse"], key=lambda k: -abs(judged[k].mean))
@@ -210,7 +221,11 @@ def verdict(rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
         kept = [k for k in worse_before if k in worse_after]
         nll_worse = [k for k in others if k in nll_after and _judge(nll_after[k], -1) == "worse"]
         t = base["temperature"]
-        survive = ("survives recalibration against " + _names(kept)) if kept else             "does not survive recalibration: no combination that was worse stays worse"
+        lost = [k for k in worse_before if k not in worse_after]
+        survive = ("survives recalibration against " + _names(kept)) if kept else (
+            "does not survive recalibration: no combination that was worse stays worse")
+        if kept and lost:
+            survive += "; it is gone against " + _names(lost)
         text.append(
             f"<b>After temperature scaling</b> (one T per run, fitted on the validation split by NLL; "
             f"softmax + CE's T = {_interval_text(t, '{:.2f}')}, ECE {_interval_text(base['stats']['ece_width'], '{:.3f}')} → "
