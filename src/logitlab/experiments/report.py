@@ -94,6 +94,13 @@ def aggregate(spec: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[
 def compare(rows: list[dict[str, Any]], metric: str, *, scaled: bool = False,
             baseline: str = BASELINE) -> dict[str, stats.Paired]:
     """Paired per-seed differences (combination − baseline) of ``metric`` for every other row."""
+    cache = rows[0].setdefault("_compare", {}) if rows else {}  # the report asks for each one several times
+    if (metric, scaled, baseline) not in cache:
+        cache[metric, scaled, baseline] = _compare(rows, metric, scaled, baseline)
+    return cache[metric, scaled, baseline]
+
+
+def _compare(rows: list[dict[str, Any]], metric: str, scaled: bool, baseline: str) -> dict[str, stats.Paired]:
     base = next((r for r in rows if r["key"] == baseline), None)
     if base is None:
         return {}
@@ -333,7 +340,8 @@ def _calibration(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
     grid = figure(plots.reliability_grid(diagrams), "reliability diagrams", [
         f"Claim: a calibrated model is right with probability p on the inputs where it says p; its bars "
         f"(accuracy per confidence bin, {spec['n_bins']} equal-width bins, test points of all seeds pooled) "
-        f"sit on the diagonal. Bars below the diagonal mean over-confidence.",
+        f"sit on the diagonal. Bars below the diagonal mean over-confidence. The narrow gray bars are the "
+        f"confidence histogram: each bin's share of the test points (bins with few points are noisy).",
         f"Measured, mean confidence − accuracy over all test points: over-confident (> +0.005): {over}; "
         f"under-confident (< −0.005): {under}. "
         f"Lowest equal-width ECE: {html.escape(name)} ({value:.3f}); highest: {html.escape(worst)} ({worst_value:.3f})."])
