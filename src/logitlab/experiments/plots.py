@@ -19,6 +19,7 @@ __all__ = [
     "line_panels",
     "bar_panel",
     "confusion_matrices",
+    "small_multiples",
 ]
 
 _STYLE = {
@@ -56,10 +57,10 @@ def _pyplot():
 def _plain_log_ticks(axis: Any) -> None:
     """Log-axis tick labels as plain numbers (``0.01``, ``1e-06``): the default ones are mathtext,
     whose parsing took a quarter of the report's rendering time."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(NullFormatter())
+    axis.set_minor_locator(NullLocator())  # no minor ticks: each is a tick object to lay out and draw
 
 
 def color(i: int) -> str:
@@ -244,4 +245,39 @@ def confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]]) -> bytes
             ax.set_ylabel("true class")
             ax.grid(False)
         fig.tight_layout()
+        return _png(fig)
+
+
+def small_multiples(xs: Sequence[float], curves: Mapping[str, Sequence[float]], *, reference: Sequence[float] | None = None,
+                    reference_label: str = "", columns: int = 7, logy: bool = True, xlabel: str = "",
+                    ylabel: str = "") -> bytes:
+    """One small panel per curve (shared axes), each with an optional reference curve in gray."""
+    plt, style = _pyplot()
+    with plt.rc_context(style):
+        names = list(curves)
+        rows = max(1, math.ceil(len(names) / columns))
+        fig, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 1.35 * rows + 0.4), squeeze=False,
+                                 sharex=True, sharey=True)
+        for ax in axes.flat[len(names):]:
+            ax.axis("off")
+        for i, (ax, name) in enumerate(zip(axes.flat, names)):
+            if reference is not None:
+                ax.plot(_finite(xs), _finite(reference), color="gray", linewidth=0.9, linestyle="--")
+            ax.plot(_finite(xs), _finite(curves[name]), color=color(i), linewidth=1.2)
+            ax.set_title(name if len(name) <= 30 else name[:28] + "…", fontsize=5.5)
+            if logy:
+                ax.set_yscale("log")
+                _plain_log_ticks(ax.yaxis)
+            ax.tick_params(labelsize=5.5)
+        x = _finite(xs)
+        axes[0, 0].set_xticks([x[0], (x[0] + x[-1]) / 2, x[-1]])  # few tick objects (shared by every panel)
+        if logy:
+            low = min(v for c in curves.values() for v in _finite(c) if v > 0)
+            high = max(v for c in curves.values() for v in _finite(c))
+            axes[0, 0].set_yticks([10.0 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1, 4)])
+        fig.text(0.5, 0.0, xlabel + (f"; dashed: {reference_label}" if reference_label else ""), ha="center",
+                 fontsize=7)
+        fig.text(0.0, 0.5, ylabel, rotation=90, va="center", fontsize=7)
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.35 / (1.35 * rows + 0.4), top=1 - 0.25 / (1.35 * rows + 0.4),
+                            wspace=0.08, hspace=0.45)  # fixed: tight_layout would draw every panel once more
         return _png(fig)

@@ -296,7 +296,8 @@ def _temperature_section(rows: list[dict[str, Any]]) -> str:
              + "".join(body) + "</table></div>")
     return ("<p>Post-hoc temperature scaling (Guo et al., 2017): the trained model's scores z are divided by "
             "one T > 0, fitted on the validation split by minimizing the (smoothed) NLL, before the "
-            "combination's own map; the argmax is unchanged for softmax, sigmoid and the sparse maps. "
+            "combination's own map (T is searched in [0.05, 20]; a mean at an end means the fit hit the "
+            "boundary); the argmax is unchanged for softmax, sigmoid and the sparse maps. "
             "Mean ± 95% interval over seeds.</p>" + table +
             "<p>Paired differences from softmax + CE after temperature scaling (both scaled):</p>" +
             _paired_table(rows, "scaled-paired-table", SCALED_METRICS, scaled=True))

@@ -2,11 +2,18 @@
 
 For one (combination, seed): the seed fixes the data split, the model's initialization and the
 batch order, so all combinations of a seed start from the same weights and see the same
-batches. The registry objective ``make_objective(normalizer, loss, **params)`` trains the
-model's scores. The predicted distribution for the metrics is the normalizer's output (with
-the combination's parameters that the normalizer takes, e.g. x / Σx's ``positivity``);
-sigmoid's one-vs-all probabilities do not sum to 1 and are divided by their row sum for the
-metrics (the argmax is unchanged).
+batches; different seeds draw different splits. The budget is a number of optimizer steps
+(the batches cycle through the training split, reshuffled every pass). The registry objective
+``make_objective(normalizer, loss, **params)`` trains the model's scores. The predicted
+distribution for the metrics is the normalizer's output (with the combination's parameters
+that the normalizer takes, e.g. x / Σx's ``positivity``); sigmoid's one-vs-all probabilities do
+not sum to 1 and are divided by their row sum for the metrics (the argmax is unchanged); the
+margin losses (hinge, perceptron) are listed with softmax, which gives their distribution.
+
+After training, a temperature T is fitted on the validation split by NLL (:func:`fit_temperature`)
+and the test metrics are measured again on the scores divided by T. A record also holds the
+curves at ``eval_points`` evenly spaced steps, the share of the loss decrease made in the last
+quarter of the steps (:func:`loss_drop_share`, the convergence check) and the test predictions.
 """
 
 from __future__ import annotations

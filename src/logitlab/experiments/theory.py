@@ -168,14 +168,21 @@ def _render_gradient_sweep(data: dict[str, Any]) -> str:
     margins, curves = data["margins"], data["curves"]
     floor = 1e-12
     pngs = []
-    for group, title in (("study", "this study's combinations"), ("other", "every other valid pair (registry)")):
-        series = [(k, margins, [max(v, floor) for v in c["grad_norm"]]) for k, c in curves.items() if c["group"] == group]
-        if series:
-            pngs.append(plots.line_panels([{
-                "title": f"‖∂loss/∂z‖ of one example, {title}", "xlabel": "margin of the wrong favourite over the true class",
-                "ylabel": f"gradient norm (log; 0 drawn at {floor:g})", "logy": True, "series": series,
-                "legend_outside": True, "legend_cols": 1 if len(series) <= 16 else 2}],
-                width=9.0 if len(series) <= 16 else 11.0, height=4.2 if len(series) <= 16 else 5.5))
+    series = [(k, margins, [max(v, floor) for v in c["grad_norm"]]) for k, c in curves.items() if c["group"] == "study"]
+    if series:
+        pngs.append(plots.line_panels([{
+            "title": "‖∂loss/∂z‖ of one example, this study's combinations",
+            "xlabel": "margin of the wrong favourite over the true class",
+            "ylabel": f"gradient norm (log; 0 drawn at {floor:g})", "logy": True, "series": series,
+            "legend_outside": True, "legend_cols": 1 if len(series) <= 16 else 2}],
+            width=9.0 if len(series) <= 16 else 11.0, height=4.2 if len(series) <= 16 else 5.5))
+    other = {k: [max(v, floor) for v in c["grad_norm"]] for k, c in curves.items() if c["group"] == "other"}
+    if other:
+        ce_curve = curves.get("softmax+cross_entropy")
+        pngs.append(plots.small_multiples(
+            margins, other, reference=[max(v, floor) for v in ce_curve["grad_norm"]] if ce_curve else None,
+            reference_label="softmax + cross-entropy", xlabel="margin of the wrong favourite over the true class",
+            ylabel=f"‖∂loss/∂z‖ (log; 0 drawn at {floor:g})"))
     last = margins[-1]
     study = sorted(((c["grad_norm"][-1], k) for k, c in curves.items() if c["group"] == "study"), reverse=True)
     measured = f"Measured at margin {last:g} ({data['num_classes']} classes), this study's combinations, largest first: " + \
@@ -204,7 +211,9 @@ def _render_gradient_sweep(data: dict[str, Any]) -> str:
         "from <code>logitlab.analysis.gradient_sweep</code>. One convention for every loss: the loss of one "
         "example summed over its classes (binary cross-entropy, which torch averages over the classes, is "
         f"multiplied by C = {data['num_classes']}).", measured]) + \
-        "".join(figure(extra, "gradient sweep, other pairs", []) for extra in pngs[1:])
+        "".join(figure(extra, "gradient sweep, other pairs", [
+            "Every other valid pair of the registry, one small panel each (same axes), softmax + cross-entropy "
+            "dashed in each for reference."]) for extra in pngs[1:])
 
 
 def _render_scale_response(data: dict[str, Any]) -> str:
