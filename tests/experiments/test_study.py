@@ -300,3 +300,5 @@ def test_worker_processes_give_the_same_records_in_job_order(tiny_run, tmp_path)
     parallel = rec.read_records(tmp_path / "parallel" / rec.RECORDS)
     assert _strip_times(parallel) == _strip_times(rec.read_records(tiny_run.run_dir / rec.RECORDS))
     assert any(line.startswith("[####################] 4/4") for line in lines)
+    assert "theory: computed beside the training jobs" in lines
+    assert (tmp_path / "parallel" / rec.THEORY).read_bytes() == (tiny_run.run_dir / rec.THEORY).read_bytes()

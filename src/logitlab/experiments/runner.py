@@ -343,7 +343,9 @@ def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False, force: bo
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            _run_jobs(spec, jobs, done, records_path, progress, workers)
+            theory_path = out_dir / rec.THEORY
+            _run_jobs(spec, jobs, done, records_path, progress, workers,
+                      theory_path=None if theory_path.exists() else theory_path)
             if not (out_dir / rec.THEORY).exists():
                 progress("theory: computing the data of the theory section", True)
                 rec.write_json(out_dir / rec.THEORY, theory.collect(spec.pairs))
@@ -399,13 +401,20 @@ def _worker_job(task: tuple[dict[str, Any], int, int]) -> tuple[int, dict[str, A
     return index, rec.to_json(train_one(spec, spec.pairs[index], seed, _WORKER_SPLITS[key]))
 
 
+def _theory_job(spec_json: dict[str, Any]) -> dict[str, Any]:
+    from logitlab.experiments import theory
+
+    return theory.collect(StudySpec.from_json(spec_json).pairs)
+
+
 def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tuple[str, int]],
-              records_path: Path, progress: Progress, workers: int = 1) -> None:
+              records_path: Path, progress: Progress, workers: int = 1, theory_path: Path | None = None) -> None:
     """Train the jobs not yet ``done`` and append their records in job order.
 
     With ``workers`` > 1 the jobs run in that many processes (each on one thread; the same
     record as in this process); records are still appended in job order, each as soon as every
-    job before it has finished.
+    job before it has finished; the theory data (when ``theory_path`` is given) is computed in
+    the pool beside them and written there.
     """
     total = len(jobs)
     todo = [(number, combo, seed) for number, (combo, seed) in enumerate(jobs, 1) if (combo.key, seed) not in done]
@@ -441,6 +450,7 @@ def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tu
             ready: dict[int, dict[str, Any]] = {}
             next_out = 0
             progress(f"{_bar(0, len(todo), 0.0)} starting {min(workers, len(todo))} worker processes", False)
+            theory_job = pool.apply_async(_theory_job, (spec.to_json(),)) if theory_path is not None else None
             for finished, (i, record) in enumerate(pool.imap_unordered(_worker_job, tasks), 1):
                 ready[position[i, record["seed"]]] = record
                 while next_out in ready:
@@ -449,6 +459,9 @@ def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tu
                     progress(_summary_line(heads[next_out], record), True)
                     next_out += 1
                 progress(_bar(finished, len(todo), time.perf_counter() - start), False)
+            if theory_job is not None:
+                progress("theory: computed beside the training jobs", True)
+                rec.write_json(theory_path, theory_job.get())
             pool.close()
         except BaseException:
             pool.terminate()
