@@ -38,7 +38,7 @@ def test_study_help_lists_set_keys_and_flags(capsys):
     (["--steps", "0"], "steps: expected an int >= 1, got 0"),
     (["--set", "temperature_scaling=maybe"], "temperature_scaling: expected true or false, got 'maybe'"),
     (["--set", "optimizer=lbfgs"], "unknown optimizer 'lbfgs'; valid choices: adam, sgd"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: digits, wine, breast_cancer, iris, or the path"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: digits, wine, breast_cancer, iris, stdlib-text, or the path"),
     (["--model", "cnn"], "unknown model 'cnn'; valid choices: linear, mlp"),
     (["--set", "pairs=softmax+hinge"], "unknown or invalid pair 'softmax+hinge'; valid pairs for class-index training: softmax+cross_entropy"),
     (["--set", "pairs=sigmoid+cross_entropy"], "unknown or invalid pair 'sigmoid+cross_entropy'"),

@@ -90,7 +90,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _study_overrides(args: argparse.Namespace) -> dict[str, str]:
+    from logitlab.experiments.spec import PRESETS
+
     overrides: dict[str, str] = {}
+    if args.preset is not None:
+        if args.preset not in PRESETS:
+            raise _UsageError(f"--preset: unknown preset {args.preset!r}; valid choices: {', '.join(PRESETS)}")
+        overrides.update(PRESETS[args.preset])
     for flag in ("dataset", "model", "seeds", "steps"):
         value = getattr(args, flag)
         if value is not None:
@@ -236,7 +242,7 @@ def _render_progress(line: str, final: bool) -> None:
 _STUDY_EPILOG = """\
 --set keys (type-checked): dataset, label, model, seeds, steps, eval_points, batch_size, lr,
 weight_decay, optimizer (adam|sgd), hidden, val_fraction, test_fraction, n_bins, nll_smoothing,
-temperature_scaling (true|false), pairs.
+temperature_scaling (true|false), vocab, context, text_mb, max_rows (stdlib-text), pairs.
 pairs is a comma-separated list of normalizer+loss[key=value,...] (see `logitlab list`) or
 `all`, e.g. --set pairs='softmax+cross_entropy,softmax+focal[gamma=1.0],standard+kl[positivity=softplus]'.
 """
@@ -257,12 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "seeds; append one record per (combination, seed) to OUT/records.jsonl and write "
                        "OUT/report.html. The last line printed is the report's path.",
                        epilog=_STUDY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", help="digits (default), wine, breast_cancer, iris, or your own data: a .csv "
+    p.add_argument("--dataset", help="digits (default), wine, breast_cancer, iris, stdlib-text (next-token rows of "
+                   "the standard library's source; with --model lm), or your own data: a .csv "
                    "file with a header and a label column (--set label=COLUMN, default 'label') or an .npz "
                    "file with arrays x and y")
-    p.add_argument("--model", help="linear (default: softmax regression) or mlp (one hidden layer)")
+    p.add_argument("--model", help="linear (default: softmax regression), mlp (one hidden layer) or lm (token "
+                   "embeddings, one GELU layer, an LM head; for stdlib-text)")
     p.add_argument("--seeds", help="number of seeds, each its own split and initialization (default 8)")
     p.add_argument("--steps", help="training budget in optimizer steps (default 500)")
+    p.add_argument("--preset", metavar="NAME", help="a named set of options, applied before the others: lm (next-token "
+                   "prediction on the standard library's source, every output layer that scales to a 2048-token "
+                   "vocabulary; minutes on 2 cores) or lm-large (8192 tokens, for a bigger machine)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field (repeatable)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<model>); a run already "
                    "there is kept: complete it with --resume or replace it with --force")

@@ -9,19 +9,21 @@ import subprocess
 import time
 
 import pytest
+import torch
 
 from logitlab.experiments import records as rec
 from logitlab.experiments.report import COLUMNS
 
 from .conftest import PYTHON, run_cli, subprocess_env
 
-METRICS = {"accuracy", "nll", "nll_smoothed", "zero_prob_fraction", "brier", "ece_width", "ece_mass", "mce"}
+METRICS = {"accuracy", "top5_accuracy", "nll", "nll_smoothed", "perplexity", "zero_prob_fraction", "brier",
+           "ece_width", "ece_mass", "mce"}
 SECTIONS = ["verdict", "warnings", "setup", "summary", "paired", "temperature", "calibration", "training",
             "classes", "theory", "records"]
 
 
 def _strip_times(records):
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("wall_time_s", "examples_per_s")} for r in records]
 
 
 def test_records_hold_every_measure(tiny_run):
@@ -302,3 +304,23 @@ def test_worker_processes_give_the_same_records_in_job_order(tiny_run, tmp_path)
     assert any(line.startswith("[####################] 4/4") for line in lines)
     assert "theory: computed beside the training jobs" in lines
     assert (tmp_path / "parallel" / rec.THEORY).read_bytes() == (tiny_run.run_dir / rec.THEORY).read_bytes()
+
+
+def test_next_token_study_on_the_stdlib_source(tmp_path, capsys):
+    from logitlab.experiments.data import load_split
+
+    data = load_split("stdlib-text", 0, vocab=128, context=3, text_mb=0.05, max_rows=2000)
+    assert data.num_classes == 128 and data.x_train.dtype == torch.int64 and data.x_train.shape[1] == 3
+    assert len(data.y_train) + len(data.y_val) + len(data.y_test) == 2000
+    out = tmp_path / "lm"
+    status, lines, _ = run_cli(["study", "--preset", "lm", "--jobs", "1", "--seeds", "1", "--steps", "20", "--out", str(out),
+                                "--set", "vocab=128", "--set", "text_mb=0.05", "--set", "max_rows=2000",
+                                "--set", "pairs=softmax+cross_entropy,sparsemax+sparsemax_loss"], capsys)
+    assert status == 0 and lines[-1] == str(out / rec.REPORT)
+    records = rec.read_records(out / rec.RECORDS)
+    assert [r["num_classes"] for r in records] == [128, 128]
+    for r in records:
+        m = r["metrics"]
+        assert 0 <= m["accuracy"] <= m["top5_accuracy"] <= 1 and m["perplexity"] == pytest.approx(math.exp(m["nll_smoothed"]))
+        assert r["examples_per_s"] > 0
+    assert "perplexity" in (out / rec.REPORT).read_text()

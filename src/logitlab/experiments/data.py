@@ -107,13 +107,47 @@ def load_arrays(dataset: str, *, label: str = "label"):
     return x, y.astype(np.int64)
 
 
+_TEXT_CACHE: dict[tuple[int, int, float], tuple[Tensor, Tensor]] = {}
+
+
+def _text_split(seed: int, val_fraction: float, test_fraction: float, vocab: int, context: int,
+                text_mb: float, max_rows: int) -> Split:
+    """Rows of the stdlib text drawn by ``seed``, split at random (many tokens are too rare to stratify)."""
+    from logitlab.experiments.text import next_token_rows
+
+    key = (vocab, context, text_mb)
+    if key not in _TEXT_CACHE:
+        try:
+            _TEXT_CACHE[key] = next_token_rows(vocab=vocab, context=context, max_bytes=int(text_mb * 1e6))
+        except ValueError as error:
+            raise SpecError(f"dataset stdlib-text: {error}") from None
+    x, y = _TEXT_CACHE[key]
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    if max_rows:
+        order = order[:max_rows]
+    n_test = max(1, round(test_fraction * order.numel()))
+    n_val = max(1, round(val_fraction * order.numel()))
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    return Split(x[train], y[train], x[val], y[val], x[test], y[test], vocab)
+
+
 def load_split(dataset: str, seed: int, *, val_fraction: float = 0.2, test_fraction: float = 0.2,
-               label: str = "label") -> Split:
-    """Load ``dataset`` and return the stratified split of ``seed``, standardized on its train part."""
+               label: str = "label", vocab: int = 2048, context: int = 4, text_mb: float = 1.0,
+               max_rows: int = 0) -> Split:
+    """Load ``dataset`` and return the split of ``seed``, standardized on its train part.
+
+    Tabular data is split stratified by class; 'stdlib-text' (next-token rows, int64 token ids as
+    features, ``vocab`` classes) at random. ``max_rows`` > 0 keeps that many rows, drawn by the seed.
+    """
     import numpy as np
     from sklearn.model_selection import train_test_split
 
+    if dataset == "stdlib-text":
+        return _text_split(seed, val_fraction, test_fraction, vocab, context, text_mb, max_rows)
     x, y = load_arrays(dataset, label=label)
+    if max_rows and x.shape[0] > max_rows:
+        keep = np.sort(np.random.default_rng(seed).permutation(x.shape[0])[:max_rows])
+        x, y = x[keep], y[keep]
     x_rest, x_test, y_rest, y_test = train_test_split(
         x, y, test_size=test_fraction, stratify=y, random_state=seed)
     x_train, x_val, y_train, y_val = train_test_split(

@@ -32,7 +32,14 @@ COLUMNS = [
     ("ece_mass", "ECE (equal-mass)", -1, "{:.3f}"),
     ("mce", "MCE", -1, "{:.3f}"),
     ("wall_time_s", "wall time (s)", -1, "{:.2f}"),
+    ("examples_per_s", "train examples/s", +1, "{:.0f}"),
 ]
+# Shown for many classes (next-token prediction): there they say more than the accuracy does.
+MANY_CLASS_COLUMNS = [
+    ("perplexity", "perplexity (smoothed)", -1, "{:.1f}"),
+    ("top5_accuracy", "top-5 accuracy", +1, "{:.3f}"),
+]
+_RUN_FIELDS = ("wall_time_s", "examples_per_s")
 # The metrics of the paired comparison and the verdict.
 VERDICT_METRICS = [("accuracy", "accuracy", +1), ("nll_smoothed", "NLL", -1), ("brier", "Brier score", -1),
                    ("ece_width", "ECE", -1)]
@@ -61,8 +68,8 @@ p.verdict{background:#eef4fb;border-left:4px solid #2a62a0;padding:.5em .8em}
 
 
 def _value(record: dict[str, Any], metric: str, scaled: bool = False) -> float | None:
-    if metric == "wall_time_s":
-        return record["wall_time_s"]
+    if metric in _RUN_FIELDS:
+        return record.get(metric)
     source = record.get("metrics_scaled") if scaled else record.get("metrics")
     return (source or {}).get(metric)
 
@@ -83,7 +90,8 @@ def aggregate(spec: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[
     for key in order:
         runs = sorted(by_key[key], key=lambda r: r["seed"])
         ok = [r for r in runs if not r["diverged"]]
-        stats_ = {metric: stats.mean_interval([_value(r, metric) for r in ok]) for metric, *_ in COLUMNS}
+        stats_ = {metric: stats.mean_interval([_value(r, metric) for r in ok])
+                  for metric, *_ in COLUMNS + MANY_CLASS_COLUMNS}
         scaled = {metric: stats.mean_interval([_value(r, metric, True) for r in ok]) for metric, *_ in SCALED_METRICS}
         rows.append({"key": key, "runs": runs, "stats": stats_, "scaled": scaled,
                      "temperature": stats.mean_interval([r.get("temperature") for r in ok]),
@@ -142,15 +150,21 @@ def _interval_text(interval: stats.Interval, pattern: str) -> str:
     return f"{_fmt(interval.mean, pattern)} ± {_fmt(interval.half_width, pattern)}"
 
 
+def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, int, str]]:
+    many = any(run.get("num_classes", 0) > 10 for r in rows for run in r["runs"])
+    return COLUMNS[:1] + MANY_CLASS_COLUMNS + COLUMNS[1:] if many else COLUMNS
+
+
 def _summary(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _, _ in COLUMNS)
-    judged = {metric: compare(rows, metric) for metric, *_ in COLUMNS}
+    columns = _columns(rows)
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _, _ in columns)
+    judged = {metric: compare(rows, metric) for metric, *_ in columns}
     body = []
     for r in rows:
         cells = [f"<td>{html.escape(r['key'])}</td>", f"<td>{len(r['runs'])}</td>"]
-        for metric, _, sign, pattern in COLUMNS:
+        for metric, _, sign, pattern in columns:
             p = judged[metric].get(r["key"])
-            verdict = _judge(p, sign) if p is not None and metric != "wall_time_s" else "same"
+            verdict = _judge(p, sign) if p is not None and metric not in _RUN_FIELDS else "same"
             cls = f' class="{verdict}"' if verdict != "same" else ""
             cells.append(f"<td{cls}>{_interval_text(r['stats'][metric], pattern)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")

@@ -61,11 +61,14 @@ def predict_probs(combo: Combination, logits: Tensor) -> Tensor:
 
 def _metrics(probs: Tensor, target: Tensor, spec: StudySpec) -> tuple[dict[str, Any], dict[str, Any]]:
     kw = {"validate": False}
+    top = min(5, probs.shape[-1])
     values = {
         "accuracy": metrics.accuracy(probs, target, **kw),
+        "top5_accuracy": (probs.topk(top, -1).indices == target.unsqueeze(-1)).any(-1).to(torch.float64).mean(),
         "nll": metrics.nll(probs, target, **kw),
         "nll_smoothed": metrics.nll(probs, target, smoothing=spec.nll_smoothing, **kw),
         "zero_prob_fraction": metrics.zero_probability_fraction(probs, target, **kw),
+        "perplexity": torch.exp(metrics.nll(probs, target, smoothing=spec.nll_smoothing, **kw)),
         "brier": metrics.brier_score(probs, target, **kw),
         "ece_width": metrics.expected_calibration_error(probs, target, n_bins=spec.n_bins, **kw),
         "ece_mass": metrics.expected_calibration_error(probs, target, n_bins=spec.n_bins, binning="mass", **kw),
@@ -74,6 +77,19 @@ def _metrics(probs: Tensor, target: Tensor, spec: StudySpec) -> tuple[dict[str, 
     reliability = {b: metrics.reliability_diagram(probs, target, n_bins=spec.n_bins, binning=b, **kw)._asdict()
                    for b in metrics.BINNINGS}
     return {k: float(v) for k, v in values.items()}, rec.to_json(reliability)
+
+
+def split_of(spec: StudySpec, seed: int) -> Split:
+    """The data split of ``seed`` for ``spec`` (its dataset and every option that shapes the data)."""
+    return load_split(spec.dataset, seed, val_fraction=spec.val_fraction, test_fraction=spec.test_fraction,
+                      label=spec.label, vocab=spec.vocab, context=spec.context, text_mb=spec.text_mb,
+                      max_rows=spec.max_rows)
+
+
+# The training-loss curve and the temperature fit use at most this many rows (next-token data has
+# tens of thousands; the vocabulary makes every row as wide as the number of classes).
+CURVE_ROWS = 8192
+FIT_ROWS = 2048  # the validation rows a temperature is fitted on (all of them for the tabular datasets)
 
 
 def check_combinations(spec: StudySpec) -> None:
@@ -150,25 +166,24 @@ def loss_drop_share(train_loss: list[float]) -> float:
 def fit_temperature(logits: Tensor, target: Tensor, combo: Combination, *, smoothing: float) -> float:
     """The temperature T > 0 that minimizes the smoothed NLL of ``predict_probs(combo, logits / T)``.
 
-    A one-dimensional search over log T in [log 0.05, log 20]: a grid of 41 points, then golden
+    A one-dimensional search over log T in [log 0.05, log 20]: a grid of 25 points, then golden
     sections around the best of them. The NLL is smoothed (as in the metrics) so that a sparse
     map's zeros do not make it infinite.
     """
     def nll(log_t: float) -> float:
         probs = predict_probs(combo, logits / math.exp(log_t))
-        if not bool(torch.isfinite(probs).all()):
-            return math.inf
-        return float(metrics.nll(probs, target, smoothing=smoothing, validate=False))
+        value = float(metrics.nll(probs, target, smoothing=smoothing, validate=False))
+        return value if math.isfinite(value) else math.inf  # NaN probabilities give a NaN NLL
 
     lo, hi = math.log(0.05), math.log(20.0)
-    grid = [lo + (hi - lo) * i / 40 for i in range(41)]
+    grid = [lo + (hi - lo) * i / 24 for i in range(25)]
     values = [nll(g) for g in grid]
     best = min(range(len(grid)), key=lambda i: (values[i], abs(grid[i])))
     a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
     ratio = (math.sqrt(5) - 1) / 2
     c, d = b - ratio * (b - a), a + ratio * (b - a)
     fc, fd = nll(c), nll(d)
-    for _ in range(25):
+    for _ in range(20):
         if fc <= fd:
             b, d, fd = d, c, fc
             c = b - ratio * (b - a)
@@ -208,7 +223,9 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
     since = 0
     order = torch.empty(0, dtype=torch.int64)
     position = 0
+    train_seconds = 0.0
     while step < spec.steps:
+        tick = time.perf_counter()
         if position >= order.numel():
             order, position = torch.randperm(n, generator=batches), 0
         index = order[position:position + spec.batch_size]
@@ -225,11 +242,12 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
         loss_sum += loss.item()
         since += 1
         step += 1
+        train_seconds += time.perf_counter() - tick
         if step in marks:
             model.eval()
             with torch.no_grad():
                 val_probs = predict_probs(combo, model(data.x_val))
-                train_loss = float(objective(model(data.x_train), data.y_train))
+                train_loss = float(objective(model(data.x_train[:CURVE_ROWS]), data.y_train[:CURVE_ROWS]))
             finite = bool(torch.isfinite(val_probs).all())
             curves["step"].append(step)
             curves["train_loss"].append(train_loss)
@@ -253,7 +271,8 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
         values, reliability = _metrics(test_probs, data.y_test, spec)
         predictions = {"target": data.y_test.tolist(), "predicted": test_probs.argmax(-1).tolist()}
         if spec.temperature_scaling:
-            temperature = fit_temperature(val_logits, data.y_val, combo, smoothing=spec.nll_smoothing)
+            temperature = fit_temperature(val_logits[:FIT_ROWS], data.y_val[:FIT_ROWS], combo,
+                                          smoothing=spec.nll_smoothing)
             scaled_probs = predict_probs(combo, test_logits / temperature)
             if bool(torch.isfinite(scaled_probs).all()):
                 scaled, _ = _metrics(scaled_probs, data.y_test, spec)
@@ -272,6 +291,7 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
         "reliability": reliability,
         "curves": curves,
         "predictions": predictions,
+        "examples_per_s": step * spec.batch_size / train_seconds if train_seconds > 0 else None,
         "n_train": n,
         "n_val": int(data.y_val.shape[0]),
         "n_test": int(data.y_test.shape[0]),
@@ -396,8 +416,7 @@ def _worker_job(task: tuple[dict[str, Any], int, int]) -> tuple[int, dict[str, A
     spec = StudySpec.from_json(spec_json)
     key = (spec.dataset, seed)
     if key not in _WORKER_SPLITS:
-        _WORKER_SPLITS[key] = load_split(spec.dataset, seed, val_fraction=spec.val_fraction,
-                                         test_fraction=spec.test_fraction, label=spec.label)
+        _WORKER_SPLITS[key] = split_of(spec, seed)
     return index, rec.to_json(train_one(spec, spec.pairs[index], seed, _WORKER_SPLITS[key]))
 
 
@@ -428,8 +447,7 @@ def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tu
             for finished, (number, combo, seed) in enumerate(todo):
                 head = f"[{number}/{total}] {combo.key} seed {seed}"
                 if seed not in splits:
-                    splits[seed] = load_split(spec.dataset, seed, val_fraction=spec.val_fraction,
-                                              test_fraction=spec.test_fraction, label=spec.label)
+                    splits[seed] = split_of(spec, seed)
 
                 def on_step(step: int, loss: float, head: str = head, finished: int = finished) -> None:
                     bar = _bar(finished, len(todo), time.perf_counter() - start)

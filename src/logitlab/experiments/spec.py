@@ -26,6 +26,8 @@ __all__ = [
     "StudySpec",
     "DEFAULT_GRID",
     "BASELINE",
+    "PRESETS",
+    "LM_GRID",
     "DATASETS",
     "MODELS",
     "parse_combination",
@@ -33,10 +35,10 @@ __all__ = [
     "apply_overrides",
 ]
 
-DATASETS = ("digits", "wine", "breast_cancer", "iris")
+DATASETS = ("digits", "wine", "breast_cancer", "iris", "stdlib-text")
 # A user's own data: a path ending in one of these (see logitlab.experiments.data).
 DATA_SUFFIXES = (".csv", ".npz")
-MODELS = ("linear", "mlp")
+MODELS = ("linear", "mlp", "lm")
 OPTIMIZERS = ("adam", "sgd")
 # Parameters the study adds when a combination does not set them: x / Σx needs positive scores.
 _DEFAULT_PARAMS = {"standard": {"positivity": "softplus"}}
@@ -167,6 +169,29 @@ DEFAULT_GRID = (
     "sparsemax+sparsemax_loss",
     "entmax15+entmax_loss",
 )
+# Next-token prediction on the standard library's source: every output layer that scales to the vocabulary.
+LM_GRID = (
+    "softmax+cross_entropy",
+    "softmax+cross_entropy[label_smoothing=0.1]",
+    "softmax+cross_entropy[z_loss=0.0001]",
+    "softmax+brier",
+    "softmax+focal",
+    "sigmoid+binary_cross_entropy",
+    "spherical_softmax+kl",
+    "taylor_softmax+kl",
+    "sparsemax+sparsemax_loss",
+    "entmax15+entmax_loss",
+)
+# --preset NAME: overrides applied before the command line's own. 'lm' completes in minutes on
+# 2 cores; 'lm-large' is for a bigger machine (more text, vocabulary, rows, steps and seeds).
+PRESETS = {
+    "lm": {"dataset": "stdlib-text", "model": "lm", "seeds": "3", "steps": "600", "batch_size": "256",
+           "lr": "0.003", "hidden": "128", "vocab": "2048", "context": "4", "text_mb": "1.0",
+           "max_rows": "30000", "eval_points": "10", "pairs": ",".join(LM_GRID)},
+    "lm-large": {"dataset": "stdlib-text", "model": "lm", "seeds": "5", "steps": "3000", "batch_size": "512",
+                 "lr": "0.002", "hidden": "256", "vocab": "8192", "context": "8", "text_mb": "8.0",
+                 "max_rows": "200000", "eval_points": "20", "pairs": ",".join(LM_GRID)},
+}
 # The combination every other is compared with (paired per seed).
 BASELINE = "softmax+cross_entropy"
 
@@ -192,6 +217,9 @@ class StudySpec:
         nll_smoothing: ε of the smoothed NLL, (1 − ε) p + ε / C, applied to every combination.
         temperature_scaling: also fit a temperature on the validation split (by NLL) and measure
             the test metrics at it.
+        vocab, context, text_mb: the 'stdlib-text' dataset: vocabulary size (the classes), the
+            number of previous tokens a row holds, and how much source text is read (MB).
+        max_rows: at most this many rows, drawn by the seed before the split (0: all rows).
         pairs: the output layer × loss grid.
     """
 
@@ -211,6 +239,10 @@ class StudySpec:
     n_bins: int = 15
     nll_smoothing: float = 1e-4
     temperature_scaling: bool = True
+    vocab: int = 2048
+    context: int = 4
+    text_mb: float = 1.0
+    max_rows: int = 0
     pairs: tuple[Combination, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -244,6 +276,10 @@ _NUMERIC = {
     "val_fraction": (float, "a number in (0, 0.5)", lambda v: 0 < v < 0.5),
     "test_fraction": (float, "a number in (0, 0.5)", lambda v: 0 < v < 0.5),
     "nll_smoothing": (float, "a number in [0, 1)", lambda v: 0 <= v < 1),
+    "vocab": (int, "an int >= 2", lambda v: v >= 2),
+    "context": (int, "an int >= 1", lambda v: v >= 1),
+    "text_mb": (float, "a number in (0, 1000]", lambda v: 0 < v <= 1000),
+    "max_rows": (int, "an int >= 0 (0: all rows)", lambda v: v >= 0),
 }
 
 
@@ -257,6 +293,9 @@ def _check_spec(spec: StudySpec) -> None:
     _check_dataset(spec.dataset)
     if not isinstance(spec.label, str) or not spec.label:
         raise SpecError(f"label: expected a column name, got {spec.label!r}")
+    if (spec.model == "lm") != (spec.dataset == "stdlib-text"):
+        raise SpecError(f"model {spec.model!r} with dataset {spec.dataset!r}: the 'lm' model (token embeddings) "
+                        "goes with the 'stdlib-text' dataset (token ids), and only with it; try --preset lm")
     if not isinstance(spec.temperature_scaling, bool):
         raise SpecError(f"temperature_scaling: expected true or false, got {spec.temperature_scaling!r}")
     for key, choices in _CHOICES.items():
