@@ -90,3 +90,18 @@ def test_a_users_csv_and_npz_files_are_datasets(tmp_path):
         load_split(str(csv), 0)
     with pytest.raises(SpecError, match="cannot be read"):
         load_split(str(tmp_path / "missing.csv"), 0)
+
+
+def test_a_csv_dataset_runs_through_the_cli(tmp_path, capsys):
+    from logitlab import cli
+    from logitlab.experiments import records as rec
+
+    rng = np.random.default_rng(1)
+    rows = "".join(f"{a:.4f},{b:.4f},{'yes' if a + b > 0 else 'no'}\n" for a, b in rng.normal(size=(80, 2)))
+    (tmp_path / "mine.csv").write_text("a,b,target\n" + rows)
+    out = tmp_path / "run"
+    status = cli.main(["study", "--dataset", str(tmp_path / "mine.csv"), "--set", "label=target", "--jobs", "1",
+                       "--seeds", "1", "--steps", "5", "--set", "pairs=softmax+cross_entropy", "--out", str(out)])
+    assert status == 0
+    (record,) = rec.read_records(out / rec.RECORDS)
+    assert record["num_classes"] == 2 and record["n_test"] == 16
