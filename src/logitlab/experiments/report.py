@@ -209,7 +209,8 @@ def verdict(rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
         return [f"No verdict: a paired comparison needs at least 2 seeds (this run has {seeds}); "
                 "every interval is shown as —."]
     others = [r["key"] for r in rows if r["key"] != BASELINE]
-    text = [f"Verdict over {seeds} seeds (each its own stratified split and initialization) on "
+    kind = "random" if spec["dataset"] == "stdlib-text" else "stratified"
+    text = [f"Verdict over {seeds} seeds (each its own {kind} split and initialization) on "
             f"{html.escape(str(spec['dataset']))}, {html.escape(str(spec['model']))} model: a combination is called "
             f"better or worse than {BASELINE} only where the 95% interval of its paired per-seed difference "
             "excludes 0."]
@@ -524,8 +525,9 @@ def render_report(run_dir: Path, *, progress: Any = None) -> str:
         '<section id="setup"><h2>Set-up</h2>',
         "<p>Why softmax + cross-entropy (maximum log-likelihood) rather than anything else? Every output layer "
         "× loss below trains the same model with the same optimizer and budget in optimizer steps; each seed "
-        "draws its own stratified train / validation / test split and its own initialization, the same for "
-        "every combination, so the seeds are independent repeats and the comparisons are paired by seed. "
+        "draws its own train / validation / test split (stratified by class; at random for next-token rows) "
+        "and its own initialization, the same for every combination, so the seeds are independent repeats "
+        "and the comparisons are paired by seed. "
         "Only the map from scores to probabilities and the loss change. Metrics are on the held-out test split.</p>",
         f'<p class="meta">{setting}. Records: {done} of {expected} (combination, seed) runs; '
         f"training time {total_time:.1f} s.</p>",
