@@ -210,7 +210,9 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
         optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay)
-    objective = make_objective(combo.normalizer, combo.loss, **dict(combo.params))
+    # validate=False: the study's own data are checked once, when loaded (finite features, valid
+    # classes); a non-finite loss is still caught below (the run is marked diverged).
+    objective = make_objective(combo.normalizer, combo.loss, **{"validate": False, **dict(combo.params)})
     batches = torch.Generator().manual_seed(seed)
     n = data.x_train.shape[0]
     points = min(spec.eval_points, spec.steps)
@@ -219,7 +221,7 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
                                       "grad_norm": []}
     diverged = False
     step = 0
-    loss_sum = grad_sum = 0.0
+    grad_sum = 0.0
     since = 0
     order = torch.empty(0, dtype=torch.int64)
     position = 0
@@ -239,7 +241,6 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
         loss.backward()
         grad_sum += float(torch.sqrt(head.weight.grad.pow(2).sum() + head.bias.grad.pow(2).sum()))
         optimizer.step()
-        loss_sum += loss.item()
         since += 1
         step += 1
         train_seconds += time.perf_counter() - tick
@@ -258,7 +259,7 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
             curves["grad_norm"].append(grad_sum / since)
             if on_step is not None:
                 on_step(step, train_loss)
-            loss_sum = grad_sum = 0.0
+            grad_sum = 0.0
             since = 0
     model.eval()
     with torch.no_grad():
