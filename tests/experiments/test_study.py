@@ -324,3 +324,20 @@ def test_next_token_study_on_the_stdlib_source(tmp_path, capsys):
         assert 0 <= m["accuracy"] <= m["top5_accuracy"] <= 1 and m["perplexity"] == pytest.approx(math.exp(m["nll_smoothed"]))
         assert r["examples_per_s"] > 0
     assert "perplexity" in (out / rec.REPORT).read_text()
+
+
+def test_ctrl_c_with_worker_processes_exits_130_printing_the_resume_command(tmp_path):
+    out = tmp_path / "run"
+    argv = [PYTHON, "-m", "logitlab", "study", "--dataset", "digits", "--steps", "400", "--seeds", "3", "--jobs", "2",
+            "--set", "pairs=softmax+cross_entropy,softmax+brier", "--out", str(out)]
+    child = subprocess.Popen(argv, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    path = out / rec.RECORDS
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None and not (path.exists() and path.read_bytes()):
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before it could be interrupted"
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr and f"`logitlab study --out {out} --resume`" in stderr
+    assert 1 <= len(rec.read_records(path)) < 6
