@@ -12,13 +12,19 @@ STAMP := $(VENV)/.logitlab-installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "setup: a virtual environment in $(VENV) (once; about 2 minutes, nothing printed while pip works)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "setup: installing $(TORCH_PIN) (the CPU build) ..."
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PIN)
+	@echo "setup: installing logitlab (editable) with its test and study extras: pytest, hypothesis, numpy, scipy, scikit-learn, entmax, matplotlib ..."
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,study]"
 	touch $(STAMP)
 
+# `make study` reruns the study in its run directory (--force replaces a finished run there);
+# `make study ARGS=--resume` completes an interrupted one instead.
 study: setup
-	$(PY) -m logitlab study $(ARGS)
+	@echo "study: logitlab study $(ARGS) (the default run takes about half a minute on 2 cores; the last line printed is the report)"
+	$(PY) -m logitlab study $(if $(findstring --resume,$(ARGS)),,--force) $(ARGS)
 
 demo: setup
 	$(PY) -m logitlab demo

@@ -52,6 +52,9 @@ from logitlab.functional import (
     log_likelihood,
     focal_loss,
     poly1_cross_entropy,
+    # margin losses on scores
+    multiclass_hinge_loss,
+    perceptron_loss,
     # divergences D(target ‖ model)
     divergence_loss,
     kl_divergence,
@@ -112,6 +115,8 @@ __all__ = [
     # cross-entropy family
     "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood",
     "focal_loss", "poly1_cross_entropy",
+    # margin losses on scores
+    "multiclass_hinge_loss", "perceptron_loss",
     # divergences D(target ‖ model)
     "divergence_loss", "kl_divergence", "reverse_kl_divergence", "js_divergence",
     "alpha_divergence", "renyi_divergence", "total_variation", "hellinger_distance", "brier_loss",

@@ -16,15 +16,22 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 
+# What a loss computes where its registry line does not say it exactly (checked in tests/test_cli.py).
+_LOSS_COMPUTES = {
+    "binary_cross_entropy": "(1/C) Σ_k BCE(target_k, sigmoid(z_k)): one-vs-all, averaged over the C classes "
+                            "(torch's 'mean' is over all N·C elements)",
+}
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from logitlab.registry import LOSSES, NORMALIZERS, valid_pairs
 
     print("normalizers:")
     for name, spec in NORMALIZERS.items():
         print(f"  {name:<18} {spec.doc}")
-    print("losses:")
+    print("losses (the value of one example; a batch is averaged over its rows):")
     for name, spec in LOSSES.items():
-        print(f"  {name:<22} {spec.doc}")
+        print(f"  {name:<22} {_LOSS_COMPUTES.get(name, spec.doc)}")
     print("valid pairs (normalizer + loss):")
     for normalizer, loss in valid_pairs():
         print(f"  {normalizer} + {loss}")
@@ -91,8 +98,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _study_overrides(args: argparse.Namespace) -> dict[str, str]:
+    from logitlab.experiments.spec import PRESETS
+
     overrides: dict[str, str] = {}
-    for flag in ("dataset", "model", "seeds", "epochs"):
+    if args.preset is not None:
+        if args.preset not in PRESETS:
+            raise _UsageError(f"--preset: unknown preset {args.preset!r}; valid choices: {', '.join(PRESETS)}")
+        overrides.update(PRESETS[args.preset])
+    for flag in ("dataset", "model", "seeds", "steps"):
         value = getattr(args, flag)
         if value is not None:
             overrides[flag] = str(value)
@@ -108,17 +121,64 @@ class _UsageError(Exception):
     """A bad command line: reported through argparse (exit status 2)."""
 
 
+_STUDY_MODULES = (("numpy", "numpy"), ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"))
+
+
+def _check_study_extra(args: argparse.Namespace) -> None:
+    """Exit 2 naming the extra when the study's packages are not installed."""
+    import importlib.util
+
+    missing = [name for module, name in _STUDY_MODULES if importlib.util.find_spec(module) is None]
+    if missing:
+        args.parser.error(f"the study needs {', '.join(missing)} (not installed): "
+                          "pip install 'logitlab[study]'")
+
+
+def _stored_spec(path, what: str):
+    """The StudySpec stored at ``path``; a damaged file raises _UsageError naming it and why."""
+    from logitlab.experiments import records
+    from logitlab.experiments.spec import SpecError, StudySpec, valid_keys
+
+    try:  # a damaged spec.json would otherwise surface as a JSONDecodeError or KeyError traceback
+        data = records.read_json(path)
+        if not isinstance(data, dict):
+            raise SpecError(f"expected a JSON object, got {type(data).__name__}")
+        missing = [key for key in valid_keys() if key not in data]
+        if missing:
+            raise SpecError(f"missing keys: {', '.join(missing)}")
+        return StudySpec.from_json(data)
+    except (ValueError, UnicodeDecodeError) as error:  # SpecError and json.JSONDecodeError are ValueErrors
+        raise _UsageError(f"{what}{path} is not a stored study spec ({error})") from None
+
+
+def _jobs(text: str | None) -> int:
+    import os
+
+    if text is None:
+        return max(1, min(4, os.cpu_count() or 1))
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise _UsageError(f"--jobs: expected an int >= 1, got {text!r}")
+    return value
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    _check_study_extra(args)
     from logitlab.experiments import records
-    from logitlab.experiments.runner import check_combinations, run_study
+    from logitlab.experiments.runner import RunExists, check_combinations, run_study
     from logitlab.experiments.spec import SpecError, StudySpec, apply_overrides
 
     try:
         overrides = _study_overrides(args)
         base = StudySpec()
         out = Path(args.out) if args.out else None
+        if args.resume and args.force:
+            raise _UsageError("--resume and --force exclude each other (complete the run, or start it again)")
         if args.resume:
             if out is None:
                 probe = apply_overrides(base, overrides)
@@ -126,7 +186,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
             stored = out / records.SPEC
             if not stored.exists():
                 raise _UsageError(f"--resume: no run to resume in {out} (no {records.SPEC})")
-            base = StudySpec.from_json(records.read_json(stored))
+            base = _stored_spec(stored, "--resume: ")
             spec = apply_overrides(base, overrides)
             if spec != base:
                 changed = [k for k, v in spec.to_json().items() if base.to_json()[k] != v]
@@ -135,16 +195,22 @@ def _cmd_study(args: argparse.Namespace) -> int:
         else:
             spec = apply_overrides(base, overrides)
             out = out or Path("runs") / f"{spec.dataset}-{spec.model}"
+        jobs = _jobs(args.jobs)
+        if out.exists() and not out.is_dir():
+            raise _UsageError(f"--out {out}: is a file, not a directory; name a directory for the run")
         check_combinations(spec)
     except (SpecError, _UsageError) as error:
         args.parser.error(str(error))
-    print(f"study: {spec.dataset}, {spec.model} model, {len(spec.pairs)} combinations x {spec.seeds} seeds, "
-          f"{spec.epochs} epochs -> {out}", flush=True)
+    resume_hint = f"logitlab study --out {out} --resume"
     try:
-        report = run_study(spec, out, resume=args.resume)
+        report = run_study(spec, out, resume=args.resume, force=args.force, announce=True, workers=jobs)
+    except RunExists as error:
+        args.parser.error(str(error))
+    except records.RunLocked as error:
+        args.parser.error(str(error))
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished combinations are in {out / records.RECORDS}; complete the run with "
-              f"`logitlab study --out {out} --resume`", file=sys.stderr, flush=True)
+              f"`{resume_hint}`", file=sys.stderr, flush=True)
         return 130
     print(report, flush=True)
     return 0
@@ -153,28 +219,24 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    _check_study_extra(args)
     from logitlab.experiments import records
     from logitlab.experiments.report import write_report
-    from logitlab.experiments.spec import SpecError, StudySpec, valid_keys
 
     run_dir = Path(args.run_dir)
     stored = run_dir / records.SPEC
     if not stored.exists():
         args.parser.error(f"{run_dir} is not a run directory (no {records.SPEC})")
-    try:  # a damaged spec.json would otherwise surface as a JSONDecodeError or KeyError traceback
-        data = records.read_json(stored)
-        if not isinstance(data, dict):
-            raise SpecError(f"expected a JSON object, got {type(data).__name__}")
-        missing = [key for key in valid_keys() if key not in data]
-        if missing:
-            raise SpecError(f"missing keys: {', '.join(missing)}")
-        StudySpec.from_json(data)
-    except ValueError as error:  # SpecError and json.JSONDecodeError are ValueErrors
-        args.parser.error(f"{stored} is not a stored study spec ({error})")
     try:
-        path = write_report(run_dir, Path(args.output) if args.output else None)
-    except ValueError as error:  # e.g. read_records(): a line of records.jsonl is not JSON
+        _stored_spec(stored, "")
+    except _UsageError as error:
         args.parser.error(str(error))
+    try:
+        path = write_report(run_dir, Path(args.output) if args.output else None, progress=_render_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: nothing written; render again with `logitlab report {run_dir}`",
+              file=sys.stderr, flush=True)
+        return 130
     print(path, flush=True)
     return 0
 
@@ -195,9 +257,16 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_progress(line: str, final: bool) -> None:
+    from logitlab.experiments.runner import print_progress
+
+    print_progress(line, final)
+
+
 _STUDY_EPILOG = """\
---set keys (type-checked): dataset, model, seeds, epochs, batch_size, lr, weight_decay,
-optimizer (adam|sgd), hidden, val_fraction, test_fraction, n_bins, nll_smoothing, pairs.
+--set keys (type-checked): dataset, label, model, seeds, steps, eval_points, batch_size, lr,
+weight_decay, optimizer (adam|sgd), hidden, val_fraction, test_fraction, n_bins, nll_smoothing,
+temperature_scaling (true|false), vocab, context, text_mb, max_rows (stdlib-text), pairs.
 pairs is a comma-separated list of normalizer+loss[key=value,...] (see `logitlab list`) or
 `all`, e.g. --set pairs='softmax+cross_entropy,softmax+focal[gamma=1.0],standard+kl[positivity=softplus]'.
 """
@@ -218,15 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
                        "seeds; append one record per (combination, seed) to OUT/records.jsonl and write "
                        "OUT/report.html. The last line printed is the report's path.",
                        epilog=_STUDY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", help="digits (default), wine, breast_cancer or iris")
-    p.add_argument("--model", help="linear (default: softmax regression) or mlp (one hidden layer)")
-    p.add_argument("--seeds", help="number of seeds (default 3)")
-    p.add_argument("--epochs", help="training epochs (default 30)")
+    p.add_argument("--dataset", help="digits (default), wine, breast_cancer, iris, stdlib-text (next-token rows of "
+                   "the standard library's source; with --model lm), or your own data: a .csv "
+                   "file with a header and a label column (--set label=COLUMN, default 'label') or an .npz "
+                   "file with arrays x and y")
+    p.add_argument("--model", help="linear (default: softmax regression), mlp (one hidden layer) or lm (token "
+                   "embeddings, one GELU layer, an LM head; for stdlib-text)")
+    p.add_argument("--seeds", help="number of seeds, each its own split and initialization (default 8)")
+    p.add_argument("--steps", help="training budget in optimizer steps (default 500)")
+    p.add_argument("--preset", metavar="NAME", help="a named set of options, applied before the others: lm (next-token "
+                   "prediction on the standard library's source, every output layer that scales to a 2048-token "
+                   "vocabulary; minutes on 2 cores) or lm-large (8192 tokens, for a bigger machine)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field (repeatable)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<model>); a run already "
-                   "there is replaced unless --resume")
+                   "there is kept: complete it with --resume or replace it with --force")
     p.add_argument("--resume", action="store_true", help="complete an interrupted run in --out without redoing "
                    "finished combinations")
+    p.add_argument("--force", action="store_true", help="replace a run already in --out")
+    p.add_argument("--jobs", metavar="N", help="train in N processes (default: the CPU count, at most 4); "
+                   "the records do not depend on it")
     p.set_defaults(func=_cmd_study, parser=p)
     p = sub.add_parser("report", help="re-render a run's report from its stored records",
                        description="Render RUN_DIR/report.html (or FILE) from spec.json, records.jsonl and "
@@ -247,4 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C outside the verbs' own handlers (imports, set-up): no traceback
+        print(f"\ninterrupted: logitlab {args.command} stopped", file=sys.stderr, flush=True)
+        return 130

@@ -27,6 +27,7 @@ from logitlab.losses.focal import (
     focal_loss,
     poly1_cross_entropy,
 )
+from logitlab.losses.margin import multiclass_hinge_loss, perceptron_loss
 from logitlab.losses.divergences import (
     divergence_loss,
     kl_divergence,
@@ -101,6 +102,8 @@ __all__ = [
     "log_likelihood",
     "focal_loss",
     "poly1_cross_entropy",
+    "multiclass_hinge_loss",
+    "perceptron_loss",
     "divergence_loss",
     "kl_divergence",
     "reverse_kl_divergence",

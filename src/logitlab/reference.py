@@ -355,6 +355,43 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
     return v.sum() if reduction == "sum" else v.sum() / max(kept, 1)
 
 
+def multiclass_hinge_loss(logits: Tensor, target: Tensor, *, margin: float = 1.0, kind: str = "crammer_singer",
+                          dim: int = -1, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Per row: max(0, max_{k != y} (m + z_k) - z_y) or sum_{k != y} max(0, m + z_k - z_y), by loops."""
+    rows, shape = _rows(logits, dim)
+    t = target.reshape(-1)
+    values, kept = [], 0
+    for i in range(rows.shape[0]):
+        y = int(t[i])
+        if y == ignore_index:
+            values.append(torch.zeros((), dtype=F64))
+            continue
+        terms = [torch.clamp(margin + rows[i, k] - rows[i, y], min=0.0) for k in range(rows.shape[1]) if k != y]
+        zero = torch.zeros((), dtype=F64)
+        if kind == "crammer_singer":
+            values.append(torch.stack(terms).max() if terms else zero)
+        else:
+            values.append(torch.stack(terms).sum() if terms else zero)
+        kept += 1
+    v = torch.stack(values)
+    if reduction == "none":
+        return v.reshape(shape[:-1])
+    return v.sum() if reduction == "sum" else v.sum() / max(kept, 1)
+
+
+def perceptron_loss(logits: Tensor, target: Tensor, *, dim: int = -1, ignore_index: int = -100,
+                    reduction: str = "mean") -> Tensor:
+    """Per row: max_k z_k - z_y."""
+    rows, shape = _rows(logits, dim)
+    t = target.reshape(-1)
+    keep = t != ignore_index
+    safe = torch.where(keep, t, torch.zeros_like(t))
+    v = torch.where(keep, rows.max(1).values - rows[torch.arange(rows.shape[0]), safe], torch.zeros((), dtype=F64))
+    if reduction == "none":
+        return v.reshape(shape[:-1])
+    return v.sum() if reduction == "sum" else v.sum() / max(int(keep.sum()), 1)
+
+
 def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0, dim: int = -1,
                         weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
                         label_smoothing: float = 0.0) -> Tensor:

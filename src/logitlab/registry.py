@@ -163,6 +163,14 @@ LOSSES: dict[str, LossSpec] = {
     "poly1": LossSpec(
         "poly1", f"{_L}.focal:poly1_cross_entropy", "Poly1CrossEntropyLoss", "index", ("softmax",),
         params={"epsilon": 1.0}, doc="CE + ε (1 − p_y)"),
+    # Margin losses act on the raw scores and model no probabilities; the study reads its predicted
+    # distribution from softmax(z), the map they are listed with.
+    "multiclass_hinge": LossSpec(
+        "multiclass_hinge", f"{_L}.margin:multiclass_hinge_loss", "MulticlassHingeLoss", "index", ("softmax",),
+        params={"margin": 1.0}, doc="max(0, max_{k≠y} (m + z_k) − z_y): Crammer–Singer hinge on the scores"),
+    "perceptron": LossSpec(
+        "perceptron", f"{_L}.margin:perceptron_loss", "PerceptronLoss", "index", ("softmax",),
+        doc="max_k z_k − z_y: the Fenchel–Young loss of argmax"),
     "fenchel_young": LossSpec(
         "fenchel_young", f"{_L}.fenchel_young:fenchel_young_loss", "FenchelYoungLoss", "both", _FY,
         takes_normalizer=True, doc="Ω*(z) + Ω(target) − ⟨z, target⟩"),

@@ -14,7 +14,7 @@ import pytest
 from logitlab import cli
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--dataset", "digits", "--epochs", "3", "--seeds", "2",
+TINY = ["--dataset", "digits", "--steps", "30", "--seeds", "2", "--jobs", "1", "--set", "eval_points=3",
         "--set", "pairs=softmax+cross_entropy,sparsemax+sparsemax_loss"]
 
 

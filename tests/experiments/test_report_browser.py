@@ -13,7 +13,7 @@ from logitlab.experiments import records as rec
 
 from _browser import chromium, run_headless
 
-SECTIONS = ["setup", "summary", "calibration", "training", "theory", "records"]
+from .test_study import SECTIONS  # every section of the report, in order
 
 # Appended to a copy of the report: after load, write what rendered into the DOM for --dump-dom.
 _PROBE = """<script>

@@ -1,9 +1,12 @@
 """The study: train every output layer × loss on bundled data and write a self-contained report.
 
 Modules: ``spec`` (what runs; typed ``--set`` overrides), ``data`` (scikit-learn's bundled
-datasets, split and standardized), ``models`` (linear, MLP), ``runner`` (training and
-measuring), ``records`` (the run directory, append-only JSONL), ``theory`` (data from
-logitlab.analysis / maxent / information), ``plots`` (matplotlib PNGs) and ``report`` (the HTML).
+datasets or a user's .csv / .npz, split and standardized), ``models`` (linear, MLP), ``runner``
+(training, temperature scaling and measuring, in worker processes), ``records`` (the run
+directory: append-only JSONL, locked while written, damaged and duplicate lines skipped and
+named), ``stats`` (95% intervals, paired per-seed differences, sign-flip tests), ``theory`` (data
+from logitlab.analysis / maxent / information), ``plots`` (matplotlib PNGs) and ``report`` (the
+HTML, verdict first).
 numpy, scikit-learn and matplotlib (the ``study`` extra) are imported lazily, only here.
 Run it with ``logitlab study``; re-render with ``logitlab report RUN_DIR``.
 """

@@ -1,4 +1,4 @@
-"""The study's models: softmax regression (one linear layer) and a one-hidden-layer MLP.
+"""The study's models: softmax regression (one linear layer), a one-hidden-layer MLP and a next-token model.
 
 Both end in an ``nn.Linear`` that produces the scores (logits); :func:`output_layer` returns it,
 so the runner can record its gradient norm.
@@ -24,9 +24,28 @@ def build_model(kind: str, in_features: int, num_classes: int, *, hidden: int = 
     """
     if kind == "linear":
         return nn.Sequential(nn.Linear(in_features, num_classes))
+    if kind == "lm":
+        return NextTokenModel(num_classes, in_features, hidden=hidden)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-    raise ValueError(f"build_model(): argument 'kind' expected one of 'linear', 'mlp', got {kind!r}")
+    raise ValueError(f"build_model(): argument 'kind' expected one of 'linear', 'mlp', 'lm', got {kind!r}")
+
+
+class NextTokenModel(nn.Module):
+    """Next-token model: embed the ``context`` previous tokens, concatenate, one GELU layer, an LM head.
+
+    ``(rows, context)`` int64 token ids → ``(rows, vocab)`` scores; the head ``nn.Linear(hidden,
+    vocab)`` is the output layer. (The model of ``examples/lm_workload.py``, with a bias-carrying head.)
+    """
+
+    def __init__(self, vocab: int, context: int, *, hidden: int = 128, embed: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.body = nn.Sequential(nn.Linear(context * embed, hidden), nn.GELU())
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, context_ids):
+        return self.head(self.body(self.embed(context_ids).flatten(1)))
 
 
 def output_layer(model: nn.Module) -> nn.Linear:

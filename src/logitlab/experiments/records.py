@@ -7,26 +7,34 @@ Layout of a run directory::
     theory.json     the theory data (logitlab.analysis / maxent / information) for the report
     report.html     rendered from the three files above alone
 
+    .lock           held (``fcntl.flock``) by the one process writing to the directory
+
 A kill can interrupt a write; :func:`read_records` then ignores the unfinished last line and
 :class:`RecordWriter` cuts it off before appending, so every finished record stays readable.
+A damaged *complete* line (edited, or a disk error) and a second record of the same
+(combination, seed) are skipped on read, never silently used: :func:`scan_records` returns
+them with their line numbers and reasons, and the CLI and the report say what was skipped.
+:func:`lock_run` makes sure that only one process writes a run directory at a time.
 Non-finite floats are stored as ``null`` (strict JSON).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, NamedTuple
 
-__all__ = ["RECORDS", "SPEC", "THEORY", "REPORT", "RecordWriter", "read_records", "to_json",
-           "write_json", "read_json"]
+__all__ = ["RECORDS", "SPEC", "THEORY", "REPORT", "LOCK", "RecordWriter", "read_records", "scan_records",
+           "Scan", "Skipped", "RunLocked", "lock_run", "to_json", "write_json", "read_json"]
 
 RECORDS = "records.jsonl"
 SPEC = "spec.json"
 THEORY = "theory.json"
 REPORT = "report.html"
+LOCK = ".lock"
 
 
 def to_json(obj: Any) -> Any:
@@ -95,28 +103,125 @@ class RecordWriter:
         self.close()
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of a JSONL file (an unfinished last line, cut by a kill, is skipped).
+class Skipped(NamedTuple):
+    """A line of records.jsonl that was not used: its 1-based number and why."""
 
-    Raises:
-        ValueError: a complete line that is not valid JSON (the file was edited or corrupted).
+    line: int
+    reason: str
+
+
+class Scan(NamedTuple):
+    """The usable records of a JSONL file and the complete lines that were skipped."""
+
+    records: list[dict[str, Any]]
+    skipped: list[Skipped]
+
+
+def scan_records(path: Path) -> Scan:
+    """Read a JSONL file of records, skipping damaged lines and duplicate results.
+
+    An unfinished last line (cut by a kill) is not a record and is ignored silently. A complete
+    line that is not a JSON object, or a result without a ``combination`` and an integer ``seed``,
+    is skipped as damaged; a second result for the same (combination, seed) (two writers at once,
+    or a copied file) is skipped as a duplicate of the first. Both are returned in ``skipped``.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "records.jsonl"
+        >>> _ = path.write_text('{"kind": "result", "combination": "a", "seed": 0}\\nnot json\\n'
+        ...                     '{"kind": "result", "combination": "a", "seed": 0}\\n')
+        >>> scan = scan_records(path)
+        >>> len(scan.records), [s.line for s in scan.skipped]
+        (1, [2, 3])
     """
     path = Path(path)
     if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    complete, tail = lines[:-1], lines[-1]  # tail is "" when the file ends with a newline
-    records = []
+        return Scan([], [])
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    complete = text.split("\n")[:-1]  # the last piece is "" or an unfinished line
+    records: list[dict[str, Any]] = []
+    skipped: list[Skipped] = []
+    first: dict[tuple[str, int], int] = {}
     for number, line in enumerate(complete, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"read_records(): {path}:{number} is not a JSON record ({error})") from None
-    del tail
-    return records
+            skipped.append(Skipped(number, f"not JSON ({error})"))
+            continue
+        if not isinstance(record, dict):
+            skipped.append(Skipped(number, f"not a JSON object ({type(record).__name__})"))
+            continue
+        if record.get("kind") == "result":
+            combination, seed = record.get("combination"), record.get("seed")
+            if not isinstance(combination, str) or isinstance(seed, bool) or not isinstance(seed, int):
+                skipped.append(Skipped(number, "a result without a combination name and an integer seed"))
+                continue
+            if (combination, seed) in first:
+                skipped.append(Skipped(number, f"duplicate of line {first[combination, seed]} "
+                                               f"({combination} seed {seed})"))
+                continue
+            first[combination, seed] = number
+        records.append(record)
+    return Scan(records, skipped)
+
+
+def describe_skipped(path: Path, skipped: Iterable[Skipped]) -> str:
+    """One line saying which lines of ``path`` were skipped and why ('' when none)."""
+    items = list(skipped)
+    if not items:
+        return ""
+    listed = "; ".join(f"line {s.line}: {s.reason}" for s in items[:5])
+    more = f"; and {len(items) - 5} more" if len(items) > 5 else ""
+    return f"{path}: skipped {len(items)} line(s) ({listed}{more})"
+
+
+class RunLocked(RuntimeError):
+    """Another process holds the lock of a run directory."""
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (its ``.lock`` file) for the duration of the block.
+
+    The lock is an ``fcntl.flock`` on an open file, so the kernel releases it when the process
+    ends, however it ends (a kill leaves no stale lock). On systems without ``fcntl`` the block
+    runs unlocked.
+
+    Raises:
+        RunLocked: another process holds the lock (its process id is named when known).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        yield
+        return
+    path = Path(run_dir) / LOCK
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip()
+            who = f" by process {holder}" if holder.isdigit() else ""
+            raise RunLocked(f"{run_dir} is in use{who}: another `logitlab study` is writing it; "
+                            "wait for it to finish or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The usable records of a JSONL file: :func:`scan_records` without the skipped lines."""
+    return scan_records(path).records
 
 
 def done_keys(records: Iterable[dict[str, Any]]) -> set[tuple[str, int]]:

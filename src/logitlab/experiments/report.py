@@ -16,9 +16,12 @@ from typing import Any, Sequence
 
 from logitlab.experiments import plots
 from logitlab.experiments import records as rec
+from logitlab.experiments import stats
 
-__all__ = ["write_report", "render_report", "aggregate", "COLUMNS"]
+__all__ = ["write_report", "render_report", "aggregate", "compare", "verdict", "run_warnings", "COLUMNS",
+           "BASELINE"]
 
+BASELINE = "softmax+cross_entropy"
 # (metric key, column title, better: +1 higher / -1 lower, format)
 COLUMNS = [
     ("accuracy", "test accuracy", +1, "{:.3f}"),
@@ -29,7 +32,23 @@ COLUMNS = [
     ("ece_mass", "ECE (equal-mass)", -1, "{:.3f}"),
     ("mce", "MCE", -1, "{:.3f}"),
     ("wall_time_s", "wall time (s)", -1, "{:.2f}"),
+    ("examples_per_s", "train examples/s", +1, "{:.0f}"),
 ]
+# Shown for many classes (next-token prediction): there they say more than the accuracy does.
+MANY_CLASS_COLUMNS = [
+    ("perplexity", "perplexity (smoothed)", -1, "{:.1f}"),
+    ("top5_accuracy", "top-5 accuracy", +1, "{:.3f}"),
+]
+_RUN_FIELDS = ("wall_time_s", "examples_per_s")
+# The metrics of the paired comparison and the verdict.
+VERDICT_METRICS = [("accuracy", "accuracy", +1), ("nll_smoothed", "NLL", -1), ("brier", "Brier score", -1),
+                   ("ece_width", "ECE", -1)]
+SCALED_METRICS = [("accuracy", "accuracy", +1), ("nll_smoothed", "NLL", -1), ("brier", "Brier", -1),
+                  ("ece_width", "ECE", -1)]
+# A test split smaller than this gets a warning: one test point then moves accuracy by > 0.5%.
+SMALL_TEST = 200
+# Fewer seeds than this cannot give a sign-flip p below 0.05 (the smallest is 2 / 2^n).
+MIN_SEEDS = 6
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:1280px;margin:2em auto;
@@ -39,26 +58,28 @@ h3{margin-top:1.5em}table{border-collapse:collapse;font-size:.78em;margin:.8em 0
 th,td{border:1px solid #ddd;padding:.25em .45em;text-align:right}td{white-space:nowrap}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left;font-family:ui-monospace,monospace;white-space:normal;
 max-width:16em;overflow-wrap:anywhere}div.scroll{overflow-x:auto}
-td.best{background:#e3f4e3;font-weight:bold}td.best::after{content:" \\2605";color:#2a7a2a}
+td.better{background:#e3f4e3;font-weight:bold}td.better::after{content:" \\25B2";color:#2a7a2a}
+td.worse{background:#fbe4e4}td.worse::after{content:" \\25BC";color:#a02a2a}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 p.claim{margin:.3em 0}p.note{background:#fff6e0;border-left:4px solid #e0a800;padding:.4em .7em}
-.meta{color:#555;font-size:.9em}code{background:#f5f5f5;padding:0 .2em}
+p.verdict{background:#eef4fb;border-left:4px solid #2a62a0;padding:.5em .8em}
+.meta{color:#555;font-size:.9em}code{background:#f5f5f5;padding:0 .2em}nav ol{columns:2}
 """
 
 
-def _mean_spread(values: Sequence[float | None]) -> tuple[float, float, int]:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan, 0
-    spread = statistics.stdev(finite) if len(finite) > 1 else 0.0
-    return statistics.fmean(finite), spread, len(finite)
+def _value(record: dict[str, Any], metric: str, scaled: bool = False) -> float | None:
+    if metric in _RUN_FIELDS:
+        return record.get(metric)
+    source = record.get("metrics_scaled") if scaled else record.get("metrics")
+    return (source or {}).get(metric)
 
 
 def aggregate(spec: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group result records by combination, in the spec's order, seeds sorted.
 
-    Returns one dict per combination with its records and, per column, (mean, spread over seeds
-    as the sample standard deviation, number of finite values).
+    Returns one dict per combination with its records, per column the mean over seeds with its
+    95% interval (:class:`stats.Interval`), the same for the temperature-scaled metrics
+    (``scaled``) and for the fitted temperature, and the number of diverged runs.
     """
     by_key: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -68,13 +89,43 @@ def aggregate(spec: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[
     rows = []
     for key in order:
         runs = sorted(by_key[key], key=lambda r: r["seed"])
-        stats = {}
-        for metric, *_ in COLUMNS:
-            values = [r["wall_time_s"] if metric == "wall_time_s" else r["metrics"].get(metric) for r in runs]
-            stats[metric] = _mean_spread(values)
-        rows.append({"key": key, "runs": runs, "stats": stats,
+        ok = [r for r in runs if not r["diverged"]]
+        stats_ = {metric: stats.mean_interval([_value(r, metric) for r in ok])
+                  for metric, *_ in COLUMNS + MANY_CLASS_COLUMNS}
+        scaled = {metric: stats.mean_interval([_value(r, metric, True) for r in ok]) for metric, *_ in SCALED_METRICS}
+        rows.append({"key": key, "runs": runs, "stats": stats_, "scaled": scaled,
+                     "temperature": stats.mean_interval([r.get("temperature") for r in ok]),
                      "diverged": sum(bool(r["diverged"]) for r in runs)})
     return rows
+
+
+def compare(rows: list[dict[str, Any]], metric: str, *, scaled: bool = False,
+            baseline: str = BASELINE) -> dict[str, stats.Paired]:
+    """Paired per-seed differences (combination − baseline) of ``metric`` for every other row."""
+    cache = rows[0].setdefault("_compare", {}) if rows else {}  # the report asks for each one several times
+    if (metric, scaled, baseline) not in cache:
+        cache[metric, scaled, baseline] = _compare(rows, metric, scaled, baseline)
+    return cache[metric, scaled, baseline]
+
+
+def _compare(rows: list[dict[str, Any]], metric: str, scaled: bool, baseline: str) -> dict[str, stats.Paired]:
+    base = next((r for r in rows if r["key"] == baseline), None)
+    if base is None:
+        return {}
+    ref = {r["seed"]: _value(r, metric, scaled) for r in base["runs"] if not r["diverged"]}
+    out = {}
+    for row in rows:
+        if row["key"] != baseline:
+            mine = {r["seed"]: _value(r, metric, scaled) for r in row["runs"] if not r["diverged"]}
+            out[row["key"]] = stats.paired(mine, ref)
+    return out
+
+
+def _judge(p: stats.Paired, sign: int) -> str:
+    """'better', 'worse' or 'same' (the interval of the difference contains 0)."""
+    if not p.excludes_zero:
+        return "same"
+    return "better" if p.mean * sign > 0 else "worse"
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -91,61 +142,180 @@ def _fmt(value: float, pattern: str) -> str:
     return "n/a" if not math.isfinite(value) else pattern.format(value)
 
 
-def _best(rows: list[dict[str, Any]], metric: str, sign: int) -> set[str]:
-    means = [(r["stats"][metric][0], r["key"]) for r in rows if math.isfinite(r["stats"][metric][0])]
-    if not means:
-        return set()
-    target = max(m for m, _ in means) if sign > 0 else min(m for m, _ in means)
-    return {k for m, k in means if m == target}
+def _interval_text(interval: stats.Interval, pattern: str) -> str:
+    if interval.n == 0:
+        return "n/a"
+    if interval.n < 2:
+        return f"{_fmt(interval.mean, pattern)} ± —"
+    return f"{_fmt(interval.mean, pattern)} ± {_fmt(interval.half_width, pattern)}"
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, int, str]]:
+    many = any(run.get("num_classes", 0) > 10 for r in rows for run in r["runs"])
+    return COLUMNS[:1] + MANY_CLASS_COLUMNS + COLUMNS[1:] if many else COLUMNS
 
 
 def _summary(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _, _ in COLUMNS)
-    best = {metric: _best(rows, metric, sign) for metric, _, sign, _ in COLUMNS}
+    columns = _columns(rows)
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _, _ in columns)
+    judged = {metric: compare(rows, metric) for metric, *_ in columns}
     body = []
     for r in rows:
         cells = [f"<td>{html.escape(r['key'])}</td>", f"<td>{len(r['runs'])}</td>"]
-        for metric, _, _, pattern in COLUMNS:
-            mean, spread, n = r["stats"][metric]
-            cls = ' class="best"' if r["key"] in best[metric] else ""
-            text = "n/a" if n == 0 else f"{_fmt(mean, pattern)} ± {_fmt(spread, pattern)}"
-            cells.append(f"<td{cls}>{text}</td>")
+        for metric, _, sign, pattern in columns:
+            p = judged[metric].get(r["key"])
+            verdict = _judge(p, sign) if p is not None and metric not in _RUN_FIELDS else "same"
+            cls = f' class="{verdict}"' if verdict != "same" else ""
+            cells.append(f"<td{cls}>{_interval_text(r['stats'][metric], pattern)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<div class="scroll"><table id="summary-table"><tr><th>combination</th><th>seeds</th>{head}</tr>'
             + "".join(body) + "</table></div>")
 
 
-def _name_of(rows: list[dict[str, Any]], metric: str, sign: int) -> tuple[str, float]:
-    finite = [r for r in rows if math.isfinite(r["stats"][metric][0])]
-    pick = max if sign > 0 else min
-    r = pick(finite, key=lambda r: r["stats"][metric][0])
-    return r["key"], r["stats"][metric][0]
-
-
-def _rank(rows: list[dict[str, Any]], key: str, metric: str, sign: int) -> int | None:
-    finite = sorted((r for r in rows if math.isfinite(r["stats"][metric][0])),
-                    key=lambda r: -sign * r["stats"][metric][0])
-    keys = [r["key"] for r in finite]
-    return keys.index(key) + 1 if key in keys else None
-
-
-def _summary_text(rows: list[dict[str, Any]]) -> list[str]:
-    ce = "softmax+cross_entropy"
-    out = ["Claim: softmax + cross-entropy is maximum likelihood, so it should predict well and give "
-           "probabilities that are honest (low NLL, Brier and calibration error) without extra tuning."]
-    parts = []
-    for metric, title, sign, pattern in COLUMNS[:-1]:
-        if all(not math.isfinite(r["stats"][metric][0]) for r in rows):
+def _paired_table(rows: list[dict[str, Any]], table_id: str, metrics: Sequence[tuple[str, str, int]], *,
+                  scaled: bool = False) -> str:
+    head = "".join(f"<th>Δ {html.escape(title)}</th>" for _, title, _ in metrics)
+    judged = {metric: compare(rows, metric, scaled=scaled) for metric, _, _ in metrics}
+    body = []
+    for r in rows:
+        if r["key"] == BASELINE:
             continue
-        name, value = _name_of(rows, metric, sign)
-        rank = _rank(rows, ce, metric, sign)
-        mine = f"; {ce} ranks {rank} of {len(rows)}" if rank is not None and name != ce else ""
-        parts.append(f"best {title}: {html.escape(name)} ({_fmt(value, pattern)}{mine})")
-    out.append("Measured on this run: " + "; ".join(parts) + ".")
-    diverged = [f"{html.escape(r['key'])} ({r['diverged']} of {len(r['runs'])})" for r in rows if r["diverged"]]
+        cells = [f"<td>{html.escape(r['key'])}</td>"]
+        for metric, _, sign in metrics:
+            p = judged[metric].get(r["key"])
+            if p is None or p.n == 0:
+                cells.append("<td>n/a</td>")
+                continue
+            verdict = _judge(p, sign)
+            cls = f' class="{verdict}"' if verdict != "same" else ""
+            interval = "—" if p.n < 2 else f"[{p.lo:+.3f}, {p.hi:+.3f}]"
+            cells.append(f"<td{cls}>{p.mean:+.3f} {interval}, p = {p.p:.3g}, {p.positive}+/{p.negative}−</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="scroll"><table id="{table_id}"><tr><th>combination − {BASELINE}</th>{head}</tr>'
+            + "".join(body) + "</table></div>")
+
+
+def _names(items: Sequence[str]) -> str:
+    return ", ".join(html.escape(k) for k in items) or "none"
+
+
+def verdict(rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
+    """The verdict paragraphs, generated from the paired comparisons with softmax + cross-entropy."""
+    base = next((r for r in rows if r["key"] == BASELINE), None)
+    if base is None:
+        return [f"No verdict: this run has no {BASELINE} records to compare with."]
+    seeds = min((p.n for p in compare(rows, "accuracy").values()), default=0)
+    if seeds < 2:
+        return [f"No verdict: a paired comparison needs at least 2 seeds (this run has {seeds}); "
+                "every interval is shown as —."]
+    others = [r["key"] for r in rows if r["key"] != BASELINE]
+    kind = "random" if spec["dataset"] == "stdlib-text" else "stratified"
+    text = [f"Verdict over {seeds} seeds (each its own {kind} split and initialization) on "
+            f"{html.escape(str(spec['dataset']))}, {html.escape(str(spec['model']))} model: a combination is called "
+            f"better or worse than {BASELINE} only where the 95% interval of its paired per-seed difference "
+            "excludes 0."]
+    judged_all = {metric: compare(rows, metric) for metric, _, _ in VERDICT_METRICS}
+    beats = {k: [title for metric, title, sign in VERDICT_METRICS
+                 if k in judged_all[metric] and _judge(judged_all[metric][k], sign) == "better"] for k in others}
+    loses = {k: [title for metric, title, sign in VERDICT_METRICS
+                 if k in judged_all[metric] and _judge(judged_all[metric][k], sign) == "worse"] for k in others}
+    never_worse = [k for k in others if not loses[k]]
+    winners = "; ".join(f"{html.escape(k)} ({', '.join(v)})" for k, v in beats.items() if v)
+    text.append(f"<b>In short</b>: of {len(others)} alternatives, {sum(not v for v in beats.values())} are better than "
+                f"softmax + CE on none of accuracy, NLL, Brier score and ECE"
+                + (f"; better on some: {winners}" if winners else "")
+                + f". Never worse on any of the four: {_names(never_worse)}.")
+    for metric, title, sign in VERDICT_METRICS:
+        judged = judged_all[metric]
+        groups = {v: [k for k in others if k in judged and _judge(judged[k], sign) == v]
+                  for v in ("better", "same", "worse")}
+        worst = sorted(groups["worse"], key=lambda k: -abs(judged[k].mean))
+        detail = "; ".join(f"{html.escape(k)} {judged[k].mean:+.3f}" for k in worst[:4])
+        text.append(f"<b>{title}</b> (softmax + CE {_interval_text(base['stats'][metric], '{:.3f}')}): "
+                    f"worse: {_names(worst)}{' (' + detail + (', …' if len(worst) > 4 else '') + ')' if worst else ''}; "
+                    f"indistinguishable: {_names(groups['same'])}; better: {_names(groups['better'])}.")
+    if any(r["temperature"].n for r in rows):
+        before = compare(rows, "ece_width")
+        after = compare(rows, "ece_width", scaled=True)
+        nll_after = compare(rows, "nll_smoothed", scaled=True)
+        worse_before = [k for k in others if k in before and _judge(before[k], -1) == "worse"]
+        worse_after = [k for k in others if k in after and _judge(after[k], -1) == "worse"]
+        kept = [k for k in worse_before if k in worse_after]
+        nll_worse = [k for k in others if k in nll_after and _judge(nll_after[k], -1) == "worse"]
+        t = base["temperature"]
+        lost = [k for k in worse_before if k not in worse_after]
+        survive = ("survives recalibration against " + _names(kept)) if kept else (
+            "does not survive recalibration: no combination that was worse stays worse")
+        if kept and lost:
+            survive += "; it is gone against " + _names(lost)
+        text.append(
+            f"<b>After temperature scaling</b> (one T per run, fitted on the validation split by NLL; "
+            f"softmax + CE's T = {_interval_text(t, '{:.2f}')}, ECE {_interval_text(base['stats']['ece_width'], '{:.3f}')} → "
+            f"{_interval_text(base['scaled']['ece_width'], '{:.3f}')}): worse than softmax + CE in ECE before: "
+            f"{_names(worse_before)}; after: {_names(worse_after)}. Softmax + CE's calibration advantage {survive}. "
+            f"Worse in NLL after scaling: {_names(nll_worse)}.")
+    return text
+
+
+def run_warnings(spec: dict[str, Any], records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """What limits the conclusions of a run: (plain text for the console, HTML for the report).
+
+    Training still falling at the end (more than ``STILL_FALLING_SHARE`` of the loss decrease in
+    the last quarter of the steps), a small test split, too few seeds for a significant
+    sign-flip test, and diverged runs.
+    """
+    from logitlab.experiments.runner import STILL_FALLING_SHARE
+
+    out: list[tuple[str, str]] = []
+    results = [r for r in records if r.get("kind") == "result"]
+    falling: dict[str, list[float]] = {}
+    for r in results:
+        share = r.get("loss_drop_share")
+        if share is not None and math.isfinite(share) and share > STILL_FALLING_SHARE and not r["diverged"]:
+            falling.setdefault(r["combination"], []).append(share)
+    if falling:
+        listed = ", ".join(f"{k} ({len(v)} seeds, up to {max(v):.0%})" for k, v in falling.items())
+        text = (f"training loss still falling at the end of {spec['steps']} steps for {listed} (share of the "
+                f"loss decrease in the last quarter of the steps > {STILL_FALLING_SHARE:.0%}); these runs are "
+                "not converged: raise --steps")
+        out.append((text, html.escape(text)))
+    sizes = sorted({int(r["n_test"]) for r in results})
+    if sizes and sizes[0] < SMALL_TEST:
+        text = (f"the test split has {sizes[0]} points: one point moves accuracy by {1 / sizes[0]:.3f}, so "
+                f"differences of a few points between combinations cannot be separated; prefer a dataset "
+                f"with >= {SMALL_TEST / (spec['test_fraction'] or 1):.0f} rows or more seeds")
+        out.append((text, html.escape(text)))
+    if results and spec["seeds"] < MIN_SEEDS:
+        text = (f"{spec['seeds']} seed(s): the sign-flip test cannot reach p < 0.05 with fewer than {MIN_SEEDS} "
+                "seeds and the t intervals are wide; use --seeds 8 or more for a verdict")
+        out.append((text, html.escape(text)))
+    diverged = sorted({r["combination"] for r in results if r["diverged"]})
     if diverged:
-        out.append("Diverged (non-finite loss or probabilities; excluded from the means): " + ", ".join(diverged) + ".")
+        text = f"diverged runs (non-finite loss or probabilities; left out of the means): {', '.join(diverged)}"
+        out.append((text, html.escape(text)))
     return out
+
+
+def _temperature_section(rows: list[dict[str, Any]]) -> str:
+    if not any(r["temperature"].n for r in rows):
+        return '<p class="note">Temperature scaling is off in this run (temperature_scaling=false).</p>'
+    head = "".join(f"<th>{html.escape(t)} before</th><th>{html.escape(t)} after</th>" for _, t, _ in SCALED_METRICS)
+    body = []
+    for r in rows:
+        cells = [f"<td>{html.escape(r['key'])}</td>", f"<td>{_interval_text(r['temperature'], '{:.2f}')}</td>"]
+        for metric, _, _ in SCALED_METRICS:
+            cells.append(f"<td>{_interval_text(r['stats'][metric], '{:.3f}')}</td>")
+            cells.append(f"<td>{_interval_text(r['scaled'][metric], '{:.3f}')}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    table = (f'<div class="scroll"><table id="temperature-table"><tr><th>combination</th><th>T</th>{head}</tr>'
+             + "".join(body) + "</table></div>")
+    return ("<p>Post-hoc temperature scaling (Guo et al., 2017): the trained model's scores z are divided by "
+            "one T > 0, fitted on the validation split by minimizing the (smoothed) NLL, before the "
+            "combination's own map (T is searched in [0.05, 20]; a mean at an end means the fit hit the "
+            "boundary); the argmax is unchanged for softmax, sigmoid and the sparse maps. "
+            "Mean ± 95% interval over seeds.</p>" + table +
+            "<p>Paired differences from softmax + CE after temperature scaling (both scaled):</p>" +
+            _paired_table(rows, "scaled-paired-table", SCALED_METRICS, scaled=True))
 
 
 def _pooled_diagram(runs: list[dict[str, Any]], binning: str) -> dict[str, list[float]]:
@@ -158,6 +328,15 @@ def _pooled_diagram(runs: list[dict[str, Any]], binning: str) -> dict[str, list[
     acc = [sum(d["count"][b] * d["accuracy"][b] for d in diagrams) / count[b] if count[b] else 0.0 for b in range(n)]
     return {"lower": diagrams[0]["lower"], "upper": diagrams[0]["upper"], "count": count,
             "confidence": conf, "accuracy": acc}
+
+
+def _name_of(rows: list[dict[str, Any]], metric: str, sign: int) -> tuple[str, float]:
+    finite = [r for r in rows if math.isfinite(r["stats"][metric].mean)]
+    if not finite:
+        return "n/a", math.nan
+    pick = max if sign > 0 else min
+    r = pick(finite, key=lambda r: r["stats"][metric].mean)
+    return r["key"], r["stats"][metric].mean
 
 
 def _calibration(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
@@ -177,19 +356,20 @@ def _calibration(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
     grid = figure(plots.reliability_grid(diagrams), "reliability diagrams", [
         f"Claim: a calibrated model is right with probability p on the inputs where it says p; its bars "
         f"(accuracy per confidence bin, {spec['n_bins']} equal-width bins, test points of all seeds pooled) "
-        f"sit on the diagonal. Bars below the diagonal mean over-confidence.",
+        f"sit on the diagonal. Bars below the diagonal mean over-confidence. The narrow gray bars are the "
+        f"confidence histogram: each bin's share of the test points (bins with few points are noisy).",
         f"Measured, mean confidence − accuracy over all test points: over-confident (> +0.005): {over}; "
         f"under-confident (< −0.005): {under}. "
         f"Lowest equal-width ECE: {html.escape(name)} ({value:.3f}); highest: {html.escape(worst)} ({worst_value:.3f})."])
     labels = [r["key"] for r in rows]
     panels = {}
     for metric, title in (("ece_width", "ECE, equal-width bins"), ("ece_mass", "ECE, equal-mass bins"), ("mce", "MCE")):
-        panels[title] = ([r["stats"][metric][0] for r in rows], [r["stats"][metric][1] for r in rows])
+        panels[title] = ([r["stats"][metric].mean for r in rows], [r["stats"][metric].half_width for r in rows])
     agree = _rank_agreement(rows, "ece_width", "ece_mass")
     bars = figure(plots.calibration_bars(labels, panels), "calibration errors", [
         "Claim: the expected calibration error depends on the binning; a conclusion that holds for "
         "equal-width and equal-mass bins alike is robust. MCE (the worst bin) is noisy with few test points.",
-        f"Measured: mean ± spread over seeds. The rankings by the two ECEs agree on {agree}."])
+        f"Measured: mean and 95% interval over seeds. The rankings by the two ECEs agree on {agree}."])
     return grid + bars
 
 
@@ -206,7 +386,7 @@ def _rank_agreement(rows: list[dict[str, Any]], a: str, b: str) -> str:
 
 
 def _curve_stats(runs: list[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[float]]:
-    series = [r["curves"][key] for r in runs if r["curves"][key]]
+    series = [r["curves"].get(key) for r in runs if r["curves"].get(key)]
     if not series:
         return [], [], []
     length = min(len(s) for s in series)
@@ -223,25 +403,30 @@ def _curve_stats(runs: list[dict[str, Any]], key: str) -> tuple[list[float], lis
 def _training(rows: list[dict[str, Any]]) -> str:
     curves = {}
     for r in rows:
-        c = {}
-        for key in ("train_loss", "val_accuracy", "grad_norm"):
+        c: dict[str, Any] = {}
+        for key in ("train_loss", "val_accuracy", "val_nll", "grad_norm"):
             c[key], c[key + "_lo"], c[key + "_hi"] = _curve_stats(r["runs"], key)
+        c["step"] = max((run["curves"].get("step", []) for run in r["runs"]), key=len)
         curves[r["key"]] = c
     finals = sorted(((c["val_accuracy"][-1], k) for k, c in curves.items() if c["val_accuracy"]), reverse=True)
-    half = []
+    reach = []
     for k, c in curves.items():
         v = c["val_accuracy"]
         if v and math.isfinite(v[-1]):
-            epoch = next((i + 1 for i, x in enumerate(v) if x >= 0.95 * v[-1]), len(v))
-            half.append((epoch, k))
-    fastest = ", ".join(f"{html.escape(k)} (epoch {e})" for e, k in sorted(half)[:3])
+            i = next((i for i, x in enumerate(v) if x >= 0.95 * v[-1]), len(v) - 1)
+            reach.append((c["step"][i], k))
+    fastest = ", ".join(f"{html.escape(k)} (step {e})" for e, k in sorted(reach)[:3])
+    shares = sorted(((stats.mean_interval([run.get("loss_drop_share") for run in r["runs"]]).mean, r["key"])
+                     for r in rows), reverse=True)
+    share_text = "; ".join(f"{html.escape(k)} {v:.1%}" for v, k in shares[:3] if math.isfinite(v))
     train = figure(plots.training_curves(curves), "training curves", [
         "Claim: with the same optimizer, budget and initialization, the output layer and loss alone decide how "
-        "fast and how far training goes. Each loss is on its own scale, so compare the shapes, not the levels. "
-        "Lines are means over seeds, bands span the seeds.",
-        f"Measured: final validation accuracy is highest for {html.escape(finals[0][1])} ({finals[0][0]:.3f}) "
-        f"and lowest for {html.escape(finals[-1][1])} ({finals[-1][0]:.3f}); the first to reach 95% of their "
-        f"final validation accuracy: {fastest}." if finals else "Measured: no finished curves."])
+        "fast and how far training goes. Each loss is on its own scale, so compare the shapes, not the levels; "
+        "the validation NLL (smoothed) is on one scale for all. Lines are means over seeds, bands span the seeds.",
+        (f"Measured: final validation accuracy is highest for {html.escape(finals[0][1])} ({finals[0][0]:.3f}) "
+         f"and lowest for {html.escape(finals[-1][1])} ({finals[-1][0]:.3f}); the first to reach 95% of their "
+         f"final validation accuracy: {fastest}. Convergence check, share of the loss decrease made in the last "
+         f"quarter of the steps (largest first): {share_text}.") if finals else "Measured: no finished curves."])
     ratios = []
     for k, c in curves.items():
         g = c["grad_norm"]
@@ -253,55 +438,133 @@ def _training(rows: list[dict[str, Any]]) -> str:
         "Claim: the gradient reaching the output layer is the training signal. With softmax + cross-entropy it "
         "is p − y per example: it stays large on the examples still wrong and shrinks only as they are fitted; "
         "losses whose gradient saturates (squared error on probabilities, focal) give a weaker signal.",
-        f"Measured: last-epoch / first-epoch gradient norm, from smallest to largest: {text}."])
+        f"Measured: last / first recorded gradient norm, from smallest to largest: {text}."])
     return train + grad
 
 
-def render_report(run_dir: Path) -> str:
-    """The report's HTML for a run directory (spec.json, records.jsonl, theory.json)."""
+def _confusion(rows: list[dict[str, Any]], best_other: str | None) -> str:
+    keys = [k for k in (BASELINE, best_other) if k]
+    matrices = {}
+    for r in rows:
+        if r["key"] not in keys:
+            continue
+        size = max((run.get("num_classes", 0) for run in r["runs"]), default=0)
+        m = [[0] * size for _ in range(size)]
+        for run in r["runs"]:
+            p = run.get("predictions") or {}
+            for t, y in zip(p.get("target", []), p.get("predicted", [])):
+                if t < size and y < size:
+                    m[t][y] += 1
+        if size and any(any(row) for row in m):
+            matrices[r["key"]] = m
+    if not matrices:
+        return ""
+    ordered = {k: matrices[k] for k in keys if k in matrices}
+    return figure(plots.confusion_matrices(ordered), "confusion matrices", [
+        "Per-class view from the stored test predictions (counts summed over seeds; rows: true class): "
+        f"{BASELINE} and the alternative with the best mean test accuracy."])
+
+
+_SECTIONS = [("verdict", "Verdict"), ("warnings", "Warnings"), ("setup", "Set-up"), ("summary", "Summary"),
+             ("paired", "Paired differences from softmax + cross-entropy"),
+             ("temperature", "Temperature scaling"), ("calibration", "Calibration"),
+             ("training", "Training curves and gradient norms"), ("classes", "Per-class view"),
+             ("theory", "Theory"), ("records", "Records")]
+
+
+def render_report(run_dir: Path, *, progress: Any = None) -> str:
+    """The report's HTML for a run directory (spec.json, records.jsonl, theory.json).
+
+    ``progress(line, final)``, when given, is told which part is being rendered.
+    """
     from logitlab.experiments import theory
+
+    def step(name: str) -> None:
+        if progress is not None:
+            progress(f"report: rendering {name}", False)
 
     run_dir = Path(run_dir)
     spec = rec.read_json(run_dir / rec.SPEC)
-    records = rec.read_records(run_dir / rec.RECORDS)
+    scan = rec.scan_records(run_dir / rec.RECORDS)
+    records = scan.records
     theory_data = rec.read_json(run_dir / rec.THEORY) if (run_dir / rec.THEORY).exists() else None
     rows = aggregate(spec, records)
     expected = len(spec["pairs"]) * spec["seeds"]
     done = sum(len(r["runs"]) for r in rows)
     total_time = sum(r["wall_time_s"] for row in rows for r in row["runs"])
     setting = ", ".join(f"{k}={html.escape(str(v))}" for k, v in spec.items() if k != "pairs")
+    warnings = run_warnings(spec, records)
+    present = {"verdict", "setup", "summary", "theory", "records"}
+    if warnings or scan.skipped or done < expected:
+        present.add("warnings")
+    if rows:
+        present |= {"paired", "temperature", "calibration", "training", "classes"}
+    toc = "".join(f'<li><a href="#{k}">{html.escape(t)}</a></li>' for k, t in _SECTIONS if k in present)
+    title = f"logitlab study: {html.escape(str(spec['dataset']))}, {html.escape(spec['model'])} model"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>logitlab study: {html.escape(spec['dataset'])}, {html.escape(spec['model'])}</title>",
+        f"<title>{title}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>logitlab study: {html.escape(spec['dataset'])}, {html.escape(spec['model'])} model</h1>",
+        f"<h1>{title}</h1>",
+        '<section id="verdict"><h2>Verdict</h2>',
+        "".join(f'<p class="verdict">{p}</p>' for p in (verdict(rows, spec) if rows else ["No records yet."])),
+        "</section>",
+        f'<nav id="contents"><h2>Contents</h2><ol>{toc}</ol></nav>',
+    ]
+    if "warnings" in present:
+        notes = [w for _, w in warnings]
+        if scan.skipped:
+            notes.append(html.escape(rec.describe_skipped(run_dir / rec.RECORDS, scan.skipped)))
+        if done < expected:
+            notes.append(f"This run is incomplete ({done} of {expected} runs recorded); complete it with "
+                         "<code>logitlab study --resume --out RUN_DIR</code>.")
+        parts.append('<section id="warnings"><h2>Warnings</h2>' +
+                     "".join(f'<p class="note">{n}</p>' for n in notes) + "</section>")
+    parts += [
         '<section id="setup"><h2>Set-up</h2>',
         "<p>Why softmax + cross-entropy (maximum log-likelihood) rather than anything else? Every output layer "
-        "× loss below trains the same model with the same optimizer, budget, data split and initialization "
-        "per seed; only the map from scores to probabilities and the loss change. Metrics are on the held-out "
-        "test split.</p>",
+        "× loss below trains the same model with the same optimizer and budget in optimizer steps; each seed "
+        "draws its own train / validation / test split (stratified by class; at random for next-token rows) "
+        "and its own initialization, the same for every combination, so the seeds are independent repeats "
+        "and the comparisons are paired by seed. "
+        "Only the map from scores to probabilities and the loss change. Metrics are on the held-out test split.</p>",
         f'<p class="meta">{setting}. Records: {done} of {expected} (combination, seed) runs; '
         f"training time {total_time:.1f} s.</p>",
+        "</section>",
     ]
-    if done < expected:
-        parts.append(f'<p class="note">This run is incomplete ({done} of {expected} runs recorded); '
-                     "complete it with <code>logitlab study --resume --out RUN_DIR</code>.</p>")
-    parts.append("</section>")
     parts.append('<section id="summary"><h2>Summary</h2>')
     if rows:
+        step("the summary")
         parts.append(_summary(rows))
-        parts.append("<p>Mean ± spread (sample standard deviation over seeds); ★ marks the best mean per column. "
+        parts.append("<p>Mean ± half-width of the 95% Student-t interval over seeds (— with one seed). A cell is "
+                     f"marked better (▲, green) or worse (▼, red) than {BASELINE} only where the 95% interval of "
+                     "the paired per-seed difference excludes 0 (next section). "
                      f"NLL is smoothed towards uniform with ε = {spec['nll_smoothing']:g} for every combination, "
                      "because sparse maps give some test points probability exactly 0 (column p(true)=0). "
                      "Sigmoid one-vs-all probabilities are divided by their row sum for the metrics.</p>")
-        parts += [f"<p>{p}</p>" for p in _summary_text(rows)]
     else:
         parts.append('<p class="note">No records yet.</p>')
     parts.append("</section>")
     if rows:
+        parts.append('<section id="paired"><h2>Paired differences from softmax + cross-entropy</h2>'
+                     "<p>Per seed, the combination's metric minus softmax + CE's on the same split and "
+                     "initialization; mean, 95% t interval, two-sided sign-flip permutation p-value (exact over "
+                     "all 2<sup>n</sup> sign patterns) and the number of seeds with a positive / negative "
+                     "difference. Marked where the interval excludes 0.</p>"
+                     + _paired_table(rows, "paired-table", VERDICT_METRICS) + "</section>")
+        step("temperature scaling")
+        parts.append('<section id="temperature"><h2>Temperature scaling</h2>' + _temperature_section(rows)
+                     + "</section>")
+        step("calibration")
         parts.append('<section id="calibration"><h2>Calibration</h2>' + _calibration(rows, spec) + "</section>")
+        step("training curves")
         parts.append('<section id="training"><h2>Training curves and gradient norms</h2>' + _training(rows) + "</section>")
+        others = [r for r in rows if r["key"] != BASELINE and math.isfinite(r["stats"]["accuracy"].mean)]
+        best = max(others, key=lambda r: r["stats"]["accuracy"].mean)["key"] if others else None
+        step("the per-class view")
+        parts.append('<section id="classes"><h2>Per-class view</h2>' + _confusion(rows, best) + "</section>")
+    step("theory")
     parts.append('<section id="theory"><h2>Theory</h2>' + theory.render(theory_data) + "</section>")
     parts.append('<section id="records"><h2>Records</h2><p>Rendered from <code>spec.json</code>, '
                  "<code>records.jsonl</code> and <code>theory.json</code> alone: "
@@ -310,9 +573,20 @@ def render_report(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def write_report(run_dir: Path, output: Path | None = None) -> Path:
-    """Render the report of ``run_dir`` to ``output`` (default ``run_dir/report.html``); return the path."""
+def write_report(run_dir: Path, output: Path | None = None, *, progress: Any = None) -> Path:
+    """Render the report of ``run_dir`` to ``output`` (default ``run_dir/report.html``); return the path.
+
+    The file is written whole (temporary file, then rename), so an interrupted rendering leaves
+    the previous report, if any, in place.
+    """
     run_dir = Path(run_dir)
     output = Path(output) if output is not None else run_dir / rec.REPORT
-    output.write_text(render_report(run_dir), encoding="utf-8")
+    text = render_report(run_dir, progress=progress)
+    tmp = Path(str(output) + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    import os
+
+    os.replace(tmp, output)
+    if progress is not None:
+        progress(f"report: written ({len(text) // 1024} KiB)", True)
     return output

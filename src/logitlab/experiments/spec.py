@@ -25,6 +25,9 @@ __all__ = [
     "Combination",
     "StudySpec",
     "DEFAULT_GRID",
+    "BASELINE",
+    "PRESETS",
+    "LM_GRID",
     "DATASETS",
     "MODELS",
     "parse_combination",
@@ -32,8 +35,10 @@ __all__ = [
     "apply_overrides",
 ]
 
-DATASETS = ("digits", "wine", "breast_cancer", "iris")
-MODELS = ("linear", "mlp")
+DATASETS = ("digits", "wine", "breast_cancer", "iris", "stdlib-text")
+# A user's own data: a path ending in one of these (see logitlab.experiments.data).
+DATA_SUFFIXES = (".csv", ".npz")
+MODELS = ("linear", "mlp", "lm")
 OPTIMIZERS = ("adam", "sgd")
 # Parameters the study adds when a combination does not set them: x / Σx needs positive scores.
 _DEFAULT_PARAMS = {"standard": {"positivity": "softplus"}}
@@ -152,6 +157,11 @@ DEFAULT_GRID = (
     "softmax+cross_entropy[label_smoothing=0.1]",
     "softmax+brier",
     "softmax+focal",
+    "softmax+js",
+    "softmax+tv",
+    "softmax+hellinger",
+    "softmax+multiclass_hinge",
+    "softmax+perceptron",
     "sigmoid+binary_cross_entropy",
     "standard+kl",
     "spherical_softmax+kl",
@@ -159,6 +169,31 @@ DEFAULT_GRID = (
     "sparsemax+sparsemax_loss",
     "entmax15+entmax_loss",
 )
+# Next-token prediction on the standard library's source: every output layer that scales to the vocabulary.
+LM_GRID = (
+    "softmax+cross_entropy",
+    "softmax+cross_entropy[label_smoothing=0.1]",
+    "softmax+cross_entropy[z_loss=0.0001]",
+    "softmax+brier",
+    "softmax+focal",
+    "sigmoid+binary_cross_entropy",
+    "spherical_softmax+kl",
+    "taylor_softmax+kl",
+    "sparsemax+sparsemax_loss",
+    "entmax15+entmax_loss",
+)
+# --preset NAME: overrides applied before the command line's own. 'lm' completes in minutes on
+# 2 cores; 'lm-large' is for a bigger machine (more text, vocabulary, rows, steps and seeds).
+PRESETS = {
+    "lm": {"dataset": "stdlib-text", "model": "lm", "seeds": "3", "steps": "600", "batch_size": "256",
+           "lr": "0.003", "hidden": "128", "vocab": "2048", "context": "4", "text_mb": "1.0",
+           "max_rows": "30000", "eval_points": "10", "pairs": ",".join(LM_GRID)},
+    "lm-large": {"dataset": "stdlib-text", "model": "lm", "seeds": "5", "steps": "3000", "batch_size": "512",
+                 "lr": "0.002", "hidden": "256", "vocab": "8192", "context": "8", "text_mb": "8.0",
+                 "max_rows": "200000", "eval_points": "20", "pairs": ",".join(LM_GRID)},
+}
+# The combination every other is compared with (paired per seed).
+BASELINE = "softmax+cross_entropy"
 
 
 @dataclass(frozen=True)
@@ -166,22 +201,34 @@ class StudySpec:
     """The whole study; every field can be set with ``--set key=value``.
 
     Attributes:
-        dataset: a classification dataset bundled with scikit-learn.
+        dataset: a classification dataset bundled with scikit-learn, or the path of a ``.csv``
+            (a header row, numeric features) or ``.npz`` (arrays ``x`` and ``y``) file.
+        label: the label column of a ``.csv`` dataset (any values; each distinct one a class).
         model: 'linear' (softmax regression: one linear layer) or 'mlp' (one hidden ReLU layer).
-        seeds: number of seeds (0 .. seeds-1); each seed fixes the split, the initialization and
-            the batch order, identically for every combination.
-        epochs, batch_size, lr, weight_decay, optimizer: the training budget, the same for all.
+        seeds: number of seeds (0 .. seeds-1); each seed draws its own stratified split, its own
+            initialization and batch order, identically for every combination.
+        steps, batch_size, lr, weight_decay, optimizer: the training budget in optimizer steps
+            (the same for every dataset and combination; small datasets see more epochs).
+        eval_points: how many evenly spaced points of the run record the curves (the objective
+            on the whole training split, validation accuracy and NLL, output-layer gradient norm).
         hidden: hidden width of the MLP.
         val_fraction, test_fraction: the stratified split (the rest is training data).
         n_bins: calibration bins (ECE, MCE, reliability diagrams).
         nll_smoothing: ε of the smoothed NLL, (1 − ε) p + ε / C, applied to every combination.
+        temperature_scaling: also fit a temperature on the validation split (by NLL) and measure
+            the test metrics at it.
+        vocab, context, text_mb: the 'stdlib-text' dataset: vocabulary size (the classes), the
+            number of previous tokens a row holds, and how much source text is read (MB).
+        max_rows: at most this many rows, drawn by the seed before the split (0: all rows).
         pairs: the output layer × loss grid.
     """
 
     dataset: str = "digits"
+    label: str = "label"
     model: str = "linear"
-    seeds: int = 3
-    epochs: int = 30
+    seeds: int = 8
+    steps: int = 500
+    eval_points: int = 20
     batch_size: int = 64
     lr: float = 0.01
     weight_decay: float = 0.0
@@ -191,6 +238,11 @@ class StudySpec:
     test_fraction: float = 0.2
     n_bins: int = 15
     nll_smoothing: float = 1e-4
+    temperature_scaling: bool = True
+    vocab: int = 2048
+    context: int = 4
+    text_mb: float = 1.0
+    max_rows: int = 0
     pairs: tuple[Combination, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -211,10 +263,11 @@ class StudySpec:
 
 
 # key -> (type, check description, predicate or choices)
-_CHOICES = {"dataset": DATASETS, "model": MODELS, "optimizer": OPTIMIZERS}
+_CHOICES = {"model": MODELS, "optimizer": OPTIMIZERS}
 _NUMERIC = {
     "seeds": (int, "an int >= 1", lambda v: v >= 1),
-    "epochs": (int, "an int >= 1", lambda v: v >= 1),
+    "steps": (int, "an int >= 1", lambda v: v >= 1),
+    "eval_points": (int, "an int >= 2", lambda v: v >= 2),
     "batch_size": (int, "an int >= 1", lambda v: v >= 1),
     "hidden": (int, "an int >= 1", lambda v: v >= 1),
     "n_bins": (int, "an int >= 1", lambda v: v >= 1),
@@ -223,10 +276,28 @@ _NUMERIC = {
     "val_fraction": (float, "a number in (0, 0.5)", lambda v: 0 < v < 0.5),
     "test_fraction": (float, "a number in (0, 0.5)", lambda v: 0 < v < 0.5),
     "nll_smoothing": (float, "a number in [0, 1)", lambda v: 0 <= v < 1),
+    "vocab": (int, "an int >= 2", lambda v: v >= 2),
+    "context": (int, "an int >= 1", lambda v: v >= 1),
+    "text_mb": (float, "a number in (0, 1000]", lambda v: 0 < v <= 1000),
+    "max_rows": (int, "an int >= 0 (0: all rows)", lambda v: v >= 0),
 }
 
 
+def _check_dataset(value: Any) -> None:
+    if not isinstance(value, str) or not (value in DATASETS or value.lower().endswith(DATA_SUFFIXES)):
+        raise SpecError(f"unknown dataset {value!r}; valid choices: {', '.join(DATASETS)}, "
+                        f"or the path of a {' or '.join(DATA_SUFFIXES)} file")
+
+
 def _check_spec(spec: StudySpec) -> None:
+    _check_dataset(spec.dataset)
+    if not isinstance(spec.label, str) or not spec.label:
+        raise SpecError(f"label: expected a column name, got {spec.label!r}")
+    if (spec.model == "lm") != (spec.dataset == "stdlib-text"):
+        raise SpecError(f"model {spec.model!r} with dataset {spec.dataset!r}: the 'lm' model (token embeddings) "
+                        "goes with the 'stdlib-text' dataset (token ids), and only with it; try --preset lm")
+    if not isinstance(spec.temperature_scaling, bool):
+        raise SpecError(f"temperature_scaling: expected true or false, got {spec.temperature_scaling!r}")
     for key, choices in _CHOICES.items():
         value = getattr(spec, key)
         if value not in choices:
@@ -246,12 +317,12 @@ def apply_overrides(spec: StudySpec, overrides: Mapping[str, str]) -> StudySpec:
     """Return ``spec`` with ``key=value`` text overrides applied, each checked against the spec.
 
     Example:
-        >>> apply_overrides(StudySpec(), {"epochs": "5", "pairs": "softmax+cross_entropy"}).epochs
-        5
-        >>> apply_overrides(StudySpec(), {"epoch": "5"})
+        >>> apply_overrides(StudySpec(), {"steps": "50", "pairs": "softmax+cross_entropy"}).steps
+        50
+        >>> apply_overrides(StudySpec(), {"step": "5"})
         Traceback (most recent call last):
         ...
-        logitlab.experiments.spec.SpecError: unknown key 'epoch'; valid keys: dataset, model, ...
+        logitlab.experiments.spec.SpecError: unknown key 'step'; valid keys: dataset, label, model, ...
     """
     changes: dict[str, Any] = {}
     for key, text in overrides.items():
@@ -259,6 +330,12 @@ def apply_overrides(spec: StudySpec, overrides: Mapping[str, str]) -> StudySpec:
             raise SpecError(f"unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
         if key == "pairs":
             changes[key] = parse_combinations(text)
+        elif key in ("dataset", "label"):
+            changes[key] = text
+        elif key == "temperature_scaling":
+            if text.strip().lower() not in ("true", "false"):
+                raise SpecError(f"temperature_scaling: expected true or false, got {text!r}")
+            changes[key] = text.strip().lower() == "true"
         elif key in _CHOICES:
             if text not in _CHOICES[key]:
                 raise SpecError(f"unknown {key} {text!r}; valid choices: {', '.join(_CHOICES[key])}")

@@ -16,6 +16,11 @@ from logitlab.experiments import plots
 __all__ = ["collect", "render", "SECTIONS"]
 
 NUM_CLASSES = 10
+# Losses whose value for one example is the *mean* over its C classes (torch's 'mean' reduction of
+# binary cross-entropy averages over all N·C elements). The gradient sweep puts every loss on one
+# convention, per example and summed over the classes, so their value and gradient are multiplied
+# by C there; otherwise sigmoid + BCE shows 1/C of its per-example gradient and reads as a weak signal.
+CLASS_MEAN_LOSSES = frozenset({"binary_cross_entropy"})
 MARGINS = [float(i) for i in range(21)]                   # 0 .. 20
 SCALES = [10 ** (-1 + 0.05 * i) for i in range(41)]      # 0.1 .. 10
 
@@ -36,9 +41,11 @@ def _gradient_sweep(combinations: Sequence[Any]) -> dict[str, Any]:
             try:
                 sweep = gradient_sweep(combo.normalizer, combo.loss, margins=MARGINS, num_classes=NUM_CLASSES,
                                        **dict(combo.params))
-                curves[combo.key] = {"group": group, "grad_norm": sweep.grad_norm.tolist(),
-                                     "loss_value": sweep.loss_value.tolist(), "prob_true": sweep.prob_true.tolist(),
-                                     "grad_true": sweep.grad_true.tolist()}
+                scale = float(NUM_CLASSES) if combo.loss in CLASS_MEAN_LOSSES else 1.0
+                curves[combo.key] = {"group": group, "grad_norm": (scale * sweep.grad_norm).tolist(),
+                                     "loss_value": (scale * sweep.loss_value).tolist(),
+                                     "prob_true": sweep.prob_true.tolist(),
+                                     "grad_true": (scale * sweep.grad_true).tolist(), "scale": scale}
             except Exception as error:  # noqa: BLE001 - shown in the report
                 failed[combo.key] = f"{type(error).__name__}: {error}"
     if not curves:
@@ -161,14 +168,21 @@ def _render_gradient_sweep(data: dict[str, Any]) -> str:
     margins, curves = data["margins"], data["curves"]
     floor = 1e-12
     pngs = []
-    for group, title in (("study", "this study's combinations"), ("other", "every other valid pair (registry)")):
-        series = [(k, margins, [max(v, floor) for v in c["grad_norm"]]) for k, c in curves.items() if c["group"] == group]
-        if series:
-            pngs.append(plots.line_panels([{
-                "title": f"‖∂loss/∂z‖ of one example, {title}", "xlabel": "margin of the wrong favourite over the true class",
-                "ylabel": f"gradient norm (log; 0 drawn at {floor:g})", "logy": True, "series": series,
-                "legend_outside": True, "legend_cols": 1 if len(series) <= 16 else 2}],
-                width=9.0 if len(series) <= 16 else 11.0, height=4.2 if len(series) <= 16 else 5.5))
+    series = [(k, margins, [max(v, floor) for v in c["grad_norm"]]) for k, c in curves.items() if c["group"] == "study"]
+    if series:
+        pngs.append(plots.line_panels([{
+            "title": "‖∂loss/∂z‖ of one example, this study's combinations",
+            "xlabel": "margin of the wrong favourite over the true class",
+            "ylabel": f"gradient norm (log; 0 drawn at {floor:g})", "logy": True, "series": series,
+            "legend_outside": True, "legend_cols": 1 if len(series) <= 16 else 2}],
+            width=9.0 if len(series) <= 16 else 11.0, height=4.2 if len(series) <= 16 else 5.5))
+    other = {k: [max(v, floor) for v in c["grad_norm"]] for k, c in curves.items() if c["group"] == "other"}
+    if other:
+        ce_curve = curves.get("softmax+cross_entropy")
+        pngs.append(plots.small_multiples(
+            margins, other, reference=[max(v, floor) for v in ce_curve["grad_norm"]] if ce_curve else None,
+            reference_label="softmax + cross-entropy", xlabel="margin of the wrong favourite over the true class",
+            ylabel=f"‖∂loss/∂z‖ (log; 0 drawn at {floor:g})"))
     last = margins[-1]
     study = sorted(((c["grad_norm"][-1], k) for k, c in curves.items() if c["group"] == "study"), reverse=True)
     measured = f"Measured at margin {last:g} ({data['num_classes']} classes), this study's combinations, largest first: " + \
@@ -194,8 +208,12 @@ def _render_gradient_sweep(data: dict[str, Any]) -> str:
         "non-zero size (p − y tends to a fixed vector, norm √2), so the model keeps learning from its worst "
         "mistakes; with squared error on probabilities (Brier) it vanishes exponentially: a confidently wrong "
         "model stops learning. One example, class 0 true, class 1 ahead by the margin, all other logits 0; "
-        "from <code>logitlab.analysis.gradient_sweep</code>.", measured]) + \
-        "".join(figure(extra, "gradient sweep, other pairs", []) for extra in pngs[1:])
+        "from <code>logitlab.analysis.gradient_sweep</code>. One convention for every loss: the loss of one "
+        "example summed over its classes (binary cross-entropy, which torch averages over the classes, is "
+        f"multiplied by C = {data['num_classes']}).", measured]) + \
+        "".join(figure(extra, "gradient sweep, other pairs", [
+            "Every other valid pair of the registry, one small panel each (same axes), softmax + cross-entropy "
+            "dashed in each for reference."]) for extra in pngs[1:])
 
 
 def _render_scale_response(data: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from logitlab.nn.cross_entropy import (
     Poly1CrossEntropyLoss,
     LogLikelihood,
 )
+from logitlab.nn.margin import MulticlassHingeLoss, PerceptronLoss
 from logitlab.nn.divergences import (
     DivergenceLoss,
     KLDivergenceLoss,
@@ -67,6 +68,8 @@ __all__ = [
     "BCEWithLogitsLoss",
     "FocalLoss",
     "Poly1CrossEntropyLoss",
+    "MulticlassHingeLoss",
+    "PerceptronLoss",
     "DivergenceLoss",
     "KLDivergenceLoss",
     "ReverseKLDivergenceLoss",
