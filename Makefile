@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "setup: installing $(TORCH_PIN) (the CPU build) ..."
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PIN)
-	@echo "setup: installing logitlab (editable) with its test and study extras: pytest, hypothesis, numpy, scipy, scikit-learn, entmax, matplotlib ..."
+	@echo "setup: installing logitlab (editable) with its test and study extras: pytest, hypothesis, numpy, scipy, scikit-learn, entmax, matplotlib, transformers, accelerate ..."
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,study]"
 	touch $(STAMP)
 

@@ -40,6 +40,7 @@ MODULE_OF = {
     "linear_cross_entropy": "LinearCrossEntropy", "linear_divergence_loss": "LinearDivergenceLoss",
     "vocab_parallel_cross_entropy": "VocabParallelCrossEntropy",
     "vocab_parallel_kl_divergence": "VocabParallelKLDivergence",
+    "multiclass_hinge_loss": "MulticlassHingeLoss", "perceptron_loss": "PerceptronLoss",
 }
 
 NOT_A_LAYER = {
