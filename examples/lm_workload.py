@@ -20,33 +20,15 @@ import argparse
 import collections
 import ctypes
 import json
-import re
 import subprocess
 import sys
-import sysconfig
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-TOKEN = re.compile(r"[A-Za-z_]+|\d+|[^\sA-Za-z_\d]|\n")
-UNK = "<unk>"
-
-
-def stdlib_text(max_bytes: int) -> str:
-    """The standard library's .py sources, sorted by path, concatenated up to ``max_bytes``."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    parts, total = [], 0
-    for path in sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        parts.append(text)
-        total += len(text)
-        if total >= max_bytes:
-            break
-    return "\n".join(parts)
-
+from logitlab.experiments.text import TOKEN, UNK, stdlib_text  # the study's dataset: one tokenizer
 
 def build_tokenizer(text: str, vocab_size: int) -> tuple[dict[str, int], list[str]]:
     """Word-level vocabulary: ``<unk>`` then the most frequent tokens (ties broken by the token)."""

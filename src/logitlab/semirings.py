@@ -41,7 +41,7 @@ __all__ = ["Semiring", "LogSemiring", "MaxSemiring", "KMaxSemiring", "EntropySem
 NEG_INF = -math.inf
 
 
-def _logsumexp(x: Tensor, dim: int) -> Tensor:
+def safe_logsumexp(x: Tensor, dim: int) -> Tensor:
     """logsumexp with −inf (and a zero, not NaN, gradient) for all −inf slices."""
     top = x.amax(dim, keepdim=True).detach()
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
@@ -77,7 +77,7 @@ class LogSemiring(Semiring):
     name = "log"
 
     def sum(self, x: Tensor, dim: int) -> Tensor:
-        return _logsumexp(x, dim)
+        return safe_logsumexp(x, dim)
 
 
 class MaxSemiring(Semiring):
@@ -134,7 +134,7 @@ class EntropySemiring(Semiring):
     def sum(self, x: Tensor, dim: int) -> Tensor:
         dim = dim % x.ndim
         mass, ent = x[..., 0], x[..., 1]
-        total = _logsumexp(mass, dim)
+        total = safe_logsumexp(mass, dim)
         finite = mass > NEG_INF
         log_w = torch.where(finite, mass - total.unsqueeze(dim), 0.0)
         w = torch.where(finite, log_w.exp(), 0.0)

@@ -36,7 +36,8 @@ from logitlab._validation import (
     check_finite, check_floating, check_probs, check_reduction, check_same_device, check_tensor, compute_dtype,
     fail,
 )
-from logitlab.semirings import EntropySemiring, KMaxSemiring, LogSemiring, Semiring, get_semiring
+from logitlab.semirings import (EntropySemiring, KMaxSemiring, LogSemiring, Semiring, get_semiring,
+                                 safe_logsumexp)
 
 __all__ = ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode", "ViterbiResult",
            "chain_forward", "crf_entropy", "crf_kbest_scores",
@@ -49,16 +50,6 @@ class ViterbiResult(NamedTuple):
 
     tags: Tensor
     score: Tensor
-
-
-def _logsumexp(x: Tensor, dim: int) -> Tensor:
-    """logsumexp that returns −inf for all −inf slices with a zero (not NaN) gradient."""
-    top = x.amax(dim, keepdim=True).detach()
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    total = torch.exp(x - top).sum(dim)
-    tiny = torch.finfo(total.dtype).tiny
-    return torch.where(total > 0, torch.log(total.clamp_min(tiny)) + top.squeeze(dim),
-                       torch.full_like(total, float("-inf")))
 
 
 def _prepare(fn: str, emissions: object, transitions: object, mask: object, start: object, end: object,
@@ -150,10 +141,10 @@ class _ForwardBackward(torch.autograd.Function):
         alpha = start + emissions[:, 0]
         alphas[:, 0] = alpha
         for step in range(1, t):
-            nxt = _logsumexp(alpha.unsqueeze(2) + transitions, 1) + emissions[:, step]
+            nxt = safe_logsumexp(alpha.unsqueeze(2) + transitions, 1) + emissions[:, step]
             alpha = torch.where(mask[:, step : step + 1], nxt, alpha)
             alphas[:, step] = alpha
-        log_z = _logsumexp(alpha + end, 1)
+        log_z = safe_logsumexp(alpha + end, 1)
         log_z = torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
         ctx.save_for_backward(emissions, transitions, start, end, mask, alphas)
         return log_z
@@ -185,7 +176,7 @@ class _ForwardBackward(torch.autograd.Function):
             edge_scores = alphas[:, step - 1].unsqueeze(2) + transitions + ahead
             edge = torch.softmax(edge_scores.reshape(b, k * k), 1).reshape(b, k, k)
             grad_transitions += torch.where(active.unsqueeze(2), edge * grad.view(b, 1, 1), zero).sum(0)
-            beta = torch.where(active, _logsumexp(transitions + ahead, 2), beta)
+            beta = torch.where(active, safe_logsumexp(transitions + ahead, 2), beta)
         grad_start = grad_emissions[:, 0].sum(0)
         last = (lengths - 1).clamp(min=0).view(b, 1, 1).expand(b, 1, k)
         grad_end = grad_emissions.gather(1, last).squeeze(1).sum(0)
