@@ -227,6 +227,7 @@ def test_unavailable_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setattr(_native, "_libs", {})
     monkeypatch.setattr(_native, "_warned", set())
     monkeypatch.setattr(_native, "_symbols", {})
+    monkeypatch.setattr(_native, "_info", {})
     logits, target = _inputs(8, 20, torch.float32, False)
     with pytest.warns(_native.NativeUnavailableWarning, match="native kernel 'xent' unavailable"):
         loss, grad = _loss_and_grad(logits, target)

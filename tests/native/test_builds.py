@@ -36,8 +36,9 @@ def test_each_build_runs_its_own_binary_and_agrees_with_torch(build):
         got = logitlab.cross_entropy(x, target, reduction="none")
         probs = logitlab.sparsemax(x)
         info = _native.status()["xent"]
-    if "error" in info:
-        pytest.skip(f"no C compiler here: {info['error']}")
+    if _native._compiler() is None:
+        pytest.skip("no C compiler here: the torch path is the only one (tested everywhere)")
+    assert "error" not in info, info
     assert info["build"] == (build if build != "avx512bf16" else "avx512")
     assert f"-{info['build']}-" in Path(info["path"]).name
     assert torch.allclose(got, torch.nn.functional.cross_entropy(x, target, reduction="none"), atol=1e-5)

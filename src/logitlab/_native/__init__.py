@@ -86,7 +86,7 @@ OTHER_BUILDS = (Build("portable", (), frozenset()),)
 
 _lock = threading.Lock()
 _libs: dict[tuple[str, str], ctypes.CDLL | None] = {}
-_info: dict[str, dict] = {}
+_info: dict[tuple[str, str], dict] = {}  # by (kernel, selected build)
 _warned: set[str] = set()
 _symbols: dict[tuple[str, str, str], object] = {}
 _forced: list[str] = []  # the stack of use_build() overrides
@@ -307,7 +307,7 @@ def load(name: str) -> ctypes.CDLL | None:
                               "torch path (same results, slower). Set LOGITLAB_NATIVE=0 to silence.",
                               NativeUnavailableWarning, stacklevel=3)
         _libs[(name, build_name)] = lib
-        _info[name] = info
+        _info[(name, build_name)] = info
         return lib
 
 
@@ -328,9 +328,10 @@ def symbol(name: str, function: str, argtypes: list, restype):
 
 
 def status() -> dict[str, dict]:
-    """What :func:`load` did last per kernel: path, build and why, compiler, whether it compiled
-    now and how long, or the error."""
-    return {name: dict(info) for name, info in _info.items()}
+    """What :func:`load` did per kernel for the selected build: path, build and why, compiler,
+    whether it compiled now and how long, or the error."""
+    build = selected_build()[0]
+    return {name: dict(info) for (name, of), info in _info.items() if of == build}
 
 
 def plain_cpu(tensor: torch.Tensor) -> bool:
