@@ -1,0 +1,125 @@
+"""Benchmark: linear_cross_entropy's chunk size on each native build, against the naive
+computation and the three-GEMM floor, forward + backward.
+
+The question it answers (issue 18, item 4): on a CPU without the AVX-512 matmul kernels (forced
+here with ``_native.use_build``, so an AVX-512 machine measures the AVX2 build's torch-matmul
+path too), which chunk size makes the chunked path fast, and how far is it from the floor (the
+bare torch matmuls at full size: logits, grad_hidden, grad_weight)? Every configuration runs in
+the same process, interleaved (A B C ... A B C ...), median of ``--repeats`` calls after a warm-up;
+the loss is checked against naive in the same run.
+
+Usage:
+    PYTHONPATH=src python benchmarks/chunk_sweep.py --shape 4096x1024x32768 --builds avx2,avx512
+    PYTHONPATH=src python benchmarks/chunk_sweep.py --quick
+
+Records go to ``--out``; the table is printed and the last line is the path of the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import logitlab  # noqa: E402
+from logitlab import _native  # noqa: E402
+from _harness import machine_info, write_records  # noqa: E402
+
+
+def _case(n: int, d: int, v: int, dtype: torch.dtype):
+    torch.manual_seed(0)
+    hidden = (torch.randn(n, d) / d ** 0.5).to(dtype)
+    weight = torch.randn(v, d).to(dtype)
+    target = torch.randint(0, v, (n,))
+    return hidden, weight, target
+
+
+def _runner(hidden, weight, target, build: str, chunk: int | None, impl: str):
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+
+    def run():
+        h.grad = w.grad = None
+        with _native.use_build(build):
+            loss = logitlab.linear_cross_entropy(h, w, target, impl=impl, chunk_size=chunk, validate=False)
+            loss.backward()
+        return loss.detach()
+
+    return run
+
+
+def _floor(hidden, weight):
+    def run():
+        logits = hidden @ weight.T
+        grad = torch.softmax(logits.float(), 1).to(hidden.dtype)
+        grad @ weight
+        grad.T @ hidden
+        return None
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="4096x1024x32768", help="N x D x V")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--builds", default="", help="comma-separated builds (default: every one the CPU runs)")
+    parser.add_argument("--chunks", default="64,128,256,512", help="comma-separated chunk rows (plus the default)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a tiny shape (seconds)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "chunk_sweep.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    shape = "256x64x2048" if args.quick else args.shape
+    chunks = "32,64" if args.quick else args.chunks
+    n, d, v = (int(x) for x in shape.split("x"))
+    dtype = getattr(torch, args.dtype)
+    builds = [b for b in args.builds.split(",") if b] or [b for b in _native.supported_builds() if b != "avx512bf16"
+                                                          or dtype == torch.bfloat16]
+    hidden, weight, target = _case(n, d, v, dtype)
+    calls = {"floor": _floor(hidden, weight)}
+    for build in builds:
+        calls[f"{build}/naive"] = _runner(hidden, weight, target, build, None, "naive")
+        calls[f"{build}/default"] = _runner(hidden, weight, target, build, None, "chunked")
+        for c in chunks.split(","):
+            calls[f"{build}/c{c}"] = _runner(hidden, weight, target, build, int(c), "chunked")
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    losses: dict[str, float] = {}
+    for rep in range(1 + args.repeats):
+        for name, run in calls.items():
+            start = time.perf_counter()
+            loss = run()
+            elapsed = time.perf_counter() - start
+            if rep:
+                times[name].append(elapsed)
+            elif loss is not None:
+                losses[name] = float(loss)
+    floor = statistics.median(times["floor"])
+    info = machine_info()
+    records = []
+    for name, values in times.items():
+        build, _, config = name.partition("/")
+        med = statistics.median(values)
+        naive = losses.get(f"{build}/naive")
+        records.append({"case": f"{shape} {args.dtype}", "impl": name, "build": build if config else "",
+                        "config": config or name, "time_s": med, "time_min_s": min(values),
+                        "time_max_s": max(values), "ratio_to_floor": med / floor,
+                        "loss_diff_vs_naive": abs(losses[name] - naive) if name in losses and naive is not None
+                        else None, "repeats": args.repeats, **info})
+    print(f"CPU: {info['cpu_model']} (flags {' '.join(info['cpu_flags'])}); shape {shape} {args.dtype}")
+    print(f"{'impl':24s} {'time s':>8s} {'min..max':>15s} {'/floor':>7s} {'|Δloss| vs naive':>17s}")
+    for r in records:
+        diff = "" if r["loss_diff_vs_naive"] is None else f"{r['loss_diff_vs_naive']:.1e}"
+        print(f"{r['impl']:24s} {r['time_s']:8.3f} {r['time_min_s']:7.3f}..{r['time_max_s']:<7.3f} "
+              f"{r['ratio_to_floor']:7.2f} {diff:>17s}")
+    print(write_records(args.out, records))
+
+
+if __name__ == "__main__":
+    main()
