@@ -46,3 +46,14 @@ def each_build(request):
     machine also tests the AVX2 and portable builds that other machines' users get)."""
     with _native.use_build(request.param):
         yield request.param
+
+
+@pytest.fixture
+def bf16_kernels():
+    """Force the build of the AVX512-BF16 matmul kernels where the CPU runs it: on a CPU with AMX
+    the default build leaves bfloat16 matmuls to torch, and the kernels are still tested."""
+    if "avx512bf16" in _native.supported_builds():
+        with _native.use_build("avx512bf16"):
+            yield
+    else:
+        yield

@@ -17,6 +17,7 @@ from logitlab.fused._matmul import GradWeightSum
 
 BF16, F32 = torch.bfloat16, torch.float32
 _NATIVE = native_gemm._available()
+pytestmark = pytest.mark.usefixtures("bf16_kernels")
 
 
 def _chunks(count, dtype, vocab=97, dim=70, rows=9, seed=0):

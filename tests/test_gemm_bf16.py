@@ -18,8 +18,9 @@ import torch
 from logitlab._native import gemm as native_gemm
 from logitlab.fused import _matmul, linear_cross_entropy
 
-pytestmark = pytest.mark.skipif(not native_gemm._available(),
-                                reason="no C compiler or no AVX512-BF16: the torch float32 path is used")
+pytestmark = [pytest.mark.skipif(not native_gemm._available(),
+                                 reason="no C compiler or no AVX512-BF16: the torch float32 path is used"),
+              pytest.mark.usefixtures("bf16_kernels")]
 
 BF16 = torch.bfloat16
 

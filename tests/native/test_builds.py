@@ -61,3 +61,15 @@ def test_env_names_each_kernels_build():
                           timeout=600)
     assert done.returncode == 0, done.stderr
     assert "native kernel xent:" in done.stdout and "build portable (forced by LOGITLAB_NATIVE_BUILD)" in done.stdout
+
+
+def test_bf16_matmuls_go_to_torch_by_default_only_where_it_wins():
+    from logitlab._native import gemm
+
+    if not gemm._available("gemm_bf16_gw"):
+        pytest.skip("the AVX512-BF16 kernels are not built on this CPU")
+    amx = "amx_bf16" in _native.cpu_flags()
+    assert gemm._preferred("gemm_bf16_gw") is not amx
+    assert gemm._preferred("gemm_f32_gh") == gemm._available("gemm_f32_gh")
+    with _native.use_build("avx512bf16"):  # forced: the kernels run whatever the CPU has
+        assert gemm._preferred("gemm_bf16_gw")

@@ -7,7 +7,8 @@ float32: grad_hidden and the logits (``gemm_f32_gh.c``, ``gemm_f32_logits.c``).
 
 Each function returns False (nothing done) when its kernel does not take the tensors: not on the
 CPU, other dtypes, strided columns, or a CPU without the instructions (AVX512-BF16 for bfloat16,
-AVX-512 for float32); the caller then uses torch. Mismatched shapes raise ValueError.
+AVX-512 for float32), or where torch's matmul wins (bfloat16 on a CPU with AMX, unless a build is
+forced: :func:`_torch_wins`); the caller then uses torch. Mismatched shapes raise ValueError.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ctypes
 import torch
 from torch import Tensor
 
-from logitlab._native import plain_cpu, symbol, threads_for
+from logitlab._native import cpu_flags, plain_cpu, selected_build, symbol, threads_for
 
 __all__ = ["grad_hidden_bf16", "grad_hidden_f32", "grad_weight_bf16", "logits_bf16", "logits_f32"]
 
@@ -35,6 +36,22 @@ def _f32_available() -> bool:
     return _available("gemm_f32_gh") and _available("gemm_f32_logits")
 
 
+def _torch_wins(lib: str) -> bool:
+    """Whether torch's own matmul beats kernel ``lib`` on this CPU, so that the default build
+    leaves the product to torch: on a CPU with AMX, oneDNN runs bfloat16 matmuls on its tile
+    units, which the AVX512-BF16 kernels do not use (benchmarks/chunk_sweep.py measures both).
+    A forced build (``use_build``, ``LOGITLAB_NATIVE_BUILD``) runs its kernels regardless, so
+    tests and benchmarks still exercise them there."""
+    if not lib.startswith("gemm_bf16") or "amx_bf16" not in cpu_flags():
+        return False
+    return not selected_build()[1].startswith("forced")
+
+
+def _preferred(lib: str) -> bool:
+    """Whether the chunk loop should use kernel ``lib``: it is built and torch does not win."""
+    return _available(lib) and not _torch_wins(lib)
+
+
 def _takes(tensors: tuple[Tensor, ...], dtypes: tuple) -> bool:
     return all(t.dtype == d and plain_cpu(t) and t.dim() == 2 for t, d in zip(tensors, dtypes))
 
@@ -43,7 +60,7 @@ def _launch(lib: str, function: str, tensors: tuple[Tensor, ...], sizes: tuple[i
             extra: tuple = (), extra_types: tuple = ()) -> bool:
     """``function(t0, ld0, t1, ld1, ..., rows, vocab, dim, threads, *extra)`` when every tensor has
     unit column stride and the kernel is available; True when it ran."""
-    if any(t.shape[1] > 1 and t.stride(1) != 1 for t in tensors) or not _available(lib):
+    if any(t.shape[1] > 1 and t.stride(1) != 1 for t in tensors) or not _preferred(lib):
         return False
     fn = symbol(lib, function, [_P, _I64] * len(tensors) + [_I64, _I64, _I64, _INT, *extra_types], _I64)
     matrices = [x for t in tensors for x in (t.data_ptr(), t.stride(0))]
