@@ -145,3 +145,16 @@ def test_no_class_gives_an_empty_result(name, shape, dim):
     assert out.shape == x.shape
     out.sum().backward()
     assert x.grad.shape == x.shape
+
+
+def test_a_meta_call_never_compiles_a_host_kernel(tmp_path):
+    code = ("import torch, logitlab\n"
+            "x = torch.randn(4, 40, device='meta')\n"
+            "logitlab.cross_entropy(x, torch.zeros(4, dtype=torch.long, device='meta'))\n"
+            "logitlab.sparsemax(x); logitlab.entmax15(x)\n"
+            "logitlab.linear_cross_entropy(torch.randn(4, 8, device='meta'), torch.randn(40, 8, device='meta'),\n"
+            "                              torch.zeros(4, dtype=torch.long, device='meta'))\n")
+    env = {**os.environ, "PYTHONPATH": SRC, "LOGITLAB_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not list(tmp_path.glob("*.so")), sorted(p.name for p in tmp_path.iterdir())
