@@ -23,7 +23,7 @@ SECTIONS = ["verdict", "warnings", "setup", "summary", "paired", "temperature", 
 
 
 def _strip_times(records):
-    return [{k: v for k, v in r.items() if k not in ("wall_time_s", "examples_per_s")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("wall_time_s", "examples_per_s", "step_peak_mib")} for r in records]
 
 
 def test_records_hold_every_measure(tiny_run):
@@ -323,7 +323,39 @@ def test_next_token_study_on_the_stdlib_source(tmp_path, capsys):
         m = r["metrics"]
         assert 0 <= m["accuracy"] <= m["top5_accuracy"] <= 1 and m["perplexity"] == pytest.approx(math.exp(m["nll_smoothed"]))
         assert r["examples_per_s"] > 0
-    assert "perplexity" in (out / rec.REPORT).read_text()
+        assert r["step_peak_mib"] is None or r["step_peak_mib"] >= 0
+    assert [r["output_path"] for r in records] == ["linear_cross_entropy", "logits"]
+    report = (out / rec.REPORT).read_text()
+    assert "perplexity" in report and "memory per step (MiB)" in report
+
+
+def test_the_fused_head_loss_is_the_logits_loss():
+    """softmax + cross-entropy on the next-token model trains through linear_cross_entropy: the same
+    loss and the same gradients as cross-entropy of the model's logits."""
+    from logitlab.experiments.models import build_model
+    from logitlab.experiments.runner import _fused_objective
+    from logitlab.experiments.spec import Combination, StudySpec, apply_overrides
+    from logitlab.registry import make_objective
+
+    spec = apply_overrides(StudySpec(), {"model": "lm", "dataset": "stdlib-text"})
+    torch.manual_seed(0)
+    model = build_model("lm", 3, 50, hidden=16).double()
+    x, y = torch.randint(0, 50, (40, 3)), torch.randint(0, 50, (40,))
+    for params in ({}, {"label_smoothing": 0.1}, {"z_loss": 1e-3}):
+        combo = Combination("softmax", "cross_entropy", tuple(params.items()))
+        fused = _fused_objective(spec, combo, model)
+        assert fused is not None
+        model.zero_grad()
+        got = fused(x, y)
+        got.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        expected = make_objective("softmax", "cross_entropy", **params)(model(x), y)
+        expected.backward()
+        assert torch.allclose(got, expected)
+        assert all(torch.allclose(a, p.grad) for a, p in zip(grads, model.parameters()))
+    assert _fused_objective(spec, Combination("softmax", "brier", ()), model) is None
+    assert _fused_objective(StudySpec(), Combination("softmax", "cross_entropy", ()), model) is None
 
 
 def test_ctrl_c_with_worker_processes_exits_130_printing_the_resume_command(tmp_path):

@@ -44,8 +44,12 @@ class NextTokenModel(nn.Module):
         self.body = nn.Sequential(nn.Linear(context * embed, hidden), nn.GELU())
         self.head = nn.Linear(hidden, vocab)
 
+    def features(self, context_ids):
+        """The ``(rows, hidden)`` input of the head: what a fused linear + loss takes instead of scores."""
+        return self.body(self.embed(context_ids).flatten(1))
+
     def forward(self, context_ids):
-        return self.head(self.body(self.embed(context_ids).flatten(1)))
+        return self.head(self.features(context_ids))
 
 
 def output_layer(model: nn.Module) -> nn.Linear:

@@ -38,8 +38,9 @@ COLUMNS = [
 MANY_CLASS_COLUMNS = [
     ("perplexity", "perplexity (smoothed)", -1, "{:.1f}"),
     ("top5_accuracy", "top-5 accuracy", +1, "{:.3f}"),
+    ("step_peak_mib", "memory per step (MiB)", -1, "{:.1f}"),
 ]
-_RUN_FIELDS = ("wall_time_s", "examples_per_s")
+_RUN_FIELDS = ("wall_time_s", "examples_per_s", "step_peak_mib")
 # The metrics of the paired comparison and the verdict.
 VERDICT_METRICS = [("accuracy", "accuracy", +1), ("nll_smoothed", "NLL", -1), ("brier", "Brier score", -1),
                    ("ece_width", "ECE", -1)]

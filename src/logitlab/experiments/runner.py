@@ -198,6 +198,49 @@ def fit_temperature(logits: Tensor, target: Tensor, combo: Combination, *, smoot
     return math.exp(log_t)
 
 
+# The combinations whose training loss is computed by the fused head + loss on the next-token
+# model (logitlab.linear_cross_entropy: its impl="auto" materializes small logits and chunks large
+# ones), with the options it takes; the others score the model's logits.
+_FUSED_OPTIONS = frozenset({"label_smoothing", "z_loss"})
+
+
+def _fused_objective(spec: StudySpec, combo: Combination, model):
+    """``loss(x, y)`` through linear_cross_entropy for softmax + cross-entropy on the lm model, or None."""
+    if not (spec.model == "lm" and combo.normalizer == "softmax" and combo.loss == "cross_entropy"
+            and {name for name, _ in combo.params} <= _FUSED_OPTIONS):
+        return None
+    from logitlab.fused.cross_entropy import linear_cross_entropy
+
+    head, options = model.head, dict(combo.params)
+
+    def loss(x, y):
+        return linear_cross_entropy(model.features(x), head.weight, y, bias=head.bias, validate=False, **options)
+
+    return loss
+
+
+def _peak_step_mib(step: Callable[[], None]) -> float | None:
+    """Run one training ``step`` and return the resident memory it added at its peak (MiB): the
+    kernel's high-water mark is reset first (/proc/self/clear_refs), then read. None where Linux's
+    /proc does not allow it. Memory freed by earlier steps and reused counts as not added."""
+    def field(name: str) -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith(name + ":"))
+
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        before = field("VmRSS")
+    except (OSError, StopIteration, ValueError):
+        step()
+        return None
+    step()
+    try:
+        return max(0.0, (field("VmHWM") - before) / 1024)
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
                on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     from logitlab.registry import make_objective
@@ -213,6 +256,8 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
     # validate=False: the study's own data are checked once, when loaded (finite features, valid
     # classes); a non-finite loss is still caught below (the run is marked diverged).
     objective = make_objective(combo.normalizer, combo.loss, **{"validate": False, **dict(combo.params)})
+    fused = _fused_objective(spec, combo, model)
+    step_peak_mib = None
     batches = torch.Generator().manual_seed(seed)
     n = data.x_train.shape[0]
     points = min(spec.eval_points, spec.steps)
@@ -234,11 +279,22 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
         position += spec.batch_size
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = objective(model(data.x_train[index]), data.y_train[index])
+        x, y = data.x_train[index], data.y_train[index]
+        loss_of = (lambda: fused(x, y)) if fused is not None else (lambda: objective(model(x), y))
+        if step == 2:  # after two warm-up steps: the memory one training step adds at its peak
+            def forward_backward():
+                nonlocal loss
+                loss = loss_of()
+                if torch.isfinite(loss):
+                    loss.backward()
+            step_peak_mib = _peak_step_mib(forward_backward)
+        else:
+            loss = loss_of()
+            if torch.isfinite(loss):
+                loss.backward()
         if not torch.isfinite(loss):
             diverged = True
             break
-        loss.backward()
         grad_sum += float(torch.sqrt(head.weight.grad.pow(2).sum() + head.bias.grad.pow(2).sum()))
         optimizer.step()
         since += 1
@@ -293,6 +349,8 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
         "curves": curves,
         "predictions": predictions,
         "examples_per_s": step * spec.batch_size / train_seconds if train_seconds > 0 else None,
+        "step_peak_mib": step_peak_mib,
+        "output_path": "linear_cross_entropy" if fused is not None else "logits",
         "n_train": n,
         "n_val": int(data.y_val.shape[0]),
         "n_test": int(data.y_test.shape[0]),
