@@ -220,13 +220,20 @@ def _fused_objective(spec: StudySpec, combo: Combination, model):
 
 
 def _peak_step_mib(step: Callable[[], None]) -> float | None:
-    """Run one training ``step`` and return the resident memory it added at its peak (MiB): the
-    kernel's high-water mark is reset first (/proc/self/clear_refs), then read. None where Linux's
-    /proc does not allow it. Memory freed by earlier steps and reused counts as not added."""
+    """Run one training ``step`` and return the resident memory it added at its peak (MiB): glibc
+    returns its free memory to the system first (``malloc_trim``, so that the step's buffers are
+    counted rather than reused unseen) and the kernel's high-water mark is reset
+    (/proc/self/clear_refs), then read. None where Linux's /proc does not allow it."""
     def field(name: str) -> int:
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) for line in status if line.startswith(name + ":"))
 
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")
