@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -123,8 +124,10 @@ def _compiler() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as /proc/cpuinfo names them (empty where it cannot be read)."""
+    """The CPU's feature flags as /proc/cpuinfo names them (empty where it cannot be read); read
+    once per process, since every kernel call asks which build is selected."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -142,15 +145,20 @@ def builds() -> tuple[Build, ...]:
 
 def supported_builds() -> list[str]:
     """The builds this CPU can execute, best first (``portable`` always)."""
+    return list(_supported())
+
+
+@functools.lru_cache(maxsize=None)
+def _supported() -> tuple[str, ...]:
     have = cpu_flags()
-    return [b.name for b in builds() if b.needs <= have]
+    return tuple(b.name for b in builds() if b.needs <= have)
 
 
 def selected_build() -> tuple[str, str]:
     """The build the kernels use now, and why: forced by :func:`use_build`, forced by
     ``LOGITLAB_NATIVE_BUILD`` (read at each call, so a benchmark's subprocess can set it), or
     the best one the CPU can execute."""
-    supported = supported_builds()
+    supported = _supported()
     if _forced:
         return _forced[-1], "forced by use_build()"
     wanted = os.environ.get("LOGITLAB_NATIVE_BUILD", "").strip()
@@ -159,9 +167,13 @@ def selected_build() -> tuple[str, str]:
             raise ValueError(f"LOGITLAB_NATIVE_BUILD={wanted!r}: expected one of the builds this CPU can "
                              f"execute ({', '.join(supported)})")
         return wanted, "forced by LOGITLAB_NATIVE_BUILD"
-    best = supported[0]
+    return supported[0], _best_reason(supported[0])
+
+
+@functools.lru_cache(maxsize=None)
+def _best_reason(best: str) -> str:
     needs = sorted(next(b for b in builds() if b.name == best).needs)
-    return best, ("the best this CPU executes" + (f" (it has {', '.join(needs)})" if needs else ""))
+    return "the best this CPU executes" + (f" (it has {', '.join(needs)})" if needs else "")
 
 
 @contextlib.contextmanager

@@ -286,8 +286,7 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
     """
     fn = "linear_cross_entropy_with_lse"
     v.check_floating(fn, "hidden", hidden)
-    if not isinstance(accum_dtype, torch.dtype):
-        v.fail(fn, "accum_dtype", "a torch.dtype", accum_dtype, kind=TypeError)
+    v.check_float_dtype(fn, "accum_dtype", accum_dtype)
     record = hidden.new_zeros(2, hidden.shape[:-1].numel(), dtype=accumulation_dtype(hidden.dtype, accum_dtype))
     loss = linear_cross_entropy(hidden, weight, target, bias=bias, class_weight=class_weight,
                                 ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
