@@ -17,7 +17,7 @@ C = 5
 
 
 def _available(normalizer: str) -> bool:
-    module = registry.NORMALIZERS[normalizer].fn.partition(":")[0]
+    module = registry.NORMALIZERS[normalizer].fn.__module__
     return importlib.util.find_spec(module) is not None
 
 

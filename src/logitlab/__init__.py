@@ -14,6 +14,9 @@ Layout of the public API:
   :mod:`logitlab.structured`, :mod:`logitlab.fused`, :mod:`logitlab.distributed`.
 """
 
+# The registry first: it imports the normalizers, then the losses and the other ops (which read
+# its normalizer table when called), and generates the functional namespace.
+from logitlab import registry  # noqa: I001
 from logitlab import (
     analysis,
     distributed,
@@ -23,83 +26,17 @@ from logitlab import (
     maxent,
     metrics,
     nn,
-    registry,
     structured,
 )
 from logitlab.analysis import gradient_sweep, likelihood_underflow, scale_response
-from logitlab.functional import (
-    # normalizers
-    softmax,
-    log_softmax,
-    sigmoid,
-    log_sigmoid,
-    standard_normalize,
-    spherical_softmax,
-    taylor_softmax,
-    sparsemax,
-    entmax15,
-    entmax,
-    entmax_with_info,
-    shannon_negentropy,
-    gini_regularizer,
-    tsallis15_regularizer,
-    tsallis_regularizer,
-    binary_negentropy,
-    # cross-entropy family
-    cross_entropy,
-    nll_loss,
-    binary_cross_entropy_with_logits,
-    log_likelihood,
-    focal_loss,
-    poly1_cross_entropy,
-    # margin losses on scores
-    multiclass_hinge_loss,
-    perceptron_loss,
-    # divergences D(target ‖ model)
-    divergence_loss,
-    kl_divergence,
-    reverse_kl_divergence,
-    js_divergence,
-    alpha_divergence,
-    renyi_divergence,
-    total_variation,
-    hellinger_distance,
-    brier_loss,
-    # Fenchel–Young losses
-    fenchel_young_loss,
-    sparsemax_loss,
-    entmax_loss,
-    entmax15_loss,
-    make_fenchel_young_loss,
-    # information theory
-    entropy,
-    cross_entropy_between,
-    kl_between,
-    decompose,
-    Decomposition,
-    # scale
-    linear_cross_entropy,
-    linear_cross_entropy_with_lse,
-    LinearCrossEntropyResult,
-    linear_divergence_loss,
-    # structures
-    linear_chain_crf_nll,
-    crf_log_partition,
-    crf_marginals,
-    viterbi_decode,
-    chain_forward,
-    crf_entropy,
-    crf_kbest_scores,
-    hmm_log_likelihood,
-    hmm_posteriors,
-    hmm_viterbi,
-    hmm_entropy,
-)
 from logitlab.maxent import MaxEntProblem, MaxEntResult, solve_conditional_maxent, solve_maxent
 from logitlab.normalizers.entmax import ConvergenceError, EntmaxInfo
 from logitlab.registry import get_loss, get_normalizer, make_objective, valid_pairs
 
 __version__ = "0.1.0"
+
+# Every functional op and the types they return, from the registry (see logitlab.functional).
+globals().update({name: getattr(functional, name) for name in functional.__all__})
 
 __all__ = [
     "__version__",
@@ -108,28 +45,8 @@ __all__ = [
     "registry", "structured",
     # registry
     "get_loss", "get_normalizer", "make_objective", "valid_pairs",
-    # normalizers
-    "softmax", "log_softmax", "sigmoid", "log_sigmoid", "standard_normalize", "spherical_softmax",
-    "taylor_softmax", "sparsemax", "entmax15", "entmax", "entmax_with_info", "shannon_negentropy",
-    "gini_regularizer", "tsallis15_regularizer", "tsallis_regularizer", "binary_negentropy",
-    # cross-entropy family
-    "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood",
-    "focal_loss", "poly1_cross_entropy",
-    # margin losses on scores
-    "multiclass_hinge_loss", "perceptron_loss",
-    # divergences D(target ‖ model)
-    "divergence_loss", "kl_divergence", "reverse_kl_divergence", "js_divergence",
-    "alpha_divergence", "renyi_divergence", "total_variation", "hellinger_distance", "brier_loss",
-    # Fenchel–Young losses
-    "fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss", "make_fenchel_young_loss",
-    # information theory
-    "entropy", "cross_entropy_between", "kl_between", "decompose", "Decomposition",
-    # scale
-    "linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult", "linear_divergence_loss",
-    # structures
-    "linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode",
-    "chain_forward", "crf_entropy", "crf_kbest_scores",
-    "hmm_log_likelihood", "hmm_posteriors", "hmm_viterbi", "hmm_entropy",
+    # the functional ops (normalizers, losses, divergences, Fenchel–Young, information, fused, structures)
+    *functional.__all__,
     "ConvergenceError", "EntmaxInfo",
     # theory
     "MaxEntProblem", "MaxEntResult", "solve_maxent", "solve_conditional_maxent",

@@ -36,6 +36,8 @@ __all__ = [
     "check_same_device",
     "check_float_dtype",
     "has_data",
+    "can_read",
+    "compiling",
     "meta_output",
     "compute_dtype",
     "REDUCTIONS",
@@ -145,7 +147,7 @@ def check_reduction(fn: str, reduction: object) -> str:
 
 def check_finite(fn: str, name: str, tensor: Tensor, *, allow_neg_inf: bool = True) -> None:
     """Reject NaN and +inf (and -inf unless ``allow_neg_inf``: -inf marks an excluded class)."""
-    if tensor.numel() == 0 or not has_data(tensor):
+    if tensor.numel() == 0 or not can_read(tensor):
         return
     if allow_neg_inf:
         bad = torch.isnan(tensor) | (tensor == math.inf)
@@ -161,7 +163,7 @@ def check_finite(fn: str, name: str, tensor: Tensor, *, allow_neg_inf: bool = Tr
 
 def check_nonnegative(fn: str, name: str, tensor: Tensor) -> None:
     """Reject NaN, ±inf and negative entries (one read of ``tensor``: its min and max)."""
-    if tensor.numel() == 0 or not has_data(tensor):
+    if tensor.numel() == 0 or not can_read(tensor):
         return
     low, high = torch.stack(torch.aminmax(tensor)).tolist()  # NaN propagates
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -177,7 +179,7 @@ def check_same_shape(fn: str, name: str, tensor: Tensor, shape: torch.Size, othe
 
 def check_probs(fn: str, name: str, probs: Tensor, *, dim: int = -1, atol: float | None = None) -> None:
     """Check that ``probs`` has non-negative entries and rows summing to 1 along ``dim``."""
-    if probs.numel() == 0 or not has_data(probs):
+    if probs.numel() == 0 or not can_read(probs):
         return
     if not bool(torch.isfinite(probs).all()):
         fail(fn, name, "finite probabilities", "<non-finite entries>")
@@ -197,7 +199,7 @@ def check_probs(fn: str, name: str, probs: Tensor, *, dim: int = -1, atol: float
 
 def check_unit_interval(fn: str, name: str, probs: Tensor) -> None:
     """Check that every entry of ``probs`` is a probability in [0, 1] (rows need not sum to 1)."""
-    if probs.numel() == 0:
+    if probs.numel() == 0 or not can_read(probs):
         return
     if not bool(torch.isfinite(probs).all()):
         fail(fn, name, "finite probabilities in [0, 1]", "<non-finite entries>")
@@ -238,7 +240,7 @@ def check_index_target(fn: str, name: str, target: Tensor, num_classes: int, *,
     Written with elementwise ops and one reduction, not boolean-mask indexing: ``target[mask]``
     took 4 ms on 4096 elements with two threads in torch 2.13 (0.2 ms on one), more than the loss.
     """
-    if target.numel() == 0 or not has_data(target, keep):
+    if target.numel() == 0 or not can_read(target, keep):
         return
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
@@ -256,6 +258,19 @@ def has_data(*tensors: Tensor | None) -> bool:
     """Whether data checks can look at these tensors' values: not on the meta device (shapes
     only: a meta call infers the output's shape and dtype, and checks no value)."""
     return not any(t is not None and t.device.type == "meta" for t in tensors)
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing this call: values are symbolic, and a host branch on them
+    (``bool(t.any())``, ``.item()``, ``.tolist()``) would break the graph."""
+    return bool(torch.compiler.is_compiling())
+
+
+def can_read(*tensors: Tensor | None) -> bool:
+    """Whether a data check may read these tensors' values on the host: they have data
+    (:func:`has_data`) and torch.compile is not tracing. Under torch.compile the data checks are
+    skipped, as for ``validate=False``; the structural checks (dtype, shape, dim, options) stay."""
+    return has_data(*tensors) and not compiling()
 
 
 def meta_output(like: Tensor, shape: tuple[int, ...], reduction: str | None = None) -> Tensor:

@@ -12,6 +12,11 @@ The parameter scheme (documented here once, used by every divergence and Fenchel
 * ``temperature`` belongs to the loss: logits are divided by it before the normalizer (and the
   teacher logits too, for distillation); it is never forwarded.
 
+The normalizer is a :class:`logitlab.registry.Normalizer` record (or its registry name),
+resolved once by :func:`normalizer_spec` at the loss's public boundary; the keywords a map and
+its Ω take were read when the record was built, so a call imports and inspects nothing (and
+``torch.compile`` traces it without a break).
+
 Zero probabilities: :func:`safe_log` returns ``-inf`` where a probability is exactly 0 and
 routes no gradient through those entries, so that a sparse distribution never produces a NaN
 in the forward or the backward pass.
@@ -20,8 +25,7 @@ in the forward or the backward pass.
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -36,8 +40,8 @@ __all__ = ["normalizer_spec", "normalizer_params", "regularizer_params", "with_v
 @functools.lru_cache(maxsize=None)
 def _inner_names() -> frozenset[str]:
     """The function names of every registered normalizer, its log form and its Ω."""
-    paths = [p for spec in registry.NORMALIZERS.values() for p in (spec.fn, spec.log_fn, spec.regularizer) if p]
-    return frozenset(path.partition(":")[2] for path in paths)
+    fns = [f for spec in registry.NORMALIZERS.values() for f in (spec.fn, spec.log_fn, spec.regularizer) if f]
+    return frozenset(f.__name__ for f in fns)
 
 
 def as_callers_errors(body):
@@ -62,32 +66,32 @@ def as_callers_errors(body):
     return wrapper
 
 
-def normalizer_spec(fn: str, name: object, allowed: tuple[str, ...]) -> registry.NormalizerSpec:
-    """The registry spec of normalizer ``name``, which must be one of ``allowed``."""
-    if name not in registry.NORMALIZERS:
-        fail(fn, "normalizer", "one of " + ", ".join(repr(c) for c in allowed), name,
+def normalizer_spec(fn: str, normalizer: object, allowed: Callable[[registry.Normalizer], bool] | tuple[str, ...],
+                    ) -> registry.Normalizer:
+    """The :class:`~logitlab.registry.Normalizer` a loss was given: a record, or the name of a
+    registered one; it must satisfy ``allowed`` (a predicate on the record, or a tuple of names).
+
+    Raises:
+        ValueError: an unknown name, or a normalizer this loss is not defined for.
+    """
+    choices = (tuple(n for n, s in registry.NORMALIZERS.items() if allowed(s)) if callable(allowed)
+               else allowed)
+    expected = "one of " + ", ".join(repr(c) for c in choices)
+    if isinstance(normalizer, registry.Normalizer):
+        spec = normalizer
+    elif isinstance(normalizer, str) and normalizer in registry.NORMALIZERS:
+        spec = registry.NORMALIZERS[normalizer]
+    else:
+        fail(fn, "normalizer", expected, normalizer,
              detail="unknown normalizer")
-    if name not in allowed:
-        fail(fn, "normalizer", "one of " + ", ".join(repr(c) for c in allowed), name,
+    ok = allowed(spec) if callable(allowed) else spec.name in allowed
+    if not ok:
+        fail(fn, "normalizer", expected, spec.name if isinstance(normalizer, registry.Normalizer) else normalizer,
              detail="this loss is not defined for it")
-    return registry.NORMALIZERS[name]  # type: ignore[index]
+    return spec
 
 
-@functools.lru_cache(maxsize=None)
-def _accepted(path: str) -> tuple[frozenset[str], bool]:
-    """Keyword names a ``"module:function"`` accepts besides the tensor and ``dim`` (cached:
-    ``inspect.signature`` costs more than a small loss call)."""
-    signature = inspect.signature(registry.resolve(path))
-    names, var = set(), False
-    for index, (pname, param) in enumerate(signature.parameters.items()):
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            var = True
-        elif index > 0 and pname != "dim" and param.kind is not inspect.Parameter.VAR_POSITIONAL:
-            names.add(pname)
-    return frozenset(names), var
-
-
-def normalizer_params(fn: str, spec: registry.NormalizerSpec, params: Mapping[str, Any],
+def normalizer_params(fn: str, spec: registry.Normalizer, params: Mapping[str, Any],
                       own: tuple[str, ...] = ()) -> dict[str, Any]:
     """The normalizer's keyword parameters: its registry defaults updated with ``params``.
 
@@ -97,9 +101,9 @@ def normalizer_params(fn: str, spec: registry.NormalizerSpec, params: Mapping[st
     merged = {**spec.params, **params}
     if not params:
         return merged
-    names, var = _accepted(spec.fn)
+    names = spec.takes
     for key in params:
-        if key not in names and not var:
+        if key not in names and not spec.takes_any:
             takes = ", ".join(sorted(names)) or "no parameters"
             hint = f"; this loss's own parameters are {', '.join(own)}" if own else ""
             fail(fn, key, f"a parameter of normalizer {spec.name!r} (it takes: {takes}{hint})",
@@ -107,23 +111,24 @@ def normalizer_params(fn: str, spec: registry.NormalizerSpec, params: Mapping[st
     return merged
 
 
-def regularizer_params(spec: registry.NormalizerSpec, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The subset of the normalizer's parameters that its regularizer Ω takes (e.g. ``alpha``)."""
+def regularizer_params(spec: registry.Normalizer, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of the normalizer's parameters that its regularizer Ω takes (e.g. ``alpha``),
+    with ``validate=False`` where Ω takes it: its inputs were checked or computed by the loss."""
     if spec.regularizer is None:  # callers check; a bug, not bad input
         raise RuntimeError(f"internal error: normalizer {spec.name!r} has no regularizer")
-    names, var = _accepted(spec.regularizer)
-    return {k: v for k, v in params.items() if var or k in names}
+    out = {k: v for k, v in params.items() if k in spec.regularizer_takes and k != "validate"}
+    if "validate" in spec.regularizer_takes:
+        out["validate"] = False
+    return out
 
 
-def with_validate(path: str, params: Mapping[str, Any], validate: bool) -> dict[str, Any]:
-    """``params`` plus ``validate=validate`` when the function at ``path`` takes it.
+def with_validate(takes: frozenset[str], params: Mapping[str, Any], validate: bool) -> dict[str, Any]:
+    """``params`` plus ``validate=validate`` when a function taking the keywords ``takes`` takes it.
 
     A normalizer receives the loss's own ``validate``: its checks include domain constraints the
     loss does not repeat (e.g. non-negative scores for 'standard' without ``positivity``).
-    Ω receives ``validate=False``: its inputs were checked or computed by the loss.
     """
-    names, _ = _accepted(path)
-    return {**params, "validate": validate} if "validate" in names else dict(params)
+    return {**params, "validate": validate} if "validate" in takes else dict(params)
 
 
 def safe_log(probs: Tensor) -> Tensor:
@@ -138,21 +143,20 @@ def safe_log(probs: Tensor) -> Tensor:
     return torch.where(positive, logs, torch.full_like(logs, -torch.inf))
 
 
-def model_distribution(spec: registry.NormalizerSpec, rows: Tensor, params: Mapping[str, Any],
+def model_distribution(spec: registry.Normalizer, rows: Tensor, params: Mapping[str, Any],
                        validate: bool = True, *, probs: bool = True) -> tuple[Tensor | None, Tensor]:
     """``(probs, log_probs)`` of a normalizer applied to ``rows`` (N, n) along the last axis.
 
     Softmax without parameters is computed in log space (``log_softmax``), so that
-    ``log_probs`` stays finite where ``probs`` underflows. A normalizer with a registered
-    log-space function uses it; the others go through :func:`safe_log`. With ``probs=False``
-    a log-space path skips the ``exp`` and returns None for the probabilities.
+    ``log_probs`` stays finite where ``probs`` underflows. A normalizer with a log-space form
+    uses it; the others go through :func:`safe_log`. With ``probs=False`` a log-space path skips
+    the ``exp`` and returns None for the probabilities.
     """
-    if spec.name == "softmax" and not params:
+    if spec.fn is registry.NORMALIZERS["softmax"].fn and not params:
         log_probs = torch.log_softmax(rows, dim=-1)
         return (log_probs.exp() if probs else None), log_probs
     if spec.log_fn is not None:
-        log_fn = registry.resolve(spec.log_fn)
-        log_probs = log_fn(rows, dim=-1, **with_validate(spec.log_fn, params, validate))
+        log_probs = spec.log_fn(rows, dim=-1, **with_validate(spec.log_takes, params, validate))
         return (log_probs.exp() if probs else None), log_probs
-    values = registry.resolve(spec.fn)(rows, dim=-1, **with_validate(spec.fn, params, validate))
+    values = spec.fn(rows, dim=-1, **with_validate(spec.takes, params, validate))
     return values, safe_log(values)

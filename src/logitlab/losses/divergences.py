@@ -27,8 +27,8 @@ from torch import Tensor
 from logitlab import registry
 from logitlab._reduction import neutralize, reduce_loss, to_rows
 from logitlab._validation import (
-    check_choice, check_dim, check_finite, check_floating, check_mask, check_positive, check_probs,
-    check_reduction, check_same_device, compute_dtype, fail, has_data, meta_output,
+    can_read, check_choice, check_dim, check_finite, check_floating, check_mask, check_positive, check_probs,
+    check_reduction, check_same_device, compiling, compute_dtype, fail, has_data, meta_output,
 )
 from logitlab.losses import _kernels
 from logitlab.losses._model import (as_callers_errors, model_distribution, normalizer_params, normalizer_spec,
@@ -59,7 +59,10 @@ DIVERGENCES: dict[str, tuple[Callable[..., Tensor], str | None, float | None]] =
     "brier": (_kernels.brier, None, None),
 }
 _OWN = ("beta", "amari_alpha", "renyi_alpha")
-_SIMPLEX = tuple(name for name, spec in registry.NORMALIZERS.items() if spec.simplex)
+
+
+def _simplex(spec: registry.Normalizer) -> bool:
+    return spec.simplex
 
 
 def _check_param(fn: str, divergence: str, value: Any) -> float:
@@ -78,7 +81,7 @@ def _check_param(fn: str, divergence: str, value: Any) -> float:
 def check_logit_rows(fn: str, name: str, logits: Tensor, axis: int) -> None:
     """No NaN or +inf, and at least one logit > -inf in every row along ``axis`` (a data pass)."""
     check_finite(fn, name, logits)
-    if logits.numel() and has_data(logits) and bool((logits == -math.inf).all(axis).any()):
+    if logits.numel() and can_read(logits) and bool((logits == -math.inf).all(axis).any()):
         fail(fn, name, "at least one logit > -inf per row", "<a row of all -inf>")
 
 
@@ -89,7 +92,7 @@ def scale_by_temperature(fn: str, name: str, logits: Tensor, temperature: float,
     (Shared with the Fenchel–Young losses; its natural home is ``losses._model``.)
     """
     scaled = logits.to(dtype) / temperature
-    if validate and temperature < 1 and bool((torch.isinf(scaled) & torch.isfinite(logits)).any()):
+    if validate and temperature < 1 and can_read(logits) and bool((torch.isinf(scaled) & torch.isfinite(logits)).any()):
         fail(fn, "temperature", f"a value for which {name} / temperature stays finite in {dtype}",
              temperature, detail=f"largest |{name}| is {float(logits.detach()[torch.isfinite(logits)].abs().max()):.3g}")
     return scaled
@@ -97,13 +100,13 @@ def scale_by_temperature(fn: str, name: str, logits: Tensor, temperature: float,
 
 @as_callers_errors
 def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None, *,
-                normalizer: str, dim: int, reduction: str, mask: Tensor | None,
+                normalizer: str | registry.Normalizer, dim: int, reduction: str, mask: Tensor | None,
                 temperature: float, target_logits: Tensor | None, validate: bool,
                 param: Any, params: dict[str, Any]) -> Tensor:
     check_choice(fn, "divergence", divergence, DIVERGENCES)
     kernel, pname, _ = DIVERGENCES[divergence]
     check_floating(fn, "logits", logits)
-    spec = normalizer_spec(fn, normalizer, _SIMPLEX)
+    spec = normalizer_spec(fn, normalizer, _simplex)
     nparams = normalizer_params(fn, spec, params, own=_OWN)
     axis = check_dim(fn, dim, logits.ndim)
     if logits.ndim and logits.shape[axis] == 0:
@@ -148,7 +151,7 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
         # excluded classes): Σ xlogy(p, p) − p log q, no masks. Falls through on a -inf log q.
         q, log_q = model_distribution(spec, rows, nparams, validate, probs=False)
         p = to_rows(target.to(dtype), axis)[0]
-        if not bool(torch.isneginf(log_q).any()):
+        if not compiling() and not bool(torch.isneginf(log_q).any()):  # compiled: the general path, no host branch
             values = (torch.xlogy(p, p) - p * log_q).sum(-1).reshape(batch_shape)
             return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
         q = log_q.exp() if q is None else q
@@ -174,7 +177,7 @@ _ARGS = """
         target: (*batch, n) target probabilities along ``dim``.
         normalizer: a registered normalizer with outputs on the simplex ('softmax',
             'standard', 'sparsemax', 'entmax15', 'entmax', 'spherical_softmax',
-            'taylor_softmax').
+            'taylor_softmax'), by name or as its :class:`logitlab.registry.Normalizer` record.
         dim: the class axis.
         reduction: 'none' (*batch) | 'mean' over kept rows | 'sum'.
         mask: (*batch) bool, True = keep the row; excluded rows count as 0 and are not in the mean.
@@ -202,7 +205,7 @@ def _doc(text: str, own: str = "") -> str:
 
 
 def divergence_loss(logits: Tensor, target: Tensor | None = None, *, divergence: str = "kl",
-                    normalizer: str = "softmax", dim: int = -1, reduction: str = "mean",
+                    normalizer: str | registry.Normalizer = "softmax", dim: int = -1, reduction: str = "mean",
                     mask: Tensor | None = None, temperature: float = 1.0,
                     target_logits: Tensor | None = None, validate: bool = True,
                     **params: Any) -> Tensor:
@@ -249,7 +252,7 @@ def divergence_loss(logits: Tensor, target: Tensor | None = None, *, divergence:
                        target_logits=target_logits, validate=validate, param=param, params=params)
 
 
-def kl_divergence(logits: Tensor, target: Tensor, *, normalizer: str = "softmax", dim: int = -1,
+def kl_divergence(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
                   reduction: str = "mean", mask: Tensor | None = None, temperature: float = 1.0,
                   validate: bool = True, **normalizer_params: Any) -> Tensor:
     return _divergence("kl_divergence", "kl", logits, target, normalizer=normalizer,
@@ -275,7 +278,7 @@ kl_divergence.__doc__ = _doc("""Forward Kullback–Leibler divergence KL(target 
     """)
 
 
-def reverse_kl_divergence(logits: Tensor, target: Tensor, *, normalizer: str = "softmax",
+def reverse_kl_divergence(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax",
                           dim: int = -1, reduction: str = "mean", mask: Tensor | None = None,
                           temperature: float = 1.0, validate: bool = True,
                           **normalizer_params: Any) -> Tensor:
@@ -299,7 +302,7 @@ reverse_kl_divergence.__doc__ = _doc("""Reverse KL divergence, KL(model ‖ targ
     """)
 
 
-def js_divergence(logits: Tensor, target: Tensor, *, beta: float = 0.5, normalizer: str = "softmax",
+def js_divergence(logits: Tensor, target: Tensor, *, beta: float = 0.5, normalizer: str | registry.Normalizer = "softmax",
                   dim: int = -1, reduction: str = "mean", mask: Tensor | None = None,
                   temperature: float = 1.0, validate: bool = True, **normalizer_params: Any) -> Tensor:
     return _divergence("js_divergence", "js", logits, target, normalizer=normalizer,
@@ -330,7 +333,7 @@ js_divergence.__doc__ = _doc("""Generalized Jensen–Shannon divergence JS_β(ta
 
 
 def alpha_divergence(logits: Tensor, target: Tensor, *, amari_alpha: float = 0.5,
-                     normalizer: str = "softmax", dim: int = -1, reduction: str = "mean",
+                     normalizer: str | registry.Normalizer = "softmax", dim: int = -1, reduction: str = "mean",
                      mask: Tensor | None = None, temperature: float = 1.0, validate: bool = True,
                      **normalizer_params: Any) -> Tensor:
     return _divergence("alpha_divergence", "alpha", logits, target, normalizer=normalizer,
@@ -361,7 +364,7 @@ alpha_divergence.__doc__ = _doc("""Amari α-divergence D_α(target ‖ model), �
 
 
 def renyi_divergence(logits: Tensor, target: Tensor, *, renyi_alpha: float = 0.5,
-                     normalizer: str = "softmax", dim: int = -1, reduction: str = "mean",
+                     normalizer: str | registry.Normalizer = "softmax", dim: int = -1, reduction: str = "mean",
                      mask: Tensor | None = None, temperature: float = 1.0, validate: bool = True,
                      **normalizer_params: Any) -> Tensor:
     return _divergence("renyi_divergence", "renyi", logits, target, normalizer=normalizer,
@@ -387,7 +390,7 @@ renyi_divergence.__doc__ = _doc("""Rényi divergence of order α = ``renyi_alpha
     """, "        renyi_alpha: the order α > 0 (1 is KL).\n")
 
 
-def total_variation(logits: Tensor, target: Tensor, *, normalizer: str = "softmax", dim: int = -1,
+def total_variation(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
                     reduction: str = "mean", mask: Tensor | None = None, temperature: float = 1.0,
                     validate: bool = True, **normalizer_params: Any) -> Tensor:
     return _divergence("total_variation", "tv", logits, target, normalizer=normalizer,
@@ -409,7 +412,7 @@ total_variation.__doc__ = _doc("""Total variation distance TV(target, model) = �
     """)
 
 
-def hellinger_distance(logits: Tensor, target: Tensor, *, normalizer: str = "softmax", dim: int = -1,
+def hellinger_distance(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
                        reduction: str = "mean", mask: Tensor | None = None, temperature: float = 1.0,
                        validate: bool = True, **normalizer_params: Any) -> Tensor:
     return _divergence("hellinger_distance", "hellinger", logits, target, normalizer=normalizer,
@@ -433,7 +436,7 @@ hellinger_distance.__doc__ = _doc("""Squared Hellinger distance H²(target, mode
     """)
 
 
-def brier_loss(logits: Tensor, target: Tensor, *, normalizer: str = "softmax", dim: int = -1,
+def brier_loss(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
                reduction: str = "mean", mask: Tensor | None = None, temperature: float = 1.0,
                validate: bool = True, **normalizer_params: Any) -> Tensor:
     return _divergence("brier_loss", "brier", logits, target, normalizer=normalizer,

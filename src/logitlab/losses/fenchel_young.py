@@ -7,7 +7,7 @@ A normalizer ŷ(θ) = argmax_{p ∈ Δ} ⟨θ, p⟩ − Ω(p) defines the loss
 so L = ⟨θ, ŷ − y⟩ + Ω(y) − Ω(ŷ) ≥ 0, = 0 iff y = ŷ(θ), and ∇_θ L = ŷ − y (Danskin). Softmax
 (Ω = Shannon negentropy) gives cross-entropy minus H(y); sparsemax (Ω = ½‖p‖² − ½, Gini) the
 sparsemax loss; α-entmax (Tsallis Ω) the entmax losses. The normalizer and Ω come from the
-registry (``NormalizerSpec.fn`` and ``.regularizer``); nothing here is specific to one of them.
+registry's :class:`~logitlab.registry.Normalizer` record (``.fn`` and ``.regularizer``); nothing here is specific to one of them.
 
 Reference: Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 21, 2020.
 """
@@ -34,7 +34,10 @@ from logitlab.losses._model import (
 
 __all__ = ["fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss", "make_fenchel_young_loss"]
 
-_FY = tuple(name for name, spec in registry.NORMALIZERS.items() if spec.regularizer is not None)
+
+
+def _has_regularizer(spec: registry.Normalizer) -> bool:
+    return spec.regularizer is not None
 
 
 class _FenchelYoung(torch.autograd.Function):
@@ -88,7 +91,7 @@ class _FenchelYoung(torch.autograd.Function):
         return grad.unsqueeze(-1) * diff, None, None, None, None
 
 
-def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str = "softmax", dim: int = -1,
+def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
                        reduction: str = "mean", mask: Tensor | None = None, ignore_index: int = -100,
                        temperature: float = 1.0, validate: bool = True,
                        **normalizer_params: Any) -> Tensor:
@@ -105,7 +108,8 @@ def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str = "sof
     Args:
         logits: (*batch, n) scores (-inf marks an excluded class).
         target: (*batch) integer class indices, or (*batch, n) probabilities along ``dim``.
-        normalizer: one with a regularizer: 'softmax' (Shannon), 'sparsemax' (Gini),
+        normalizer: one with a regularizer, by name or as its :class:`logitlab.registry.Normalizer`
+            record (which may be a user's own map with its Ω): 'softmax' (Shannon), 'sparsemax' (Gini),
             'entmax15', 'entmax', 'entmax_dense' (Tsallis, ``alpha=``), 'sigmoid' (the sum of
             binary negentropies over the box [0, 1]^n: the one-vs-all binary logistic loss,
             Σ_i BCE(θ_i, y_i) − H_b(y_i), with multi-label targets in [0, 1]^n). The other maps
@@ -144,12 +148,12 @@ def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str = "sof
 
 
 @as_callers_errors
-def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, dim: int,
+def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer, dim: int,
                    reduction: str, mask: Tensor | None, ignore_index: int, temperature: float,
                    validate: bool, params: dict[str, Any]) -> Tensor:
     check_floating(fn, "logits", logits)
     check_tensor(fn, "target", target)
-    spec = normalizer_spec(fn, normalizer, _FY)
+    spec = normalizer_spec(fn, normalizer, _has_regularizer)
     nparams = normalizer_params(fn, spec, params)
     axis = check_dim(fn, dim, logits.ndim)
     if logits.ndim and logits.shape[axis] == 0:
@@ -200,10 +204,9 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str, 
         y = torch.where(keep.reshape(-1), flat, torch.zeros_like(flat)).long()
     else:
         y = to_rows(target.to(dtype), axis)[0]
-    normalize = registry.resolve(spec.fn)
-    regularize = registry.resolve(spec.regularizer)  # type: ignore[arg-type]
-    rparams = with_validate(spec.regularizer, regularizer_params(spec, nparams), False)  # type: ignore[arg-type]
-    nparams = with_validate(spec.fn, nparams, validate)
+    normalize, regularize = spec.fn, spec.regularizer
+    rparams = regularizer_params(spec, nparams)
+    nparams = with_validate(spec.takes, nparams, validate)
     values = _FenchelYoung.apply(
         theta, y,
         lambda rows: normalize(rows, dim=-1, **nparams),
@@ -243,7 +246,7 @@ def sparsemax_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: 
                           temperature=temperature, validate=validate, params={})
 
 
-def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalizer: str | None = None,
+def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalizer: str | registry.Normalizer | None = None,
                 dim: int = -1, reduction: str = "mean", mask: Tensor | None = None,
                 ignore_index: int = -100, temperature: float = 1.0, validate: bool = True,
                 **normalizer_params: Any) -> Tensor:
@@ -279,10 +282,11 @@ def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalize
     alpha = check_positive(fn, "alpha", alpha)
     if normalizer is None:
         normalizer = "entmax15" if alpha == 1.5 else "entmax"
-    if normalizer not in ("entmax15", "entmax"):
-        fail(fn, "normalizer", "one of 'entmax15', 'entmax'", normalizer)
+    name = normalizer.name if isinstance(normalizer, registry.Normalizer) else normalizer
+    if name not in ("entmax15", "entmax"):
+        fail(fn, "normalizer", "one of 'entmax15', 'entmax'", name)
     params = dict(normalizer_params)
-    if normalizer == "entmax15":
+    if name == "entmax15":
         if alpha != 1.5:
             fail(fn, "alpha", "1.5 with normalizer='entmax15' (use normalizer='entmax')", alpha)
     else:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from logitlab._validation import check_finite
+from logitlab._validation import check_finite, compiling
 
 __all__ = ["scan", "empty_rows", "nonneg_inf", "safe_denominator", "describe_rows"]
 
@@ -23,12 +23,15 @@ def scan(fn: str, logits: Tensor, *, validate: bool) -> tuple[float, float]:
 
     With ``validate``, NaN or ``+inf`` anywhere raises (naming ``fn`` and ``logits``); this costs
     one read of the logits (the row maximum). Without it, only the first entry of each row is
-    read unless one of them is ``-inf``. The
+    read unless one of them is ``-inf``. Under torch.compile nothing is read and (-inf, inf) is
+    returned. The
     minimum tells whether any class is excluded (``-inf``; NaN is reported as ``-inf`` too, so
     that callers take their careful path). Empty tensors give (0.0, 0.0).
     """
     if logits.numel() == 0 or logits.device.type == "meta":  # meta: shapes only, no value to read
         return 0.0, 0.0
+    if compiling():  # no host read under torch.compile: unknown extremes, so callers take their careful path
+        return -math.inf, math.inf
     low, high = torch.stack(torch.aminmax(logits)).tolist()
     if validate and not high < math.inf:  # NaN or +inf somewhere
         check_finite(fn, "logits", logits)
@@ -44,10 +47,13 @@ def empty_rows(fn: str, logits: Tensor, dim: int, *, validate: bool,
     With ``validate``, NaN or ``+inf`` anywhere raises (naming ``fn`` and ``logits``); this costs
     one read of the logits (the row maximum). Without it, only the first entry of each row is
     read unless one of them is ``-inf``.
+    Under torch.compile the mask is returned without a host branch (all False when no row is empty).
     ``row_max`` (the max along ``dim``, keepdim) may be passed when the caller has it already.
     """
     if logits.numel() == 0 or logits.device.type == "meta":
         return None
+    if compiling():  # no host branch under torch.compile: the mask, whether or not a row is empty
+        return (logits.amax(dim, keepdim=True) if row_max is None else row_max) == -math.inf
     if not validate and row_max is None and not bool((logits.select(dim, 0) == -math.inf).any()):
         return None  # a row is all -inf only if its first entry is: one column read, not a pass
     top = logits.amax(dim, keepdim=True) if row_max is None else row_max

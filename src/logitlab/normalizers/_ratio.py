@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from logitlab._validation import compiling
 from logitlab.normalizers._masking import safe_denominator
 
 __all__ = ["Score", "ratio_normalize"]
@@ -69,10 +70,11 @@ class _Ratio(torch.autograd.Function):
             owned = True
         total = values.sum(dim, keepdim=True)
         denominator = safe_denominator(total)
-        if total.device.type != "meta" and bool(torch.isinf(total).any()):
+        if compiling() or (total.device.type != "meta" and bool(torch.isinf(total).any())):
             # Σ g overflowed (finite scores near the dtype's largest value): those rows are divided
             # by their maximum first. Their saved denominator stays inf: the gradient, at most
-            # 1 / S, is 0 at this precision.
+            # 1 / S, is 0 at this precision. Under torch.compile every row takes this branch (no host
+            # branch; the other rows' peak is 1, so they are divided by their total as below).
             peak = torch.where(torch.isinf(total), values.amax(dim, keepdim=True), total.new_ones(()))
             values = values.div_(peak) if owned else values / peak
             probs = values.div_(safe_denominator(values.sum(dim, keepdim=True)))

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from logitlab._validation import check_dim, check_floating, check_positive, compute_dtype, fail
+from logitlab._validation import check_dim, check_floating, check_positive, compiling, compute_dtype, fail
 from logitlab.normalizers._masking import safe_denominator, scan
 from logitlab.normalizers._ratio import Score, ratio_normalize
 
@@ -47,6 +47,8 @@ def _prepare(fn: str, logits: Tensor, dim: int, validate: bool) -> _Prepared:
         return _Prepared(x, None, max(abs(low), abs(high)), d)
     excluded = logits == NEG_INF
     finite = torch.where(excluded, x.new_zeros(()), x)
+    if compiling():  # no host read under torch.compile: assume the worst, take the rescaled path
+        return _Prepared(finite, excluded, math.inf, d)
     top = float(finite.detach().abs().amax()) if finite.numel() else 0.0
     return _Prepared(finite, excluded, top, d)
 

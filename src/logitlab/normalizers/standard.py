@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from logitlab._validation import check_choice, check_dim, check_floating, compute_dtype, fail, has_data
+from logitlab._validation import can_read, check_choice, check_dim, check_floating, compiling, compute_dtype, fail
 from logitlab.normalizers._masking import describe_rows, scan
 from logitlab.normalizers._ratio import Score, ratio_normalize
 from logitlab.normalizers.softmax import softmax
@@ -146,13 +146,13 @@ def standard_normalize(logits: Tensor, *, dim: int = -1, positivity: str | None 
     x = logits.to(compute_dtype(logits))
     excluded = logits == NEG_INF if low == NEG_INF else None
     finite = x if excluded is None else torch.where(excluded, x.new_zeros(()), x)
-    if positivity is None and validate and low < 0:
+    if positivity is None and validate and low < 0 and can_read(logits):
         negative = (x < 0).any(d) if excluded is None else ((x < 0) & ~excluded).any(d)
         if bool(negative.any()):
             fail(fn, "logits", "non-negative scores (-inf marks an excluded class; "
                  "positivity='softplus' accepts any logits)", f"<negative scores in {describe_rows(negative)}>")
     probs, total = ratio_normalize(finite, excluded, _SCORES[positivity], d)
-    if validate and positivity != "softplus" and logits.numel() and has_data(logits):
+    if validate and positivity != "softplus" and logits.numel() and can_read(logits):
         zero = (total == 0).squeeze(d)
         if bool(zero.any()):
             if excluded is not None:
@@ -161,7 +161,7 @@ def standard_normalize(logits: Tensor, *, dim: int = -1, positivity: str | None 
                 fail(fn, "logits", "rows with a positive sum of scores", f"<zero sum in {describe_rows(zero)}>")
     if positivity == "softplus" and logits.numel() and low < _COLD:
         cold = x.amax(d, keepdim=True) < _COLD
-        if bool(cold.any()):
+        if compiling() or bool(cold.any()):  # under torch.compile: the where, without a host branch
             log_scores = _log_softplus(finite)
             if excluded is not None:
                 log_scores = torch.where(excluded, x.new_tensor(NEG_INF), log_scores)
