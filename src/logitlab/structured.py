@@ -33,7 +33,7 @@ from torch import Tensor
 
 from logitlab._reduction import reduce_loss
 from logitlab._validation import (
-    check_finite, check_floating, check_probs, check_reduction, check_same_device, check_tensor, compute_dtype,
+    can_read, check_finite, check_floating, check_probs, check_reduction, check_same_device, check_tensor, compute_dtype,
     fail,
 )
 from logitlab.semirings import (EntropySemiring, KMaxSemiring, LogSemiring, Semiring, get_semiring,
@@ -86,7 +86,7 @@ def _prepare(fn: str, emissions: object, transitions: object, mask: object, star
         if mask.shape != (b, t):
             fail(fn, "mask", f"shape ({b}, {t}) (the batch and time of emissions)", f"<shape {tuple(mask.shape)}>")
         holes = mask[:, 1:] & ~mask[:, :-1]
-        if bool(holes.any()):
+        if can_read(mask) and bool(holes.any()):
             row, pos = (int(i) for i in holes.nonzero()[0])
             fail(fn, "mask", "a left-aligned mask (each row True for its first L positions, then False)",
                  f"<a hole in row {row}: False at position {pos}, True at {pos + 1}>")
@@ -101,6 +101,8 @@ def _prepare(fn: str, emissions: object, transitions: object, mask: object, star
 def _check_allowed(fn: str, best: Tensor, mask: Tensor) -> None:
     """Reject rows where every tag sequence scores −inf (``best`` is log Z or the Viterbi score)."""
     if mask.shape[1] == 0:
+        return
+    if not can_read(best, mask):  # under torch.compile: a data check, skipped (no host branch)
         return
     blocked = mask[:, 0] & (best == float("-inf"))
     if bool(blocked.any()):
@@ -290,7 +292,8 @@ def linear_chain_crf_nll(emissions: Tensor, transitions: Tensor, tags: Tensor, *
         fail(fn, "tags", f"shape {tuple(emissions.shape[:2])} (the batch and time of emissions)",
              f"<shape {tuple(tags.shape)}>")
     tags = tags.to(torch.long)
-    if tags.device.type != "meta" and bool(mask.any()):  # whatever `validate` says: indices address memory
+    # Whatever `validate` says (indices address memory), except under torch.compile (no host branch).
+    if can_read(tags, mask) and bool(mask.any()):
         valid = tags[mask]
         low, high = int(valid.min()), int(valid.max())
         if low < 0 or high >= emissions.shape[2]:
@@ -549,12 +552,12 @@ def _hmm_scores(fn: str, observations: object, log_initial: object, log_transiti
     if validate:
         for name, value in (("log_initial", log_initial), ("log_transition", log_transition),
                             ("log_emission", log_emission)):
-            if bool(torch.isnan(value).any()) or bool((value == math.inf).any()):
+            if can_read(value) and (bool(torch.isnan(value).any()) or bool((value == math.inf).any())):
                 fail(fn, name, "log-probabilities without NaN or +inf", "<NaN or +inf entries>")
             check_probs(fn, name, value.double().exp(), dim=-1)
     obs = observations.long()
     present = mask if isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.shape == obs.shape else None
-    if validate and obs.numel():
+    if validate and obs.numel() and can_read(obs):
         seen = obs[present] if present is not None else obs.reshape(-1)
         if seen.numel() and (int(seen.min()) < 0 or int(seen.max()) >= v):
             bad = int(seen.min()) if int(seen.min()) < 0 else int(seen.max())

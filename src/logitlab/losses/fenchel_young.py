@@ -24,7 +24,7 @@ from logitlab import registry
 from logitlab._reduction import from_rows, neutralize, reduce_loss, to_rows
 from logitlab._validation import (
     check_dim, check_finite, check_floating, check_index_target, check_mask, check_positive, check_probs,
-    check_reduction, check_same_device, check_tensor, check_unit_interval, compute_dtype, fail, has_data,
+    check_reduction, check_same_device, check_tensor, check_unit_interval, compiling, compute_dtype, fail, has_data,
     meta_output,
 )
 from logitlab.losses.divergences import check_logit_rows, scale_by_temperature
@@ -62,7 +62,8 @@ class _FenchelYoung(torch.autograd.Function):
             top = torch.zeros_like(top)
         shifted = theta - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         pred = predict(shifted)
-        excluded = bool(torch.isneginf(shifted).any())
+        # Under torch.compile, no host branch: both guarded steps below are the identity without -inf.
+        excluded = compiling() or bool(torch.isneginf(shifted).any())
         # -inf logits (excluded classes) have ŷ = 0: clamp them so that 0 · θ is 0, not NaN.
         finite = shifted.clamp_min(torch.finfo(shifted.dtype).min) if excluded else shifted
         values = (finite * pred).sum(-1) - omega(pred)  # Ω*(θ)
