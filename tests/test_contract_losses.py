@@ -13,10 +13,10 @@ F64 = torch.float64
 PAIRS = registry.valid_pairs()
 INDEX_PAIRS = registry.valid_pairs(index_targets=True)
 # Parameters a normalizer needs to be defined on arbitrary real logits (the study passes these).
-NORMALIZER_PARAMS = {"standard": {"positivity": "softplus"}}
-# Losses of the divergence family and the Fenchel–Young losses: D(target ‖ model), 0 at equality.
-DIVERGENCES = {"kl", "reverse_kl", "js", "alpha", "renyi", "tv", "hellinger", "brier",
-               "fenchel_young", "sparsemax_loss", "entmax_loss"}
+NORMALIZER_PARAMS = {name: dict(spec.real_params) for name, spec in registry.NORMALIZERS.items() if spec.real_params}
+# Losses of the divergence family and the Fenchel–Young losses: D(target ‖ model), 0 at equality
+# (the registry's ``divergence`` flag; a loss row without it is not checked at equality).
+DIVERGENCES = {name for name, spec in registry.LOSSES.items() if spec.divergence}
 DIV_PAIRS = [pair for pair in PAIRS if pair[1] in DIVERGENCES]
 
 

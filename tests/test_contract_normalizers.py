@@ -24,8 +24,8 @@ from logitlab import registry
 F64 = torch.float64
 INF = math.inf
 NAMES = list(registry.NORMALIZERS)
-# Maps defined only for non-negative scores get positive test inputs.
-POSITIVE_ONLY = {"standard"}
+# Maps defined only for non-negative scores (the registry's domain) get positive test inputs.
+POSITIVE_ONLY = {name for name, spec in registry.NORMALIZERS.items() if spec.domain == "nonnegative"}
 
 
 def _spec(name):

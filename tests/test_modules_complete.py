@@ -1,80 +1,86 @@
 """Every public op has its ``logitlab.nn`` Module (issue 24, item 5), and ``decompose`` speaks bits.
 
-``MODULE_OF`` maps each public function to the Module that wraps it; ``NOT_A_LAYER`` lists the
-functions that are deliberately not layers, each with the reason. A new public function in
-neither table fails ``test_every_public_op_has_a_module``.
+Each public function has its row in ``logitlab.registry.OPS`` (or ``DISTRIBUTED_OPS``) naming
+the Module that wraps it or saying why it is not a layer, and naming its reference. A new public
+function without a row fails ``test_every_public_op_has_a_module``.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import re
 
 import pytest
 import torch
 
 import logitlab
-from logitlab import distributed, functional
+from logitlab import distributed, functional, reference, registry
 from logitlab import nn as lnn
 
 F64 = torch.float64
 
-MODULE_OF = {
-    "softmax": "Softmax", "log_softmax": "LogSoftmax", "sigmoid": "Sigmoid", "log_sigmoid": "LogSigmoid",
-    "standard_normalize": "StandardNormalize", "spherical_softmax": "SphericalSoftmax",
-    "taylor_softmax": "TaylorSoftmax", "sparsemax": "Sparsemax", "entmax15": "Entmax15", "entmax": "Entmax",
-    "cross_entropy": "CrossEntropyLoss", "nll_loss": "NLLLoss", "binary_cross_entropy_with_logits": "BCEWithLogitsLoss",
-    "log_likelihood": "LogLikelihood", "focal_loss": "FocalLoss", "poly1_cross_entropy": "Poly1CrossEntropyLoss",
-    "divergence_loss": "DivergenceLoss", "kl_divergence": "KLDivergenceLoss",
-    "reverse_kl_divergence": "ReverseKLDivergenceLoss", "js_divergence": "JSDivergenceLoss",
-    "alpha_divergence": "AlphaDivergenceLoss", "renyi_divergence": "RenyiDivergenceLoss",
-    "total_variation": "TotalVariationLoss", "hellinger_distance": "HellingerLoss", "brier_loss": "BrierLoss",
-    "fenchel_young_loss": "FenchelYoungLoss", "sparsemax_loss": "SparsemaxLoss", "entmax_loss": "EntmaxLoss",
-    "entmax15_loss": "Entmax15Loss",
-    # The CRF layer holds the transition scores; its forward, decode and marginals call these.
-    "linear_chain_crf_nll": "LinearChainCRF", "crf_log_partition": "LinearChainCRF",
-    "crf_marginals": "LinearChainCRF", "viterbi_decode": "LinearChainCRF",
-    "crf_entropy": "LinearChainCRF", "crf_kbest_scores": "LinearChainCRF",
-    "hmm_log_likelihood": "HiddenMarkovModel", "hmm_posteriors": "HiddenMarkovModel",
-    "hmm_viterbi": "HiddenMarkovModel", "hmm_entropy": "HiddenMarkovModel",
-    "linear_cross_entropy": "LinearCrossEntropy", "linear_divergence_loss": "LinearDivergenceLoss",
-    "vocab_parallel_cross_entropy": "VocabParallelCrossEntropy",
-    "vocab_parallel_kl_divergence": "VocabParallelKLDivergence",
-    "multiclass_hinge_loss": "MulticlassHingeLoss", "perceptron_loss": "PerceptronLoss",
-}
-
-NOT_A_LAYER = {
-    "shannon_negentropy": "a regularizer Ω(p) of a normalizer: FenchelYoungLoss uses it",
-    "gini_regularizer": "a regularizer Ω(p) of a normalizer: FenchelYoungLoss uses it",
-    "tsallis15_regularizer": "a regularizer Ω(p) of a normalizer: FenchelYoungLoss uses it",
-    "tsallis_regularizer": "a regularizer Ω(p) of a normalizer: FenchelYoungLoss uses it",
-    "binary_negentropy": "a regularizer Ω(p) of a normalizer: FenchelYoungLoss uses it",
-    "make_fenchel_young_loss": "a factory: it returns a loss function (the op), built from a user's Ω",
-    "linear_cross_entropy_with_lse": "linear_cross_entropy plus statistics in a NamedTuple: LinearCrossEntropy "
-                                     "is the layer, the statistics are logging",
-    "entmax_with_info": "the solve report of entmax (Module Entmax): a diagnostic, not a layer",
-    "entropy": "a measurement of given distributions (analysis), not a function of logits",
-    "cross_entropy_between": "a measurement of given distributions (analysis); CrossEntropyLoss is the layer",
-    "kl_between": "a measurement of given distributions (analysis); KLDivergenceLoss is the layer",
-    "decompose": "a measurement returning three parts (analysis), not a loss",
-    "chain_forward": "the generic dynamic program over a semiring; LinearChainCRF's methods are its uses",
-}
-
-DISTRIBUTED_OPS = ["vocab_parallel_cross_entropy", "vocab_parallel_kl_divergence"]
+def _rows():
+    """The registry's rows of every public op (issue 19: the tables the contract tests read)."""
+    return {op.name: op for op in list(registry.OPS.values()) + list(registry.DISTRIBUTED_OPS.values())}
 
 
 def _public_functions():
     names = [n for n in functional.__all__ if inspect.isfunction(getattr(functional, n))]
-    return names + DISTRIBUTED_OPS
+    return names + [n for n in distributed.__all__ if n.startswith("vocab_parallel_")]
 
 
 def test_every_public_op_has_a_module():
-    missing = [n for n in _public_functions() if n not in MODULE_OF and n not in NOT_A_LAYER]
-    assert not missing, f"public ops without an nn Module (add one, or say in NOT_A_LAYER why not): {missing}"
-    for name, module in MODULE_OF.items():
-        assert module in lnn.__all__ and issubclass(getattr(lnn, module), torch.nn.Module), (name, module)
-    assert not set(MODULE_OF) & set(NOT_A_LAYER)
-    assert set(MODULE_OF) | set(NOT_A_LAYER) == set(_public_functions()), "stale rows in the tables"
+    rows = _rows()
+    missing = [n for n in _public_functions() if n not in rows]
+    assert not missing, f"public ops without a registry row (its Module, or why it is not a layer): {missing}"
+    for name, op in rows.items():
+        if op.module is not None:
+            module = op.module
+            assert module in lnn.__all__ and issubclass(getattr(lnn, module), torch.nn.Module), (name, module)
+        else:
+            assert op.not_a_layer, name
+    assert set(rows) == set(_public_functions()), "stale rows in the tables"
+    for name, op in rows.items():
+        assert op.fn is (getattr(functional, name) if name in functional.__all__ else getattr(distributed, name))
+
+
+def test_every_public_op_has_a_reference():
+    for name, op in _rows().items():
+        if op.reference is None:
+            # a note names the reference functions that check it
+            named = [w for w in re.findall(r"[a-z_0-9]+", op.reference_note or "") if inspect.isfunction(
+                getattr(reference, w, None))]
+            assert named, name
+            continue
+        base = getattr(op.reference, "func", op.reference)  # a functools.partial binds a kind= or alpha=
+        assert base.__module__ == "logitlab.reference" and getattr(reference, base.__name__) is base, name
+
+
+def test_generated_modules_follow_their_functions():
+    # The one stateless pattern: options of __init__ are the function's keyword-only options
+    # (same names, defaults), forward takes its tensors, and the call is the function's.
+    from logitlab.nn._stateless import stateless_module
+
+    layer_cls = stateless_module(logitlab.entmax, "EntmaxLayer")
+    options = {n: p.default for n, p in inspect.signature(logitlab.entmax).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    init = {n: p.default for n, p in inspect.signature(layer_cls.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert init == options
+    x = torch.randn(3, 5, dtype=F64)
+    alpha = torch.nn.Parameter(torch.tensor(1.3, dtype=F64))
+    layer = layer_cls(dim=0)
+    torch.testing.assert_close(layer(x, alpha), logitlab.entmax(x, alpha, dim=0))
+    assert "dim=0" in repr(layer)
+    kl = stateless_module(logitlab.kl_divergence, "KL")(reduction="none", normalizer="entmax", alpha=1.3)
+    target = torch.softmax(torch.randn(3, 5, dtype=F64), -1)
+    mask = torch.tensor([True, False, True])
+    torch.testing.assert_close(kl(x, target, mask),
+                               logitlab.kl_divergence(x, target, reduction="none", normalizer="entmax", alpha=1.3,
+                                                      mask=mask))
+    weight = stateless_module(logitlab.cross_entropy, "CE")(weight=torch.ones(5, dtype=F64))
+    assert "weight" in dict(weight.named_buffers())
+    with pytest.raises(TypeError, match=r"^CE\(\): unexpected keyword argument 'wieght'"):
+        stateless_module(logitlab.cross_entropy, "CE")(wieght=None)
 
 
 NEW = [

@@ -84,6 +84,8 @@ class Normalizer:
         sparse: can output exact zeros for finite logits.
         domain: 'real' (any logits) or 'nonnegative' (scores >= 0 unless a parameter such as
             ``positivity=`` maps them there).
+        real_params: parameters that make a 'nonnegative' map defined on any real logits (the
+            contract tests and the study pass them), e.g. ``{"positivity": "softplus"}``.
         closed_form_grad: the backward is a formula of the output (no differentiation through a
             solver's iterations).
         regularizer: Ω(p) for the Fenchel–Young loss, ``Ω(probs, *, dim=-1, ...)``, or None.
@@ -102,7 +104,7 @@ class Normalizer:
         >>> NORMALIZERS["entmax"](torch.tensor([1.0, 0.5, -1.0]), alpha=2.0)
         tensor([0.7500, 0.2500, 0.0000])
         >>> sorted(NORMALIZERS["entmax"].takes)
-        ['alpha', 'max_iter', 'tol', 'validate']
+        ['alpha', 'impl', 'max_iter', 'tol', 'validate']
     """
 
     name: str
@@ -114,6 +116,7 @@ class Normalizer:
     shift_invariant: bool = True
     sparse: bool = False
     domain: str = "real"
+    real_params: Mapping[str, Any] = field(default_factory=dict)
     closed_form_grad: bool = True
     regularizer: Callable[..., Tensor] | None = None
     regularizer_reference: Callable[..., Tensor] | None = None
@@ -198,7 +201,8 @@ NORMALIZERS: dict[str, Normalizer] = {n.name: n for n in [
         doc="1 / (1 + exp(-z)) per score: one-vs-all Bernoulli"),
     Normalizer(
         "standard", standard_normalize, "StandardNormalize", R.standard_normalize,
-        shift_invariant=False, domain="nonnegative", doc="z / Σ z for non-negative scores"),
+        shift_invariant=False, domain="nonnegative", real_params={"positivity": "softplus"},
+        doc="z / Σ z for non-negative scores"),
     Normalizer(
         "sparsemax", sparsemax, "Sparsemax", R.sparsemax, sparse=True,
         regularizer=gini_regularizer, regularizer_reference=R.gini_regularizer,

@@ -55,42 +55,14 @@ from logitlab.nn.distributed import (
     VocabParallelKLDivergence,
 )
 
-__all__ = [
-    "Softmax",
-    "LogSoftmax",
-    "Sigmoid",
-    "LogSigmoid",
-    "StandardNormalize",
-    "SphericalSoftmax",
-    "TaylorSoftmax",
-    "CrossEntropyLoss",
-    "NLLLoss",
-    "BCEWithLogitsLoss",
-    "FocalLoss",
-    "Poly1CrossEntropyLoss",
-    "MulticlassHingeLoss",
-    "PerceptronLoss",
-    "DivergenceLoss",
-    "KLDivergenceLoss",
-    "ReverseKLDivergenceLoss",
-    "JSDivergenceLoss",
-    "AlphaDivergenceLoss",
-    "RenyiDivergenceLoss",
-    "TotalVariationLoss",
-    "HellingerLoss",
-    "BrierLoss",
-    "FenchelYoungLoss",
-    "SparsemaxLoss",
-    "EntmaxLoss",
-    "Entmax15Loss",
-    "Sparsemax",
-    "Entmax15",
-    "Entmax",
-    "LinearChainCRF",
-    "LinearCrossEntropy",
-    "LogLikelihood",
-    "LinearDivergenceLoss",
-    "VocabParallelCrossEntropy",
-    "VocabParallelKLDivergence",
-    "HiddenMarkovModel",
-]
+from logitlab import registry as _registry
+from logitlab.nn._stateless import stateless_module as _stateless_module
+
+# Every registry row names its Module; the rows whose Module is not written above get the one
+# stateless pattern (nn/_stateless.py), so a new op has its layer with nothing to edit here.
+_ROWS = list(_registry.OPS.values()) + list(_registry.DISTRIBUTED_OPS.values())
+for _op in _ROWS:
+    if _op.module is not None and _op.module not in globals():
+        globals()[_op.module] = _stateless_module(_op.fn, _op.module, module=__name__)
+
+__all__ = list(dict.fromkeys(op.module for op in _ROWS if op.module is not None))

@@ -11,24 +11,11 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
+from logitlab import registry
 from logitlab.losses import divergences as D
 from logitlab.losses import fenchel_young as FY
 
-__all__ = [
-    "DivergenceLoss",
-    "KLDivergenceLoss",
-    "ReverseKLDivergenceLoss",
-    "JSDivergenceLoss",
-    "AlphaDivergenceLoss",
-    "RenyiDivergenceLoss",
-    "TotalVariationLoss",
-    "HellingerLoss",
-    "BrierLoss",
-    "FenchelYoungLoss",
-    "SparsemaxLoss",
-    "EntmaxLoss",
-    "Entmax15Loss",
-]
+__all__ = ["DivergenceLoss", "FenchelYoungLoss", "SparsemaxLoss", "EntmaxLoss", "Entmax15Loss"]
 
 
 class _OptionsLoss(nn.Module):
@@ -82,24 +69,18 @@ def _divergence_module(name: str, fn: Callable[..., Tensor], own: str | None,
                                         "__doc__": doc, "__module__": __name__})
 
 
-KLDivergenceLoss = _divergence_module(
-    "KLDivergenceLoss", D.kl_divergence, None, None, "Module of :func:`kl_divergence`, KL(target ‖ model).")
-ReverseKLDivergenceLoss = _divergence_module(
-    "ReverseKLDivergenceLoss", D.reverse_kl_divergence, None, None,
-    "Module of :func:`reverse_kl_divergence`, KL(model ‖ target).")
-JSDivergenceLoss = _divergence_module(
-    "JSDivergenceLoss", D.js_divergence, "beta", 0.5, "Module of :func:`js_divergence` (``beta=0.5``).")
-AlphaDivergenceLoss = _divergence_module(
-    "AlphaDivergenceLoss", D.alpha_divergence, "amari_alpha", 0.5,
-    "Module of :func:`alpha_divergence` (``amari_alpha=0.5``).")
-RenyiDivergenceLoss = _divergence_module(
-    "RenyiDivergenceLoss", D.renyi_divergence, "renyi_alpha", 0.5,
-    "Module of :func:`renyi_divergence` (``renyi_alpha=0.5``).")
-TotalVariationLoss = _divergence_module(
-    "TotalVariationLoss", D.total_variation, None, None, "Module of :func:`total_variation`.")
-HellingerLoss = _divergence_module(
-    "HellingerLoss", D.hellinger_distance, None, None, "Module of :func:`hellinger_distance` (squared).")
-BrierLoss = _divergence_module("BrierLoss", D.brier_loss, None, None, "Module of :func:`brier_loss`.")
+# One Module per divergence row of the registry (a loss of losses/divergences.py's DIVERGENCES
+# table): a new divergence has its Module with nothing to edit here.
+_GENERATED = []
+for _spec in registry.LOSSES.values():
+    if _spec.fn.__module__ == D.__name__ and _spec.name in D.DIVERGENCES:
+        _, _own, _default = D.DIVERGENCES[_spec.name]
+        globals()[_spec.module] = _divergence_module(_spec.module, _spec.fn, _own, _default,
+                                                     f"Module of :func:`{_spec.fn.__name__}`: {_spec.doc}.")
+        _GENERATED.append(_spec.module)
+
+
+__all__ += _GENERATED
 
 
 class DivergenceLoss(_OptionsLoss):
