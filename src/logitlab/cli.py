@@ -23,18 +23,29 @@ _LOSS_COMPUTES = {
 }
 
 
+def _flags(spec) -> str:
+    flags = [word for word, on in [("simplex", spec.simplex), ("shift-invariant", spec.shift_invariant),
+                                   ("sparse", spec.sparse), ("scores >= 0", spec.domain == "nonnegative"),
+                                   ("log form", spec.log_fn is not None), ("Ω", spec.regularizer is not None)] if on]
+    params = ", ".join(f"{k}={v!r}" for k, v in spec.params.items())
+    return f"[{', '.join(flags)}]" + (f" ({params})" if params else "")
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    from logitlab.registry import LOSSES, NORMALIZERS, valid_pairs
+    from logitlab.registry import LOSSES, NORMALIZERS, OPS, valid_pairs
 
     print("normalizers:")
     for name, spec in NORMALIZERS.items():
-        print(f"  {name:<18} {spec.doc}")
+        print(f"  {name:<18} {spec.doc} {_flags(spec)}")
     print("losses (the value of one example; a batch is averaged over its rows):")
     for name, spec in LOSSES.items():
         print(f"  {name:<22} {_LOSS_COMPUTES.get(name, spec.doc)}")
     print("valid pairs (normalizer + loss):")
     for normalizer, loss in valid_pairs():
         print(f"  {normalizer} + {loss}")
+    print("public ops (logitlab.<op>) and their logitlab.nn Modules:")
+    for name, op in OPS.items():
+        print(f"  {name:<30} {('nn.' + op.module) if op.module else '(not a layer)'}")
     return 0
 
 
