@@ -68,9 +68,11 @@ def test_generated_modules_follow_their_functions():
     assert init == options
     x = torch.randn(3, 5, dtype=F64)
     alpha = torch.nn.Parameter(torch.tensor(1.3, dtype=F64))
-    layer = layer_cls(dim=0)
-    torch.testing.assert_close(layer(x, alpha), logitlab.entmax(x, alpha, dim=0))
-    assert "dim=0" in repr(layer)
+    layer = layer_cls(alpha, dim=0)
+    torch.testing.assert_close(layer(x), logitlab.entmax(x, alpha, dim=0))
+    assert "dim=0" in repr(layer) and [n for n, _ in layer.named_parameters()] == ["alpha"]
+    with pytest.raises(TypeError, match=r"EntmaxLayer.forward\(\) takes 1 tensors \(logits\), got 2"):
+        layer(x, x)
     kl = stateless_module(logitlab.kl_divergence, "KL")(reduction="none", normalizer="entmax", alpha=1.3)
     target = torch.softmax(torch.randn(3, 5, dtype=F64), -1)
     mask = torch.tensor([True, False, True])
@@ -79,7 +81,7 @@ def test_generated_modules_follow_their_functions():
                                                       mask=mask))
     weight = stateless_module(logitlab.cross_entropy, "CE")(weight=torch.ones(5, dtype=F64))
     assert "weight" in dict(weight.named_buffers())
-    with pytest.raises(TypeError, match=r"^CE\(\): unexpected keyword argument 'wieght'"):
+    with pytest.raises(TypeError, match=r"^CE\(\): .*'wieght'"):
         stateless_module(logitlab.cross_entropy, "CE")(wieght=None)
 
 
