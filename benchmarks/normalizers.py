@@ -79,7 +79,7 @@ def _setup(name: str, shape: tuple[int, int]):
         alpha = registry.NORMALIZERS[name].params.get("alpha", 1.5)
         peer, peer_name, same = (lambda z: entmax_pkg.entmax_bisect(z, alpha=alpha, dim=-1)), \
             "entmax.entmax_bisect", True
-    ref_fn = getattr(reference, registry.NORMALIZERS[name].fn.rpartition(":")[2], None)
+    ref_fn = getattr(reference, registry.NORMALIZERS[name].fn.__name__, None)
     params = dict(registry.NORMALIZERS[name].params)
     if ref_fn is not None and name == "standard":
         ref_fn_row = lambda z: reference.standard_normalize(z, -1)  # noqa: E731
