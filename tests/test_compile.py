@@ -31,8 +31,10 @@ BACKEND = "aot_eager"
 
 # Cases that still break, each with its reason; strict, so a mark that is no longer needed fails.
 NATIVE_PENDING = (
-    "calls the native CPU kernel through ctypes, which Dynamo cannot trace; pending the lead's move of "
-    "the native kernels behind torch.library custom ops (remove this mark when that lands)")
+    "impl='native' checks that the native kernel takes the inputs while tracing: _native.xent.supports() looks up "
+    "its ctypes symbol (_native.symbol -> selected_build -> cpu_flags opens /proc/cpuinfo), which Dynamo cannot "
+    "trace, although the kernel itself is a torch.library op now; pending the lead's native-kernel work on main "
+    "(remove this mark when that lands)")
 KNOWN_BREAKS: dict[str, str] = {
     "crf_marginals": "computes the marginals as torch.autograd.grad of log Z inside the op, which Dynamo does "
                      "not trace (torch._dynamo.config.trace_autograd_ops is False)",
