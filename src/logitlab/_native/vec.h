@@ -1,6 +1,8 @@
 /* Portable SIMD helpers for logitlab's native kernels (GCC/Clang vector extensions).
  *
- * A vector holds VL = 16 floats (64 bytes). On a CPU with AVX-512 that is one register; with
+ * A vector holds VL = 16 floats (64 bytes), or 8 (32 bytes) in a kernel that defines
+ * LL_NATIVE_WIDTH and is built for AVX2 without AVX-512 (the xent kernel: its loops then run in
+ * whole ymm registers; with 16 they ran at a third of the speed, spilling halves). On a CPU with AVX-512 that is one register; with
  * -march=native on an older CPU the compiler splits it into narrower registers; on any other
  * target it is lowered to scalar code. The results are the same everywhere: every operation is
  * an ordinary IEEE float32 operation (no fast-math), and exp below is our own polynomial, so
@@ -17,19 +19,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(LL_NATIVE_WIDTH) && defined(__AVX2__) && !defined(__AVX512F__)
+#define VL 8
+#else
 #define VL 16
+#endif
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));
-typedef _Float16 vhf __attribute__((vector_size(32)));
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+typedef uint32_t vu __attribute__((vector_size(VL * 4)));
+typedef uint16_t vh __attribute__((vector_size(VL * 2)));
+typedef _Float16 vhf __attribute__((vector_size(VL * 2)));
 
 typedef uint16_t bf16_t;
 typedef _Float16 f16_t;
 typedef float f32_t;
 
-static inline vf vsplat(float a) { return (vf){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+static inline vf vsplat(float a) { return (vf){0} + a; }
 
 static inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
@@ -37,7 +43,7 @@ static inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((v
  * register for a 16-float compare and lowers `a > b` on the whole vector lane by lane (scalar
  * compares and inserts): made here as two 8-float compares on the halves instead, which it
  * emits as one vcmpps each. Elsewhere the plain vector operator. */
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if VL == 16 && defined(__AVX2__) && !defined(__AVX512F__)
 typedef float vf_half __attribute__((vector_size(32)));
 typedef int32_t vi_half __attribute__((vector_size(32)));
 #define LL_CMP(name, op)                                                                           \
