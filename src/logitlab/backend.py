@@ -136,11 +136,16 @@ def resolve(fn: str, impl: str, sample: Tensor, *, native: Callable[[], bool],
 
 
 def _native_ready(op: str, sample: Tensor, native: Callable[[], bool]) -> bool:
-    if not (native_enabled() and _native.plain_cpu(sample) and sample.dtype in _native.DTYPE_CODES):
-        return False
-    if (op, _native.selected_build()[0]) in NATIVE_LOSES:
+    if not (_native.plain_cpu(sample) and sample.dtype in _native.DTYPE_CODES and _native_allowed(op)):
         return False
     return bool(native())
+
+
+@torch.compiler.assume_constant_result
+def _native_allowed(op: str) -> bool:
+    """LOGITLAB_NATIVE allows the kernels and the selected build is not one where ``op``'s loses
+    (a constant to torch.compile, which would otherwise trace the environment and /proc reads)."""
+    return native_enabled() and (op, _native.selected_build()[0]) not in NATIVE_LOSES
 
 
 def _require_native(fn: str, sample: Tensor, native: Callable[[], bool]) -> None:

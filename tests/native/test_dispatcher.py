@@ -159,9 +159,23 @@ def test_compiled_callers_have_no_graph_break():
     close = torch.testing.assert_close
     for name, fn in [("sparsemax", lambda z: L.sparsemax(z, impl="native", validate=False)),
                      ("entmax15", lambda z: L.entmax15(z, impl="native", validate=False)),
-                     ("cross_entropy", lambda z: L.cross_entropy(z, t, validate=False))]:
+                     ("cross_entropy", lambda z: L.cross_entropy(z, t, validate=False)),
+                     ("cross_entropy_native", lambda z: L.cross_entropy(z, t, impl="native", validate=False))]:
         print(name, flush=True)
-        close(torch.compile(fn, fullgraph=True)(x), fn(x))
+        z1, z2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out = torch.compile(fn, fullgraph=True)(z1)
+        close(out, fn(z2))
+        out.sum().backward(), fn(z2).sum().backward()
+        close(z1.grad, z2.grad)
+    # The kernel's status is an assertion in the compiled graph: a bad class index still raises.
+    bad = t.clone()
+    bad[0] = 40
+    try:
+        torch.compile(lambda z: L.cross_entropy(z, bad, impl="native", validate=False), fullgraph=True)(x)
+    except RuntimeError as error:
+        assert "class index out of range" in str(error), error
+    else:
+        raise SystemExit("a bad index under torch.compile: no error")
     print("ok")
     """), timeout=600)
 

@@ -59,7 +59,7 @@ import torch
 
 __all__ = ["load", "symbol", "status", "threads_for", "cache_dir", "source_dir", "DTYPE_CODES",
            "NativeUnavailableWarning", "plain_cpu", "Build", "builds", "supported_builds", "selected_build",
-           "use_build", "cpu_flags"]
+           "use_build", "cpu_flags", "kernel_ready"]
 
 _HERE = Path(__file__).resolve().parent
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math")
@@ -341,6 +341,14 @@ def symbol(name: str, function: str):
         fn.restype = restype
         _symbols[key] = fn
     return fn
+
+
+@torch.compiler.assume_constant_result
+def kernel_ready(name: str, function: str) -> bool:
+    """Whether ``function`` of kernel ``name`` is built and loaded for the selected build (building
+    it on first use). A constant to ``torch.compile``: the compiler calls it while tracing
+    instead of tracing into ctypes."""
+    return symbol(name, function) is not None
 
 
 def status() -> dict[str, dict]:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from logitlab._native import DTYPE_CODES as _CODES
 from logitlab._native import ops as _ops  # noqa: F401  (defines torch.ops.logitlab.*)
-from logitlab._native import plain_cpu, symbol
+from logitlab._native import kernel_ready, plain_cpu
 
 __all__ = ["KIND_CODES", "supports", "sparse_forward", "sparse_backward"]
 
@@ -23,7 +23,7 @@ def supports(rows: Tensor) -> bool:
     """
     if not plain_cpu(rows) or rows.dtype not in _CODES or rows.dim() != 2:
         return False
-    return symbol("sparse", f"ll_sparse_fwd_{_CODES[rows.dtype]}") is not None
+    return kernel_ready("sparse", f"ll_sparse_fwd_{_CODES[rows.dtype]}")
 
 
 def _rowmajor(t: Tensor) -> Tensor:
@@ -54,7 +54,12 @@ def sparse_forward(rows: Tensor, kind: str, alpha: float | Tensor | None, tol: f
     a = _alpha_arg(alpha if kind == "bisect" else None)
     probs, tau, support, n_iter, violation, code = torch.ops.logitlab.sparse_forward(
         _rowmajor(rows), KIND_CODES[kind], a, float(tol), int(max_iter), int(max_passes), bool(validate))
-    # A fake output (FakeTensorMode, a compiler's trace) has no status to read: the kernel did not run.
+    if torch.compiler.is_compiling():
+        # No host read in a compiled graph: the status is checked by an assertion in the graph.
+        if validate:
+            torch._assert_async(code < 0, "logitlab sparse kernel: a row holds NaN or +inf")
+        return probs, tau, support, n_iter, violation, -1
+    # A fake output (a bare FakeTensorMode) has no status to read: the kernel did not run.
     return probs, tau, support, n_iter, violation, int(code) if type(code) is torch.Tensor else -1
 
 

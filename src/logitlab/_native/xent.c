@@ -20,6 +20,7 @@
  * Returns -1, or 4 r + 1 for the first row r holding NaN or +inf, or 4 r + 2 for the first kept
  * row whose logits are all -inf (only when `validate`; excluded rows may be all -inf).
  */
+#define LL_NATIVE_WIDTH /* 8-float vectors on AVX2 builds (vec.h) */
 #include "vec.h"
 
 #define CAT_(a, b) a##b

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from logitlab._native import DTYPE_CODES as _CODES
 from logitlab._native import ops as _ops  # noqa: F401  (defines torch.ops.logitlab.*)
-from logitlab._native import plain_cpu, symbol
+from logitlab._native import kernel_ready, plain_cpu
 
 __all__ = ["supports", "xent_rows"]
 
@@ -20,7 +20,7 @@ def supports(rows: Tensor) -> bool:
         return False
     if rows.shape[1] > 1 and rows.stride(1) != 1:
         return False
-    return symbol("xent", f"ll_xent_{_CODES[rows.dtype]}_f32") is not None
+    return kernel_ready("xent", f"ll_xent_{_CODES[rows.dtype]}_f32")
 
 
 def xent_rows(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Tensor, scale: Tensor, *,
@@ -56,7 +56,12 @@ def xent_rows(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Tensor,
     else:
         losses, grad, code = torch.ops.logitlab.xent_rows(rows, *args, bool(want_grad))
         grad = grad if want_grad else None
-    # A fake output (FakeTensorMode, a compiler's trace) has no status to read: the kernel did not run.
+    if torch.compiler.is_compiling():
+        # No host read in a compiled graph: the status is checked by an assertion in the graph.
+        torch._assert_async(code < 0, "logitlab cross-entropy kernel: a kept row holds NaN or +inf, only -inf, "
+                            "or a class index out of range")
+        return losses, grad, -1, 0
+    # A fake output (a bare FakeTensorMode) has no status to read: the kernel did not run.
     code = int(code) if type(code) is torch.Tensor else -1
     if code < 0:
         return losses, grad, -1, 0
