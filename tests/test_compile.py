@@ -152,8 +152,6 @@ def test_compiles_without_graph_breaks_and_equals_eager(name, validate):
 
 # Ops with a native kernel, compiled with impl='native' (float32: the kernels' dtypes).
 NATIVE_XFAIL: dict[str, str] = {
-    "cross_entropy": NATIVE_PENDING,
-    "poly1_cross_entropy": NATIVE_PENDING,
     "linear_cross_entropy": NATIVE_PENDING,
     "linear_cross_entropy_with_lse": NATIVE_PENDING,
     "linear_divergence_loss": NATIVE_PENDING + "; and " + KNOWN_BREAKS["linear_divergence_loss"],
