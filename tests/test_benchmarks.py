@@ -30,7 +30,7 @@ SCRIPTS = {
     "theory.py": ([], ["max-entropy solver", "CRF log-partition", "nll fwd+bwd ms"]),
     "distill.py": ([], ["distill kl", "ours/naive", "extra MiB ours/naive"]),
     "entmax_alpha.py": ([], ["peer/ours", "qexp (torch, float64)", "threshold engine"]),
-    "chunk_sweep.py": (["--builds", "portable"], ["/floor", "portable/c32", "portable/naive", "CPU:"]),
+    "chunk_sweep.py": (["--builds", "portable"], ["/floor", "portable/native/c32", "torch/c32", "composite", "CPU:"]),
 }
 
 

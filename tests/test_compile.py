@@ -31,10 +31,10 @@ BACKEND = "aot_eager"
 
 # Cases that still break, each with its reason; strict, so a mark that is no longer needed fails.
 NATIVE_PENDING = (
-    "impl='native' checks that the native kernel takes the inputs while tracing: _native.xent.supports() looks up "
-    "its ctypes symbol (_native.symbol -> selected_build -> cpu_flags opens /proc/cpuinfo), which Dynamo cannot "
-    "trace, although the kernel itself is a torch.library op now; pending the lead's native-kernel work on main "
-    "(remove this mark when that lands)")
+    "impl='native' of a fused head runs the chunk loop (FusedLinearLoss) in Python around the kernel ops: it reads "
+    "the kept-row count and the incoming gradient on the host, so Dynamo breaks the graph there (the kernels "
+    "themselves are torch.library ops and compile); moving the CPU chunk loop into a custom op, as the Triton path "
+    "does, removes the break (issue 18)")
 KNOWN_BREAKS: dict[str, str] = {
     "crf_marginals": "computes the marginals as torch.autograd.grad of log Z inside the op, which Dynamo does "
                      "not trace (torch._dynamo.config.trace_autograd_ops is False)",
