@@ -17,6 +17,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from logitlab import _validation as v
+from logitlab._dtensor import (any_dtensor, is_dtensor, refuse_plain_primary, replicated_local, replicated_output,
+                               sharded_local, vocab_layout)
 from logitlab.fused._kernel import all_reduce, collective_timeout
 from logitlab.fused.cross_entropy import build_kernel, check_group, check_options, reduction_scale, vocab_offsets
 
@@ -113,6 +115,14 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         Shoeybi et al., "Megatron-LM" (2019), vocabulary-parallel cross-entropy.
     """
     fn = "vocab_parallel_cross_entropy"
+    layout = None
+    if any_dtensor(local_logits, target):
+        if not is_dtensor(local_logits):
+            refuse_plain_primary(fn, "target", "local_logits", "group")
+        layout = vocab_layout(fn, "local_logits", local_logits, -1, group=group, vocab_start=vocab_start,
+                              shape="(*batch, V)")
+        target = replicated_local(fn, "target", target, layout, "local_logits")
+        local_logits = local_logits.to_local()
     v.check_floating(fn, "local_logits", local_logits)
     v.check_tensor(fn, "target", target)
     if local_logits.ndim < 1 or tuple(target.shape) != tuple(local_logits.shape[:-1]):
@@ -121,7 +131,7 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
     check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=None,
                   chunk_size=None, impl="auto")
     v.check_same_device(fn, "local_logits", local_logits, target=target)
-    group = check_group(fn, resolve_group(group))
+    group = check_group(fn, resolve_group(group)) if layout is None else layout.group
     timeout = check_timeout(fn, timeout)
     local = local_logits.shape[-1]
     if group is None and local == 0:
@@ -129,15 +139,20 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
                f"<shape {tuple(local_logits.shape)}>")
     flat = target.reshape(-1).long()
     if not v.has_data(local_logits, target):  # meta: the output's shape only (no collective either)
-        return v.meta_output(local_logits, tuple(target.shape), reduction)
+        return _output(v.meta_output(local_logits, tuple(target.shape), reduction), layout)
     if validate:
         v.check_finite(fn, "local_logits",
                        torch.where((flat != ignore_index).reshape(target.shape + (1,)), local_logits.detach(),
                                    local_logits.new_zeros(())))
     with collective_timeout(timeout):
-        start, total = _offsets(fn, local, group, vocab_start, local_logits.device, flat.numel())
-        # Whatever `validate` says: an index addresses memory.
-        v.check_index_target(fn, "target", flat, total, ignore_index=ignore_index)
+        if layout is None:
+            start, total = _offsets(fn, local, group, vocab_start, local_logits.device, flat.numel())
+        else:  # from the DTensor's metadata: no collective, nothing read on the host
+            start, total = layout.start, layout.total
+        # An index out of range selects no logit of any shard (the kernel reads no memory with
+        # it), so a DTensor call with validate=False skips this read on the host.
+        if layout is None or validate:
+            v.check_index_target(fn, "target", flat, total, ignore_index=ignore_index)
         acc = v.compute_dtype(local_logits)
         kernel = build_kernel(flat, None, ignore_index=ignore_index, vocab_start=start, vocab_total=total,
                               label_smoothing=label_smoothing, z_loss=z_loss, dtype=acc, group=group)
@@ -145,7 +160,12 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         z = z.masked_fill_((flat == ignore_index).unsqueeze(1), 0.0)  # padding may hold anything
         loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
     out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(kernel, reduction))
-    return out.reshape(target.shape) if reduction == "none" else out
+    return _output(out.reshape(target.shape) if reduction == "none" else out, layout)
+
+
+def _output(out: Tensor, layout) -> Tensor:
+    """The loss as computed (plain arguments), or replicated over the mesh (DTensor arguments)."""
+    return out if layout is None else replicated_output(out, layout)
 
 
 def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Tensor, *, group=None,
@@ -182,6 +202,14 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
         True
     """
     fn = "vocab_parallel_kl_divergence"
+    layout = None
+    if any_dtensor(local_logits, local_teacher_logits):
+        if not is_dtensor(local_logits):
+            refuse_plain_primary(fn, "local_teacher_logits", "local_logits", "group")
+        layout = vocab_layout(fn, "local_logits", local_logits, -1, group=group, shape="(*batch, V)")
+        local_teacher_logits = sharded_local(fn, "local_teacher_logits", local_teacher_logits, layout, local_logits,
+                                             "local_logits", -1)
+        local_logits = local_logits.to_local()
     v.check_floating(fn, "local_logits", local_logits)
     v.check_floating(fn, "local_teacher_logits", local_teacher_logits)
     v.check_same_shape(fn, "local_teacher_logits", local_teacher_logits, local_logits.shape, "local_logits")
@@ -189,11 +217,11 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     v.check_reduction(fn, reduction)
     v.check_same_device(fn, "local_logits", local_logits, local_teacher_logits=local_teacher_logits)
     if not v.has_data(local_logits, local_teacher_logits):
-        return v.meta_output(local_logits, tuple(local_logits.shape[:-1]), reduction)
+        return _output(v.meta_output(local_logits, tuple(local_logits.shape[:-1]), reduction), layout)
     if validate:
         v.check_finite(fn, "local_logits", local_logits)
         v.check_finite(fn, "local_teacher_logits", local_teacher_logits)
-    group = check_group(fn, resolve_group(group))
+    group = check_group(fn, resolve_group(group)) if layout is None else layout.group
     timeout = check_timeout(fn, timeout)
     acc = v.compute_dtype(local_logits)
     local = local_logits.shape[-1] if local_logits.ndim else 1
@@ -204,16 +232,16 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     u = local_teacher_logits.detach().reshape(math.prod(local_logits.shape[:-1]), local).to(acc) / temperature
     rows = z.shape[0]
     with collective_timeout(timeout):
-        if group is not None:  # the same rows everywhere, or the all-reduces below mismatch
-            vocab_offsets(local, group, z.device, rows=rows, fn=fn)
+        if group is not None and layout is None:  # the same rows everywhere, or the all-reduces below
+            vocab_offsets(local, group, z.device, rows=rows, fn=fn)  # mismatch (a DTensor's shape says so)
         peaks = torch.stack([z.amax(1), u.amax(1)]) if local else z.new_full((2, rows), float("-inf"))
-        all_reduce(peaks, "max", group)
+        peaks = all_reduce(peaks, "max", group)
     peaks = torch.where(torch.isfinite(peaks), peaks, peaks.new_zeros(()))
     q = (z - peaks[0].unsqueeze(1)).exp_()
     p = (u - peaks[1].unsqueeze(1)).exp_()
     sums = torch.stack([q.sum(1), p.sum(1), (p * (u - z)).sum(1)])
     with collective_timeout(timeout):
-        all_reduce(sums, "sum", group)
+        sums = all_reduce(sums, "sum", group)
     q.div_(sums[0].unsqueeze(1))
     p.div_(sums[1].unsqueeze(1))
     lse_z, lse_u = peaks[0] + sums[0].log(), peaks[1] + sums[1].log()
@@ -221,4 +249,4 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     grad = q.sub_(p).div_(temperature)
     scale = None if reduction == "none" else 1.0 if reduction == "sum" else 1.0 / max(rows, 1)
     out = _PrecomputedRows.apply(local_logits, loss, grad, scale)
-    return out.reshape(local_logits.shape[:-1]) if reduction == "none" else out
+    return _output(out.reshape(local_logits.shape[:-1]) if reduction == "none" else out, layout)

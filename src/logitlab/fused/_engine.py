@@ -120,6 +120,8 @@ class Plan:
     softcap: float | None = None
     precompute: bool = True
     group: object = None
+    # Leave rows that do not count out of the chunks (finding them is a read on the host).
+    skip_ignored: bool = True
 
 
 def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan: Plan, *,
@@ -141,7 +143,7 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
         (loss_rows (N,) in the accumulation dtype, grad_hidden, grad_weight, grad_bias), the
         gradients in the dtypes of their inputs (None where not needed).
     """
-    index = kept_index(kernel.keep) if hasattr(kernel, "take") else None
+    index = kept_index(kernel.keep) if hasattr(kernel, "take") and plan.skip_ignored else None
     if index is not None:
         kernel = kernel.take(index)
         if isinstance(row_scale, Tensor) and row_scale.ndim:
@@ -197,7 +199,7 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     if index is not None:
         loss_rows = loss_rows.new_zeros(hidden.shape[0]).index_copy_(0, index, loss_rows)
     if grad_h is not None:
-        all_reduce(grad_h, "sum", plan.group)
+        grad_h = all_reduce(grad_h, "sum", plan.group)
     if grad_w is not None:
         grad_w = grad_w.result()
     if grad_b is not None and bias is not None and grad_b.dtype != bias.dtype:
@@ -309,7 +311,8 @@ class FusedLinearLoss(torch.autograd.Function):
         if grads is not None:
             # Drop our reference so autograd can keep these tensors as .grad without a copy.
             ctx.grads = None
-            if not bool(grad_out == 1):
+            # Over a group the factor is applied whatever it is: no read on the host.
+            if ctx.plan.group is not None or not bool(grad_out == 1):
                 grads = [g.mul_(grad_out.to(g.dtype)) if g is not None else None for g in grads]
         else:
             hidden, weight, bias = ctx.saved_tensors
