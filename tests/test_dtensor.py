@@ -196,6 +196,21 @@ def _checks(rank, world, compile_checks):
             errors[f"{name}_grad_bias"] = _err(b.grad.full_tensor(), b_full.grad)
             facts[f"{name}_grad_bias_placements"] = tuple(b.grad.placements) == (Shard(0),)
 
+    # The head module with its weight and bias made DTensors Shard(0) (tensor parallelism).
+    from logitlab.nn import LinearCrossEntropyHead
+
+    head = LinearCrossEntropyHead(DIM, VOCAB, bias=True, z_loss=1e-3, impl="chunked", chunk_size=4, validate=False)
+    head.weight = torch.nn.Parameter(_distribute(weight, mesh, Shard(0)))
+    head.bias = torch.nn.Parameter(_distribute(bias, mesh, Shard(0)))
+    w_full, b_full = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    expected = reference.linear_cross_entropy(hidden, w_full, target, bias=b_full, z_loss=1e-3)
+    got = no_host_read(lambda: head(hidden, target), "head", False)
+    _backward(got, expected)
+    errors["head_value"] = _err(got.to_local(), expected)
+    errors["head_grad_weight"] = _err(head.weight.grad.full_tensor(), w_full.grad)
+    errors["head_grad_bias"] = _err(head.bias.grad.full_tensor(), b_full.grad)
+    facts["head_grad_placements"] = tuple(head.weight.grad.placements) == (Shard(0),)
+
     # The detector itself: validation reads on the host (whether a value is NaN).
     try:
         with NoHostRead():
@@ -351,3 +366,93 @@ def test_dtensor_arguments_match_the_single_process_loss(world):
     records = run_ranks(_checks, world, args=(world == 2,), timeout=120)
     for rank, record in enumerate(records):
         _check_record(record, rank, world)
+
+
+class _Toy(torch.nn.Module):
+    """Embedding, two residual layers, and the head module that owns the LM head's weight."""
+
+    def __init__(self, vocab=VOCAB, dim=8):
+        super().__init__()
+        from logitlab.nn import LinearCrossEntropyHead
+
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.layers = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.Tanh())
+                                          for _ in range(2))
+        self.head = LinearCrossEntropyHead(dim, vocab, bias=True, label_smoothing=0.1, impl="chunked",
+                                           chunk_size=4, shift=1)
+
+    def forward(self, tokens, labels):
+        h = self.embed(tokens)
+        for layer in self.layers:
+            h = h + layer(h)
+        return self.head(h, labels)
+
+
+def _fsdp_step(rank, world):
+    """One SGD step of the toy model under fully_shard (each rank its own batch) against the
+    same step of the unsharded model on every rank's batch (FSDP averages the gradients)."""
+    import copy
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = _Toy().double()
+    reference_model = copy.deepcopy(model)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model.head, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, VOCAB, (2, 6), generator=gen), torch.randint(0, VOCAB, (2, 6), generator=gen))
+               for _ in range(world)]
+    for tokens, labels in batches:
+        labels[0, -2:] = -100  # padding
+    tokens, labels = batches[rank]
+    loss = model(tokens, labels)
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+
+    losses = [reference_model(t, l) for t, l in batches]
+    (sum(losses) / world).backward()
+    torch.optim.SGD(reference_model.parameters(), lr=0.5).step()
+    errors = {"loss": _err(loss, losses[rank])}
+    sharded = dict(model.named_parameters())
+    for name, param in reference_model.named_parameters():
+        errors[name] = _err(sharded[name].full_tensor(), param)
+    facts = {"head_weight_sharded": type(sharded["head.weight"]).__name__ == "DTensor",
+             "parameters": sorted(sharded) == sorted(dict(reference_model.named_parameters()))}
+    # The step moved every parameter (the comparison above is not of untouched copies).
+    facts["every_parameter_moved"] = all(_err(p, initial[n]) > 1e-4 for n, p in reference_model.named_parameters())
+    return dict(errors=errors, facts=facts)
+
+
+def test_fully_shard_trains_the_head_module_like_the_unsharded_model():
+    records = run_ranks(_fsdp_step, 2, timeout=120)
+    for rank, record in enumerate(records):
+        bad = {k: e for k, e in record["errors"].items() if not e <= 1e-12}
+        assert not bad, (rank, bad)
+        assert all(record["facts"].values()), (rank, record["facts"])
+        assert "head.weight" in record["errors"] and "head.bias" in record["errors"]
+
+
+def test_the_head_module_takes_the_options_of_linear_cross_entropy():
+    import inspect
+
+    from logitlab.nn import LinearCrossEntropyHead
+
+    options = {n: p.default for n, p in inspect.signature(linear_cross_entropy).parameters.items()
+               if p.kind is p.KEYWORD_ONLY and not n.startswith("_") and n != "bias"}
+    init = {n: p.default for n, p in inspect.signature(LinearCrossEntropyHead.__init__).parameters.items()
+            if p.kind is p.KEYWORD_ONLY}
+    assert init == {"bias": False, **options, "device": None, "dtype": None}
+    assert list(inspect.signature(LinearCrossEntropyHead.forward).parameters) == ["self", "hidden", "target"]
+    head = LinearCrossEntropyHead(6, 11, bias=True, label_smoothing=0.2, z_loss=1e-2, shift=1, dtype=F64)
+    hidden, target = torch.randn(2, 5, 6, dtype=F64), torch.randint(0, 11, (2, 5))
+    expected = linear_cross_entropy(hidden, head.weight, target, bias=head.bias, label_smoothing=0.2, z_loss=1e-2,
+                                    shift=1)
+    torch.testing.assert_close(head(hidden, target), expected, rtol=0, atol=0)
+    assert head.weight.shape == (11, 6) and head.weight.dtype == F64 and float(head.weight.detach().abs().max()) <= 6 ** -0.5
+    assert "out_features=11" in repr(head) and "shift=1" in repr(head)

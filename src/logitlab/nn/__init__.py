@@ -48,6 +48,7 @@ from logitlab.nn.structured import (
 )
 from logitlab.nn.fused import (
     LinearCrossEntropy,
+    LinearCrossEntropyHead,
     LinearDivergenceLoss,
 )
 from logitlab.nn.distributed import (
@@ -88,6 +89,7 @@ __all__ = [
     "Entmax",
     "LinearChainCRF",
     "LinearCrossEntropy",
+    "LinearCrossEntropyHead",
     "LogLikelihood",
     "LinearDivergenceLoss",
     "VocabParallelCrossEntropy",
