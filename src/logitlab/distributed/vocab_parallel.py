@@ -4,6 +4,13 @@ Every rank passes its (*batch, V_local) slice; row statistics (max, Σ exp, the 
 Σ_c z_c) are all-reduced, so every rank gets the loss of the full vocabulary and the gradient
 with respect to its own slice, without ever gathering logits. Slices may be uneven; their
 offsets are found from every rank's slice size when ``vocab_start`` is not given.
+
+The logits may instead be a ``torch.distributed.tensor.DTensor`` sharded on the vocabulary
+(``Shard(-1)``, as a column-parallel LM head produces them, the input of torch's
+``loss_parallel``): the mesh gives the group and the shard's offset, and the loss comes back as
+a DTensor replicated over the mesh (see :mod:`logitlab._dtensor`). With ``validate=False`` such
+a call reads nothing back to the host (its collectives are functional ones), so
+``torch.compile(fullgraph=True)`` traces it whole.
 """
 
 from __future__ import annotations
@@ -82,28 +89,49 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
     (1 − ε)·(lse − z_t) + (ε / V)·Σ_c (lse − z_c) + z_loss·lse², V the GLOBAL vocabulary size
     (smoothing over the local slice would make the ranks disagree). The value equals
     ``cross_entropy(full_logits, target, ...)`` on every rank; the gradient with respect to
-    ``local_logits`` is this rank's slice of the full gradient. Two all-reduces per call.
+    ``local_logits`` is this rank's slice of the full gradient. Two all-reduces per call (plus
+    an all-gather of the slice sizes without DTensors, read on the host).
+
+    DTensors: ``local_logits`` may be a DTensor of the full (*batch, V) logits sharded on the
+    vocabulary (``Shard(-1)`` on one mesh dimension, ``Replicate()`` on any other), and
+    ``target`` a replicated DTensor on its mesh or a plain tensor. The mesh dimension gives the
+    group (``group`` may be omitted; given, it must hold the same ranks) and the shard's offset
+    (torch.chunk's layout), so no collective finds them; the loss is returned as a DTensor
+    replicated over the mesh, like ``F.cross_entropy`` under torch's ``loss_parallel``
+    (``loss.backward()`` works on it; ``loss.to_local()`` or ``loss.full_tensor()`` is the
+    plain value), and the gradient of ``local_logits`` is a DTensor with its placements. A
+    DTensor sharded on another dimension raises. With ``validate=False`` nothing is read back
+    to the host (no device synchronisation; ``torch.compile(fullgraph=True)`` traces the call),
+    and the target indices are not checked either: one out of range selects no logit, and its
+    row's loss counts a target logit of 0.
 
     Args:
-        local_logits: (*batch, V_local) this rank's contiguous slice of the logits.
+        local_logits: (*batch, V_local) this rank's contiguous slice of the logits, or the
+            (*batch, V) logits as a DTensor ``Shard(-1)``.
         target: (*batch) global class indices (or ``ignore_index``), the same on every rank.
-        group: the process group (default: the world when initialized; one process otherwise).
+        group: the process group (default: the world when initialized; one process otherwise;
+            with a DTensor, its mesh's).
         vocab_start: the first class of this slice; found from the slice sizes when None.
         ignore_index, reduction, label_smoothing, z_loss: as in ``cross_entropy``.
         validate: check the logits for NaN and +inf (-inf excludes a class; rows whose target is
             ``ignore_index`` are not checked). Class indices are checked against the global
-            vocabulary whatever it says.
+            vocabulary whatever it says, except on DTensors with validate=False (see above).
         timeout: seconds (or a ``datetime.timedelta``) that each collective of this call may
             wait; None leaves the group's own timeout (30 min by default for gloo). A rank that
             fails but stays alive then makes the others raise within it instead of hanging.
+            (Under ``torch.compile`` the collectives are functional ones: the group's timeout.)
 
     Returns:
-        A scalar (or (*batch) for 'none') in the dtype of ``local_logits``.
+        A scalar (or (*batch) for 'none') in the dtype of ``local_logits``; a DTensor
+        replicated over the mesh when ``local_logits`` is a DTensor.
 
     Raises:
         ValueError/TypeError: bad shapes or options, ranks passing different numbers of rows
-        (on every rank); RuntimeError naming the collective when another rank fails, does not
-        call it within ``timeout``, or the group times out.
+        (on every rank); a DTensor sharded on another dimension than the vocabulary, a target
+        DTensor that is not replicated, a DTensor target beside plain logits, a ``group`` or
+        ``vocab_start`` that disagrees with the DTensor's mesh; RuntimeError naming the
+        collective when another rank fails, does not call it within ``timeout``, or the group
+        times out.
 
     Example:
         >>> logits, target = torch.randn(4, 6), torch.tensor([0, 5, -100, 2])
@@ -178,21 +206,31 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     gradient with respect to this rank's student slice is (q − p) / T on it. 'mean' averages
     over rows (the 'batchmean' of ``kl_div``).
 
+    DTensors as in :func:`vocab_parallel_cross_entropy`: ``local_logits`` a DTensor
+    ``Shard(-1)``, ``local_teacher_logits`` a DTensor with the same placements or a plain
+    tensor holding this rank's slice; the loss comes back replicated over the mesh, and with
+    ``validate=False`` nothing is read back to the host.
+
     Args:
-        local_logits: (*batch, V_local) student logits, this rank's slice.
-        local_teacher_logits: (*batch, V_local) teacher logits, the same slice.
-        group: the process group (default: the world when initialized).
+        local_logits: (*batch, V_local) student logits, this rank's slice (or a DTensor
+            ``Shard(-1)`` of the (*batch, V) logits).
+        local_teacher_logits: (*batch, V_local) teacher logits, the same slice (or a DTensor
+            sharded like ``local_logits``).
+        group: the process group (default: the world when initialized; with a DTensor, its
+            mesh's).
         temperature: T > 0.
         reduction: 'none' | 'mean' | 'sum'.
         validate: check both slices for NaN and +inf (-inf excludes a class).
         timeout: as in :func:`vocab_parallel_cross_entropy`.
 
     Returns:
-        A scalar (or (*batch)) in the dtype of ``local_logits``.
+        A scalar (or (*batch)) in the dtype of ``local_logits``; a replicated DTensor for
+        DTensor logits.
 
     Raises:
         ValueError/TypeError: bad shapes or options, NaN/+inf logits, ranks passing different
-        numbers of rows (on every rank); RuntimeError naming the collective as above.
+        numbers of rows (on every rank), DTensors placed otherwise than above;
+        RuntimeError naming the collective as above.
 
     Example:
         >>> z, u = torch.randn(3, 5), torch.randn(3, 5)

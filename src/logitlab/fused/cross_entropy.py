@@ -120,6 +120,23 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     indices) are the same on every rank. The loss of the full vocabulary comes out on every
     rank, logits are never gathered, and grad_hidden is summed over the ranks.
 
+    DTensors (tensor parallelism, as torchtitan shards an LM head): ``weight`` may be a DTensor
+    of the full (V, D) head sharded on the vocabulary (``Shard(0)`` on one mesh dimension,
+    ``Replicate()`` on any other: a column-parallel head), with ``bias`` and ``class_weight``
+    DTensors sharded like it or plain slices, and ``hidden`` and ``target`` replicated DTensors
+    on its mesh or plain tensors (the same on every rank). The mesh dimension gives the process
+    group (``process_group`` may be omitted; given, it must hold the same ranks) and the shard's
+    offset (torch.chunk's layout), the loss comes back as a DTensor replicated over the mesh,
+    and each DTensor argument's gradient has its placements (a replicated ``hidden``'s is the
+    sum over the shards). A head sharded on D, a sharded ``hidden`` (sequence parallelism:
+    redistribute it to ``Replicate()`` first) or DTensors beside a plain ``weight`` raise.
+    With ``validate=False`` such a call reads nothing back to the host: no device
+    synchronisation, ignored rows go through the chunks (masked, at the cost of their matmuls)
+    instead of being found and left out, and target indices are not checked (one out of range
+    selects no logit: its row's loss counts a target logit of 0). The collectives are
+    functional ones, which ``torch.compile`` traces (the chunk loop itself still breaks the
+    graph where its matmul helpers are not traceable).
+
     ``shift=k`` scores position t of the sequence (the last dimension of ``target``, the
     second-to-last of ``hidden``) against ``target[..., t + k]``, as a causal LM predicts the
     next token: the same as ``target = cat([target[..., k:], full(k, ignore_index)], -1)``, so
@@ -137,7 +154,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
 
     Args:
         hidden: (*batch, D) features.
-        weight: (V, D) the head (V the vocabulary size).
+        weight: (V, D) the head (V the vocabulary size); this rank's rows with
+            ``process_group``, or a DTensor ``Shard(0)`` of the whole head.
         target: (*batch) class indices in [0, V) or ``ignore_index``.
         bias: (V,) optional.
         class_weight: (V,) optional per-class weights, as ``weight`` of ``F.cross_entropy``.
@@ -157,7 +175,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
             chunk. (With three matmuls, an exact float32 sum over chunks needs min(V·D, N·V)·2
             bytes beyond the gradients: more than 5% of the bf16 logits' N·V·2 bytes unless
             D < N/20.)
-        process_group: a torch.distributed group for a vocabulary-sharded head, or None.
+        process_group: a torch.distributed group for a vocabulary-sharded head, or None (with
+            a DTensor ``weight``: its mesh's group).
         validate: check that the rows of ``hidden`` that count (target not ``ignore_index``),
             ``weight``, ``bias`` and ``class_weight`` hold no NaN or inf (a pass over each; rows
             that do not count may hold anything). Class indices are checked whatever it says.
@@ -168,10 +187,12 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
             local tensors it passes.
 
     Returns:
-        A scalar (or (*batch) for 'none') in the dtype of ``hidden``.
+        A scalar (or (*batch) for 'none') in the dtype of ``hidden``; a DTensor replicated over
+        the mesh when ``weight`` is a DTensor.
 
     Raises:
-        ValueError/TypeError: shapes or dtypes that do not fit, bad options, indices out of range.
+        ValueError/TypeError: shapes or dtypes that do not fit, bad options, indices out of range,
+        DTensors placed otherwise than above.
 
     Example:
         >>> torch.manual_seed(0)
@@ -292,7 +313,8 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
 
     Returns:
         ``LinearCrossEntropyResult(loss, lse, accuracy)``; ``lse`` and ``accuracy`` in float32
-        (float64 for float64 inputs or ``accum_dtype``).
+        (float64 for float64 inputs or ``accum_dtype``); all three DTensors replicated over the
+        mesh when ``weight`` is a DTensor (see :func:`linear_cross_entropy`).
 
     Example:
         >>> torch.manual_seed(0)
