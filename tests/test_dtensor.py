@@ -270,7 +270,8 @@ def _bad_inputs(rank, mesh, logits, teacher, target, hidden, weight, bias):
 EXPECTED_ERRORS = {
     "ce_batch_sharded": "ValueError: vocab_parallel_cross_entropy(): argument 'local_logits' expected a DTensor of "
                         "shape (*batch, V) sharded on its vocabulary dimension (Shard(-1) on one mesh dimension, "
-                        "Replicate() on the others), got <DTensor with placements (Shard(dim=0))> (redistribute it, e.g. "
+                        "Replicate() on the others), got <DTensor with placements (Shard(dim=0))> (redistribute "
+                        "it, e.g. "
                         "local_logits.redistribute(mesh, [Shard(-1)]), or pass local_logits.to_local() shards of "
                         "the vocabulary with group=)",
     "ce_target_sharded": "ValueError: vocab_parallel_cross_entropy(): argument 'target' expected a plain tensor "
@@ -287,7 +288,8 @@ EXPECTED_ERRORS = {
                         "plain tensor, since local_logits is a plain (local) tensor, got <DTensor>",
     "linear_weight_sharded_on_dim": "ValueError: linear_cross_entropy(): argument 'weight' expected a DTensor of "
                                     "shape (V, D) sharded on its vocabulary dimension (Shard(0) on one mesh "
-                                    "dimension, Replicate() on the others), got <DTensor with placements (Shard(dim=1))>",
+                                    "dimension, Replicate() on the others), got <DTensor with placements "
+                                    "(Shard(dim=1))>",
     "linear_hidden_sharded": "ValueError: linear_cross_entropy(): argument 'hidden' expected a plain tensor (the "
                              "same on every rank) or a DTensor replicated on the mesh of weight, got <DTensor with "
                              "placements (Shard(dim=0))>",
@@ -454,5 +456,6 @@ def test_the_head_module_takes_the_options_of_linear_cross_entropy():
     expected = linear_cross_entropy(hidden, head.weight, target, bias=head.bias, label_smoothing=0.2, z_loss=1e-2,
                                     shift=1)
     torch.testing.assert_close(head(hidden, target), expected, rtol=0, atol=0)
-    assert head.weight.shape == (11, 6) and head.weight.dtype == F64 and float(head.weight.detach().abs().max()) <= 6 ** -0.5
+    assert head.weight.shape == (11, 6) and head.weight.dtype == F64
+    assert float(head.weight.detach().abs().max()) <= 6 ** -0.5
     assert "out_features=11" in repr(head) and "shift=1" in repr(head)

@@ -32,7 +32,7 @@ from torch import Tensor
 from logitlab import _validation as v
 
 __all__ = ["is_dtensor", "any_dtensor", "VocabLayout", "vocab_layout", "replicated_local", "sharded_local",
-           "replicated_output"]
+           "refuse_plain_primary", "head_locals", "replicated_output"]
 
 
 def _dtensor_type():
@@ -62,12 +62,6 @@ class VocabLayout:
     group: object           # its ProcessGroup (None when replicated: one rank's worth of work)
     start: int              # first class of this rank's shard
     total: int              # V, the full vocabulary
-
-    @property
-    def placement(self):
-        from torch.distributed.tensor import Replicate, Shard
-
-        return [Shard(0) if i == self.mesh_dim else Replicate() for i in range(self.mesh.ndim)]
 
 
 def _placements(x) -> str:
@@ -114,7 +108,8 @@ def vocab_layout(fn: str, name: str, x: Tensor, vocab_dim: int, *, group=None, g
     mesh_group = mesh.get_group(mesh_dim)
     if group is not None and dist.get_process_group_ranks(group) != dist.get_process_group_ranks(mesh_group):
         v.fail(fn, group_name, f"None or the group of mesh dimension {mesh_dim} of {name} (ranks "
-               f"{dist.get_process_group_ranks(mesh_group)})", f"<a group of ranks {dist.get_process_group_ranks(group)}>",
+               f"{dist.get_process_group_ranks(mesh_group)})",
+               f"<a group of ranks {dist.get_process_group_ranks(group)}>",
                detail=f"omit {group_name}=: a DTensor's mesh gives the group")
     size, start = Shard.local_shard_size_and_offset(vocab, mesh.size(mesh_dim), mesh.get_local_rank(mesh_dim))
     local = x.to_local().shape[dim]
