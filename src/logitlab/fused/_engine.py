@@ -131,7 +131,9 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     Rows that do not count (``kept_index`` of a kernel's ``keep``, for kernels that can ``take``
     a subset of their rows: ignored targets) have zero loss and zero gradient, so the loop skips
     them: each chunk gathers the next ``chunk`` kept rows of hidden, and its grad_hidden rows are
-    scattered back into a zero-filled grad_hidden.
+    scattered back into a zero-filled grad_hidden. Finding them reads ``keep`` on the host;
+    ``plan.skip_ignored=False`` (a DTensor head with validate=False) runs every row instead, the
+    kernel masking those that do not count.
 
     Args:
         hidden: (N, D). weight: (V, D). bias: (V,) or None.
