@@ -92,9 +92,9 @@ def _message(call):
 
 CE_CASES = [dict(), dict(reduction="sum"), dict(reduction="none"), dict(label_smoothing=0.2, z_loss=1e-2),
             dict(reduction="sum", label_smoothing=0.1, validate=False), dict(validate=False)]
-LINEAR_CASES = [dict(), dict(reduction="sum", validate=False), dict(reduction="none"),
+LINEAR_CASES = [dict(impl="auto"), dict(reduction="sum", validate=False), dict(reduction="none"),
                 dict(label_smoothing=0.1, z_loss=1e-3, class_weight=True, validate=False),
-                dict(impl="naive", bias=True), dict(impl="chunked", reduction="sum", bias=True, hidden="dtensor")]
+                dict(impl="composite", bias=True), dict(impl="torch", reduction="sum", bias=True, hidden="dtensor")]
 
 
 def _checks(rank, world, compile_and_fsdp):
@@ -177,7 +177,7 @@ def _checks(rank, world, compile_and_fsdp):
         b = shard(bias, 0) if use_bias else None
         cw = shard(class_weight, 0, grad=False) if use_cw else None
         h = (replicate(hidden) if hidden_kind == "dtensor" else hidden.clone()).requires_grad_()
-        opts.setdefault("impl", "chunked")
+        opts.setdefault("impl", "torch")
 
         def call(h=h, w=w, b=b, cw=cw, opts=opts):
             got = linear_cross_entropy(h, w, target, bias=b, class_weight=cw, chunk_size=4, **opts)
@@ -201,7 +201,7 @@ def _checks(rank, world, compile_and_fsdp):
     # The head module with its weight and bias made DTensors Shard(0) (tensor parallelism).
     from logitlab.nn import LinearCrossEntropyHead
 
-    head = LinearCrossEntropyHead(DIM, VOCAB, bias=True, z_loss=1e-3, impl="chunked", chunk_size=4, validate=False)
+    head = LinearCrossEntropyHead(DIM, VOCAB, bias=True, z_loss=1e-3, impl="torch", chunk_size=4, validate=False)
     head.weight = torch.nn.Parameter(_distribute(weight, mesh, Shard(0)))
     head.bias = torch.nn.Parameter(_distribute(bias, mesh, Shard(0)))
     w_full, b_full = weight.clone().requires_grad_(), bias.clone().requires_grad_()
@@ -234,7 +234,7 @@ def _checks(rank, world, compile_and_fsdp):
     for name, arg, call, ref in [
             ("mesh2d_ce", x, lambda: vocab_parallel_cross_entropy(x, target, reduction="sum", validate=False),
              lambda full: reference.cross_entropy(full, target, reduction="sum")),
-            ("mesh2d_linear", w, lambda: linear_cross_entropy(hidden, w, target, impl="chunked", validate=False),
+            ("mesh2d_linear", w, lambda: linear_cross_entropy(hidden, w, target, impl="torch", validate=False),
              lambda full: reference.linear_cross_entropy(hidden, full, target))]:
         full = (logits if name == "mesh2d_ce" else weight).clone().requires_grad_()
         expected = ref(full)
@@ -255,7 +255,7 @@ def _checks(rank, world, compile_and_fsdp):
 
     # The process group may be given when it agrees with the mesh; linear_cross_entropy_with_lse.
     w = shard(weight, 0)
-    out = linear_cross_entropy_with_lse(hidden, w, target, process_group=dist.group.WORLD, impl="chunked",
+    out = linear_cross_entropy_with_lse(hidden, w, target, process_group=dist.group.WORLD, impl="torch",
                                         chunk_size=4, shift=1)
     logits_full = hidden @ weight.T
     shifted = torch.cat([target[:, 1:], torch.full((BATCH[0], 1), -100)], 1)
@@ -359,7 +359,7 @@ def _compiled(mesh, logits, target, hidden, weight, errors, facts):
         return vocab_parallel_kl_divergence(x, u, temperature=2.0, validate=False)
 
     def lin(h, w, t):
-        return linear_cross_entropy(h, w, t, impl="chunked", chunk_size=4, validate=False)
+        return linear_cross_entropy(h, w, t, impl="torch", chunk_size=4, validate=False)
 
     teacher = logits.flip(-1)
     cases = [("ce", ce, lambda: (_distribute(logits, mesh, Shard(2)).requires_grad_(), target), True),
@@ -426,7 +426,7 @@ class _Toy(torch.nn.Module):
         self.embed = torch.nn.Embedding(vocab, dim)
         self.layers = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.Tanh())
                                           for _ in range(2))
-        self.head = LinearCrossEntropyHead(dim, vocab, bias=True, label_smoothing=0.1, impl="chunked",
+        self.head = LinearCrossEntropyHead(dim, vocab, bias=True, label_smoothing=0.1, impl="torch",
                                            chunk_size=4, shift=1)
 
     def forward(self, tokens, labels):

@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from logitlab import backend
+from logitlab._native import xent as native_xent
 from logitlab._reduction import reduce_loss, shift_target, to_rows
 from logitlab._validation import (
     check_dim,
@@ -37,7 +39,6 @@ from logitlab.losses._xent_kernel import XentOptions, composite_cross_entropy, f
 
 __all__ = ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood"]
 
-IMPLS = ("auto", "fused", "composite")
 
 
 class _Rows(NamedTuple):
@@ -182,14 +183,16 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
       error; an excluded row may be all ``-inf`` (padding often is) and gives 0 and zero
       gradient (torch gives a NaN gradient row).
 
-    Implementation (``impl``): 'fused' computes the loss and its gradient in one pass over the
-    logits and saves only the gradient (the backward scales it in place, so it runs once and
-    has no double backward: use 'composite' for that). On the CPU, float32/bfloat16/float16
-    logits go through a native C kernel built once per machine on first use (about 2 s, then
-    cached; see ``logitlab env``), and otherwise through an eager torch kernel with the same
-    results (``LOGITLAB_NATIVE=0`` forces it). 'composite' is written with
-    differentiable torch ops. 'auto' picks 'fused', except under ``torch.compile``, or when the
-    target probabilities or the class weights require a gradient, where it picks 'composite'.
+    Implementation (``impl``, the same values as every op: :mod:`logitlab.backend`): 'native'
+    and 'torch' compute the loss and its gradient in one pass over the logits and save only the
+    gradient (the backward scales it in place, so it runs once and has no double backward: use
+    'composite' for that). 'native' is a C kernel for CPU float32/bfloat16/float16 logits, built
+    once per machine on first use (about 2 s, then cached; see ``logitlab env``); 'torch' is the
+    same algorithm in eager torch ops, for every device and dtype, with the same results.
+    'composite' is written with differentiable torch ops. 'auto' picks 'native' where the kernel
+    takes the logits, else 'torch', except under ``torch.compile``, inside a ``torch.func``
+    transform, or when the target probabilities or the class weights require a gradient, where
+    it picks 'composite'.
 
     Args:
         logits: (*batch, C) scores (C along ``dim``); float16/bfloat16 are computed in float32
@@ -211,7 +214,7 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
             (saves an (N, C) allocation). This DESTROYS the logits: only use it when nothing
             else reads them after this call. Fused implementation only; not for expanded
             (broadcast) logits, whose elements share memory.
-        impl: 'auto' | 'fused' | 'composite'.
+        impl: 'auto' | 'native' | 'torch' | 'composite' (see above; the old name 'fused' means 'auto').
         shift: k >= 0 (True = 1), index targets only: row t of the sequence (the last
             dimension of ``target``) is scored against ``target[..., t + k]``, the next-token
             targets of a causal LM; the last k positions do not count (loss 0 for 'none', left
@@ -225,8 +228,9 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         TypeError / ValueError / IndexError: naming the argument, e.g. a target shape or dtype
         mismatch, a class index out of range, probabilities that are negative or do not sum
         to 1, NaN or +inf logits, NaN or infinite class weights, no class (C = 0), an invalid
-        option, or ``impl='fused'`` when the class weights or target probabilities require a
-        gradient (the fused implementation differentiates the logits only).
+        option, ``impl='native'`` where the kernel cannot run (another device or dtype, a tensor
+        subclass, ``LOGITLAB_NATIVE=0``), or ``impl='native'``/``'torch'`` when the class weights
+        or target probabilities require a gradient (those differentiate the logits only).
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
@@ -243,34 +247,32 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     eps = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     z = check_range(fn, "z_loss", z_loss, 0.0, math.inf, high_open=True)
     temp = check_positive(fn, "temperature", temperature)
-    check_choice(fn, "impl", impl, IMPLS)
+    impl = backend.check_impl(fn, impl)
     target = shift_target(fn, target, shift, ignore_index)
     r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate)
     if not has_data(logits, target, weight, mask):  # meta: the output's shape, no data to read
         return meta_output(logits, r.batch_shape, reduction)
     compiling = _compiling()
-    if impl == "auto":
-        needs_composite = compiling or (not r.index_target and target.requires_grad) or (
-            weight is not None and weight.requires_grad)
-        impl = "composite" if needs_composite else "fused"
-    elif impl == "fused" and ((not r.index_target and target.requires_grad) or (
-            weight is not None and weight.requires_grad)):
-        # The fused Function returns no gradient for them: raise rather than drop it silently.
+    other_grads = (not r.index_target and target.requires_grad) or (weight is not None and weight.requires_grad)
+    impl = backend.resolve(fn, impl, r.rows, native=lambda: native_xent.supports(r.rows),
+                           composite=compiling or other_grads)
+    if impl != "composite" and other_grads:
+        # The one-pass Function returns no gradient for them: raise rather than drop it silently.
         which = "weight" if weight is not None and weight.requires_grad else "target"
         fail(fn, "impl", "'composite' or 'auto' when " + which + " requires a gradient",
-             impl, detail="the fused implementation differentiates the logits only")
-    if inplace_backward and impl != "fused":
+             impl, detail=f"the {impl!r} implementation differentiates the logits only")
+    if inplace_backward and impl == "composite":
         fail(fn, "inplace_backward", "False with the composite implementation", inplace_backward,
-             detail=f"impl resolved to {impl!r}")
+             detail="impl resolved to 'composite'")
     if inplace_backward and any(stride == 0 and size > 1 for stride, size in zip(r.rows.stride(), r.rows.shape)):
         # An expanded (broadcast) tensor has one memory cell for several elements: the gradient
         # cannot be written into it (torch raised 'unsupported operation' from inside the kernel).
         fail(fn, "inplace_backward", "False for expanded logits (elements sharing memory)",
              inplace_backward, detail=f"logits strides {tuple(logits.stride())}; clone() them first")
     opts = XentOptions(fn, r.index_target, eps, z, temp, reduction == "none",
-                       bool(validate) and not compiling, bool(inplace_backward))
+                       bool(validate) and not compiling, bool(inplace_backward), impl == "native")
     scale = _scale(r, reduction, compute_dtype(logits))
-    kernel = fused_cross_entropy if impl == "fused" else composite_cross_entropy
+    kernel = composite_cross_entropy if impl == "composite" else fused_cross_entropy
     out = kernel(r.rows, r.target, r.weight, r.keep, scale, opts)
     return out.reshape(r.batch_shape) if reduction == "none" else out
 
