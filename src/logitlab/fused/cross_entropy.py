@@ -141,8 +141,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     synchronisation, ignored rows go through the chunks (masked, at the cost of their matmuls)
     instead of being found and left out, and target indices are not checked (one out of range
     selects no logit: its row's loss counts a target logit of 0). The collectives are
-    functional ones, which ``torch.compile`` traces (the chunk loop itself still breaks the
-    graph where its matmul helpers are not traceable).
+    functional ones, which ``torch.compile`` traces; the chunk loop still breaks the graph
+    (its matmul helpers ask ``torch.get_num_threads()``, which Dynamo does not trace), so a
+    compiled call runs in several graphs, with the same values and gradients.
 
     ``shift=k`` scores position t of the sequence (the last dimension of ``target``, the
     second-to-last of ``hidden``) against ``target[..., t + k]``, as a causal LM predicts the
