@@ -33,7 +33,31 @@ static inline vf vsplat(float a) { return (vf){a, a, a, a, a, a, a, a, a, a, a, 
 
 static inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
-static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
+/* Comparisons (all-ones lanes where true). With AVX2 but not AVX-512 the compiler has no mask
+ * register for a 16-float compare and lowers `a > b` on the whole vector lane by lane (scalar
+ * compares and inserts): made here as two 8-float compares on the halves instead, which it
+ * emits as one vcmpps each. Elsewhere the plain vector operator. */
+#if defined(__AVX2__) && !defined(__AVX512F__)
+typedef float vf_half __attribute__((vector_size(32)));
+typedef int32_t vi_half __attribute__((vector_size(32)));
+#define LL_CMP(name, op)                                                                           \
+    static inline vi name(vf a, vf b) {                                                            \
+        vf_half alo = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7);                       \
+        vf_half ahi = __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);                 \
+        vf_half blo = __builtin_shufflevector(b, b, 0, 1, 2, 3, 4, 5, 6, 7);                       \
+        vf_half bhi = __builtin_shufflevector(b, b, 8, 9, 10, 11, 12, 13, 14, 15);                 \
+        vi_half lo = alo op blo, hi = ahi op bhi;                                                  \
+        return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); \
+    }
+#else
+#define LL_CMP(name, op) \
+    static inline vi name(vf a, vf b) { return a op b; }
+#endif
+LL_CMP(vgt, >)
+LL_CMP(vge, >=)
+LL_CMP(vne, !=)
+
+static inline vf vmax(vf a, vf b) { return vselect(vgt(a, b), a, b); }
 
 static inline float hsum(vf a) {
     /* Pairwise: the same rounding on every target. */
@@ -89,7 +113,7 @@ static inline vf vexp_neg(vf t) {
     p = p * r + vsplat(1.0f);
     vi scale = (ni + 127) << 23;
     vf out = p * (vf)scale;
-    return vselect((t >= vsplat(-87.3f)) | (t != t), out, vsplat(0.0f));
+    return vselect(vge(t, vsplat(-87.3f)) | vne(t, t), out, vsplat(0.0f));
 }
 
 static inline float sexp_neg(float t) {
@@ -112,7 +136,7 @@ static inline void store_f32(f32_t *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vh bf16_round(vf v) {
     vu b = (vu)v;
     vu rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
-    vi nan = v != v; /* a NaN stays a (quiet) NaN instead of rounding into the infinities */
+    vi nan = vne(v, v); /* a NaN stays a (quiet) NaN instead of rounding into the infinities */
     rounded = (vu)(((vi)rounded & ~nan) | (nan & 0x7FC0));
     return __builtin_convertvector(rounded, vh);
 }
@@ -146,12 +170,12 @@ DEFINE_TAIL(f16)
         vi nan = (vi){0};                                                            \
         for (int64_t j = 0; j < full; j += VL) {                                     \
             vf v = load_##T(p + j);                                                  \
-            nan |= v != v;                                                           \
+            nan |= vne(v, v);                                                        \
             vm = vmax(vm, v);                                                        \
         }                                                                            \
         if (n > full) {                                                              \
             vf v = loadn_##T(p + full, n - full, -INFINITY);                         \
-            nan |= v != v;                                                           \
+            nan |= vne(v, v);                                                        \
             vm = vmax(vm, v);                                                        \
         }                                                                            \
         *has_nan = hany(nan);                                                        \

@@ -83,7 +83,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
                 vf q = last ? CAT(loadn_, P)(pr + j, tail, 0.0f) : CAT(load_, P)(pr + j);
                 vf qw = cw != NULL ? q * w : q;
                 vtq += qw;
-                vdot += vselect(qw != vzero, qw * t, vzero);
+                vdot += vselect(vne(qw, vzero), qw * t, vzero);
             }
             if (last) break;
         }
