@@ -78,8 +78,9 @@ def check_tensor(fn: str, name: str, value: object) -> Tensor:
         fail(fn, name, "a torch.Tensor", f"<{type(value).__name__}>", kind=TypeError)
     if type(value).__name__ == "DTensor":
         fail(fn, name, "a plain (local) torch.Tensor", "<DTensor>", kind=TypeError,
-             detail="pass dtensor.to_local(); for logits sharded over the vocabulary, use the "
-                    "vocab-parallel losses or process_group= with the local shards")
+             detail="pass dtensor.to_local(); logits or a head sharded over the vocabulary go "
+                    "to vocab_parallel_cross_entropy, vocab_parallel_kl_divergence or "
+                    "linear_cross_entropy, which take such DTensors")
     return value  # type: ignore[return-value]
 
 

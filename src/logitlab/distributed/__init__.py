@@ -15,6 +15,12 @@ group, never logits or weights, and every rank gets the loss of the full vocabul
 
 With a sharded head, grad_hidden comes out the same on every rank (summed over the ranks) and
 each rank's weight gradient is its rows of the full one.
+
+Each of the three also takes DTensors sharded on the vocabulary instead of local shards and a
+group (``Shard(-1)`` logits, a ``Shard(0)`` head): the mesh gives the group and the offsets,
+the loss comes back as a replicated DTensor, gradients keep their placements, and with
+``validate=False`` nothing is read back to the host, so ``torch.compile`` traces the call.
+``logitlab.nn.LinearCrossEntropyHead`` owns its head's weight, for FSDP2's ``fully_shard``.
 """
 
 from logitlab.distributed.launch import free_port, run_ranks

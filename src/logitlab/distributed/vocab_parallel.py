@@ -4,6 +4,13 @@ Every rank passes its (*batch, V_local) slice; row statistics (max, Σ exp, the 
 Σ_c z_c) are all-reduced, so every rank gets the loss of the full vocabulary and the gradient
 with respect to its own slice, without ever gathering logits. Slices may be uneven; their
 offsets are found from every rank's slice size when ``vocab_start`` is not given.
+
+The logits may instead be a ``torch.distributed.tensor.DTensor`` sharded on the vocabulary
+(``Shard(-1)``, as a column-parallel LM head produces them, the input of torch's
+``loss_parallel``): the mesh gives the group and the shard's offset, and the loss comes back as
+a DTensor replicated over the mesh (see :mod:`logitlab._dtensor`). With ``validate=False`` such
+a call reads nothing back to the host (its collectives are functional ones), so
+``torch.compile(fullgraph=True)`` traces it whole.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from logitlab import _validation as v
+from logitlab._dtensor import (any_dtensor, is_dtensor, refuse_plain_primary, replicated_local, replicated_output,
+                               sharded_local, vocab_layout)
 from logitlab.fused._kernel import all_reduce, collective_timeout
 from logitlab.fused.cross_entropy import build_kernel, check_group, check_options, reduction_scale, vocab_offsets
 
@@ -80,28 +89,49 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
     (1 − ε)·(lse − z_t) + (ε / V)·Σ_c (lse − z_c) + z_loss·lse², V the GLOBAL vocabulary size
     (smoothing over the local slice would make the ranks disagree). The value equals
     ``cross_entropy(full_logits, target, ...)`` on every rank; the gradient with respect to
-    ``local_logits`` is this rank's slice of the full gradient. Two all-reduces per call.
+    ``local_logits`` is this rank's slice of the full gradient. Two all-reduces per call (plus
+    an all-gather of the slice sizes without DTensors, read on the host).
+
+    DTensors: ``local_logits`` may be a DTensor of the full (*batch, V) logits sharded on the
+    vocabulary (``Shard(-1)`` on one mesh dimension, ``Replicate()`` on any other), and
+    ``target`` a replicated DTensor on its mesh or a plain tensor. The mesh dimension gives the
+    group (``group`` may be omitted; given, it must hold the same ranks) and the shard's offset
+    (torch.chunk's layout), so no collective finds them; the loss is returned as a DTensor
+    replicated over the mesh, like ``F.cross_entropy`` under torch's ``loss_parallel``
+    (``loss.backward()`` works on it; ``loss.to_local()`` or ``loss.full_tensor()`` is the
+    plain value), and the gradient of ``local_logits`` is a DTensor with its placements. A
+    DTensor sharded on another dimension raises. With ``validate=False`` nothing is read back
+    to the host (no device synchronisation; ``torch.compile(fullgraph=True)`` traces the call),
+    and the target indices are not checked either: one out of range selects no logit, and its
+    row's loss counts a target logit of 0.
 
     Args:
-        local_logits: (*batch, V_local) this rank's contiguous slice of the logits.
+        local_logits: (*batch, V_local) this rank's contiguous slice of the logits, or the
+            (*batch, V) logits as a DTensor ``Shard(-1)``.
         target: (*batch) global class indices (or ``ignore_index``), the same on every rank.
-        group: the process group (default: the world when initialized; one process otherwise).
+        group: the process group (default: the world when initialized; one process otherwise;
+            with a DTensor, its mesh's).
         vocab_start: the first class of this slice; found from the slice sizes when None.
         ignore_index, reduction, label_smoothing, z_loss: as in ``cross_entropy``.
         validate: check the logits for NaN and +inf (-inf excludes a class; rows whose target is
             ``ignore_index`` are not checked). Class indices are checked against the global
-            vocabulary whatever it says.
+            vocabulary whatever it says, except on DTensors with validate=False (see above).
         timeout: seconds (or a ``datetime.timedelta``) that each collective of this call may
             wait; None leaves the group's own timeout (30 min by default for gloo). A rank that
             fails but stays alive then makes the others raise within it instead of hanging.
+            (Under ``torch.compile`` the collectives are functional ones: the group's timeout.)
 
     Returns:
-        A scalar (or (*batch) for 'none') in the dtype of ``local_logits``.
+        A scalar (or (*batch) for 'none') in the dtype of ``local_logits``; a DTensor
+        replicated over the mesh when ``local_logits`` is a DTensor.
 
     Raises:
         ValueError/TypeError: bad shapes or options, ranks passing different numbers of rows
-        (on every rank); RuntimeError naming the collective when another rank fails, does not
-        call it within ``timeout``, or the group times out.
+        (on every rank); a DTensor sharded on another dimension than the vocabulary, a target
+        DTensor that is not replicated, a DTensor target beside plain logits, a ``group`` or
+        ``vocab_start`` that disagrees with the DTensor's mesh; RuntimeError naming the
+        collective when another rank fails, does not call it within ``timeout``, or the group
+        times out.
 
     Example:
         >>> logits, target = torch.randn(4, 6), torch.tensor([0, 5, -100, 2])
@@ -113,6 +143,14 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         Shoeybi et al., "Megatron-LM" (2019), vocabulary-parallel cross-entropy.
     """
     fn = "vocab_parallel_cross_entropy"
+    layout = None
+    if any_dtensor(local_logits, target):
+        if not is_dtensor(local_logits):
+            refuse_plain_primary(fn, "target", "local_logits", "group")
+        layout = vocab_layout(fn, "local_logits", local_logits, -1, group=group, vocab_start=vocab_start,
+                              shape="(*batch, V)")
+        target = replicated_local(fn, "target", target, layout, "local_logits")
+        local_logits = local_logits.to_local()
     v.check_floating(fn, "local_logits", local_logits)
     v.check_tensor(fn, "target", target)
     if local_logits.ndim < 1 or tuple(target.shape) != tuple(local_logits.shape[:-1]):
@@ -121,7 +159,7 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
     check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=None,
                   chunk_size=None, impl="auto")
     v.check_same_device(fn, "local_logits", local_logits, target=target)
-    group = check_group(fn, resolve_group(group))
+    group = check_group(fn, resolve_group(group)) if layout is None else layout.group
     timeout = check_timeout(fn, timeout)
     local = local_logits.shape[-1]
     if group is None and local == 0:
@@ -129,15 +167,20 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
                f"<shape {tuple(local_logits.shape)}>")
     flat = target.reshape(-1).long()
     if not v.has_data(local_logits, target):  # meta: the output's shape only (no collective either)
-        return v.meta_output(local_logits, tuple(target.shape), reduction)
+        return _output(v.meta_output(local_logits, tuple(target.shape), reduction), layout)
     if validate:
         v.check_finite(fn, "local_logits",
                        torch.where((flat != ignore_index).reshape(target.shape + (1,)), local_logits.detach(),
                                    local_logits.new_zeros(())))
     with collective_timeout(timeout):
-        start, total = _offsets(fn, local, group, vocab_start, local_logits.device, flat.numel())
-        # Whatever `validate` says: an index addresses memory.
-        v.check_index_target(fn, "target", flat, total, ignore_index=ignore_index)
+        if layout is None:
+            start, total = _offsets(fn, local, group, vocab_start, local_logits.device, flat.numel())
+        else:  # from the DTensor's metadata: no collective, nothing read on the host
+            start, total = layout.start, layout.total
+        # An index out of range selects no logit of any shard (the kernel reads no memory with
+        # it), so a DTensor call with validate=False skips this read on the host.
+        if layout is None or validate:
+            v.check_index_target(fn, "target", flat, total, ignore_index=ignore_index)
         acc = v.compute_dtype(local_logits)
         kernel = build_kernel(flat, None, ignore_index=ignore_index, vocab_start=start, vocab_total=total,
                               label_smoothing=label_smoothing, z_loss=z_loss, dtype=acc, group=group)
@@ -145,7 +188,12 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         z = z.masked_fill_((flat == ignore_index).unsqueeze(1), 0.0)  # padding may hold anything
         loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
     out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(kernel, reduction))
-    return out.reshape(target.shape) if reduction == "none" else out
+    return _output(out.reshape(target.shape) if reduction == "none" else out, layout)
+
+
+def _output(out: Tensor, layout) -> Tensor:
+    """The loss as computed (plain arguments), or replicated over the mesh (DTensor arguments)."""
+    return out if layout is None else replicated_output(out, layout)
 
 
 def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Tensor, *, group=None,
@@ -158,21 +206,31 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     gradient with respect to this rank's student slice is (q − p) / T on it. 'mean' averages
     over rows (the 'batchmean' of ``kl_div``).
 
+    DTensors as in :func:`vocab_parallel_cross_entropy`: ``local_logits`` a DTensor
+    ``Shard(-1)``, ``local_teacher_logits`` a DTensor with the same placements or a plain
+    tensor holding this rank's slice; the loss comes back replicated over the mesh, and with
+    ``validate=False`` nothing is read back to the host.
+
     Args:
-        local_logits: (*batch, V_local) student logits, this rank's slice.
-        local_teacher_logits: (*batch, V_local) teacher logits, the same slice.
-        group: the process group (default: the world when initialized).
+        local_logits: (*batch, V_local) student logits, this rank's slice (or a DTensor
+            ``Shard(-1)`` of the (*batch, V) logits).
+        local_teacher_logits: (*batch, V_local) teacher logits, the same slice (or a DTensor
+            sharded like ``local_logits``).
+        group: the process group (default: the world when initialized; with a DTensor, its
+            mesh's).
         temperature: T > 0.
         reduction: 'none' | 'mean' | 'sum'.
         validate: check both slices for NaN and +inf (-inf excludes a class).
         timeout: as in :func:`vocab_parallel_cross_entropy`.
 
     Returns:
-        A scalar (or (*batch)) in the dtype of ``local_logits``.
+        A scalar (or (*batch)) in the dtype of ``local_logits``; a replicated DTensor for
+        DTensor logits.
 
     Raises:
         ValueError/TypeError: bad shapes or options, NaN/+inf logits, ranks passing different
-        numbers of rows (on every rank); RuntimeError naming the collective as above.
+        numbers of rows (on every rank), DTensors placed otherwise than above;
+        RuntimeError naming the collective as above.
 
     Example:
         >>> z, u = torch.randn(3, 5), torch.randn(3, 5)
@@ -182,6 +240,14 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
         True
     """
     fn = "vocab_parallel_kl_divergence"
+    layout = None
+    if any_dtensor(local_logits, local_teacher_logits):
+        if not is_dtensor(local_logits):
+            refuse_plain_primary(fn, "local_teacher_logits", "local_logits", "group")
+        layout = vocab_layout(fn, "local_logits", local_logits, -1, group=group, shape="(*batch, V)")
+        local_teacher_logits = sharded_local(fn, "local_teacher_logits", local_teacher_logits, layout, local_logits,
+                                             "local_logits", -1)
+        local_logits = local_logits.to_local()
     v.check_floating(fn, "local_logits", local_logits)
     v.check_floating(fn, "local_teacher_logits", local_teacher_logits)
     v.check_same_shape(fn, "local_teacher_logits", local_teacher_logits, local_logits.shape, "local_logits")
@@ -189,11 +255,11 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     v.check_reduction(fn, reduction)
     v.check_same_device(fn, "local_logits", local_logits, local_teacher_logits=local_teacher_logits)
     if not v.has_data(local_logits, local_teacher_logits):
-        return v.meta_output(local_logits, tuple(local_logits.shape[:-1]), reduction)
+        return _output(v.meta_output(local_logits, tuple(local_logits.shape[:-1]), reduction), layout)
     if validate:
         v.check_finite(fn, "local_logits", local_logits)
         v.check_finite(fn, "local_teacher_logits", local_teacher_logits)
-    group = check_group(fn, resolve_group(group))
+    group = check_group(fn, resolve_group(group)) if layout is None else layout.group
     timeout = check_timeout(fn, timeout)
     acc = v.compute_dtype(local_logits)
     local = local_logits.shape[-1] if local_logits.ndim else 1
@@ -204,16 +270,16 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     u = local_teacher_logits.detach().reshape(math.prod(local_logits.shape[:-1]), local).to(acc) / temperature
     rows = z.shape[0]
     with collective_timeout(timeout):
-        if group is not None:  # the same rows everywhere, or the all-reduces below mismatch
-            vocab_offsets(local, group, z.device, rows=rows, fn=fn)
+        if group is not None and layout is None:  # the same rows everywhere, or the all-reduces below
+            vocab_offsets(local, group, z.device, rows=rows, fn=fn)  # mismatch (a DTensor's shape says so)
         peaks = torch.stack([z.amax(1), u.amax(1)]) if local else z.new_full((2, rows), float("-inf"))
-        all_reduce(peaks, "max", group)
+        peaks = all_reduce(peaks, "max", group)
     peaks = torch.where(torch.isfinite(peaks), peaks, peaks.new_zeros(()))
     q = (z - peaks[0].unsqueeze(1)).exp_()
     p = (u - peaks[1].unsqueeze(1)).exp_()
     sums = torch.stack([q.sum(1), p.sum(1), (p * (u - z)).sum(1)])
     with collective_timeout(timeout):
-        all_reduce(sums, "sum", group)
+        sums = all_reduce(sums, "sum", group)
     q.div_(sums[0].unsqueeze(1))
     p.div_(sums[1].unsqueeze(1))
     lse_z, lse_u = peaks[0] + sums[0].log(), peaks[1] + sums[1].log()
@@ -221,4 +287,4 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     grad = q.sub_(p).div_(temperature)
     scale = None if reduction == "none" else 1.0 if reduction == "sum" else 1.0 / max(rows, 1)
     out = _PrecomputedRows.apply(local_logits, loss, grad, scale)
-    return out.reshape(local_logits.shape[:-1]) if reduction == "none" else out
+    return _output(out.reshape(local_logits.shape[:-1]) if reduction == "none" else out, layout)

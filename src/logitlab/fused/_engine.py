@@ -121,6 +121,8 @@ class Plan:
     precompute: bool = True
     group: object = None
     native: bool = False  # impl "native": the native row and matmul kernels, where they take the chunk
+    # Leave rows that do not count out of the chunks (finding them is a read on the host).
+    skip_ignored: bool = True
 
 
 def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan: Plan, *,
@@ -130,7 +132,9 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     Rows that do not count (``kept_index`` of a kernel's ``keep``, for kernels that can ``take``
     a subset of their rows: ignored targets) have zero loss and zero gradient, so the loop skips
     them: each chunk gathers the next ``chunk`` kept rows of hidden, and its grad_hidden rows are
-    scattered back into a zero-filled grad_hidden.
+    scattered back into a zero-filled grad_hidden. Finding them reads ``keep`` on the host;
+    ``plan.skip_ignored=False`` (a DTensor head with validate=False) runs every row instead, the
+    kernel masking those that do not count.
 
     Args:
         hidden: (N, D). weight: (V, D). bias: (V,) or None.
@@ -142,7 +146,7 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
         (loss_rows (N,) in the accumulation dtype, grad_hidden, grad_weight, grad_bias), the
         gradients in the dtypes of their inputs (None where not needed).
     """
-    index = kept_index(kernel.keep) if hasattr(kernel, "take") else None
+    index = kept_index(kernel.keep) if hasattr(kernel, "take") and plan.skip_ignored else None
     if index is not None:
         kernel = kernel.take(index)
         if isinstance(row_scale, Tensor) and row_scale.ndim:
@@ -198,7 +202,7 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     if index is not None:
         loss_rows = loss_rows.new_zeros(hidden.shape[0]).index_copy_(0, index, loss_rows)
     if grad_h is not None:
-        all_reduce(grad_h, "sum", plan.group)
+        grad_h = all_reduce(grad_h, "sum", plan.group)
     if grad_w is not None:
         grad_w = grad_w.result()
     if grad_b is not None and bias is not None and grad_b.dtype != bias.dtype:
@@ -310,7 +314,8 @@ class FusedLinearLoss(torch.autograd.Function):
         if grads is not None:
             # Drop our reference so autograd can keep these tensors as .grad without a copy.
             ctx.grads = None
-            if not bool(grad_out == 1):
+            # Over a group the factor is applied whatever it is: no read on the host.
+            if ctx.plan.group is not None or not bool(grad_out == 1):
                 grads = [g.mul_(grad_out.to(g.dtype)) if g is not None else None for g in grads]
         else:
             hidden, weight, bias = ctx.saved_tensors

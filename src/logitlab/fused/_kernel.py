@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 from torch import Tensor
 
 from logitlab._native import xent as native_xent
@@ -24,9 +25,19 @@ from logitlab._native import xent as native_xent
 _TIMEOUT: contextvars.ContextVar[datetime.timedelta | None] = contextvars.ContextVar("timeout", default=None)
 
 
-@contextlib.contextmanager
 def collective_timeout(timeout: datetime.timedelta | None):
-    """Every collective started inside (all_reduce, all_gather below) waits at most ``timeout``."""
+    """Every collective started inside (all_reduce, all_gather below) waits at most ``timeout``.
+
+    None (the group's own timeout) and traced code (``torch.compile``, whose collectives are
+    functional ones that take no timeout) enter no context at all: Dynamo traces through.
+    """
+    if timeout is None or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return _bounded(timeout)
+
+
+@contextlib.contextmanager
+def _bounded(timeout: datetime.timedelta):
     token = _TIMEOUT.set(timeout)
     try:
         yield
@@ -50,12 +61,31 @@ def _run(what: str, start) -> None:
 
 
 def all_reduce(x: Tensor, op: str, group) -> Tensor:
-    """All-reduce ``x`` in place over ``group`` (a no-op without a group); returns ``x``."""
-    if group is not None:
-        reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
-        _run(f"all_reduce({op}) of a {tuple(x.shape)} tensor",
-             lambda async_op: dist.all_reduce(x, op=reduce_op, group=group, async_op=async_op))
+    """``x`` all-reduced (``op`` 'sum' or 'max') over ``group``; ``x`` itself without a group.
+
+    Use the returned tensor: with the group's own timeout (no ``collective_timeout``, and always
+    under ``torch.compile``) it is a new tensor from the functional collective
+    (``torch.distributed._functional_collectives.all_reduce``, which ``torch.compile`` traces);
+    with a timeout, ``x`` reduced in place by ``dist.all_reduce`` and waited on for at most that.
+    """
+    if group is None:
+        return x
+    if torch.compiler.is_compiling():
+        return funcol.all_reduce(x, op, group)
+    what = f"all_reduce({op}) of a {tuple(x.shape)} tensor"
+    if _TIMEOUT.get() is None:
+        out = []
+        _run(what, lambda async_op: out.append(_waited(funcol.all_reduce(x, op, group))))
+        return out[0]
+    reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
+    _run(what, lambda async_op: dist.all_reduce(x, op=reduce_op, group=group, async_op=async_op))
     return x
+
+
+def _waited(x: Tensor) -> Tensor:
+    """The plain tensor of a functional collective's result, waited on (never the wrapper
+    subclass: the native kernels read raw pointers)."""
+    return x.wait() if isinstance(x, funcol.AsyncCollectiveTensor) else funcol.wait_tensor(x)
 
 
 def all_gather(x: Tensor, group) -> list[Tensor]:
@@ -114,7 +144,7 @@ class CrossEntropyKernel:
     keep: Tensor              # (N,) bool, rows that count
     target_weight: Tensor     # (N,) w_t of each row (0 for ignored rows), float
     class_weight: Tensor | None  # (V_local,) the local slice of the class weights
-    weight_total: float       # Σ_c w_c over the full vocabulary (V without weights)
+    weight_total: float | Tensor  # Σ_c w_c over the full vocabulary (V without weights; 0-d over a group)
     vocab_total: int          # V, the full vocabulary size
     vocab_start: int = 0
     label_smoothing: float = 0.0
@@ -144,12 +174,12 @@ class CrossEntropyKernel:
             if eps:
                 stats[2] = self._weighted_sum(z)
         peak = z.amax(dim=1) if v_local else z.new_full((rows,), float("-inf"))
-        all_reduce(peak, "max", self.group)
+        peak = all_reduce(peak, "max", self.group)
         peak = torch.where(torch.isfinite(peak), peak, peak.new_zeros(()))
         if v_local:
             exps = z.sub_(peak.unsqueeze(1)).exp_()
             stats[0] = exps.sum(1)
-        all_reduce(stats, "sum", self.group)
+        stats = all_reduce(stats, "sum", self.group)
         lse = peak + stats[0].log()
         z_t, z_w = stats[1], stats[2]
         if self.record is not None:

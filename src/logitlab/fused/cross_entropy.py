@@ -10,6 +10,7 @@ from torch import Tensor
 
 from logitlab import _validation as v
 from logitlab import backend
+from logitlab._dtensor import any_dtensor, head_locals, replicated_output
 from logitlab._native import xent as native_xent
 from logitlab._reduction import shift_target
 from logitlab.fused._engine import (NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows,
@@ -94,7 +95,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                          reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                          softcap: float | None = None, chunk_size: int | None = None, impl: str = "auto",
                          accum_dtype: torch.dtype = torch.float32, process_group=None,
-                         validate: bool = True, shift: int = 0, _record: Tensor | None = None) -> Tensor:
+                         validate: bool = True, shift: int = 0, _record: Tensor | None = None,
+                         _layout=None) -> Tensor:
     r"""Cross-entropy of a linear head, computed without holding the (N, V) logits.
 
     Equivalent to ``cross_entropy(hidden @ weight.T + bias, target, weight=class_weight, ...)``
@@ -125,6 +127,24 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     indices) are the same on every rank. The loss of the full vocabulary comes out on every
     rank, logits are never gathered, and grad_hidden is summed over the ranks.
 
+    DTensors (tensor parallelism, as torchtitan shards an LM head): ``weight`` may be a DTensor
+    of the full (V, D) head sharded on the vocabulary (``Shard(0)`` on one mesh dimension,
+    ``Replicate()`` on any other: a column-parallel head), with ``bias`` and ``class_weight``
+    DTensors sharded like it or plain slices, and ``hidden`` and ``target`` replicated DTensors
+    on its mesh or plain tensors (the same on every rank). The mesh dimension gives the process
+    group (``process_group`` may be omitted; given, it must hold the same ranks) and the shard's
+    offset (torch.chunk's layout), the loss comes back as a DTensor replicated over the mesh,
+    and each DTensor argument's gradient has its placements (a replicated ``hidden``'s is the
+    sum over the shards). A head sharded on D, a sharded ``hidden`` (sequence parallelism:
+    redistribute it to ``Replicate()`` first) or DTensors beside a plain ``weight`` raise.
+    With ``validate=False`` such a call reads nothing back to the host: no device
+    synchronisation, ignored rows go through the chunks (masked, at the cost of their matmuls)
+    instead of being found and left out, and target indices are not checked (one out of range
+    selects no logit: its row's loss counts a target logit of 0). The collectives are
+    functional ones, which ``torch.compile`` traces; the chunk loop still breaks the graph
+    (its matmul helpers ask ``torch.get_num_threads()``, which Dynamo does not trace), so a
+    compiled call runs in several graphs, with the same values and gradients.
+
     ``shift=k`` scores position t of the sequence (the last dimension of ``target``, the
     second-to-last of ``hidden``) against ``target[..., t + k]``, as a causal LM predicts the
     next token: the same as ``target = cat([target[..., k:], full(k, ignore_index)], -1)``, so
@@ -142,7 +162,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
 
     Args:
         hidden: (*batch, D) features.
-        weight: (V, D) the head (V the vocabulary size).
+        weight: (V, D) the head (V the vocabulary size); this rank's rows with
+            ``process_group``, or a DTensor ``Shard(0)`` of the whole head.
         target: (*batch) class indices in [0, V) or ``ignore_index``.
         bias: (V,) optional.
         class_weight: (V,) optional per-class weights, as ``weight`` of ``F.cross_entropy``.
@@ -162,19 +183,24 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
             chunk. (With three matmuls, an exact float32 sum over chunks needs min(V·D, N·V)·2
             bytes beyond the gradients: more than 5% of the bf16 logits' N·V·2 bytes unless
             D < N/20.)
-        process_group: a torch.distributed group for a vocabulary-sharded head, or None.
+        process_group: a torch.distributed group for a vocabulary-sharded head, or None (with
+            a DTensor ``weight``: its mesh's group).
         validate: check that the rows of ``hidden`` that count (target not ``ignore_index``),
             ``weight``, ``bias`` and ``class_weight`` hold no NaN or inf (a pass over each; rows
             that do not count may hold anything). Class indices are checked whatever it says.
         shift: k >= 0 (True = 1): next-token targets, see above; k must be smaller than the
             sequence length target.shape[-1].
         _record: internal, for :func:`linear_cross_entropy_with_lse` (a (2, N) sink).
+        _layout: internal, for :func:`linear_cross_entropy_with_lse`: the DTensor layout of the
+            local tensors it passes.
 
     Returns:
-        A scalar (or (*batch) for 'none') in the dtype of ``hidden``.
+        A scalar (or (*batch) for 'none') in the dtype of ``hidden``; a DTensor replicated over
+        the mesh when ``weight`` is a DTensor.
 
     Raises:
-        ValueError/TypeError: shapes or dtypes that do not fit, bad options, indices out of range.
+        ValueError/TypeError: shapes or dtypes that do not fit, bad options, indices out of range,
+        DTensors placed otherwise than above.
 
     Example:
         >>> torch.manual_seed(0)
@@ -191,6 +217,13 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         Chowdhery et al., "PaLM" (2022) for the z-loss.
     """
     fn = "linear_cross_entropy"
+    layout, wrap = _layout, False
+    if layout is None and any_dtensor(hidden, weight, target, bias, class_weight):
+        hidden, weight, target, bias, class_weight, layout = head_locals(fn, hidden, weight, target, bias,
+                                                                         class_weight, process_group)
+        wrap = True
+    if layout is not None:
+        process_group = layout.group
     check_linear(fn, hidden, weight, bias)
     check_target(fn, target, hidden)
     target = shift_target(fn, target, shift, ignore_index)
@@ -206,25 +239,35 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         v.check_same_device(fn, "hidden", hidden, class_weight=class_weight)
 
     vocab_start, vocab_total = 0, vocab_local
-    if process_group is not None:
+    if layout is not None:  # from the DTensor's metadata: no collective, nothing read on the host
+        vocab_start, vocab_total = layout.start, layout.total
+    elif process_group is not None:
         vocab_start, vocab_total = vocab_offsets(vocab_local, process_group, weight.device,
                                                  rows=target.numel(), fn=fn)
+    # Rows that do not count are left out of the chunks after a read on the host (which rows);
+    # a sharded DTensor head with validate=False reads nothing back: they go through, masked.
+    sync_free = layout is not None and process_group is not None and not validate
     flat_target = target.reshape(-1).long()
-    # Whatever `validate` says: an index addresses memory (of the head, the logits, the weights).
+    # An index addresses memory (of the head, the logits, the weights), so it is checked whatever
+    # `validate` says, but on a sharded head, where an index out of range selects no logit of any
+    # shard (the row kernel masks it), only when validating: no host read with validate=False.
     # (On meta tensors there is nothing to check: the shapes were.)
-    v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
+    if not sync_free:
+        v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
 
     rows = flat_target.numel()
     if not v.has_data(hidden, weight, target, bias, class_weight):  # meta: the output's shape only
-        return v.meta_output(hidden, tuple(target.shape), reduction)
+        out = v.meta_output(hidden, tuple(target.shape), reduction)
+        return replicated_output(out, layout) if wrap else out
     if validate:
         check_head_values(fn, hidden.reshape(rows, hidden.shape[-1]), flat_target != ignore_index,
                           weight=weight, bias=bias, class_weight=class_weight)
     mode = choose_impl(fn, impl, hidden, rows, vocab_total, chunk_size)
     if mode == "composite" and process_group is None:
-        return _naive(hidden, weight, target, bias=bias, class_weight=class_weight, ignore_index=ignore_index,
-                      reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                      record=_record)
+        out = _naive(hidden, weight, target, bias=bias, class_weight=class_weight, ignore_index=ignore_index,
+                     reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                     record=_record)
+        return replicated_output(out, layout) if wrap else out
 
     acc = accumulation_dtype(hidden.dtype, accum_dtype)
     kernel = build_kernel(flat_target, class_weight, ignore_index=ignore_index, vocab_start=vocab_start,
@@ -238,11 +281,12 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide, dim=hidden.shape[-1],
                                 sum_dtype=gradient_dtype(weight.dtype, accum_dtype) if summed else None)
     plan = Plan(chunk=chunk_size, accum_dtype=accum_dtype, softcap=softcap, group=process_group,
-                native=mode == "native")
+                native=mode == "native", skip_ignored=not sync_free)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     kernel.record = None  # a backward that recomputes the chunks leaves the returned statistics alone
-    return out.reshape(target.shape) if reduction == "none" else out
+    out = out.reshape(target.shape) if reduction == "none" else out
+    return replicated_output(out, layout) if wrap else out
 
 
 class LinearCrossEntropyResult(NamedTuple):
@@ -277,7 +321,8 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
 
     Returns:
         ``LinearCrossEntropyResult(loss, lse, accuracy)``; ``lse`` and ``accuracy`` in float32
-        (float64 for float64 inputs or ``accum_dtype``).
+        (float64 for float64 inputs or ``accum_dtype``); all three DTensors replicated over the
+        mesh when ``weight`` is a DTensor (see :func:`linear_cross_entropy`).
 
     Example:
         >>> torch.manual_seed(0)
@@ -293,6 +338,11 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
         True
     """
     fn = "linear_cross_entropy_with_lse"
+    layout = None
+    if any_dtensor(hidden, weight, target, bias, class_weight):
+        hidden, weight, target, bias, class_weight, layout = head_locals(fn, hidden, weight, target, bias,
+                                                                         class_weight, process_group)
+        process_group = layout.group
     v.check_floating(fn, "hidden", hidden)
     v.check_float_dtype(fn, "accum_dtype", accum_dtype)
     record = hidden.new_zeros(2, hidden.shape[:-1].numel(), dtype=accumulation_dtype(hidden.dtype, accum_dtype))
@@ -300,7 +350,7 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
                                 ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                                 z_loss=z_loss, softcap=softcap, chunk_size=chunk_size, impl=impl,
                                 accum_dtype=accum_dtype, process_group=process_group, validate=validate,
-                                shift=shift, _record=record)
+                                shift=shift, _record=record, _layout=layout)
     lse, hits = record[0].reshape(target.shape), record[1].reshape(target.shape)
     if reduction == "none":
         accuracy = hits
@@ -309,6 +359,8 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
     else:
         kept = (shift_target(fn, target, shift, ignore_index) != ignore_index).sum()
         accuracy = hits.sum() / kept.clamp(min=1).to(hits.dtype)
+    if layout is not None:  # DTensor arguments: each output replicated over the mesh
+        loss, lse, accuracy = (replicated_output(x, layout) for x in (loss, lse, accuracy))
     return LinearCrossEntropyResult(loss, lse, accuracy)
 
 
@@ -325,21 +377,27 @@ def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: i
         owned = keep & (local >= 0) & (local < class_weight.shape[0])
         picked = class_weight.detach().to(dtype)[torch.where(owned, local, torch.zeros_like(local))]
         target_weight = all_reduce(torch.where(owned, picked, picked.new_zeros(())), "sum", group)
-        weight_total = float(all_reduce(class_weight.detach().to(dtype).sum().reshape(1), "sum", group))
+        weight_total = all_reduce(class_weight.detach().to(dtype).sum().reshape(1), "sum", group).reshape(())
+        if group is None:  # one process: a number (over a group, a 0-d tensor: no read on the host)
+            weight_total = float(weight_total)
     return CrossEntropyKernel(target=target, keep=keep, target_weight=target_weight,
                               class_weight=None if class_weight is None else class_weight.detach(),
                               weight_total=weight_total, vocab_total=vocab_total, vocab_start=vocab_start,
                               label_smoothing=float(label_smoothing), z_loss=float(z_loss), group=group)
 
 
-def reduction_scale(kernel: CrossEntropyKernel, reduction: str) -> float | None:
-    """1 for 'sum', 1 / Σ w_t over kept rows for 'mean' (0 when none is kept), None for 'none'."""
+def reduction_scale(kernel: CrossEntropyKernel, reduction: str) -> float | Tensor | None:
+    """1 for 'sum', 1 / Σ w_t over kept rows for 'mean' (0 when none is kept), None for 'none'.
+
+    The mean's factor is a 0-d tensor, never read on the host (no device synchronisation, and
+    ``torch.compile`` traces it).
+    """
     if reduction == "none":
         return None
     if reduction == "sum":
         return 1.0
-    denom = float(kernel.target_weight.sum())
-    return 0.0 if denom == 0 else 1.0 / denom
+    denom = kernel.target_weight.sum()
+    return torch.where(denom == 0, denom.new_zeros(()), 1.0 / denom)
 
 
 def check_group(fn: str, group):

@@ -48,6 +48,7 @@ from logitlab.nn.structured import (
 )
 from logitlab.nn.fused import (
     LinearCrossEntropy,
+    LinearCrossEntropyHead,
     LinearDivergenceLoss,
 )
 from logitlab.nn.distributed import (
@@ -65,4 +66,5 @@ for _op in _ROWS:
     if _op.module is not None and _op.module not in globals():
         globals()[_op.module] = _stateless_module(_op.fn, _op.module, module=__name__)
 
-__all__ = list(dict.fromkeys(op.module for op in _ROWS if op.module is not None))
+# LinearCrossEntropyHead: the Module of linear_cross_entropy that owns its head's weight (FSDP2).
+__all__ = list(dict.fromkeys([*(op.module for op in _ROWS if op.module is not None), "LinearCrossEntropyHead"]))

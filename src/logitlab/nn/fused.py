@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from logitlab.fused import linear_cross_entropy, linear_divergence_loss
 
-__all__ = ["LinearCrossEntropy", "LinearDivergenceLoss"]
+__all__ = ["LinearCrossEntropy", "LinearCrossEntropyHead", "LinearDivergenceLoss"]
 
 
 class LinearCrossEntropy(nn.Module):
@@ -47,6 +49,84 @@ class LinearCrossEntropy(nn.Module):
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, softcap={self.softcap}, "
                 f"chunk_size={self.chunk_size}, impl={self.impl!r}")
+
+
+class LinearCrossEntropyHead(nn.Module):
+    r"""A linear head that owns its weight and returns its cross-entropy, never its logits.
+
+    ``head(hidden, target)`` is ``linear_cross_entropy(hidden, head.weight, target,
+    bias=head.bias, ...)``: the loss of logits z = hidden @ weight.T + bias, (N, V) never held.
+    Use it where an ``nn.Linear`` LM head and ``F.cross_entropy`` were: the parameters live
+    here (initialized as ``nn.Linear``'s), so that
+
+    * FSDP2's ``fully_shard(head)`` (or on a model containing it) unshards them for this
+      forward and reduce-scatters their gradients (a loss Module handed a weight that another
+      module owns would read it while sharded, or outside that module's forward);
+    * tensor parallelism shards the vocabulary by making ``weight`` (and ``bias``) a DTensor
+      ``Shard(0)`` (``distribute_tensor(head.weight, mesh, [Shard(0)])``, or FSDP2 over a
+      TP-sharded head): the loss then comes back as a replicated DTensor (see
+      :func:`logitlab.linear_cross_entropy`).
+
+    The options are the keyword arguments of :func:`logitlab.linear_cross_entropy`, with the
+    same names and defaults (``class_weight`` is a buffer); ``device`` and ``dtype`` place the
+    parameters as ``nn.Linear``'s do.
+
+    Args:
+        in_features: D, the size of ``hidden``'s last dimension.
+        out_features: V, the vocabulary size.
+        bias: whether the head has a (V,) bias (default False, as LM heads).
+
+    Shape:
+        ``hidden`` (*batch, D), ``target`` (*batch) class indices or ``ignore_index``; the
+        result is a scalar, or (*batch) for ``reduction="none"``.
+
+    Example:
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> head = LinearCrossEntropyHead(4, 10, label_smoothing=0.1)
+        >>> hidden, target = torch.randn(3, 4), torch.tensor([1, 2, -100])
+        >>> loss = head(hidden, target)
+        >>> naive = torch.nn.functional.cross_entropy(hidden @ head.weight.T, target, label_smoothing=0.1)
+        >>> bool(torch.allclose(loss, naive))
+        True
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = False,
+                 class_weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                 chunk_size: int | None = None, impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
+                 process_group=None, validate: bool = True, shift: int = 0, device=None, dtype=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.register_buffer("class_weight", class_weight)
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.label_smoothing, self.z_loss, self.softcap = label_smoothing, z_loss, softcap
+        self.chunk_size, self.impl, self.accum_dtype = chunk_size, impl, accum_dtype
+        self.process_group, self.validate, self.shift = process_group, validate, shift
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialization: U(−1/√D, 1/√D) for the weight and the bias."""
+        bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
+        return linear_cross_entropy(
+            hidden, self.weight, target, bias=self.bias, class_weight=self.class_weight,
+            ignore_index=self.ignore_index, reduction=self.reduction, label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss, softcap=self.softcap, chunk_size=self.chunk_size, impl=self.impl,
+            accum_dtype=self.accum_dtype, process_group=self.process_group, validate=self.validate,
+            shift=self.shift)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, softcap={self.softcap}, "
+                f"impl={self.impl!r}, shift={self.shift}")
 
 
 class LinearDivergenceLoss(nn.Module):
