@@ -33,11 +33,12 @@ from logitlab._validation import (
     meta_output,
     fail,
 )
+from logitlab import _triton
 from logitlab.losses._xent_kernel import XentOptions, composite_cross_entropy, fused_cross_entropy
 
 __all__ = ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood"]
 
-IMPLS = ("auto", "fused", "composite")
+IMPLS = ("auto", "fused", "composite", "triton")
 
 
 class _Rows(NamedTuple):
@@ -67,10 +68,13 @@ def _no_grad_options(fn: str, **options: object) -> None:
 
 def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, weight: object,
                            ignore_index: object, mask: object, validate: bool,
-                           allow_probs: bool = True, name: str = "logits") -> _Rows:
+                           allow_probs: bool = True, name: str = "logits", check_indices: bool = True) -> _Rows:
     """The checks and the row layout shared by cross_entropy, nll_loss and the focal losses.
 
     ``name`` is the caller's name of the scores argument ('log_probs' for nll_loss).
+    ``check_indices=False`` (the Triton kernel on CUDA with ``validate`` off) leaves the class
+    indices unchecked on the host: the kernel reads no memory for an index outside [0, C) and
+    gives its row a NaN loss.
     """
     check_floating(fn, name, logits)
     if logits.ndim == 0:
@@ -120,10 +124,13 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
     if index_target:
         flat = target.reshape(n_rows)
         keep = keep & (flat != ignore_index)
-        if not _compiling():  # whatever `validate` says: an index addresses memory
+        if check_indices and not _compiling():  # whatever `validate` says: an index addresses memory
             check_index_target(fn, "target", flat, n_classes, ignore_index=ignore_index, keep=keep)
         safe = torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).long()
-        row_weight = weight[safe] if weight is not None else None
+        if weight is None:
+            row_weight = None
+        else:
+            row_weight = weight[safe if check_indices else safe.clamp(0, n_classes - 1)]
         target_rows = safe
     else:
         target_rows, _ = to_rows(target, dim)
@@ -149,7 +156,7 @@ def _scale(r: _Rows, reduction: str, dtype: torch.dtype) -> Tensor:
 def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor | None = None,
                   ignore_index: int = -100, mask: Tensor | None = None, reduction: str = "mean",
                   label_smoothing: float = 0.0, z_loss: float = 0.0, temperature: float = 1.0,
-                  validate: bool = True, inplace_backward: bool = False, impl: str = "auto",
+                  validate: bool | None = None, inplace_backward: bool = False, impl: str = "auto",
                   shift: int = 0) -> Tensor:
     r"""Cross-entropy H(q, softmax(logits / T)) + z-loss, the maximum-likelihood loss.
 
@@ -188,8 +195,13 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     logits go through a native C kernel built once per machine on first use (about 2 s, then
     cached; see ``logitlab env``), and otherwise through an eager torch kernel with the same
     results (``LOGITLAB_NATIVE=0`` forces it). 'composite' is written with
-    differentiable torch ops. 'auto' picks 'fused', except under ``torch.compile``, or when the
-    target probabilities or the class weights require a gradient, where it picks 'composite'.
+    differentiable torch ops. 'triton' is the fused computation as one Triton kernel launch
+    (``logitlab/_triton/xent.py``) for CUDA tensors (CPU tensors only under Triton's interpreter,
+    ``TRITON_INTERPRET=1``); it reads no value on the host unless ``validate`` is on, and under
+    ``torch.compile`` it is a custom op (no graph break). 'auto' picks 'triton' for CUDA tensors
+    when triton imports, and otherwise 'fused', except under ``torch.compile``, where it picks
+    'composite'; whatever the device, it picks 'composite' when the target probabilities or the
+    class weights require a gradient.
 
     Args:
         logits: (*batch, C) scores (C along ``dim``); float16/bfloat16 are computed in float32
@@ -204,14 +216,18 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         z_loss: z ≥ 0, the coefficient of logsumexp².
         temperature: T > 0; the loss is that of softmax(logits / T).
         validate: check the data (index range, probability rows, NaN/+inf logits, finite
-            class weights). With
-            ``False`` these checks are skipped; argument checks always run. Under
+            class weights). With ``False`` these checks are skipped; argument checks always
+            run. ``None`` (the default) means True for CPU tensors and False for CUDA tensors:
+            the checks read values on the host, a synchronization a GPU training step should
+            not pay. The class indices are checked whatever it says (an index addresses
+            memory), except by impl='triton' with the checks off, whose kernel reads nothing
+            for an index outside [0, C) and gives that row a NaN loss instead. Under
             ``torch.compile`` the data checks are skipped.
         inplace_backward: write the gradient into the logits' memory during the forward
             (saves an (N, C) allocation). This DESTROYS the logits: only use it when nothing
             else reads them after this call. Fused implementation only; not for expanded
             (broadcast) logits, whose elements share memory.
-        impl: 'auto' | 'fused' | 'composite'.
+        impl: 'auto' | 'fused' | 'composite' | 'triton'.
         shift: k >= 0 (True = 1), index targets only: row t of the sequence (the last
             dimension of ``target``) is scored against ``target[..., t + k]``, the next-token
             targets of a causal LM; the last k positions do not count (loss 0 for 'none', left
@@ -244,8 +260,18 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     z = check_range(fn, "z_loss", z_loss, 0.0, math.inf, high_open=True)
     temp = check_positive(fn, "temperature", temperature)
     check_choice(fn, "impl", impl, IMPLS)
+    check_floating(fn, "logits", logits)
+    validate = logits.device.type != "cuda" if validate is None else bool(validate)
+    grads_beyond_logits = (isinstance(target, Tensor) and target.is_floating_point() and target.requires_grad) or (
+        isinstance(weight, Tensor) and weight.requires_grad)
+    if impl == "auto":
+        impl = "triton" if (logits.device.type == "cuda" and not grads_beyond_logits
+                            and _triton.usable_on(logits)) else "auto"
+    if impl == "triton":
+        _triton.check_usable(fn, "logits", logits)
     target = shift_target(fn, target, shift, ignore_index)
-    r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate)
+    r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate,
+                               check_indices=validate or impl != "triton")
     if not has_data(logits, target, weight, mask):  # meta: the output's shape, no data to read
         return meta_output(logits, r.batch_shape, reduction)
     compiling = _compiling()
@@ -253,13 +279,13 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         needs_composite = compiling or (not r.index_target and target.requires_grad) or (
             weight is not None and weight.requires_grad)
         impl = "composite" if needs_composite else "fused"
-    elif impl == "fused" and ((not r.index_target and target.requires_grad) or (
+    elif impl in ("fused", "triton") and ((not r.index_target and target.requires_grad) or (
             weight is not None and weight.requires_grad)):
         # The fused Function returns no gradient for them: raise rather than drop it silently.
         which = "weight" if weight is not None and weight.requires_grad else "target"
         fail(fn, "impl", "'composite' or 'auto' when " + which + " requires a gradient",
-             impl, detail="the fused implementation differentiates the logits only")
-    if inplace_backward and impl != "fused":
+             impl, detail=f"the {impl} implementation differentiates the logits only")
+    if inplace_backward and impl not in ("fused", "triton"):
         fail(fn, "inplace_backward", "False with the composite implementation", inplace_backward,
              detail=f"impl resolved to {impl!r}")
     if inplace_backward and any(stride == 0 and size > 1 for stride, size in zip(r.rows.stride(), r.rows.shape)):
@@ -270,7 +296,10 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     opts = XentOptions(fn, r.index_target, eps, z, temp, reduction == "none",
                        bool(validate) and not compiling, bool(inplace_backward))
     scale = _scale(r, reduction, compute_dtype(logits))
-    kernel = fused_cross_entropy if impl == "fused" else composite_cross_entropy
+    if impl == "triton":
+        from logitlab._triton.ops import triton_cross_entropy as kernel
+    else:
+        kernel = fused_cross_entropy if impl == "fused" else composite_cross_entropy
     out = kernel(r.rows, r.target, r.weight, r.keep, scale, opts)
     return out.reshape(r.batch_shape) if reduction == "none" else out
 
