@@ -20,11 +20,17 @@ pytest.importorskip("triton", reason="triton is not installed (it is in the test
 from logitlab import _triton  # noqa: E402
 
 DEVICE = os.environ.get("LOGITLAB_TRITON_DEVICE", "cpu")
-if DEVICE == "cpu" and not _triton.interpreting():
-    pytest.skip("the Triton cases run on CPU tensors only under TRITON_INTERPRET=1 (test_triton.py "
-                "starts them so)", allow_module_level=True)
-if DEVICE == "cuda" and not torch.cuda.is_available():
-    pytest.skip("LOGITLAB_TRITON_DEVICE=cuda but no CUDA device is available", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def triton_mode():
+    """Skip (with the reason) where the cases cannot run: a case file started without the
+    interpreter (test_triton.py starts them with it), or asked for CUDA on a machine without."""
+    if DEVICE == "cpu" and not _triton.interpreting():
+        pytest.skip("the Triton cases run on CPU tensors only under TRITON_INTERPRET=1 (test_triton.py "
+                    "starts them so)")
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("LOGITLAB_TRITON_DEVICE=cuda but no CUDA device is available")
 
 
 @pytest.fixture

@@ -114,7 +114,8 @@ class CrossEntropyKernel:
     keep: Tensor              # (N,) bool, rows that count
     target_weight: Tensor     # (N,) w_t of each row (0 for ignored rows), float
     class_weight: Tensor | None  # (V_local,) the local slice of the class weights
-    weight_total: float       # Σ_c w_c over the full vocabulary (V without weights)
+    weight_total: float | Tensor  # Σ_c w_c over the full vocabulary (V without weights; a 0-d
+                                  # tensor where it must not be read on the host)
     vocab_total: int          # V, the full vocabulary size
     vocab_start: int = 0
     label_smoothing: float = 0.0
@@ -220,6 +221,35 @@ class CrossEntropyKernel:
             z, self.target[start:stop], self.class_weight, keep, scale, index_target=True,
             label_smoothing=self.label_smoothing, z_loss=self.z_loss, temperature=1.0, validate=False,
             grad=z if need_grad else None, scale_loss=False)
+        return losses, (z if need_grad else None)
+
+    def triton(self, z: Tensor, start: int, stop: int, need_grad: bool, row_scale: Tensor | float | None, *,
+               bias: Tensor | None = None, softcap: float | None = None) -> tuple[Tensor, Tensor | None]:
+        """The same rows through the Triton row kernel (``logitlab/_triton/xent.py``), in one launch.
+
+        ``z`` is the block of raw logits (hidden @ weight.T, without the bias) in the input's
+        dtype; the kernel adds ``bias`` and applies ``softcap`` in float32 and overwrites ``z``
+        with the gradient with respect to those raw logits, times ``row_scale``. Full vocabulary
+        only (no process group), no statistics record; reads nothing on the host.
+        """
+        from logitlab._triton.xent import xent_rows
+
+        if self.group is not None or self.record is not None:
+            raise RuntimeError("CrossEntropyKernel.triton: no process group or record on the Triton path")
+        keep = self.keep[start:stop]
+        scale = keep.to(torch.float64 if z.dtype == torch.float64 else torch.float32)
+        if isinstance(row_scale, Tensor):
+            scale = scale * (row_scale[start:stop] if row_scale.ndim else row_scale).to(scale.dtype)
+        elif row_scale is not None:
+            scale = scale * float(row_scale)
+        weight_sum = None
+        if self.class_weight is not None and self.label_smoothing:
+            total = self.weight_total
+            weight_sum = (total if isinstance(total, Tensor) else torch.tensor(total, device=z.device)).reshape(1)
+        losses, _ = xent_rows(
+            z, self.target[start:stop], self.class_weight, keep, scale, index_target=True,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, validate=False,
+            grad=z if need_grad else None, bias=bias, softcap=softcap, weight_sum=weight_sum, scale_loss=False)
         return losses, (z if need_grad else None)
 
     def _weighted_sum(self, z: Tensor) -> Tensor:

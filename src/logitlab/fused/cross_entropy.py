@@ -8,15 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from logitlab import _triton
 from logitlab import _validation as v
 from logitlab._reduction import shift_target
 from logitlab.fused._engine import (NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows,
-                                    gradient_dtype, needs_wide_block)
+                                    gpu_chunk_rows, gradient_dtype, needs_wide_block)
 from logitlab.fused._kernel import CrossEntropyKernel, all_gather, all_reduce
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult", "IMPLS"]
 
-IMPLS = ("auto", "chunked", "naive")
+IMPLS = ("auto", "chunked", "naive", "triton")
 
 
 def check_linear(fn: str, hidden, weight, bias) -> None:
@@ -79,10 +80,13 @@ def check_options(fn: str, *, reduction, label_smoothing, z_loss, softcap, chunk
     v.check_choice(fn, "impl", impl, IMPLS)
 
 
-def choose_impl(impl: str, rows: int, vocab: int) -> str:
-    """impl="auto": "naive" when the logits would hold at most 2^20 elements, else "chunked"."""
+def choose_impl(impl: str, rows: int, vocab: int, hidden: Tensor | None = None, group=None) -> str:
+    """impl="auto": "triton" for CUDA tensors when triton imports (without a process group);
+    otherwise "naive" when the logits would hold at most 2^20 elements, else "chunked"."""
     if impl != "auto":
         return impl
+    if hidden is not None and hidden.device.type == "cuda" and group is None and _triton.usable_on(hidden):
+        return "triton"
     return "naive" if rows * vocab <= NAIVE_MAX_ELEMENTS else "chunked"
 
 
@@ -91,7 +95,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                          reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                          softcap: float | None = None, chunk_size: int | None = None, impl: str = "auto",
                          accum_dtype: torch.dtype = torch.float32, process_group=None,
-                         validate: bool = True, shift: int = 0, _record: Tensor | None = None) -> Tensor:
+                         validate: bool | None = None, shift: int = 0, _record: Tensor | None = None) -> Tensor:
     r"""Cross-entropy of a linear head, computed without holding the (N, V) logits.
 
     Equivalent to ``cross_entropy(hidden @ weight.T + bias, target, weight=class_weight, ...)``
@@ -110,8 +114,15 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     ``accum_dtype``) in one pass, so that backward only scales the stored gradients (for
     reduction 'none' the chunks are recomputed in backward instead). Rows whose target is
     ``ignore_index`` are left out of the chunks (their loss and gradient are 0), so padding
-    costs no matmul. ``impl="naive"`` materializes the logits; ``impl="auto"`` uses naive for
-    at most 2^20 logits, else chunked.
+    costs no matmul. ``impl="naive"`` materializes the logits. ``impl="triton"`` (CUDA tensors;
+    CPU tensors only under Triton's interpreter) is the same chunk loop with cuBLAS matmuls and
+    the Triton row kernel, which turns each chunk's block of logits (in the input's dtype) into
+    its gradient in place, bias and softcap included, in one launch: its default chunk is 1024
+    rows (:func:`logitlab.fused._engine.gpu_chunk_rows`), and the call reads one value on the
+    host, the number of kept rows, only to leave ignored rows out (nothing else: no checks with
+    ``validate`` off, no test of the incoming gradient). ``impl="auto"`` uses triton for CUDA
+    tensors when triton imports and there is no ``process_group``; otherwise naive for at most
+    2^20 logits, else chunked.
 
     With ``process_group``, ``weight`` (and ``bias``, ``class_weight``) are this rank's
     contiguous rows of the vocabulary, in rank order; ``hidden`` and ``target`` (global class
@@ -145,7 +156,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         z_loss: coefficient of lse² (0 turns it off).
         softcap: optional c > 0: logits become c·tanh(z / c) before the loss.
         chunk_size: rows per chunk (default: :func:`logitlab.fused._engine.chunk_rows`).
-        impl: 'auto' | 'chunked' | 'naive'.
+        impl: 'auto' | 'chunked' | 'naive' | 'triton'.
         accum_dtype: dtype in which grad_weight and grad_bias are summed over chunks (the row
             kernel computes in float32 at least, whatever it is). With bf16 inputs, float32 (the
             default) costs 2 bytes per element of the head beyond its gradient (the float32
@@ -158,7 +169,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         process_group: a torch.distributed group for a vocabulary-sharded head, or None.
         validate: check that the rows of ``hidden`` that count (target not ``ignore_index``),
             ``weight``, ``bias`` and ``class_weight`` hold no NaN or inf (a pass over each; rows
-            that do not count may hold anything). Class indices are checked whatever it says.
+            that do not count may hold anything). ``None`` (the default): True for CPU tensors,
+            False for CUDA tensors (the checks read values on the host). Class indices are
+            checked whatever it says, except by impl='triton' with the checks off: its kernel
+            reads nothing for an index outside [0, V) and gives that row a NaN loss.
         shift: k >= 0 (True = 1): next-token targets, see above; k must be smaller than the
             sequence length target.shape[-1].
         _record: internal, for :func:`linear_cross_entropy_with_lse` (a (2, N) sink).
@@ -203,34 +217,46 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         vocab_start, vocab_total = vocab_offsets(vocab_local, process_group, weight.device,
                                                  rows=target.numel(), fn=fn)
     flat_target = target.reshape(-1).long()
-    # Whatever `validate` says: an index addresses memory (of the head, the logits, the weights).
-    # (On meta tensors there is nothing to check: the shapes were.)
-    v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
-
+    validate = hidden.device.type != "cuda" if validate is None else bool(validate)
     rows = flat_target.numel()
+    mode = choose_impl(impl, rows, vocab_total, hidden, process_group)
+    if mode == "triton":
+        _triton.check_usable(fn, "hidden", hidden)
+        if process_group is not None:
+            v.fail(fn, "process_group", "None with impl='triton' (a sharded head runs impl='chunked')",
+                   "<a process group>")
+    # Whatever `validate` says: an index addresses memory (of the head, the logits, the weights);
+    # the Triton kernel reads none for a bad index. (On meta tensors there is nothing to check.)
+    if validate or mode != "triton":
+        v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
+
     if not v.has_data(hidden, weight, target, bias, class_weight):  # meta: the output's shape only
         return v.meta_output(hidden, tuple(target.shape), reduction)
     if validate:
         check_head_values(fn, hidden.reshape(rows, hidden.shape[-1]), flat_target != ignore_index,
                           weight=weight, bias=bias, class_weight=class_weight)
-    mode = choose_impl(impl, rows, vocab_total)
+    if mode == "triton" and _record is not None:
+        mode = "chunked"  # the statistics of linear_cross_entropy_with_lse come from the eager kernel
     if mode == "naive" and process_group is None:
         return _naive(hidden, weight, target, bias=bias, class_weight=class_weight, ignore_index=ignore_index,
                       reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                       record=_record)
 
     acc = accumulation_dtype(hidden.dtype, accum_dtype)
+    triton = mode == "triton"
     kernel = build_kernel(flat_target, class_weight, ignore_index=ignore_index, vocab_start=vocab_start,
                           vocab_total=vocab_total, label_smoothing=label_smoothing, z_loss=z_loss,
-                          dtype=acc, group=process_group)
+                          dtype=acc, group=process_group, sync=not triton)
     kernel.record = _record  # linear_cross_entropy_with_lse: the forward writes lse and hits into it
-    scale = reduction_scale(kernel, reduction)
-    if chunk_size is None:
+    scale = reduction_scale(kernel, reduction, sync=not triton)
+    if chunk_size is None and triton:
+        chunk_size = gpu_chunk_rows(rows, vocab_total)
+    elif chunk_size is None:
         wide = needs_wide_block(hidden, softcap, process_group)
         summed = weight.requires_grad and torch.is_grad_enabled()  # a (V, D) grad_weight sum exists
         chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide, dim=hidden.shape[-1],
                                 sum_dtype=gradient_dtype(weight.dtype, accum_dtype) if summed else None)
-    plan = Plan(chunk=chunk_size, accum_dtype=accum_dtype, softcap=softcap, group=process_group)
+    plan = Plan(chunk=chunk_size, accum_dtype=accum_dtype, softcap=softcap, group=process_group, triton=triton)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     kernel.record = None  # a backward that recomputes the chunks leaves the returned statistics alone
@@ -250,7 +276,7 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
                                   reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                                   softcap: float | None = None, chunk_size: int | None = None,
                                   impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
-                                  process_group=None, validate: bool = True,
+                                  process_group=None, validate: bool | None = None,
                                   shift: int = 0) -> LinearCrossEntropyResult:
     r""":func:`linear_cross_entropy`, plus each row's log-sum-exp and the token accuracy.
 
@@ -306,8 +332,10 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
 
 def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: int, vocab_start: int,
                  vocab_total: int, label_smoothing: float, z_loss: float, dtype: torch.dtype,
-                 group=None) -> CrossEntropyKernel:
-    """The cross-entropy row kernel for flat ``target`` (N,), class weights local to this rank."""
+                 group=None, sync: bool = True) -> CrossEntropyKernel:
+    """The cross-entropy row kernel for flat ``target`` (N,), class weights local to this rank.
+
+    ``sync=False`` keeps Σ_c w_c on the device (a 0-d tensor) instead of reading it on the host."""
     keep = target != ignore_index
     if class_weight is None:
         target_weight = keep.to(dtype)
@@ -317,19 +345,25 @@ def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: i
         owned = keep & (local >= 0) & (local < class_weight.shape[0])
         picked = class_weight.detach().to(dtype)[torch.where(owned, local, torch.zeros_like(local))]
         target_weight = all_reduce(torch.where(owned, picked, picked.new_zeros(())), "sum", group)
-        weight_total = float(all_reduce(class_weight.detach().to(dtype).sum().reshape(1), "sum", group))
+        weight_total = all_reduce(class_weight.detach().to(dtype).sum().reshape(1), "sum", group)
+        weight_total = float(weight_total) if sync else weight_total.reshape(())
     return CrossEntropyKernel(target=target, keep=keep, target_weight=target_weight,
                               class_weight=None if class_weight is None else class_weight.detach(),
                               weight_total=weight_total, vocab_total=vocab_total, vocab_start=vocab_start,
                               label_smoothing=float(label_smoothing), z_loss=float(z_loss), group=group)
 
 
-def reduction_scale(kernel: CrossEntropyKernel, reduction: str) -> float | None:
-    """1 for 'sum', 1 / Σ w_t over kept rows for 'mean' (0 when none is kept), None for 'none'."""
+def reduction_scale(kernel: CrossEntropyKernel, reduction: str, sync: bool = True) -> float | Tensor | None:
+    """1 for 'sum', 1 / Σ w_t over kept rows for 'mean' (0 when none is kept), None for 'none'.
+
+    ``sync=False``: the 'mean' factor stays on the device, a 0-d tensor."""
     if reduction == "none":
         return None
     if reduction == "sum":
         return 1.0
+    if not sync:
+        denom = kernel.target_weight.sum()
+        return torch.where(denom == 0, torch.zeros_like(denom), 1.0 / torch.where(denom == 0, 1.0, denom))
     denom = float(kernel.target_weight.sum())
     return 0.0 if denom == 0 else 1.0 / denom
 
