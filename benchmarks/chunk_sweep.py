@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--builds", default="", help="comma-separated builds (default: every one the CPU runs)")
     parser.add_argument("--chunks", default="64,128,256,512", help="comma-separated chunk rows (plus the default)")
+    parser.add_argument("--impls", default="native,torch", help="comma-separated chunked impls: native, torch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a tiny shape (seconds)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "chunk_sweep.json"))
@@ -84,11 +85,13 @@ def main() -> None:
                                                           or dtype == torch.bfloat16]
     hidden, weight, target = _case(n, d, v, dtype)
     calls = {"floor": _floor(hidden, weight)}
-    for build in builds:
-        calls[f"{build}/naive"] = _runner(hidden, weight, target, build, None, "naive")
-        calls[f"{build}/default"] = _runner(hidden, weight, target, build, None, "chunked")
-        for c in chunks.split(","):
-            calls[f"{build}/c{c}"] = _runner(hidden, weight, target, build, int(c), "chunked")
+    calls["composite"] = _runner(hidden, weight, target, builds[0], None, "composite")
+    for impl in args.impls.split(","):
+        for build in builds if impl == "native" else builds[:1]:
+            where = f"{build}/{impl}" if impl == "native" else impl
+            calls[f"{where}/default"] = _runner(hidden, weight, target, build, None, impl)
+            for c in chunks.split(","):
+                calls[f"{where}/c{c}"] = _runner(hidden, weight, target, build, int(c), impl)
     times: dict[str, list[float]] = {k: [] for k in calls}
     losses: dict[str, float] = {}
     for rep in range(1 + args.repeats):
@@ -103,11 +106,13 @@ def main() -> None:
     floor = statistics.median(times["floor"])
     info = machine_info()
     records = []
+    naive = losses.get("composite")
     for name, values in times.items():
-        build, _, config = name.partition("/")
+        parts = name.split("/")
+        build = parts[0] if parts[0] in builds else ""
+        config = parts[-1] if len(parts) > 1 else ""
         med = statistics.median(values)
-        naive = losses.get(f"{build}/naive")
-        records.append({"case": f"{shape} {args.dtype}", "impl": name, "build": build if config else "",
+        records.append({"case": f"{shape} {args.dtype}", "impl": name, "build": build,
                         "config": config or name, "time_s": med, "time_min_s": min(values),
                         "time_max_s": max(values), "ratio_to_floor": med / floor,
                         "loss_diff_vs_naive": abs(losses[name] - naive) if name in losses and naive is not None

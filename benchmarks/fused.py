@@ -87,12 +87,12 @@ def make_call(impl, hidden, weight, target):
         from logitlab.fused import linear_cross_entropy
 
         def fn():
-            return linear_cross_entropy(hidden, weight, target, impl="chunked")
+            return linear_cross_entropy(hidden, weight, target, impl="auto")
     elif impl == "logitlab_bf16_accum":  # grad_weight summed in the input's dtype (half precision only)
         from logitlab.fused import linear_cross_entropy
 
         def fn():
-            return linear_cross_entropy(hidden, weight, target, impl="chunked", accum_dtype=hidden.dtype)
+            return linear_cross_entropy(hidden, weight, target, impl="auto", accum_dtype=hidden.dtype)
     elif impl == "logitlab_recompute":
         from logitlab.fused._engine import FusedLinearLoss, Plan, chunk_rows
         from logitlab.fused.cross_entropy import build_kernel, reduction_scale

@@ -88,7 +88,7 @@ def train(loss_kind: str, *, ids: torch.Tensor, vocab: int, steps: int, tokens_p
         if loss_kind == "naive":
             loss = F.cross_entropy(hidden @ model.head.T, target)
         else:
-            loss = linear_cross_entropy(hidden, model.head, target, impl="chunked")
+            loss = linear_cross_entropy(hidden, model.head, target, impl="auto")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -88,7 +88,7 @@ def _compare_all(rank, world, sizes, distill_sizes):
         b_local = bias[lo:hi].clone().requires_grad_()
         h_local = hidden.clone().requires_grad_()
         got = linear_cross_entropy(h_local, w_local, target, bias=b_local, process_group=group, chunk_size=4,
-                                   impl="chunked", class_weight=class_weight[lo:hi] if use_cw else None, **opts)
+                                   impl="auto", class_weight=class_weight[lo:hi] if use_cw else None, **opts)
         expected.sum().backward()
         got.sum().backward()
         errors[f"linear{i}_value"] = _err(got, expected)
@@ -122,7 +122,7 @@ def _distillation_errors(rank, sizes, hidden, weight, bias, target):
     errors = {}
     for i, (opts, kind) in enumerate(DISTILL_CASES):
         opts = dict(opts)
-        impl = opts.pop("impl", "chunked")
+        impl = opts.pop("impl", "auto")
         teacher_bias = torch.randn(weight.shape[0], dtype=F64, generator=gen)
         if kind == "-inf":
             teacher_bias[2] = -torch.inf

@@ -34,7 +34,7 @@ def _naive_shifted(hidden, weight, target, k, reduction, softcap=None):
     return rows.sum() / (target[:, k:] != -100).sum()
 
 
-@pytest.mark.parametrize("impl", ["naive", "chunked"])
+@pytest.mark.parametrize("impl", ["composite", "torch"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("k", [1, 3])
 def test_linear_cross_entropy_shift_matches_naive(impl, reduction, k):
@@ -60,10 +60,10 @@ def test_shift_true_is_one_and_zero_is_unshifted():
                                linear_cross_entropy(hidden, weight, target))
 
 
-@pytest.mark.parametrize("impl", ["fused", "composite"])
+@pytest.mark.parametrize("impl", ["native", "torch", "composite"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_cross_entropy_shift_matches_naive(impl, reduction):
-    hidden, weight, target = _data()
+    hidden, weight, target = _data(torch.float32 if impl == "native" else torch.float64)
     logits = (hidden @ weight.T).requires_grad_(True)
     ours = cross_entropy(logits, target, shift=1, impl=impl, reduction=reduction)
     ref_logits = logits.detach().clone().requires_grad_(True)
@@ -98,7 +98,7 @@ def test_cross_entropy_module_takes_shift():
     assert "shift=1" in repr(module)
 
 
-@pytest.mark.parametrize("impl", ["naive", "chunked"])
+@pytest.mark.parametrize("impl", ["composite", "torch"])
 @pytest.mark.parametrize("softcap", [None, 2.0])
 def test_with_lse_matches_naive_lse_and_accuracy(impl, softcap):
     hidden, weight, target = _data()
@@ -118,7 +118,7 @@ def test_with_lse_matches_naive_lse_and_accuracy(impl, softcap):
 @pytest.mark.parametrize("reduction", ["none", "sum"])
 def test_with_lse_accuracy_follows_the_reduction(reduction):
     hidden, weight, target = _data()
-    out = linear_cross_entropy_with_lse(hidden, weight, target, impl="chunked", chunk_size=3, reduction=reduction)
+    out = linear_cross_entropy_with_lse(hidden, weight, target, chunk_size=3, reduction=reduction)
     hits = ((hidden @ weight.T).argmax(-1) == target) & (target != -100)
     expected = hits.double() if reduction == "none" else hits.sum().double()
     torch.testing.assert_close(out.accuracy, expected)
@@ -130,9 +130,9 @@ def test_with_lse_loss_and_gradients_equal_linear_cross_entropy_float32():
     # kernel (which records the statistics) in the sibling: the same loss and gradients.
     hidden, weight, target = _data(torch.float32, seed=1)
     hidden.requires_grad_(True)
-    a = linear_cross_entropy(hidden, weight, target, impl="chunked", chunk_size=4, z_loss=1e-2)
+    a = linear_cross_entropy(hidden, weight, target, chunk_size=4, z_loss=1e-2)
     (ga,) = torch.autograd.grad(a, hidden)
-    b = linear_cross_entropy_with_lse(hidden, weight, target, impl="chunked", chunk_size=4, z_loss=1e-2)
+    b = linear_cross_entropy_with_lse(hidden, weight, target, chunk_size=4, z_loss=1e-2)
     (gb,) = torch.autograd.grad(b.loss, hidden)
     torch.testing.assert_close(a, b.loss)
     torch.testing.assert_close(ga, gb)
@@ -141,7 +141,7 @@ def test_with_lse_loss_and_gradients_equal_linear_cross_entropy_float32():
 
 def test_with_lse_bfloat16_chunked_runs_on_the_eager_kernel():
     hidden, weight, target = _data(torch.bfloat16, seed=2)
-    out = linear_cross_entropy_with_lse(hidden, weight, target, impl="chunked", chunk_size=4)
+    out = linear_cross_entropy_with_lse(hidden, weight, target, chunk_size=4)
     logits = hidden.float() @ weight.float().T
     keep = target != -100
     torch.testing.assert_close(out.lse, torch.where(keep, logits.logsumexp(-1), torch.zeros(())),
@@ -152,7 +152,7 @@ def test_with_lse_bfloat16_chunked_runs_on_the_eager_kernel():
 def test_with_lse_backward_that_recomputes_leaves_the_statistics_alone():
     hidden, weight, target = _data()
     hidden.requires_grad_(True)
-    out = linear_cross_entropy_with_lse(hidden, weight, target, impl="chunked", chunk_size=4, reduction="none")
+    out = linear_cross_entropy_with_lse(hidden, weight, target, chunk_size=4, reduction="none")
     before = out.lse.clone()
     out.lse.zero_()  # the caller owns the returned tensor
     out.loss.sum().backward()
@@ -162,7 +162,7 @@ def test_with_lse_backward_that_recomputes_leaves_the_statistics_alone():
 def test_all_ignored_gives_zero_accuracy_not_nan():
     hidden, weight, _ = _data()
     target = torch.full((B, T), -100)
-    out = linear_cross_entropy_with_lse(hidden, weight, target, impl="chunked")
+    out = linear_cross_entropy_with_lse(hidden, weight, target, impl="auto")
     assert float(out.accuracy) == 0.0 and float(out.loss) == 0.0
 
 
@@ -194,11 +194,11 @@ def _sharded_with_lse(rank, world, sizes):
     start = sum(sizes[:rank])
     local = weight[start:start + sizes[rank]].clone().requires_grad_(True)
     h = hidden.clone().requires_grad_(True)
-    out = linear_cross_entropy_with_lse(h, local, target, shift=1, z_loss=1e-2, impl="chunked", chunk_size=4,
+    out = linear_cross_entropy_with_lse(h, local, target, shift=1, z_loss=1e-2, chunk_size=4,
                                         process_group=dist.group.WORLD)
     out.loss.backward()
     full_h, full_w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-    ref = linear_cross_entropy_with_lse(full_h, full_w, target, shift=1, z_loss=1e-2, impl="naive")
+    ref = linear_cross_entropy_with_lse(full_h, full_w, target, shift=1, z_loss=1e-2, impl="composite")
     ref.loss.backward()
     return {"loss": float((out.loss - ref.loss).abs()), "lse": float((out.lse - ref.lse).abs().max()),
             "accuracy": float((out.accuracy - ref.accuracy).abs()),

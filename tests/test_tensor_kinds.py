@@ -43,7 +43,7 @@ def _calls(device: str, other: str, reduction: str = "mean"):
         "sparsemax_loss": lambda: L.sparsemax_loss(x, p, **r),
         "entmax_loss": lambda: L.entmax_loss(x, t, alpha=1.3, **r),
         "linear_cross_entropy": lambda: L.linear_cross_entropy(h, w, t, **r),
-        "linear_cross_entropy_chunked": lambda: L.linear_cross_entropy(h, w, t, impl="chunked", **r),
+        "linear_cross_entropy_chunked": lambda: L.linear_cross_entropy(h, w, t, impl="auto", **r),
         "linear_divergence_loss": lambda: L.linear_divergence_loss(h, w, teacher_hidden=th, teacher_weight=tw, **r),
         "vocab_parallel_cross_entropy": lambda: vocab_parallel_cross_entropy(x, t, **r),
         "vocab_parallel_kl_divergence": lambda: vocab_parallel_kl_divergence(x, p, **r),

@@ -75,7 +75,7 @@ def test_families_cover_the_supported_list():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_patched_loss_and_every_gradient_equal_the_stock_model(family):
     stock = build(family)
-    fused = lt.apply(copy.deepcopy(stock), impl="chunked", chunk_size=5)
+    fused = lt.apply(copy.deepcopy(stock), chunk_size=5)
     ids, mask, labels = batch()
     for extra in ({}, {"num_items_in_batch": torch.tensor(31)}):
         ref, ref_grads = loss_and_grads(stock, input_ids=ids, attention_mask=mask, labels=labels, **extra)
@@ -103,7 +103,7 @@ def test_tied_heads_are_fused_with_their_embedding_gradient():
 
 def test_float32_model_within_float_tolerance_and_shift_labels():
     stock = build("llama", torch.float32)
-    fused = lt.apply(copy.deepcopy(stock), impl="chunked", chunk_size=4)
+    fused = lt.apply(copy.deepcopy(stock), chunk_size=4)
     ids, mask, labels = batch()
     shifted = torch.cat([labels[:, 1:], torch.full((B, 1), -100)], dim=1)
     ref, ref_grads = loss_and_grads(stock, input_ids=ids, labels=labels, shift_labels=shifted)
@@ -167,7 +167,7 @@ def test_no_tensor_of_the_size_of_the_logits_is_allocated():
     logits_numel = B * 64 * vocab
     stock_largest, _ = _largest_tensor_of_a_step(model, ids, ids)
     assert stock_largest >= logits_numel  # the probe sees the stock model's logits
-    lt.apply(model, impl="chunked", chunk_size=4)
+    lt.apply(model, chunk_size=4)
     largest, out = _largest_tensor_of_a_step(model, ids, ids)
     assert out.logits is None
     # The head and its gradient (V, D) and the chunk blocks (4, V) remain.

@@ -110,7 +110,7 @@ ERRORS = [
      r"cross_entropy\(\): argument 'mask' expected a bool tensor of shape \(3,\) \(True = keep the row\), got <list>$"),
     (lambda: cross_entropy(X, Y, dim=2), IndexError, r"argument 'dim' expected an int in \[-2, 1\]"),
     (lambda: cross_entropy(X, Y, ignore_index=1.0), TypeError, r"argument 'ignore_index' expected an int"),
-    (lambda: cross_entropy(X, Y, impl="cuda"), ValueError, r"argument 'impl' expected one of 'auto', 'fused', 'composite'"),
+    (lambda: cross_entropy(X, Y, impl="cuda"), ValueError, r"argument 'impl' expected one of 'auto', 'native', 'torch', 'composite'"),
     (lambda: cross_entropy(X, Y, impl="composite", inplace_backward=True), ValueError, r"argument 'inplace_backward' expected False with the composite"),
     (lambda: cross_entropy(torch.tensor(1.0), torch.tensor(0)), ValueError, r"argument 'logits' expected a tensor with at least 1 dimension"),
     (lambda: cross_entropy(torch.ones(3, 4, dtype=torch.long), Y), TypeError, r"argument 'logits' expected a floating-point tensor"),

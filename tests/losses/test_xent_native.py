@@ -169,7 +169,7 @@ def test_threads_give_bitwise_the_same_result():
 def test_padding_rows_of_all_minus_inf_are_allowed_when_excluded(monkeypatch, path):
     if path == "eager":
         monkeypatch.setattr(_xent_kernel.native_xent, "supports", lambda rows: False)
-    impl = "composite" if path == "composite" else "fused"
+    impl = "composite" if path == "composite" else "auto"
     logits = torch.randn(6, 9)
     logits[[1, 4]] = -torch.inf
     target = torch.tensor([3, -100, 0, 8, -100, 2])

@@ -438,7 +438,7 @@ def test_custom_ops_pass_opcheck():
     z = torch.randn(4, 40, requires_grad=True)
     alpha = torch.full((4, 1), 1.5)
     for kind in _threshold.KINDS:
-        torch.library.opcheck(_threshold._threshold_op, (z, alpha, kind, 1e-10, 100, True, True, "f"),
+        torch.library.opcheck(_threshold._threshold_op, (z, alpha, kind, 1e-10, 100, True, True, "f", "auto"),
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
@@ -476,6 +476,6 @@ def test_gradcheck_custom_op_path(kind):
     alpha = torch.full((3, 1), 1.6, dtype=F64, requires_grad=kind == "bisect")
 
     def probs(t, a):
-        return _threshold._threshold_op(t, a, kind, 1e-14, 100, True, True, "f")[0]
+        return _threshold._threshold_op(t, a, kind, 1e-14, 100, True, True, "f", "auto")[0]
 
     assert torch.autograd.gradcheck(probs, (z, alpha))

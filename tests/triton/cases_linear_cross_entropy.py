@@ -74,7 +74,7 @@ def test_low_precision_no_worse_than_the_cpu_path(small_blocks, device, dtype, o
     hidden, weight, bias, target = _inputs("cpu")
     truth = _grads(lambda h, w, b: reference.linear_cross_entropy(h, w, target, bias=b, **options), hidden, weight, bias)
     low = [t.to(dtype) for t in (hidden, weight, bias)]
-    cpu = _grads(lambda h, w, b: linear_cross_entropy(h, w, target, bias=b, impl="chunked", chunk_size=4, **options),
+    cpu = _grads(lambda h, w, b: linear_cross_entropy(h, w, target, bias=b, impl="torch", chunk_size=4, **options),
                  *low)
     ours = _grads(lambda h, w, b: linear_cross_entropy(h, w, target.to(device), bias=b, impl="triton", chunk_size=4,
                                                        **options), *[t.to(device) for t in low])
@@ -123,7 +123,7 @@ def test_minus_inf_bias_excludes_classes(device):
     ours = _grads(lambda h, w: linear_cross_entropy(h, w, target, bias=bias, impl="triton", chunk_size=4),
                   hidden, weight)
     # (The reference's 0 · inf for the excluded classes' smoothing term is NaN: torch's is the truth here.)
-    truth = _grads(lambda h, w: linear_cross_entropy(h, w, target, bias=bias, impl="naive"), hidden, weight)
+    truth = _grads(lambda h, w: linear_cross_entropy(h, w, target, bias=bias, impl="composite"), hidden, weight)
     for a, t in zip(ours, truth):
         torch.testing.assert_close(a.cpu(), t.cpu(), rtol=1e-10, atol=1e-12)
 
@@ -144,7 +144,7 @@ def test_shift_and_with_lse(device):
     weight = torch.randn(V, H, dtype=D, device=device)
     target = torch.randint(0, V, (2, 6), device=device)
     ours = linear_cross_entropy(hidden, weight, target, impl="triton", shift=1)
-    naive = linear_cross_entropy(hidden, weight, target, impl="naive", shift=1)
+    naive = linear_cross_entropy(hidden, weight, target, impl="composite", shift=1)
     torch.testing.assert_close(ours, naive)
     # The statistics of the sibling come from the eager kernel: the same loss.
     out = linear_cross_entropy_with_lse(hidden, weight, target, impl="triton", shift=1)
@@ -165,12 +165,12 @@ def test_no_host_read_of_the_incoming_gradient(device, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "__bool__", no_bool)
     loss.backward(seed)
     monkeypatch.undo()
-    torch.testing.assert_close(h.grad, _grads(lambda x: linear_cross_entropy(x, weight, target, impl="naive"),
+    torch.testing.assert_close(h.grad, _grads(lambda x: linear_cross_entropy(x, weight, target, impl="composite"),
                                               hidden)[1])
 
 
 def test_impl_triton_needs_cuda_or_the_interpreter(monkeypatch):
     hidden, weight, _, target = _inputs("cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match=r"linear_cross_entropy\(\).*hidden.*CUDA tensor"):
+    with pytest.raises(ValueError, match=r"linear_cross_entropy\(\).*'impl'.*'triton' only for CUDA tensors"):
         linear_cross_entropy(hidden, weight, target, impl="triton")

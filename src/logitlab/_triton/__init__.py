@@ -1,12 +1,15 @@
 """Triton kernels for CUDA tensors (and for CPU tensors under Triton's interpreter).
 
 The kernels use ``tl.*`` math only (no libdevice), so that every one of them also runs on CPU
-tensors with ``TRITON_INTERPRET=1``: that is how CPU CI holds them to the float64 reference.
+tensors with ``TRITON_INTERPRET=1``: that is how CPU CI holds them to the float64 reference
+(tests/triton). Whether an op runs them is decided by :func:`logitlab.backend.resolve`
+(``impl="triton"``, or ``"auto"`` for CUDA tensors where triton imports); the modules here are
+imported only then, so a machine without triton never imports it.
 
-Each kernel is created (``triton.jit``) on first use and once per mode, compiled or interpreted:
-Triton decides which when a function is decorated, from ``TRITON_INTERPRET`` at that moment, so a
-process (a test session) that turns the interpreter on for some calls and off for others gets the
-kernel it asks for each time.
+Each kernel is decorated (``triton.jit``) on first use, once per mode (compiled / interpreted),
+so a process that runs both gets the kernel it asks for each time. (Triton's own language
+helpers are decorated when ``triton`` is imported, so the interpreter must be on from then:
+the tests start a process of their own for it.)
 """
 
 from __future__ import annotations
@@ -14,56 +17,13 @@ from __future__ import annotations
 import os
 
 import torch
-from torch import Tensor
 
-from logitlab._validation import fail
-
-__all__ = ["available", "interpreting", "usable_on", "check_usable", "jit"]
-
-
-_IMPORT: list[str | None] = []  # [None] once triton imported, [message] once it failed
-
-
-def _import_error() -> str | None:
-    if not _IMPORT:
-        try:
-            import triton  # noqa: F401
-            import triton.language  # noqa: F401
-        except Exception as error:  # ImportError, or a broken install raising something else
-            _IMPORT.append(f"{type(error).__name__}: {error}")
-        else:
-            _IMPORT.append(None)
-    return _IMPORT[0]
-
-
-def available() -> bool:
-    """Whether ``import triton`` works in this process."""
-    return _import_error() is None
+__all__ = ["interpreting", "jit", "compute_tl_dtype"]
 
 
 def interpreting() -> bool:
     """Whether Triton's interpreter is on (``TRITON_INTERPRET=1``): kernels run on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-
-
-def usable_on(tensor: Tensor) -> bool:
-    """Whether the Triton kernels can run on ``tensor``: triton imports, and the tensor is on a
-    CUDA device, or on the CPU with the interpreter on."""
-    if not available():
-        return False
-    if tensor.device.type == "cuda":
-        return True
-    return tensor.device.type == "cpu" and interpreting()
-
-
-def check_usable(fn: str, name: str, tensor: Tensor) -> None:
-    """Raise (naming ``fn`` and the argument ``name``) where impl='triton' cannot run on ``tensor``."""
-    if not available():
-        fail(fn, "impl", "an impl other than 'triton' (triton does not import here)", "triton",
-             kind=RuntimeError, detail=_import_error())
-    if not usable_on(tensor):
-        fail(fn, name, "a CUDA tensor for impl='triton' (CPU tensors only under TRITON_INTERPRET=1)",
-             f"<tensor on {tensor.device}>")
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 _CACHE: dict[tuple[str, bool], object] = {}
@@ -85,10 +45,6 @@ def jit(fn):
     get.__name__ = fn.__name__
     get.__doc__ = fn.__doc__
     return get
-
-
-def is_cuda(tensor: Tensor) -> bool:
-    return tensor.device.type == "cuda"
 
 
 def compute_tl_dtype(dtype: torch.dtype):

@@ -80,7 +80,7 @@ def gpu_chunk_rows(rows: int, vocab: int) -> int:
 
 def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wide_block: bool = True,
                dim: int = 0, sum_dtype: torch.dtype | None = None) -> int:
-    """Rows per chunk for impl="chunked" when ``chunk_size`` is not given.
+    """Rows per chunk of the chunked implementations when ``chunk_size`` is not given.
 
     Deterministic in the shape and dtype: the block of logits holds N·V/32 elements, but at least
     64 rows and 2^18 elements and at most 2^24 elements, rounded down to a multiple of 8 rows when
@@ -118,14 +118,14 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wid
     return max(1, min(size, rows))
 
 
-def needs_wide_block(hidden: Tensor, softcap: float | None, group) -> bool:
+def needs_wide_block(hidden: Tensor, softcap: float | None, group, *, native: bool = True) -> bool:
     """Whether a half-precision block of logits needs a float32 twin (see :func:`chunk_rows`).
 
     It does not when the native row kernel can work on the block in place: no softcap, no
-    process group, the kernel built. (A float32 grad_weight is then summed straight from the
-    half-precision block, see :class:`logitlab.fused._matmul.GradWeightSum`.)
+    process group, the kernel built and chosen (``native``). (A float32 grad_weight is then summed
+    straight from the half-precision block, see :class:`logitlab.fused._matmul.GradWeightSum`.)
     """
-    return not (softcap is None and group is None and native_xent.supports(hidden.new_empty(0, 0)))
+    return not (native and softcap is None and group is None and native_xent.supports(hidden.new_empty(0, 0)))
 
 
 def accumulation_dtype(dtype: torch.dtype, accum_dtype: torch.dtype) -> torch.dtype:
@@ -147,7 +147,8 @@ class Plan:
     softcap: float | None = None
     precompute: bool = True
     group: object = None
-    triton: bool = False  # the Triton row kernel (see the module's docstring)
+    native: bool = False  # impl "native": the native row and matmul kernels, where they take the chunk
+    triton: bool = False  # impl "triton": the Triton row kernel (see the module's docstring)
 
 
 def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan: Plan, *,
@@ -185,7 +186,8 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     chunk = max(1, min(plan.chunk, rows))
 
     # The native row kernel, where it takes the block (decided before any chunk's logits exist).
-    native = (not plan.triton and plan.softcap is None and plan.group is None and hasattr(kernel, "native")
+    native = (plan.native and not plan.triton and plan.softcap is None and plan.group is None
+              and hasattr(kernel, "native")
               and native_xent.supports(hidden.new_empty(0, 0)))
     # Without a float32 twin the block is made only if a chunk falls back to the eager kernel.
     narrow = native and low and not needs_wide_block(hidden, plan.softcap, plan.group)
@@ -196,10 +198,11 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     grad_h = None
     if need[0]:
         grad_h = hidden.new_empty(hidden.shape) if index is None else hidden.new_zeros(hidden.shape)
-    grad_w = GradWeightSum(weight, weight.dtype if sum_low else acc) if need[1] else None
+    grad_w = GradWeightSum(weight, weight.dtype if sum_low else acc, native=plan.native) if need[1] else None
     grad_b = hidden.new_zeros(vocab, dtype=acc) if need[2] else None
     bias_acc = bias.to(acc) if bias is not None and not plan.triton else None
-    scratch = None if plan.triton else matmul_scratch(chunk, vocab, hidden.shape[1], hidden.dtype, hidden.device)
+    scratch = None if plan.triton else matmul_scratch(chunk, vocab, hidden.shape[1], hidden.dtype, hidden.device,
+                                                      native=plan.native)
     out = _Outputs(loss_rows, grad_h, grad_w, grad_b)
     # The kept rows of a chunk, gathered, and their grad_hidden before it is scattered back.
     h_buf = hidden.new_empty(chunk, hidden.shape[1]) if index is not None else None
@@ -262,7 +265,7 @@ def _eager_chunk(h: Tensor, weight: Tensor, bias_acc: Tensor | None, kernel, pla
         if bias_acc is not None:
             z.add_(bias_acc)
     else:
-        logits_into(z, h, weight, bias_acc, scratch)
+        logits_into(z, h, weight, bias_acc, scratch, native=plan.native)
     tanh = apply_softcap(z, plan.softcap)
     loss, grad = kernel(z, start, stop, any(need))
     out.loss_rows[start:stop] = loss
@@ -276,7 +279,7 @@ def _eager_chunk(h: Tensor, weight: Tensor, bias_acc: Tensor | None, kernel, pla
     if g_low is not None and (need[0] or (need[1] and sum_low)):
         g_low.copy_(grad)
     if need[0]:
-        grad_hidden_into(gh, g_low if g_low is not None else grad, weight, scratch)
+        grad_hidden_into(gh, g_low if g_low is not None else grad, weight, scratch, native=plan.native)
     if need[1]:
         out.grad_w.add(g_low if sum_low else grad, h, last=stop == out.loss_rows.shape[0])
     if need[2]:
@@ -296,7 +299,7 @@ def _native_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, start:
     """
     if bias is not None and bias.dtype != block.dtype:
         return False
-    logits_into(block, h, weight, bias, scratch)
+    logits_into(block, h, weight, bias, scratch, native=True)
     result = kernel.native(block, start, stop, any(need), row_scale)
     if result is None:
         return False
@@ -305,7 +308,7 @@ def _native_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, start:
     if grad is None:
         return True
     if need[0]:
-        grad_hidden_into(gh, grad, weight, scratch)
+        grad_hidden_into(gh, grad, weight, scratch, native=True)
     if need[1]:
         out.grad_w.add(grad, h, last=stop == out.loss_rows.shape[0])
     if need[2]:

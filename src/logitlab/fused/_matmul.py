@@ -33,18 +33,22 @@ def vocab_splits(vocab: int, features: int) -> int:
     return max(1, min(4 * torch.get_num_threads(), 16, vocab // (4 * features)))
 
 
-def matmul_scratch(chunk: int, vocab: int, features: int, dtype: torch.dtype, device) -> Tensor | None:
+def matmul_scratch(chunk: int, vocab: int, features: int, dtype: torch.dtype, device, *,
+                   native: bool = False) -> Tensor | None:
     """The scratch of :func:`logits_into` and :func:`grad_hidden_into` for float32/float64 inputs
     (a class-major tile, or the partial sums of grad_hidden), else None; None too for float32
-    when the native kernels are there, as they do not use it (up to 4 MiB saved per call)."""
-    if dtype not in _CLASS_MAJOR or (dtype == torch.float32 and native_gemm._f32_available()):
+    when the native kernels run (``native``), as they do not use it (up to 4 MiB saved per call)."""
+    if dtype not in _CLASS_MAJOR or (native and dtype == torch.float32 and native_gemm._f32_available()):
         return None
     size = max(min(_TILE, vocab), vocab_splits(vocab, features) * features) * chunk
     return torch.empty(size, dtype=dtype, device=device)
 
 
-def logits_into(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, scratch: Tensor | None) -> Tensor:
+def logits_into(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, scratch: Tensor | None, *,
+                native: bool = False) -> Tensor:
     """out (c, V) ← h (c, D) @ weight.T (+ bias), in class-major tiles when ``scratch`` is given.
+
+    ``native``: the native matmul kernels may run (impl "native").
 
     bfloat16 runs in the native kernel (``_native/gemm_bf16_logits.c``) where the CPU has
     AVX512-BF16: it reads the weight in place
@@ -53,7 +57,7 @@ def logits_into(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, scr
     twin (``_native/gemm_f32_logits.c``): 6.9 s → 5.1 s and 1.61 s → 1.32 s against the
     class-major tiles below, which remain the path without the kernels.
     """
-    if native_gemm.logits_bf16(out, h, weight, bias) or native_gemm.logits_f32(out, h, weight, bias):
+    if native and (native_gemm.logits_bf16(out, h, weight, bias) or native_gemm.logits_f32(out, h, weight, bias)):
         return out
     if scratch is None or out.dtype != scratch.dtype:
         return torch.mm(h, weight.t(), out=out) if bias is None else torch.addmm(bias, h, weight.t(), out=out)
@@ -69,7 +73,8 @@ def logits_into(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, scr
     return out
 
 
-def grad_hidden_into(out: Tensor, grad: Tensor, weight: Tensor, scratch: Tensor | None) -> Tensor:
+def grad_hidden_into(out: Tensor, grad: Tensor, weight: Tensor, scratch: Tensor | None, *,
+                     native: bool = False) -> Tensor:
     """out (c, D) ← grad (c, V) @ weight (V, D); with ``scratch``, as the sum of a batch of
     matmuls over :func:`vocab_splits` parts of the vocabulary.
 
@@ -82,7 +87,7 @@ def grad_hidden_into(out: Tensor, grad: Tensor, weight: Tensor, scratch: Tensor 
     sums over spans of 512 classes, so its rounding matches torch.mm's. The batch over parts of
     the vocabulary is the path without the kernels.
     """
-    if native_gemm.grad_hidden_bf16(out, grad, weight) or native_gemm.grad_hidden_f32(out, grad, weight):
+    if native and (native_gemm.grad_hidden_bf16(out, grad, weight) or native_gemm.grad_hidden_f32(out, grad, weight)):
         return out
     if scratch is None or out.dtype != scratch.dtype:
         return torch.mm(grad, weight, out=out)
@@ -160,8 +165,8 @@ class GradWeightSum:
     sum goes on in torch.
     """
 
-    def __init__(self, weight: Tensor, dtype: torch.dtype):
-        self.weight, self.dtype = weight, dtype
+    def __init__(self, weight: Tensor, dtype: torch.dtype, *, native: bool = False):
+        self.weight, self.dtype, self.native = weight, dtype, native
         self.split = weight.dtype == torch.bfloat16 and dtype == torch.float32
         self.sum: Tensor | None = None  # the running sum in ``dtype``; None while it is zero or split
         self.halves: tuple[Tensor, Tensor] | None = None  # the split float32 sum (``split`` only)
@@ -171,7 +176,7 @@ class GradWeightSum:
         """Add grad.T @ h for grad (c, V) and h (c, D); ``last`` for the last chunk."""
         if self.final is not None:
             raise RuntimeError("GradWeightSum.add: the last chunk was already added")
-        if grad.dtype == h.dtype == torch.bfloat16 and self._native(grad, h, last):
+        if self.native and grad.dtype == h.dtype == torch.bfloat16 and self._native(grad, h, last):
             return
         if self.sum is None and self.halves is None and grad.dtype == self.dtype:
             self.sum = torch.mm(grad.t(), h.to(grad.dtype))

@@ -8,16 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from logitlab import _triton
 from logitlab import _validation as v
+from logitlab import backend
+from logitlab._native import xent as native_xent
 from logitlab._reduction import shift_target
 from logitlab.fused._engine import (NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows,
                                     gpu_chunk_rows, gradient_dtype, needs_wide_block)
 from logitlab.fused._kernel import CrossEntropyKernel, all_gather, all_reduce
 
-__all__ = ["linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult", "IMPLS"]
-
-IMPLS = ("auto", "chunked", "naive", "triton")
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult"]
 
 
 def check_linear(fn: str, hidden, weight, bias) -> None:
@@ -77,17 +76,27 @@ def check_options(fn: str, *, reduction, label_smoothing, z_loss, softcap, chunk
         v.check_positive(fn, "softcap", softcap)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         v.fail(fn, "chunk_size", "None or an int >= 1", chunk_size)
-    v.check_choice(fn, "impl", impl, IMPLS)
+    backend.check_impl(fn, impl, warn=False)
 
 
-def choose_impl(impl: str, rows: int, vocab: int, hidden: Tensor | None = None, group=None) -> str:
-    """impl="auto": "triton" for CUDA tensors when triton imports (without a process group);
-    otherwise "naive" when the logits would hold at most 2^20 elements, else "chunked"."""
-    if impl != "auto":
-        return impl
-    if hidden is not None and hidden.device.type == "cuda" and group is None and _triton.usable_on(hidden):
-        return "triton"
-    return "naive" if rows * vocab <= NAIVE_MAX_ELEMENTS else "chunked"
+def choose_impl(fn: str, impl: str, hidden: Tensor, rows: int, vocab: int, chunk_size: int | None,
+                group=None) -> str:
+    """The implementation of a fused head loss (:func:`logitlab.backend.resolve`): "auto" takes
+    "composite" (the logits materialized) when they would hold at most 2^20 elements and no
+    ``chunk_size`` was asked for, else "triton" (the chunk loop with the Triton row kernel) for
+    CUDA tensors where triton imports and there is no process ``group``, else "native" (the chunk
+    loop with the native row kernel) where the kernel takes the hidden states' dtype, else
+    "torch" (the chunk loop in torch ops)."""
+    small = chunk_size is None and rows * vocab <= NAIVE_MAX_ELEMENTS
+    explicit = impl == "triton"
+    mode = backend.resolve(fn, impl, hidden, composite=small,
+                           native=lambda: native_xent.supports(hidden.new_empty(0, 0)))
+    if mode == "triton" and group is not None:
+        if explicit:
+            v.fail(fn, "process_group", "None with impl='triton' (a sharded head runs impl='torch')",
+                   "<a process group>")
+        mode = "torch"  # the Triton kernel has no all-reduce between its passes
+    return mode
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias: Tensor | None = None,
@@ -109,20 +118,23 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     ``reduction="mean"`` divides the sum by Σ w_t over the kept rows (their number without
     class weights); a batch whose rows are all ignored has mean 0 and zero gradients.
 
-    ``impl="chunked"`` processes ``chunk_size`` rows at a time: their logits, log-sum-exp,
+    The chunked implementations process ``chunk_size`` rows at a time: their logits, log-sum-exp,
     loss and gradient contributions (grad_hidden of the chunk, grad_weight accumulated in
     ``accum_dtype``) in one pass, so that backward only scales the stored gradients (for
     reduction 'none' the chunks are recomputed in backward instead). Rows whose target is
     ``ignore_index`` are left out of the chunks (their loss and gradient are 0), so padding
-    costs no matmul. ``impl="naive"`` materializes the logits. ``impl="triton"`` (CUDA tensors;
-    CPU tensors only under Triton's interpreter) is the same chunk loop with cuBLAS matmuls and
-    the Triton row kernel, which turns each chunk's block of logits (in the input's dtype) into
-    its gradient in place, bias and softcap included, in one launch: its default chunk is 1024
-    rows (:func:`logitlab.fused._engine.gpu_chunk_rows`), and the call reads one value on the
-    host, the number of kept rows, only to leave ignored rows out (nothing else: no checks with
-    ``validate`` off, no test of the incoming gradient). ``impl="auto"`` uses triton for CUDA
-    tensors when triton imports and there is no ``process_group``; otherwise naive for at most
-    2^20 logits, else chunked.
+    costs no matmul. ``impl`` (the values of every op, :mod:`logitlab.backend`): "native" runs the
+    chunks with the native row kernel (CPU float32/bfloat16/float16), "torch" with torch ops on
+    any device, "composite" materializes the logits (autograd differentiates it: higher-order
+    gradients); "triton" (CUDA tensors; CPU tensors only under Triton's interpreter) runs the
+    chunks with cuBLAS matmuls and the Triton row kernel, which turns each chunk's block of logits
+    (in the input's dtype) into its gradient in place, bias and softcap included, in one launch;
+    its default chunk is :func:`logitlab.fused._engine.gpu_chunk_rows`, and the call reads one
+    value on the host, the number of kept rows, only to leave ignored rows out (nothing else with
+    ``validate`` off: no data checks, no test of the incoming gradient). "auto" takes "composite"
+    for at most 2^20 logits when no ``chunk_size`` is given, else "triton" for CUDA tensors where
+    triton imports (no ``process_group``), else "native" where it runs, else "torch". With
+    ``process_group`` the chunks always run (an all-reduce is not differentiable by autograd).
 
     With ``process_group``, ``weight`` (and ``bias``, ``class_weight``) are this rank's
     contiguous rows of the vocabulary, in rank order; ``hidden`` and ``target`` (global class
@@ -156,7 +168,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         z_loss: coefficient of lse² (0 turns it off).
         softcap: optional c > 0: logits become c·tanh(z / c) before the loss.
         chunk_size: rows per chunk (default: :func:`logitlab.fused._engine.chunk_rows`).
-        impl: 'auto' | 'chunked' | 'naive' | 'triton'.
+        impl: 'auto' | 'native' | 'torch' | 'composite' | 'triton' (the old 'chunked' is 'auto',
+            'naive' 'composite').
         accum_dtype: dtype in which grad_weight and grad_bias are summed over chunks (the row
             kernel computes in float32 at least, whatever it is). With bf16 inputs, float32 (the
             default) costs 2 bytes per element of the head beyond its gradient (the float32
@@ -169,10 +182,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         process_group: a torch.distributed group for a vocabulary-sharded head, or None.
         validate: check that the rows of ``hidden`` that count (target not ``ignore_index``),
             ``weight``, ``bias`` and ``class_weight`` hold no NaN or inf (a pass over each; rows
-            that do not count may hold anything). ``None`` (the default): True for CPU tensors,
-            False for CUDA tensors (the checks read values on the host). Class indices are
-            checked whatever it says, except by impl='triton' with the checks off: its kernel
-            reads nothing for an index outside [0, V) and gives that row a NaN loss.
+            that do not count may hold anything). ``None`` (the default): True except for CUDA
+            tensors (the checks read values on the host). Class indices are checked whatever it
+            says, except by impl='triton' with the checks off: its kernel reads nothing for an
+            index outside [0, V) and gives that row a NaN loss.
         shift: k >= 0 (True = 1): next-token targets, see above; k must be smaller than the
             sequence length target.shape[-1].
         _record: internal, for :func:`linear_cross_entropy_with_lse` (a (2, N) sink).
@@ -188,7 +201,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         <torch._C.Generator object at ...>
         >>> hidden, weight = torch.randn(6, 4), torch.randn(10, 4)
         >>> target = torch.tensor([1, 2, 3, -100, 9, 0])
-        >>> loss = linear_cross_entropy(hidden, weight, target, impl="chunked", chunk_size=4)
+        >>> loss = linear_cross_entropy(hidden, weight, target, chunk_size=4)
         >>> naive = torch.nn.functional.cross_entropy(hidden @ weight.T, target)
         >>> bool(torch.allclose(loss, naive))
         True
@@ -217,16 +230,11 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         vocab_start, vocab_total = vocab_offsets(vocab_local, process_group, weight.device,
                                                  rows=target.numel(), fn=fn)
     flat_target = target.reshape(-1).long()
-    validate = hidden.device.type != "cuda" if validate is None else bool(validate)
+    validate = v.default_validate(hidden, validate)
     rows = flat_target.numel()
-    mode = choose_impl(impl, rows, vocab_total, hidden, process_group)
-    if mode == "triton":
-        _triton.check_usable(fn, "hidden", hidden)
-        if process_group is not None:
-            v.fail(fn, "process_group", "None with impl='triton' (a sharded head runs impl='chunked')",
-                   "<a process group>")
+    mode = choose_impl(fn, impl, hidden, rows, vocab_total, chunk_size, process_group)
     # Whatever `validate` says: an index addresses memory (of the head, the logits, the weights);
-    # the Triton kernel reads none for a bad index. (On meta tensors there is nothing to check.)
+    # the Triton kernel reads none for an index out of range. (On meta tensors: nothing to check.)
     if validate or mode != "triton":
         v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
 
@@ -236,8 +244,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         check_head_values(fn, hidden.reshape(rows, hidden.shape[-1]), flat_target != ignore_index,
                           weight=weight, bias=bias, class_weight=class_weight)
     if mode == "triton" and _record is not None:
-        mode = "chunked"  # the statistics of linear_cross_entropy_with_lse come from the eager kernel
-    if mode == "naive" and process_group is None:
+        mode = "torch"  # the statistics of linear_cross_entropy_with_lse come from the eager kernel
+    if mode == "composite" and process_group is None:
         return _naive(hidden, weight, target, bias=bias, class_weight=class_weight, ignore_index=ignore_index,
                       reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                       record=_record)
@@ -252,11 +260,12 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     if chunk_size is None and triton:
         chunk_size = gpu_chunk_rows(rows, vocab_total)
     elif chunk_size is None:
-        wide = needs_wide_block(hidden, softcap, process_group)
+        wide = needs_wide_block(hidden, softcap, process_group, native=mode == "native")
         summed = weight.requires_grad and torch.is_grad_enabled()  # a (V, D) grad_weight sum exists
         chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide, dim=hidden.shape[-1],
                                 sum_dtype=gradient_dtype(weight.dtype, accum_dtype) if summed else None)
-    plan = Plan(chunk=chunk_size, accum_dtype=accum_dtype, softcap=softcap, group=process_group, triton=triton)
+    plan = Plan(chunk=chunk_size, accum_dtype=accum_dtype, softcap=softcap, group=process_group,
+                native=mode == "native", triton=triton)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     kernel.record = None  # a backward that recomputes the chunks leaves the returned statistics alone
@@ -287,8 +296,8 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
     0.0) for ``reduction="none"``, the number of hits for 'sum', the fraction of kept rows that
     are hits for 'mean' (0 when none is kept). Rows that do not count (``ignore_index``, and
     the last ``shift`` positions) have lse 0 and are no hits. ``lse`` and ``accuracy`` carry no
-    gradient. With ``impl="chunked"`` the native row kernel is not used (the eager kernel
-    records the statistics), so the loss may be slower than :func:`linear_cross_entropy`.
+    gradient. The chunks run the torch row kernel whatever ``impl`` says (it records the
+    statistics), so the loss may be slower than :func:`linear_cross_entropy`.
 
     Naive equivalent: with ``z = hidden @ weight.T + bias``, ``lse = z.logsumexp(-1)`` and
     ``accuracy = (z.argmax(-1) == target)`` averaged over the kept rows.

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from logitlab import _validation as v
+from logitlab import backend
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows
 from logitlab.fused._matmul import logits_into, matmul_scratch
 from logitlab.fused._kernel import all_reduce
@@ -115,6 +116,7 @@ class DivergenceKernel:
     vocab_start: int = 0
     group: object = None
     rows: Tensor | None = None  # row r of this kernel is row rows[r] of teacher_hidden (None: r)
+    native_matmul: bool = False  # impl "native": the teacher's logits through the native matmul kernels
 
     def take(self, index: Tensor) -> DivergenceKernel:
         """The same kernel over rows ``index`` of this one, in that order (teacher rows gathered
@@ -130,7 +132,8 @@ class DivergenceKernel:
               else self.teacher_hidden.index_select(0, self.rows[start:stop]))
         if th.dtype == z.dtype:  # the student block's own arrangement (native kernel or class-major tiles)
             teacher = logits_into(torch.empty_like(z), th, self.teacher_weight, None,
-                                  matmul_scratch(rows, local, th.shape[1], th.dtype, th.device))
+                                  matmul_scratch(rows, local, th.shape[1], th.dtype, th.device,
+                                                 native=self.native_matmul), native=self.native_matmul)
         else:
             teacher = (th @ self.teacher_weight.t()).to(z.dtype)
         if self.teacher_bias is not None:
@@ -209,7 +212,9 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         chunk_size, impl, accum_dtype: as in :func:`linear_cross_entropy`.
         process_group: a torch.distributed group over which both heads are sharded by
             vocabulary rows, or None (one process holds the whole vocabulary). With a group,
-            ``impl="naive"`` also runs chunked (autograd cannot differentiate an all-reduce).
+            ``impl="composite"`` also runs chunked (autograd cannot differentiate an all-reduce).
+            "native" runs the matmuls of the chunks in the native kernels where the CPU has them
+            (the divergence's rows are torch ops either way).
         validate: check that the rows that count of ``hidden`` and ``teacher_hidden``, and the
             heads and biases, hold no NaN or inf (rows whose target is ``ignore_index`` may
             hold anything). Class indices are checked whatever it says.
@@ -225,7 +230,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         >>> torch.manual_seed(0)
         <torch._C.Generator object at ...>
         >>> h, w, th, tw = torch.randn(5, 3), torch.randn(8, 3), torch.randn(5, 4), torch.randn(8, 4)
-        >>> loss = linear_divergence_loss(h, w, teacher_hidden=th, teacher_weight=tw, impl="chunked", chunk_size=2)
+        >>> loss = linear_divergence_loss(h, w, teacher_hidden=th, teacher_weight=tw, chunk_size=2)
         >>> p, log_q = torch.softmax(th @ tw.T, 1), torch.log_softmax(h @ w.T, 1)
         >>> bool(torch.allclose(loss, (p * (p.log() - log_q)).sum(1).mean()))
         True
@@ -258,7 +263,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     v.check_positive(fn, "temperature", temperature)
     v.check_range(fn, "hard_label_weight", hard_label_weight, 0.0, float("inf"))
     v.check_reduction(fn, reduction)
-    v.check_choice(fn, "impl", impl, ("auto", "chunked", "naive"))
+    backend.check_impl(fn, impl, warn=False)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         v.fail(fn, "chunk_size", "None or an int >= 1", chunk_size)
     vocab_start, vocab = 0, weight.shape[0]
@@ -292,7 +297,9 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     scale = None if reduction == "none" else 1.0 if reduction == "sum" else (1.0 / kept if kept else 0.0)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
 
-    if choose_impl(impl, rows, vocab) == "naive" and process_group is None:
+    mode = choose_impl(fn, impl, hidden, rows, vocab, chunk_size)
+    kernel = replace(kernel, native_matmul=mode == "native")
+    if mode == "composite" and process_group is None:
         acc = accumulation_dtype(hidden.dtype, accum_dtype)
         # Rows that do not count are zeroed: a NaN there (padding) would reach grad_weight as 0 · NaN.
         hidden2d = torch.where(keep.unsqueeze(1), hidden2d, hidden2d.new_zeros(()))
@@ -307,6 +314,6 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     # The chunk depends only on what every rank shares (rows, full vocabulary): the ranks must
     # run the same number of chunks, since each chunk's statistics are all-reduced.
     plan = Plan(chunk=chunk_size or chunk_rows(rows, vocab, hidden.dtype), accum_dtype=accum_dtype,
-                group=process_group)
+                group=process_group, native=mode == "native")
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     return out.reshape(hidden.shape[:-1]) if reduction == "none" else out

@@ -67,6 +67,7 @@ class XentOptions(NamedTuple):
     per_row: bool  # reduction == 'none'
     validate: bool
     inplace_backward: bool
+    native: bool = False  # impl 'native': the C kernel (else the eager torch kernel below)
 
 
 def _bad_row(opts: XentOptions, row_max: Tensor, offset: int, keep: Tensor | None = None) -> None:
@@ -116,7 +117,7 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
         grad = rows if opts.inplace_backward else empty_like_huge(rows)
     else:
         grad = None
-    if native_xent.supports(rows):
+    if opts.native:
         losses, bad, kind = native_xent.xent_rows(
             rows, target, weight, keep, scale, index_target=opts.index_target, label_smoothing=eps,
             z_loss=z, temperature=temp, validate=opts.validate, grad=grad)
@@ -252,7 +253,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError(
                 f"{opts.fn}(): the fused implementation has no double backward "
-                "(create_graph=True); use impl='composite' for higher-order gradients")
+                "(create_graph=True) with impl='native' or 'torch'; use impl='composite' for higher-order gradients")
         grad = ctx.grad
         ctx.grad = None
         if grad is None:

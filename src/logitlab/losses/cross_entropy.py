@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from logitlab import backend
+from logitlab._native import xent as native_xent
 from logitlab._reduction import reduce_loss, shift_target, to_rows
 from logitlab._validation import (
     check_dim,
@@ -29,16 +31,15 @@ from logitlab._validation import (
     check_same_device,
     check_tensor,
     compute_dtype,
+    default_validate,
     has_data,
     meta_output,
     fail,
 )
-from logitlab import _triton
 from logitlab.losses._xent_kernel import XentOptions, composite_cross_entropy, fused_cross_entropy
 
 __all__ = ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood"]
 
-IMPLS = ("auto", "fused", "composite", "triton")
 
 
 class _Rows(NamedTuple):
@@ -72,9 +73,9 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
     """The checks and the row layout shared by cross_entropy, nll_loss and the focal losses.
 
     ``name`` is the caller's name of the scores argument ('log_probs' for nll_loss).
-    ``check_indices=False`` (the Triton kernel on CUDA with ``validate`` off) leaves the class
-    indices unchecked on the host: the kernel reads no memory for an index outside [0, C) and
-    gives its row a NaN loss.
+    ``check_indices=False`` leaves the class indices to the caller (cross_entropy checks them
+    once it knows the implementation: the Triton kernel with ``validate`` off reads no memory for
+    an index outside [0, C) and gives its row a NaN loss, and is not checked on the host).
     """
     check_floating(fn, name, logits)
     if logits.ndim == 0:
@@ -129,7 +130,7 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
         safe = torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).long()
         if weight is None:
             row_weight = None
-        else:
+        else:  # (unchecked indices are clamped here: an index out of range must not read memory)
             row_weight = weight[safe if check_indices else safe.clamp(0, n_classes - 1)]
         target_rows = safe
     else:
@@ -189,19 +190,20 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
       error; an excluded row may be all ``-inf`` (padding often is) and gives 0 and zero
       gradient (torch gives a NaN gradient row).
 
-    Implementation (``impl``): 'fused' computes the loss and its gradient in one pass over the
-    logits and saves only the gradient (the backward scales it in place, so it runs once and
-    has no double backward: use 'composite' for that). On the CPU, float32/bfloat16/float16
-    logits go through a native C kernel built once per machine on first use (about 2 s, then
-    cached; see ``logitlab env``), and otherwise through an eager torch kernel with the same
-    results (``LOGITLAB_NATIVE=0`` forces it). 'composite' is written with
-    differentiable torch ops. 'triton' is the fused computation as one Triton kernel launch
-    (``logitlab/_triton/xent.py``) for CUDA tensors (CPU tensors only under Triton's interpreter,
-    ``TRITON_INTERPRET=1``); it reads no value on the host unless ``validate`` is on, and under
-    ``torch.compile`` it is a custom op (no graph break). 'auto' picks 'triton' for CUDA tensors
-    when triton imports, and otherwise 'fused', except under ``torch.compile``, where it picks
-    'composite'; whatever the device, it picks 'composite' when the target probabilities or the
-    class weights require a gradient.
+    Implementation (``impl``, the same values as every op: :mod:`logitlab.backend`): 'native'
+    and 'torch' compute the loss and its gradient in one pass over the logits and save only the
+    gradient (the backward scales it in place, so it runs once and has no double backward: use
+    'composite' for that). 'native' is a C kernel for CPU float32/bfloat16/float16 logits, built
+    once per machine on first use (about 2 s, then cached; see ``logitlab env``); 'torch' is the
+    same algorithm in eager torch ops, for every device and dtype, with the same results.
+    'composite' is written with differentiable torch ops. 'triton' is the one-pass computation as
+    one Triton kernel launch (``logitlab/_triton/xent.py``) for CUDA tensors (CPU tensors only
+    under Triton's interpreter, ``TRITON_INTERPRET=1``): it reads no value on the host unless
+    ``validate`` is on, and under ``torch.compile`` it is a custom op (no graph break). 'auto'
+    picks 'triton' for CUDA tensors when triton imports (under ``torch.compile`` too), 'native'
+    where the kernel takes the logits, else 'torch', except under ``torch.compile`` (other than
+    triton's), inside a ``torch.func`` transform, or when the target probabilities or the class
+    weights require a gradient, where it picks 'composite'.
 
     Args:
         logits: (*batch, C) scores (C along ``dim``); float16/bfloat16 are computed in float32
@@ -217,17 +219,17 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         temperature: T > 0; the loss is that of softmax(logits / T).
         validate: check the data (index range, probability rows, NaN/+inf logits, finite
             class weights). With ``False`` these checks are skipped; argument checks always
-            run. ``None`` (the default) means True for CPU tensors and False for CUDA tensors:
-            the checks read values on the host, a synchronization a GPU training step should
-            not pay. The class indices are checked whatever it says (an index addresses
-            memory), except by impl='triton' with the checks off, whose kernel reads nothing
-            for an index outside [0, C) and gives that row a NaN loss instead. Under
-            ``torch.compile`` the data checks are skipped.
+            run. ``None`` (the default) means True except for CUDA tensors: the checks read
+            values on the host, a synchronization a GPU step should not pay. The class indices
+            are checked whatever it says (an index addresses memory), except by impl='triton'
+            with the checks off, whose kernel reads nothing for an index outside [0, C) and
+            gives that row a NaN loss. Under ``torch.compile`` the data checks are skipped.
         inplace_backward: write the gradient into the logits' memory during the forward
             (saves an (N, C) allocation). This DESTROYS the logits: only use it when nothing
             else reads them after this call. Fused implementation only; not for expanded
             (broadcast) logits, whose elements share memory.
-        impl: 'auto' | 'fused' | 'composite' | 'triton'.
+        impl: 'auto' | 'native' | 'torch' | 'composite' | 'triton' (see above; the old name 'fused'
+            means 'auto').
         shift: k >= 0 (True = 1), index targets only: row t of the sequence (the last
             dimension of ``target``) is scored against ``target[..., t + k]``, the next-token
             targets of a causal LM; the last k positions do not count (loss 0 for 'none', left
@@ -241,8 +243,9 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         TypeError / ValueError / IndexError: naming the argument, e.g. a target shape or dtype
         mismatch, a class index out of range, probabilities that are negative or do not sum
         to 1, NaN or +inf logits, NaN or infinite class weights, no class (C = 0), an invalid
-        option, or ``impl='fused'`` when the class weights or target probabilities require a
-        gradient (the fused implementation differentiates the logits only).
+        option, ``impl='native'`` where the kernel cannot run (another device or dtype, a tensor
+        subclass, ``LOGITLAB_NATIVE=0``), or ``impl='native'``/``'torch'`` when the class weights
+        or target probabilities require a gradient (those differentiate the logits only).
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
@@ -259,47 +262,42 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     eps = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     z = check_range(fn, "z_loss", z_loss, 0.0, math.inf, high_open=True)
     temp = check_positive(fn, "temperature", temperature)
-    check_choice(fn, "impl", impl, IMPLS)
-    check_floating(fn, "logits", logits)
-    validate = logits.device.type != "cuda" if validate is None else bool(validate)
-    grads_beyond_logits = (isinstance(target, Tensor) and target.is_floating_point() and target.requires_grad) or (
-        isinstance(weight, Tensor) and weight.requires_grad)
-    if impl == "auto":
-        impl = "triton" if (logits.device.type == "cuda" and not grads_beyond_logits
-                            and _triton.usable_on(logits)) else "auto"
-    if impl == "triton":
-        _triton.check_usable(fn, "logits", logits)
+    impl = backend.check_impl(fn, impl)
+    validate = default_validate(logits, validate)
     target = shift_target(fn, target, shift, ignore_index)
-    r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate,
-                               check_indices=validate or impl != "triton")
+    r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, check_indices=False)
     if not has_data(logits, target, weight, mask):  # meta: the output's shape, no data to read
         return meta_output(logits, r.batch_shape, reduction)
     compiling = _compiling()
-    if impl == "auto":
-        needs_composite = compiling or (not r.index_target and target.requires_grad) or (
-            weight is not None and weight.requires_grad)
-        impl = "composite" if needs_composite else "fused"
-    elif impl in ("fused", "triton") and ((not r.index_target and target.requires_grad) or (
-            weight is not None and weight.requires_grad)):
-        # The fused Function returns no gradient for them: raise rather than drop it silently.
+    other_grads = (not r.index_target and target.requires_grad) or (weight is not None and weight.requires_grad)
+    # Under torch.compile the Triton kernel is a custom op (no graph break), so compiling alone
+    # does not send CUDA logits to 'composite' where triton imports.
+    compiled_triton = compiling and r.rows.device.type == "cuda" and backend.triton_available()
+    impl = backend.resolve(fn, impl, r.rows, native=lambda: native_xent.supports(r.rows),
+                           composite=(compiling and not compiled_triton) or other_grads)
+    if r.index_target and not compiling and (validate or impl != "triton"):
+        # Whatever `validate` says (an index addresses memory), but for the Triton kernel.
+        check_index_target(fn, "target", r.target, r.rows.shape[1], ignore_index=ignore_index, keep=r.keep)
+    if impl != "composite" and other_grads:
+        # The one-pass Function returns no gradient for them: raise rather than drop it silently.
         which = "weight" if weight is not None and weight.requires_grad else "target"
         fail(fn, "impl", "'composite' or 'auto' when " + which + " requires a gradient",
-             impl, detail=f"the {impl} implementation differentiates the logits only")
-    if inplace_backward and impl not in ("fused", "triton"):
+             impl, detail=f"the {impl!r} implementation differentiates the logits only")
+    if inplace_backward and impl == "composite":
         fail(fn, "inplace_backward", "False with the composite implementation", inplace_backward,
-             detail=f"impl resolved to {impl!r}")
+             detail="impl resolved to 'composite'")
     if inplace_backward and any(stride == 0 and size > 1 for stride, size in zip(r.rows.stride(), r.rows.shape)):
         # An expanded (broadcast) tensor has one memory cell for several elements: the gradient
         # cannot be written into it (torch raised 'unsupported operation' from inside the kernel).
         fail(fn, "inplace_backward", "False for expanded logits (elements sharing memory)",
              inplace_backward, detail=f"logits strides {tuple(logits.stride())}; clone() them first")
     opts = XentOptions(fn, r.index_target, eps, z, temp, reduction == "none",
-                       bool(validate) and not compiling, bool(inplace_backward))
+                       bool(validate) and not compiling, bool(inplace_backward), impl == "native")
     scale = _scale(r, reduction, compute_dtype(logits))
     if impl == "triton":
         from logitlab._triton.ops import triton_cross_entropy as kernel
     else:
-        kernel = fused_cross_entropy if impl == "fused" else composite_cross_entropy
+        kernel = composite_cross_entropy if impl == "composite" else fused_cross_entropy
     out = kernel(r.rows, r.target, r.weight, r.keep, scale, opts)
     return out.reshape(r.batch_shape) if reduction == "none" else out
 

@@ -11,7 +11,8 @@ from logitlab._reduction import neutralize, reduce_loss
 from logitlab._validation import (check_choice, check_floating, check_range, check_reduction, compute_dtype, fail,
                                   has_data, meta_output)
 from logitlab.losses._xent_kernel import XentOptions, _bad_row
-from logitlab.losses.cross_entropy import IMPLS, _check_target_and_rows, _compiling, _no_grad_options, cross_entropy
+from logitlab import backend
+from logitlab.losses.cross_entropy import _check_target_and_rows, _compiling, _no_grad_options, cross_entropy
 
 __all__ = ["focal_loss", "poly1_cross_entropy"]
 
@@ -147,7 +148,7 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
     _no_grad_options(fn, epsilon=epsilon, label_smoothing=label_smoothing)
     epsilon = check_range(fn, "epsilon", epsilon, -1.0, math.inf, high_open=True)
     smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
-    check_choice(fn, "impl", impl, IMPLS)
+    impl = backend.check_impl(fn, impl)
     r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, allow_probs=False)
     if not has_data(logits, target, weight, mask):
         return meta_output(logits, r.batch_shape, reduction)

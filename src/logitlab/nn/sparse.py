@@ -10,8 +10,8 @@ from logitlab.normalizers.sparsemax import sparsemax
 __all__ = ["Sparsemax", "Entmax15", "Entmax"]
 
 
-def _validate_repr(validate: bool) -> str:
-    return "" if validate else ", validate=False"
+def _validate_repr(validate: bool, impl: str = "auto") -> str:
+    return ("" if validate else ", validate=False") + ("" if impl == "auto" else f", impl={impl!r}")
 
 
 class Sparsemax(nn.Module):
@@ -23,16 +23,17 @@ class Sparsemax(nn.Module):
         tensor([0.7500, 0.2500, 0.0000])
     """
 
-    def __init__(self, *, dim: int = -1, validate: bool = True) -> None:
+    def __init__(self, *, dim: int = -1, validate: bool = True, impl: str = "auto") -> None:
         super().__init__()
         self.dim = dim
         self.validate = validate
+        self.impl = impl
 
     def forward(self, logits: Tensor) -> Tensor:
-        return sparsemax(logits, dim=self.dim, validate=self.validate)
+        return sparsemax(logits, dim=self.dim, validate=self.validate, impl=self.impl)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}" + _validate_repr(self.validate)
+        return f"dim={self.dim}" + _validate_repr(self.validate, self.impl)
 
 
 class Entmax15(nn.Module):
@@ -44,16 +45,17 @@ class Entmax15(nn.Module):
         tensor([0.8307, 0.1693, 0.0000])
     """
 
-    def __init__(self, *, dim: int = -1, validate: bool = True) -> None:
+    def __init__(self, *, dim: int = -1, validate: bool = True, impl: str = "auto") -> None:
         super().__init__()
         self.dim = dim
         self.validate = validate
+        self.impl = impl
 
     def forward(self, logits: Tensor) -> Tensor:
-        return entmax15(logits, dim=self.dim, validate=self.validate)
+        return entmax15(logits, dim=self.dim, validate=self.validate, impl=self.impl)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}" + _validate_repr(self.validate)
+        return f"dim={self.dim}" + _validate_repr(self.validate, self.impl)
 
 
 class Entmax(nn.Module):
@@ -70,7 +72,7 @@ class Entmax(nn.Module):
     """
 
     def __init__(self, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: float = DEFAULT_TOL,
-                 max_iter: int = DEFAULT_MAX_ITER, validate: bool = True) -> None:
+                 max_iter: int = DEFAULT_MAX_ITER, validate: bool = True, impl: str = "auto") -> None:
         super().__init__()
         if isinstance(alpha, nn.Parameter):
             self.alpha = alpha
@@ -82,12 +84,13 @@ class Entmax(nn.Module):
         self.tol = tol
         self.max_iter = max_iter
         self.validate = validate
+        self.impl = impl
 
     def forward(self, logits: Tensor) -> Tensor:
         return entmax(logits, self.alpha, dim=self.dim, tol=self.tol, max_iter=self.max_iter,
-                      validate=self.validate)
+                      validate=self.validate, impl=self.impl)
 
     def extra_repr(self) -> str:
         alpha = f"Tensor(shape={tuple(self.alpha.shape)})" if isinstance(self.alpha, Tensor) else self.alpha
         return (f"alpha={alpha}, dim={self.dim}, tol={self.tol:g}, max_iter={self.max_iter}"
-                + _validate_repr(self.validate))
+                + _validate_repr(self.validate, self.impl))

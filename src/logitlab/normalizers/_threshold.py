@@ -38,6 +38,7 @@ import math
 import torch
 from torch import Tensor
 
+from logitlab import backend
 from logitlab._native import sparse as native_sparse
 from logitlab._validation import fail
 from logitlab.normalizers._threshold_topk import (
@@ -64,14 +65,17 @@ def check_converged(fn: str, violation: Tensor, tol: float, max_iter: int) -> No
             f"raise max_iter or tol, or call entmax_with_info() to inspect the rows")
 
 
-def _native(logits: Tensor) -> bool:
-    """Whether these (rows, n) logits take the native kernel (same answer on fake tensors)."""
-    return logits.shape[1] > 0 and native_sparse.supports(logits)
+def _native(logits: Tensor, impl: str = "auto", fn: str = "threshold_map") -> bool:
+    """Whether these (rows, n) logits take the native kernel for ``impl`` (the same answer on
+    fake tensors; an explicit "native" that cannot run raises, naming ``fn``)."""
+    if logits.shape[1] == 0:
+        return False
+    return backend.resolve(fn, impl, logits, native=lambda: native_sparse.supports(logits), op="sparsemax") == "native"
 
 
-def _index_width(logits: Tensor, kind: str) -> int:
+def _index_width(logits: Tensor, kind: str, impl: str = "auto", fn: str = "threshold_map") -> int:
     """Columns of the saved top-k indices: 0 on the native path, which needs none."""
-    return 0 if _native(logits) else first_k(kind, logits.shape[1])
+    return 0 if _native(logits, impl, fn) else first_k(kind, logits.shape[1])
 
 
 def _check_alpha_values(fn: str, alpha: float | Tensor) -> None:
@@ -85,13 +89,13 @@ def _check_alpha_values(fn: str, alpha: float | Tensor) -> None:
 
 
 def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int,
-             raise_on_failure: bool, validate: bool = False, fn: str = "threshold_map"
+             raise_on_failure: bool, validate: bool = False, fn: str = "threshold_map", impl: str = "auto"
              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     rows, n = logits.shape
     alpha_u = uniform_alpha(alpha) if rows and n else 1.5
     if validate and kind == "bisect" and rows and n:
         _check_alpha_values(fn, alpha_u)
-    if rows and _native(logits):
+    if rows and _native(logits, impl, fn):
         probs, tau, support, n_iter, violation, bad = native_sparse.sparse_forward(
             logits, kind, alpha_u, tol, max_iter, validate)
         if bad >= 0:
@@ -150,16 +154,16 @@ def _backward(grad: Tensor, probs: Tensor, alpha: Tensor, first_idx: Tensor, sup
 
 @torch.library.custom_op("logitlab::threshold_map", mutates_args=())
 def _threshold_op(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int,
-                  raise_on_failure: bool, validate: bool, fn: str
+                  raise_on_failure: bool, validate: bool, fn: str, impl: str
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _forward(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn)
+    return _forward(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn, impl)
 
 
 @_threshold_op.register_fake
-def _(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn):
+def _(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn, impl):
     rows, n = logits.shape
     cdtype = compute_dtype(logits.dtype)
-    first_k = _index_width(logits, kind)
+    first_k = _index_width(logits, kind, impl, fn)
     vec = logits.new_empty(rows, dtype=cdtype)
     ints = logits.new_empty(rows, dtype=torch.int64)
     return (torch.empty_like(logits), vec, logits.new_empty(rows, first_k, dtype=torch.int64),
@@ -178,7 +182,7 @@ def _(grad, probs, alpha, first_idx, support, kind, need_alpha):
 
 
 def _setup_context(ctx, inputs, output):
-    _, alpha, kind, _, _, _, _, _ = inputs
+    _, alpha, kind, _, _, _, _, _, _ = inputs
     probs, _, first_idx, support, _, _ = output
     ctx.save_for_backward(probs, alpha, first_idx, support)
     ctx.kind = kind
@@ -193,7 +197,7 @@ def _backward_rule(ctx, grad_probs, *unused):
         grad_logits, grad_alpha = _threshold_backward_op(
             grad_probs, probs, alpha, first_idx, support, ctx.kind, need_alpha)
     return (grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None),
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 _threshold_op.register_autograd(_backward_rule, setup_context=_setup_context)
@@ -204,8 +208,8 @@ class _ThresholdFunction(torch.autograd.Function):
     (whose first call imports torch._dynamo: seconds of start-up)."""
 
     @staticmethod
-    def forward(ctx, logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn):
-        out = _forward(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn)
+    def forward(ctx, logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn, impl):
+        out = _forward(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn, impl)
         probs, tau, first_idx, support, n_iter, violation = out
         ctx.save_for_backward(probs, alpha, first_idx, support)
         ctx.kind = kind
@@ -219,12 +223,12 @@ class _ThresholdFunction(torch.autograd.Function):
         grad_logits, grad_alpha = _backward(grad_probs.contiguous(), probs, alpha, first_idx, support,
                                             ctx.kind, need_alpha)
         return (grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def threshold_map(rows: Tensor, kind: str, alpha: Tensor | None = None, *, tol: float = 0.0,
                   max_iter: int = 1, raise_on_failure: bool = True, validate: bool = True,
-                  fn: str = "threshold_map") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                  fn: str = "threshold_map", impl: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Apply the map of ``kind`` to (rows, n) logits.
 
     With ``validate``, NaN or +inf logits and α not > 1 raise ``ValueError`` naming ``fn``
@@ -232,14 +236,15 @@ def threshold_map(rows: Tensor, kind: str, alpha: Tensor | None = None, *, tol: 
 
     Returns probs (rows, n), τ (rows,), iterations (rows,), |Σp − 1| before the final
     renormalization (rows,), support size (rows,). ``alpha`` is (rows, 1) or (1, 1) (only for
-    ``kind='bisect'``).
+    ``kind='bisect'``). ``impl`` ('auto' | 'native' | 'torch', :mod:`logitlab.backend`) is
+    resolved inside the op, on the real or the fake tensors alike, for the op named ``fn``.
     """
     if alpha is None:
         alpha = rows.new_full((1, 1), 2.0 if kind == "sparsemax" else 1.5,
                               dtype=compute_dtype(rows.dtype))
     if alpha.shape[0] != rows.shape[0]:
         alpha = alpha.expand(rows.shape[0], 1)
-    args = (rows, alpha, kind, float(tol), int(max_iter), bool(raise_on_failure), bool(validate), fn)
+    args = (rows, alpha, kind, float(tol), int(max_iter), bool(raise_on_failure), bool(validate), fn, impl)
     # Opaque to the compiler (no graph break); on meta tensors the op's fake gives the shapes.
     if torch.compiler.is_compiling() or rows.device.type == "meta":
         probs, tau, _, support, n_iter, violation = _threshold_op(*args)

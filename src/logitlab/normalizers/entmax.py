@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from logitlab import backend
 from logitlab._reduction import from_rows, rowwise, to_rows
 from logitlab._validation import check_dim, check_floating, check_nonnegative, compute_dtype, fail
 from logitlab.normalizers._qexp import DENSE_BELOW, qexp_map
@@ -54,7 +55,7 @@ class EntmaxInfo(NamedTuple):
         return float(self.violation.max()) if self.violation.numel() else 0.0
 
 
-def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
+def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True, impl: str = "auto") -> Tensor:
     """1.5-entmax, exact: p = [z/2 − τ]_+², with τ the unique threshold with Σ p = 1.
 
     The map of the Tsallis regularizer at α = 1.5 (:func:`tsallis15_regularizer`): sparse like
@@ -72,6 +73,7 @@ def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
         logits: (*batch, n) scores, along ``dim``.
         dim: the class axis.
         validate: reject NaN and ``+inf`` logits.
+        impl: 'auto' | 'native' | 'torch' (:mod:`logitlab.backend`), as in :func:`sparsemax`.
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``.
@@ -93,7 +95,8 @@ def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
     axis = check_dim("entmax15", dim, logits.ndim)
     if logits.numel() == 0:
         return logits.clone()
-    return rowwise(lambda rows: threshold_map(rows, "entmax15", validate=validate, fn="entmax15")[0],
+    impl = backend.check_impl("entmax15", impl)
+    return rowwise(lambda rows: threshold_map(rows, "entmax15", validate=validate, fn="entmax15", impl=impl)[0],
                    logits, axis)
 
 
@@ -145,8 +148,9 @@ def _check_solver(fn: str, tol: object, max_iter: object) -> tuple[float, int]:
 
 
 def _entmax_rows(fn: str, logits: Tensor, alpha: object, dim: int, tol: object, max_iter: object,
-                 raise_on_failure: bool, validate: bool):
+                 raise_on_failure: bool, validate: bool, impl: str = "auto"):
     check_floating(fn, "logits", logits)
+    impl = backend.check_impl(fn, impl, op="entmax")
     axis = check_dim(fn, dim, logits.ndim)
     # Compiled, a tensor α's values are checked inside the engine's op (no graph break there);
     # eager, here (> 0: the rows below DENSE_BELOW take the q-exponential solver).
@@ -171,7 +175,7 @@ def _entmax_rows(fn: str, logits: Tensor, alpha: object, dim: int, tol: object, 
         exact = torch.float64 if rows.device.type == "cpu" else cdtype
         alpha_rows = rows.new_full((1, 1), alpha, dtype=exact)
     probs, tau, n_iter, violation = _solve_rows(
-        fn, rows, alpha_rows, tol_f, max_iter_i, raise_on_failure, validate)
+        fn, rows, alpha_rows, tol_f, max_iter_i, raise_on_failure, validate, impl)
     out = from_rows(probs, shape, axis, x.ndim).reshape(logits.shape)
     batch = tuple(s for i, s in enumerate(logits.shape) if i != axis)
     return out, tau.reshape(batch), n_iter.reshape(batch), violation.reshape(batch), tol_f
@@ -195,7 +199,7 @@ def _softmax_rows(fn: str, rows: Tensor, validate: bool) -> tuple[Tensor, Tensor
 
 
 def _solve_rows(fn: str, rows: Tensor, alpha: Tensor, tol: float, max_iter: int,
-                raise_on_failure: bool, validate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                raise_on_failure: bool, validate: bool, impl: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """α-entmax of (rows, n): α ≥ DENSE_BELOW by the threshold engine (native kernels), the
     rest (near and below 1) by the q-exponential solver; a tensor α with both splits the rows."""
     # Compiled, or on meta tensors (no α to read): the engine alone, whose op has a fake.
@@ -204,7 +208,7 @@ def _solve_rows(fn: str, rows: Tensor, alpha: Tensor, tol: float, max_iter: int,
         dense = (alpha < DENSE_BELOW).reshape(-1)
         if bool(dense.any()) and not bool(dense.all()):
             parts = [_solve_rows(fn, rows.index_select(0, idx), alpha.index_select(0, idx), tol,
-                                 max_iter, raise_on_failure, validate)
+                                 max_iter, raise_on_failure, validate, impl)
                      for idx in (torch.nonzero(dense).squeeze(1), torch.nonzero(~dense).squeeze(1))]
             order = torch.cat([torch.nonzero(dense).squeeze(1), torch.nonzero(~dense).squeeze(1)])
             inverse = torch.empty_like(order)
@@ -216,7 +220,7 @@ def _solve_rows(fn: str, rows: Tensor, alpha: Tensor, tol: float, max_iter: int,
     if not use_dense:
         probs, tau, n_iter, violation, _ = threshold_map(
             rows, "bisect", alpha, tol=tol, max_iter=max_iter, raise_on_failure=raise_on_failure,
-            validate=validate, fn=fn)
+            validate=validate, fn=fn, impl=impl)
         return probs, tau, n_iter, violation
     if alpha.shape[0] == 1 and not alpha.requires_grad and float(alpha.reshape(-1)[0]) == 1.0:
         return _softmax_rows(fn, rows, validate)  # α = 1 exactly, no α-gradient: the softmax
@@ -228,7 +232,7 @@ def _solve_rows(fn: str, rows: Tensor, alpha: Tensor, tol: float, max_iter: int,
 
 
 def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: float = DEFAULT_TOL,
-           max_iter: int = DEFAULT_MAX_ITER, validate: bool = True) -> Tensor:
+           max_iter: int = DEFAULT_MAX_ITER, validate: bool = True, impl: str = "auto") -> Tensor:
     """α-entmax for any α > 0: p = [(α−1) z − τ]_+^{1/(α−1)}, with τ such that Σ p = 1.
 
     The map of the Tsallis regularizer Ω_α(p) = (Σ p^α − 1)/(α(α−1)) (:func:`tsallis_regularizer`),
@@ -270,6 +274,9 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
             ``alpha`` (without it such rows come out NaN). The logits are checked from the row
             maxima the solve computes anyway (no extra pass), inside the op, so also under
             ``torch.compile``.
+        impl: 'auto' | 'native' | 'torch' (:mod:`logitlab.backend`) for the rows with
+            α ≥ 1.0625 (the native kernel, or the ``torch.topk`` engine); the rows below take
+            the q-exponential solver in torch ops whatever it says.
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``.
@@ -297,12 +304,12 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
         Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 2020;
         Correia, Niculae & Martins, "Adaptively Sparse Transformers", EMNLP 2019 (learned α).
     """
-    return _entmax_rows("entmax", logits, alpha, dim, tol, max_iter, True, validate)[0]
+    return _entmax_rows("entmax", logits, alpha, dim, tol, max_iter, True, validate, impl)[0]
 
 
 def entmax_with_info(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1,
                      tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
-                     validate: bool = True) -> EntmaxInfo:
+                     validate: bool = True, impl: str = "auto") -> EntmaxInfo:
     """:func:`entmax`, returning the solve's report instead of raising when it does not converge.
 
     Args and Raises: as :func:`entmax` (except :class:`ConvergenceError`).
@@ -321,7 +328,7 @@ def entmax_with_info(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = 
         False
     """
     probs, tau, n_iter, violation, tol_f = _entmax_rows(
-        "entmax_with_info", logits, alpha, dim, tol, max_iter, False, validate)
+        "entmax_with_info", logits, alpha, dim, tol, max_iter, False, validate, impl)
     violation = violation.detach()
     return EntmaxInfo(probs, tau.detach(), n_iter, violation <= tol_f, violation)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from logitlab import backend
 from logitlab._reduction import rowwise
 from logitlab._validation import check_dim, check_floating, check_nonnegative, compute_dtype
 from logitlab.normalizers._threshold import threshold_map
@@ -11,7 +12,7 @@ from logitlab.normalizers._threshold import threshold_map
 __all__ = ["sparsemax", "gini_regularizer"]
 
 
-def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor:
+def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True, impl: str = "auto") -> Tensor:
     """Sparsemax: the point of the simplex closest to the logits.
 
     sparsemax(z) = argmin_{p ∈ Δ} ‖p − z‖² = [z − τ]_+, with τ the unique threshold such that
@@ -39,6 +40,8 @@ def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor
         logits: (*batch, n) scores, along ``dim``.
         dim: the class axis.
         validate: reject NaN and ``+inf`` logits.
+        impl: 'auto' | 'native' | 'torch' (:mod:`logitlab.backend`): the native kernel or the
+            ``torch.topk`` path above; 'auto' takes the kernel wherever it runs.
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``, with exact zeros.
@@ -58,9 +61,10 @@ def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True) -> Tensor
     """
     check_floating("sparsemax", "logits", logits)
     axis = check_dim("sparsemax", dim, logits.ndim)
+    impl = backend.check_impl("sparsemax", impl)
     if logits.numel() == 0:
         return logits.clone()
-    return rowwise(lambda rows: threshold_map(rows, "sparsemax", validate=validate, fn="sparsemax")[0],
+    return rowwise(lambda rows: threshold_map(rows, "sparsemax", validate=validate, fn="sparsemax", impl=impl)[0],
                    logits, axis)
 
 
