@@ -165,6 +165,24 @@ def test_inplace_backward_writes_the_gradient_into_the_logits(device, dtype):
     assert torch.equal(y.detach(), g_expected)  # the logits now hold the gradient
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_incoming_gradient_one_is_skipped_and_others_scale(device, reduction):
+    """The backward's scaling kernel leaves the gradient alone where the incoming factor is 1
+    (read on the device) and multiplies it elsewhere: a factor of 1 and one of 2.5 agree."""
+    logits = torch.randn(4, C, device=device)
+    target = torch.tensor([1, 2, -100, 4], device=device)
+    grads = []
+    for factor in (1.0, 2.5):
+        x = logits.clone().requires_grad_()
+        out = cross_entropy(x, target, impl="triton", reduction=reduction)
+        out.backward(torch.full_like(out, factor))
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0] * 2.5, grads[1])
+    x = logits.double().requires_grad_()
+    reference.cross_entropy(x.cpu(), target.cpu(), reduction=reduction).sum().backward()
+    torch.testing.assert_close(grads[0].cpu().double(), x.grad.cpu(), rtol=1e-5, atol=1e-7)
+
+
 def test_backward_twice_recomputes_and_double_backward_raises(device):
     logits = torch.randn(4, 9, dtype=D, device=device, requires_grad=True)
     target = torch.tensor([1, 2, 3, 4], device=device)

@@ -6,8 +6,10 @@
 * eager: ``_TritonCrossEntropy``, the twin of the CPU's fused Function. The forward computes
   the losses and the finished gradient in one launch (into a new tensor, or over the logits
   with ``inplace_backward``); the backward scales it in place by the incoming gradient and
-  hands it over. It never reads a value on the host: no ``grad_output == 1`` shortcut, and the
-  data checks only when ``opts.validate`` (``validate=None`` turns them off for CUDA tensors).
+  hands it over. It never reads a value on the host: the scaling kernel reads the incoming
+  gradient on the device and skips rows whose factor is 1 (no memory traffic for the usual
+  ``loss.backward()``), and the data checks run only when ``opts.validate`` (``validate=None``
+  turns them off for CUDA tensors).
 * under ``torch.compile``: the custom op ``logitlab::triton_xent_rows`` (per-row losses and
   the gradient, with a fake for tracing and an autograd formula), so a compiled caller has no
   graph break; the reduction around it is plain torch. Its backward multiplies the saved
@@ -20,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from logitlab._triton.xent import xent_rows
+from logitlab._triton.xent import scale_rows_, xent_rows
 from logitlab.losses._xent_kernel import XentOptions, _bad_row
 
 __all__ = ["triton_cross_entropy"]
@@ -80,8 +82,7 @@ class _TritonCrossEntropy(torch.autograd.Function):
                     "and the backward can run only once; use inplace_backward=False to backpropagate twice")
             rows, target, weight, keep, scale = ctx.saved_tensors
             _, grad = _forward(rows, target, weight, keep, scale, opts._replace(validate=False), True)
-        go = grad_output.to(grad.dtype)
-        grad.mul_(go.unsqueeze(1) if opts.per_row else go)
+        scale_rows_(grad, grad_output)
         return grad, None, None, None, None, None
 
 

@@ -271,3 +271,44 @@ def xent_rows(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Tensor,
         num_warps=8 if blk >= 2048 else 4,
     )
     return losses, lse
+
+
+def _scale_rows_kernel(g_ptr, g_stride, go_ptr, go_stride, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    go = tl.load(go_ptr + row * go_stride)
+    # The usual incoming gradient is 1 (loss.backward()): then the program reads and writes nothing.
+    if go != 1.0:
+        g_row = g_ptr + row * g_stride
+        offs = tl.arange(0, BLOCK)
+        for start in range(0, n_cols, BLOCK):
+            cols = start + offs
+            inside = cols < n_cols
+            g = tl.load(g_row + cols, mask=inside, other=0.0)
+            tl.store(g_row + cols, (g.to(tl.float32) * go.to(tl.float32)).to(g.dtype), mask=inside)
+
+
+_scale_kernel = jit(_scale_rows_kernel)
+
+
+def scale_rows_(grad: Tensor, grad_output: Tensor) -> Tensor:
+    """grad (N, C) ← grad · grad_output in place, for a scalar or an (N,) ``grad_output``, without
+    reading it on the host: each row's program loads its factor and touches nothing when it is 1.
+
+    (Comparing grad_output to 1 on the host would synchronize; multiplying regardless would cost a
+    pass over the gradient, as much memory traffic as the loss itself.)
+    """
+    out = grad
+    if grad.ndim == 1:
+        grad = grad.view(1, -1) if grad_output.numel() == 1 else grad.view(-1, 1)
+    if grad.numel() == 0:
+        return out
+    if grad.shape[1] > 1 and grad.stride(1) != 1:
+        raise RuntimeError("scale_rows_: the gradient's columns must be contiguous")
+    go = grad_output.reshape(-1)
+    if go.dtype != grad.dtype and go.dtype not in (torch.float32, torch.float64):
+        go = go.float()
+    go_stride = 0 if go.numel() == 1 else go.stride(0)
+    blk = block_size(grad.shape[1])
+    _scale_kernel()[(grad.shape[0],)](grad, grad.stride(0), go, go_stride, grad.shape[1], BLOCK=blk,
+                                      num_warps=8 if blk >= 2048 else 4)
+    return out

@@ -366,8 +366,13 @@ class FusedLinearLoss(torch.autograd.Function):
         if grads is not None:
             # Drop our reference so autograd can keep these tensors as .grad without a copy.
             ctx.grads = None
-            # (The Triton path multiplies whatever grad_out is: comparing it to 1 reads it on the host.)
-            if ctx.plan.triton or not bool(grad_out == 1):
+            if ctx.plan.triton:
+                # Comparing grad_out to 1 would read it on the host: the Triton scaling kernel reads
+                # it on the device and touches nothing when it is 1.
+                from logitlab._triton.xent import scale_rows_
+
+                grads = [scale_rows_(g, grad_out) if g is not None else None for g in grads]
+            elif not bool(grad_out == 1):
                 grads = [g.mul_(grad_out.to(g.dtype)) if g is not None else None for g in grads]
         else:
             hidden, weight, bias = ctx.saved_tensors
