@@ -169,6 +169,24 @@ def test_no_host_read_of_the_incoming_gradient(device, monkeypatch):
                                               hidden)[1])
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_caller_has_no_graph_break(device, reduction):
+    """Under torch.compile(fullgraph=True) the chunk loop runs inside the custom ops
+    logitlab::triton_linear_xent(_grads): the same loss and gradients as the eager call."""
+    hidden, weight, bias, target = _inputs(device)
+    cw = (torch.rand(V, dtype=D) + 0.5).to(device)
+
+    def step(h, w, b):
+        return linear_cross_entropy(h * 1.5, w, target, bias=b, class_weight=cw, label_smoothing=0.1, z_loss=1e-2,
+                                    softcap=3.0, impl="triton", chunk_size=4, reduction=reduction, validate=False)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if device.type == "cpu" else "inductor")
+    ours = _grads(compiled, hidden, weight, bias)
+    eager = _grads(step, hidden, weight, bias)
+    for a, b in zip(ours, eager):
+        torch.testing.assert_close(a, b)
+
+
 def test_impl_triton_needs_cuda_or_the_interpreter(monkeypatch):
     hidden, weight, _, target = _inputs("cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "0")

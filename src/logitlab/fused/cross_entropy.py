@@ -185,7 +185,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
             that do not count may hold anything). ``None`` (the default): True except for CUDA
             tensors (the checks read values on the host). Class indices are checked whatever it
             says, except by impl='triton' with the checks off: its kernel reads nothing for an
-            index outside [0, V) and gives that row a NaN loss.
+            index outside [0, V) and gives that row a NaN loss. Under ``torch.compile`` the data
+            checks are skipped (impl='triton' then runs as a custom op: no graph break).
         shift: k >= 0 (True = 1): next-token targets, see above; k must be smaller than the
             sequence length target.shape[-1].
         _record: internal, for :func:`linear_cross_entropy_with_lse` (a (2, N) sink).
@@ -230,7 +231,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         vocab_start, vocab_total = vocab_offsets(vocab_local, process_group, weight.device,
                                                  rows=target.numel(), fn=fn)
     flat_target = target.reshape(-1).long()
-    validate = v.default_validate(hidden, validate)
+    compiling = torch.compiler.is_compiling()
+    validate = v.default_validate(hidden, validate) and not compiling  # (no data checks in a compiled graph)
     rows = flat_target.numel()
     mode = choose_impl(fn, impl, hidden, rows, vocab_total, chunk_size, process_group)
     # Whatever `validate` says: an index addresses memory (of the head, the logits, the weights);
@@ -250,8 +252,16 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                       reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                       record=_record)
 
-    acc = accumulation_dtype(hidden.dtype, accum_dtype)
     triton = mode == "triton"
+    if triton and compiling:  # the chunk loop inside a custom op: no graph break
+        from logitlab._triton.linear import compiled_linear_cross_entropy
+
+        out = compiled_linear_cross_entropy(
+            hidden.reshape(rows, hidden.shape[-1]), weight, bias, flat_target, class_weight,
+            ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+            chunk=chunk_size or gpu_chunk_rows(rows, vocab_total), accum_dtype=accum_dtype, reduction=reduction)
+        return out.reshape(target.shape) if reduction == "none" else out
+    acc = accumulation_dtype(hidden.dtype, accum_dtype)
     kernel = build_kernel(flat_target, class_weight, ignore_index=ignore_index, vocab_start=vocab_start,
                           vocab_total=vocab_total, label_smoothing=label_smoothing, z_loss=z_loss,
                           dtype=acc, group=process_group, sync=not triton)
