@@ -45,7 +45,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "poly1_cross_entropy": ("native", "torch", "composite"),
     "linear_cross_entropy": ("native", "torch", "composite", "triton"),
     "linear_cross_entropy_with_lse": ("native", "torch", "composite"),
-    "linear_divergence_loss": ("native", "torch", "composite"),
+    "linear_divergence_loss": ("native", "torch", "composite", "triton"),
     "sparsemax": ("native", "torch"),
     "entmax15": ("native", "torch"),
     "entmax": ("native", "torch"),

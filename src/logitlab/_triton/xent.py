@@ -273,7 +273,7 @@ def xent_rows(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Tensor,
     return losses, lse
 
 
-def _scale_rows_kernel(g_ptr, g_stride, go_ptr, go_stride, n_cols, BLOCK: tl.constexpr):
+def _scale_rows_kernel(g_ptr, g_stride, go_ptr, go_stride, n_cols, CD: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     go = tl.load(go_ptr + row * go_stride)
     # The usual incoming gradient is 1 (loss.backward()): then the program reads and writes nothing.
@@ -284,7 +284,7 @@ def _scale_rows_kernel(g_ptr, g_stride, go_ptr, go_stride, n_cols, BLOCK: tl.con
             cols = start + offs
             inside = cols < n_cols
             g = tl.load(g_row + cols, mask=inside, other=0.0)
-            tl.store(g_row + cols, (g.to(tl.float32) * go.to(tl.float32)).to(g.dtype), mask=inside)
+            tl.store(g_row + cols, (g.to(CD) * go.to(CD)).to(g.dtype), mask=inside)
 
 
 _scale_kernel = jit(_scale_rows_kernel)
@@ -309,6 +309,6 @@ def scale_rows_(grad: Tensor, grad_output: Tensor) -> Tensor:
         go = go.float()
     go_stride = 0 if go.numel() == 1 else go.stride(0)
     blk = block_size(grad.shape[1])
-    _scale_kernel()[(grad.shape[0],)](grad, grad.stride(0), go, go_stride, grad.shape[1], BLOCK=blk,
-                                      num_warps=8 if blk >= 2048 else 4)
+    _scale_kernel()[(grad.shape[0],)](grad, grad.stride(0), go, go_stride, grad.shape[1],
+                                      CD=compute_tl_dtype(grad.dtype), BLOCK=blk, num_warps=8 if blk >= 2048 else 4)
     return out

@@ -77,6 +77,17 @@ def kept_index(keep: Tensor) -> Tensor | None:
     return keep.nonzero().squeeze(1)
 
 
+def triton_row_scale(keep: Tensor, row_scale: Tensor | float | None, start: int, stop: int,
+                     dtype: torch.dtype) -> Tensor:
+    """The (rows,) factors a Triton row kernel multiplies a chunk's gradient rows by: ``keep``
+    (0 for rows that do not count) times ``row_scale`` (a number, a 0-d tensor or an (N,) tensor
+    of which rows [start, stop) are the chunk's), in float64 for float64 blocks, else float32."""
+    scale = keep.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    if isinstance(row_scale, Tensor):
+        return scale * (row_scale[start:stop] if row_scale.ndim else row_scale).to(scale.dtype)
+    return scale * float(row_scale) if row_scale is not None else scale
+
+
 def apply_softcap(z: Tensor, softcap: float | None) -> Tensor | None:
     """z ← softcap·tanh(z / softcap) in place; returns tanh(z / softcap) for the chain rule."""
     if softcap is None:
@@ -237,11 +248,7 @@ class CrossEntropyKernel:
         if self.group is not None or self.record is not None:
             raise RuntimeError("CrossEntropyKernel.triton: no process group or record on the Triton path")
         keep = self.keep[start:stop]
-        scale = keep.to(torch.float64 if z.dtype == torch.float64 else torch.float32)
-        if isinstance(row_scale, Tensor):
-            scale = scale * (row_scale[start:stop] if row_scale.ndim else row_scale).to(scale.dtype)
-        elif row_scale is not None:
-            scale = scale * float(row_scale)
+        scale = triton_row_scale(keep, row_scale, start, stop, z.dtype)
         weight_sum = None
         if self.class_weight is not None and self.label_smoothing:
             total = self.weight_total
