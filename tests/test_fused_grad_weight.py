@@ -34,7 +34,7 @@ def test_sum_over_chunks_matches_float64(monkeypatch, dtype, sum_dtype, kernel, 
         pytest.skip("no AVX512-BF16 kernel")
     chunks = _chunks(count, dtype)
     weight = torch.empty(97, 70, dtype=dtype)
-    total = GradWeightSum(weight, sum_dtype)
+    total = GradWeightSum(weight, sum_dtype, native=True)
     real = native_gemm.grad_weight_bf16
     for i, (g, h) in enumerate(chunks):
         use_native = {"native": True, "torch": False, "native_then_torch": i == 0, "torch_then_native": i > 0}[kernel]
@@ -55,7 +55,7 @@ def test_float32_sum_of_a_bf16_head_lives_in_halves_and_the_result_buffer():
     # Several chunks: the upper halves of the float32 sum sit in the buffer that the last chunk
     # rounds in place and returns, beside an int16 buffer of lower halves; no float32 (V, D) tensor.
     weight = torch.empty(97, 70, dtype=BF16)
-    several = GradWeightSum(weight, F32)
+    several = GradWeightSum(weight, F32, native=True)
     chunks = _chunks(3, BF16)
     several.add(*chunks[0], last=False)
     upper, lower = several.halves
@@ -67,7 +67,7 @@ def test_float32_sum_of_a_bf16_head_lives_in_halves_and_the_result_buffer():
     with pytest.raises(RuntimeError, match="already added"):
         several.add(*chunks[0], last=True)
     # One chunk: no lower halves at all, the kernel writes the rounded sum straight into the result.
-    one = GradWeightSum(weight, F32)
+    one = GradWeightSum(weight, F32, native=True)
     one.add(*_chunks(1, BF16)[0], last=True)
     assert one.halves is None and one.sum is None and one.final is not None and one.result() is one.final
 

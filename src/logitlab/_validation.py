@@ -238,8 +238,8 @@ def check_index_target(fn: str, name: str, target: Tensor, num_classes: int, *,
     Written with elementwise ops and one reduction, not boolean-mask indexing: ``target[mask]``
     took 4 ms on 4096 elements with two threads in torch 2.13 (0.2 ms on one), more than the loss.
     """
-    if target.numel() == 0 or not has_data(target, keep):
-        return
+    if target.numel() == 0 or not has_data(target, keep) or transforms_active():
+        return  # (under a transform no native kernel runs: resolve() refuses; torch's gather checks)
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         bad &= target != ignore_index
@@ -266,21 +266,39 @@ def default_validate(sample: object, validate: bool | None) -> bool:
 
 
 def has_data(*tensors: Tensor | None) -> bool:
-    """Whether data checks can look at these tensors' values: not on the meta device (shapes
-    only: a meta call infers the output's shape and dtype, and checks no value)."""
-    return not any(t is not None and t.device.type == "meta" for t in tensors)
+    """Whether data checks can look at these tensors' values: not on the meta device, and not
+    FakeTensors of a bare ``FakeTensorMode`` (shapes only: such a call infers the output's shape
+    and dtype, and checks no value). Under ``torch.compile`` fake tensors stand for real ones and
+    take the real path, which the compiler traces."""
+    return not any(t is not None and (t.device.type == "meta" or _bare_fake(t)) for t in tensors)
+
+
+def _bare_fake(t: Tensor) -> bool:
+    if type(t) in (Tensor, torch.nn.Parameter):  # plain tensors: no import of the fake-tensor machinery
+        return False
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor) and not torch.compiler.is_compiling()
+
+
+def transforms_active() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, ...) runs: its wrapped tensors have no
+    values a data check could branch on (``torch.func`` refuses data-dependent control flow), so
+    data checks are skipped there, as under ``torch.compile``."""
+    return bool(torch._C._are_functorch_transforms_active())
 
 
 def meta_output(like: Tensor, shape: tuple[int, ...], reduction: str | None = None) -> Tensor:
-    """The result of a call on meta tensors: an empty meta tensor of the output's shape and dtype
-    (``shape`` itself, or a scalar unless ``reduction`` is 'none' or None).
+    """The result of a call without data (meta tensors, a bare FakeTensorMode): an empty tensor of
+    the output's shape and dtype on ``like``'s device (``shape`` itself, or a scalar unless
+    ``reduction`` is 'none' or None).
 
     Example:
         >>> meta_output(torch.empty(3, 5, device="meta"), (3,), "mean").shape
         torch.Size([])
     """
     size = shape if reduction in (None, "none") else ()
-    return torch.empty(size, dtype=like.dtype, device="meta")
+    return torch.empty(size, dtype=like.dtype, device=like.device)
 
 
 def check_same_device(fn: str, ref_name: str, ref: Tensor, **others: Tensor | None) -> None:

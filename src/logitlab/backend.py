@@ -32,10 +32,10 @@ import torch
 from torch import Tensor
 
 from logitlab import _native
-from logitlab._validation import fail
+from logitlab._validation import fail, transforms_active
 
 __all__ = ["IMPLS", "OPS", "AUTO", "resolve", "check_impl", "native_enabled", "triton_available",
-           "transforms_active"]
+           "auto_choices"]
 
 IMPLS = ("auto", "native", "torch", "composite", "triton")
 
@@ -78,12 +78,6 @@ def native_enabled() -> bool:
 def triton_available() -> bool:
     """Whether the Triton package imports (without importing it)."""
     return importlib.util.find_spec("triton") is not None
-
-
-def transforms_active() -> bool:
-    """Whether a ``torch.func`` transform (vmap, grad, jvp, ...) is running: its wrapped tensors
-    cannot reach a kernel that reads raw memory."""
-    return bool(torch._C._are_functorch_transforms_active())
 
 
 def check_impl(fn: str, impl: str, *, warn: bool = True, op: str | None = None) -> str:
@@ -176,3 +170,22 @@ def _require_triton(fn: str, sample: Tensor) -> None:
     if sample.device.type != "cuda" and not interpreted:
         fail(fn, "impl", "'triton' only for CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)", "triton",
              detail=f"got a tensor on {sample.device}")
+
+
+def auto_choices(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float64)
+                 ) -> dict[str, dict[str, str]]:
+    """What "auto" picks for each op of :data:`OPS` on plain CPU tensors of each dtype on this machine
+    (the fused heads' logits taken large, so not materialized): {op: {dtype name: impl}}. It builds
+    the native kernels it asks about (``logitlab env`` prints it)."""
+    from logitlab._native import sparse as native_sparse
+    from logitlab._native import xent as native_xent
+
+    table: dict[str, dict[str, str]] = {}
+    for op in OPS:
+        probe = native_sparse.supports if op.startswith(("sparsemax", "entmax")) else native_xent.supports
+        row = {}
+        for dtype in dtypes:
+            sample = torch.empty(0, 0, dtype=dtype)
+            row[str(dtype).removeprefix("torch.")] = resolve(op, "auto", sample, native=lambda s=sample: probe(s))
+        table[op] = row
+    return table

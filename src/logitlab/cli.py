@@ -72,6 +72,12 @@ def _cmd_env(args: argparse.Namespace) -> int:
             how = f"compiled now in {info['compile_s']:.1f} s" if info["compiled"] else "cached"
             print(f"native kernel {kernel}: build {info['build']} ({info['why']}), {info['path']} "
                   f"({how}, {info['compiler']})")
+    from logitlab import backend
+
+    print("impl='auto' on CPU tensors here (logitlab.backend; CUDA tensors take 'triton' where an op has it, "
+          "else 'torch'):")
+    for op, row in backend.auto_choices().items():
+        print(f"  {op:<30} " + "  ".join(f"{dtype} -> {impl}" for dtype, impl in row.items()))
     return 0
 
 

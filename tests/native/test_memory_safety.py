@@ -64,12 +64,12 @@ def test_native_kernel_checks_indices_itself():
     keep = torch.ones(3, dtype=torch.bool)
     for bad in (40, -1, 1 << 40):
         target = torch.tensor([0, bad, 1])
-        _, row, kind = xent.xent_rows(rows, target, None, keep, torch.ones(3), index_target=True,
-                                      label_smoothing=0.0, z_loss=0.0, temperature=1.0, validate=False,
-                                      grad=rows.clone())
+        _, _, row, kind = xent.xent_rows(rows.clone(), target, None, keep, torch.ones(3), index_target=True,
+                                         label_smoothing=0.0, z_loss=0.0, temperature=1.0, validate=False,
+                                         want_grad=True, in_place=True)
         assert (row, kind) == (1, 3)
     # An excluded row's target is never read: any value is fine there.
     keep[1] = False
-    _, row, kind = xent.xent_rows(rows, torch.tensor([0, -100, 1]), None, keep, torch.ones(3), index_target=True,
-                                  label_smoothing=0.0, z_loss=0.0, temperature=1.0, validate=False, grad=None)
+    _, _, row, kind = xent.xent_rows(rows, torch.tensor([0, -100, 1]), None, keep, torch.ones(3), index_target=True,
+                                     label_smoothing=0.0, z_loss=0.0, temperature=1.0, validate=False, want_grad=False)
     assert row == -1

@@ -323,17 +323,21 @@ def load(name: str) -> ctypes.CDLL | None:
         return lib
 
 
-def symbol(name: str, function: str, argtypes: list, restype):
+def symbol(name: str, function: str):
     """The typed C function ``function`` of library ``<name>.c`` (selected build), or None when it
-    is unavailable."""
+    is unavailable. Its argument and return types come from its definition in the C source
+    (:func:`logitlab._native.prototypes.prototype`), declared nowhere else."""
     key = (name, selected_build()[0], function)
     fn = _symbols.get(key)
     if fn is None:
         lib = load(name)
         if lib is None:
             return None
+        from logitlab._native.prototypes import prototype
+
+        restype, argtypes = prototype(name, function)
         fn = getattr(lib, function)
-        fn.argtypes = argtypes
+        fn.argtypes = list(argtypes)
         fn.restype = restype
         _symbols[key] = fn
     return fn

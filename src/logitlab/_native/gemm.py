@@ -13,22 +13,20 @@ forced: :func:`_torch_wins`); the caller then uses torch. Mismatched shapes rais
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import Tensor
 
-from logitlab._native import cpu_flags, plain_cpu, selected_build, symbol, threads_for
+from logitlab._native import cpu_flags, plain_cpu, selected_build, symbol
+from logitlab._native import ops as _ops  # noqa: F401  (defines torch.ops.logitlab.*)
 
 __all__ = ["grad_hidden_bf16", "grad_hidden_f32", "grad_weight_bf16", "logits_bf16", "logits_f32"]
 
-_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 BF16 = torch.bfloat16
 
 
 def _available(lib: str = "gemm_bf16_gw") -> bool:
     """Whether ``lib`` compiled with the instructions its kernel needs."""
-    probe = symbol(lib, "ll_available", [], _INT)
+    probe = symbol(lib, "ll_available")
     return probe is not None and bool(probe())
 
 
@@ -56,15 +54,13 @@ def _takes(tensors: tuple[Tensor, ...], dtypes: tuple) -> bool:
     return all(t.dtype == d and plain_cpu(t) and t.dim() == 2 for t, d in zip(tensors, dtypes))
 
 
-def _launch(lib: str, function: str, tensors: tuple[Tensor, ...], sizes: tuple[int, int, int],
-            extra: tuple = (), extra_types: tuple = ()) -> bool:
-    """``function(t0, ld0, t1, ld1, ..., rows, vocab, dim, threads, *extra)`` when every tensor has
-    unit column stride and the kernel is available; True when it ran."""
-    if any(t.shape[1] > 1 and t.stride(1) != 1 for t in tensors) or not _preferred(lib):
-        return False
-    fn = symbol(lib, function, [_P, _I64] * len(tensors) + [_I64, _I64, _I64, _INT, *extra_types], _I64)
-    matrices = [x for t in tensors for x in (t.data_ptr(), t.stride(0))]
-    return fn(*matrices, *sizes, threads_for(sizes[1] * sizes[2]), *extra) == 0
+def _done(status: Tensor) -> bool:
+    """Whether a matmul operator wrote its output (status 0); a fake output (a trace) counts as done."""
+    return type(status) is not torch.Tensor or int(status) == 0
+
+
+def _unit_columns(*tensors: Tensor) -> bool:
+    return all(t.shape[1] <= 1 or t.stride(1) == 1 for t in tensors)
 
 
 def _shape_error(name: str, *shapes) -> ValueError:
@@ -95,13 +91,12 @@ def grad_weight_bf16(out: Tensor | Halves, grad: Tensor, h: Tensor, *, src: Tens
         raise _shape_error("grad_weight_bf16", *(t.shape for t in every), grad.shape, h.shape)
     if any(t.stride() != parts_out[0].stride() for t in every):
         return False
-    lo_src = parts_src[1].data_ptr() if len(parts_src) == 2 else None
-    lo_out = parts_out[1].data_ptr() if len(parts_out) == 2 else None
-    src_bf16 = bool(parts_src) and parts_src[0].dtype == BF16
-    extra = (parts_src[0].data_ptr() if parts_src else None, lo_src, int(src_bf16), lo_out,
-             int(parts_out[0].dtype == BF16))
-    return _launch("gemm_bf16_gw", "ll_gw_bf16", (parts_out[0], grad, h), (rows, vocab, dim), extra,
-                   (_P, _P, _INT, _P, _INT))
+    if not (_unit_columns(parts_out[0], grad, h) and _preferred("gemm_bf16_gw")):
+        return False
+    status = torch.ops.logitlab.matmul_grad_weight_(
+        parts_out[0], parts_out[1] if len(parts_out) == 2 else None, grad, h,
+        parts_src[0] if parts_src else None, parts_src[1] if len(parts_src) == 2 else None)
+    return _done(status)
 
 
 def _sum_dtypes_ok(x: Tensor | Halves) -> bool:
@@ -121,7 +116,9 @@ def _grad_hidden(out: Tensor, grad: Tensor, weight: Tensor, dtype: torch.dtype) 
     (rows, vocab), dim = grad.shape, weight.shape[1]
     if tuple(out.shape) != (rows, dim) or weight.shape[0] != vocab:
         raise _shape_error(f"grad_hidden_{name}", out.shape, grad.shape, weight.shape)
-    return _launch(f"gemm_{name}_gh", f"ll_gh_{name}", (out, grad, weight), (rows, vocab, dim))
+    if not (_unit_columns(out, grad, weight) and _preferred(f"gemm_{name}_gh")):
+        return False
+    return _done(torch.ops.logitlab.matmul_grad_hidden_(out, grad, weight))
 
 
 def _logits(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> bool:
@@ -131,9 +128,9 @@ def _logits(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, dtype: 
     (rows, dim), vocab = h.shape, weight.shape[0]
     if tuple(out.shape) != (rows, vocab) or weight.shape[1] != dim or (bias is not None and bias.shape[0] != vocab):
         raise _shape_error(f"logits_{name}", out.shape, h.shape, weight.shape, () if bias is None else bias.shape)
-    bias32 = None if bias is None else bias.to(device="cpu", dtype=torch.float32).contiguous()
-    return _launch(f"gemm_{name}_logits", f"ll_logits_{name}", (out, h, weight), (rows, vocab, dim),
-                   (None if bias32 is None else bias32.data_ptr(),), (_P,))
+    if not (_unit_columns(out, h, weight) and _preferred(f"gemm_{name}_logits")):
+        return False
+    return _done(torch.ops.logitlab.matmul_logits_(out, h, weight, bias))
 
 
 def grad_hidden_bf16(out: Tensor, grad: Tensor, weight: Tensor) -> bool:

@@ -1,28 +1,18 @@
-"""Python side of ``sparse.c``: which inputs it takes, and the forward and backward calls."""
+"""Python side of ``sparse.c``: which inputs it takes, and the forward and backward calls (through
+the ``logitlab::sparse_*`` operators of :mod:`logitlab._native.ops`)."""
 
 from __future__ import annotations
-
-import ctypes
 
 import torch
 from torch import Tensor
 
-from logitlab._memory import empty_like_huge
 from logitlab._native import DTYPE_CODES as _CODES
-from logitlab._native import plain_cpu, symbol, threads_for
+from logitlab._native import ops as _ops  # noqa: F401  (defines torch.ops.logitlab.*)
+from logitlab._native import plain_cpu, symbol
 
 __all__ = ["KIND_CODES", "supports", "sparse_forward", "sparse_backward"]
 
 KIND_CODES = {"sparsemax": 0, "entmax15": 1, "bisect": 2}
-_P, _I64, _F64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-_FWD_ARGTYPES = [_P, _I64, _P, _I64, _I64, _I64, _INT, _P, _I64, _F64, _INT, _INT, _INT, _P, _P, _P, _P, _INT]
-_BWD_ARGTYPES = [_P, _I64, _P, _I64, _P, _I64, _I64, _I64, _INT, _P, _I64, _P, _INT]
-
-
-def _function(direction: str, code: str):
-    if direction == "fwd":
-        return symbol("sparse", f"ll_sparse_fwd_{code}", _FWD_ARGTYPES, ctypes.c_int64)
-    return symbol("sparse", f"ll_sparse_bwd_{code}", _BWD_ARGTYPES, None)
 
 
 def supports(rows: Tensor) -> bool:
@@ -33,20 +23,20 @@ def supports(rows: Tensor) -> bool:
     """
     if not plain_cpu(rows) or rows.dtype not in _CODES or rows.dim() != 2:
         return False
-    return _function("fwd", _CODES[rows.dtype]) is not None
+    return symbol("sparse", f"ll_sparse_fwd_{_CODES[rows.dtype]}") is not None
 
 
 def _rowmajor(t: Tensor) -> Tensor:
     return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
 
 
-def _alpha_arg(alpha: float | Tensor | None) -> tuple[Tensor | None, int]:
-    """A float64 tensor of α and its row stride (0: one α shared by every row)."""
+def _alpha_arg(alpha: float | Tensor | None) -> Tensor | None:
+    """α as a float64 tensor: one element shared by every row, or one per row."""
     if alpha is None:
-        return None, 0
+        return None
     if isinstance(alpha, float):
-        return torch.tensor([alpha], dtype=torch.float64), 0
-    return alpha.detach().reshape(-1).to(torch.float64).contiguous(), 1
+        return torch.tensor([alpha], dtype=torch.float64)
+    return alpha.detach().reshape(-1).to(torch.float64).contiguous()
 
 
 # Certification passes of the closed-form kinds before a row takes the sorted fallback.
@@ -61,35 +51,18 @@ def sparse_forward(rows: Tensor, kind: str, alpha: float | Tensor | None, tol: f
 
     ``max_passes=0`` sends every sparsemax / 1.5-entmax row to the sorted fallback (for tests).
     """
-    x = _rowmajor(rows)
-    n_rows, n_classes = x.shape
-    probs = empty_like_huge(x)
-    tau = torch.empty(n_rows, dtype=torch.float32)
-    support = torch.empty(n_rows, dtype=torch.int64)
-    n_iter = torch.empty(n_rows, dtype=torch.int64)
-    violation = torch.empty(n_rows, dtype=torch.float32)
-    a, lda = _alpha_arg(alpha if kind == "bisect" else None)
-    fn = _function("fwd", _CODES[x.dtype])
-    code = fn(x.data_ptr(), x.stride(0), probs.data_ptr(), probs.stride(0), n_rows, n_classes,
-              KIND_CODES[kind], a.data_ptr() if a is not None else None, lda, float(tol), int(max_iter),
-              int(max_passes), int(bool(validate)), tau.data_ptr(), support.data_ptr(), n_iter.data_ptr(),
-              violation.data_ptr(), threads_for(n_rows * n_classes))
-    if code == -2:
-        raise MemoryError("logitlab: the sparse kernel could not allocate its scratch rows")
-    return probs, tau, support, n_iter, violation, int(code)
+    a = _alpha_arg(alpha if kind == "bisect" else None)
+    probs, tau, support, n_iter, violation, code = torch.ops.logitlab.sparse_forward(
+        _rowmajor(rows), KIND_CODES[kind], a, float(tol), int(max_iter), int(max_passes), bool(validate))
+    # A fake output (FakeTensorMode, a compiler's trace) has no status to read: the kernel did not run.
+    return probs, tau, support, n_iter, violation, int(code) if type(code) is torch.Tensor else -1
 
 
 def sparse_backward(grad: Tensor, probs: Tensor, kind: str, alpha: float | Tensor | None,
                     need_alpha: bool) -> tuple[Tensor, Tensor | None]:
     """∂L/∂z (N, C) in the dtype of ``probs`` and, if asked, ∂L/∂α per row (N, 1) float32."""
     p = _rowmajor(probs)
-    g = _rowmajor(grad.to(p.dtype))
-    n_rows, n_classes = p.shape
-    out = empty_like_huge(p)
-    grad_alpha = torch.empty(n_rows, 1, dtype=torch.float32) if need_alpha else None
-    a, lda = _alpha_arg(alpha if kind == "bisect" else None)
-    fn = _function("bwd", _CODES[p.dtype])
-    fn(g.data_ptr(), g.stride(0), p.data_ptr(), p.stride(0), out.data_ptr(), out.stride(0), n_rows, n_classes,
-       KIND_CODES[kind], a.data_ptr() if a is not None else None, lda,
-       grad_alpha.data_ptr() if grad_alpha is not None else None, threads_for(n_rows * n_classes))
-    return out, grad_alpha
+    a = _alpha_arg(alpha if kind == "bisect" else None)
+    out, grad_alpha = torch.ops.logitlab.sparse_backward(_rowmajor(grad.to(p.dtype)), p, KIND_CODES[kind], a,
+                                                         bool(need_alpha))
+    return out, (grad_alpha if need_alpha else None)

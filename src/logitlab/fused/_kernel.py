@@ -228,10 +228,10 @@ class CrossEntropyKernel:
             scale = scale * row_scale[start:stop].to(torch.float32) if row_scale.ndim else scale * row_scale.float()
         elif row_scale is not None:
             scale = scale * float(row_scale)
-        losses, _, _ = native_xent.xent_rows(
+        losses, _, _, _ = native_xent.xent_rows(
             z, self.target[start:stop], self.class_weight, keep, scale, index_target=True,
             label_smoothing=self.label_smoothing, z_loss=self.z_loss, temperature=1.0, validate=False,
-            grad=z if need_grad else None, scale_loss=False)
+            want_grad=need_grad, in_place=True, scale_loss=False)
         return losses, (z if need_grad else None)
 
     def triton(self, z: Tensor, start: int, stop: int, need_grad: bool, row_scale: Tensor | float | None, *,

@@ -113,17 +113,18 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
     n_rows, n_classes = rows.shape
     cd = compute_dtype(rows)
     eps, z, temp = opts.label_smoothing, opts.z_loss, opts.temperature
+    if opts.native:
+        losses, grad, bad, kind = native_xent.xent_rows(
+            rows, target, weight, keep, scale, index_target=opts.index_target, label_smoothing=eps,
+            z_loss=z, temperature=temp, validate=opts.validate, want_grad=want_grad,
+            in_place=opts.inplace_backward)
+        if bad >= 0:
+            _raise_bad(opts, bad, kind, target, n_classes)
+        return losses, grad
     if want_grad:
         grad = rows if opts.inplace_backward else empty_like_huge(rows)
     else:
         grad = None
-    if opts.native:
-        losses, bad, kind = native_xent.xent_rows(
-            rows, target, weight, keep, scale, index_target=opts.index_target, label_smoothing=eps,
-            z_loss=z, temperature=temp, validate=opts.validate, grad=grad)
-        if bad >= 0:
-            _raise_bad(opts, bad, kind, target, n_classes)
-        return losses, grad
     losses = rows.new_empty(n_rows, dtype=cd)
     # max(1, ...): an empty batch (N = 0) still needs a positive range() step.
     block = max(1, min(n_rows, _block_rows(n_classes, cd)))

@@ -18,6 +18,7 @@ from logitlab import backend
 from logitlab._native import xent as native_xent
 from logitlab._reduction import reduce_loss, shift_target, to_rows
 from logitlab._validation import (
+    transforms_active,
     check_dim,
     check_choice,
     check_finite,
@@ -55,7 +56,9 @@ class _Rows(NamedTuple):
 
 
 def _compiling() -> bool:
-    return bool(torch.compiler.is_compiling())
+    """Under ``torch.compile`` or a ``torch.func`` transform: the data checks are skipped (nothing
+    to branch on) and 'auto' takes the composite implementation."""
+    return bool(torch.compiler.is_compiling()) or transforms_active()
 
 
 def _no_grad_options(fn: str, **options: object) -> None:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from logitlab._validation import check_finite
+from logitlab._validation import check_finite, has_data
 
 __all__ = ["scan", "empty_rows", "nonneg_inf", "safe_denominator", "describe_rows"]
 
@@ -27,7 +27,7 @@ def scan(fn: str, logits: Tensor, *, validate: bool) -> tuple[float, float]:
     minimum tells whether any class is excluded (``-inf``; NaN is reported as ``-inf`` too, so
     that callers take their careful path). Empty tensors give (0.0, 0.0).
     """
-    if logits.numel() == 0 or logits.device.type == "meta":  # meta: shapes only, no value to read
+    if logits.numel() == 0 or not has_data(logits):  # meta, bare fake tensors: shapes only, no value to read
         return 0.0, 0.0
     low, high = torch.stack(torch.aminmax(logits)).tolist()
     if validate and not high < math.inf:  # NaN or +inf somewhere

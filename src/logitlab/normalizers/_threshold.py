@@ -40,7 +40,7 @@ from torch import Tensor
 
 from logitlab import backend
 from logitlab._native import sparse as native_sparse
-from logitlab._validation import fail
+from logitlab._validation import fail, has_data
 from logitlab.normalizers._threshold_topk import (
     compute_dtype, first_k, reject_logits, topk_backward, topk_forward, uniform_alpha)
 from logitlab.normalizers._threshold_topk import _FIRST_K, _GROW  # noqa: F401  (tests size the retries)
@@ -207,14 +207,18 @@ class _ThresholdFunction(torch.autograd.Function):
     """The eager path: the same forward and backward as the custom ops, without their dispatch
     (whose first call imports torch._dynamo: seconds of start-up)."""
 
+    # forward and setup_context apart: the form torch.func.grad (and jacrev, ...) accepts.
     @staticmethod
-    def forward(ctx, logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn, impl):
-        out = _forward(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn, impl)
-        probs, tau, first_idx, support, n_iter, violation = out
+    def forward(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn, impl):
+        return _forward(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn, impl)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, alpha, kind, *_ = inputs
+        probs, tau, first_idx, support, n_iter, violation = output
         ctx.save_for_backward(probs, alpha, first_idx, support)
         ctx.kind = kind
         ctx.mark_non_differentiable(tau, first_idx, support, n_iter, violation)
-        return out
 
     @staticmethod
     def backward(ctx, grad_probs, *unused):
@@ -246,7 +250,10 @@ def threshold_map(rows: Tensor, kind: str, alpha: Tensor | None = None, *, tol: 
         alpha = alpha.expand(rows.shape[0], 1)
     args = (rows, alpha, kind, float(tol), int(max_iter), bool(raise_on_failure), bool(validate), fn, impl)
     # Opaque to the compiler (no graph break); on meta tensors the op's fake gives the shapes.
-    if torch.compiler.is_compiling() or rows.device.type == "meta":
+    if torch._C._functorch.is_batchedtensor(rows):
+        fail(fn, "logits", "a tensor outside torch.func.vmap (the threshold solve branches on the values)",
+             "<a vmap-batched tensor>", detail=f"call {fn} on the whole batch: it is row-wise along dim already")
+    if torch.compiler.is_compiling() or not has_data(rows):  # meta, bare fake tensors: the op's fake
         probs, tau, _, support, n_iter, violation = _threshold_op(*args)
     else:
         probs, tau, _, support, n_iter, violation = _ThresholdFunction.apply(*args)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from logitlab import backend
 from logitlab._reduction import from_rows, rowwise, to_rows
-from logitlab._validation import check_dim, check_floating, check_nonnegative, compute_dtype, fail
+from logitlab._validation import check_dim, check_floating, check_nonnegative, compute_dtype, fail, has_data
 from logitlab.normalizers._qexp import DENSE_BELOW, qexp_map
 from logitlab.normalizers._threshold import ConvergenceError, check_converged, threshold_map
 from logitlab.normalizers._threshold_topk import reject_logits
@@ -203,7 +203,7 @@ def _solve_rows(fn: str, rows: Tensor, alpha: Tensor, tol: float, max_iter: int,
     """α-entmax of (rows, n): α ≥ DENSE_BELOW by the threshold engine (native kernels), the
     rest (near and below 1) by the q-exponential solver; a tensor α with both splits the rows."""
     # Compiled, or on meta tensors (no α to read): the engine alone, whose op has a fake.
-    eager = not torch.compiler.is_compiling() and rows.device.type != "meta"
+    eager = not torch.compiler.is_compiling() and has_data(rows)
     if alpha.shape[0] > 1 and eager:
         dense = (alpha < DENSE_BELOW).reshape(-1)
         if bool(dense.any()) and not bool(dense.all()):
