@@ -11,8 +11,8 @@ The row kernel of a chunk is the native C kernel (CPU), the eager torch kernel, 
 ``Plan.triton`` (CUDA tensors, or CPU tensors under Triton's interpreter), the Triton row kernel
 (``logitlab/_triton/xent.py``): cuBLAS writes the block of logits in the input's dtype, the
 kernel turns it in place into the gradient (bias and softcap applied inside it), and cuBLAS runs
-the two gradient matmuls on that block. On that path the loop reads nothing on the host but the
-number of rows that count (to size the loop over the kept rows, when some targets are ignored).
+the two gradient matmuls on that block. On that path the loop reads nothing on the host but
+which rows count (``kept_index``: to size the loop over the kept rows).
 
 Two strategies share this loop:
 

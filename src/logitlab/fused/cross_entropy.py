@@ -129,9 +129,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     gradients); "triton" (CUDA tensors; CPU tensors only under Triton's interpreter) runs the
     chunks with cuBLAS matmuls and the Triton row kernel, which turns each chunk's block of logits
     (in the input's dtype) into its gradient in place, bias and softcap included, in one launch;
-    its default chunk is :func:`logitlab.fused._engine.gpu_chunk_rows`, and the call reads one
-    value on the host, the number of kept rows, only to leave ignored rows out (nothing else with
-    ``validate`` off: no data checks, no test of the incoming gradient). "auto" takes "composite"
+    its default chunk is :func:`logitlab.fused._engine.gpu_chunk_rows`, and the call reads on the
+    host only which rows are kept, to leave ignored rows out of the chunks (``keep.all()``, then
+    their indices when some are ignored); nothing else with ``validate`` off: no data checks, no
+    test of the incoming gradient. "auto" takes "composite"
     for at most 2^20 logits when no ``chunk_size`` is given, else "triton" for CUDA tensors where
     triton imports (no ``process_group``), else "native" where it runs, else "torch". With
     ``process_group`` the chunks always run (an all-reduce is not differentiable by autograd).

@@ -243,8 +243,8 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
             only under Triton's interpreter; no process group) runs each chunk's rows in one
             Triton launch on the cuBLAS blocks of both heads (the student's turned into its
             gradient in place), its chunk :func:`logitlab.fused._engine.gpu_chunk_rows`, reading
-            one value on the host, the number of kept rows (to leave ignored rows out); "auto"
-            picks it for CUDA tensors where triton imports.
+            on the host only which rows are kept (to leave ignored rows out); "auto" picks it
+            for CUDA tensors where triton imports.
         validate: check that the rows that count of ``hidden`` and ``teacher_hidden``, and the
             heads and biases, hold no NaN or inf (rows whose target is ``ignore_index`` may
             hold anything). ``None`` (the default): True except for CUDA tensors (the checks read
