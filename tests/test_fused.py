@@ -322,7 +322,7 @@ def test_bad_shapes_and_options_are_clear_errors():
         linear_cross_entropy(h, w, t, class_weight=torch.ones(3))
     with pytest.raises(ValueError, match=r"argument 'target' expected class indices in \[0, 9\] or ignore_index=-100, got <index 10>"):
         linear_cross_entropy(h, w, torch.tensor([1, 2, 3, 10]))
-    with pytest.raises(ValueError, match=r"argument 'impl' expected one of 'auto', 'native', 'torch', 'composite', got 'fast'"):
+    with pytest.raises(ValueError, match=r"argument 'impl' expected one of 'auto', 'native', 'torch', 'composite', 'triton', got 'fast'"):
         linear_cross_entropy(h, w, t, impl="fast")
     with pytest.raises(ValueError, match=r"argument 'chunk_size' expected None or an int >= 1, got 0"):
         linear_cross_entropy(h, w, t, chunk_size=0)

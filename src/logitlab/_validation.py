@@ -255,6 +255,19 @@ def check_index_target(fn: str, name: str, target: Tensor, num_classes: int, *,
              f"<index {int(target.reshape(-1)[first])}>")
 
 
+def default_validate(sample: object, validate: bool | None) -> bool:
+    """``validate=None`` of an op: True, except for CUDA tensors (data checks read values on the
+    host, a synchronization a GPU step should not pay); a bool is taken as it is.
+
+    Example:
+        >>> default_validate(torch.zeros(1), None), default_validate(torch.zeros(1), False)
+        (True, False)
+    """
+    if validate is None:
+        return getattr(getattr(sample, "device", None), "type", None) != "cuda"
+    return bool(validate)
+
+
 def has_data(*tensors: Tensor | None) -> bool:
     """Whether data checks can look at these tensors' values: not on the meta device, and not
     FakeTensors of a bare ``FakeTensorMode`` (shapes only: such a call infers the output's shape

@@ -41,11 +41,11 @@ IMPLS = ("auto", "native", "torch", "composite", "triton")
 
 # The implementations each op has (besides "auto"). An op missing here has one implementation.
 OPS: dict[str, tuple[str, ...]] = {
-    "cross_entropy": ("native", "torch", "composite"),
+    "cross_entropy": ("native", "torch", "composite", "triton"),
     "poly1_cross_entropy": ("native", "torch", "composite"),
-    "linear_cross_entropy": ("native", "torch", "composite"),
+    "linear_cross_entropy": ("native", "torch", "composite", "triton"),
     "linear_cross_entropy_with_lse": ("native", "torch", "composite"),
-    "linear_divergence_loss": ("native", "torch", "composite"),
+    "linear_divergence_loss": ("native", "torch", "composite", "triton"),
     "sparsemax": ("native", "torch"),
     "entmax15": ("native", "torch"),
     "entmax": ("native", "torch"),

@@ -7,6 +7,13 @@ grad_weight += G.T @ hidden_chunk. Three matmuls in total, the same as the naive
 and only a (chunk, V) block of logits alive at a time. Rows that count for nothing (ignored
 targets: padding) are left out of the chunks altogether, so they cost no matmul.
 
+The row kernel of a chunk is the native C kernel (CPU), the eager torch kernel, or, with
+``Plan.triton`` (CUDA tensors, or CPU tensors under Triton's interpreter), the Triton row kernel
+(``logitlab/_triton/xent.py``): cuBLAS writes the block of logits in the input's dtype, the
+kernel turns it in place into the gradient (bias and softcap applied inside it), and cuBLAS runs
+the two gradient matmuls on that block. On that path the loop reads nothing on the host but
+which rows count (``kept_index``: to size the loop over the kept rows).
+
 Two strategies share this loop:
 
 * ``precompute`` (used for reduction 'mean' and 'sum'): the forward pass also computes the
@@ -49,6 +56,26 @@ from logitlab.fused._matmul import GradWeightSum, grad_hidden_into, logits_into,
 _MIN_BLOCK, _MAX_BLOCK, _FRACTION, _MIN_ROWS, _SUM_SHARE, _SUM_ROWS = 1 << 18, 1 << 24, 32, 64, 4, 512
 # impl="auto" materializes logits only when they are small: at most 2^20 elements (4 MiB).
 NAIVE_MAX_ELEMENTS = 1 << 20
+# The GPU's chunk (impl="triton"): grad_weight += G.T @ h reads and writes the (V, D) sum once per
+# chunk (8 bytes per element in float32, 4 in bfloat16) for 2·c flops per element, c/4 (c/2)
+# flops per byte; an H100/H200-class GPU does about 200 bf16 flops per byte of HBM traffic (its
+# datasheet's rates; not measured here), so the sum stays compute-bound from c ≈ 800 (400) rows.
+# 1024 rows clear both; the block is at most 2^28 elements (512 MiB in bfloat16), fewer rows for
+# vocabularies beyond 262144.
+_GPU_ROWS, _GPU_MAX_BLOCK = 1024, 1 << 28
+
+
+def gpu_chunk_rows(rows: int, vocab: int) -> int:
+    """Rows per chunk for impl="triton" when ``chunk_size`` is not given (see _GPU_ROWS).
+
+    Example:
+        >>> gpu_chunk_rows(8192, 128256), gpu_chunk_rows(100, 50), gpu_chunk_rows(8192, 1 << 20)
+        (1024, 100, 256)
+    """
+    size = min(_GPU_ROWS, max(1, _GPU_MAX_BLOCK // max(vocab, 1)))
+    if size >= 8:
+        size -= size % 8
+    return max(1, min(size, rows))
 
 
 def chunk_rows(rows: int, vocab: int, dtype: torch.dtype = torch.float32, *, wide_block: bool = True,
@@ -123,6 +150,7 @@ class Plan:
     native: bool = False  # impl "native": the native row and matmul kernels, where they take the chunk
     # Leave rows that do not count out of the chunks (finding them is a read on the host).
     skip_ignored: bool = True
+    triton: bool = False  # impl "triton": the Triton row kernel (see the module's docstring)
 
 
 def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan: Plan, *,
@@ -162,20 +190,23 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
     chunk = max(1, min(plan.chunk, rows))
 
     # The native row kernel, where it takes the block (decided before any chunk's logits exist).
-    native = (plan.native and plan.softcap is None and plan.group is None and hasattr(kernel, "native")
+    native = (plan.native and not plan.triton and plan.softcap is None and plan.group is None
+              and hasattr(kernel, "native")
               and native_xent.supports(hidden.new_empty(0, 0)))
     # Without a float32 twin the block is made only if a chunk falls back to the eager kernel.
     narrow = native and low and not needs_wide_block(hidden, plan.softcap, plan.group)
-    z_buf = None if narrow else hidden.new_empty(chunk, vocab, dtype=acc)
-    low_buf = hidden.new_empty(chunk, vocab) if low else None
+    z_buf = None if narrow or plan.triton else hidden.new_empty(chunk, vocab, dtype=acc)
+    # The Triton kernel works on the block in the input's dtype (cuBLAS's output), in place.
+    low_buf = hidden.new_empty(chunk, vocab) if low or plan.triton else None
     loss_rows = hidden.new_empty(rows, dtype=acc)
     grad_h = None
     if need[0]:
         grad_h = hidden.new_empty(hidden.shape) if index is None else hidden.new_zeros(hidden.shape)
     grad_w = GradWeightSum(weight, weight.dtype if sum_low else acc, native=plan.native) if need[1] else None
     grad_b = hidden.new_zeros(vocab, dtype=acc) if need[2] else None
-    bias_acc = bias.to(acc) if bias is not None else None
-    scratch = matmul_scratch(chunk, vocab, hidden.shape[1], hidden.dtype, hidden.device, native=plan.native)
+    bias_acc = bias.to(acc) if bias is not None and not plan.triton else None
+    scratch = None if plan.triton else matmul_scratch(chunk, vocab, hidden.shape[1], hidden.dtype, hidden.device,
+                                                      native=plan.native)
     out = _Outputs(loss_rows, grad_h, grad_w, grad_b)
     # The kept rows of a chunk, gathered, and their grad_hidden before it is scattered back.
     h_buf = hidden.new_empty(chunk, hidden.shape[1]) if index is not None else None
@@ -188,6 +219,12 @@ def run_chunks(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan
         else:
             h = torch.index_select(hidden, 0, index[start:stop], out=h_buf[: stop - start])
             gh = gh_buf[: stop - start] if need[0] else None
+        if plan.triton:
+            _triton_chunk(h, weight, bias, kernel, plan, start, stop, row_scale, need,
+                          low_buf[: stop - start], gh, out)
+            if index is not None and need[0]:
+                grad_h.index_copy_(0, index[start:stop], gh)
+            continue
         block = (low_buf if low else z_buf)[: stop - start] if native else None
         if not (native and _native_chunk(h, weight, bias, kernel, start, stop, row_scale, need, block, gh,
                                          scratch, out)):
@@ -283,6 +320,25 @@ def _native_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, start:
     return True
 
 
+def _triton_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan: Plan, start: int, stop: int,
+                  row_scale, need: tuple[bool, bool, bool], block: Tensor, gh: Tensor | None,
+                  out: _Outputs) -> None:
+    """One chunk with the Triton row kernel: logits by cuBLAS into ``block`` (the input's dtype),
+    then one launch turns them in place into the gradient times ``row_scale`` (bias and softcap
+    applied inside the kernel, in float32), then cuBLAS's gradient matmuls on that block."""
+    torch.mm(h, weight.t(), out=block)
+    loss, grad = kernel.triton(block, start, stop, any(need), row_scale, bias=bias, softcap=plan.softcap)
+    out.loss_rows[start:stop] = loss
+    if grad is None:
+        return
+    if need[0]:
+        torch.mm(grad, weight, out=gh)
+    if need[1]:
+        out.grad_w.add(grad, h, last=stop == out.loss_rows.shape[0])
+    if need[2]:
+        out.grad_b.add_(grad.sum(0, dtype=out.grad_b.dtype))
+
+
 class FusedLinearLoss(torch.autograd.Function):
     """loss = reduce(kernel(hidden @ weight.T + bias)) with the chunk loop for forward and backward.
 
@@ -314,8 +370,14 @@ class FusedLinearLoss(torch.autograd.Function):
         if grads is not None:
             # Drop our reference so autograd can keep these tensors as .grad without a copy.
             ctx.grads = None
+            if ctx.plan.triton:
+                # Comparing grad_out to 1 would read it on the host: the Triton scaling kernel reads
+                # it on the device and touches nothing when it is 1.
+                from logitlab._triton.xent import scale_rows_
+
+                grads = [scale_rows_(g, grad_out) if g is not None else None for g in grads]
             # Over a group the factor is applied whatever it is: no read on the host.
-            if ctx.plan.group is not None or not bool(grad_out == 1):
+            elif ctx.plan.group is not None or not bool(grad_out == 1):
                 grads = [g.mul_(grad_out.to(g.dtype)) if g is not None else None for g in grads]
         else:
             hidden, weight, bias = ctx.saved_tensors

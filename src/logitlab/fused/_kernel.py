@@ -107,6 +107,17 @@ def kept_index(keep: Tensor) -> Tensor | None:
     return keep.nonzero().squeeze(1)
 
 
+def triton_row_scale(keep: Tensor, row_scale: Tensor | float | None, start: int, stop: int,
+                     dtype: torch.dtype) -> Tensor:
+    """The (rows,) factors a Triton row kernel multiplies a chunk's gradient rows by: ``keep``
+    (0 for rows that do not count) times ``row_scale`` (a number, a 0-d tensor or an (N,) tensor
+    of which rows [start, stop) are the chunk's), in float64 for float64 blocks, else float32."""
+    scale = keep.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    if isinstance(row_scale, Tensor):
+        return scale * (row_scale[start:stop] if row_scale.ndim else row_scale).to(scale.dtype)
+    return scale * float(row_scale) if row_scale is not None else scale
+
+
 def apply_softcap(z: Tensor, softcap: float | None) -> Tensor | None:
     """z ← softcap·tanh(z / softcap) in place; returns tanh(z / softcap) for the chain rule."""
     if softcap is None:
@@ -144,7 +155,8 @@ class CrossEntropyKernel:
     keep: Tensor              # (N,) bool, rows that count
     target_weight: Tensor     # (N,) w_t of each row (0 for ignored rows), float
     class_weight: Tensor | None  # (V_local,) the local slice of the class weights
-    weight_total: float | Tensor  # Σ_c w_c over the full vocabulary (V without weights; 0-d over a group)
+    weight_total: float | Tensor  # Σ_c w_c over the full vocabulary (V without weights; a 0-d
+                                  # tensor where it must not be read on the host: over a group, on the GPU)
     vocab_total: int          # V, the full vocabulary size
     vocab_start: int = 0
     label_smoothing: float = 0.0
@@ -250,6 +262,31 @@ class CrossEntropyKernel:
             z, self.target[start:stop], self.class_weight, keep, scale, index_target=True,
             label_smoothing=self.label_smoothing, z_loss=self.z_loss, temperature=1.0, validate=False,
             want_grad=need_grad, in_place=True, scale_loss=False)
+        return losses, (z if need_grad else None)
+
+    def triton(self, z: Tensor, start: int, stop: int, need_grad: bool, row_scale: Tensor | float | None, *,
+               bias: Tensor | None = None, softcap: float | None = None) -> tuple[Tensor, Tensor | None]:
+        """The same rows through the Triton row kernel (``logitlab/_triton/xent.py``), in one launch.
+
+        ``z`` is the block of raw logits (hidden @ weight.T, without the bias) in the input's
+        dtype; the kernel adds ``bias`` and applies ``softcap`` in float32 and overwrites ``z``
+        with the gradient with respect to those raw logits, times ``row_scale``. Full vocabulary
+        only (no process group), no statistics record; reads nothing on the host.
+        """
+        from logitlab._triton.xent import xent_rows
+
+        if self.group is not None or self.record is not None:
+            raise RuntimeError("CrossEntropyKernel.triton: no process group or record on the Triton path")
+        keep = self.keep[start:stop]
+        scale = triton_row_scale(keep, row_scale, start, stop, z.dtype)
+        weight_sum = None
+        if self.class_weight is not None and self.label_smoothing:
+            total = self.weight_total
+            weight_sum = (total if isinstance(total, Tensor) else torch.tensor(total, device=z.device)).reshape(1)
+        losses, _ = xent_rows(
+            z, self.target[start:stop], self.class_weight, keep, scale, index_target=True,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, validate=False,
+            grad=z if need_grad else None, bias=bias, softcap=softcap, weight_sum=weight_sum, scale_loss=False)
         return losses, (z if need_grad else None)
 
     def _weighted_sum(self, z: Tensor) -> Tensor:

@@ -114,12 +114,35 @@ def grad_weight_into(grad_w: Tensor, grad: Tensor, h: Tensor) -> Tensor:
     """
     if grad_w.dtype == grad.dtype:
         return grad_w.addmm_(grad.t(), h.to(grad.dtype))
+    if grad.is_cuda and grad.dtype == h.dtype and _wide_addmm_cuda(grad_w, grad, h):
+        return grad_w
     h_wide = h.to(grad_w.dtype)
     tile = grad.new_empty(grad.shape[0], min(_TILE, grad.shape[1]), dtype=grad_w.dtype)
     for v in range(0, grad.shape[1], _TILE):
         g = grad[:, v: v + _TILE]
         grad_w[v: v + _TILE].addmm_(tile[:, : g.shape[1]].copy_(g).t(), h_wide)
     return grad_w
+
+
+_WIDE_ADDMM: list[bool] = []  # whether torch's addmm(..., out_dtype=) ran here (tried once)
+
+
+def _wide_addmm_cuda(grad_w: Tensor, grad: Tensor, h: Tensor) -> bool:
+    """grad_w += grad.T @ h by cuBLAS with half-precision inputs and a wider (float32) sum, no
+    widened copy (``torch.addmm(..., out_dtype=)``, CUDA only); False where torch has no such
+    kernel for these dtypes."""
+    if _WIDE_ADDMM and not _WIDE_ADDMM[0]:
+        return False
+    try:
+        torch.addmm(grad_w, grad.t(), h, out_dtype=grad_w.dtype, out=grad_w)
+    except (RuntimeError, TypeError):
+        if _WIDE_ADDMM:
+            raise
+        _WIDE_ADDMM.append(False)
+        return False
+    if not _WIDE_ADDMM:
+        _WIDE_ADDMM.append(True)
+    return True
 
 
 class GradWeightSum:

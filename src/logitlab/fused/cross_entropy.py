@@ -14,7 +14,7 @@ from logitlab._dtensor import any_dtensor, head_locals, replicated_output
 from logitlab._native import xent as native_xent
 from logitlab._reduction import shift_target
 from logitlab.fused._engine import (NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows,
-                                    gradient_dtype, needs_wide_block)
+                                    gpu_chunk_rows, gradient_dtype, needs_wide_block)
 from logitlab.fused._kernel import CrossEntropyKernel, all_gather, all_reduce
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult"]
@@ -80,14 +80,24 @@ def check_options(fn: str, *, reduction, label_smoothing, z_loss, softcap, chunk
     backend.check_impl(fn, impl, warn=False)
 
 
-def choose_impl(fn: str, impl: str, hidden: Tensor, rows: int, vocab: int, chunk_size: int | None) -> str:
+def choose_impl(fn: str, impl: str, hidden: Tensor, rows: int, vocab: int, chunk_size: int | None,
+                group=None) -> str:
     """The implementation of a fused head loss (:func:`logitlab.backend.resolve`): "auto" takes
     "composite" (the logits materialized) when they would hold at most 2^20 elements and no
-    ``chunk_size`` was asked for, else "native" (the chunk loop with the native row kernel) where
-    the kernel takes the hidden states' dtype, else "torch" (the chunk loop in torch ops)."""
+    ``chunk_size`` was asked for, else "triton" (the chunk loop with the Triton row kernel) for
+    CUDA tensors where triton imports and there is no process ``group``, else "native" (the chunk
+    loop with the native row kernel) where the kernel takes the hidden states' dtype, else
+    "torch" (the chunk loop in torch ops)."""
     small = chunk_size is None and rows * vocab <= NAIVE_MAX_ELEMENTS
-    return backend.resolve(fn, impl, hidden, composite=small,
+    explicit = impl == "triton"
+    mode = backend.resolve(fn, impl, hidden, composite=small,
                            native=lambda: native_xent.supports(hidden.new_empty(0, 0)))
+    if mode == "triton" and group is not None:
+        if explicit:
+            v.fail(fn, "process_group", "None with impl='triton' (a sharded head runs impl='torch')",
+                   "<a process group>")
+        mode = "torch"  # the Triton kernel has no all-reduce between its passes
+    return mode
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias: Tensor | None = None,
@@ -95,7 +105,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                          reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                          softcap: float | None = None, chunk_size: int | None = None, impl: str = "auto",
                          accum_dtype: torch.dtype = torch.float32, process_group=None,
-                         validate: bool = True, shift: int = 0, _record: Tensor | None = None,
+                         validate: bool | None = None, shift: int = 0, _record: Tensor | None = None,
                          _layout=None) -> Tensor:
     r"""Cross-entropy of a linear head, computed without holding the (N, V) logits.
 
@@ -118,9 +128,16 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     costs no matmul. ``impl`` (the values of every op, :mod:`logitlab.backend`): "native" runs the
     chunks with the native row kernel (CPU float32/bfloat16/float16), "torch" with torch ops on
     any device, "composite" materializes the logits (autograd differentiates it: higher-order
-    gradients); "auto" takes "composite" for at most 2^20 logits when no ``chunk_size`` is given,
-    else "native" where it runs, else "torch". With ``process_group`` the chunks always run (an
-    all-reduce is not differentiable by autograd).
+    gradients); "triton" (CUDA tensors; CPU tensors only under Triton's interpreter) runs the
+    chunks with cuBLAS matmuls and the Triton row kernel, which turns each chunk's block of logits
+    (in the input's dtype) into its gradient in place, bias and softcap included, in one launch;
+    its default chunk is :func:`logitlab.fused._engine.gpu_chunk_rows`, and the call reads on the
+    host only which rows are kept, to leave ignored rows out of the chunks (``keep.all()``, then
+    their indices when some are ignored); nothing else with ``validate`` off: no data checks, no
+    test of the incoming gradient. "auto" takes "composite"
+    for at most 2^20 logits when no ``chunk_size`` is given, else "triton" for CUDA tensors where
+    triton imports (no ``process_group``), else "native" where it runs, else "torch". With
+    ``process_group`` the chunks always run (an all-reduce is not differentiable by autograd).
 
     With ``process_group``, ``weight`` (and ``bias``, ``class_weight``) are this rank's
     contiguous rows of the vocabulary, in rank order; ``hidden`` and ``target`` (global class
@@ -173,7 +190,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         z_loss: coefficient of lse² (0 turns it off).
         softcap: optional c > 0: logits become c·tanh(z / c) before the loss.
         chunk_size: rows per chunk (default: :func:`logitlab.fused._engine.chunk_rows`).
-        impl: 'auto' | 'native' | 'torch' | 'composite' (the old 'chunked' is 'auto', 'naive' 'composite').
+        impl: 'auto' | 'native' | 'torch' | 'composite' | 'triton' (the old 'chunked' is 'auto',
+            'naive' 'composite').
         accum_dtype: dtype in which grad_weight and grad_bias are summed over chunks (the row
             kernel computes in float32 at least, whatever it is). With bf16 inputs, float32 (the
             default) costs 2 bytes per element of the head beyond its gradient (the float32
@@ -187,7 +205,11 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
             a DTensor ``weight``: its mesh's group).
         validate: check that the rows of ``hidden`` that count (target not ``ignore_index``),
             ``weight``, ``bias`` and ``class_weight`` hold no NaN or inf (a pass over each; rows
-            that do not count may hold anything). Class indices are checked whatever it says.
+            that do not count may hold anything). ``None`` (the default): True except for CUDA
+            tensors (the checks read values on the host). Class indices are checked whatever it
+            says, except by impl='triton' with the checks off: its kernel reads nothing for an
+            index outside [0, V) and gives that row a NaN loss. Under ``torch.compile`` the data
+            checks are skipped (impl='triton' then runs as a custom op: no graph break).
         shift: k >= 0 (True = 1): next-token targets, see above; k must be smaller than the
             sequence length target.shape[-1].
         _record: internal, for :func:`linear_cross_entropy_with_lse` (a (2, N) sink).
@@ -246,42 +268,56 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                                                  rows=target.numel(), fn=fn)
     # Rows that do not count are left out of the chunks after a read on the host (which rows);
     # a sharded DTensor head with validate=False reads nothing back: they go through, masked.
+    compiling = torch.compiler.is_compiling()
+    validate = v.default_validate(hidden, validate) and not compiling  # (no data checks in a compiled graph)
     sync_free = layout is not None and process_group is not None and not validate
     flat_target = target.reshape(-1).long()
-    # An index addresses memory (of the head, the logits, the weights), so it is checked whatever
-    # `validate` says, but on a sharded head, where an index out of range selects no logit of any
-    # shard (the row kernel masks it), only when validating: no host read with validate=False.
-    # (On meta tensors there is nothing to check: the shapes were.)
-    if not sync_free:
+    rows = flat_target.numel()
+    mode = choose_impl(fn, impl, hidden, rows, vocab_total, chunk_size, process_group)
+    # Whatever `validate` says: an index addresses memory (of the head, the logits, the weights);
+    # the Triton kernel reads none for an index out of range, nor does a sharded DTensor head's row
+    # kernel (it masks the index: no host read with validate=False). (On meta tensors: nothing to check.)
+    if validate or not (mode == "triton" or sync_free):
         v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
 
-    rows = flat_target.numel()
     if not v.has_data(hidden, weight, target, bias, class_weight):  # meta: the output's shape only
         out = v.meta_output(hidden, tuple(target.shape), reduction)
         return replicated_output(out, layout) if wrap else out
     if validate:
         check_head_values(fn, hidden.reshape(rows, hidden.shape[-1]), flat_target != ignore_index,
                           weight=weight, bias=bias, class_weight=class_weight)
-    mode = choose_impl(fn, impl, hidden, rows, vocab_total, chunk_size)
+    if mode == "triton" and _record is not None:
+        mode = "torch"  # the statistics of linear_cross_entropy_with_lse come from the eager kernel
     if mode == "composite" and process_group is None:
         out = _naive(hidden, weight, target, bias=bias, class_weight=class_weight, ignore_index=ignore_index,
                      reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                      record=_record)
         return replicated_output(out, layout) if wrap else out
 
+    triton = mode == "triton"
+    if triton and compiling:  # the chunk loop inside a custom op: no graph break
+        from logitlab._triton.linear import compiled_linear_cross_entropy
+
+        out = compiled_linear_cross_entropy(
+            hidden.reshape(rows, hidden.shape[-1]), weight, bias, flat_target, class_weight,
+            ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+            chunk=chunk_size or gpu_chunk_rows(rows, vocab_total), accum_dtype=accum_dtype, reduction=reduction)
+        return out.reshape(target.shape) if reduction == "none" else out
     acc = accumulation_dtype(hidden.dtype, accum_dtype)
     kernel = build_kernel(flat_target, class_weight, ignore_index=ignore_index, vocab_start=vocab_start,
                           vocab_total=vocab_total, label_smoothing=label_smoothing, z_loss=z_loss,
-                          dtype=acc, group=process_group)
+                          dtype=acc, group=process_group, sync=not triton)
     kernel.record = _record  # linear_cross_entropy_with_lse: the forward writes lse and hits into it
-    scale = reduction_scale(kernel, reduction)
-    if chunk_size is None:
+    scale = reduction_scale(kernel, reduction, sync=not triton)
+    if chunk_size is None and triton:
+        chunk_size = gpu_chunk_rows(rows, vocab_total)
+    elif chunk_size is None:
         wide = needs_wide_block(hidden, softcap, process_group, native=mode == "native")
         summed = weight.requires_grad and torch.is_grad_enabled()  # a (V, D) grad_weight sum exists
         chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide, dim=hidden.shape[-1],
                                 sum_dtype=gradient_dtype(weight.dtype, accum_dtype) if summed else None)
     plan = Plan(chunk=chunk_size, accum_dtype=accum_dtype, softcap=softcap, group=process_group,
-                native=mode == "native", skip_ignored=not sync_free)
+                native=mode == "native", triton=triton, skip_ignored=not sync_free)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     kernel.record = None  # a backward that recomputes the chunks leaves the returned statistics alone
@@ -302,7 +338,7 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
                                   reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                                   softcap: float | None = None, chunk_size: int | None = None,
                                   impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
-                                  process_group=None, validate: bool = True,
+                                  process_group=None, validate: bool | None = None,
                                   shift: int = 0) -> LinearCrossEntropyResult:
     r""":func:`linear_cross_entropy`, plus each row's log-sum-exp and the token accuracy.
 
@@ -366,8 +402,10 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
 
 def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: int, vocab_start: int,
                  vocab_total: int, label_smoothing: float, z_loss: float, dtype: torch.dtype,
-                 group=None) -> CrossEntropyKernel:
-    """The cross-entropy row kernel for flat ``target`` (N,), class weights local to this rank."""
+                 group=None, sync: bool = True) -> CrossEntropyKernel:
+    """The cross-entropy row kernel for flat ``target`` (N,), class weights local to this rank.
+
+    ``sync=False`` keeps Σ_c w_c on the device (a 0-d tensor) instead of reading it on the host."""
     keep = target != ignore_index
     if class_weight is None:
         target_weight = keep.to(dtype)
@@ -378,7 +416,7 @@ def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: i
         picked = class_weight.detach().to(dtype)[torch.where(owned, local, torch.zeros_like(local))]
         target_weight = all_reduce(torch.where(owned, picked, picked.new_zeros(())), "sum", group)
         weight_total = all_reduce(class_weight.detach().to(dtype).sum().reshape(1), "sum", group).reshape(())
-        if group is None:  # one process: a number (over a group, a 0-d tensor: no read on the host)
+        if group is None and sync:  # one process: a number (over a group or on the GPU, a 0-d tensor)
             weight_total = float(weight_total)
     return CrossEntropyKernel(target=target, keep=keep, target_weight=target_weight,
                               class_weight=None if class_weight is None else class_weight.detach(),
@@ -386,18 +424,18 @@ def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: i
                               label_smoothing=float(label_smoothing), z_loss=float(z_loss), group=group)
 
 
-def reduction_scale(kernel: CrossEntropyKernel, reduction: str) -> float | Tensor | None:
+def reduction_scale(kernel: CrossEntropyKernel, reduction: str, sync: bool = True) -> float | Tensor | None:
     """1 for 'sum', 1 / Σ w_t over kept rows for 'mean' (0 when none is kept), None for 'none'.
 
     The mean's factor is a 0-d tensor, never read on the host (no device synchronisation, and
-    ``torch.compile`` traces it).
+    ``torch.compile`` traces it); ``sync`` is accepted for the callers that pass it.
     """
     if reduction == "none":
         return None
     if reduction == "sum":
         return 1.0
     denom = kernel.target_weight.sum()
-    return torch.where(denom == 0, denom.new_zeros(()), 1.0 / denom)
+    return torch.where(denom == 0, torch.zeros_like(denom), 1.0 / torch.where(denom == 0, 1.0, denom))
 
 
 def check_group(fn: str, group):

@@ -10,9 +10,9 @@ from torch import Tensor
 
 from logitlab import _validation as v
 from logitlab import backend
-from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows
+from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows, gpu_chunk_rows
 from logitlab.fused._matmul import logits_into, matmul_scratch
-from logitlab.fused._kernel import all_reduce
+from logitlab.fused._kernel import all_reduce, triton_row_scale
 from logitlab.fused.cross_entropy import check_group, check_head_values, check_linear, check_target, choose_impl, vocab_offsets
 
 __all__ = ["linear_divergence_loss", "DIVERGENCES"]
@@ -124,12 +124,37 @@ class DivergenceKernel:
         return replace(self, keep=self.keep[index], target=None if self.target is None else self.target[index],
                        rows=index if self.rows is None else self.rows[index])
 
+    def _teacher_rows(self, start: int, stop: int) -> Tensor:
+        return (self.teacher_hidden[start:stop] if self.rows is None
+                else self.teacher_hidden.index_select(0, self.rows[start:stop]))
+
+    def triton(self, z: Tensor, start: int, stop: int, need_grad: bool, row_scale, *, bias: Tensor | None = None,
+               softcap: float | None = None):
+        """The same rows through the Triton row kernel (``logitlab/_triton/divergence.py``).
+
+        ``z`` is the student's block of raw logits (without the bias) in the input's dtype; the
+        teacher's block comes from one matmul in its own dtype; the kernel adds the biases and
+        overwrites ``z`` with the gradient times ``row_scale``, in one launch. Full vocabulary
+        only (no process group); reads nothing on the host.
+        """
+        from logitlab._triton.divergence import divergence_rows
+
+        if self.group is not None or softcap is not None:
+            raise RuntimeError("DivergenceKernel.triton: no process group or softcap on the Triton path")
+        keep = self.keep[start:stop]
+        teacher = torch.mm(self._teacher_rows(start, stop), self.teacher_weight.t())
+        losses = divergence_rows(
+            z, teacher, keep, triton_row_scale(keep, row_scale, start, stop, z.dtype), divergence=self.divergence,
+            beta=self.beta, temperature=self.temperature, hard_label_weight=self.hard_label_weight,
+            target=None if self.target is None else self.target[start:stop] - self.vocab_start, bias=bias,
+            teacher_bias=self.teacher_bias, want_grad=need_grad)
+        return losses, (z if need_grad else None)
+
     def __call__(self, z: Tensor, start: int, stop: int, need_grad: bool):
         keep = self.keep[start:stop]
         t, alpha, group = self.temperature, self.hard_label_weight, self.group
         rows, local = z.shape
-        th = (self.teacher_hidden[start:stop] if self.rows is None
-              else self.teacher_hidden.index_select(0, self.rows[start:stop]))
+        th = self._teacher_rows(start, stop)
         if th.dtype == z.dtype:  # the student block's own arrangement (native kernel or class-major tiles)
             teacher = logits_into(torch.empty_like(z), th, self.teacher_weight, None,
                                   matmul_scratch(rows, local, th.shape[1], th.dtype, th.device,
@@ -172,7 +197,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
                            bias: Tensor | None = None, teacher_bias: Tensor | None = None,
                            ignore_index: int = -100, reduction: str = "mean", chunk_size: int | None = None,
                            impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
-                           process_group=None, validate: bool = True) -> Tensor:
+                           process_group=None, validate: bool | None = None) -> Tensor:
     r"""Distillation loss between a student head and a frozen teacher head, logits never materialized.
 
     With student logits z = hidden @ weight.T + bias, teacher logits u = teacher_hidden @
@@ -214,10 +239,18 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
             vocabulary rows, or None (one process holds the whole vocabulary). With a group,
             ``impl="composite"`` also runs chunked (autograd cannot differentiate an all-reduce).
             "native" runs the matmuls of the chunks in the native kernels where the CPU has them
-            (the divergence's rows are torch ops either way).
+            (the divergence's rows are torch ops either way). "triton" (CUDA tensors; CPU tensors
+            only under Triton's interpreter; no process group) runs each chunk's rows in one
+            Triton launch on the cuBLAS blocks of both heads (the student's turned into its
+            gradient in place), its chunk :func:`logitlab.fused._engine.gpu_chunk_rows`, reading
+            on the host only which rows are kept (to leave ignored rows out); "auto" picks it
+            for CUDA tensors where triton imports.
         validate: check that the rows that count of ``hidden`` and ``teacher_hidden``, and the
             heads and biases, hold no NaN or inf (rows whose target is ``ignore_index`` may
-            hold anything). Class indices are checked whatever it says.
+            hold anything). ``None`` (the default): True except for CUDA tensors (the checks read
+            values on the host). Class indices are checked whatever it says, except by
+            impl='triton' with the checks off, whose kernel reads nothing for an index outside
+            [0, V) and gives that row a NaN loss.
 
     Returns:
         A scalar (or (*batch) for 'none') in the dtype of ``hidden``, the same on every rank.
@@ -271,10 +304,13 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         vocab_start, vocab = vocab_offsets(weight.shape[0], process_group, weight.device,
                                            rows=hidden.numel() // max(hidden.shape[-1], 1), fn=fn)
     rows = hidden.numel() // max(hidden.shape[-1], 1)
+    validate = v.default_validate(hidden, validate)
+    mode = choose_impl(fn, impl, hidden, rows, vocab, chunk_size, process_group)
     if target is not None:
         check_target(fn, target, hidden)
         flat_target = target.reshape(-1).long()
-        v.check_index_target(fn, "target", flat_target, vocab, ignore_index=ignore_index)
+        if validate or mode != "triton":  # the Triton kernel reads nothing for a bad index
+            v.check_index_target(fn, "target", flat_target, vocab, ignore_index=ignore_index)
         keep = flat_target != ignore_index
     else:
         if hard_label_weight:
@@ -293,11 +329,14 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         teacher_bias=None if teacher_bias is None else teacher_bias.detach(), keep=keep, target=flat_target,
         divergence=divergence, beta=float(beta), temperature=float(temperature),
         hard_label_weight=float(hard_label_weight), vocab_start=vocab_start, group=process_group)
-    kept = int(keep.sum())
-    scale = None if reduction == "none" else 1.0 if reduction == "sum" else (1.0 / kept if kept else 0.0)
+    if mode == "triton" and reduction == "mean":  # the factor stays on the device
+        kept = keep.sum().to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+        scale = torch.where(kept == 0, torch.zeros_like(kept), 1.0 / kept.clamp(min=1))
+    else:
+        kept = int(keep.sum())
+        scale = None if reduction == "none" else 1.0 if reduction == "sum" else (1.0 / kept if kept else 0.0)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
 
-    mode = choose_impl(fn, impl, hidden, rows, vocab, chunk_size)
     kernel = replace(kernel, native_matmul=mode == "native")
     if mode == "composite" and process_group is None:
         acc = accumulation_dtype(hidden.dtype, accum_dtype)
@@ -313,7 +352,9 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
 
     # The chunk depends only on what every rank shares (rows, full vocabulary): the ranks must
     # run the same number of chunks, since each chunk's statistics are all-reduced.
-    plan = Plan(chunk=chunk_size or chunk_rows(rows, vocab, hidden.dtype), accum_dtype=accum_dtype,
-                group=process_group, native=mode == "native")
+    triton = mode == "triton"
+    default_chunk = gpu_chunk_rows(rows, vocab) if triton else chunk_rows(rows, vocab, hidden.dtype)
+    plan = Plan(chunk=chunk_size or default_chunk, accum_dtype=accum_dtype, group=process_group,
+                native=mode == "native", triton=triton)
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     return out.reshape(hidden.shape[:-1]) if reduction == "none" else out

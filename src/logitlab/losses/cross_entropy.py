@@ -32,6 +32,7 @@ from logitlab._validation import (
     check_same_device,
     check_tensor,
     compute_dtype,
+    default_validate,
     has_data,
     meta_output,
     fail,
@@ -71,10 +72,13 @@ def _no_grad_options(fn: str, **options: object) -> None:
 
 def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, weight: object,
                            ignore_index: object, mask: object, validate: bool,
-                           allow_probs: bool = True, name: str = "logits") -> _Rows:
+                           allow_probs: bool = True, name: str = "logits", check_indices: bool = True) -> _Rows:
     """The checks and the row layout shared by cross_entropy, nll_loss and the focal losses.
 
     ``name`` is the caller's name of the scores argument ('log_probs' for nll_loss).
+    ``check_indices=False`` leaves the class indices to the caller (cross_entropy checks them
+    once it knows the implementation: the Triton kernel with ``validate`` off reads no memory for
+    an index outside [0, C) and gives its row a NaN loss, and is not checked on the host).
     """
     check_floating(fn, name, logits)
     if logits.ndim == 0:
@@ -124,10 +128,13 @@ def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, we
     if index_target:
         flat = target.reshape(n_rows)
         keep = keep & (flat != ignore_index)
-        if not _compiling():  # whatever `validate` says: an index addresses memory
+        if check_indices and not _compiling():  # whatever `validate` says: an index addresses memory
             check_index_target(fn, "target", flat, n_classes, ignore_index=ignore_index, keep=keep)
         safe = torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).long()
-        row_weight = weight[safe] if weight is not None else None
+        if weight is None:
+            row_weight = None
+        else:  # (unchecked indices are clamped here: an index out of range must not read memory)
+            row_weight = weight[safe if check_indices else safe.clamp(0, n_classes - 1)]
         target_rows = safe
     else:
         target_rows, _ = to_rows(target, dim)
@@ -153,7 +160,7 @@ def _scale(r: _Rows, reduction: str, dtype: torch.dtype) -> Tensor:
 def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor | None = None,
                   ignore_index: int = -100, mask: Tensor | None = None, reduction: str = "mean",
                   label_smoothing: float = 0.0, z_loss: float = 0.0, temperature: float = 1.0,
-                  validate: bool = True, inplace_backward: bool = False, impl: str = "auto",
+                  validate: bool | None = None, inplace_backward: bool = False, impl: str = "auto",
                   shift: int = 0) -> Tensor:
     r"""Cross-entropy H(q, softmax(logits / T)) + z-loss, the maximum-likelihood loss.
 
@@ -192,10 +199,14 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     'composite' for that). 'native' is a C kernel for CPU float32/bfloat16/float16 logits, built
     once per machine on first use (about 2 s, then cached; see ``logitlab env``); 'torch' is the
     same algorithm in eager torch ops, for every device and dtype, with the same results.
-    'composite' is written with differentiable torch ops. 'auto' picks 'native' where the kernel
-    takes the logits, else 'torch', except under ``torch.compile``, inside a ``torch.func``
-    transform, or when the target probabilities or the class weights require a gradient, where
-    it picks 'composite'.
+    'composite' is written with differentiable torch ops. 'triton' is the one-pass computation as
+    one Triton kernel launch (``logitlab/_triton/xent.py``) for CUDA tensors (CPU tensors only
+    under Triton's interpreter, ``TRITON_INTERPRET=1``): it reads no value on the host unless
+    ``validate`` is on, and under ``torch.compile`` it is a custom op (no graph break). 'auto'
+    picks 'triton' for CUDA tensors when triton imports (under ``torch.compile`` too), 'native'
+    where the kernel takes the logits, else 'torch', except under ``torch.compile`` (other than
+    triton's), inside a ``torch.func`` transform, or when the target probabilities or the class
+    weights require a gradient, where it picks 'composite'.
 
     Args:
         logits: (*batch, C) scores (C along ``dim``); float16/bfloat16 are computed in float32
@@ -210,14 +221,18 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         z_loss: z ≥ 0, the coefficient of logsumexp².
         temperature: T > 0; the loss is that of softmax(logits / T).
         validate: check the data (index range, probability rows, NaN/+inf logits, finite
-            class weights). With
-            ``False`` these checks are skipped; argument checks always run. Under
-            ``torch.compile`` the data checks are skipped.
+            class weights). With ``False`` these checks are skipped; argument checks always
+            run. ``None`` (the default) means True except for CUDA tensors: the checks read
+            values on the host, a synchronization a GPU step should not pay. The class indices
+            are checked whatever it says (an index addresses memory), except by impl='triton'
+            with the checks off, whose kernel reads nothing for an index outside [0, C) and
+            gives that row a NaN loss. Under ``torch.compile`` the data checks are skipped.
         inplace_backward: write the gradient into the logits' memory during the forward
             (saves an (N, C) allocation). This DESTROYS the logits: only use it when nothing
             else reads them after this call. Fused implementation only; not for expanded
             (broadcast) logits, whose elements share memory.
-        impl: 'auto' | 'native' | 'torch' | 'composite' (see above; the old name 'fused' means 'auto').
+        impl: 'auto' | 'native' | 'torch' | 'composite' | 'triton' (see above; the old name 'fused'
+            means 'auto').
         shift: k >= 0 (True = 1), index targets only: row t of the sequence (the last
             dimension of ``target``) is scored against ``target[..., t + k]``, the next-token
             targets of a causal LM; the last k positions do not count (loss 0 for 'none', left
@@ -251,14 +266,21 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     z = check_range(fn, "z_loss", z_loss, 0.0, math.inf, high_open=True)
     temp = check_positive(fn, "temperature", temperature)
     impl = backend.check_impl(fn, impl)
+    validate = default_validate(logits, validate)
     target = shift_target(fn, target, shift, ignore_index)
-    r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate)
+    r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, check_indices=False)
     if not has_data(logits, target, weight, mask):  # meta: the output's shape, no data to read
         return meta_output(logits, r.batch_shape, reduction)
     compiling = _compiling()
     other_grads = (not r.index_target and target.requires_grad) or (weight is not None and weight.requires_grad)
+    # Under torch.compile the Triton kernel is a custom op (no graph break), so compiling alone
+    # does not send CUDA logits to 'composite' where triton imports.
+    compiled_triton = compiling and r.rows.device.type == "cuda" and backend.triton_available()
     impl = backend.resolve(fn, impl, r.rows, native=lambda: native_xent.supports(r.rows),
-                           composite=compiling or other_grads)
+                           composite=(compiling and not compiled_triton) or other_grads)
+    if r.index_target and not compiling and (validate or impl != "triton"):
+        # Whatever `validate` says (an index addresses memory), but for the Triton kernel.
+        check_index_target(fn, "target", r.target, r.rows.shape[1], ignore_index=ignore_index, keep=r.keep)
     if impl != "composite" and other_grads:
         # The one-pass Function returns no gradient for them: raise rather than drop it silently.
         which = "weight" if weight is not None and weight.requires_grad else "target"
@@ -275,7 +297,10 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     opts = XentOptions(fn, r.index_target, eps, z, temp, reduction == "none",
                        bool(validate) and not compiling, bool(inplace_backward), impl == "native")
     scale = _scale(r, reduction, compute_dtype(logits))
-    kernel = composite_cross_entropy if impl == "composite" else fused_cross_entropy
+    if impl == "triton":
+        from logitlab._triton.ops import triton_cross_entropy as kernel
+    else:
+        kernel = composite_cross_entropy if impl == "composite" else fused_cross_entropy
     out = kernel(r.rows, r.target, r.weight, r.keep, scale, opts)
     return out.reshape(r.batch_shape) if reduction == "none" else out
 

@@ -34,7 +34,7 @@ class CrossEntropyLoss(nn.Module):
 
     def __init__(self, *, dim: int = -1, weight: Tensor | None = None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
-                 temperature: float = 1.0, validate: bool = True, inplace_backward: bool = False,
+                 temperature: float = 1.0, validate: bool | None = None, inplace_backward: bool = False,
                  impl: str = "auto", shift: int = 0) -> None:
         super().__init__()
         self.shift = shift

@@ -149,7 +149,7 @@ class LinearDivergenceLoss(nn.Module):
     def __init__(self, *, divergence: str = "kl", beta: float = 0.5, temperature: float = 1.0,
                  hard_label_weight: float = 0.0, ignore_index: int = -100, reduction: str = "mean",
                  chunk_size: int | None = None, impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
-                 process_group=None, validate: bool = True) -> None:
+                 process_group=None, validate: bool | None = None) -> None:
         super().__init__()
         self.divergence, self.beta, self.temperature = divergence, beta, temperature
         self.hard_label_weight, self.ignore_index, self.reduction = hard_label_weight, ignore_index, reduction
