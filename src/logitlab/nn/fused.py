@@ -95,7 +95,7 @@ class LinearCrossEntropyHead(nn.Module):
                  class_weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
                  chunk_size: int | None = None, impl: str = "auto", accum_dtype: torch.dtype = torch.float32,
-                 process_group=None, validate: bool = True, shift: int = 0, device=None, dtype=None) -> None:
+                 process_group=None, validate: bool | None = None, shift: int = 0, device=None, dtype=None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
