@@ -71,13 +71,13 @@ def test_report_has_every_section_table_and_figures(tiny_run):
 
 
 def test_theory_parts_that_cannot_run_become_notes():
-    from logitlab.experiments import theory
+    from logitlab.experiments.report import render_theory
 
-    html = theory.render(None)
+    html = render_theory(None)
     assert html.count('class="note"') == 5 and "theory.json missing" in html
     stored = {"maxent": {"available": False, "source": "logitlab.maxent.solve_maxent", "reason": "ImportError: x"},
               "underflow": {"available": True, "source": "s", "data": {"unexpected": 1}}}
-    html = theory.render(stored)
+    html = render_theory(stored)
     assert "solve_maxent</code> could not be used (ImportError: x)" in html
     assert "stored data has an unexpected form" in html
 

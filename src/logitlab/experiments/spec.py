@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from logitlab.registry import valid_pairs
+
 __all__ = [
     "SpecError",
     "Combination",
@@ -105,8 +107,6 @@ def _split_top(text: str) -> list[str]:
 
 
 def _valid_pairs() -> list[tuple[str, str]]:
-    from logitlab.registry import valid_pairs
-
     return valid_pairs(index_targets=True)
 
 
