@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.logitlab-installed
 
-.PHONY: setup study demo test bench clean
+.PHONY: setup study demo test bench bench-docs clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# docs/benchmarks.md from the results files (benchmarks/results/, or RESULTS=dirs of other machines' files)
+bench-docs: setup
+	$(PY) benchmarks/render_docs.py $(RESULTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
