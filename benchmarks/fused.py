@@ -16,7 +16,7 @@ forward + backward runs, and the extra memory is the peak minus the RSS before t
 the gradients that must be returned (grad_hidden and grad_weight).
 
     PYTHONPATH=src python benchmarks/fused.py --quick     # seconds
-    PYTHONPATH=src python benchmarks/fused.py             # the full shapes (long on 2 cores)
+    PYTHONPATH=src python benchmarks/fused.py             # the full shapes (long on a small CPU)
 
 Records go to benchmarks/results/fused.json; the last line printed is that path.
 """

@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {
     "normalizers.py": ([], ["normalizer", "ours ms", "peer ms", "ratio", "softmax"]),
     "sparse_normalizers.py": ([], ["pkg/ours", "ours/smax", "sparsemax", "entmax15", "entmax_alpha"]),
-    # --no-memory: the quick run's 12 memory processes (one torch import each) take ~20 s alone.
+    # --no-memory: the quick run's 12 memory processes (one torch import each) would be most of its time.
     "cross_entropy.py": (["--no-memory"], ["speedup", "STREAM%", "logitlab_inplace", "idx_256x1000"]),
     "divergences.py": ([], ["kl", "fy_softmax", "sparsemax_loss", "entmax15_loss", "mem ours/peer"]),
     # One small float32 shape, without the torch peer's memory process: the quick run's 4 cases
-    # x 6 memory processes take ~65 s. Every logitlab implementation still runs.
+    # x 6 memory processes would be most of the suite's benchmark time. Every logitlab implementation still runs.
     "fused.py": (["--dtypes", "float32", "--shapes", "128x64x1024", "--skip", "torch_lce"],
                  ["/floor", "/naive", "logitlab_recompute", "not measured: skipped"]),
     "theory.py": ([], ["max-entropy solver", "CRF log-partition", "nll fwd+bwd ms"]),

@@ -182,8 +182,8 @@ LM_GRID = (
     "sparsemax+sparsemax_loss",
     "entmax15+entmax_loss",
 )
-# --preset NAME: overrides applied before the command line's own. 'lm' completes in minutes on
-# 2 cores; 'lm-large' is for a bigger machine (more text, vocabulary, rows, steps and seeds).
+# --preset NAME: overrides applied before the command line's own. 'lm' is sized for a small CPU
+# machine; 'lm-large' is for a bigger one (more text, vocabulary, rows, steps and seeds).
 PRESETS = {
     "lm": {"dataset": "stdlib-text", "model": "lm", "seeds": "3", "steps": "600", "batch_size": "256",
            "lr": "0.003", "hidden": "128", "vocab": "2048", "context": "4", "text_mb": "1.0",

@@ -185,8 +185,8 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     Implementation (``impl``): 'fused' computes the loss and its gradient in one pass over the
     logits and saves only the gradient (the backward scales it in place, so it runs once and
     has no double backward: use 'composite' for that). On the CPU, float32/bfloat16/float16
-    logits go through a native C kernel built once per machine on first use (about 2 s, then
-    cached; see ``logitlab env``), and otherwise through an eager torch kernel with the same
+    logits go through a native C kernel built once per machine on first use (a compiler run,
+    then cached; see ``logitlab env``), and otherwise through an eager torch kernel with the same
     results (``LOGITLAB_NATIVE=0`` forces it). 'composite' is written with
     differentiable torch ops. 'auto' picks 'fused', except under ``torch.compile``, or when the
     target probabilities or the class weights require a gradient, where it picks 'composite'.
