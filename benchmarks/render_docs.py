@@ -79,7 +79,8 @@ def render(rows: list[dict]) -> str:
         out.append("Software: " + "; ".join(f"torch {t}, commit `{c}`" for t, c in software) + ".\n")
         for bench in sorted({r["benchmark"] for r in mine}):
             out.append(f"#### {bench}\n")
-            out.append("| op | impl | shape | dtype | time ms: p50 (p10–p90, n) | peak extra MiB | CPU | flags | build |")
+            out.append("| op | impl | shape | dtype | time ms: p50 (p10–p90, n) | peak extra MiB "
+                       "| CPU | flags | build |")
             out.append("|---|---|---|---|---:|---:|---|---|---|")
             for r in sorted((r for r in mine if r["benchmark"] == bench),
                             key=lambda r: (r["op"], r["dtype"], r["shape"], r["impl"], r["build"])):

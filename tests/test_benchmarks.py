@@ -34,6 +34,7 @@ SCRIPTS = {
 }
 
 
+@pytest.mark.slow  # one benchmark script end to end
 @pytest.mark.parametrize("script", list(SCRIPTS))
 def test_quick_run(script, tmp_path):
     pytest.importorskip("entmax")  # the peer of the sparse maps and sparse losses
@@ -56,6 +57,7 @@ def test_quick_run(script, tmp_path):
         assert row["time_ms"] is None or row["time_ms"]["p50"] > 0, row
 
 
+@pytest.mark.slow  # a benchmark's memory process
 def test_fused_memory_of_a_compiled_impl_counts_its_gradients_once():
     """The warm-up call of a compiled peer leaves gradients behind; they must not be subtracted twice.
 
@@ -103,7 +105,8 @@ def test_docs_have_one_section_per_machine_and_keep_the_hand_written_text(tmp_pa
     assert render_docs.main([str(tmp_path / "results"), "--out", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n\nBy hand.") and text.endswith("After.\n") and "stale" not in text
-    assert sum(line.startswith("### ") for line in text.splitlines()) == 2 and "### AMD EPYC (avx2, fma)" in text and "### Intel Xeon (avx2, avx512f)" in text
+    assert sum(line.startswith("### ") for line in text.splitlines()) == 2
+    assert "### AMD EPYC (avx2, fma)" in text and "### Intel Xeon (avx2, avx512f)" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| cross_entropy |")]
     assert len(table_rows) == 4
     assert all(("AMD EPYC" in line and "| fma |" in line) or ("Intel Xeon" in line and "| avx512f |" in line)

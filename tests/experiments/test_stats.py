@@ -93,6 +93,7 @@ def test_a_users_csv_and_npz_files_are_datasets(tmp_path):
         load_split(str(tmp_path / "missing.csv"), 0)
 
 
+@pytest.mark.slow  # a study end to end
 def test_a_csv_dataset_runs_through_the_cli(tmp_path, capsys):
     from logitlab import cli
     from logitlab.experiments import records as rec

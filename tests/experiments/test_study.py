@@ -16,6 +16,8 @@ from logitlab.experiments.report import COLUMNS
 
 from .conftest import PYTHON, run_cli, subprocess_env
 
+pytestmark = pytest.mark.slow  # the study end to end (trainings, a kill and resume, worker processes)
+
 METRICS = {"accuracy", "top5_accuracy", "nll", "nll_smoothed", "perplexity", "zero_prob_fraction", "brier",
            "ece_width", "ece_mass", "mce"}
 SECTIONS = ["verdict", "warnings", "setup", "summary", "paired", "temperature", "calibration", "training",

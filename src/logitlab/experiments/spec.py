@@ -127,7 +127,7 @@ def parse_combination(text: str) -> Combination:
     normalizer, plus, loss = body.partition("+")
     pairs = _valid_pairs()
     if not plus or (normalizer, loss) not in pairs:
-        listed = ", ".join(f"{n}+{l}" for n, l in pairs)
+        listed = ", ".join(f"{n}+{loss}" for n, loss in pairs)
         raise SpecError(f"unknown or invalid pair {body!r}; valid pairs for class-index training: {listed}")
     params: dict[str, Any] = dict(_DEFAULT_PARAMS.get(normalizer, {}))
     for item in _split_top(params_text):
@@ -141,7 +141,7 @@ def parse_combination(text: str) -> Combination:
 def parse_combinations(text: str) -> tuple[Combination, ...]:
     """A comma-separated list of combinations, or ``all`` (every registry pair for class targets)."""
     if text.strip() == "all":
-        return tuple(parse_combination(f"{n}+{l}") for n, l in _valid_pairs())
+        return tuple(parse_combination(f"{n}+{loss}") for n, loss in _valid_pairs())
     combos = tuple(parse_combination(part) for part in _split_top(text))
     if not combos:
         raise SpecError("pairs: expected at least one normalizer+loss")

@@ -35,7 +35,8 @@ def _gradient_sweep(combinations: Sequence[Any]) -> dict[str, Any]:
     """The sweep for the study's combinations (with their parameters), then every other valid pair."""
     combos = list(combinations)
     covered = {(c.normalizer, c.loss) for c in combos}
-    extra = [parse_combination(f"{n}+{l}") for n, l in valid_pairs(index_targets=True) if (n, l) not in covered]
+    extra = [parse_combination(f"{n}+{loss}") for n, loss in valid_pairs(index_targets=True)
+             if (n, loss) not in covered]
     curves, failed = {}, {}
     for group, items in (("study", combos), ("other", extra)):
         for combo in items:
