@@ -54,7 +54,7 @@ def test_the_slow_tier_holds_each_kind_of_long_test():
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     slow = [line for line in done.stdout.splitlines() if "::" in line]
-    kinds = {"study end to end": "test_study.py::", "spawned process groups": "test_distributed.py::",
+    kinds = {"study end to end": "test_study.py::", "spawned process groups": "distributed",
              "headless browser": "test_explorer.py::", "benchmark smoke runs": "test_benchmarks.py::test_quick_run"}
     missing = [kind for kind, where in kinds.items() if not any(where in line for line in slow)]
     assert not missing, f"not marked slow: {missing}"
