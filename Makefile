@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.logitlab-installed
 
-.PHONY: setup study demo test bench clean
+.PHONY: setup study demo test test-fast lint bench bench-docs clean
 
 setup: $(STAMP)
 
@@ -29,11 +29,24 @@ study: setup
 demo: setup
 	$(PY) -m logitlab demo
 
-test: setup
+# `make test`: lint, then every test (the slow tier included); CI runs it (.ci/run).
+# `make test-fast`: every test not marked slow (the inner loop: no study end to end, no spawned
+# process groups, no browser, no benchmark smoke runs).
+test: setup lint
 	$(PY) -m pytest -q $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks examples
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# docs/benchmarks.md from the results files (benchmarks/results/, or RESULTS=dirs of other machines' files)
+bench-docs: setup
+	$(PY) benchmarks/render_docs.py $(RESULTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

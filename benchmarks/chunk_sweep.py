@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import logitlab  # noqa: E402
 from logitlab import _native  # noqa: E402
-from _harness import machine_info, write_records  # noqa: E402
+from _harness import machine_info, row, write_records  # noqa: E402
 
 
 def _case(n: int, d: int, v: int, dtype: torch.dtype):
@@ -116,14 +116,16 @@ def main() -> None:
                         "config": config or name, "time_s": med, "time_min_s": min(values),
                         "time_max_s": max(values), "ratio_to_floor": med / floor,
                         "loss_diff_vs_naive": abs(losses[name] - naive) if name in losses and naive is not None
-                        else None, "repeats": args.repeats, **info})
+                        else None, "repeats": args.repeats, "times_ms": [v * 1e3 for v in values], **info})
     print(f"CPU: {info['cpu_model']} (flags {' '.join(info['cpu_flags'])}); shape {shape} {args.dtype}")
     print(f"{'impl':24s} {'time s':>8s} {'min..max':>15s} {'/floor':>7s} {'|Δloss| vs naive':>17s}")
     for r in records:
         diff = "" if r["loss_diff_vs_naive"] is None else f"{r['loss_diff_vs_naive']:.1e}"
         print(f"{r['impl']:24s} {r['time_s']:8.3f} {r['time_min_s']:7.3f}..{r['time_max_s']:<7.3f} "
               f"{r['ratio_to_floor']:7.2f} {diff:>17s}")
-    print(write_records(args.out, records))
+    rows = [row("linear_cross_entropy", r["impl"], (n, d, v), args.dtype, time_ms=r["times_ms"], build=r["build"] or None,
+                config=r["config"], ratio_to_floor=r["ratio_to_floor"]) for r in records]
+    print(write_records(args.out, records, rows=rows, benchmark="chunk_sweep"))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import logitlab  # noqa: E402
 from logitlab import _native  # noqa: E402
 from logitlab.losses import _xent_kernel  # noqa: E402
 from _harness import machine_info, peak_extra_mib, write_records  # noqa: E402
+from _harness import row as schema_row  # noqa: E402
 
 FULL_CASES = {
     "idx_4096x1000": dict(n=4096, v=1000, kind="index"),
@@ -179,7 +180,7 @@ def run_case(name: str, spec: dict, repeats: int, warmup: int, threads: int = 2)
             "case": name, "impl": impl, "n": spec["n"], "v": spec["v"], "kind": spec["kind"],
             "dtype": str(logits.dtype).replace("torch.", ""), "options": options,
             "time_ms": med * 1e3, "time_min_ms": min(times[impl]) * 1e3, "time_max_ms": max(times[impl]) * 1e3,
-            "first_call_ms": first_call[impl] * 1e3, "repeats": repeats,
+            "first_call_ms": first_call[impl] * 1e3, "repeats": repeats, "times_ms": [t * 1e3 for t in times[impl]],
             "ratio_to_torch": med / med_torch, "speedup_vs_torch": med_torch / med,
             "bytes_moved_min": moved, "gb_per_s": moved / med / 1e9,
             "stream_copy_gb_per_s": stream_gbs, "stream_fraction": moved / med / 1e9 / stream_gbs,
@@ -267,7 +268,10 @@ def main() -> None:
     stream = [r["stream_copy_gb_per_s"] for r in records]
     print(f"STREAM copy bandwidth measured in the case processes: {min(stream):.1f}..{max(stream):.1f} GB/s; "
           "GB/s counts the minimum traffic (read logits, write gradient, read target probabilities)")
-    print(write_records(args.out, records))
+    rows = [schema_row("cross_entropy", r["impl"], (r["n"], r["v"]), r["dtype"], time_ms=r["times_ms"],
+                peak_mem_mib=r.get("peak_extra_mib"), build=r["native_build"] or None, case=r["case"],
+                speedup_vs_torch=r["speedup_vs_torch"], stream_fraction=r["stream_fraction"]) for r in records]
+    print(write_records(args.out, records, rows=rows, benchmark="cross_entropy"))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import platform
 import subprocess
 import sys
 
-from _harness import peak_extra_mib, time_interleaved, write_records
+from _harness import peak_extra_mib, row, time_interleaved, write_records
 
 
 def run_case(rows: int, dim: int, vocab: int, repeats: int) -> dict:
@@ -68,9 +68,17 @@ def run_case(rows: int, dim: int, vocab: int, repeats: int) -> dict:
         "ours_time_ms_min": timing["ours"]["min_ms"], "naive_time_ms_min": timing["naive"]["min_ms"],
         "ours_peak_extra_mib": mem["ours"], "naive_peak_extra_mib": mem["naive"],
         "naive_logits_mib": rows * vocab * 4 / 2**20,
-        "err_value_grad_hidden_grad_weight": errors, "repeats": repeats,
+        "err_value_grad_hidden_grad_weight": errors, "repeats": repeats, "times": timing,
         "torch": torch.__version__, "machine": platform.machine(),
     }
+
+
+def _rows(records: list[dict]) -> list[dict]:
+    """The records in the shared schema: linear_divergence_loss and the naive logits per shape."""
+    return [row("linear_divergence_loss", impl, (r["rows"], r["dim"], r["vocab"]), r["dtype"],
+                time_ms=r["times"][which], peak_mem_mib=r[f"{which}_peak_extra_mib"], divergence=r["divergence"],
+                naive_logits_mib=r["naive_logits_mib"])
+            for r in records for which, impl in (("ours", "logitlab_chunked"), ("naive", "naive"))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
               f"ours/naive {r['ratio_ours_over_naive']:5.2f}  extra MiB ours/naive {r['ours_peak_extra_mib']:7.1f}/"
               f"{r['naive_peak_extra_mib']:7.1f} (logits {r['naive_logits_mib']:.0f})  err(value, gh, gW) "
               + ", ".join(f"{e:.1e}" for e in r["err_value_grad_hidden_grad_weight"]), flush=True)
-    print(write_records(args.out, records))
+    print(write_records(args.out, records, rows=_rows(records), benchmark="distill"))
 
 
 if __name__ == "__main__":

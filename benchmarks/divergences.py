@@ -18,9 +18,13 @@ import platform
 import subprocess
 import sys
 
-from _harness import peak_extra_mib, time_interleaved, write_records
+from _harness import peak_extra_mib, row, time_interleaved, write_records
 
 CASES = ["kl", "fy_softmax", "sparsemax_loss", "entmax15_loss"]
+# case -> (our op, the peer), as the records name them
+NAMES = {"kl": ("kl_divergence", "F.kl_div"), "fy_softmax": ("fenchel_young_loss", "F.cross_entropy"),
+         "sparsemax_loss": ("sparsemax_loss", "entmax.SparsemaxLoss"),
+         "entmax15_loss": ("entmax15_loss", "entmax.Entmax15Loss")}
 
 
 def _callables(case: str):
@@ -75,9 +79,17 @@ def run_case(case: str, rows: int, classes: int, repeats: int) -> dict:
         "ours_time_ms_min": timing["ours"]["min_ms"], "ours_time_ms_max": timing["ours"]["max_ms"],
         "peer_time_ms_min": timing["peer"]["min_ms"], "peer_time_ms_max": timing["peer"]["max_ms"],
         "ours_peak_extra_mib": mem["ours"], "peer_peak_extra_mib": mem["peer"],
-        "value_abs_err": value_err, "grad_max_abs_err": grad_err, "repeats": repeats,
+        "value_abs_err": value_err, "grad_max_abs_err": grad_err, "repeats": repeats, "times": timing,
         "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
     }
+
+
+def _rows(records: list[dict]) -> list[dict]:
+    """The records in the shared schema: one row for ours and one for the peer per (case, shape)."""
+    return [row(NAMES[r["case"]][0], impl, (r["rows"], r["classes"]), r["dtype"], time_ms=r["times"][which],
+                peak_mem_mib=r[f"{which}_peak_extra_mib"], case=r["case"],
+                max_abs_err=max(r["value_abs_err"], r["grad_max_abs_err"]) if which == "ours" else None)
+            for r in records for which, impl in (("ours", "logitlab"), ("peer", NAMES[r["case"]][1]))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['peer_time_ms']:8.2f} ms  ratio {r['ratio_ours_over_peer']:5.2f}  mem ours/peer "
                   f"{r['ours_peak_extra_mib']:7.1f}/{r['peer_peak_extra_mib']:7.1f} MiB  "
                   f"err value {r['value_abs_err']:.1e} grad {r['grad_max_abs_err']:.1e}", flush=True)
-    print(write_records(args.out, records))
+    print(write_records(args.out, records, rows=_rows(records), benchmark="divergences"))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _harness import machine_info, time_interleaved, write_records
+from _harness import machine_info, row, time_interleaved, write_records
 
 HERE = Path(__file__).resolve().parent
 FULL_SHAPES = [(1024, 1024), (256, 32768)]
@@ -73,7 +73,11 @@ def main() -> None:
         o, p = r["ours_ms"]["median_ms"], r["peer_ms"]["median_ms"]
         print(f"{r['rows']:>5}x{r['classes']:<6} {r['alpha']:>6} {o:>9.1f} {p:>9.1f} {p / o:>9.2f}  "
               f"{r['ours_path']} / {r['peer']} (|dp| {r['max_abs_diff_probs']:.1e})")
-    out = write_records(args.out, {"machine": machine_info(), "repeats": args.repeats, "records": records})
+    rows = [row("entmax", impl, (r["rows"], r["classes"]), r["dtype"], time_ms=r[f"{which}_ms"], alpha=r["alpha"],
+                path=r["ours_path"] if which == "ours" else None)
+            for r in records for which, impl in (("ours", "logitlab"), ("peer", r["peer"]))]
+    out = write_records(args.out, {"machine": machine_info(), "repeats": args.repeats, "records": records},
+                        rows=rows, benchmark="entmax_alpha")
     print(out)
 
 

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from _harness import forward_backward, machine_info, peak_extra_mib, run_worker, summarize, write_records
+from _harness import forward_backward, machine_info, peak_extra_mib, row, run_worker, summarize, write_records
 
 FULL_SHAPES = [(4096, 1000), (1024, 32768)]
 QUICK_SHAPES = [(64, 100), (16, 2048)]
@@ -128,6 +128,7 @@ def worker_time(name: str, shape: tuple[int, int], repeats: int, warmup: int) ->
         "ours_median_ms": ours_s["median_ms"], "ours_min_ms": ours_s["min_ms"], "ours_max_ms": ours_s["max_ms"],
         "peer_median_ms": peer_s["median_ms"], "peer_min_ms": peer_s["min_ms"], "peer_max_ms": peer_s["max_ms"],
         "ratio_ours_over_peer": ours_s["median_ms"] / peer_s["median_ms"],
+        "ours_time": ours_s, "peer_time": peer_s,
         "repeats": repeats, "warmup": warmup, "checked_against": checked,
         "max_abs_err_probs": err, "max_abs_err_grad": grad_err,
         "finite": bool(torch.isfinite(out).all() and torch.isfinite(grad).all()),
@@ -167,6 +168,22 @@ def _table(records: list[dict], memory: dict) -> str:
             f"{mib(mem_o, 'extra_peak_mib')} {mib(mem_p, 'extra_peak_mib')} {mib(mem_o, 'returned_mib')} "
             f"{max(r['max_abs_err_probs'], r['max_abs_err_grad']):>8.1e}")
     return "\n".join(lines)
+
+
+def _rows(records: list[dict], memory: dict) -> list[dict]:
+    """The records in the shared schema: one row for ours and one for the peer per (map, shape)."""
+    rows = []
+    for r in records:
+        key = (r["normalizer"], tuple(r["shape"]))
+        for which, impl in (("ours", "logitlab"), ("peer", r["peer"])):
+            mem = memory.get(key + (which,))
+            rows.append(row(r["normalizer"], impl, r["shape"], r["dtype"], time_ms=r[f"{which}_time"],
+                            peak_mem_mib=mem["extra_peak_mib"] if mem else None,
+                            returned_mib=mem["returned_mib"] if mem else None,
+                            checked_against=r["checked_against"] if which == "ours" else None,
+                            max_abs_err=max(r["max_abs_err_probs"], r["max_abs_err_grad"]) if which == "ours"
+                            else None))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "records": records, "memory": list(memory.values()),
     }
     print(_table(records, memory))
-    print(write_records(args.out, result))
+    print(write_records(args.out, result, rows=_rows(records, memory), benchmark="normalizers"))
     return 0
 
 

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from _harness import forward_backward, machine_info, peak_extra_mib, run_worker, summarize, write_records
+from _harness import forward_backward, machine_info, peak_extra_mib, row, run_worker, summarize, write_records
 
 HERE = Path(__file__).resolve().parent
 FULL_SHAPES = [(4096, 1000), (1024, 32768)]
@@ -120,6 +120,7 @@ def worker_time(shape, repeats: int, warmup: int, scale: float) -> dict:
             "speedup_over_package": stats[peer]["median_ms"] / stats[ours]["median_ms"],
             "ratio_ours_over_softmax": stats[ours]["median_ms"] / softmax_ms,
             "repeats": repeats, "warmup": warmup,
+            "times": {name: stats[name] for name in (ours, peer, "torch.softmax")},
             **_check(map_name, *results[ours], *results[peer], x, grad_out),
         })
     return {"records": records, "torch_version": torch.__version__}
@@ -135,6 +136,21 @@ def worker_memory(shape, impl: str, scale: float) -> dict:
     returned = out.numel() * out.element_size() + grad.numel() * grad.element_size()
     return {"impl": impl, "shape": list(shape), "extra_peak_mib": extra_mib,
             "returned_mib": returned / 2**20, "method": method}
+
+
+def _rows(records: list[dict], memory: dict) -> list[dict]:
+    """The records in the shared schema: ours, the entmax package and torch.softmax per (map, shape)."""
+    rows = []
+    for r in records:
+        for impl, stats in r["times"].items():
+            mem = memory.get((impl, tuple(r["shape"])))
+            ours = impl == r["ours"]
+            rows.append(row(r["map"], impl, r["shape"], r["dtype"], time_ms=stats,
+                            peak_mem_mib=mem["extra_peak_mib"] if mem else None,
+                            returned_mib=mem["returned_mib"] if mem else None, logit_scale=r["logit_scale"],
+                            path=r["ours_path"] if ours else None,
+                            support_mismatches_vs_package=r["support_mismatches_vs_package"] if ours else None))
+    return rows
 
 
 def _table(records: list[dict], memory: dict) -> str:
@@ -205,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r["map"] for r in records if r["support_mismatches_vs_reference_4_rows"] or not r["finite"]]
     if bad:
         print(f"CORRECTNESS FAILURE: {bad}", file=sys.stderr)
-    print(write_records(args.out, result))
+    print(write_records(args.out, result, rows=_rows(records, memory), benchmark="sparse_normalizers"))
     return 1 if bad else 0
 
 

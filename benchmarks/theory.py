@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import logitlab  # noqa: E402
-from _harness import peak_extra_mib, time_interleaved, write_records  # noqa: E402
+from _harness import peak_extra_mib, row, time_interleaved, write_records  # noqa: E402
 
 F64 = torch.float64
 FULL = {
@@ -98,7 +98,7 @@ def _maxent_case(spec: dict, repeats: int) -> dict:
         peer="scipy L-BFGS-B", peer_iterations=int(peer_result.nit), peer_time_ms=timing["peer"]["median_ms"],
         peer_max_violation=float(np.abs(p @ t_np - mu_np).max()),
         ratio_ours_over_peer=timing["ours"]["median_ms"] / timing["peer"]["median_ms"],
-        peak_mem_mib=_peak_extra_mib(ours))
+        peak_mem_mib=_peak_extra_mib(ours), times=timing)
 
 
 def _brute_force_log_partition(emissions: torch.Tensor, transitions: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ def _crf_case(spec: dict, repeats: int, brute: bool) -> dict:
                       ratio_forward_over_brute=timing["forward"]["median_ms"] / timing["brute"]["median_ms"],
                       max_abs_diff_vs_brute_f64=float(diff),
                       peak_mem_mib=_peak_extra_mib(calls["forward"]),
-                      brute_peak_mem_mib=_peak_extra_mib(calls["brute"]))
+                      brute_peak_mem_mib=_peak_extra_mib(calls["brute"]), times=timing)
     else:
         tags = torch.randint(0, spec["k"], (spec["b"], spec["t"]), generator=gen)
         leaf = emissions.clone().requires_grad_()
@@ -138,7 +138,8 @@ def _crf_case(spec: dict, repeats: int, brute: bool) -> dict:
         timing = time_interleaved({"nll_fwd_bwd": train_step,
                          "viterbi": lambda: logitlab.viterbi_decode(emissions, transitions)}, repeats)
         record.update(nll_fwd_bwd_time_ms=timing["nll_fwd_bwd"]["median_ms"],
-                      viterbi_time_ms=timing["viterbi"]["median_ms"], peak_mem_mib=_peak_extra_mib(train_step))
+                      viterbi_time_ms=timing["viterbi"]["median_ms"], peak_mem_mib=_peak_extra_mib(train_step),
+                      times=timing)
     return record
 
 
@@ -152,6 +153,29 @@ def _run_case(payload: str) -> None:
         record = _crf_case(spec, repeats, brute=family == "crf_brute")
     record.update(torch_version=torch.__version__, machine=platform.machine(), threads=torch.get_num_threads())
     print(json.dumps(record))
+
+
+def _rows(records: list[dict]) -> list[dict]:
+    """The records in the shared schema: (op, impl) per timed callable of each case."""
+    rows = []
+    for r in records:
+        times = r["times"]
+        if r["family"] == "maxent":
+            shape, dtype = (r["k"], r["f"]), "float64"
+            named = [("solve_maxent", "logitlab", "ours", r["peak_mem_mib"]),
+                     ("solve_maxent", "scipy L-BFGS-B", "peer", None)]
+        elif r["family"] == "crf_brute":
+            shape, dtype = (r["b"], r["t"], r["k"]), r["dtype"]
+            named = [("crf_log_partition", "logitlab", "forward", r["peak_mem_mib"]),
+                     ("crf_log_partition", "brute force", "brute", r["brute_peak_mem_mib"])]
+        else:
+            shape, dtype = (r["b"], r["t"], r["k"]), r["dtype"]
+            named = [("linear_chain_crf_nll", "logitlab", "nll_fwd_bwd", r["peak_mem_mib"]),
+                     ("viterbi_decode", "logitlab", "viterbi", None)]
+        for op, impl, key, mem in named:
+            rows.append(row(op, impl, shape, dtype, time_ms=times[key], peak_mem_mib=mem, family=r["family"],
+                            threads=r.get("threads")))
+    return rows
 
 
 def _table(records: list[dict]) -> None:
@@ -207,7 +231,7 @@ def main() -> None:
                                  text=True, check=True)
             records.append(json.loads(out.stdout.strip().splitlines()[-1]))
     _table(records)
-    print(write_records(args.out, records))
+    print(write_records(args.out, records, rows=_rows(records), benchmark="theory"))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from logitlab import _native
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-# Hypothesis: deterministic, bounded, no deadline (a shared 2-core machine is noisy).
+# Hypothesis: deterministic, bounded, no deadline (timings on a shared machine are noise).
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci")
 

@@ -12,6 +12,8 @@ from logitlab import reference
 from logitlab.distributed import run_ranks, vocab_parallel_cross_entropy, vocab_parallel_kl_divergence
 from logitlab.fused import linear_cross_entropy, linear_divergence_loss
 
+pytestmark = pytest.mark.slow  # process groups of 2 and 3 spawned ranks
+
 F64 = torch.float64
 
 

@@ -27,6 +27,8 @@ from logitlab.registry import get_normalizer
 
 from _browser import Browser, chromium
 
+pytestmark = pytest.mark.slow  # headless Chromium
+
 INF = math.inf
 TOL = 1e-6
 MAPS = ["softmax", "standard", "sparsemax", "entmax15", "entmax", "spherical_softmax", "taylor_softmax", "sigmoid"]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # an example end to end
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lm_workload.py"
 
 

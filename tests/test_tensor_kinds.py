@@ -128,6 +128,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # a spawned process group
 def test_a_dtensor_is_refused_clearly_not_crashed():
     from logitlab.distributed.launch import free_port
 

@@ -1,10 +1,11 @@
 """Fresh large CPU buffers backed by transparent huge pages where the kernel allows it.
 
 On Linux, writing into freshly allocated memory costs one page fault per 4 KiB page; for an
-(N, V) gradient that is most of a fused loss's time (about 3.4 GB/s on the project's machine).
+(N, V) gradient those faults, not the arithmetic, are most of a fused loss's time.
 When transparent huge pages are in ``madvise`` mode, advising the new buffer with
-``MADV_HUGEPAGE`` before its first write makes each fault map 2 MiB instead (measured: 512 MiB
-written in about 33 ms instead of 117 ms). Where that is unavailable (another OS, a GPU tensor,
+``MADV_HUGEPAGE`` before its first write makes each fault map 2 MiB instead, so a fresh buffer
+is written several times faster (``benchmarks/cross_entropy.py`` measures it: ``logitlab``, whose
+gradient is such a buffer, against ``logitlab_inplace``). Where that is unavailable (another OS, a GPU tensor,
 THP disabled, a small buffer) this is plain ``torch.empty``: the values and the result are the
 same either way; only the speed of the first write differs.
 """

@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", help="training budget in optimizer steps (default 500)")
     p.add_argument("--preset", metavar="NAME", help="a named set of options, applied before the others: lm (next-token "
                    "prediction on the standard library's source, every output layer that scales to a 2048-token "
-                   "vocabulary; minutes on 2 cores) or lm-large (8192 tokens, for a bigger machine)")
+                   "vocabulary; sized for a small CPU machine) or lm-large (8192 tokens, for a bigger machine)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field (repeatable)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-<model>); a run already "
                    "there is kept: complete it with --resume or replace it with --force")

@@ -143,11 +143,11 @@ def sparsemax(logits: Tensor, dim: int = -1) -> Tensor:
             continue  # every class excluded: an all-zero row
         row = _shift(row)
         zs = _sorted_desc(row)
-        total, size, tau = 0.0, 0, 0.0
+        total, tau = 0.0, 0.0
         for k, value in enumerate(zs, start=1):
             total += value
             if 1 + k * value > total:
-                size, tau = k, (total - 1) / k
+                tau = (total - 1) / k
         out[r] = (row - tau).clamp_min(0)
     return _unrows(out, shape, dim)
 

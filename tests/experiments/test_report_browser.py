@@ -9,11 +9,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from logitlab.experiments import records as rec
 
 from _browser import chromium, run_headless
 
 from .test_study import SECTIONS  # every section of the report, in order
+
+pytestmark = pytest.mark.slow  # a study end to end, then headless Chromium
 
 # Appended to a copy of the report: after load, write what rendered into the DOM for --dump-dom.
 _PROBE = """<script>

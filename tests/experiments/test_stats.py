@@ -64,7 +64,8 @@ def test_fit_temperature_recovers_the_temperature_that_generated_the_labels():
 
 
 def test_loss_drop_share_flags_a_run_still_falling():
-    from logitlab.experiments.runner import STILL_FALLING_SHARE, loss_drop_share
+    from logitlab.experiments.runner import loss_drop_share
+    from logitlab.experiments.stats import STILL_FALLING_SHARE
 
     flat = [2.0 * math.exp(-i) + 0.1 for i in range(20)]
     falling = [2.0 - 0.09 * i for i in range(20)]
@@ -92,6 +93,7 @@ def test_a_users_csv_and_npz_files_are_datasets(tmp_path):
         load_split(str(tmp_path / "missing.csv"), 0)
 
 
+@pytest.mark.slow  # a study end to end
 def test_a_csv_dataset_runs_through_the_cli(tmp_path, capsys):
     from logitlab import cli
     from logitlab.experiments import records as rec

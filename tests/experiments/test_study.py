@@ -16,6 +16,8 @@ from logitlab.experiments.report import COLUMNS
 
 from .conftest import PYTHON, run_cli, subprocess_env
 
+pytestmark = pytest.mark.slow  # the study end to end (trainings, a kill and resume, worker processes)
+
 METRICS = {"accuracy", "top5_accuracy", "nll", "nll_smoothed", "perplexity", "zero_prob_fraction", "brier",
            "ece_width", "ece_mass", "mce"}
 SECTIONS = ["verdict", "warnings", "setup", "summary", "paired", "temperature", "calibration", "training",
@@ -71,13 +73,13 @@ def test_report_has_every_section_table_and_figures(tiny_run):
 
 
 def test_theory_parts_that_cannot_run_become_notes():
-    from logitlab.experiments import theory
+    from logitlab.experiments.report import render_theory
 
-    html = theory.render(None)
+    html = render_theory(None)
     assert html.count('class="note"') == 5 and "theory.json missing" in html
     stored = {"maxent": {"available": False, "source": "logitlab.maxent.solve_maxent", "reason": "ImportError: x"},
               "underflow": {"available": True, "source": "s", "data": {"unexpected": 1}}}
-    html = theory.render(stored)
+    html = render_theory(stored)
     assert "solve_maxent</code> could not be used (ImportError: x)" in html
     assert "stored data has an unexpected form" in html
 

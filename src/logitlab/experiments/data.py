@@ -13,12 +13,14 @@ are numbers; or an ``.npz`` file with a 2-D array ``x`` (rows) and a 1-D array `
 
 from __future__ import annotations
 
+import csv
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from logitlab.experiments.spec import DATA_SUFFIXES, DATASETS, SpecError
+from logitlab.experiments.text import next_token_rows
 
 __all__ = ["Split", "load_split", "load_arrays", "DATASETS"]
 
@@ -39,8 +41,6 @@ class Split(NamedTuple):
 
 
 def _read_csv(path: str, label: str):
-    import csv
-
     import numpy as np
 
     with open(path, newline="", encoding="utf-8") as f:
@@ -113,8 +113,6 @@ _TEXT_CACHE: dict[tuple[int, int, float], tuple[Tensor, Tensor]] = {}
 def _text_split(seed: int, val_fraction: float, test_fraction: float, vocab: int, context: int,
                 text_mb: float, max_rows: int) -> Split:
     """Rows of the stdlib text drawn by ``seed``, split at random (many tokens are too rare to stratify)."""
-    from logitlab.experiments.text import next_token_rows
-
     key = (vocab, context, text_mb)
     if key not in _TEXT_CACHE:
         try:

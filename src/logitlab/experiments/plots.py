@@ -102,13 +102,13 @@ def reliability_grid(diagrams: Mapping[str, Mapping[str, Sequence[float]]], *, c
         for i, (ax, name) in enumerate(zip(axes.flat, names)):
             d = diagrams[name]
             lower, upper = _finite(d["lower"]), _finite(d["upper"])
-            widths = [u - l for l, u in zip(lower, upper)]
+            widths = [hi - lo for lo, hi in zip(lower, upper)]
             filled = [c > 0 for c in d["count"]]
-            ax.bar([l for l, f in zip(lower, filled) if f], [a for a, f in zip(d["accuracy"], filled) if f],
+            ax.bar([lo for lo, f in zip(lower, filled) if f], [a for a, f in zip(d["accuracy"], filled) if f],
                    width=[w for w, f in zip(widths, filled) if f], align="edge", color=color(i), alpha=0.55,
                    edgecolor="black", linewidth=0.4, label="accuracy")
             total = sum(d["count"]) or 1
-            ax.bar([l for l, f in zip(lower, filled) if f], [c / total for c, f in zip(d["count"], filled) if f],
+            ax.bar([lo for lo, f in zip(lower, filled) if f], [c / total for c, f in zip(d["count"], filled) if f],
                    width=[w * 0.5 for w, f in zip(widths, filled) if f], align="edge", color="gray", alpha=0.6,
                    linewidth=0, label="share of points")
             ax.plot([c for c, f in zip(d["confidence"], filled) if f],

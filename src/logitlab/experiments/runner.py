@@ -18,7 +18,12 @@ quarter of the steps (:func:`loss_drop_share`, the convergence check) and the te
 
 from __future__ import annotations
 
+import ctypes
+import inspect
 import math
+import multiprocessing
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,9 +33,13 @@ from torch import Tensor
 
 from logitlab import metrics
 from logitlab.experiments import records as rec
+from logitlab.experiments import theory
 from logitlab.experiments.data import Split, load_split
 from logitlab.experiments.models import build_model, output_layer
-from logitlab.experiments.spec import Combination, StudySpec
+from logitlab.experiments.report import run_warnings, write_report
+from logitlab.experiments.spec import Combination, SpecError, StudySpec
+from logitlab.fused.cross_entropy import linear_cross_entropy
+from logitlab.registry import NORMALIZERS, get_normalizer, make_objective, resolve
 
 __all__ = ["train_one", "run_study", "check_combinations", "predict_probs", "fit_temperature", "loss_drop_share",
            "RunExists", "print_progress"]
@@ -40,10 +49,6 @@ Progress = Callable[[str, bool], None]
 
 def _normalizer_params(combo: Combination) -> dict[str, Any]:
     """The registry defaults of the normalizer, updated by the combination's parameters it accepts."""
-    import inspect
-
-    from logitlab.registry import NORMALIZERS, resolve
-
     spec = NORMALIZERS[combo.normalizer]
     accepted = inspect.signature(resolve(spec.fn)).parameters
     return {**spec.params, **{k: v for k, v in combo.params if k in accepted and k != "dim"}}
@@ -51,8 +56,6 @@ def _normalizer_params(combo: Combination) -> dict[str, Any]:
 
 def predict_probs(combo: Combination, logits: Tensor) -> Tensor:
     """The combination's predicted distribution (float64 rows on the simplex) for raw model scores."""
-    from logitlab.registry import get_normalizer
-
     probs = get_normalizer(combo.normalizer)(logits, **_normalizer_params(combo)).to(torch.float64)
     if combo.normalizer == "sigmoid":
         probs = probs / probs.sum(-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
@@ -101,10 +104,6 @@ def check_combinations(spec: StudySpec) -> None:
     Raises:
         SpecError: a combination whose objective or normalizer rejects its parameters.
     """
-    from logitlab.registry import make_objective
-
-    from logitlab.experiments.spec import SpecError
-
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo (seconds)
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 3, generator=generator)
@@ -133,11 +132,6 @@ def train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
         return _train_one(spec, combo, seed, data, on_step)
     finally:
         torch.set_num_threads(threads)
-
-
-# A run counts as still training when more than this share of its whole decrease in training
-# loss came in the last quarter of its steps.
-STILL_FALLING_SHARE = 0.10
 
 
 def loss_drop_share(train_loss: list[float]) -> float:
@@ -209,8 +203,6 @@ def _fused_objective(spec: StudySpec, combo: Combination, model):
     if not (spec.model == "lm" and combo.normalizer == "softmax" and combo.loss == "cross_entropy"
             and {name for name, _ in combo.params} <= _FUSED_OPTIONS):
         return None
-    from logitlab.fused.cross_entropy import linear_cross_entropy
-
     head, options = model.head, dict(combo.params)
 
     def loss(x, y):
@@ -229,8 +221,6 @@ def _peak_step_mib(step: Callable[[], None]) -> float | None:
             return next(int(line.split()[1]) for line in status if line.startswith(name + ":"))
 
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -250,8 +240,6 @@ def _peak_step_mib(step: Callable[[], None]) -> float | None:
 
 def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
                on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    from logitlab.registry import make_objective
-
     start = time.perf_counter()
     torch.manual_seed(seed)
     model = build_model(spec.model, data.x_train.shape[1], data.num_classes, hidden=spec.hidden)
@@ -368,8 +356,6 @@ def _train_one(spec: StudySpec, combo: Combination, seed: int, data: Split,
 
 def print_progress(line: str, final: bool) -> None:
     """Progress on stdout: one rewritten line on a terminal, the final lines only otherwise."""
-    import sys
-
     stream = sys.stdout
     if stream.isatty():
         stream.write("\r\033[K" + line + ("\n" if final else ""))
@@ -401,9 +387,6 @@ def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False, force: bo
         RunExists: a run is in ``out_dir`` and neither ``resume`` nor ``force`` was given.
         records.RunLocked: another process is writing ``out_dir``.
     """
-    from logitlab.experiments import theory
-    from logitlab.experiments.report import write_report
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / rec.RECORDS
@@ -443,8 +426,6 @@ def run_study(spec: StudySpec, out_dir: Path, *, resume: bool = False, force: bo
 
 
 def _warnings(spec: StudySpec, records: list[dict[str, Any]]) -> list[str]:
-    from logitlab.experiments.report import run_warnings
-
     return [text for text, _ in run_warnings(spec.to_json(), records)]
 
 
@@ -470,8 +451,6 @@ _WORKER_SPLITS: dict[tuple[str, int], Split] = {}
 
 
 def _worker_init() -> None:
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
     torch.set_num_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # imports torch._dynamo before the first job's clock
@@ -487,8 +466,6 @@ def _worker_job(task: tuple[dict[str, Any], int, int]) -> tuple[int, dict[str, A
 
 
 def _theory_job(spec_json: dict[str, Any]) -> dict[str, Any]:
-    from logitlab.experiments import theory
-
     return theory.collect(StudySpec.from_json(spec_json).pairs)
 
 
@@ -523,8 +500,6 @@ def _run_jobs(spec: StudySpec, jobs: list[tuple[Combination, int]], done: set[tu
                 writer.append(record)
                 progress(_summary_line(head, record), True)
             return
-        import multiprocessing
-
         index = {c.key: i for i, c in enumerate(spec.pairs)}
         tasks = [(spec.to_json(), index[combo.key], seed) for _, combo, seed in todo]
         heads = [f"[{number}/{total}] {combo.key} seed {seed}" for number, combo, seed in todo]

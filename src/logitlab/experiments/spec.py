@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from logitlab.registry import valid_pairs
+
 __all__ = [
     "SpecError",
     "Combination",
@@ -105,8 +107,6 @@ def _split_top(text: str) -> list[str]:
 
 
 def _valid_pairs() -> list[tuple[str, str]]:
-    from logitlab.registry import valid_pairs
-
     return valid_pairs(index_targets=True)
 
 
@@ -127,7 +127,7 @@ def parse_combination(text: str) -> Combination:
     normalizer, plus, loss = body.partition("+")
     pairs = _valid_pairs()
     if not plus or (normalizer, loss) not in pairs:
-        listed = ", ".join(f"{n}+{l}" for n, l in pairs)
+        listed = ", ".join(f"{n}+{loss}" for n, loss in pairs)
         raise SpecError(f"unknown or invalid pair {body!r}; valid pairs for class-index training: {listed}")
     params: dict[str, Any] = dict(_DEFAULT_PARAMS.get(normalizer, {}))
     for item in _split_top(params_text):
@@ -141,7 +141,7 @@ def parse_combination(text: str) -> Combination:
 def parse_combinations(text: str) -> tuple[Combination, ...]:
     """A comma-separated list of combinations, or ``all`` (every registry pair for class targets)."""
     if text.strip() == "all":
-        return tuple(parse_combination(f"{n}+{l}") for n, l in _valid_pairs())
+        return tuple(parse_combination(f"{n}+{loss}") for n, loss in _valid_pairs())
     combos = tuple(parse_combination(part) for part in _split_top(text))
     if not combos:
         raise SpecError("pairs: expected at least one normalizer+loss")
@@ -182,8 +182,8 @@ LM_GRID = (
     "sparsemax+sparsemax_loss",
     "entmax15+entmax_loss",
 )
-# --preset NAME: overrides applied before the command line's own. 'lm' completes in minutes on
-# 2 cores; 'lm-large' is for a bigger machine (more text, vocabulary, rows, steps and seeds).
+# --preset NAME: overrides applied before the command line's own. 'lm' is sized for a small CPU
+# machine; 'lm-large' is for a bigger one (more text, vocabulary, rows, steps and seeds).
 PRESETS = {
     "lm": {"dataset": "stdlib-text", "model": "lm", "seeds": "3", "steps": "600", "batch_size": "256",
            "lr": "0.003", "hidden": "128", "vocab": "2048", "context": "4", "text_mb": "1.0",

@@ -21,7 +21,11 @@ import random
 import statistics
 from typing import Mapping, NamedTuple, Sequence
 
-__all__ = ["Interval", "Paired", "t_quantile", "mean_interval", "paired", "sign_flip_p"]
+__all__ = ["Interval", "Paired", "t_quantile", "mean_interval", "paired", "sign_flip_p", "STILL_FALLING_SHARE"]
+
+# A run counts as still training when more than this share of its whole decrease in training
+# loss came in the last quarter of its steps (runner.loss_drop_share; report.run_warnings).
+STILL_FALLING_SHARE = 0.10
 
 # Student-t 0.975 quantiles for 1 .. 30 degrees of freedom (three decimals, as tabulated).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,

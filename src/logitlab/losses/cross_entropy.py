@@ -197,7 +197,7 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     and 'torch' compute the loss and its gradient in one pass over the logits and save only the
     gradient (the backward scales it in place, so it runs once and has no double backward: use
     'composite' for that). 'native' is a C kernel for CPU float32/bfloat16/float16 logits, built
-    once per machine on first use (about 2 s, then cached; see ``logitlab env``); 'torch' is the
+    once per machine on first use (a compiler run, then cached; see ``logitlab env``); 'torch' is the
     same algorithm in eager torch ops, for every device and dtype, with the same results.
     'composite' is written with differentiable torch ops. 'triton' is the one-pass computation as
     one Triton kernel launch (``logitlab/_triton/xent.py``) for CUDA tensors (CPU tensors only

@@ -45,8 +45,8 @@ _GROW = 8
 # −inf (excluded classes) never meets arithmetic.
 _FLOOR = -2.0
 # Work on fewer elements than this runs on one thread: the small per-row solves are dozens of
-# tiny ops, and a fork-join per op costs more than the op (on a busy 2-core machine, a
-# (4096, 16) multiply took 7-29 ms with 2 threads against 0.01-0.09 ms with one).
+# tiny ops, and a fork-join per op costs more than the op, by orders of magnitude on a busy
+# machine (benchmarks/sparse_normalizers.py times the maps that take this path).
 _PARALLEL_MIN = 1 << 20
 
 

@@ -1,0 +1,67 @@
+"""House rules that tooling enforces: one version source, lint in `make test`, a slow tier that
+`make test-fast` skips, and no test that installs system packages."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import logitlab
+
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_the_version_is_written_once():
+    project = PYPROJECT["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "logitlab.__version__"}
+    init = ast.parse((ROOT / "src" / "logitlab" / "__init__.py").read_text(encoding="utf-8"))
+    literal = [node.value.value for node in init.body if isinstance(node, ast.Assign)
+               and [getattr(t, "id", None) for t in node.targets] == ["__version__"]]
+    assert literal == [logitlab.__version__] and re.fullmatch(r"\d+\.\d+\.\d+.*", logitlab.__version__)
+
+
+def _recipe(target: str) -> tuple[list[str], list[str]]:
+    """(prerequisites, command lines) of a Makefile target."""
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    match = re.search(rf"^{re.escape(target)}:(.*)\n((?:\t.*\n)*)", text, flags=re.M)
+    assert match, f"the Makefile has no target {target!r}"
+    return match.group(1).split(), [line.strip() for line in match.group(2).splitlines()]
+
+
+def test_make_test_lints_and_runs_everything_and_test_fast_skips_the_slow_tier():
+    prerequisites, commands = _recipe("test")
+    assert "lint" in prerequisites and any("pytest" in c and "slow" not in c for c in commands)
+    _, lint = _recipe("lint")
+    assert any("ruff check" in c for c in lint)
+    _, fast = _recipe("test-fast")
+    assert any('-m "not slow"' in c for c in fast)
+    assert {"E", "W", "F", "I"} <= set(PYPROJECT["tool"]["ruff"]["lint"]["select"])
+    assert any(dep.startswith("ruff") for dep in PYPROJECT["project"]["optional-dependencies"]["test"])
+    assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_the_slow_tier_holds_each_kind_of_long_test():
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider", "tests"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    slow = [line for line in done.stdout.splitlines() if "::" in line]
+    kinds = {"study end to end": "test_study.py::", "spawned process groups": "distributed",
+             "headless browser": "test_explorer.py::", "benchmark smoke runs": "test_benchmarks.py::test_quick_run"}
+    missing = [kind for kind, where in kinds.items() if not any(where in line for line in slow)]
+    assert not missing, f"not marked slow: {missing}"
+
+
+def test_no_test_installs_system_packages():
+    installer = re.compile(r"""["'](apt-get|apt|dnf|yum|apk|brew)["']|["'](apt-get|apt|dnf|yum|apk) install""")
+    offenders = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "tests").rglob("*.py"))
+                 if installer.search(path.read_text(encoding="utf-8"))]
+    assert offenders == []
