@@ -436,10 +436,10 @@ OPS: dict[str, Op] = _ops()
 DISTRIBUTED_OPS: dict[str, Op] = {op.name: op for op in [
     Op("vocab_parallel_cross_entropy", _vocab_parallel.vocab_parallel_cross_entropy,
        module="VocabParallelCrossEntropy", reference=R.cross_entropy,
-       no_inputs="needs a process group (tests/test_distributed.py runs it on gloo ranks)"),
+       no_inputs="needs a process group (tests/distributed/test_vocab_parallel.py runs it on gloo ranks)"),
     Op("vocab_parallel_kl_divergence", _vocab_parallel.vocab_parallel_kl_divergence,
        module="VocabParallelKLDivergence", reference=R.kl_divergence,
-       no_inputs="needs a process group (tests/test_distributed.py runs it on gloo ranks)"),
+       no_inputs="needs a process group (tests/distributed/test_vocab_parallel.py runs it on gloo ranks)"),
 ]}
 # Public types the functions return or raise, exported beside them.
 PUBLIC_TYPES: dict[str, type] = {

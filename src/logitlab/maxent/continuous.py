@@ -6,7 +6,7 @@ log-partition), θ the minimizer of the convex dual A(θ) − ⟨θ, μ⟩. The 
 composite Gauss–Legendre rule with nodes x_j and weights w_j, which turns the problem into the
 finite one of :func:`~logitlab.maxent.solve_maxent` with support points x_j and base measure
 w_j q(x_j): the same dual solver, its convergence report and its infeasibility certificates.
-Closed forms it reproduces (``tests/test_maxent_continuous.py``):
+Closed forms it reproduces (``tests/maxent/test_continuous.py``):
 
 * ℝ, T = (x, x²), μ = (m, m² + s²): the Gaussian N(m, s²), θ = (m/s², −1/(2s²)),
   A = m²/(2s²) + ½ log(2π s²);

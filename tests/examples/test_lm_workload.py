@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # an example end to end
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lm_workload.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lm_workload.py"
 
 
 @pytest.fixture(scope="module")
