@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import logitlab  # noqa: E402
-from logitlab import _native  # noqa: E402
 from _harness import machine_info, row, write_records  # noqa: E402
+from logitlab import _native  # noqa: E402
 
 
 def _case(n: int, d: int, v: int, dtype: torch.dtype):

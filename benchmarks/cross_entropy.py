@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,10 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import logitlab  # noqa: E402
-from logitlab import _native  # noqa: E402
-from logitlab.losses import _xent_kernel  # noqa: E402
 from _harness import machine_info, peak_extra_mib, write_records  # noqa: E402
 from _harness import row as schema_row  # noqa: E402
+from logitlab import _native  # noqa: E402
 
 FULL_CASES = {
     "idx_4096x1000": dict(n=4096, v=1000, kind="index"),

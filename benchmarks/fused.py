@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from _harness import peak_extra_mib, row, write_records
 
 FULL_SHAPES = [(4096, 1024, 32768), (2048, 2048, 131072)]

@@ -43,9 +43,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _harness import write_records  # noqa: E402
-
 import logitlab  # noqa: E402
+from _harness import write_records  # noqa: E402
 from logitlab import reference  # noqa: E402
 
 LCE_SHAPES = [(8192, 4096, 128256), (8192, 2304, 256000), (16384, 2048, 32768)]
@@ -341,7 +340,7 @@ def main(argv=None):
         t = torch.randint(0, vocab, (rows,), device=device, generator=gen)
         t[::IGNORED_EVERY] = -100
         calls, missing = lce_calls(h, w, t, [i for i in LCE_IMPLS if i not in skipped], device)
-        first, times, memory = measure(calls, lambda: (h, w), device, repeats, warmup)
+        first, times, memory = measure(calls, lambda h=h, w=w: (h, w), device, repeats, warmup)
         floor = statistics.median(times["floor"]) if "floor" in times else None
         for name in LCE_IMPLS:
             if name in calls:

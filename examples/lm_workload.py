@@ -30,6 +30,7 @@ from torch import nn
 
 from logitlab.experiments.text import TOKEN, UNK, stdlib_text  # the study's dataset: one tokenizer
 
+
 def build_tokenizer(text: str, vocab_size: int) -> tuple[dict[str, int], list[str]]:
     """Word-level vocabulary: ``<unk>`` then the most frequent tokens (ties broken by the token)."""
     tokens = TOKEN.findall(text)

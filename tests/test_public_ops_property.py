@@ -11,7 +11,8 @@ import math
 import re
 
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import logitlab as L
 from logitlab import reference as R

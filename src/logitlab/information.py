@@ -17,11 +17,17 @@ import torch
 from torch import Tensor
 
 from logitlab._validation import (
-    check_dim, check_floating, check_positive, check_probs, check_same_device, compute_dtype, fail,
+    check_dim,
+    check_floating,
+    check_positive,
+    check_probs,
+    check_same_device,
+    compute_dtype,
+    fail,
 )
 from logitlab.losses import _kernels
-from logitlab.losses.divergences import check_logit_rows
 from logitlab.losses._model import safe_log
+from logitlab.losses.divergences import check_logit_rows
 
 __all__ = ["entropy", "cross_entropy_between", "kl_between", "decompose", "Decomposition"]
 

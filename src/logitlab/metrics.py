@@ -23,10 +23,10 @@ from torch import Tensor
 from logitlab._validation import (
     check_choice,
     check_floating,
-    check_same_device,
     check_index_target,
     check_probs,
     check_range,
+    check_same_device,
     check_tensor,
     compute_dtype,
     fail,

@@ -33,11 +33,17 @@ from torch import Tensor
 
 from logitlab._reduction import reduce_loss
 from logitlab._validation import (
-    can_read, check_finite, check_floating, check_probs, check_reduction, check_same_device, check_tensor, compute_dtype,
+    can_read,
+    check_finite,
+    check_floating,
+    check_probs,
+    check_reduction,
+    check_same_device,
+    check_tensor,
+    compute_dtype,
     fail,
 )
-from logitlab.semirings import (EntropySemiring, KMaxSemiring, LogSemiring, Semiring, get_semiring,
-                                 safe_logsumexp)
+from logitlab.semirings import EntropySemiring, KMaxSemiring, LogSemiring, Semiring, get_semiring, safe_logsumexp
 
 __all__ = ["linear_chain_crf_nll", "crf_log_partition", "crf_marginals", "viterbi_decode", "ViterbiResult",
            "chain_forward", "crf_entropy", "crf_kbest_scores",

@@ -463,7 +463,7 @@ def _fsdp_step(rank, world):
     loss.backward()
     torch.optim.SGD(model.parameters(), lr=0.5).step()
 
-    losses = [reference_model(t, l) for t, l in batches]
+    losses = [reference_model(t, lab) for t, lab in batches]
     (sum(losses) / world).backward()
     torch.optim.SGD(reference_model.parameters(), lr=0.5).step()
     errors = {"loss": _err(loss, losses[rank])}

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from logitlab.experiments import records as rec
-
 from _browser import chromium, run_headless
+from logitlab.experiments import records as rec
 
 from .test_study import SECTIONS  # every section of the report, in order
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from logitlab.experiments import records as rec
-from logitlab.experiments.report import COLUMNS
 
 from .conftest import PYTHON, run_cli, subprocess_env
 
@@ -240,7 +239,7 @@ def test_resume_skips_a_damaged_line_says_so_and_redoes_its_run(tiny_run, tmp_pa
     (out / rec.REPORT).unlink()
     status, printed, _ = run_cli(["study", "--out", str(out), "--resume"], capsys)
     assert status == 0
-    assert any(f"skipped 1 line(s) (line 2: not JSON" in line and "redone" in line for line in printed)
+    assert any("skipped 1 line(s) (line 2: not JSON" in line and "redone" in line for line in printed)
     assert sum("already recorded, skipped" in line for line in printed) == 3
     scan = rec.scan_records(out / rec.RECORDS)
     keys = sorted((r["combination"], r["seed"]) for r in scan.records)

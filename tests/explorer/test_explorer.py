@@ -18,14 +18,13 @@ import torch
 import torch.nn.functional as F
 
 import logitlab
+from _browser import Browser, chromium
 from logitlab import cli
 from logitlab.explorer import explorer_html, write_explorer
 from logitlab.losses import cross_entropy as ce
 from logitlab.losses import divergences as dv
 from logitlab.losses import fenchel_young as fy
 from logitlab.registry import get_normalizer
-
-from _browser import Browser, chromium
 
 pytestmark = pytest.mark.slow  # headless Chromium
 

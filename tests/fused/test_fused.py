@@ -8,13 +8,12 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import logitlab
+from conftest import ERROR_SLACK
 from logitlab import reference
 from logitlab.fused import linear_cross_entropy, linear_divergence_loss
 from logitlab.fused._engine import FusedLinearLoss, Plan, chunk_rows, needs_wide_block
 from logitlab.fused.cross_entropy import build_kernel, choose_impl
 from logitlab.nn import LinearCrossEntropy
-
-from conftest import ERROR_SLACK
 
 F64 = torch.float64
 BATCHES = [(1,), (2,), (7,), (127,), (3, 5, 7)]

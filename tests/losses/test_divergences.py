@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import logitlab
+from conftest import ERROR_SLACK, LOW_PRECISION, ODD_SHAPES, dims_of
 from logitlab import reference as R
 from logitlab.losses import divergences as D
-from conftest import ERROR_SLACK, LOW_PRECISION, ODD_SHAPES, dims_of
 from logitlab.losses import fenchel_young as FY
 
 F64 = torch.float64

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import logitlab
-from logitlab import functional, nn as lnn, reference, registry
+from logitlab import functional, reference, registry
+from logitlab import nn as lnn
 from logitlab.losses.cross_entropy import binary_cross_entropy_with_logits, cross_entropy, nll_loss
 from logitlab.losses.focal import focal_loss, poly1_cross_entropy
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import ERROR_SLACK, LOW_PRECISION
 
 import logitlab
 from logitlab import _native
 from logitlab._native import xent as native_xent
 from logitlab.losses import _xent_kernel
-from tests.conftest import ERROR_SLACK, LOW_PRECISION
 
 pytestmark = [pytest.mark.skipif(not native_xent.supports(torch.empty(0, 0)),
                                  reason="no C compiler: the native kernel is unavailable here"),

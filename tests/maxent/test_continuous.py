@@ -10,8 +10,12 @@ import torch
 
 from logitlab.analysis.links import LINKS, binary_log_probs, compare_binary_links, fit_binary_link
 from logitlab.maxent import (
-    InfeasibleMomentsError, MaxEntError, exponential_family_posterior_logits, gauss_legendre,
-    gaussian_naive_bayes_logits, solve_continuous_maxent,
+    InfeasibleMomentsError,
+    MaxEntError,
+    exponential_family_posterior_logits,
+    gauss_legendre,
+    gaussian_naive_bayes_logits,
+    solve_continuous_maxent,
 )
 from logitlab.metrics import expected_calibration_error
 

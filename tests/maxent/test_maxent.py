@@ -11,7 +11,6 @@ from scipy.optimize import linprog
 
 import logitlab
 from logitlab import reference
-
 from logitlab.maxent import (
     BOUNDARY_RTOL,
     InfeasibleMomentsError,

@@ -56,6 +56,7 @@ def test_out_of_range_index_raises_even_without_validation():
 def test_native_kernel_checks_indices_itself():
     """The C kernel's own check (the Python layers are bypassed here): error code kind 3."""
     import torch
+
     from logitlab._native import xent
 
     rows = torch.randn(3, 40)

@@ -11,8 +11,16 @@ from hypothesis import strategies as st
 
 from conftest import ERROR_SLACK, LOW_PRECISION, ODD_SHAPES, dims_of
 from logitlab import reference as ref
-from logitlab.normalizers import (log_sigmoid, log_softmax, shannon_negentropy, sigmoid, softmax,
-                                  spherical_softmax, standard_normalize, taylor_softmax)
+from logitlab.normalizers import (
+    log_sigmoid,
+    log_softmax,
+    shannon_negentropy,
+    sigmoid,
+    softmax,
+    spherical_softmax,
+    standard_normalize,
+    taylor_softmax,
+)
 
 F64 = torch.float64
 INF = math.inf

@@ -9,12 +9,12 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.conftest import ERROR_SLACK, LOW_PRECISION, ODD_SHAPES, dims_of
 
 import logitlab
 from logitlab import reference as ref
 from logitlab.normalizers import _threshold
 from logitlab.normalizers.entmax import ConvergenceError
-from tests.conftest import ERROR_SLACK, LOW_PRECISION, ODD_SHAPES, dims_of
 
 F64 = torch.float64
 ALPHAS = [1.25, 1.5, 2.0, 3.0]

@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (it is in the test extra)")
 
 from _triton_fixtures import device, small_blocks, triton_mode  # noqa: E402,F401
+
 from conftest import ERROR_SLACK  # noqa: E402
 from logitlab import reference  # noqa: E402
 from logitlab.fused.divergence import linear_divergence_loss  # noqa: E402

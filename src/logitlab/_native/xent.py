@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from logitlab._native import DTYPE_CODES as _CODES
-from logitlab._native import ops as _ops  # noqa: F401  (defines torch.ops.logitlab.*)
 from logitlab._native import kernel_ready, plain_cpu
+from logitlab._native import ops as _ops  # noqa: F401  (defines torch.ops.logitlab.*)
 
 __all__ = ["supports", "xent_rows"]
 

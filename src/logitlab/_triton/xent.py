@@ -31,10 +31,10 @@ import math
 import struct
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 
+import triton
 from logitlab._triton import compute_tl_dtype, jit
 
 __all__ = ["xent_rows", "MAX_BLOCK"]

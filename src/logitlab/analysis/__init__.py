@@ -6,8 +6,8 @@ becomes confidently wrong; :func:`sweep_pairs` for all of them), :func:`scale_re
 :func:`likelihood_underflow` (why likelihoods are summed in log space).
 """
 
-from logitlab.analysis.links import LinkFit, compare_binary_links, fit_binary_link
 from logitlab.analysis.gradients import DEFAULT_SWEEP_PARAMS, GradientSweep, gradient_sweep, sweep_pairs
+from logitlab.analysis.links import LinkFit, compare_binary_links, fit_binary_link
 from logitlab.analysis.scaling import ScaleResponse, scale_response
 from logitlab.analysis.underflow import UnderflowReport, likelihood_underflow
 

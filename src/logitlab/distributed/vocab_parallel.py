@@ -24,8 +24,15 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from logitlab import _validation as v
-from logitlab._dtensor import (any_dtensor, is_dtensor, refuse_plain_primary, replicated_local, replicated_output,
-                               sharded_local, vocab_layout)
+from logitlab._dtensor import (
+    any_dtensor,
+    is_dtensor,
+    refuse_plain_primary,
+    replicated_local,
+    replicated_output,
+    sharded_local,
+    vocab_layout,
+)
 from logitlab.fused._kernel import all_reduce, collective_timeout
 from logitlab.fused.cross_entropy import build_kernel, check_group, check_options, reduction_scale, vocab_offsets
 

@@ -15,9 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from logitlab.experiments import plots
+from logitlab.experiments import plots, stats
 from logitlab.experiments import records as rec
-from logitlab.experiments import stats
 from logitlab.experiments.stats import STILL_FALLING_SHARE
 
 __all__ = ["write_report", "render_report", "render_theory", "aggregate", "compare", "verdict", "run_warnings",

@@ -13,8 +13,16 @@ from logitlab import backend
 from logitlab._dtensor import any_dtensor, head_locals, replicated_output
 from logitlab._native import xent as native_xent
 from logitlab._reduction import shift_target
-from logitlab.fused._engine import (NAIVE_MAX_ELEMENTS, FusedLinearLoss, Plan, accumulation_dtype, chunk_rows,
-                                    gpu_chunk_rows, gradient_dtype, needs_wide_block)
+from logitlab.fused._engine import (
+    NAIVE_MAX_ELEMENTS,
+    FusedLinearLoss,
+    Plan,
+    accumulation_dtype,
+    chunk_rows,
+    gpu_chunk_rows,
+    gradient_dtype,
+    needs_wide_block,
+)
 from logitlab.fused._kernel import CrossEntropyKernel, all_gather, all_reduce
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult"]

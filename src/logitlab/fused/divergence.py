@@ -11,9 +11,16 @@ from torch import Tensor
 from logitlab import _validation as v
 from logitlab import backend
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows, gpu_chunk_rows
-from logitlab.fused._matmul import logits_into, matmul_scratch
 from logitlab.fused._kernel import all_reduce, triton_row_scale
-from logitlab.fused.cross_entropy import check_group, check_head_values, check_linear, check_target, choose_impl, vocab_offsets
+from logitlab.fused._matmul import logits_into, matmul_scratch
+from logitlab.fused.cross_entropy import (
+    check_group,
+    check_head_values,
+    check_linear,
+    check_target,
+    choose_impl,
+    vocab_offsets,
+)
 
 __all__ = ["linear_divergence_loss", "DIVERGENCES"]
 

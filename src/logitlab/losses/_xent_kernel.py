@@ -40,9 +40,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from logitlab._validation import compute_dtype, fail
 from logitlab._memory import empty_like_huge
 from logitlab._native import xent as native_xent
+from logitlab._validation import compute_dtype, fail
 
 __all__ = ["XentOptions", "fused_cross_entropy", "composite_cross_entropy", "BLOCK_BYTES"]
 

@@ -18,9 +18,7 @@ from logitlab import backend
 from logitlab._native import xent as native_xent
 from logitlab._reduction import reduce_loss, shift_target, to_rows
 from logitlab._validation import (
-    transforms_active,
     check_dim,
-    check_choice,
     check_finite,
     check_floating,
     check_index_target,
@@ -33,9 +31,10 @@ from logitlab._validation import (
     check_tensor,
     compute_dtype,
     default_validate,
+    fail,
     has_data,
     meta_output,
-    fail,
+    transforms_active,
 )
 from logitlab.losses._xent_kernel import XentOptions, composite_cross_entropy, fused_cross_entropy
 

@@ -27,12 +27,24 @@ from torch import Tensor
 from logitlab import registry
 from logitlab._reduction import neutralize, reduce_loss, to_rows
 from logitlab._validation import (
-    can_read, check_choice, check_dim, check_finite, check_floating, check_mask, check_positive, check_probs,
-    check_reduction, check_same_device, compiling, compute_dtype, fail, has_data, meta_output,
+    can_read,
+    check_choice,
+    check_dim,
+    check_finite,
+    check_floating,
+    check_mask,
+    check_positive,
+    check_probs,
+    check_reduction,
+    check_same_device,
+    compiling,
+    compute_dtype,
+    fail,
+    has_data,
+    meta_output,
 )
 from logitlab.losses import _kernels
-from logitlab.losses._model import (as_callers_errors, model_distribution, normalizer_params, normalizer_spec,
-                                   safe_log)
+from logitlab.losses._model import as_callers_errors, model_distribution, normalizer_params, normalizer_spec, safe_log
 
 __all__ = [
     "DIVERGENCES",

@@ -23,14 +23,31 @@ from torch import Tensor
 from logitlab import registry
 from logitlab._reduction import from_rows, neutralize, reduce_loss, to_rows
 from logitlab._validation import (
-    check_dim, check_finite, check_floating, check_index_target, check_mask, check_positive, check_probs,
-    check_reduction, check_same_device, check_tensor, check_unit_interval, compiling, compute_dtype, fail, has_data,
+    check_dim,
+    check_finite,
+    check_floating,
+    check_index_target,
+    check_mask,
+    check_positive,
+    check_probs,
+    check_reduction,
+    check_same_device,
+    check_tensor,
+    check_unit_interval,
+    compiling,
+    compute_dtype,
+    fail,
+    has_data,
     meta_output,
 )
-from logitlab.losses.divergences import check_logit_rows, scale_by_temperature
 from logitlab.losses._model import (
-    as_callers_errors, normalizer_params, normalizer_spec, regularizer_params, with_validate,
+    as_callers_errors,
+    normalizer_params,
+    normalizer_spec,
+    regularizer_params,
+    with_validate,
 )
+from logitlab.losses.divergences import check_logit_rows, scale_by_temperature
 
 __all__ = ["fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss", "make_fenchel_young_loss"]
 

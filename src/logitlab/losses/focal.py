@@ -7,11 +7,18 @@ import math
 import torch
 from torch import Tensor
 
-from logitlab._reduction import neutralize, reduce_loss
-from logitlab._validation import (check_choice, check_floating, check_range, check_reduction, compute_dtype, fail,
-                                  has_data, meta_output)
-from logitlab.losses._xent_kernel import XentOptions, _bad_row
 from logitlab import backend
+from logitlab._reduction import neutralize, reduce_loss
+from logitlab._validation import (
+    check_floating,
+    check_range,
+    check_reduction,
+    compute_dtype,
+    fail,
+    has_data,
+    meta_output,
+)
+from logitlab.losses._xent_kernel import XentOptions, _bad_row
 from logitlab.losses.cross_entropy import _check_target_and_rows, _compiling, _no_grad_options, cross_entropy
 
 __all__ = ["focal_loss", "poly1_cross_entropy"]

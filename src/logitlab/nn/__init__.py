@@ -4,60 +4,59 @@ Argument names, order and defaults are the functional ones; tensors (class weigh
 registered as buffers so that ``.to(device)`` moves them.
 """
 
-from logitlab.nn.normalizers import (
-    Softmax,
-    LogSoftmax,
-    Sigmoid,
-    LogSigmoid,
-    StandardNormalize,
-    SphericalSoftmax,
-    TaylorSoftmax,
-)
+from logitlab import registry as _registry
+from logitlab.nn._stateless import stateless_module as _stateless_module
 from logitlab.nn.cross_entropy import (
-    CrossEntropyLoss,
-    NLLLoss,
     BCEWithLogitsLoss,
+    CrossEntropyLoss,
     FocalLoss,
-    Poly1CrossEntropyLoss,
     LogLikelihood,
+    NLLLoss,
+    Poly1CrossEntropyLoss,
 )
-from logitlab.nn.margin import MulticlassHingeLoss, PerceptronLoss
+from logitlab.nn.distributed import (
+    VocabParallelCrossEntropy,
+    VocabParallelKLDivergence,
+)
 from logitlab.nn.divergences import (
-    DivergenceLoss,
-    KLDivergenceLoss,
-    ReverseKLDivergenceLoss,
-    JSDivergenceLoss,
     AlphaDivergenceLoss,
-    RenyiDivergenceLoss,
-    TotalVariationLoss,
-    HellingerLoss,
     BrierLoss,
-    FenchelYoungLoss,
-    SparsemaxLoss,
-    EntmaxLoss,
+    DivergenceLoss,
     Entmax15Loss,
-)
-from logitlab.nn.sparse import (
-    Sparsemax,
-    Entmax15,
-    Entmax,
-)
-from logitlab.nn.structured import (
-    LinearChainCRF,
-    HiddenMarkovModel,
+    EntmaxLoss,
+    FenchelYoungLoss,
+    HellingerLoss,
+    JSDivergenceLoss,
+    KLDivergenceLoss,
+    RenyiDivergenceLoss,
+    ReverseKLDivergenceLoss,
+    SparsemaxLoss,
+    TotalVariationLoss,
 )
 from logitlab.nn.fused import (
     LinearCrossEntropy,
     LinearCrossEntropyHead,
     LinearDivergenceLoss,
 )
-from logitlab.nn.distributed import (
-    VocabParallelCrossEntropy,
-    VocabParallelKLDivergence,
+from logitlab.nn.margin import MulticlassHingeLoss, PerceptronLoss
+from logitlab.nn.normalizers import (
+    LogSigmoid,
+    LogSoftmax,
+    Sigmoid,
+    Softmax,
+    SphericalSoftmax,
+    StandardNormalize,
+    TaylorSoftmax,
 )
-
-from logitlab import registry as _registry
-from logitlab.nn._stateless import stateless_module as _stateless_module
+from logitlab.nn.sparse import (
+    Entmax,
+    Entmax15,
+    Sparsemax,
+)
+from logitlab.nn.structured import (
+    HiddenMarkovModel,
+    LinearChainCRF,
+)
 
 # Every registry row names its Module; the rows whose Module is not written above get the one
 # stateless pattern (nn/_stateless.py), so a new op has its layer with nothing to edit here.

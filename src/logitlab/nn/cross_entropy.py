@@ -6,7 +6,10 @@ from torch import Tensor, nn
 
 from logitlab._validation import check_tensor
 from logitlab.losses.cross_entropy import (
-    binary_cross_entropy_with_logits, cross_entropy, log_likelihood, nll_loss,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    log_likelihood,
+    nll_loss,
 )
 from logitlab.losses.focal import focal_loss, poly1_cross_entropy
 

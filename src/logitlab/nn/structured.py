@@ -7,8 +7,17 @@ from torch import Tensor, nn
 
 from logitlab._validation import check_choice, fail
 from logitlab.structured import (
-    ViterbiResult, crf_entropy, crf_kbest_scores, crf_log_partition, crf_marginals, hmm_entropy,
-    hmm_log_likelihood, hmm_posteriors, hmm_viterbi, linear_chain_crf_nll, viterbi_decode,
+    ViterbiResult,
+    crf_entropy,
+    crf_kbest_scores,
+    crf_log_partition,
+    crf_marginals,
+    hmm_entropy,
+    hmm_log_likelihood,
+    hmm_posteriors,
+    hmm_viterbi,
+    linear_chain_crf_nll,
+    viterbi_decode,
 )
 
 __all__ = ["LinearChainCRF", "HiddenMarkovModel"]

@@ -41,9 +41,16 @@ from torch import Tensor
 from logitlab import backend
 from logitlab._native import sparse as native_sparse
 from logitlab._validation import fail, has_data
-from logitlab.normalizers._threshold_topk import (
-    compute_dtype, first_k, reject_logits, topk_backward, topk_forward, uniform_alpha)
-from logitlab.normalizers._threshold_topk import _FIRST_K, _GROW  # noqa: F401  (tests size the retries)
+from logitlab.normalizers._threshold_topk import (  # noqa: F401  (tests size the retries)
+    _FIRST_K,
+    _GROW,
+    compute_dtype,
+    first_k,
+    reject_logits,
+    topk_backward,
+    topk_forward,
+    uniform_alpha,
+)
 
 __all__ = ["KINDS", "threshold_map", "ConvergenceError", "check_converged"]
 

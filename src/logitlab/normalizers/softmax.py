@@ -12,8 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from logitlab._validation import (check_dim, check_floating, check_nonnegative, check_positive,
-                                  compute_dtype, fail)
+from logitlab._validation import check_dim, check_floating, check_nonnegative, check_positive, compute_dtype, fail
 from logitlab.normalizers._masking import empty_rows, nonneg_inf, scan
 
 __all__ = ["softmax", "log_softmax", "shannon_negentropy"]
