@@ -44,7 +44,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import logitlab  # noqa: E402
-from _harness import write_records  # noqa: E402
+from _harness import row, write_records  # noqa: E402
 from logitlab import reference  # noqa: E402
 
 LCE_SHAPES = [(8192, 4096, 128256), (8192, 2304, 256000), (16384, 2048, 32768)]
@@ -282,7 +282,7 @@ def record(kind, shape, name, first, times, memory, info, extra=None):
     ts = times[name]
     rec = {"op": kind, "shape": list(shape), "dtype": "bfloat16", "impl": name, "first_call_ms": first[name],
            "time_ms_median": statistics.median(ts), "time_ms_min": min(ts), "time_ms_max": max(ts),
-           "timed_calls": len(ts), "extra_peak_mib": memory[name], **info}
+           "timed_calls": len(ts), "times_ms": list(ts), "extra_peak_mib": memory[name], **info}
     rec.update(extra or {})
     return rec
 
@@ -374,7 +374,10 @@ def main(argv=None):
         if copy_ms:
             rec["pct_of_copy"] = 100 * rec["min_traffic_gb_s"] / (traffic / copy_ms / 1e6)
         records.append(rec)
-    out = write_records(args.out, records)
+    rows = [row(r["op"], r["impl"], r["shape"], r.get("dtype", "bfloat16"), time_ms=r.get("times_ms"),
+                peak_mem_mib=r.get("extra_peak_mib"), **({"status": r["status"]} if "status" in r else {}))
+            for r in records if {"op", "impl", "shape"} <= set(r)]  # (the correctness checks stay in the detail)
+    out = write_records(args.out, records, rows=rows)
     print(render(records))
     print(out)
     return 0

@@ -25,7 +25,10 @@ def test_quick_run_writes_records(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out)
-    records = json.loads(out.read_text())
+    data = json.loads(out.read_text())
+    records = data["detail"]  # the script's own records; data["rows"] are the shared schema's
+    assert {(r["op"], r["impl"]) for r in data["rows"]} == {(r["op"], r["impl"]) for r in records
+                                                          if {"op", "impl", "shape"} <= set(r)}
     checks = [r for r in records if "check" in r]
     assert {r["check"] for r in checks} == {"cross_entropy", "linear_cross_entropy"} and all(r["ok"] for r in checks)
     timed = {(r["op"], r["impl"]) for r in records if "time_ms_median" in r}
