@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from logitlab._triton.xent import scale_rows_, xent_rows
-from logitlab.losses._xent_kernel import XentOptions, _bad_row
+from logitlab.losses._xent_kernel import XentOptions, _bad_row, saved_gradient
 
 __all__ = ["triton_cross_entropy"]
 
@@ -69,19 +69,7 @@ class _TritonCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        opts: XentOptions = ctx.opts
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                f"{opts.fn}(): the triton implementation has no double backward "
-                "(create_graph=True); use impl='composite' for higher-order gradients")
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:
-            if opts.inplace_backward:
-                raise RuntimeError(
-                    f"{opts.fn}(): with inplace_backward=True the gradient lives in the logits' memory "
-                    "and the backward can run only once; use inplace_backward=False to backpropagate twice")
-            rows, target, weight, keep, scale = ctx.saved_tensors
-            _, grad = _forward(rows, target, weight, keep, scale, opts._replace(validate=False), True)
+        grad = saved_gradient(ctx, _forward, "impl='triton'")
         scale_rows_(grad, grad_output)
         return grad, None, None, None, None, None
 

@@ -44,7 +44,7 @@ from logitlab._memory import empty_like_huge
 from logitlab._native import xent as native_xent
 from logitlab._validation import compute_dtype, fail
 
-__all__ = ["XentOptions", "fused_cross_entropy", "composite_cross_entropy", "BLOCK_BYTES"]
+__all__ = ["XentOptions", "fused_cross_entropy", "composite_cross_entropy", "saved_gradient", "BLOCK_BYTES"]
 
 # Rows are processed in blocks of about this many bytes of compute-dtype logits: small enough
 # that the block's log-softmax buffer stays in the last-level cache (32 MiB on the project's
@@ -227,6 +227,25 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
     return losses, grad
 
 
+def saved_gradient(ctx, forward, name: str) -> Tensor:
+    """The gradient a one-pass forward saved on ``ctx.grad``, handed over once (no copy), or
+    recomputed by ``forward`` from the saved inputs for a later backward through the same graph;
+    shared by the backward of every one-pass implementation (``name`` says which in errors)."""
+    opts: XentOptions = ctx.opts
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{opts.fn}(): {name} has no double backward (create_graph=True); "
+                           "use impl='composite' for higher-order gradients")
+    grad, ctx.grad = ctx.grad, None
+    if grad is None:
+        if opts.inplace_backward:
+            raise RuntimeError(
+                f"{opts.fn}(): with inplace_backward=True the gradient lives in the logits' memory "
+                "and the backward can run only once; use inplace_backward=False to backpropagate twice")
+        rows, target, weight, keep, scale = ctx.saved_tensors
+        _, grad = forward(rows, target, weight, keep, scale, opts._replace(validate=False), True)
+    return grad
+
+
 class _FusedCrossEntropy(torch.autograd.Function):
     """Loss and gradient in one forward pass; the backward scales the saved gradient.
 
@@ -251,19 +270,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
         opts: XentOptions = ctx.opts
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                f"{opts.fn}(): the fused implementation has no double backward "
-                "(create_graph=True) with impl='native' or 'torch'; use impl='composite' for higher-order gradients")
-        grad = ctx.grad
-        ctx.grad = None
-        if grad is None:
-            if opts.inplace_backward:
-                raise RuntimeError(
-                    f"{opts.fn}(): with inplace_backward=True the gradient lives in the logits' memory "
-                    "and the backward can run only once; use inplace_backward=False to backpropagate twice")
-            rows, target, weight, keep, scale = ctx.saved_tensors
-            _, grad = fused_forward(rows, target, weight, keep, scale, opts._replace(validate=False), True)
+        grad = saved_gradient(ctx, fused_forward, "impl='native' or 'torch'")
         if opts.per_row:
             grad.mul_(grad_output.to(grad.dtype).unsqueeze(1))
         elif torch.compiler.is_compiling() or not bool(grad_output == 1):  # no host read when compiled
