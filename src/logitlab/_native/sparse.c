@@ -9,7 +9,7 @@
  * that need it), so p is the exact value rounded once to the output type; x − τ within TIE of 0
  * is a tie (p = 0), as in exact arithmetic.
  *
- * The candidate bound is tightened for free: the 16 lane maxima of the max pass are entries of
+ * The candidate bound is tightened for free: the VL lane maxima of the max pass are entries of
  * the row, and any j entries ≥ y give f(y − j^{1−α}) ≥ 1, so τ ≥ lo = max_j (x_(j) − j^{1−α})
  * over them (at least −1); the candidates are the entries with x > lo (less a margin).
  *
@@ -41,6 +41,7 @@
  * Rows: a NaN or +inf makes the forward return its row index (when `validate`) or a NaN row; an
  * all −inf row gives an all-zero row (τ = +inf) and a zero gradient.
  */
+#define LL_NATIVE_WIDTH /* 8-float vectors on AVX2 builds (vec.h): every vector below fits a ymm register */
 #include "vec.h"
 
 #include <float.h>
@@ -58,36 +59,75 @@ enum { KIND_SPARSEMAX = 0, KIND_ENTMAX15 = 1, KIND_BISECT = 2 };
  * as a 1e-17 "probability" (a support entry the sort-based answer does not have). */
 #define TIE (64.0 * DBL_EPSILON)
 
-/* Eight doubles: candidates and thresholds are handled in double. */
-typedef double vd __attribute__((vector_size(64)));
-typedef int64_t vl __attribute__((vector_size(64)));
-typedef float vf8 __attribute__((vector_size(32)));
-#define DL 8
+/* Doubles, half a float vector's lanes (DL = VL / 2: 8 on AVX-512, 4 on AVX2): candidates and
+ * thresholds are handled in double, a float vector as its two halves. */
+#define DL (VL / 2)
+typedef double vd __attribute__((vector_size(DL * 8)));
+typedef int64_t vl __attribute__((vector_size(DL * 8)));
+typedef float vfh __attribute__((vector_size(DL * 4)));
+#define DL_BITS ((1u << DL) - 1u)
 
-/* The two halves of 16 floats as doubles, and back. */
-static inline vd half_lo(vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), vd); }
-static inline vd half_hi(vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), vd); }
+/* The two halves of a float vector as doubles, and back. */
+#if VL == 16
+#define LO_LANES 0, 1, 2, 3, 4, 5, 6, 7
+#define HI_LANES 8, 9, 10, 11, 12, 13, 14, 15
+#else
+#define LO_LANES 0, 1, 2, 3
+#define HI_LANES 4, 5, 6, 7
+#endif
+static inline vd half_lo(vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, LO_LANES), vd); }
+static inline vd half_hi(vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, HI_LANES), vd); }
 static inline vf join_halves(vd lo, vd hi) {
-    vf8 a = __builtin_convertvector(lo, vf8), b = __builtin_convertvector(hi, vf8);
-    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    vfh a = __builtin_convertvector(lo, vfh), b = __builtin_convertvector(hi, vfh);
+    return __builtin_shufflevector(a, b, LO_LANES, HI_LANES);
 }
 
-/* The lanes of a mask as bits (lane l -> bit l); the square root of each lane; the lanes of v
+/* The lanes of a mask as bits (lane l -> bit l; dlane_bits for double lanes); the square root of each lane; the lanes of v
  * whose bits are set stored contiguously at dst (which must have room for DL values; returns
- * how many): one instruction each with AVX-512, a loop over the lanes elsewhere. */
+ * how many). AVX-512: one instruction each. AVX2: a movemask, a vsqrtps, and a permutation of
+ * the 32-bit halves of the four doubles looked up from the 4-bit mask (AVX2 has no compress).
+ * Elsewhere: loops over the lanes. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 static inline uint32_t lane_bits(vi mask) { return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask); }
+static inline uint32_t dlane_bits(vl mask) { return _mm512_test_epi64_mask((__m512i)mask, (__m512i)mask); }
 static inline vf vsqrt(vf a) { return (vf)_mm512_sqrt_ps((__m512)a); }
 #define BRANCH_FREE 1
 static inline int compress_store(double *dst, vd v, uint32_t bits) {
     _mm512_storeu_pd(dst, _mm512_maskz_compress_pd((__mmask8)bits, (__m512d)v));
     return __builtin_popcount(bits);
 }
+#elif defined(__AVX2__) && VL == 8
+#include <immintrin.h>
+static inline uint32_t lane_bits(vi mask) { return (uint32_t)_mm256_movemask_ps((__m256)mask); }
+static inline uint32_t dlane_bits(vl mask) { return (uint32_t)_mm256_movemask_pd((__m256d)mask); }
+static inline vf vsqrt(vf a) { return (vf)_mm256_sqrt_ps((__m256)a); }
+#define BRANCH_FREE 1
+/* COMPRESS4[bits]: the 32-bit lanes that move the doubles whose bits are set to the front. */
+#define P1(a) 2 * (a), 2 * (a) + 1
+static const int32_t COMPRESS4[16][8] __attribute__((aligned(32))) = {
+    {P1(0), P1(0), P1(0), P1(0)}, {P1(0), P1(0), P1(0), P1(0)}, {P1(1), P1(0), P1(0), P1(0)},
+    {P1(0), P1(1), P1(0), P1(0)}, {P1(2), P1(0), P1(0), P1(0)}, {P1(0), P1(2), P1(0), P1(0)},
+    {P1(1), P1(2), P1(0), P1(0)}, {P1(0), P1(1), P1(2), P1(0)}, {P1(3), P1(0), P1(0), P1(0)},
+    {P1(0), P1(3), P1(0), P1(0)}, {P1(1), P1(3), P1(0), P1(0)}, {P1(0), P1(1), P1(3), P1(0)},
+    {P1(2), P1(3), P1(0), P1(0)}, {P1(0), P1(2), P1(3), P1(0)}, {P1(1), P1(2), P1(3), P1(0)},
+    {P1(0), P1(1), P1(2), P1(3)},
+};
+#undef P1
+static inline int compress_store(double *dst, vd v, uint32_t bits) {
+    const __m256i perm = _mm256_load_si256((const __m256i *)COMPRESS4[bits & 15u]);
+    _mm256_storeu_pd(dst, _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps((__m256d)v), perm)));
+    return __builtin_popcount(bits & 15u);
+}
 #else
 static inline uint32_t lane_bits(vi mask) {
     uint32_t bits = 0;
     for (int l = 0; l < VL; l++) bits |= (uint32_t)(mask[l] & 1) << l;
+    return bits;
+}
+static inline uint32_t dlane_bits(vl mask) {
+    uint32_t bits = 0;
+    for (int l = 0; l < DL; l++) bits |= (uint32_t)(mask[l] & 1) << l;
     return bits;
 }
 static inline vf vsqrt(vf a) {
@@ -111,7 +151,7 @@ typedef struct {
     int ok;          /* 0: not certified, take the sort-based fallback */
 } solve_t;
 
-/* Sums over the candidates above τ, eight doubles at a time (xs is padded with −inf to a
+/* Sums over the candidates above τ, DL doubles at a time (xs is padded with −inf to a
  * multiple of DL): |S|, Σ_S (x − τ), Σ_S (x − τ)², min_S x, and the largest x not in S. */
 
 typedef struct {
@@ -119,7 +159,7 @@ typedef struct {
     double su, suu, min_s, max_e;
 } sums_t;
 
-static inline vd vdsplat(double a) { return (vd){a, a, a, a, a, a, a, a}; }
+static inline vd vdsplat(double a) { return (vd){0} + a; }
 static inline vd vdselect(vl mask, vd a, vd b) { return (vd)(((vl)a & mask) | ((vl)b & ~mask)); }
 
 static sums_t sums_above(const double *xs, int64_t K, double tau) {
@@ -162,9 +202,7 @@ static int64_t keep_above(double *xs, int64_t K, double lo, double *drop) {
         memcpy(&v, xs + i, sizeof v);
         const vl keep = v > vlo;
         vdrop = vdselect(~keep & (v > vdrop), v, vdrop);
-        uint32_t bits = 0;
-        for (int l = 0; l < DL; l++) bits |= (uint32_t)(keep[l] & 1) << l;
-        kept += compress_store(xs + kept, v, bits);
+        kept += compress_store(xs + kept, v, dlane_bits(keep));
     }
     pad(xs, kept);
     double d = *drop;
@@ -268,9 +306,12 @@ static inline vd vpow_pos(vd u, double e) {
     const vd s = (m - vdsplat(1.0)) / (m + vdsplat(1.0)), s2 = s * s;
     vd p = vdsplat(2.0 / 21.0);
     for (int j = 19; j >= 1; j -= 2) p = p * s2 + vdsplat(2.0 / j);
-    const vd lg = __builtin_convertvector(k, vd) * vdsplat(0.6931471805599453) + p * s;
-    const vd t = lg * vdsplat(e);
+    /* Integer <-> double conversions through the magic constant (exact below 2^51 in magnitude:
+     * |k| <= 1075 and |t| is clamped), as AVX2 has no instruction for 64-bit integer lanes. */
     const vd magic = vdsplat(6755399441055744.0); /* 1.5 * 2^52: adding it rounds to an integer */
+    const vd lg = ((vd)(k + (vl)magic) - magic) * vdsplat(0.6931471805599453) + p * s;
+    vd t = lg * vdsplat(e);
+    t = vdselect(t < vdsplat(-1e5), vdsplat(-1e5), t); /* exp underflows to 0 far above this */
     const vd kn = t * vdsplat(1.4426950408889634) + magic;
     const vd n = kn - magic;
     const vd r = (t - n * vdsplat(6.93147180369123816490e-01)) - n * vdsplat(1.90821492927058770002e-10);
@@ -279,7 +320,7 @@ static inline vd vpow_pos(vd u, double e) {
                                  1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
                                  1.0 / 6.0, 0.5, 1.0, 1.0};
     for (int j = 0; j < 13; j++) ex = ex * r + vdsplat(inv_fact[j]);
-    const vl ni = __builtin_convertvector(n, vl);
+    const vl ni = (vl)kn - (vl)magic;
     const vl in_range = (ni >= -1022) & (ni <= 1023) & ok;
     const vd scale = (vd)((ni + 1023) << 52);
     return vdselect(in_range, ex * scale, vdsplat(0.0));

@@ -23,8 +23,8 @@ static int64_t CAT(candidates_, X)(const XT *xr, int64_t C, float m, double s, d
         vrest = vmax(vrest, vselect(keep, ninf, x));
         const uint32_t bits = lane_bits(keep);
         if (dense || bits) { /* dense: a block holds candidates about as often as not */
-            K += compress_store(buf + K, (half_lo(v) - dm) * ds, bits & 0xFFu);
-            K += compress_store(buf + K, (half_hi(v) - dm) * ds, bits >> 8);
+            K += compress_store(buf + K, (half_lo(v) - dm) * ds, bits & DL_BITS);
+            K += compress_store(buf + K, (half_hi(v) - dm) * ds, bits >> DL);
         }
         if (last) break;
     }
