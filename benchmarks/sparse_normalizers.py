@@ -5,7 +5,9 @@ each repeat): ``torch.softmax`` (the speed baseline), and for each of sparsemax,
 α-entmax (α = 1.5 by the general solver) ours and the ``entmax`` package's
 (``sparsemax`` / ``entmax15`` / ``entmax_bisect``). Ours runs the native kernel
 (``_native/sparse.c``) on float32 CPU logits where it builds, else the torch top-k path; the
-record's ``ours_path`` says which. Warm-up, then ``--repeats`` (>= 5) timed
+record's ``ours_path`` says which. The native kernel of every other build the CPU executes (the
+AVX2 and portable builds on an AVX-512 machine) is timed too, as ``ours@<build>``, and checked
+equal to the selected build's output. Warm-up, then ``--repeats`` (>= 5) timed
 calls; median, min and max are recorded. Correctness is checked in the same process: ours
 against the package (probabilities, gradients, support) and against ``logitlab.reference``
 (float64, sort-based) on a few rows. Peak memory of one call is measured per implementation in
@@ -25,6 +27,7 @@ printed, and the last line is the path of the records.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
@@ -47,7 +50,7 @@ def _impls():
 
     import logitlab
 
-    return {
+    impls = {
         "torch.softmax": (None, "softmax", lambda z: torch.softmax(z, -1)),
         "logitlab.sparsemax": ("sparsemax", "ours", logitlab.sparsemax),
         "entmax.sparsemax": ("sparsemax", "package", lambda z: package.sparsemax(z, dim=-1)),
@@ -57,6 +60,39 @@ def _impls():
         "entmax.entmax_bisect": ("entmax_alpha", "package",
                                  lambda z: package.entmax_bisect(z, alpha=ALPHA, dim=-1)),
     }
+    # ours@<build>: the native kernel of each other build this CPU executes (the AVX2 build on an
+    # AVX-512 machine, the portable one), forced around the whole call (forward and backward).
+    for build in _other_builds():
+        for name, (map_name, kind, fn) in list(impls.items()):
+            if kind == "ours":
+                impls[f"{name}@{build}"] = (map_name, "ours_build", fn)
+    return impls
+
+
+def _other_builds() -> list[str]:
+    from logitlab import _native
+
+    if not _native.supported_builds():
+        return []
+    chosen = _native.selected_build()[0]
+    same = {chosen, "avx512bf16", "avx512"} if chosen.startswith("avx512") else {chosen, "avx512bf16"}
+    return [b for b in _native.supported_builds() if b not in same]  # avx512bf16 is avx512's binary here
+
+
+def _native_build(path: str) -> str | None:
+    from logitlab import _native
+
+    build = _native.selected_build()[0]
+    return ("avx512" if build == "avx512bf16" else build) if path == "native" else None
+
+
+def _timed(name: str, fn, x, grad_out):
+    """forward_backward, inside the named build for an ``ours@<build>`` implementation."""
+    from logitlab import _native
+
+    build = name.partition("@")[2]
+    with _native.use_build(build) if build else contextlib.nullcontext():
+        return forward_backward(fn, x, grad_out)
 
 
 def _inputs(shape, scale):
@@ -98,19 +134,25 @@ def worker_time(shape, repeats: int, warmup: int, scale: float) -> dict:
     names = list(impls)
     for _ in range(warmup):
         for name in names:
-            forward_backward(impls[name][2], x, grad_out)
+            _timed(name, impls[name][2], x, grad_out)
     times = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]  # rotate: no fixed position
         for name in order:
-            times[name].append(forward_backward(impls[name][2], x, grad_out)[0] * 1e3)
+            times[name].append(_timed(name, impls[name][2], x, grad_out)[0] * 1e3)
     stats = {name: summarize(t) for name, t in times.items()}
-    results = {name: forward_backward(fn, x, grad_out)[1:] for name, (_, _, fn) in impls.items()}
+    results = {name: _timed(name, fn, x, grad_out)[1:] for name, (_, _, fn) in impls.items()}
     softmax_ms = stats["torch.softmax"]["median_ms"]
     records = []
     for map_name in MAPS:
         ours = next(n for n, (m, k, _) in impls.items() if m == map_name and k == "ours")
         peer = next(n for n, (m, k, _) in impls.items() if m == map_name and k == "package")
+        others = [n for n, (m, k, _) in impls.items() if m == map_name and k == "ours_build"]
+        for other in others:  # every build computes the same map: check it before timing counts
+            diff = max((results[other][0] - results[ours][0]).abs().max().item(),
+                       (results[other][1] - results[ours][1]).abs().max().item())
+            if not diff <= 1e-5:
+                raise AssertionError(f"{other} differs from {ours} by {diff}")
         records.append({
             "map": map_name, "shape": list(shape), "dtype": "float32", "logit_scale": scale,
             "ours": ours, "package": peer, "ours_path": ours_path,
@@ -120,7 +162,9 @@ def worker_time(shape, repeats: int, warmup: int, scale: float) -> dict:
             "speedup_over_package": stats[peer]["median_ms"] / stats[ours]["median_ms"],
             "ratio_ours_over_softmax": stats[ours]["median_ms"] / softmax_ms,
             "repeats": repeats, "warmup": warmup,
-            "times": {name: stats[name] for name in (ours, peer, "torch.softmax")},
+            "times": {name: stats[name] for name in (ours, peer, "torch.softmax", *others)},
+            "ours_build": _native_build(ours_path),
+            "other_builds_median_ms": {n.partition("@")[2]: stats[n]["median_ms"] for n in others},
             **_check(map_name, *results[ours], *results[peer], x, grad_out),
         })
     return {"records": records, "torch_version": torch.__version__}
@@ -145,7 +189,8 @@ def _rows(records: list[dict], memory: dict) -> list[dict]:
         for impl, stats in r["times"].items():
             mem = memory.get((impl, tuple(r["shape"])))
             ours = impl == r["ours"]
-            rows.append(row(r["map"], impl, r["shape"], r["dtype"], time_ms=stats,
+            build = impl.partition("@")[2] or (r.get("ours_build") if ours else None)
+            rows.append(row(r["map"], impl, r["shape"], r["dtype"], time_ms=stats, build=build,
                             peak_mem_mib=mem["extra_peak_mib"] if mem else None,
                             returned_mib=mem["returned_mib"] if mem else None, logit_scale=r["logit_scale"],
                             path=r["ours_path"] if ours else None,
@@ -156,7 +201,7 @@ def _rows(records: list[dict], memory: dict) -> list[dict]:
 def _table(records: list[dict], memory: dict) -> str:
     head = (f"{'map':<13} {'shape':<11} {'ours ms':>9} {'pkg ms':>9} {'softmax ms':>10} "
             f"{'pkg/ours':>8} {'ours/smax':>9} {'ours MiB':>8} {'pkg MiB':>8} {'smax MiB':>8} "
-            f"{'|S|':>6} {'err pkg':>8} {'err ref':>8}")
+            f"{'|S|':>6} {'err pkg':>8} {'err ref':>8}  other builds ms")
     lines = [head, "-" * len(head)]
     for r in records:
         shape = tuple(r["shape"])
@@ -171,7 +216,8 @@ def _table(records: list[dict], memory: dict) -> str:
             f"{r['package_median_ms']:>9.1f} {r['softmax_median_ms']:>10.1f} "
             f"{r['speedup_over_package']:>8.1f} {r['ratio_ours_over_softmax']:>9.2f} "
             f"{mib(r['ours'])} {mib(r['package'])} {mib('torch.softmax')} {r['mean_support_size']:>6.1f} "
-            f"{err_pkg:>8.1e} {r['max_abs_err_probs_vs_reference_4_rows']:>8.1e}")
+            f"{err_pkg:>8.1e} {r['max_abs_err_probs_vs_reference_4_rows']:>8.1e}  "
+            + " ".join(f"{b} {ms:.1f}" for b, ms in r["other_builds_median_ms"].items()))
     return "\n".join(lines)
 
 
@@ -208,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         records += run_worker(__file__, ["--worker", "time", "--shape", tag, "--repeats", str(repeats),
                            "--scale", str(args.scale)])["records"]
         if not args.no_memory:
-            for impl in _impls():
+            for impl in (name for name in _impls() if "@" not in name):  # a build needs no memory of its own
                 print(f"[{tag}] memory {impl} ...", file=sys.stderr, flush=True)
                 memory[(impl, shape)] = run_worker(__file__, ["--worker", "memory", "--shape", tag, "--impl", impl,
                                                 "--scale", str(args.scale)])
