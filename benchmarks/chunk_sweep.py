@@ -41,13 +41,15 @@ def _case(n: int, d: int, v: int, dtype: torch.dtype):
     return hidden, weight, target
 
 
-def _runner(hidden, weight, target, build: str, chunk: int | None, impl: str):
-    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+def _runner(h, w, target, build: str, chunk: int | None, impl: str, accum_dtype: torch.dtype):
+    """One configuration on the shared leaves ``h``, ``w`` (one copy of the head for every
+    configuration: at (2048, 2048, 131072) float32 a copy and its gradient are 2 GiB)."""
 
     def run():
         h.grad = w.grad = None
         with _native.use_build(build):
-            loss = logitlab.linear_cross_entropy(h, w, target, impl=impl, chunk_size=chunk, validate=False)
+            loss = logitlab.linear_cross_entropy(h, w, target, impl=impl, chunk_size=chunk, validate=False,
+                                                 accum_dtype=accum_dtype)
             loss.backward()
         return loss.detach()
 
@@ -55,11 +57,13 @@ def _runner(hidden, weight, target, build: str, chunk: int | None, impl: str):
 
 
 def _floor(hidden, weight):
+    """The three bare matmuls at full size (logits, grad_hidden, grad_weight), the logits standing
+    in for their gradient: what any implementation of the op must at least compute."""
+    @torch.no_grad()
     def run():
         logits = hidden @ weight.T
-        grad = torch.softmax(logits.float(), 1).to(hidden.dtype)
-        grad @ weight
-        grad.T @ hidden
+        logits @ weight
+        logits.T @ hidden
         return None
 
     return run
@@ -72,6 +76,8 @@ def main() -> None:
     parser.add_argument("--builds", default="", help="comma-separated builds (default: every one the CPU runs)")
     parser.add_argument("--chunks", default="64,128,256,512", help="comma-separated chunk rows (plus the default)")
     parser.add_argument("--impls", default="native,torch", help="comma-separated chunked impls: native, torch")
+    parser.add_argument("--accum-dtype", default="float32",
+                        help="linear_cross_entropy's accum_dtype (bfloat16: grad_weight summed in bf16)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a tiny shape (seconds)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "chunk_sweep.json"))
@@ -85,13 +91,15 @@ def main() -> None:
                                                           or dtype == torch.bfloat16]
     hidden, weight, target = _case(n, d, v, dtype)
     calls = {"floor": _floor(hidden, weight)}
-    calls["composite"] = _runner(hidden, weight, target, builds[0], None, "composite")
+    hidden, weight = hidden.requires_grad_(), weight.requires_grad_()
+    accum = getattr(torch, args.accum_dtype)
+    calls["composite"] = _runner(hidden, weight, target, builds[0], None, "composite", accum)
     for impl in args.impls.split(","):
         for build in builds if impl == "native" else builds[:1]:
             where = f"{build}/{impl}" if impl == "native" else impl
-            calls[f"{where}/default"] = _runner(hidden, weight, target, build, None, impl)
+            calls[f"{where}/default"] = _runner(hidden, weight, target, build, None, impl, accum)
             for c in chunks.split(","):
-                calls[f"{where}/c{c}"] = _runner(hidden, weight, target, build, int(c), impl)
+                calls[f"{where}/c{c}"] = _runner(hidden, weight, target, build, int(c), impl, accum)
     times: dict[str, list[float]] = {k: [] for k in calls}
     losses: dict[str, float] = {}
     for rep in range(1 + args.repeats):
@@ -114,17 +122,18 @@ def main() -> None:
         med = statistics.median(values)
         records.append({"case": f"{shape} {args.dtype}", "impl": name, "build": build,
                         "config": config or name, "time_s": med, "time_min_s": min(values),
-                        "time_max_s": max(values), "ratio_to_floor": med / floor,
+                        "time_max_s": max(values), "ratio_to_floor": med / floor, "accum_dtype": args.accum_dtype,
                         "loss_diff_vs_naive": abs(losses[name] - naive) if name in losses and naive is not None
                         else None, "repeats": args.repeats, "times_ms": [v * 1e3 for v in values], **info})
-    print(f"CPU: {info['cpu_model']} (flags {' '.join(info['cpu_flags'])}); shape {shape} {args.dtype}")
+    print(f"CPU: {info['cpu_model']} (flags {' '.join(info['cpu_flags'])}); shape {shape} {args.dtype}, "
+          f"accum_dtype {args.accum_dtype}")
     print(f"{'impl':24s} {'time s':>8s} {'min..max':>15s} {'/floor':>7s} {'|Δloss| vs naive':>17s}")
     for r in records:
         diff = "" if r["loss_diff_vs_naive"] is None else f"{r['loss_diff_vs_naive']:.1e}"
         print(f"{r['impl']:24s} {r['time_s']:8.3f} {r['time_min_s']:7.3f}..{r['time_max_s']:<7.3f} "
               f"{r['ratio_to_floor']:7.2f} {diff:>17s}")
     rows = [row("linear_cross_entropy", r["impl"], (n, d, v), args.dtype, time_ms=r["times_ms"], build=r["build"] or None,
-                config=r["config"], ratio_to_floor=r["ratio_to_floor"]) for r in records]
+                config=r["config"], ratio_to_floor=r["ratio_to_floor"], accum_dtype=args.accum_dtype) for r in records]
     print(write_records(args.out, records, rows=rows, benchmark="chunk_sweep"))
 
 

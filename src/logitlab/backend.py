@@ -50,6 +50,10 @@ OPS: dict[str, tuple[str, ...]] = {
     "entmax15": ("native", "torch"),
     "entmax": ("native", "torch"),
     "entmax_with_info": ("native", "torch"),
+    # The Fenchel–Young losses of the sparse maps: ``impl`` is their map's.
+    "sparsemax_loss": ("native", "torch"),
+    "entmax15_loss": ("native", "torch"),
+    "entmax_loss": ("native", "torch"),
 }
 
 # What "auto" picks, in the order :func:`resolve` tries it (the README's table says the same).

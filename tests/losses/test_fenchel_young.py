@@ -233,3 +233,27 @@ def test_error_messages():
     for call, kind, pattern in cases:
         with pytest.raises(kind, match=pattern):
             call()
+
+
+@pytest.mark.parametrize("loss,kwargs", [(FY.sparsemax_loss, {}), (FY.entmax15_loss, {}),
+                                          (FY.entmax_loss, {"alpha": 1.3})])
+def test_sparse_losses_take_their_maps_impl(loss, kwargs):
+    # impl= is the map's: native and torch give the same loss and gradient ŷ − y (float32), and
+    # both match the float64 computation; an impl the loss lacks, or native on float64, is an error.
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(7, 33, generator=g) * 2
+    logits[1, :5] = -math.inf
+    target = torch.randint(5, 33, (7,), generator=g)
+    x64 = logits.double().requires_grad_()
+    loss(x64, target, impl="torch", **kwargs).backward()
+    for impl in ("native", "torch", "auto"):
+        x = logits.clone().requires_grad_()
+        value = loss(x, target, impl=impl, **kwargs)
+        value.backward()
+        torch.testing.assert_close(value.double(), loss(logits.double(), target, **kwargs), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+    name = loss.__name__
+    with pytest.raises(ValueError, match=rf"{name}\(\): argument 'impl' expected one of 'auto', 'native', 'torch'"):
+        loss(logits, target, impl="triton", **kwargs)
+    with pytest.raises(ValueError, match=r"impl.*native"):
+        loss(logits.double(), target, impl="native", **kwargs)

@@ -40,6 +40,7 @@ from logitlab._validation import (
     has_data,
     meta_output,
 )
+from logitlab.backend import check_impl
 from logitlab.losses._model import (
     as_callers_errors,
     normalizer_params,
@@ -235,7 +236,7 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str |
 
 def sparsemax_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: str = "mean",
                    mask: Tensor | None = None, ignore_index: int = -100, temperature: float = 1.0,
-                   validate: bool = True) -> Tensor:
+                   validate: bool = True, impl: str = "auto") -> Tensor:
     """The sparsemax loss: the Fenchel–Young loss of Ω(p) = ½‖p‖² − ½ (Gini).
 
     L(θ; y) = ⟨θ, ŷ − y⟩ + ½‖y‖² − ½‖ŷ‖²,  ŷ = sparsemax(θ); gradient sparsemax(θ) − y.
@@ -245,6 +246,8 @@ def sparsemax_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: 
     Args:
         logits: (*batch, n) scores.
         target: (*batch) class indices or (*batch, n) probabilities.
+        impl: the implementation of the map ŷ = sparsemax(θ) (:func:`logitlab.sparsemax`'s
+            ``impl``: 'auto', 'native', 'torch'; see :mod:`logitlab.backend`).
         (the others as in :func:`fenchel_young_loss`)
 
     Returns:
@@ -259,9 +262,10 @@ def sparsemax_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: 
         >>> float(sparsemax_loss(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0])))
         0.0
     """
+    impl = check_impl("sparsemax_loss", impl)
     return _fenchel_young("sparsemax_loss", logits, target, normalizer="sparsemax", dim=dim,
                           reduction=reduction, mask=mask, ignore_index=ignore_index,
-                          temperature=temperature, validate=validate, params={})
+                          temperature=temperature, validate=validate, params={"impl": impl})
 
 
 def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalizer: str | registry.Normalizer | None = None,
@@ -280,7 +284,8 @@ def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalize
         alpha: the entmax order, > 0.
         normalizer: 'entmax15' (exact, α = 1.5 only) or 'entmax' (any α); None picks
             'entmax15' when α = 1.5 and 'entmax' otherwise.
-        **normalizer_params: further parameters of the normalizer.
+        **normalizer_params: further parameters of the normalizer, e.g. ``impl`` ('auto', 'native',
+            'torch': the map's implementation, see :mod:`logitlab.backend`).
         (the others as in :func:`fenchel_young_loss`)
 
     Returns:
@@ -316,7 +321,7 @@ def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalize
 
 def entmax15_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: str = "mean",
                   mask: Tensor | None = None, ignore_index: int = -100, temperature: float = 1.0,
-                  validate: bool = True) -> Tensor:
+                  validate: bool = True, impl: str = "auto") -> Tensor:
     """The 1.5-entmax loss (the exact 1.5-entmax map): :func:`entmax_loss` at α = 1.5.
 
     Equal to ``entmax.Entmax15Loss`` for index targets; probability targets work too.
@@ -324,6 +329,7 @@ def entmax15_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: s
     Args:
         logits: (*batch, n) scores.
         target: (*batch) class indices or (*batch, n) probabilities.
+        impl: the implementation of the map (:func:`logitlab.entmax15`'s ``impl``).
         (the others as in :func:`fenchel_young_loss`)
 
     Returns:
@@ -336,9 +342,10 @@ def entmax15_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: s
         >>> float(entmax15_loss(torch.tensor([[5.0, 0.0, 0.0]]), torch.tensor([0])))
         0.0
     """
+    impl = check_impl("entmax15_loss", impl)
     return _fenchel_young("entmax15_loss", logits, target, normalizer="entmax15", dim=dim,
                           reduction=reduction, mask=mask, ignore_index=ignore_index,
-                          temperature=temperature, validate=validate, params={})
+                          temperature=temperature, validate=validate, params={"impl": impl})
 
 
 def make_fenchel_young_loss(*, regularizer: Callable[[Tensor], Tensor] | None = None,
