@@ -257,9 +257,9 @@ def linear_divergence(hidden2d: Tensor, weight: Tensor, bias: Tensor | None, tea
                       accum_dtype: torch.dtype, reduction: str, impl: str) -> Tensor:
     """:func:`~logitlab.fused.divergence.linear_divergence_loss`'s chunk loop through the op (the
     teacher's tensors detached: no gradient reaches them)."""
-    detach = (lambda t: None if t is None else t.detach())
     loss, *_ = _linear_divergence(
-        hidden2d, weight, bias, teacher_hidden.detach(), teacher_weight.detach(), detach(teacher_bias), keep,
+        hidden2d, weight, bias, teacher_hidden.detach(), teacher_weight.detach(),
+        None if teacher_bias is None else teacher_bias.detach(), keep,
         target, divergence, float(beta), float(temperature), float(hard_label_weight), int(chunk), accum_dtype,
         reduction, impl, *_needs(hidden2d, weight, bias))
     return loss
