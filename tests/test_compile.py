@@ -4,7 +4,9 @@ Each row of ``registry.OPS`` names its calling convention (``Op.inputs``); :data
 small float64 inputs for each convention, so a new op with a known convention is compiled here
 with nothing to edit. Every op is compiled with ``fullgraph=True`` (a graph break fails), with
 ``validate=True`` and ``validate=False`` where it takes ``validate``, and its values and
-gradients are compared with the eager call.
+gradients are compared with the eager call; the ops with several implementations
+(``backend.OPS``) are compiled once more with each of ``impl="native"`` and ``impl="torch"``
+(the fused heads' chunk loop then runs inside the custom ops of ``logitlab/fused/_ops.py``).
 
 Under torch.compile the data checks (NaN, ``-inf`` rows, probabilities summing to 1, index
 ranges) are skipped, as with ``validate=False``: they need a host branch on the values. The
@@ -30,19 +32,10 @@ F64 = torch.float64
 BACKEND = "aot_eager"
 
 # Cases that still break, each with its reason; strict, so a mark that is no longer needed fails.
-NATIVE_PENDING = (
-    "impl='native' of a fused head runs the chunk loop (FusedLinearLoss) in Python around the kernel ops: it reads "
-    "the kept-row count and the incoming gradient on the host, so Dynamo breaks the graph there (the kernels "
-    "themselves are torch.library ops and compile); moving the CPU chunk loop into a custom op, as the Triton path "
-    "does, removes the break (issue 18)")
-KNOWN_BREAKS: dict[str, str] = {
-    "crf_marginals": "computes the marginals as torch.autograd.grad of log Z inside the op, which Dynamo does "
-                     "not trace (torch._dynamo.config.trace_autograd_ops is False)",
-    "hmm_posteriors": "computes the posteriors as torch.autograd.grad of log p(x) inside the op, which Dynamo "
-                      "does not trace (torch._dynamo.config.trace_autograd_ops is False)",
-    "linear_divergence_loss": "the 'mean' scale is 1 / (count of kept rows) read on the host "
-                              "(fused/divergence.py); pending the host-sync-free reductions of issue 22, item 2",
-}
+# None today: the fused heads' chunk loop runs inside custom ops under torch.compile
+# (logitlab/fused/_ops.py), and crf_marginals / hmm_posteriors compute their marginals by an
+# explicit forward-backward recursion instead of torch.autograd.grad.
+KNOWN_BREAKS: dict[str, str] = {}
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -121,7 +114,7 @@ def test_every_op_has_inputs_or_says_why():
     for name, op in list(registry.OPS.items()) + list(registry.DISTRIBUTED_OPS.items()):
         assert (op.inputs in INPUTS) if op.inputs is not None else bool(op.no_inputs), name
     assert set(KNOWN_BREAKS) <= set(registry.OPS), "stale xfail marks"
-    assert set(NATIVE_XFAIL) <= set(backend.OPS), "stale xfail marks"
+    assert {name for name, _ in NATIVE_XFAIL} <= set(backend.OPS), "stale xfail marks"
 
 
 @pytest.mark.parametrize("name,validate", list(_cases()))
@@ -150,35 +143,51 @@ def test_compiles_without_graph_breaks_and_equals_eager(name, validate):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-# Ops with a native kernel, compiled with impl='native' (float32: the kernels' dtypes).
-NATIVE_XFAIL: dict[str, str] = {
-    "linear_cross_entropy": NATIVE_PENDING,
-    "linear_cross_entropy_with_lse": NATIVE_PENDING,
-    "linear_divergence_loss": NATIVE_PENDING + "; and " + KNOWN_BREAKS["linear_divergence_loss"],
-}
+# Ops with more than one implementation, compiled with each of "native" (float32: the kernels'
+# dtypes) and "torch" (float64), values and gradients; strict xfails with their reasons, as
+# KNOWN_BREAKS, keyed (op, impl).
+_XENT_TORCH = ("impl='torch' of the one-pass cross-entropy reads `bool(excluded.any())` on the host "
+               "(losses/_xent_kernel.py fused_forward), a data-dependent branch Dynamo cannot trace")
+NATIVE_XFAIL: dict[tuple[str, str], str] = {("cross_entropy", "torch"): _XENT_TORCH,
+                                            ("poly1_cross_entropy", "torch"): _XENT_TORCH}
+_NATIVE_OFF = pytest.mark.skipif(not backend.native_enabled(), reason="LOGITLAB_NATIVE=0 switches the native "
+                                                                      "kernels off")
 
 
-def _native_cases():
-    for name, impls in backend.OPS.items():
-        if "native" not in impls or registry.OPS[name].inputs is None:
-            continue
-        marks = [pytest.mark.xfail(reason=NATIVE_XFAIL[name], strict=True)] if name in NATIVE_XFAIL else []
-        yield pytest.param(name, id=name, marks=marks)
+def _impl_cases():
+    for impl in ("native", "torch"):
+        for name, impls in backend.OPS.items():
+            if impl not in impls or registry.OPS[name].inputs is None:
+                continue
+            marks = [_NATIVE_OFF] if impl == "native" else []
+            if (name, impl) in NATIVE_XFAIL:
+                marks.append(pytest.mark.xfail(reason=NATIVE_XFAIL[name, impl], strict=True))
+            yield pytest.param(name, impl, id=f"{name}-{impl}", marks=marks)
 
 
-@pytest.mark.skipif(not backend.native_enabled(), reason="LOGITLAB_NATIVE=0 switches the native kernels off")
-@pytest.mark.parametrize("name", list(_native_cases()))
-def test_native_impl_compiles_without_graph_breaks(name):
+@pytest.mark.parametrize("name,impl", list(_impl_cases()))
+def test_each_impl_compiles_without_graph_breaks(name, impl):
     op = registry.OPS[name]
     args, kwargs = INPUTS[op.inputs](_gen(4))
-    args = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-    kwargs = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in kwargs.items()}
-    kwargs.update(OPTIONS.get(name, {}), impl="native", validate=False)
-    want = op.fn(*args, **kwargs)
+    dtype = torch.float32 if impl == "native" else F64
+
+    def fresh():
+        def leaf(a):
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                return a.detach().to(dtype).requires_grad_(True)
+            return a
+        return [leaf(a) for a in args], {**{k: leaf(v) for k, v in kwargs.items()}, **OPTIONS.get(name, {}),
+                                         "impl": impl, "validate": False}
+
+    eager_out, eager_grads = _run(op.fn, *fresh())
     torch._dynamo.reset()
-    got = torch.compile(op.fn, fullgraph=True, backend=BACKEND)(*args, **kwargs)
-    for g, w in zip(_float_tensors(got), _float_tensors(want), strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    out, grads = _run(torch.compile(op.fn, fullgraph=True, backend=BACKEND), *fresh())
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for got, want in zip(_float_tensors(out), _float_tensors(eager_out), strict=True):
+        torch.testing.assert_close(got, want, **tol)
+    assert len(grads) == len(eager_grads)
+    for got, want in zip(grads, eager_grads):
+        torch.testing.assert_close(got, want, **tol)
 
 
 @pytest.mark.parametrize("normalizer", [n for n, s in registry.NORMALIZERS.items() if s.regularizer is not None])

@@ -120,6 +120,23 @@ def test_hmm_against_brute_force(k, v, t):
         torch.testing.assert_close(ent[row], truth["entropy"])
 
 
+def test_hmm_posteriors_are_the_gradient_of_log_likelihood_and_differentiable():
+    pi, trans, emit = _hmm(3, 4)
+    obs = torch.randint(0, 4, (2, 5))
+    mask = _mask([5, 3], 5)
+    params = [x.log().clone().requires_grad_() for x in (pi, trans, emit)]
+    emissions = params[2].t()[obs]  # E[b, t, k] = log B[k, x_bt]
+    log_px = logitlab.chain_forward(emissions, params[1], semiring="log", mask=mask, start_transitions=params[0],
+                                    validate=False)
+    grad, = torch.autograd.grad(log_px.sum(), emissions)
+    post = logitlab.hmm_posteriors(obs, *params, mask=mask)
+    torch.testing.assert_close(post, grad, rtol=1e-12, atol=1e-13)
+    assert post.requires_grad
+    # gradcheck off the simplex: validate=False (a perturbed log-distribution no longer sums to 1)
+    assert torch.autograd.gradcheck(lambda a, b, c: logitlab.hmm_posteriors(obs, a, b, c, mask=mask, validate=False),
+                                    tuple(params))
+
+
 def test_hmm_with_impossible_events_and_forward_backward_gradient():
     pi = torch.tensor([1.0, 0.0], dtype=F64)
     trans = torch.tensor([[0.0, 1.0], [0.5, 0.5]], dtype=F64)  # 0 must go to 1

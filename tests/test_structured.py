@@ -159,6 +159,31 @@ def test_marginals_stay_differentiable_when_asked():
     assert not crf_marginals(emissions.detach(), transitions).requires_grad
 
 
+def test_marginals_are_the_gradient_of_log_z_and_their_gradient_its_hessian():
+    # The explicit forward-backward recursion against autograd through the forward algorithm
+    # (first and second derivatives), with ragged lengths, an empty row and start/end scores.
+    emissions, transitions, start, end, mask = _case(3, 4, 3, lengths=[4, 2, 0])
+    kw = dict(mask=mask, start_transitions=start, end_transitions=end)
+    e, a = emissions.clone().requires_grad_(), transitions.clone().requires_grad_()
+    log_z = logitlab.chain_forward(e, a, semiring="log", **kw)
+    grad_e, = torch.autograd.grad(log_z.sum(), e, create_graph=True)
+    marginals = crf_marginals(e, a, **kw)
+    torch.testing.assert_close(marginals, grad_e, rtol=1e-12, atol=1e-13)
+    v = torch.randn_like(emissions)
+    want = torch.autograd.grad((grad_e * v).sum(), (e, a))
+    got = torch.autograd.grad((marginals * v).sum(), (e, a))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    assert float(got[0].abs().max()) > 1e-3
+
+
+def test_marginals_gradgradcheck_float64():
+    emissions, transitions, start, end, mask = _case(2, 3, 3, lengths=[3, 2])
+    e, a = emissions.requires_grad_(), transitions.requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda x, y: crf_marginals(x, y, mask=mask, start_transitions=start, end_transitions=end), (e, a))
+
+
 @pytest.mark.parametrize("fn", [crf_log_partition, crf_marginals, viterbi_decode, "nll"])
 def test_bad_input_is_a_clear_error(fn):
     name = "linear_chain_crf_nll" if fn == "nll" else fn.__name__

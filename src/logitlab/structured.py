@@ -7,8 +7,8 @@ A linear-chain CRF scores a tag sequence y = (y_0, …, y_{L−1}) of a length-L
 and gives it the probability p(y) = exp(s(y)) / Z, Z = Σ_{y'} exp(s(y')): the softmax over all
 K^L sequences. The forward algorithm computes log Z in O(L K²) in log space; the gradient of
 log Z with respect to the emissions is the matrix of node marginals P(y_t = k) (the
-exponential family's mean parameters, here by autograd); the Viterbi algorithm finds the
-sequence of largest score. With L = 1 and no transitions, the CRF is the softmax and its
+exponential family's mean parameters, here by the forward–backward recursion); the Viterbi
+algorithm finds the sequence of largest score. With L = 1 and no transitions, the CRF is the softmax and its
 negative log-likelihood is the cross-entropy.
 
 Shapes: emissions (B, T, K) (batch, time, tags), transitions (K, K) with transitions[i, j] the
@@ -191,6 +191,41 @@ class _ForwardBackward(torch.autograd.Function):
         return grad_emissions, grad_transitions, grad_start, grad_end, None
 
 
+def _node_marginals(emissions: Tensor, transitions: Tensor, mask: Tensor, start: Tensor,
+                    end: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, T, K) node marginals P(y_t = k) and (B,) log Z, by the forward–backward recursion.
+
+    α_0 = start + E_0, α_t(j) = logsumexp_i(α_{t−1}(i) + A_ij) + E_t(j); β_{L−1} = end,
+    β_{t−1}(i) = logsumexp_j(A_ij + E_t(j) + β_t(j)); P(y_t = k) = softmax_k(α_t(k) + β_t(k))
+    (a softmax over each step's states, for the reason given in :class:`_ForwardBackward`), 0 past
+    a row's length. These are ∂ log Z/∂E, written out instead of asked of ``torch.autograd.grad``:
+    plain differentiable torch ops, which ``torch.compile`` traces, and whose own gradient (the
+    second derivative of log Z) autograd gives. ``T >= 1``.
+    """
+    b, t, k = emissions.shape
+    lengths = mask.sum(1)
+    alpha = start + emissions[:, 0]
+    alphas = [alpha]
+    for step in range(1, t):
+        nxt = safe_logsumexp(alpha.unsqueeze(2) + transitions, 1) + emissions[:, step]
+        alpha = torch.where(mask[:, step : step + 1], nxt, alpha)
+        alphas.append(alpha)
+    log_z = safe_logsumexp(alpha + end, 1)
+    log_z = torch.where(mask[:, 0], log_z, torch.zeros_like(log_z))
+    zero = emissions.new_zeros(())
+    ends = end.expand(b, k)
+    beta = ends
+    nodes: list[Tensor] = [zero] * t
+    for step in range(t - 1, -1, -1):
+        beta = torch.where((lengths - 1 == step).unsqueeze(1), ends, beta)
+        active = (step < lengths).unsqueeze(1)
+        nodes[step] = torch.where(active, torch.softmax(alphas[step] + beta, 1), zero)
+        if step:
+            ahead = (emissions[:, step] + beta).unsqueeze(1)  # (B, 1, K): E_t(j) + β_t(j)
+            beta = torch.where(active, safe_logsumexp(transitions + ahead, 2), beta)
+    return torch.stack(nodes, 1), log_z
+
+
 def _forward_autograd(emissions: Tensor, transitions: Tensor, mask: Tensor, start: Tensor, end: Tensor) -> Tensor:
     """The forward recursion in plain differentiable ops: the log semiring's :func:`_chain`."""
     return _chain(LogSemiring(), emissions, transitions, mask, start, end)[:, 0]
@@ -315,12 +350,15 @@ def linear_chain_crf_nll(emissions: Tensor, transitions: Tensor, tags: Tensor, *
 def crf_marginals(emissions: Tensor, transitions: Tensor, *, mask: Tensor | None = None,
                   start_transitions: Tensor | None = None, end_transitions: Tensor | None = None,
                   validate: bool = True) -> Tensor:
-    """Node marginals P(y_t = k) of a linear-chain CRF: the gradient of log Z by autograd.
+    """Node marginals P(y_t = k) of a linear-chain CRF, by the forward–backward algorithm.
 
     ∂ log Z / ∂ emissions[b, t, k] = Σ_y p(y) 1[y_t = k] = P(y_t = k): the exponential
-    family's mean parameters are the gradient of its log-partition. Computed by
-    differentiating :func:`crf_log_partition` (forward–backward without writing the backward).
-    When ``emissions`` requires grad, the result is differentiable too (create_graph).
+    family's mean parameters are the gradient of its log-partition. Computed as
+    P(y_t = k) = softmax_k(α_t(k) + β_t(k)) from the forward messages α of
+    :func:`crf_log_partition` and the backward messages β_{t−1}(i) = logsumexp_j(A_ij + E_t(j) +
+    β_t(j)), β_{L−1} = end, in plain torch ops (so ``torch.compile`` traces it with no graph
+    break). When an input requires grad, the result is differentiable too (the second
+    derivatives of log Z).
 
     Args:
         emissions: (B, T, K); transitions: (K, K); mask: (B, T) bool, left-aligned, or None;
@@ -345,15 +383,10 @@ def crf_marginals(emissions: Tensor, transitions: Tensor, *, mask: Tensor | None
                                                         end_transitions, validate)
     if emissions.shape[1] == 0:  # no positions: no marginals (and nothing to differentiate)
         return torch.zeros_like(emissions_in)
-    differentiable = torch.is_grad_enabled() and (
-        emissions_in.requires_grad or transitions.requires_grad or start.requires_grad or end.requires_grad)
-    with torch.enable_grad():
-        leaf = emissions if differentiable and emissions.requires_grad else emissions.detach().requires_grad_(True)
-        log_z = _forward(leaf, transitions, mask, start, end)
-        if validate:
-            _check_allowed(fn, log_z, mask)
-        (grad,) = torch.autograd.grad(log_z.sum(), leaf, create_graph=differentiable)
-    return (grad if differentiable else grad.detach()).to(emissions_in.dtype)
+    marginals, log_z = _node_marginals(emissions, transitions, mask, start, end)
+    if validate:
+        _check_allowed(fn, log_z, mask)
+    return marginals.to(emissions_in.dtype)
 
 
 def viterbi_decode(emissions: Tensor, transitions: Tensor, *, mask: Tensor | None = None,
@@ -624,8 +657,10 @@ def hmm_posteriors(observations: Tensor, log_initial: Tensor, log_transition: Te
                    mask: Tensor | None = None, validate: bool = True) -> Tensor:
     """Posterior state marginals P(z_t = k | x) of an HMM (forward–backward).
 
-    The gradient of log p(x) with respect to the emission scores E_t(k) = log B[k, x_t], i.e. the
-    forward–backward algorithm (:func:`crf_marginals` on the HMM's CRF).
+    The gradient of log p(x) with respect to the emission scores E_t(k) = log B[k, x_t], computed
+    by the forward–backward algorithm (:func:`crf_marginals` on the HMM's CRF):
+    P(z_t = k | x) ∝ α_t(k)·β_t(k). Differentiable with respect to the log-parameters when they
+    require grad.
 
     Args:
         observations, log_initial, log_transition, log_emission, mask, validate: as
@@ -648,13 +683,9 @@ def hmm_posteriors(observations: Tensor, log_initial: Tensor, log_transition: Te
         fn, observations, log_initial, log_transition, log_emission, mask, validate)
     if emissions.shape[1] == 0:
         return emissions.new_zeros(emissions.shape).to(out_dtype)
-    differentiable = torch.is_grad_enabled() and emissions.requires_grad
-    with torch.enable_grad():
-        leaf = emissions if differentiable else emissions.detach().requires_grad_(True)
-        log_px = _chain(LogSemiring(), leaf, transitions, mask, start, end)[:, 0]
-        if validate:
-            _check_allowed(fn, log_px, mask)
-        (post,) = torch.autograd.grad(log_px.sum(), leaf, create_graph=differentiable)
+    post, log_px = _node_marginals(emissions, transitions, mask, start, end)
+    if validate:
+        _check_allowed(fn, log_px, mask)
     return post.to(out_dtype)
 
 

@@ -173,7 +173,7 @@ def test_no_host_read_of_the_incoming_gradient(device, monkeypatch):
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_compiled_caller_has_no_graph_break(device, reduction):
     """Under torch.compile(fullgraph=True) the chunk loop runs inside the custom ops
-    logitlab::triton_linear_xent(_grads): the same loss and gradients as the eager call."""
+    logitlab::fused_linear_xent(_grads): the same loss and gradients as the eager call."""
     hidden, weight, bias, target = _inputs(device)
     cw = (torch.rand(V, dtype=D) + 0.5).to(device)
 

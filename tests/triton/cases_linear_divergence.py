@@ -116,3 +116,25 @@ def test_all_rows_ignored_give_zero(device):
                                                          teacher_weight=t["teacher_weight"], target=nobody,
                                                          reduction=reduction, impl="triton"), t["hidden"], t["weight"])
         assert all(torch.all(x == 0) for x in out)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_caller_has_no_graph_break(device, reduction):
+    """Under torch.compile(fullgraph=True) the chunk loop runs inside the custom ops
+    logitlab::fused_linear_divergence(_grads) with the Triton row kernel: the same loss and
+    gradients as the eager call (the 'mean' factor stays on the device)."""
+    t, target = _inputs(device)
+
+    def step(h, w, b):
+        return linear_divergence_loss(h * 1.5, w, bias=b, teacher_hidden=t["teacher_hidden"],
+                                      teacher_weight=t["teacher_weight"], teacher_bias=t["teacher_bias"],
+                                      divergence="js", beta=0.3, temperature=2.0, target=target,
+                                      hard_label_weight=0.5, reduction=reduction, impl="triton", chunk_size=4,
+                                      validate=False)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if device.type == "cpu" else "inductor")
+    ours = _grads(compiled, t["hidden"], t["weight"], t["bias"])
+    eager = _grads(step, t["hidden"], t["weight"], t["bias"])
+    for a, b in zip(ours, eager):
+        torch.testing.assert_close(a, b)

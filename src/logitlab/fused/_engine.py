@@ -22,6 +22,9 @@ Two strategies share this loop:
 * ``recompute`` (reduction 'none', where each row has its own incoming gradient): the forward
   pass computes only the losses; backward runs the loop again with the per-row scale. Four
   matmuls, and nothing but the inputs is held between forward and backward.
+
+Under ``torch.compile`` the same loop runs inside custom ops (``fused/_ops.py``): the reads on the
+host above stay inside the op, whose outputs have shapes fixed by its inputs'.
 """
 
 from __future__ import annotations
@@ -339,6 +342,24 @@ def _triton_chunk(h: Tensor, weight: Tensor, bias: Tensor | None, kernel, plan: 
         out.grad_b.add_(grad.sum(0, dtype=out.grad_b.dtype))
 
 
+def forward_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, kernel, scale, plan: Plan, *,
+                 need: tuple[bool, bool, bool]) -> tuple[Tensor, list | None]:
+    """The forward of :class:`FusedLinearLoss` (and of the compiled ops, ``fused/_ops.py``).
+
+    Returns the loss in hidden's dtype (the (N,) row losses for ``scale`` None, else their sum
+    times ``scale``) and, with ``plan.precompute`` for a reduced loss where a gradient is
+    ``need``-ed, the gradients [grad_hidden, grad_weight, grad_bias] of that loss computed in the
+    same pass (None where not needed); otherwise None (backward runs the loop again).
+    """
+    grads = None
+    if plan.precompute and scale is not None and any(need):
+        loss_rows, *grads = run_chunks(hidden, weight, bias, kernel, plan, row_scale=scale, need=need)
+    else:
+        loss_rows, *_ = run_chunks(hidden, weight, bias, kernel, plan, row_scale=None, need=(False, False, False))
+    out = loss_rows if scale is None else loss_rows.sum() * scale
+    return out.to(hidden.dtype), grads
+
+
 class FusedLinearLoss(torch.autograd.Function):
     """loss = reduce(kernel(hidden @ weight.T + bias)) with the chunk loop for forward and backward.
 
@@ -348,20 +369,14 @@ class FusedLinearLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, kernel, scale, plan):  # noqa: D401
-        need = tuple(ctx.needs_input_grad[:3])
         ctx.plan, ctx.kernel, ctx.scale = plan, kernel, scale
-        ctx.precomputed = plan.precompute and scale is not None and any(need)
-        if ctx.precomputed:
-            loss_rows, *grads = run_chunks(hidden, weight, bias, kernel, plan, row_scale=scale, need=need)
+        out, grads = forward_pass(hidden, weight, bias, kernel, scale, plan, need=tuple(ctx.needs_input_grad[:3]))
+        if grads is not None:
             ctx.grads = grads
-        else:
-            loss_rows, *_ = run_chunks(hidden, weight, bias, kernel, plan, row_scale=None,
-                                       need=(False, False, False))
         # The inputs are saved in both cases (references, no copies): a second backward through a
         # retained graph recomputes, since the precomputed gradients are handed over only once.
         ctx.save_for_backward(hidden, weight, bias)
-        out = loss_rows if scale is None else loss_rows.sum() * scale
-        return out.to(hidden.dtype)
+        return out
 
     @staticmethod
     @once_differentiable

@@ -27,10 +27,17 @@ _CLASS_MAJOR = (torch.float32, torch.float64)
 _TILE = 1024
 
 
+@torch.compiler.assume_constant_result
+def _threads() -> int:
+    """``torch.get_num_threads()``, a constant to torch.compile (Dynamo does not trace it; the
+    split only arranges the same sum)."""
+    return torch.get_num_threads()
+
+
 def vocab_splits(vocab: int, features: int) -> int:
     """Parts of the vocabulary for :func:`grad_hidden_into`: 4 per thread, at most 16, and few
     enough that their (parts, chunk, D) partial sums take at most a quarter of the block."""
-    return max(1, min(4 * torch.get_num_threads(), 16, vocab // (4 * features)))
+    return max(1, min(4 * _threads(), 16, vocab // (4 * features)))
 
 
 def matmul_scratch(chunk: int, vocab: int, features: int, dtype: torch.dtype, device, *,

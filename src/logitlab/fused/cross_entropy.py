@@ -24,6 +24,7 @@ from logitlab.fused._engine import (
     needs_wide_block,
 )
 from logitlab.fused._kernel import CrossEntropyKernel, all_gather, all_reduce
+from logitlab.fused._ops import linear_xent as compiled_linear_xent
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult"]
 
@@ -166,9 +167,16 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     synchronisation, ignored rows go through the chunks (masked, at the cost of their matmuls)
     instead of being found and left out, and target indices are not checked (one out of range
     selects no logit: its row's loss counts a target logit of 0). The collectives are
-    functional ones, which ``torch.compile`` traces; the chunk loop still breaks the graph
-    (its matmul helpers ask ``torch.get_num_threads()``, which Dynamo does not trace), so a
-    compiled call runs in several graphs, with the same values and gradients.
+    functional ones, which ``torch.compile`` traces; the chunk loop of a sharded head still
+    runs as the eager autograd Function (an operator's schema cannot carry the process group),
+    which breaks the graph, so a compiled call runs in several graphs, with the same values and
+    gradients.
+
+    Under ``torch.compile`` without a process group, the chunk loop of 'native', 'torch' and
+    'triton' runs inside one custom op (``logitlab::fused_linear_xent``, and for 'none' a second
+    one in backward; :mod:`logitlab.fused._ops`): no graph break, the same chunks, values and
+    gradients as the eager call, which hands its precomputed gradients over in place where the
+    compiled backward multiplies them out of place. No double backward there either.
 
     ``shift=k`` scores position t of the sequence (the last dimension of ``target``, the
     second-to-last of ``hidden``) against ``target[..., t + k]``, as a causal LM predicts the
@@ -217,7 +225,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
             tensors (the checks read values on the host). Class indices are checked whatever it
             says, except by impl='triton' with the checks off: its kernel reads nothing for an
             index outside [0, V) and gives that row a NaN loss. Under ``torch.compile`` the data
-            checks are skipped (impl='triton' then runs as a custom op: no graph break).
+            checks are skipped (the chunk loop then runs as a custom op: no graph break).
         shift: k >= 0 (True = 1): next-token targets, see above; k must be smaller than the
             sequence length target.shape[-1].
         _record: internal, for :func:`linear_cross_entropy_with_lse` (a (2, N) sink).
@@ -303,20 +311,6 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         return replicated_output(out, layout) if wrap else out
 
     triton = mode == "triton"
-    if triton and compiling:  # the chunk loop inside a custom op: no graph break
-        from logitlab._triton.linear import compiled_linear_cross_entropy
-
-        out = compiled_linear_cross_entropy(
-            hidden.reshape(rows, hidden.shape[-1]), weight, bias, flat_target, class_weight,
-            ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-            chunk=chunk_size or gpu_chunk_rows(rows, vocab_total), accum_dtype=accum_dtype, reduction=reduction)
-        return out.reshape(target.shape) if reduction == "none" else out
-    acc = accumulation_dtype(hidden.dtype, accum_dtype)
-    kernel = build_kernel(flat_target, class_weight, ignore_index=ignore_index, vocab_start=vocab_start,
-                          vocab_total=vocab_total, label_smoothing=label_smoothing, z_loss=z_loss,
-                          dtype=acc, group=process_group, sync=not triton)
-    kernel.record = _record  # linear_cross_entropy_with_lse: the forward writes lse and hits into it
-    scale = reduction_scale(kernel, reduction, sync=not triton)
     if chunk_size is None and triton:
         chunk_size = gpu_chunk_rows(rows, vocab_total)
     elif chunk_size is None:
@@ -324,9 +318,20 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         summed = weight.requires_grad and torch.is_grad_enabled()  # a (V, D) grad_weight sum exists
         chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide, dim=hidden.shape[-1],
                                 sum_dtype=gradient_dtype(weight.dtype, accum_dtype) if summed else None)
+    hidden2d = hidden.reshape(rows, hidden.shape[-1])
+    if compiling and process_group is None:  # the chunk loop inside a custom op: no graph break
+        out = compiled_linear_xent(hidden2d, weight, bias, flat_target, class_weight, ignore_index=ignore_index,
+                                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, chunk=chunk_size,
+                                   accum_dtype=accum_dtype, reduction=reduction, impl=mode, record=_record)
+        return out.reshape(target.shape) if reduction == "none" else out
+    acc = accumulation_dtype(hidden.dtype, accum_dtype)
+    kernel = build_kernel(flat_target, class_weight, ignore_index=ignore_index, vocab_start=vocab_start,
+                          vocab_total=vocab_total, label_smoothing=label_smoothing, z_loss=z_loss,
+                          dtype=acc, group=process_group, sync=not triton)
+    kernel.record = _record  # linear_cross_entropy_with_lse: the forward writes lse and hits into it
+    scale = reduction_scale(kernel, reduction, sync=not triton)
     plan = Plan(chunk=chunk_size, accum_dtype=accum_dtype, softcap=softcap, group=process_group,
                 native=mode == "native", triton=triton, skip_ignored=not sync_free)
-    hidden2d = hidden.reshape(rows, hidden.shape[-1])
     out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     kernel.record = None  # a backward that recomputes the chunks leaves the returned statistics alone
     out = out.reshape(target.shape) if reduction == "none" else out

@@ -13,6 +13,7 @@ from logitlab import backend
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows, gpu_chunk_rows
 from logitlab.fused._kernel import all_reduce, triton_row_scale
 from logitlab.fused._matmul import logits_into, matmul_scratch
+from logitlab.fused._ops import linear_divergence as compiled_linear_divergence
 from logitlab.fused.cross_entropy import (
     check_group,
     check_head_values,
@@ -230,6 +231,10 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     loss of the full vocabulary, the same grad_hidden (summed over the ranks), and for its
     shard the matching rows of the full grad_weight and grad_bias.
 
+    Under ``torch.compile`` without a process group the chunk loop runs inside a custom op
+    (``logitlab::fused_linear_divergence``, :mod:`logitlab.fused._ops`), with every impl: no
+    graph break, and the 'mean' factor (1 / the number of kept rows) stays on the device.
+
     Args:
         hidden: (*batch, D) student features. weight: (V, D) student head. bias: (V,) optional.
         teacher_hidden: (*batch, D_t). teacher_weight: (V, D_t). teacher_bias: (V,) optional.
@@ -336,12 +341,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         teacher_bias=None if teacher_bias is None else teacher_bias.detach(), keep=keep, target=flat_target,
         divergence=divergence, beta=float(beta), temperature=float(temperature),
         hard_label_weight=float(hard_label_weight), vocab_start=vocab_start, group=process_group)
-    if mode == "triton" and reduction == "mean":  # the factor stays on the device
-        kept = keep.sum().to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
-        scale = torch.where(kept == 0, torch.zeros_like(kept), 1.0 / kept.clamp(min=1))
-    else:
-        kept = int(keep.sum())
-        scale = None if reduction == "none" else 1.0 if reduction == "sum" else (1.0 / kept if kept else 0.0)
+    scale = kept_rows_scale(keep, reduction, accumulation_dtype(hidden.dtype, accum_dtype))
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
 
     kernel = replace(kernel, native_matmul=mode == "native")
@@ -361,7 +361,26 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     # run the same number of chunks, since each chunk's statistics are all-reduced.
     triton = mode == "triton"
     default_chunk = gpu_chunk_rows(rows, vocab) if triton else chunk_rows(rows, vocab, hidden.dtype)
-    plan = Plan(chunk=chunk_size or default_chunk, accum_dtype=accum_dtype, group=process_group,
-                native=mode == "native", triton=triton)
-    out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
+    if torch.compiler.is_compiling() and process_group is None:  # the chunk loop inside a custom op
+        out = compiled_linear_divergence(
+            hidden2d, weight, bias, kernel.teacher_hidden, kernel.teacher_weight, kernel.teacher_bias, keep,
+            flat_target, divergence=divergence, beta=beta, temperature=temperature,
+            hard_label_weight=hard_label_weight, chunk=chunk_size or default_chunk, accum_dtype=accum_dtype,
+            reduction=reduction, impl=mode)
+    else:
+        plan = Plan(chunk=chunk_size or default_chunk, accum_dtype=accum_dtype, group=process_group,
+                    native=mode == "native", triton=triton)
+        out = FusedLinearLoss.apply(hidden2d, weight, bias, kernel, scale, plan)
     return out.reshape(hidden.shape[:-1]) if reduction == "none" else out
+
+
+def kept_rows_scale(keep: Tensor, reduction: str, dtype: torch.dtype) -> Tensor | float | None:
+    """The factor of the reduction: None for 'none', 1 for 'sum', and for 'mean' 1 / (number of
+    kept rows), 0 when none is kept, as a 0-d tensor of ``dtype`` (the loop's accumulation dtype):
+    never read on the host, so nothing waits for the device and ``torch.compile`` traces it."""
+    if reduction == "none":
+        return None
+    if reduction == "sum":
+        return 1.0
+    kept = keep.sum().to(dtype)
+    return torch.where(kept == 0, torch.zeros_like(kept), 1.0 / kept.clamp(min=1))
