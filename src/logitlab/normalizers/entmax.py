@@ -73,7 +73,8 @@ def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True, impl: str 
         logits: (*batch, n) scores, along ``dim``.
         dim: the class axis.
         validate: reject NaN and ``+inf`` logits.
-        impl: 'auto' | 'native' | 'torch' (:mod:`logitlab.backend`), as in :func:`sparsemax`.
+        impl: 'auto' | 'native' | 'torch' | 'triton' (:mod:`logitlab.backend`), as in
+            :func:`sparsemax`.
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``.

@@ -40,8 +40,11 @@ def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True, impl: str
         logits: (*batch, n) scores, along ``dim``.
         dim: the class axis.
         validate: reject NaN and ``+inf`` logits.
-        impl: 'auto' | 'native' | 'torch' (:mod:`logitlab.backend`): the native kernel or the
-            ``torch.topk`` path above; 'auto' takes the kernel wherever it runs.
+        impl: 'auto' | 'native' | 'torch' | 'triton' (:mod:`logitlab.backend`): the native kernel,
+            the ``torch.topk`` path above, or the Triton kernels for CUDA tensors (the same
+            certified closed form, reached by Newton and bisection passes over each row in
+            blocks; with ``validate=False`` they read nothing back to the host); 'auto' takes
+            the native kernel on the CPU and the Triton one on CUDA wherever they run.
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``, with exact zeros.
