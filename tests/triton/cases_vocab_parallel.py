@@ -121,3 +121,26 @@ def test_gloo_ranks_match_the_full_vocabulary(device, sizes):
     for rank, errors in enumerate(results):
         worst = max(errors.values())
         assert worst < 1e-10, f"rank {rank}: {errors}"
+
+
+def test_shard_kernels_as_custom_ops(small_blocks, device):
+    """The launches a compiled caller traces: schema, fakes, and the same values as eager."""
+    from logitlab._triton import sharded
+
+    z = torch.randn(4, C, device=device)
+    target = torch.tensor([3, -100, 40, 0], device=device)  # 40: owned by another slice
+    keep = target != -100
+    weight = torch.rand(C, device=device) + 0.5
+    args = (z, target, weight, keep, 2, True)
+    torch.library.opcheck(sharded._stats_op, args, test_utils=("test_schema", "test_faketensor"))
+    stats = sharded._stats_op(*args)
+    torch.testing.assert_close(stats, sharded.shard_stats(z, target, weight, keep, vocab_start=2, smooth=True))
+    assert stats[2, 2] == 0 and stats[0, 1] == -math.inf
+    torch.testing.assert_close(stats[2, 0], z[0, 1])
+    lse, coef, hit = torch.randn(4, device=device), torch.rand(4, device=device), torch.rand(4, device=device)
+    grad_args = (z, target, weight, keep, lse, coef, hit, 2, 0.01)
+    torch.library.opcheck(sharded._grad_op, grad_args, test_utils=("test_schema", "test_faketensor"))
+    want = coef[:, None] * (z - lse[:, None]).exp() - 0.01 * weight
+    want[0, 1] -= hit[0]
+    want[1] = 0
+    torch.testing.assert_close(sharded._grad_op(*grad_args), want)
