@@ -17,7 +17,7 @@ print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else 
 PY
 LOGITLAB_TRITON_DEVICE=cuda timeout 240 python3 -m pytest -q -x -p no:cacheprovider --no-header \
     tests/triton/cases_cross_entropy.py tests/triton/cases_linear_cross_entropy.py \
-    tests/triton/cases_linear_divergence.py 2>&1 | tail -40 | tee "$dest/gpu_cases.txt"
+    tests/triton/cases_linear_divergence.py tests/triton/cases_sparse.py tests/triton/cases_vocab_parallel.py 2>&1 | tail -40 | tee "$dest/gpu_cases.txt"
 cases=${PIPESTATUS[0]}
 timeout 400 python3 benchmarks/gpu.py --out "$dest/gpu.json" "$@" 2>&1 | tail -60 | tee "$dest/gpu_bench.txt"
 bench=${PIPESTATUS[0]}

@@ -46,14 +46,15 @@ OPS: dict[str, tuple[str, ...]] = {
     "linear_cross_entropy": ("native", "torch", "composite", "triton"),
     "linear_cross_entropy_with_lse": ("native", "torch", "composite"),
     "linear_divergence_loss": ("native", "torch", "composite", "triton"),
-    "sparsemax": ("native", "torch"),
-    "entmax15": ("native", "torch"),
+    "sparsemax": ("native", "torch", "triton"),
+    "entmax15": ("native", "torch", "triton"),
     "entmax": ("native", "torch"),
     "entmax_with_info": ("native", "torch"),
     # The Fenchel–Young losses of the sparse maps: ``impl`` is their map's.
     "sparsemax_loss": ("native", "torch"),
     "entmax15_loss": ("native", "torch"),
     "entmax_loss": ("native", "torch"),
+    "vocab_parallel_cross_entropy": ("torch", "triton"),
 }
 
 # What "auto" picks, in the order :func:`resolve` tries it (the README's table says the same).

@@ -29,18 +29,31 @@ def interpreting() -> bool:
 _CACHE: dict[tuple[str, bool], object] = {}
 
 
-def jit(fn):
+def _decorated(fn, mode: bool):
+    key = (f"{fn.__module__}.{fn.__qualname__}", mode)
+    out = _CACHE.get(key)
+    if out is None:
+        import triton
+
+        out = _CACHE[key] = triton.jit(fn)
+    return out
+
+
+def jit(fn, *, helpers=()):
     """A getter of ``triton.jit(fn)`` for the current mode (compiled / interpreted), decorated
-    once per mode. ``fn`` is a plain module-level function written in Triton's language."""
+    once per mode. ``fn`` is a plain module-level function written in Triton's language.
+
+    ``helpers``: the device functions ``fn`` calls (plain functions in Triton's language, such as
+    those of :mod:`logitlab._triton.rows`). The kernel finds them by name in its module's globals
+    when it is compiled or interpreted, so each call of the getter binds those names there to the
+    helpers decorated for the same mode as the kernel."""
 
     def get():
-        key = (f"{fn.__module__}.{fn.__qualname__}", interpreting())
-        kernel = _CACHE.get(key)
-        if kernel is None:
-            import triton
-
-            kernel = _CACHE[key] = triton.jit(fn)
-        return kernel
+        mode = interpreting()
+        scope = fn.__globals__
+        for h in helpers:
+            scope[h.__name__] = _decorated(h, mode)
+        return _decorated(fn, mode)
 
     get.__name__ = fn.__name__
     get.__doc__ = fn.__doc__

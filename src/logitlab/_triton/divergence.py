@@ -30,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from logitlab._triton import compute_tl_dtype, jit
+from logitlab._triton.rows import HELPERS, load_scores, lse_step
 from logitlab._triton.xent import _pair, block_size
 
 __all__ = ["divergence_rows", "CODES"]
@@ -63,34 +64,19 @@ def _divergence_kernel(
         for start in range(0, n_cols, BLOCK):
             cols = start + offs
             inside = cols < n_cols
-            x = tl.load(z_row + cols, mask=inside, other=0.0).to(CD)
-            if HAS_BIAS:
-                x += tl.load(b_ptr + cols, mask=inside, other=0.0).to(CD)
+            x, _x = load_scores(z_row, b_ptr, cols, inside, 1.0, 1.0, HAS_BIAS, False, CD)
             x = tl.where(inside, x, neg_inf)
-            v = tl.load(u_row + cols, mask=inside, other=0.0).to(CD)
-            if HAS_TBIAS:
-                v += tl.load(tb_ptr + cols, mask=inside, other=0.0).to(CD)
-            t = tl.where(inside, v * inv_t, neg_inf)
+            t, _t = load_scores(u_row, tb_ptr, cols, inside, 1.0, inv_t, HAS_TBIAS, False, CD)
+            t = tl.where(inside, t, neg_inf)
             s = x * inv_t
-            new_s = tl.maximum(m_s, tl.max(s, 0))
-            safe_s = tl.where(new_s == neg_inf, 0.0, new_s)
-            e_s = tl.exp(s - safe_s)
-            new_t = tl.maximum(m_t, tl.max(t, 0))
-            safe_t = tl.where(new_t == neg_inf, 0.0, new_t)
-            e_t = tl.exp(t - safe_t)
+            m_s, se_s, e_s, rescale_s = lse_step(m_s, se_s, s)
+            m_t, se_t, e_t, rescale_t = lse_step(m_t, se_t, t)
             if DIV == 0:
-                acc = acc * tl.exp(m_t - safe_t) + tl.sum(tl.where(e_t > 0, e_t * (t - s), 0.0), 0)
+                acc = acc * rescale_t + tl.sum(tl.where(e_t > 0, e_t * (t - s), 0.0), 0)
             if DIV == 1:
-                acc = acc * tl.exp(m_s - safe_s) + tl.sum(tl.where(e_s > 0, e_s * (s - t), 0.0), 0)
-            se_s = se_s * tl.exp(m_s - safe_s) + tl.sum(e_s, 0)
-            se_t = se_t * tl.exp(m_t - safe_t) + tl.sum(e_t, 0)
-            m_s = new_s
-            m_t = new_t
+                acc = acc * rescale_s + tl.sum(tl.where(e_s > 0, e_s * (s - t), 0.0), 0)
             if SEPARATE_Z:
-                new_z = tl.maximum(m_z, tl.max(x, 0))
-                safe_z = tl.where(new_z == neg_inf, 0.0, new_z)
-                se_z = se_z * tl.exp(m_z - safe_z) + tl.sum(tl.exp(x - safe_z), 0)
-                m_z = new_z
+                m_z, se_z, e_z, rescale_z = lse_step(m_z, se_z, x)
         lse_s = m_s + tl.log(se_s)
         lse_t = m_t + tl.log(se_t)
         if DIV == 0:
@@ -105,12 +91,8 @@ def _divergence_kernel(
             for start in range(0, n_cols, BLOCK):
                 cols = start + offs
                 inside = cols < n_cols
-                x = tl.load(z_row + cols, mask=inside, other=0.0).to(CD)
-                if HAS_BIAS:
-                    x += tl.load(b_ptr + cols, mask=inside, other=0.0).to(CD)
-                v = tl.load(u_row + cols, mask=inside, other=0.0).to(CD)
-                if HAS_TBIAS:
-                    v += tl.load(tb_ptr + cols, mask=inside, other=0.0).to(CD)
+                x, _x = load_scores(z_row, b_ptr, cols, inside, 1.0, 1.0, HAS_BIAS, False, CD)
+                v, _v = load_scores(u_row, tb_ptr, cols, inside, 1.0, 1.0, HAS_TBIAS, False, CD)
                 log_q = tl.where(inside, x * inv_t - lse_s, neg_inf)
                 log_p = tl.where(inside, v * inv_t - lse_t, neg_inf)
                 a = log_p + log_b
@@ -146,12 +128,8 @@ def _divergence_kernel(
             for start in range(0, n_cols, BLOCK):
                 cols = start + offs
                 inside = cols < n_cols
-                x = tl.load(z_row + cols, mask=inside, other=0.0).to(CD)
-                if HAS_BIAS:
-                    x += tl.load(b_ptr + cols, mask=inside, other=0.0).to(CD)
-                v = tl.load(u_row + cols, mask=inside, other=0.0).to(CD)
-                if HAS_TBIAS:
-                    v += tl.load(tb_ptr + cols, mask=inside, other=0.0).to(CD)
+                x, _x = load_scores(z_row, b_ptr, cols, inside, 1.0, 1.0, HAS_BIAS, False, CD)
+                v, _v = load_scores(u_row, tb_ptr, cols, inside, 1.0, 1.0, HAS_TBIAS, False, CD)
                 log_q = x * inv_t - lse_s
                 log_p = v * inv_t - lse_t
                 q = tl.exp(log_q)
@@ -178,7 +156,7 @@ def _divergence_kernel(
                 tl.store(z_row + cols, tl.zeros((BLOCK,), z_ptr.dtype.element_ty), mask=cols < n_cols)
 
 
-_kernel = jit(_divergence_kernel)
+_kernel = jit(_divergence_kernel, helpers=HELPERS)
 
 
 def divergence_rows(z: Tensor, teacher: Tensor, keep: Tensor, scale: Tensor, *, divergence: str, beta: float,

@@ -36,6 +36,7 @@ from torch import Tensor
 
 import triton
 from logitlab._triton import compute_tl_dtype, jit
+from logitlab._triton.rows import HELPERS, load_scores, lse_step
 
 __all__ = ["xent_rows", "MAX_BLOCK"]
 
@@ -71,27 +72,11 @@ def _xent_rows_kernel(
         for start in range(0, n_cols, BLOCK):
             cols = start + offs
             inside = cols < n_cols
-            s = tl.load(x_row + cols, mask=inside, other=0.0).to(CD)
-            if HAS_BIAS:
-                s += tl.load(b_ptr + cols, mask=inside, other=0.0).to(CD)
-            if SOFTCAP:
-                u = s / cap
-                au = tl.abs(u)
-                e = tl.exp(-2.0 * au)
-                th = (1.0 - e) / (1.0 + e)
-                u2 = u * u
-                # Near 0, 1 − e^{−2|u|} cancels: the series of tanh instead (next term 0.009·u¹¹, 1e-12 at the cut).
-                series = u * (1.0 + u2 * (-1.0 / 3.0 + u2 * (2.0 / 15.0 + u2 * (-17.0 / 315.0 + u2 * (62.0 / 2835.0)))))
-                th = tl.where(au < 0.125, series, tl.where(u < 0, -th, th))
-                s = cap * th
-            s = s * inv_temp
+            s, th = load_scores(x_row, b_ptr, cols, inside, cap, inv_temp, HAS_BIAS, SOFTCAP, CD)
             s = tl.where(inside, s, neg_inf)
             if VALIDATE:
                 bad += tl.sum(((s != s) | (s == float("inf"))).to(tl.int32), 0)
-            m_new = tl.maximum(m, tl.max(s, 0))
-            m_safe = tl.where(m_new == neg_inf, 0.0, m_new)
-            se = se * tl.exp(m - m_safe) + tl.sum(tl.exp(s - m_safe), 0)
-            m = m_new
+            m, se, e_block, rescale = lse_step(m, se, s)
             if HAS_WEIGHT:
                 w = tl.load(w_ptr + cols, mask=inside, other=0.0).to(CD)
             else:
@@ -109,19 +94,7 @@ def _xent_rows_kernel(
             y = tl.load(t_ptr + row * t_stride).to(tl.int64)
             valid = (y >= 0) & (y < n_cols)
             y_safe = tl.where(valid, y, 0)
-            s_y = tl.load(x_row + y_safe).to(CD)
-            if HAS_BIAS:
-                s_y += tl.load(b_ptr + y_safe).to(CD)
-            if SOFTCAP:
-                u = s_y / cap
-                au = tl.abs(u)
-                e = tl.exp(-2.0 * au)
-                th = (1.0 - e) / (1.0 + e)
-                u2 = u * u
-                series = u * (1.0 + u2 * (-1.0 / 3.0 + u2 * (2.0 / 15.0 + u2 * (-17.0 / 315.0 + u2 * (62.0 / 2835.0)))))
-                th = tl.where(au < 0.125, series, tl.where(u < 0, -th, th))
-                s_y = cap * th
-            s_y = s_y * inv_temp
+            s_y, th_y = load_scores(x_row, b_ptr, y_safe, valid, cap, inv_temp, HAS_BIAS, SOFTCAP, CD)
             # An index outside [0, C) reads nothing and makes the row's loss NaN (the device
             # cannot raise; validate=True checks the indices on the host before the launch).
             s_y = tl.where(valid, s_y, float("nan"))
@@ -158,19 +131,7 @@ def _xent_rows_kernel(
             for start in range(0, n_cols, BLOCK):
                 cols = start + offs
                 inside = cols < n_cols
-                s = tl.load(x_row + cols, mask=inside, other=0.0).to(CD)
-                if HAS_BIAS:
-                    s += tl.load(b_ptr + cols, mask=inside, other=0.0).to(CD)
-                if SOFTCAP:
-                    u = s / cap
-                    au = tl.abs(u)
-                    e = tl.exp(-2.0 * au)
-                    th = (1.0 - e) / (1.0 + e)
-                    u2 = u * u
-                    series = u * (1.0 + u2 * (-1.0 / 3.0 + u2 * (2.0 / 15.0 + u2 * (-17.0 / 315.0 + u2 * (62.0 / 2835.0)))))
-                    th = tl.where(au < 0.125, series, tl.where(u < 0, -th, th))
-                    s = cap * th
-                s = s * inv_temp
+                s, th = load_scores(x_row, b_ptr, cols, inside, cap, inv_temp, HAS_BIAS, SOFTCAP, CD)
                 g = total * tl.exp(s - lse)
                 if HAS_WEIGHT:
                     w = tl.load(w_ptr + cols, mask=inside, other=0.0).to(CD)
@@ -196,7 +157,7 @@ def _xent_rows_kernel(
                 tl.store(g_row + cols, tl.zeros((BLOCK,), g_ptr.dtype.element_ty), mask=cols < n_cols)
 
 
-_kernel = jit(_xent_rows_kernel)
+_kernel = jit(_xent_rows_kernel, helpers=HELPERS)
 
 
 def _pair(value: float) -> tuple[float, float]:

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from logitlab import _validation as v
+from logitlab import backend
 from logitlab._dtensor import (
     any_dtensor,
     is_dtensor,
@@ -88,7 +89,7 @@ class _PrecomputedRows(torch.autograd.Function):
 def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=None, vocab_start: int | None = None,
                                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                                  z_loss: float = 0.0, validate: bool = True,
-                                 timeout: float | datetime.timedelta | None = None) -> Tensor:
+                                 timeout: float | datetime.timedelta | None = None, impl: str = "auto") -> Tensor:
     r"""Cross-entropy over a vocabulary split across ranks, equal on every rank to the full one.
 
     With z the full logits (the concatenation of every rank's slice in rank order) and
@@ -96,8 +97,14 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
     (1 − ε)·(lse − z_t) + (ε / V)·Σ_c (lse − z_c) + z_loss·lse², V the GLOBAL vocabulary size
     (smoothing over the local slice would make the ranks disagree). The value equals
     ``cross_entropy(full_logits, target, ...)`` on every rank; the gradient with respect to
-    ``local_logits`` is this rank's slice of the full gradient. Two all-reduces per call (plus
-    an all-gather of the slice sizes without DTensors, read on the host).
+    ``local_logits`` is this rank's slice of the full gradient. Two all-reduces per call, of
+    what the math needs: the row maxima (N values), then Σ exp(z − max), the target logit and,
+    with smoothing, Σ_c z_c (3N values); plus an all-gather of the slice sizes without DTensors,
+    read on the host. On CUDA tensors (``impl='triton'``, which 'auto' picks where triton
+    imports) the local work is two Triton passes over the slice: its row statistics (maximum
+    and Σ exp by the online log-sum-exp, the owned target logit, Σ_c z_c) and, after the
+    all-reduces, its gradient, written in the logits' dtype; ignored rows are never read. The
+    'torch' path copies the slice into the compute dtype and makes five passes over it.
 
     DTensors: ``local_logits`` may be a DTensor of the full (*batch, V) logits sharded on the
     vocabulary (``Shard(-1)`` on one mesh dimension, ``Replicate()`` on any other), and
@@ -127,6 +134,10 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
             wait; None leaves the group's own timeout (30 min by default for gloo). A rank that
             fails but stays alive then makes the others raise within it instead of hanging.
             (Under ``torch.compile`` the collectives are functional ones: the group's timeout.)
+        impl: 'auto' | 'torch' | 'triton' (:mod:`logitlab.backend`): the local work in torch
+            ops, or in the Triton kernels (CUDA tensors; the kernels are custom ops, so a
+            compiled caller traces them); 'auto' picks 'triton' for CUDA tensors where triton
+            imports. The collectives are the same either way.
 
     Returns:
         A scalar (or (*batch) for 'none') in the dtype of ``local_logits``; a DTensor
@@ -166,6 +177,7 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
     check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=None,
                   chunk_size=None, impl="auto")
     v.check_same_device(fn, "local_logits", local_logits, target=target)
+    impl = backend.resolve(fn, impl, local_logits, native=lambda: False)
     group = check_group(fn, resolve_group(group)) if layout is None else layout.group
     timeout = check_timeout(fn, timeout)
     local = local_logits.shape[-1]
@@ -191,9 +203,12 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         acc = v.compute_dtype(local_logits)
         kernel = build_kernel(flat, None, ignore_index=ignore_index, vocab_start=start, vocab_total=total,
                               label_smoothing=label_smoothing, z_loss=z_loss, dtype=acc, group=group)
-        z = local_logits.detach().reshape(math.prod(local_logits.shape[:-1]), local).to(acc, copy=True)
-        z = z.masked_fill_((flat == ignore_index).unsqueeze(1), 0.0)  # padding may hold anything
-        loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
+        rows = local_logits.detach().reshape(math.prod(local_logits.shape[:-1]), local)
+        if impl == "triton":  # two Triton passes over the slice; ignored rows are not read
+            loss, grad = kernel.triton_sharded(rows, need_grad=local_logits.requires_grad)
+        else:
+            z = rows.to(acc, copy=True).masked_fill_((flat == ignore_index).unsqueeze(1), 0.0)  # padding: anything
+            loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
     out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(kernel, reduction))
     return _output(out.reshape(target.shape) if reduction == "none" else out, layout)
 

@@ -289,6 +289,42 @@ class CrossEntropyKernel:
             grad=z if need_grad else None, bias=bias, softcap=softcap, weight_sum=weight_sum, scale_loss=False)
         return losses, (z if need_grad else None)
 
+    def triton_sharded(self, z: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        """Every row of this kernel over its vocabulary slice, as ``__call__`` computes them, through
+        the Triton kernels of ``logitlab/_triton/sharded.py``: one pass over the (N, V_local) block
+        ``z`` (the raw logits, any floating dtype, ignored rows never read) for the row statistics,
+        the same two all-reduces (the maxima; Σ exp, z_t and Σ w z), one pass for the gradient,
+        written in z's dtype into a new tensor. Nothing is read on the host."""
+        from logitlab._triton.sharded import shard_grad, shard_stats
+
+        if self.record is not None:
+            raise RuntimeError("CrossEntropyKernel.triton_sharded: no statistics record on the Triton path")
+        eps, lam, vocab = self.label_smoothing, self.z_loss, self.vocab_total
+        keep = self.keep
+        stats = shard_stats(z, self.target, self.class_weight, keep, vocab_start=self.vocab_start, smooth=bool(eps))
+        w_t = self.target_weight.to(stats.dtype)
+        peak = all_reduce(stats[0].clone(), "max", self.group)
+        peak = torch.where(torch.isfinite(peak), peak, peak.new_zeros(()))
+        sums = torch.stack([stats[1] * (stats[0] - peak).exp(), stats[2], stats[3]])
+        sums = all_reduce(sums, "sum", self.group)
+        lse = peak + sums[0].log()
+        loss = (1 - eps) * w_t * (lse - sums[1])
+        if eps:
+            loss = loss + (eps / vocab) * (self.weight_total * lse - sums[2])
+        if lam:
+            loss = loss + lam * w_t * lse.square()
+        loss = torch.where(keep, loss, loss.new_zeros(()))
+        if not need_grad:
+            return loss, None
+        coef = (1 - eps) * w_t + (eps / vocab) * self.weight_total
+        if lam:
+            coef = coef + 2 * lam * w_t * lse
+        coef = torch.where(keep, coef, coef.new_zeros(()))
+        hit = torch.where(keep, (1 - eps) * w_t, w_t.new_zeros(()))  # a target outside the slice meets no column
+        grad = shard_grad(z, self.target, self.class_weight, keep, lse, coef, hit, vocab_start=self.vocab_start,
+                          smoothing_over_vocab=eps / vocab)
+        return loss, grad
+
     def _weighted_sum(self, z: Tensor) -> Tensor:
         if self.class_weight is None:
             return z.sum(1)

@@ -24,17 +24,17 @@ class VocabParallelCrossEntropy(nn.Module):
 
     def __init__(self, *, group=None, vocab_start: int | None = None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
-                 validate: bool = True, timeout: float | None = None) -> None:
+                 validate: bool = True, timeout: float | None = None, impl: str = "auto") -> None:
         super().__init__()
         self.group, self.vocab_start, self.ignore_index = group, vocab_start, ignore_index
         self.reduction, self.label_smoothing, self.z_loss = reduction, label_smoothing, z_loss
-        self.validate, self.timeout = validate, timeout
+        self.validate, self.timeout, self.impl = validate, timeout, impl
 
     def forward(self, local_logits: Tensor, target: Tensor) -> Tensor:
         return vocab_parallel_cross_entropy(
             local_logits, target, group=self.group, vocab_start=self.vocab_start,
             ignore_index=self.ignore_index, reduction=self.reduction, label_smoothing=self.label_smoothing,
-            z_loss=self.z_loss, validate=self.validate, timeout=self.timeout)
+            z_loss=self.z_loss, validate=self.validate, timeout=self.timeout, impl=self.impl)
 
     def extra_repr(self) -> str:
         return (f"vocab_start={self.vocab_start}, ignore_index={self.ignore_index}, "

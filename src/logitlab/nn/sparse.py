@@ -13,15 +13,16 @@ from logitlab.normalizers.sparsemax import sparsemax
 __all__ = ["Sparsemax", "Entmax15", "Entmax"]
 
 _QUIET = {"validate": True, "impl": "auto"}
+_QUIET_MAPS = {"validate": None, "impl": "auto"}  # sparsemax and entmax15: validate=None (on for CPU tensors)
 
-Sparsemax = stateless_module(sparsemax, "Sparsemax", module=__name__, quiet=_QUIET, doc="""Module form of :func:`logitlab.sparsemax`.
+Sparsemax = stateless_module(sparsemax, "Sparsemax", module=__name__, quiet=_QUIET_MAPS, doc="""Module form of :func:`logitlab.sparsemax`.
 
     Example:
         >>> import torch
         >>> Sparsemax(dim=0)(torch.tensor([1.0, 0.5, -1.0]))
         tensor([0.7500, 0.2500, 0.0000])
     """)
-Entmax15 = stateless_module(entmax15, "Entmax15", module=__name__, quiet=_QUIET, doc="""Module form of :func:`logitlab.entmax15`.
+Entmax15 = stateless_module(entmax15, "Entmax15", module=__name__, quiet=_QUIET_MAPS, doc="""Module form of :func:`logitlab.entmax15`.
 
     Example:
         >>> import torch

@@ -8,6 +8,11 @@ unique threshold with Σ_i p_i = 1. Two implementations give the same answer (to
   candidates; τ is solved on them (a closed form certified against every other entry for
   sparsemax and 1.5-entmax, safeguarded Newton with a convergence report for a general α), then
   p is written in one pass. See ``_native/sparse.c``.
+* the Triton kernels (``logitlab._triton.sparse``) for sparsemax and 1.5-entmax on CUDA tensors
+  (``impl="triton"``, or "auto" where triton imports): the same certified closed form, reached
+  by Newton (Michelot's step for sparsemax) and bisection passes over each row in blocks, so
+  any vocabulary size; nothing is read on the host but, with ``validate``, whether a row held
+  NaN or +inf. (CPU tensors take them only under ``TRITON_INTERPRET=1``, for the tests.)
 * the torch path (``_threshold_topk``): τ from each row's ``torch.topk``, verified against the
   rest of the row, retried wider, finally sorted. It serves float64 (the ``gradcheck`` target),
   other devices, and machines where the native kernel cannot be built.
@@ -72,17 +77,23 @@ def check_converged(fn: str, violation: Tensor, tol: float, max_iter: int) -> No
             f"raise max_iter or tol, or call entmax_with_info() to inspect the rows")
 
 
-def _native(logits: Tensor, impl: str = "auto", fn: str = "threshold_map") -> bool:
-    """Whether these (rows, n) logits take the native kernel for ``impl`` (the same answer on
-    fake tensors; an explicit "native" that cannot run raises, naming ``fn``)."""
+_OPS = {"sparsemax": "sparsemax", "entmax15": "entmax15", "bisect": "entmax"}
+
+
+def _engine(logits: Tensor, kind: str, impl: str = "auto", fn: str = "threshold_map") -> str:
+    """Which kernels solve these (rows, n) logits for ``impl``: "native", "triton" or "torch" (the
+    same answer on fake tensors; an explicit "native" or "triton" that cannot run raises, naming
+    ``fn``). The Triton kernels exist for sparsemax and 1.5-entmax (the rows of
+    :data:`logitlab.backend.OPS` say which op has which)."""
     if logits.shape[1] == 0:
-        return False
-    return backend.resolve(fn, impl, logits, native=lambda: native_sparse.supports(logits), op="sparsemax") == "native"
+        return "torch"
+    choice = backend.resolve(fn, impl, logits, native=lambda: native_sparse.supports(logits), op=_OPS[kind])
+    return choice if choice in ("native", "triton") else "torch"
 
 
 def _index_width(logits: Tensor, kind: str, impl: str = "auto", fn: str = "threshold_map") -> int:
-    """Columns of the saved top-k indices: 0 on the native path, which needs none."""
-    return 0 if _native(logits, impl, fn) else first_k(kind, logits.shape[1])
+    """Columns of the saved top-k indices: 0 on the native and Triton paths, which need none."""
+    return 0 if _engine(logits, kind, impl, fn) != "torch" else first_k(kind, logits.shape[1])
 
 
 def _check_alpha_values(fn: str, alpha: float | Tensor) -> None:
@@ -102,12 +113,22 @@ def _forward(logits: Tensor, alpha: Tensor, kind: str, tol: float, max_iter: int
     alpha_u = uniform_alpha(alpha) if rows and n else 1.5
     if validate and kind == "bisect" and rows and n:
         _check_alpha_values(fn, alpha_u)
-    if rows and _native(logits, impl, fn):
+    engine = _engine(logits, kind, impl, fn) if rows else "torch"
+    if engine == "native":
         probs, tau, support, n_iter, violation, bad = native_sparse.sparse_forward(
             logits, kind, alpha_u, tol, max_iter, validate)
         if bad >= 0:
             top = logits.amax(-1)
             reject_logits(fn, logits, torch.isnan(top) | (top == math.inf))
+        first_idx = logits.new_zeros((rows, 0), dtype=torch.int64)
+    elif engine == "triton":
+        from logitlab._triton import sparse as triton_sparse
+
+        probs, tau, support, n_iter, violation = triton_sparse.sparse_forward(logits, kind)
+        if validate:  # the one host read of this path: a NaN τ marks a row holding NaN or +inf
+            broken = torch.isnan(tau)
+            if bool(broken.any()):
+                reject_logits(fn, logits, broken)
         first_idx = logits.new_zeros((rows, 0), dtype=torch.int64)
     else:
         probs, tau, first_idx, support, n_iter, violation = topk_forward(
@@ -147,10 +168,15 @@ def _differentiable_backward(grad: Tensor, probs: Tensor, alpha: Tensor, kind: s
 
 
 def _backward(grad: Tensor, probs: Tensor, alpha: Tensor, first_idx: Tensor, support: Tensor,
-              kind: str, need_alpha: bool) -> tuple[Tensor, Tensor]:
+              kind: str, need_alpha: bool, engine: str = "torch") -> tuple[Tensor, Tensor]:
     rows, n = grad.shape
     if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
         return _differentiable_backward(grad, probs, alpha, kind, need_alpha)
+    if rows and n and engine == "triton" and kind != "bisect":  # no α: sparsemax and 1.5-entmax only
+        from logitlab._triton import sparse as triton_sparse
+
+        no_alpha = grad.new_zeros((rows, 1), dtype=compute_dtype(grad.dtype))
+        return triton_sparse.sparse_backward(grad, probs, kind), no_alpha
     if rows and n and first_idx.shape[1] == 0 and native_sparse.supports(probs):
         out, grad_alpha = native_sparse.sparse_backward(grad, probs, kind, uniform_alpha(alpha), need_alpha)
         if grad_alpha is None:
@@ -179,20 +205,21 @@ def _(logits, alpha, kind, tol, max_iter, raise_on_failure, validate, fn, impl):
 
 @torch.library.custom_op("logitlab::threshold_map_backward", mutates_args=())
 def _threshold_backward_op(grad: Tensor, probs: Tensor, alpha: Tensor, first_idx: Tensor,
-                           support: Tensor, kind: str, need_alpha: bool) -> tuple[Tensor, Tensor]:
-    return _backward(grad.contiguous(), probs, alpha, first_idx, support, kind, need_alpha)
+                           support: Tensor, kind: str, need_alpha: bool, engine: str) -> tuple[Tensor, Tensor]:
+    return _backward(grad.contiguous(), probs, alpha, first_idx, support, kind, need_alpha, engine)
 
 
 @_threshold_backward_op.register_fake
-def _(grad, probs, alpha, first_idx, support, kind, need_alpha):
+def _(grad, probs, alpha, first_idx, support, kind, need_alpha, engine):
     return torch.empty_like(grad), grad.new_empty(grad.shape[0], 1, dtype=compute_dtype(grad.dtype))
 
 
 def _setup_context(ctx, inputs, output):
-    _, alpha, kind, _, _, _, _, _, _ = inputs
+    logits, alpha, kind, _, _, _, _, fn, impl = inputs
     probs, _, first_idx, support, _, _ = output
     ctx.save_for_backward(probs, alpha, first_idx, support)
     ctx.kind = kind
+    ctx.engine = _engine(logits, kind, impl, fn) if logits.shape[0] else "torch"
 
 
 def _backward_rule(ctx, grad_probs, *unused):
@@ -202,7 +229,7 @@ def _backward_rule(ctx, grad_probs, *unused):
         grad_logits, grad_alpha = _differentiable_backward(grad_probs, probs, alpha, ctx.kind, need_alpha)
     else:
         grad_logits, grad_alpha = _threshold_backward_op(
-            grad_probs, probs, alpha, first_idx, support, ctx.kind, need_alpha)
+            grad_probs, probs, alpha, first_idx, support, ctx.kind, need_alpha, ctx.engine)
     return (grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None),
             None, None, None, None, None, None, None)
 
@@ -221,10 +248,11 @@ class _ThresholdFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, alpha, kind, *_ = inputs
+        logits, alpha, kind, *_, fn, impl = inputs
         probs, tau, first_idx, support, n_iter, violation = output
         ctx.save_for_backward(probs, alpha, first_idx, support)
         ctx.kind = kind
+        ctx.engine = _engine(logits, kind, impl, fn) if logits.shape[0] else "torch"
         ctx.mark_non_differentiable(tau, first_idx, support, n_iter, violation)
 
     @staticmethod
@@ -232,7 +260,7 @@ class _ThresholdFunction(torch.autograd.Function):
         probs, alpha, first_idx, support = ctx.saved_tensors
         need_alpha = bool(ctx.needs_input_grad[1])
         grad_logits, grad_alpha = _backward(grad_probs.contiguous(), probs, alpha, first_idx, support,
-                                            ctx.kind, need_alpha)
+                                            ctx.kind, need_alpha, ctx.engine)
         return (grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None),
                 None, None, None, None, None, None, None)
 

@@ -10,7 +10,15 @@ from torch import Tensor
 
 from logitlab import backend
 from logitlab._reduction import from_rows, rowwise, to_rows
-from logitlab._validation import check_dim, check_floating, check_nonnegative, compute_dtype, fail, has_data
+from logitlab._validation import (
+    check_dim,
+    check_floating,
+    check_nonnegative,
+    compute_dtype,
+    default_validate,
+    fail,
+    has_data,
+)
 from logitlab.normalizers._qexp import DENSE_BELOW, qexp_map
 from logitlab.normalizers._threshold import ConvergenceError, check_converged, threshold_map
 from logitlab.normalizers._threshold_topk import reject_logits
@@ -55,7 +63,7 @@ class EntmaxInfo(NamedTuple):
         return float(self.violation.max()) if self.violation.numel() else 0.0
 
 
-def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True, impl: str = "auto") -> Tensor:
+def entmax15(logits: Tensor, *, dim: int = -1, validate: bool | None = None, impl: str = "auto") -> Tensor:
     """1.5-entmax, exact: p = [z/2 − τ]_+², with τ the unique threshold with Σ p = 1.
 
     The map of the Tsallis regularizer at α = 1.5 (:func:`tsallis15_regularizer`): sparse like
@@ -72,8 +80,10 @@ def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True, impl: str 
     Args:
         logits: (*batch, n) scores, along ``dim``.
         dim: the class axis.
-        validate: reject NaN and ``+inf`` logits.
-        impl: 'auto' | 'native' | 'torch' (:mod:`logitlab.backend`), as in :func:`sparsemax`.
+        validate: reject NaN and ``+inf`` logits; None (the default): True for CPU tensors,
+            False for CUDA ones, as in :func:`sparsemax`.
+        impl: 'auto' | 'native' | 'torch' | 'triton' (:mod:`logitlab.backend`), as in
+            :func:`sparsemax`.
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``.
@@ -96,6 +106,7 @@ def entmax15(logits: Tensor, *, dim: int = -1, validate: bool = True, impl: str 
     if logits.numel() == 0:
         return logits.clone()
     impl = backend.check_impl("entmax15", impl)
+    validate = default_validate(logits, validate)
     return rowwise(lambda rows: threshold_map(rows, "entmax15", validate=validate, fn="entmax15", impl=impl)[0],
                    logits, axis)
 

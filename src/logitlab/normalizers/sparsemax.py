@@ -6,13 +6,13 @@ from torch import Tensor
 
 from logitlab import backend
 from logitlab._reduction import rowwise
-from logitlab._validation import check_dim, check_floating, check_nonnegative, compute_dtype
+from logitlab._validation import check_dim, check_floating, check_nonnegative, compute_dtype, default_validate
 from logitlab.normalizers._threshold import threshold_map
 
 __all__ = ["sparsemax", "gini_regularizer"]
 
 
-def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True, impl: str = "auto") -> Tensor:
+def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool | None = None, impl: str = "auto") -> Tensor:
     """Sparsemax: the point of the simplex closest to the logits.
 
     sparsemax(z) = argmin_{p ∈ Δ} ‖p − z‖² = [z − τ]_+, with τ the unique threshold such that
@@ -32,16 +32,21 @@ def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True, impl: str
     custom op: ``torch.compile(fullgraph=True)`` of a caller has no graph break.
 
     ``-inf`` logits are excluded classes (probability exactly 0); a row whose entries are all
-    ``-inf`` gives an all-zero row with zero gradient. NaN or ``+inf`` logits raise (with
-    ``validate=False`` their rows come out NaN); the check reuses the row maxima of the solve,
-    so it costs no extra pass, and it runs inside the op, also under ``torch.compile``.
+    ``-inf`` gives an all-zero row with zero gradient. NaN or ``+inf`` logits raise (by
+    default on CPU tensors; without validation their rows come out NaN); the check reuses the
+    row maxima of the solve, so it costs no extra pass, and it runs inside the op, also under
+    ``torch.compile``.
 
     Args:
         logits: (*batch, n) scores, along ``dim``.
         dim: the class axis.
-        validate: reject NaN and ``+inf`` logits.
-        impl: 'auto' | 'native' | 'torch' (:mod:`logitlab.backend`): the native kernel or the
-            ``torch.topk`` path above; 'auto' takes the kernel wherever it runs.
+        validate: reject NaN and ``+inf`` logits; None (the default) means True for CPU
+            tensors and False for CUDA ones, where the check would read a flag on the host.
+        impl: 'auto' | 'native' | 'torch' | 'triton' (:mod:`logitlab.backend`): the native kernel,
+            the ``torch.topk`` path above, or the Triton kernels for CUDA tensors (the same
+            certified closed form, reached by Newton and bisection passes over each row in
+            blocks; without validation they read nothing back to the host); 'auto' takes the
+            native kernel on the CPU and the Triton one on CUDA wherever they run.
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``, with exact zeros.
@@ -64,6 +69,7 @@ def sparsemax(logits: Tensor, *, dim: int = -1, validate: bool = True, impl: str
     impl = backend.check_impl("sparsemax", impl)
     if logits.numel() == 0:
         return logits.clone()
+    validate = default_validate(logits, validate)
     return rowwise(lambda rows: threshold_map(rows, "sparsemax", validate=validate, fn="sparsemax", impl=impl)[0],
                    logits, axis)
 

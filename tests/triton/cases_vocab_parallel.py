@@ -1,0 +1,146 @@
+"""vocab_parallel_cross_entropy(impl='triton'): the Triton shard kernels (row statistics, then the
+gradient) against the float64 reference and the torch path, in one process and on gloo ranks
+(each rank's kernels under the interpreter), and which implementation 'auto' picks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton", reason="triton is not installed (it is in the test extra)")
+
+from _triton_fixtures import device, small_blocks, triton_mode  # noqa: E402,F401
+
+from conftest import ERROR_SLACK  # noqa: E402
+from logitlab import backend, reference  # noqa: E402
+from logitlab.distributed import run_ranks, vocab_parallel_cross_entropy  # noqa: E402
+
+D = torch.float64
+C = 37
+CASES = [dict(), dict(reduction="sum"), dict(reduction="none"), dict(label_smoothing=0.2),
+         dict(z_loss=1e-2, label_smoothing=0.1, reduction="none")]
+
+
+def _value_and_grad(fn, logits, seed=0):
+    x = logits.detach().clone().requires_grad_()
+    out = fn(x)
+    g = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape).to(out.device)
+    out.backward(g)
+    return out.detach(), x.grad
+
+
+def _target(n, vocab):
+    y = torch.randint(0, vocab, (n,))
+    y[1] = -100
+    return y
+
+
+@pytest.mark.parametrize("opts", CASES)
+def test_one_process_matches_reference_in_float64(small_blocks, device, opts):
+    logits = torch.randn(5, C, dtype=D) * 3
+    logits[1] = math.nan  # an ignored row: padding, never read
+    if not opts.get("label_smoothing"):  # (smoothing sums every logit: an excluded class makes it +inf)
+        logits[3, ::4] = -math.inf
+    target = _target(5, C)
+    target[3] = 1  # a class that is not excluded
+    ours, g = _value_and_grad(lambda x: vocab_parallel_cross_entropy(x, target.to(device), impl="triton", **opts),
+                              logits.to(device))
+    truth, g_truth = _value_and_grad(lambda x: reference.cross_entropy(
+        torch.where(torch.isnan(x), 0.0, x), target, **opts), logits)
+    torch.testing.assert_close(ours.cpu(), truth, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g.cpu(), g_truth, rtol=1e-10, atol=1e-12)
+    assert torch.all(g[1] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_low_precision_no_worse_than_the_torch_path(small_blocks, device, dtype):
+    logits64 = torch.randn(6, C, dtype=D) * 4
+    target = _target(6, C)
+    opts = dict(label_smoothing=0.1, z_loss=1e-3)
+    truth, g_truth = _value_and_grad(lambda x: reference.cross_entropy(x, target, **opts), logits64)
+    low = logits64.to(dtype)
+    cpu, g_cpu = _value_and_grad(lambda x: vocab_parallel_cross_entropy(x, target, impl="torch", **opts), low)
+    ours, g_ours = _value_and_grad(
+        lambda x: vocab_parallel_cross_entropy(x, target.to(device), impl="triton", **opts), low.to(device))
+    assert ours.dtype == dtype and g_ours.dtype == dtype
+    slack = ERROR_SLACK[dtype]
+    assert (ours.cpu().double() - truth).abs().max() <= (cpu.double() - truth).abs().max() + slack
+    assert (g_ours.cpu().double() - g_truth).abs().max() <= (g_cpu.double() - g_truth).abs().max() + slack
+
+
+def test_auto_picks_triton_for_cuda_tensors_only(device):
+    """The selection (backend.resolve): 'auto' takes the Triton shard kernels for CUDA tensors
+    where triton imports, the torch path for CPU tensors; 'triton' for CPU tensors without the
+    interpreter is an error naming the function."""
+    cpu = torch.empty(2, 3)
+    fn = "vocab_parallel_cross_entropy"
+    assert backend.resolve(fn, "auto", cpu, native=lambda: False) == "torch"
+    if torch.cuda.is_available():
+        assert backend.resolve(fn, "auto", torch.empty(2, 3, device="cuda"), native=lambda: False) == "triton"
+    assert backend.OPS[fn] == ("torch", "triton")
+    with pytest.raises(ValueError, match=r"^vocab_parallel_cross_entropy\(\): argument 'impl' expected one of"):
+        vocab_parallel_cross_entropy(cpu, torch.zeros(2, dtype=torch.long), impl="native")
+
+
+def _ranks_case(rank, world, sizes):
+    """This rank's slice through the Triton kernels (interpreted) vs the full single-process loss."""
+    from logitlab._triton import xent
+
+    xent.MAX_BLOCK = 8  # several blocks per slice
+    gen = torch.Generator().manual_seed(0)
+    vocab = sum(sizes)
+    logits = torch.randn(5, vocab, dtype=D, generator=gen) * 3
+    target = torch.randint(0, vocab, (5,), generator=gen)
+    target[1] = -100
+    lo = sum(sizes[:rank])
+    hi = lo + sizes[rank]
+    errors = {}
+    for i, opts in enumerate(CASES):
+        full = logits.clone().requires_grad_()
+        expected = reference.cross_entropy(full, target, **opts)
+        local = logits[:, lo:hi].clone().requires_grad_()
+        got = vocab_parallel_cross_entropy(local, target, impl="triton", **opts)
+        seed = torch.linspace(0.5, 1.5, expected.numel(), dtype=D).reshape(expected.shape)
+        (expected * seed).sum().backward()
+        (got * seed).sum().backward()
+        errors[f"{i}_value"] = float((got.detach() - expected.detach()).abs().max())
+        errors[f"{i}_grad"] = float((local.grad - full.grad[:, lo:hi]).abs().max()) if hi > lo else 0.0
+    plain = F.cross_entropy(logits, target)
+    errors["plain"] = float((vocab_parallel_cross_entropy(logits[:, lo:hi], target, impl="triton") - plain).abs())
+    return errors
+
+
+@pytest.mark.parametrize("sizes", [(20, 17), (9, 0, 28)], ids=["2 ranks uneven", "3 ranks, one empty"])
+def test_gloo_ranks_match_the_full_vocabulary(device, sizes):
+    if device.type != "cpu":
+        pytest.skip("the gloo ranks run CPU tensors (the NCCL case needs several GPUs)")
+    results = run_ranks(_ranks_case, len(sizes), args=(sizes,), timeout=240.0, group_timeout=120.0)
+    for rank, errors in enumerate(results):
+        worst = max(errors.values())
+        assert worst < 1e-10, f"rank {rank}: {errors}"
+
+
+def test_shard_kernels_as_custom_ops(small_blocks, device):
+    """The launches a compiled caller traces: schema, fakes, and the same values as eager."""
+    from logitlab._triton import sharded
+
+    z = torch.randn(4, C, device=device)
+    target = torch.tensor([3, -100, 40, 0], device=device)  # 40: owned by another slice
+    keep = target != -100
+    weight = torch.rand(C, device=device) + 0.5
+    args = (z, target, weight, keep, 2, True)
+    torch.library.opcheck(sharded._stats_op, args, test_utils=("test_schema", "test_faketensor"))
+    stats = sharded._stats_op(*args)
+    torch.testing.assert_close(stats, sharded.shard_stats(z, target, weight, keep, vocab_start=2, smooth=True))
+    assert stats[2, 2] == 0 and stats[0, 1] == -math.inf
+    torch.testing.assert_close(stats[2, 0], z[0, 1])
+    lse, coef, hit = torch.randn(4, device=device), torch.rand(4, device=device), torch.rand(4, device=device)
+    grad_args = (z, target, weight, keep, lse, coef, hit, 2, 0.01)
+    torch.library.opcheck(sharded._grad_op, grad_args, test_utils=("test_schema", "test_faketensor"))
+    want = coef[:, None] * (z - lse[:, None]).exp() - 0.01 * weight
+    want[0, 1] -= hit[0]
+    want[1] = 0
+    torch.testing.assert_close(sharded._grad_op(*grad_args), want)
