@@ -219,7 +219,11 @@ def _setup_context(ctx, inputs, output):
     probs, _, first_idx, support, _, _ = output
     ctx.save_for_backward(probs, alpha, first_idx, support)
     ctx.kind = kind
-    ctx.engine = _engine(logits, kind, impl, fn) if logits.shape[0] else "torch"
+    # Only the Triton engine needs naming for the backward (native and torch are told apart by
+    # first_idx); asking resolve() again for a CPU tensor would refuse impl="native" on the
+    # FunctionalTensors of a torch.compile trace.
+    triton_possible = impl == "triton" or logits.device.type == "cuda"
+    ctx.engine = _engine(logits, kind, impl, fn) if logits.shape[0] and triton_possible else "torch"
 
 
 def _backward_rule(ctx, grad_probs, *unused):
@@ -252,7 +256,8 @@ class _ThresholdFunction(torch.autograd.Function):
         probs, tau, first_idx, support, n_iter, violation = output
         ctx.save_for_backward(probs, alpha, first_idx, support)
         ctx.kind = kind
-        ctx.engine = _engine(logits, kind, impl, fn) if logits.shape[0] else "torch"
+        triton_possible = impl == "triton" or logits.device.type == "cuda"  # as in _setup_context
+        ctx.engine = _engine(logits, kind, impl, fn) if logits.shape[0] and triton_possible else "torch"
         ctx.mark_non_differentiable(tau, first_idx, support, n_iter, violation)
 
     @staticmethod
