@@ -18,6 +18,7 @@ Usage::
     PYTHONPATH=src python benchmarks/entmax_alpha.py            # (1024, 1024), (256, 32768)
     PYTHONPATH=src python benchmarks/entmax_alpha.py --quick    # tiny shapes, seconds
     PYTHONPATH=src python benchmarks/entmax_alpha.py --builds avx512 avx2 portable --note "under load"
+    PYTHONPATH=src python benchmarks/entmax_alpha.py --shapes 256x4096 --alphas 0.5 1.0
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
+    parser.add_argument("--shapes", nargs="+", default=None, help="ROWSxCLASSES each (default: the full set)")
     parser.add_argument("--builds", nargs="+", default=None,
                         help="native builds to time (default: the one selected in this process)")
     parser.add_argument("--note", default="", help="stored with the records, e.g. 'under load'")
@@ -55,7 +57,8 @@ def main() -> None:
     builds = args.builds or [_native.selected_build()[0]]
     torch.manual_seed(0)
     records = []
-    for rows, n in QUICK_SHAPES if args.quick else FULL_SHAPES:
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else None
+    for rows, n in shapes or (QUICK_SHAPES if args.quick else FULL_SHAPES):
         x = torch.randn(rows, n)
         grad_out = torch.randn(rows, n)
         for alpha in args.alphas:
