@@ -29,7 +29,7 @@ SCRIPTS = {
                  ["/floor", "/naive", "logitlab_recompute", "not measured: skipped"]),
     "theory.py": ([], ["max-entropy solver", "CRF log-partition", "nll fwd+bwd ms"]),
     "distill.py": ([], ["distill kl", "ours/naive", "extra MiB ours/naive"]),
-    "entmax_alpha.py": ([], ["peer/ours", "qexp (torch, float64)", "threshold engine"]),
+    "entmax_alpha.py": ([], ["torch/native", "peer/native", "qexp", "threshold engine"]),
     "chunk_sweep.py": (["--builds", "portable"], ["/floor", "portable/native/c32", "torch/c32", "composite", "CPU:"]),
 }
 

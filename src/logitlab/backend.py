@@ -68,7 +68,9 @@ AUTO = (
 )
 
 # (op, build) where "auto" leaves the op to "torch" because the native kernel does not win there
-# (benchmarks/cross_entropy.py and benchmarks/sparse_normalizers.py measure each build).
+# (benchmarks/cross_entropy.py, benchmarks/sparse_normalizers.py and benchmarks/entmax_alpha.py
+# measure each build). An op served by more than one kernel is keyed by the kernel instead
+# (resolve's ``kernel``): α-entmax's rows below normalizers._qexp.DENSE_BELOW by "qexp".
 NATIVE_LOSES: dict[tuple[str, str], str] = {}
 
 # Names that earlier versions took, and what they are now.
@@ -101,7 +103,7 @@ def check_impl(fn: str, impl: str, *, warn: bool = True, op: str | None = None) 
 
 
 def resolve(fn: str, impl: str, sample: Tensor, *, native: Callable[[], bool],
-            composite: bool = False, op: str | None = None) -> str:
+            composite: bool = False, op: str | None = None, kernel: str | None = None) -> str:
     """The implementation op ``fn`` runs for ``impl``: "native", "torch", "composite" or "triton".
 
     Args:
@@ -114,6 +116,8 @@ def resolve(fn: str, impl: str, sample: Tensor, *, native: Callable[[], bool],
         composite: the call needs the composite implementation ("auto" then picks it; an explicit
             "native" or "torch" is the caller's responsibility).
         op: the row of :data:`OPS` when it is not ``fn``'s (a loss that runs a map's kernels).
+        kernel: the key of :data:`NATIVE_LOSES` when it is not the op's (an op whose inputs go to
+            one of several kernels, e.g. "qexp" for α-entmax near and below α = 1).
 
     Raises:
         ValueError: an unknown ``impl``, or ``impl="native"`` / ``"triton"`` where it cannot run
@@ -130,7 +134,7 @@ def resolve(fn: str, impl: str, sample: Tensor, *, native: Callable[[], bool],
             return "composite" if "composite" in have else "torch"
         if sample.device.type == "cuda" and "triton" in have and triton_available():
             return "triton"
-        if "native" in have and _native_ready(op or fn, sample, native):
+        if "native" in have and _native_ready(kernel or op or fn, sample, native):
             return "native"
         return "torch"
     if impl == "native":
@@ -185,17 +189,26 @@ def _require_triton(fn: str, sample: Tensor) -> None:
 def auto_choices(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float64)
                  ) -> dict[str, dict[str, str]]:
     """What "auto" picks for each op of :data:`OPS` on plain CPU tensors of each dtype on this machine
-    (the fused heads' logits taken large, so not materialized): {op: {dtype name: impl}}. It builds
-    the native kernels it asks about (``logitlab env`` prints it)."""
+    (the fused heads' logits taken large, so not materialized): {op: {dtype name: impl}}; α-entmax
+    has a second row per op for its α below ``normalizers._qexp.DENSE_BELOW`` (the qexp kernel).
+    It builds the native kernels it asks about (``logitlab env`` prints it)."""
+    from logitlab._native import qexp as native_qexp
     from logitlab._native import sparse as native_sparse
     from logitlab._native import xent as native_xent
+    from logitlab.normalizers._qexp import DENSE_BELOW
+
+    def row(op: str, probe: Callable[[Tensor], bool], kernel: str | None = None) -> dict[str, str]:
+        picks = {}
+        for dtype in dtypes:
+            sample = torch.empty(0, 0, dtype=dtype)
+            picks[str(dtype).removeprefix("torch.")] = resolve(op, "auto", sample, native=lambda s=sample: probe(s),
+                                                               kernel=kernel)
+        return picks
 
     table: dict[str, dict[str, str]] = {}
     for op in OPS:
         probe = native_sparse.supports if op.startswith(("sparsemax", "entmax")) else native_xent.supports
-        row = {}
-        for dtype in dtypes:
-            sample = torch.empty(0, 0, dtype=dtype)
-            row[str(dtype).removeprefix("torch.")] = resolve(op, "auto", sample, native=lambda s=sample: probe(s))
-        table[op] = row
+        table[op] = row(op, probe)
+        if op in ("entmax", "entmax_with_info"):
+            table[f"{op} (alpha < {DENSE_BELOW})"] = row(op, native_qexp.supports, kernel="qexp")
     return table

@@ -12,9 +12,10 @@ The operators are defined with ``torch.library.Library`` rather than ``torch.lib
 both make the same dispatcher entries, but the first eager call of a ``custom_op`` imports
 ``torch._dynamo`` (seconds of start-up in every process that calls a loss once).
 
-Autograd: ``xent_rows`` (losses and their gradient in one pass) and ``sparse_forward`` register
-their derivative (the saved gradient scaled by the incoming one; the sparse maps' closed-form
-backward through ``sparse_backward``); a second derivative through them raises. The in-place,
+Autograd: ``xent_rows`` (losses and their gradient in one pass), ``sparse_forward`` and
+``qexp_forward`` register their derivative (the saved gradient scaled by the incoming one; the
+sparse maps' closed-form backward through ``sparse_backward``; the q-exponential map's, for the
+logits and α, through ``qexp_backward``); a second derivative through them raises. The in-place,
 backward and matmul operators are steps inside logitlab's own autograd Functions, called with
 gradients off; they register none.
 """
@@ -208,6 +209,102 @@ def _sparse_derivative(ctx, grad_probs, *unused):
 
 
 torch.library.register_autograd("logitlab::sparse_forward", _sparse_derivative, setup_context=_sparse_setup,
+                                lib=LIBRARY)
+
+
+# --- α-entmax near and below α = 1, the q-exponential form (qexp.c) --------------------------------
+# Instantiated for float64 too: the op itself is gradchecked in float64 (the public maps send
+# float64 to the torch path, like the other kernels).
+
+QEXP_CODES = {**DTYPE_CODES, torch.float64: "f64"}
+
+
+def _qexp_symbol(op: str, prefix: str, dtype: torch.dtype):
+    if dtype not in QEXP_CODES:
+        raise ValueError(f"logitlab::{op}: expected float32, bfloat16, float16 or float64 rows, got {dtype}")
+    fn = symbol("qexp", f"{prefix}{QEXP_CODES[dtype]}")
+    if fn is None:
+        raise RuntimeError(f"logitlab::{op}: the native kernel 'qexp' is unavailable (see logitlab env)")
+    return fn
+
+
+def _qexp_forward(rows, alpha, tol, max_iter, validate):
+    n_rows, n_classes = rows.shape
+    _check_alpha("qexp_forward", alpha, n_rows)
+    fn = _qexp_symbol("qexp_forward", "ll_qexp_fwd_", rows.dtype)
+    rows = rows if n_classes <= 1 or rows.stride(1) == 1 else rows.contiguous()
+    probs = empty_like_huge(rows)
+    tau = torch.empty(n_rows, dtype=torch.float64)
+    n_iter = torch.empty(n_rows, dtype=torch.int64)
+    violation = torch.empty(n_rows, dtype=torch.float64)
+    lda = 0 if alpha.numel() == 1 else 1
+    code = fn(rows.data_ptr(), rows.stride(0), probs.data_ptr(), probs.stride(0), n_rows, n_classes,
+              alpha.data_ptr(), lda, float(tol), int(max_iter), int(bool(validate)), tau.data_ptr(),
+              n_iter.data_ptr(), violation.data_ptr(), threads_for(n_rows * n_classes))
+    if code == -2:
+        raise MemoryError("logitlab::qexp_forward: the qexp kernel could not allocate its scratch rows")
+    return probs, tau, n_iter, violation, _status(int(code), rows)
+
+
+def _qexp_forward_fake(rows, alpha, tol, max_iter, validate):
+    n = rows.shape[0]
+    vec = rows.new_empty(n, dtype=torch.float64)
+    return (torch.empty_like(rows), vec, rows.new_empty(n, dtype=torch.int64), torch.empty_like(vec),
+            rows.new_empty((), dtype=torch.int64))
+
+
+_define("qexp_forward(Tensor rows, Tensor alpha, float tol, int max_iter, bool validate) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)", _qexp_forward, _qexp_forward_fake)
+
+
+def _qexp_backward(grad, probs, alpha, need_alpha):
+    n_rows, n_classes = probs.shape
+    _check_alpha("qexp_backward", alpha, n_rows)
+    if grad.shape != probs.shape or grad.dtype != probs.dtype:
+        raise ValueError(f"logitlab::qexp_backward: grad must match probs, got {tuple(grad.shape)} {grad.dtype} "
+                         f"and {tuple(probs.shape)} {probs.dtype}")
+    fn = _qexp_symbol("qexp_backward", "ll_qexp_bwd_", probs.dtype)
+    grad = grad if n_classes <= 1 or grad.stride(1) == 1 else grad.contiguous()
+    probs = probs if n_classes <= 1 or probs.stride(1) == 1 else probs.contiguous()
+    out = empty_like_huge(probs)
+    grad_alpha = torch.empty(n_rows if need_alpha else 0, dtype=torch.float64)
+    lda = 0 if alpha.numel() == 1 else 1
+    code = fn(grad.data_ptr(), grad.stride(0), probs.data_ptr(), probs.stride(0), out.data_ptr(), out.stride(0),
+              n_rows, n_classes, alpha.data_ptr(), lda, grad_alpha.data_ptr() if need_alpha else None,
+              threads_for(n_rows * n_classes))
+    if code == -2:
+        raise MemoryError("logitlab::qexp_backward: the qexp kernel could not allocate its scratch rows")
+    return out, grad_alpha
+
+
+def _qexp_backward_fake(grad, probs, alpha, need_alpha):
+    return torch.empty_like(probs), probs.new_empty(probs.shape[0] if need_alpha else 0, dtype=torch.float64)
+
+
+_define("qexp_backward(Tensor grad, Tensor probs, Tensor alpha, bool need_alpha) -> (Tensor, Tensor)",
+        _qexp_backward, _qexp_backward_fake)
+
+
+def _qexp_setup(ctx, inputs, output):
+    _, alpha, *_ = inputs
+    ctx.save_for_backward(output[0], alpha)
+
+
+def _qexp_derivative(ctx, grad_probs, *unused):
+    if torch.is_grad_enabled():
+        raise RuntimeError("logitlab::qexp_forward: no double backward through the kernel op; the public maps "
+                           "(entmax, entmax_with_info) have it")
+    probs, alpha = ctx.saved_tensors
+    need_alpha = bool(ctx.needs_input_grad[1])
+    grad = grad_probs.to(probs.dtype).contiguous()
+    out, grad_alpha = torch.ops.logitlab.qexp_backward(grad, probs, alpha, need_alpha)
+    if not need_alpha:
+        return out, None, None, None, None
+    grad_alpha = grad_alpha.sum().reshape(alpha.shape) if alpha.numel() == 1 else grad_alpha.reshape(alpha.shape)
+    return out, grad_alpha.to(alpha.dtype), None, None, None
+
+
+torch.library.register_autograd("logitlab::qexp_forward", _qexp_derivative, setup_context=_qexp_setup,
                                 lib=LIBRARY)
 
 

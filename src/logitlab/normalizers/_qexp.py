@@ -25,6 +25,13 @@ with s = p^{2−α} (0 where p = 0) and c = Σ s g / Σ s,
     ∂L/∂α = Σ_i (g_i − c) E_i,   E_i = ∂exp_α(t)/∂α |_{t = z_i − μ} = −p_i ℓ_i² h((α−1) ℓ_i),
 
 where ℓ = log p and h(w) = (expm1(−w) + w)/w² (h(0) = ½), so E → −½ p (log p)² at α = 1.
+
+Two implementations of that forward and backward, chosen by :func:`logitlab.backend.resolve`
+(``impl``): the native kernel ``_native/qexp.c`` for float32, bfloat16 and float16 rows on the
+CPU (the same start, bracket, steps and stopping rule, in double, so ``n_iter`` and the
+violation mean the same; p rounded once to the storage type), and the torch ops here for
+everything else (float64, other devices, no C compiler). With ``create_graph=True`` the backward
+is the torch ops on the saved p either way, so double backward works on both.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ import math
 import torch
 from torch import Tensor
 
+from logitlab import backend
+from logitlab._native import qexp as native_qexp
 from logitlab.normalizers._threshold_topk import compute_dtype, reject_logits
 
 __all__ = ["qexp_map", "DENSE_BELOW"]
@@ -158,11 +167,24 @@ def _forward(rows: Tensor, alpha: Tensor, tol: float, max_iter: int, validate: b
     return p.to(rows.dtype), tau.to(cdtype), n_iter, violation.to(cdtype)
 
 
+def _native_forward(rows: Tensor, alpha: Tensor, tol: float, max_iter: int, validate: bool, fn: str
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_forward` by the native kernel (the same outputs, dtypes and NaN / +inf handling)."""
+    probs, tau, n_iter, violation, bad = native_qexp.qexp_forward(rows, alpha, tol, max_iter, validate)
+    if bad >= 0:
+        top = rows.amax(-1)
+        reject_logits(fn, rows, torch.isnan(top) | (top == math.inf))
+    cdtype = compute_dtype(rows.dtype)
+    return probs, tau.to(cdtype), n_iter, violation.to(cdtype)
+
+
 class _QExpFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, alpha, tol, max_iter, validate, fn):
-        probs, tau, n_iter, violation = _forward(rows, alpha, tol, max_iter, validate, fn)
+    def forward(ctx, rows, alpha, tol, max_iter, validate, fn, native):
+        solve = _native_forward if native else _forward
+        probs, tau, n_iter, violation = solve(rows, alpha, tol, max_iter, validate, fn)
         ctx.save_for_backward(probs, alpha)
+        ctx.native = native
         ctx.mark_non_differentiable(tau, n_iter, violation)
         return probs, tau, n_iter, violation
 
@@ -170,18 +192,26 @@ class _QExpFunction(torch.autograd.Function):
     def backward(ctx, grad_probs, *unused):
         probs, alpha = ctx.saved_tensors
         need_alpha = bool(ctx.needs_input_grad[1])
-        grad_logits, grad_alpha = qexp_backward(grad_probs, probs, alpha, need_alpha)
+        if ctx.native and not torch.is_grad_enabled():  # create_graph=True: the differentiable torch ops
+            grad_logits, grad_alpha = native_qexp.qexp_backward(grad_probs, probs, alpha, need_alpha)
+        else:
+            grad_logits, grad_alpha = qexp_backward(grad_probs, probs, alpha, need_alpha)
         if grad_alpha is not None:
             grad_alpha = grad_alpha.to(alpha.dtype)
             if alpha.shape[0] != grad_alpha.shape[0]:  # one α shared by every row
                 grad_alpha = grad_alpha.sum(0, keepdim=True)
-        return grad_logits, grad_alpha, None, None, None, None
+        return grad_logits, grad_alpha, None, None, None, None, None
 
 
-def qexp_map(rows: Tensor, alpha: Tensor, *, tol: float, max_iter: int, validate: bool, fn: str
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def qexp_map(rows: Tensor, alpha: Tensor, *, tol: float, max_iter: int, validate: bool, fn: str,
+             impl: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """α-entmax of (rows, n) logits for α (rows, 1) or (1, 1), any α > 0 (values unchecked).
+
+    ``impl`` ('auto' | 'native' | 'torch', :mod:`logitlab.backend`, for the op named ``fn``)
+    picks the native kernel or the torch ops; an explicit 'native' that cannot run raises.
 
     Returns probs (rows, n), τ (rows,), n_iter (rows,), |Σp − 1| before renormalization (rows,).
     """
-    return _QExpFunction.apply(rows, alpha, float(tol), int(max_iter), bool(validate), fn)
+    native = rows.shape[1] > 0 and backend.resolve(
+        fn, impl, rows, native=lambda: native_qexp.supports(rows), op="entmax", kernel="qexp") == "native"
+    return _QExpFunction.apply(rows, alpha, float(tol), int(max_iter), bool(validate), fn, native)

@@ -211,8 +211,9 @@ def _softmax_rows(fn: str, rows: Tensor, validate: bool) -> tuple[Tensor, Tensor
 
 def _solve_rows(fn: str, rows: Tensor, alpha: Tensor, tol: float, max_iter: int,
                 raise_on_failure: bool, validate: bool, impl: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """α-entmax of (rows, n): α ≥ DENSE_BELOW by the threshold engine (native kernels), the
-    rest (near and below 1) by the q-exponential solver; a tensor α with both splits the rows."""
+    """α-entmax of (rows, n): α ≥ DENSE_BELOW by the threshold engine, the rest (near and below
+    1) by the q-exponential solver, each with its native kernel where ``impl`` resolves to one;
+    a tensor α with both splits the rows."""
     # Compiled, or on meta tensors (no α to read): the engine alone, whose op has a fake.
     eager = not torch.compiler.is_compiling() and has_data(rows)
     if alpha.shape[0] > 1 and eager:
@@ -236,7 +237,7 @@ def _solve_rows(fn: str, rows: Tensor, alpha: Tensor, tol: float, max_iter: int,
     if alpha.shape[0] == 1 and not alpha.requires_grad and float(alpha.reshape(-1)[0]) == 1.0:
         return _softmax_rows(fn, rows, validate)  # α = 1 exactly, no α-gradient: the softmax
     probs, tau, n_iter, violation = qexp_map(rows, alpha, tol=tol, max_iter=max_iter,
-                                             validate=validate, fn=fn)
+                                             validate=validate, fn=fn, impl=impl)
     if raise_on_failure:
         check_converged(fn, violation, tol, max_iter)
     return probs, tau, n_iter, violation
@@ -259,7 +260,8 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
     a lower bound on τ; elsewhere each row's ``torch.topk``, verified against the rest as in
     :func:`sparsemax`, retried wider, then a full sort). For α < 1.0625 (near and below 1) μ is
     solved instead, in the logits' scale, by safeguarded Newton on log Σ exp_α(z − μ) over the
-    whole row in float64 (``normalizers._qexp``), with exp_α as exp(log1p((α−1)t)/(α−1)): no
+    whole row in float64 (``normalizers._qexp``; native kernel on the CPU for float32 and half
+    precision, elsewhere torch ops), with exp_α as exp(log1p((α−1)t)/(α−1)): no
     1/(α−1) factor anywhere, so the map and both gradients are continuous across α = 1, where
     it is the softmax. Either way the solve stops when every row satisfies
     |Σ p − 1| ≤ ``tol``; if ``max_iter`` steps do not get there it raises
@@ -285,9 +287,9 @@ def entmax(logits: Tensor, alpha: float | Tensor = 1.5, *, dim: int = -1, tol: f
             ``alpha`` (without it such rows come out NaN). The logits are checked from the row
             maxima the solve computes anyway (no extra pass), inside the op, so also under
             ``torch.compile``.
-        impl: 'auto' | 'native' | 'torch' (:mod:`logitlab.backend`) for the rows with
-            α ≥ 1.0625 (the native kernel, or the ``torch.topk`` engine); the rows below take
-            the q-exponential solver in torch ops whatever it says.
+        impl: 'auto' | 'native' | 'torch' (:mod:`logitlab.backend`): the native kernels (the
+            threshold engine's for α ≥ 1.0625, the q-exponential solver's below), or the torch
+            paths (the ``torch.topk`` engine, the q-exponential solver in torch ops).
 
     Returns:
         (*batch, n) probabilities, the shape and dtype of ``logits``.
