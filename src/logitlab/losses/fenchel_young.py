@@ -40,6 +40,7 @@ from logitlab._validation import (
     has_data,
     meta_output,
 )
+from logitlab.losses._inputs import check_logit_rows, scale_by_temperature
 from logitlab.losses._model import (
     as_callers_errors,
     normalizer_params,
@@ -47,7 +48,6 @@ from logitlab.losses._model import (
     regularizer_params,
     with_validate,
 )
-from logitlab.losses.divergences import check_logit_rows, scale_by_temperature
 
 __all__ = ["fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss", "make_fenchel_young_loss"]
 
