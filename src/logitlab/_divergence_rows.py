@@ -72,12 +72,6 @@ def _zero_rows(grad: Tensor, rows: Tensor) -> Tensor:
     return torch.where(rows.unsqueeze(-1), torch.zeros_like(grad), grad)
 
 
-def _chain(g: Tensor, q: Tensor, total: Callable[..., tuple[Tensor, ...]]) -> Tensor:
-    """g − q Σ g: the gradient with respect to s of q = softmax(s), given g = ∂D/∂log q."""
-    (sum_g,) = total(g)
-    return g - q * sum_g.unsqueeze(-1)
-
-
 def _probs(q: Tensor | None, log_q: Tensor) -> Tensor:
     return log_q.exp() if q is None else q
 
@@ -236,12 +230,21 @@ def renyi(p: Tensor, log_p: Tensor, q: Tensor | None, log_q: Tensor, *, alpha: f
     return Row(value, _zero_rows(_probs(q, log_q) - weights, flagged | infinite))
 
 
+def _sum_and_chain(term: Tensor, g: Tensor | None, q: Tensor, total: Callable[..., tuple[Tensor, ...]]) -> Row:
+    """The row's value Σ term and, given g = ∂D/∂log q, its gradient g − q Σ g with respect to s
+    (q = softmax(s): the chain rule of the softmax), both sums in one ``total`` call."""
+    if g is None:
+        (value,) = total(term)
+        return Row(value, None)
+    value, sum_g = total(term, g)
+    return Row(value, g - q * sum_g.unsqueeze(-1))
+
+
 def total_variation(p: Tensor, log_p: Tensor, q: Tensor | None, log_q: Tensor, *,
                     total: Callable[..., tuple[Tensor, ...]] = row_sums, grad: bool = False) -> Row:
     """½ Σ |p − q|. ∂D/∂log q = ½ q sign(q − p)."""
     q = _probs(q, log_q)
-    (value,) = total(0.5 * (p - q).abs())
-    return Row(value, _chain(0.5 * q * torch.sign(q - p), q, total) if grad else None)
+    return _sum_and_chain(0.5 * (p - q).abs(), 0.5 * q * torch.sign(q - p) if grad else None, q, total)
 
 
 def hellinger(p: Tensor, log_p: Tensor, q: Tensor | None, log_q: Tensor, *,
@@ -251,16 +254,15 @@ def hellinger(p: Tensor, log_p: Tensor, q: Tensor | None, log_q: Tensor, *,
     ∂D/∂log q = −½ (√p − √q) √q.
     """
     root_p, root_q = torch.exp(0.5 * log_p), torch.exp(0.5 * log_q)
-    (value,) = total(0.5 * (root_p - root_q).square())
-    return Row(value, _chain(-0.5 * (root_p - root_q) * root_q, _probs(q, log_q), total) if grad else None)
+    g = -0.5 * (root_p - root_q) * root_q if grad else None
+    return _sum_and_chain(0.5 * (root_p - root_q).square(), g, _probs(q, log_q), total)
 
 
 def brier(p: Tensor, log_p: Tensor, q: Tensor | None, log_q: Tensor, *,
           total: Callable[..., tuple[Tensor, ...]] = row_sums, grad: bool = False) -> Row:
     """Σ (p − q)². ∂D/∂log q = −2 (p − q) q."""
     q = _probs(q, log_q)
-    (value,) = total((p - q).square())
-    return Row(value, _chain(-2.0 * (p - q) * q, q, total) if grad else None)
+    return _sum_and_chain((p - q).square(), -2.0 * (p - q) * q if grad else None, q, total)
 
 
 # --- the records: one per divergence -------------------------------------------------------

@@ -46,8 +46,8 @@ def log_softmax_full(blocks: list[Tensor], group) -> list[Tensor]:
     if local:
         own = []
         for b, lp in zip(blocks, log_probs):
-            peak, at = b.max(1, keepdim=True)
-            own.append((peak - lp.gather(1, at)).squeeze(1))
+            peak, at = b.max(1, keepdim=True)  # a row of only -inf here: ℓ_r = -inf (its lp is NaN)
+            own.append(torch.where(torch.isneginf(peak), peak, peak - lp.gather(1, at)).squeeze(1))
         own = torch.stack(own)
     else:
         own = blocks[0].new_full((len(blocks), rows), -math.inf)
