@@ -502,13 +502,6 @@ def _naive(hidden, weight, target, *, bias, class_weight, ignore_index, reductio
         row_weight = 1.0 if cw is None else cw[torch.where(keep, flat, torch.zeros_like(flat))]
         rows = rows + z_loss * torch.where(keep, row_weight * torch.logsumexp(logits2d, dim=1).square(),
                                            rows.new_zeros(()))
-    if reduction == "none":
-        return rows.reshape(target.shape).to(hidden.dtype)
-    total = rows.sum()
-    if reduction == "mean":
-        if cw is None:
-            denom = keep.sum().to(total.dtype)
-        else:
-            denom = torch.where(keep, cw[torch.where(keep, flat, torch.zeros_like(flat))], cw.new_zeros(())).sum()
-        total = total / torch.where(denom == 0, torch.ones_like(denom), denom)
-    return total.to(hidden.dtype)
+    row_weight = None if cw is None else cw[torch.where(keep, flat, torch.zeros_like(flat))]
+    out = _reduction.reduce_loss(rows, reduction, keep=keep, row_weight=row_weight)
+    return (out.reshape(target.shape) if reduction == "none" else out).to(hidden.dtype)

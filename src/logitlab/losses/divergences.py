@@ -14,6 +14,11 @@ Zero probabilities: 0 · log 0 = 0; a divergence is +inf exactly where its defin
 target = 0, Rényi and Amari orders outside (0, 1) likewise, Rényi of order < 1 between disjoint
 supports); such rows have zero gradient. JS, TV, Hellinger and Brier are always finite. No
 input that passes validation produces a NaN.
+
+Each divergence is defined once, in :mod:`logitlab._divergence_rows`: its row function (value
+and gradient) and its record (own parameter, docstring). The named functions here
+(``kl_divergence``, ...) are generated from those records, and the chunked and
+vocabulary-parallel losses call the same row functions.
 """
 
 from __future__ import annotations
