@@ -79,7 +79,7 @@ def _private_names_imported_across_modules() -> list[str]:
             package = src.joinpath(*node.module.split("."))
             for alias in node.names:
                 is_module = (package / f"{alias.name}.py").exists() or (package / alias.name).is_dir()
-                if alias.name.startswith("_") and not is_module:
+                if alias.name.startswith("_") and not alias.name.startswith("__") and not is_module:
                     found.append(f"{path.relative_to(src)}: from {node.module} import {alias.name}")
     return found
 
