@@ -21,7 +21,8 @@ from torch import Tensor
 
 from logitlab._validation import check_tensor, fail
 
-__all__ = ["reduce_loss", "to_rows", "from_rows", "rowwise", "shift_target"]
+__all__ = ["reduce_loss", "reduction_scale", "row_scale", "to_rows", "from_rows", "rowwise", "neutralize",
+           "shift_target"]
 
 
 def reduce_loss(values: Tensor, reduction: str, *, keep: Tensor | None = None,
@@ -55,6 +56,47 @@ def reduce_loss(values: Tensor, reduction: str, *, keep: Tensor | None = None,
         denom = w.sum().to(values.dtype)
     # An empty batch (denominator 0) has mean 0: total is then exactly 0 too.
     return total / torch.where(denom == 0, torch.ones_like(denom), denom)
+
+
+def reduction_scale(reduction: str, denominator: int | float | Tensor) -> float | Tensor | None:
+    """The factor that turns the sum of the kept rows' losses into the reduction.
+
+    None for 'none' (the rows are returned), 1 for 'sum', ``1 / denominator`` for 'mean' (the
+    number or total weight of the kept rows; 'batchmean' is 'mean' with every row kept), 0 when
+    the denominator is 0 (no row kept: the mean is 0). A tensor denominator gives a 0-d tensor,
+    never read on the host (no device synchronisation; ``torch.compile`` traces it); a Python
+    number gives a Python float.
+
+    Example:
+        >>> reduction_scale("mean", 4), reduction_scale("mean", 0), reduction_scale("sum", 4)
+        (0.25, 0.0, 1.0)
+        >>> reduction_scale("mean", torch.tensor([1.0, 3.0]).sum())
+        tensor(0.2500)
+    """
+    if reduction == "none":
+        return None
+    if reduction == "sum":
+        return 1.0
+    if isinstance(denominator, Tensor):
+        empty = denominator == 0
+        return torch.where(empty, torch.zeros_like(denominator), 1.0 / torch.where(empty, 1.0, denominator))
+    return 1.0 / denominator if denominator else 0.0
+
+
+def row_scale(keep: Tensor, reduction: str, dtype: torch.dtype, row_weight: Tensor | None = None) -> Tensor:
+    """(N,) factor of each row's loss: 1 for a kept row and 0 otherwise ('none', 'sum'), divided by
+    the kept rows' total weight (their number without ``row_weight``) for 'mean'; on the device.
+
+    Example:
+        >>> row_scale(torch.tensor([True, False, True]), "mean", torch.float32)
+        tensor([0.5000, 0.0000, 0.5000])
+    """
+    kept = keep.to(dtype)
+    if reduction != "mean":
+        return kept
+    per_row = kept if row_weight is None else row_weight.to(dtype) * kept
+    total = per_row.sum()
+    return kept / torch.where(total == 0, torch.ones_like(total), total)
 
 
 def to_rows(x: Tensor, dim: int) -> tuple[Tensor, tuple[int, ...]]:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from logitlab import _divergence_rows as divergence_rows
 from logitlab._validation import (
     check_dim,
     check_floating,
@@ -25,9 +26,8 @@ from logitlab._validation import (
     compute_dtype,
     fail,
 )
-from logitlab.losses import _kernels
+from logitlab.losses._inputs import check_logit_rows
 from logitlab.losses._model import safe_log
-from logitlab.losses.divergences import check_logit_rows
 
 __all__ = ["entropy", "cross_entropy_between", "kl_between", "decompose", "Decomposition"]
 
@@ -158,7 +158,7 @@ def kl_between(target_probs: Tensor, probs: Tensor, *, dim: int = -1, base: floa
     """
     fn = "kl_between"
     p, q = _pair(fn, target_probs, probs, dim, validate)
-    values = _kernels.kl(p, safe_log(p), q, safe_log(q))
+    values = divergence_rows.kl(p, safe_log(p), q, safe_log(q)).value
     return _scale(values, fn, base).to(probs.dtype)
 
 
@@ -218,5 +218,5 @@ def decompose(logits: Tensor, target_probs: Tensor, *, dim: int = -1, base: floa
     log_p = safe_log(p)
     cross = _cross_entropy_rows(p, log_p, log_q)
     ent = -(p * torch.where(p > 0, log_p, torch.zeros_like(p))).sum(-1)
-    kl = _kernels.kl(p, log_p, log_q.exp(), log_q)
+    kl = divergence_rows.kl(p, log_p, log_q.exp(), log_q).value
     return Decomposition(*(_scale(part, fn, base).to(logits.dtype) for part in (cross, ent, kl)))

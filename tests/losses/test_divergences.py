@@ -498,7 +498,7 @@ def test_property_generalized_js_is_bounded_by_the_binary_entropy(pair, beta):
 
 
 def test_kl_fast_path_and_general_kernel_agree():
-    # fixed targets without excluded classes take Σ xlogy(p, p) − p log q; the rest the kernel
+    # (there was a separate fast path for fixed targets; one KL row function now serves both)
     logits, target = torch.randn(5, 7, dtype=F64), random_target((5, 7), -1, sparse=True)
     fast = D.kl_divergence(logits, target, reduction="none")
     general = D.kl_divergence(logits, target.clone().requires_grad_(True), reduction="none")

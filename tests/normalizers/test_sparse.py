@@ -63,7 +63,7 @@ def test_wide_supports_take_the_verified_fallback(name, n, scale):
 def test_fallback_is_exercised():
     z = _logits((4, 500), 1e-3)
     _, _, _, _, support = _threshold.threshold_map(z, "sparsemax")
-    assert int(support.min()) > _threshold._FIRST_K["sparsemax"] * _threshold._GROW
+    assert int(support.min()) > _threshold.FIRST_K["sparsemax"] * _threshold.GROW
 
 
 @pytest.mark.parametrize("name", list(MAPS))

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from logitlab import _divergence_rows as divergence_rows
 from logitlab import _validation as v
 from logitlab import backend
 from logitlab._dtensor import (
@@ -34,8 +35,10 @@ from logitlab._dtensor import (
     sharded_local,
     vocab_layout,
 )
-from logitlab.fused._kernel import all_reduce, collective_timeout
-from logitlab.fused.cross_entropy import build_kernel, check_group, check_options, reduction_scale, vocab_offsets
+from logitlab._reduction import reduction_scale
+from logitlab.fused._kernel import collective_timeout
+from logitlab.fused.cross_entropy import build_kernel, check_group, check_options, vocab_offsets
+from logitlab.fused.divergence import log_softmax_full, row_totals
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_kl_divergence", "resolve_group"]
 
@@ -209,7 +212,7 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         else:
             z = rows.to(acc, copy=True).masked_fill_((flat == ignore_index).unsqueeze(1), 0.0)  # padding: anything
             loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
-    out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(kernel, reduction))
+    out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(reduction, kernel.target_weight.sum()))
     return _output(out.reshape(target.shape) if reduction == "none" else out, layout)
 
 
@@ -223,9 +226,11 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
                                  timeout: float | datetime.timedelta | None = None) -> Tensor:
     r"""D(p ‖ q) with p = softmax(teacher / T), q = softmax(student / T) over a sharded vocabulary.
 
-    D(p ‖ q) = Σ_c p_c (log p_c − log q_c) = Σ_c p_c (u_c − z_c) / T + lse(z / T) − lse(u / T),
-    each term all-reduced over the ranks' slices. The teacher is constant (no gradient); the
-    gradient with respect to this rank's student slice is (q − p) / T on it. 'mean' averages
+    D(p ‖ q) = Σ_c p_c (log p_c − log q_c): both log-softmaxes over the full vocabulary (the
+    ranks' log-sum-exps combined in two all-reduces), then the KL row function of
+    :mod:`logitlab._divergence_rows` with its sums all-reduced in a third. The teacher is
+    constant (no gradient); the gradient with respect to this rank's student slice is
+    (q − p) / T on it. 'mean' averages
     over rows (the 'batchmean' of ``kl_div``).
 
     DTensors as in :func:`vocab_parallel_cross_entropy`: ``local_logits`` a DTensor
@@ -294,19 +299,10 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     with collective_timeout(timeout):
         if group is not None and layout is None:  # the same rows everywhere, or the all-reduces below
             vocab_offsets(local, group, z.device, rows=rows, fn=fn)  # mismatch (a DTensor's shape says so)
-        peaks = torch.stack([z.amax(1), u.amax(1)]) if local else z.new_full((2, rows), float("-inf"))
-        peaks = all_reduce(peaks, "max", group)
-    peaks = torch.where(torch.isfinite(peaks), peaks, peaks.new_zeros(()))
-    q = (z - peaks[0].unsqueeze(1)).exp_()
-    p = (u - peaks[1].unsqueeze(1)).exp_()
-    sums = torch.stack([q.sum(1), p.sum(1), (p * (u - z)).sum(1)])
-    with collective_timeout(timeout):
-        sums = all_reduce(sums, "sum", group)
-    q.div_(sums[0].unsqueeze(1))
-    p.div_(sums[1].unsqueeze(1))
-    lse_z, lse_u = peaks[0] + sums[0].log(), peaks[1] + sums[1].log()
-    loss = sums[2] / sums[1] + lse_z - lse_u
-    grad = q.sub_(p).div_(temperature)
-    scale = None if reduction == "none" else 1.0 if reduction == "sum" else 1.0 / max(rows, 1)
+        log_q, log_p = log_softmax_full([z, u], group)  # over the full vocabulary
+        total, _ = row_totals(group)
+        loss, grad = divergence_rows.kl(log_p.exp(), log_p, log_q.exp(), log_q, total=total, grad=True)
+    grad = grad.div_(temperature)
+    scale = reduction_scale(reduction, rows)
     out = _PrecomputedRows.apply(local_logits, loss, grad, scale)
     return _output(out.reshape(local_logits.shape[:-1]) if reduction == "none" else out, layout)

@@ -306,7 +306,7 @@ var Engine = (function () {
     return { q: q, logq: safeLog(q) };
   }
 
-  // ---- divergence kernels (losses/_kernels.py), D(p ‖ q) on nodes ----
+  // ---- divergence kernels (_divergence_rows.py), D(p ‖ q) on nodes ----
   function kl(p, lp, q, lq) {
     var infinite = false, terms = [];
     for (var i = 0; i < p.length; i++) {

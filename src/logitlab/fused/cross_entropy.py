@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from logitlab import _reduction, backend
 from logitlab import _validation as v
-from logitlab import backend
 from logitlab._dtensor import any_dtensor, head_locals, replicated_output
 from logitlab._native import xent as native_xent
 from logitlab._reduction import shift_target
@@ -441,14 +441,10 @@ def reduction_scale(kernel: CrossEntropyKernel, reduction: str, sync: bool = Tru
     """1 for 'sum', 1 / Σ w_t over kept rows for 'mean' (0 when none is kept), None for 'none'.
 
     The mean's factor is a 0-d tensor, never read on the host (no device synchronisation, and
-    ``torch.compile`` traces it); ``sync`` is accepted for the callers that pass it.
+    ``torch.compile`` traces it); ``sync`` is accepted for the callers that pass it. (The factor
+    is :func:`logitlab._reduction.reduction_scale` of the kept rows' total weight.)
     """
-    if reduction == "none":
-        return None
-    if reduction == "sum":
-        return 1.0
-    denom = kernel.target_weight.sum()
-    return torch.where(denom == 0, torch.zeros_like(denom), 1.0 / torch.where(denom == 0, 1.0, denom))
+    return _reduction.reduction_scale(reduction, kernel.target_weight.sum())
 
 
 def check_group(fn: str, group):
@@ -511,13 +507,6 @@ def _naive(hidden, weight, target, *, bias, class_weight, ignore_index, reductio
         row_weight = 1.0 if cw is None else cw[torch.where(keep, flat, torch.zeros_like(flat))]
         rows = rows + z_loss * torch.where(keep, row_weight * torch.logsumexp(logits2d, dim=1).square(),
                                            rows.new_zeros(()))
-    if reduction == "none":
-        return rows.reshape(target.shape).to(hidden.dtype)
-    total = rows.sum()
-    if reduction == "mean":
-        if cw is None:
-            denom = keep.sum().to(total.dtype)
-        else:
-            denom = torch.where(keep, cw[torch.where(keep, flat, torch.zeros_like(flat))], cw.new_zeros(())).sum()
-        total = total / torch.where(denom == 0, torch.ones_like(denom), denom)
-    return total.to(hidden.dtype)
+    row_weight = None if cw is None else cw[torch.where(keep, flat, torch.zeros_like(flat))]
+    out = _reduction.reduce_loss(rows, reduction, keep=keep, row_weight=row_weight)
+    return (out.reshape(target.shape) if reduction == "none" else out).to(hidden.dtype)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from logitlab import _divergence_rows as divergence_rows
 from logitlab import _validation as v
 from logitlab import backend
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows, gpu_chunk_rows
@@ -23,12 +24,12 @@ from logitlab.fused.cross_entropy import (
     vocab_offsets,
 )
 
-__all__ = ["linear_divergence_loss", "DIVERGENCES"]
+__all__ = ["linear_divergence_loss", "DIVERGENCES", "log_softmax_full", "row_totals"]
 
 DIVERGENCES = ("kl", "reverse_kl", "js")
 
 
-def _log_softmax_full(blocks: list[Tensor], group) -> list[Tensor]:
+def log_softmax_full(blocks: list[Tensor], group) -> list[Tensor]:
     """Log-softmax over the FULL vocabulary of each (rows, V_local) block of this rank's columns.
 
     Each rank's log-sum-exp ℓ_r over its own columns (read off its local log-softmax at the row
@@ -36,6 +37,7 @@ def _log_softmax_full(blocks: list[Tensor], group) -> list[Tensor]:
     two all-reduces of (blocks, rows) statistics whatever the number of blocks, the maxima
     (MAX) then the sums (SUM). The local log-softmax is then shifted by ℓ_r − lse. Without a
     group this is torch's log_softmax (differentiable: the naive path runs through autograd).
+    Nothing is read on the host (``torch.compile`` traces it with functional collectives).
     """
     log_probs = [torch.log_softmax(b, 1) for b in blocks]
     if group is None:
@@ -44,8 +46,8 @@ def _log_softmax_full(blocks: list[Tensor], group) -> list[Tensor]:
     if local:
         own = []
         for b, lp in zip(blocks, log_probs):
-            peak, at = b.max(1, keepdim=True)
-            own.append((peak - lp.gather(1, at)).squeeze(1))
+            peak, at = b.max(1, keepdim=True)  # a row of only -inf here: ℓ_r = -inf (its lp is NaN)
+            own.append(torch.where(torch.isneginf(peak), peak, peak - lp.gather(1, at)).squeeze(1))
         own = torch.stack(own)
     else:
         own = blocks[0].new_full((len(blocks), rows), -math.inf)
@@ -55,50 +57,47 @@ def _log_softmax_full(blocks: list[Tensor], group) -> list[Tensor]:
     empty = torch.isneginf(own)  # rows whose columns on this rank are all -inf: log-probability -inf
     for lp, shift, none_here in zip(log_probs, lse - own, empty):
         lp.sub_(shift.unsqueeze(1))
-        if bool(none_here.any()):
-            lp.masked_fill_(none_here.unsqueeze(1), -math.inf)
+        lp.masked_fill_(none_here.unsqueeze(1), -math.inf)
     return log_probs
+
+
+def row_totals(group, extra: Tensor | None = None):
+    """The ``total`` of the divergence row functions over a vocabulary split across ``group``.
+
+    The (rows, V_local) terms are summed over this rank's columns and all-reduced in one
+    collective; the (rows,) tensor ``extra``, when given, rides on the first one. Returns
+    ``(total, reduced)``: ``reduced()`` is the all-reduced ``extra`` (None without it).
+    """
+    parts = [] if extra is None else [extra]
+    reduced: list[Tensor] = []
+
+    def total(*terms: Tensor) -> tuple[Tensor, ...]:
+        out = all_reduce(torch.stack([*(t.sum(1) for t in terms), *parts]), "sum", group)
+        if parts:
+            reduced.append(out[-1])
+            parts.clear()
+        return tuple(out[:len(terms)])
+
+    return total, lambda: reduced[0] if reduced else None
 
 
 def _divergence_rows(log_p: Tensor, log_q: Tensor, divergence: str, beta: float, group=None,
                      need_grad: bool = True, extra: Tensor | None = None):
     """Per-row D between teacher p and student q, given as log-probabilities (rows along dim 1).
 
-    The columns may be this rank's slice of the vocabulary (log-probabilities normalized over the
-    full one): the sums over the columns are then all-reduced over ``group``, in one all-reduce
-    that also sums the (rows,) tensor ``extra`` when given.
+    The row function of the divergence (:data:`logitlab._divergence_rows.DIVERGENCES`) gives
+    the value and the gradient; the columns may be this rank's slice of the vocabulary
+    (log-probabilities normalized over the full one): its sums over the columns are then
+    all-reduced over ``group``, in one all-reduce that also sums the (rows,) tensor ``extra``.
 
     Returns (value of the full rows, gradient with respect to s = z / T on these columns or None
     without ``need_grad``, the reduced ``extra`` or None).
     """
-    rows = log_q.shape[0]
-    parts = [] if extra is None else [extra.reshape(rows)]
-
-    def reduce(*sums):
-        out = all_reduce(torch.stack([*sums, *parts]), "sum", group)
-        return out, (out[-1] if parts else None)
-
-    q = log_q.exp()
-    zero = q.new_zeros(())
-    if divergence == "kl":        # D(p ‖ q) = Σ p (log p − log q);  ∂/∂s = q − p
-        p = log_p.exp()
-        sums, extra = reduce(torch.where(p > 0, p * (log_p - log_q), zero).sum(1))
-        return sums[0], (q - p if need_grad else None), extra
-    if divergence == "reverse_kl":  # D(q ‖ p) = Σ q (log q − log p);  ∂/∂s = q (log q − log p − D)
-        ratio = torch.where(q > 0, log_q - log_p, zero)
-        sums, extra = reduce((q * ratio).sum(1))
-        value = sums[0]
-        return value, (q * (ratio - value.unsqueeze(1)) if need_grad else None), extra
-    # Generalized Jensen–Shannon: m = β p + (1 − β) q,
-    # JS_β = β D(p ‖ m) + (1 − β) D(q ‖ m); ∂JS_β/∂q = (1 − β) log(q / m), so with
-    # slope = (1 − β) log(q / m): ∂/∂s = q (slope − Σ q·slope).
-    log_m = torch.logaddexp(log_p + math.log(beta) if beta > 0 else torch.full_like(log_p, -math.inf),
-                            log_q + math.log(1 - beta) if beta < 1 else torch.full_like(log_q, -math.inf))
-    p = log_p.exp()
-    slope = torch.where(q > 0, (1 - beta) * (log_q - log_m), zero)
-    sums, extra = reduce((q * slope).sum(1), torch.where(p > 0, p * (log_p - log_m), zero).sum(1))
-    value = sums[0] + beta * sums[1] if beta > 0 else sums[0]
-    return value, (q * (slope - sums[0].unsqueeze(1)) if need_grad else None), extra
+    total, reduced = row_totals(group, None if extra is None else extra.reshape(log_q.shape[0]))
+    record = divergence_rows.DIVERGENCES[divergence]
+    row = record(log_p.exp(), log_p, log_q.exp(), log_q, beta if record.param == "beta" else None,
+                 total=total, grad=need_grad)
+    return row.value, row.grad, reduced()
 
 
 @dataclass
@@ -174,7 +173,7 @@ class DivergenceKernel:
         u = teacher.div_(t) if t != 1 else teacher
         s = z / t if t != 1 else z
         blocks = [s, u] + ([z] if alpha and t != 1 else [])  # the hard-label term is at T = 1
-        log_q, log_p, *log_softmax_z = _log_softmax_full(blocks, group)
+        log_q, log_p, *log_softmax_z = log_softmax_full(blocks, group)
         nll = None  # − log softmax(z)_target, from the rank that owns the target's column
         if alpha:
             log_probs = log_softmax_z[0] if t != 1 else log_q

@@ -44,7 +44,8 @@ from logitlab._memory import empty_like_huge
 from logitlab._native import xent as native_xent
 from logitlab._validation import compute_dtype, fail
 
-__all__ = ["XentOptions", "fused_cross_entropy", "composite_cross_entropy", "saved_gradient", "BLOCK_BYTES"]
+__all__ = ["XentOptions", "fused_cross_entropy", "composite_cross_entropy", "saved_gradient", "check_row_max",
+           "BLOCK_BYTES"]
 
 # Rows are processed in blocks of about this many bytes of compute-dtype logits: small enough
 # that the block's log-softmax buffer stays in the last-level cache (32 MiB on the project's
@@ -70,7 +71,7 @@ class XentOptions(NamedTuple):
     native: bool = False  # impl 'native': the C kernel (else the eager torch kernel below)
 
 
-def _bad_row(opts: XentOptions, row_max: Tensor, offset: int, keep: Tensor | None = None) -> None:
+def check_row_max(opts: XentOptions, row_max: Tensor, offset: int, keep: Tensor | None = None) -> None:
     """Raise if a kept row holds NaN or +inf (its max is NaN or +inf), or only -inf logits.
 
     An excluded row (ignored target, masked out) may hold anything: padding often is all -inf.
@@ -85,6 +86,9 @@ def _bad_row(opts: XentOptions, row_max: Tensor, offset: int, keep: Tensor | Non
         empty &= keep
     if bool(empty.any()):
         _raise_bad(opts, offset + int(empty.nonzero()[0, 0]), 2)
+
+
+_bad_row = check_row_max  # the name logitlab/_triton/ops.py imports
 
 
 def _raise_bad(opts: XentOptions, row: int, kind: int, target: Tensor | None = None,
@@ -151,7 +155,7 @@ def fused_forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Ten
         else:
             s = x
         if opts.validate:
-            _bad_row(opts, s.amax(1), r0, keep[r0:r1])
+            check_row_max(opts, s.amax(1), r0, keep[r0:r1])
         logp = _LOG_SOFTMAX_OUT(s, 1, False, out=lp_buf[:k])
         excluded = ~keep[r0:r1]
         if bool(excluded.any()):
@@ -298,7 +302,7 @@ def composite_cross_entropy(rows: Tensor, target: Tensor, weight: Tensor | None,
     if opts.temperature != 1.0:
         s = s / opts.temperature
     if opts.validate:
-        _bad_row(opts, s.detach().amax(1), 0, keep)
+        check_row_max(opts, s.detach().amax(1), 0, keep)
     # An excluded row may be all -inf (padding); its log-softmax would be NaN, and NaN times the
     # zero the row's loss is multiplied by stays NaN in the gradient.
     s = s.masked_fill(~keep.unsqueeze(1), 0.0)

@@ -9,151 +9,31 @@ probabilities; ``binary_cross_entropy_with_logits`` is the one-vs-all (sigmoid) 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from logitlab import backend
 from logitlab._native import xent as native_xent
-from logitlab._reduction import reduce_loss, shift_target, to_rows
+from logitlab._reduction import reduce_loss, shift_target
 from logitlab._validation import (
-    check_dim,
     check_finite,
     check_floating,
     check_index_target,
-    check_mask,
     check_positive,
-    check_probs,
     check_range,
     check_reduction,
     check_same_device,
-    check_tensor,
     compute_dtype,
     default_validate,
     fail,
     has_data,
     meta_output,
-    transforms_active,
 )
+from logitlab.losses._inputs import data_checks_off, loss_rows, no_grad_options
 from logitlab.losses._xent_kernel import XentOptions, composite_cross_entropy, fused_cross_entropy
 
 __all__ = ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "log_likelihood"]
-
-
-
-class _Rows(NamedTuple):
-    """A checked call, flattened to rows."""
-
-    rows: Tensor          # (N, C) logits
-    target: Tensor        # (N,) safe class indices (excluded rows set to 0) or (N, C) probs
-    index_target: bool
-    keep: Tensor          # (N,) bool
-    row_weight: Tensor | None  # (N,) weight of each row in the 'mean' denominator
-    weight: Tensor | None  # (C,) class weights in the compute dtype
-    batch_shape: tuple[int, ...]
-
-
-def _compiling() -> bool:
-    """Under ``torch.compile`` or a ``torch.func`` transform: the data checks are skipped (nothing
-    to branch on) and 'auto' takes the composite implementation."""
-    return bool(torch.compiler.is_compiling()) or transforms_active()
-
-
-def _no_grad_options(fn: str, **options: object) -> None:
-    """Scalar options are read as Python numbers: a tensor that requires grad would get none."""
-    for name, value in options.items():
-        if isinstance(value, Tensor) and value.requires_grad:
-            fail(fn, name, "a number (its gradient is not computed)",
-                 "<tensor that requires grad>", kind=TypeError,
-                 detail="to learn it, scale the logits yourself, e.g. logits / temperature")
-
-
-def _check_target_and_rows(fn: str, logits: Tensor, target: object, dim: int, weight: object,
-                           ignore_index: object, mask: object, validate: bool,
-                           allow_probs: bool = True, name: str = "logits", check_indices: bool = True) -> _Rows:
-    """The checks and the row layout shared by cross_entropy, nll_loss and the focal losses.
-
-    ``name`` is the caller's name of the scores argument ('log_probs' for nll_loss).
-    ``check_indices=False`` leaves the class indices to the caller (cross_entropy checks them
-    once it knows the implementation: the Triton kernel with ``validate`` off reads no memory for
-    an index outside [0, C) and gives its row a NaN loss, and is not checked on the host).
-    """
-    check_floating(fn, name, logits)
-    if logits.ndim == 0:
-        fail(fn, name, "a tensor with at least 1 dimension (the classes)", logits)
-    dim = check_dim(fn, dim, logits.ndim)
-    target = check_tensor(fn, "target", target)
-    check_same_device(fn, name, logits, target=target, weight=weight if isinstance(weight, Tensor) else None,
-                      mask=mask if isinstance(mask, Tensor) else None)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        fail(fn, "ignore_index", "an int", f"<{type(ignore_index).__name__}>", kind=TypeError)
-    n_classes = logits.shape[dim]
-    if n_classes == 0:
-        fail(fn, name, f"at least 1 class along dim {dim}", f"<shape {tuple(logits.shape)}>")
-    batch_shape = tuple(logits.shape[:dim] + logits.shape[dim + 1:])
-    index_target = not target.is_floating_point()
-    kinds = (f"class indices of shape {batch_shape} ({name}' shape without dim {dim})"
-             + (f" or probabilities of shape {tuple(logits.shape)}" if allow_probs else ""))
-    if index_target:
-        if target.dtype == torch.bool or target.is_complex():
-            fail(fn, "target", "an integer (class indices) or floating (probabilities) tensor",
-                 f"<dtype {target.dtype}>", kind=TypeError)
-        if tuple(target.shape) != batch_shape:
-            fail(fn, "target", kinds, f"<integer tensor of shape {tuple(target.shape)}>")
-    else:
-        if not allow_probs:
-            fail(fn, "target", "an integer tensor of class indices", f"<dtype {target.dtype}>",
-                 kind=TypeError)
-        if target.shape != logits.shape:
-            fail(fn, "target", kinds, f"<floating tensor of shape {tuple(target.shape)}>")
-        if target.dtype != logits.dtype:
-            fail(fn, "target", f"probabilities of dtype {logits.dtype} (the dtype of logits)",
-                 f"<dtype {target.dtype}>", kind=TypeError)
-    cd = compute_dtype(logits)
-    if weight is not None:
-        weight = check_floating(fn, "weight", weight)
-        if tuple(weight.shape) != (n_classes,):
-            fail(fn, "weight", f"a 1-D tensor of {n_classes} class weights", weight)
-        if validate and not _compiling() and has_data(weight) and not bool(torch.isfinite(weight).all()):
-            fail(fn, "weight", "finite class weights", "<NaN or inf entries>")
-        weight = weight.to(cd)
-    rows, _ = to_rows(logits, dim)
-    n_rows = rows.shape[0]
-    if mask is not None:
-        keep = check_mask(fn, mask, batch_shape).reshape(n_rows)
-    else:
-        keep = torch.ones(n_rows, dtype=torch.bool, device=logits.device)
-    if index_target:
-        flat = target.reshape(n_rows)
-        keep = keep & (flat != ignore_index)
-        if check_indices and not _compiling():  # whatever `validate` says: an index addresses memory
-            check_index_target(fn, "target", flat, n_classes, ignore_index=ignore_index, keep=keep)
-        safe = torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).long()
-        if weight is None:
-            row_weight = None
-        else:  # (unchecked indices are clamped here: an index out of range must not read memory)
-            row_weight = weight[safe if check_indices else safe.clamp(0, n_classes - 1)]
-        target_rows = safe
-    else:
-        target_rows, _ = to_rows(target, dim)
-        if validate and not _compiling():
-            check_probs(fn, "target", target_rows if mask is None else target_rows[keep], dim=-1)
-        if mask is not None:
-            # Masked-out rows are not checked and may hold anything (padding, NaN): zero them, or
-            # NaN · 0 would put NaN into their gradient rows.
-            target_rows = torch.where(keep.unsqueeze(1), target_rows, target_rows.new_zeros(()))
-        row_weight = None
-    return _Rows(rows, target_rows, index_target, keep, row_weight, weight, batch_shape)
-
-
-def _scale(r: _Rows, reduction: str, dtype: torch.dtype) -> Tensor:
-    keep = r.keep.to(dtype)
-    if reduction != "mean":
-        return keep
-    per_row = keep if r.row_weight is None else r.row_weight.to(dtype) * keep
-    total = per_row.sum()
-    return keep / torch.where(total == 0, torch.ones_like(total), total)
 
 
 def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor | None = None,
@@ -260,17 +140,17 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
     """
     fn = "cross_entropy"
     check_reduction(fn, reduction)
-    _no_grad_options(fn, label_smoothing=label_smoothing, z_loss=z_loss, temperature=temperature)
+    no_grad_options(fn, label_smoothing=label_smoothing, z_loss=z_loss, temperature=temperature)
     eps = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     z = check_range(fn, "z_loss", z_loss, 0.0, math.inf, high_open=True)
     temp = check_positive(fn, "temperature", temperature)
     impl = backend.check_impl(fn, impl)
     validate = default_validate(logits, validate)
     target = shift_target(fn, target, shift, ignore_index)
-    r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, check_indices=False)
+    r = loss_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, check_indices=False)
     if not has_data(logits, target, weight, mask):  # meta: the output's shape, no data to read
         return meta_output(logits, r.batch_shape, reduction)
-    compiling = _compiling()
+    compiling = data_checks_off()
     other_grads = (not r.index_target and target.requires_grad) or (weight is not None and weight.requires_grad)
     # Under torch.compile the Triton kernel is a custom op (no graph break), so compiling alone
     # does not send CUDA logits to 'composite' where triton imports.
@@ -295,7 +175,7 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
              inplace_backward, detail=f"logits strides {tuple(logits.stride())}; clone() them first")
     opts = XentOptions(fn, r.index_target, eps, z, temp, reduction == "none",
                        bool(validate) and not compiling, bool(inplace_backward), impl == "native")
-    scale = _scale(r, reduction, compute_dtype(logits))
+    scale = r.scale(reduction)
     if impl == "triton":
         from logitlab._triton.ops import triton_cross_entropy as kernel
     else:
@@ -335,11 +215,11 @@ def nll_loss(log_probs: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor
     """
     fn = "nll_loss"
     check_reduction(fn, reduction)
-    r = _check_target_and_rows(fn, log_probs, target, dim, weight, ignore_index, mask, validate,
+    r = loss_rows(fn, log_probs, target, dim, weight, ignore_index, mask, validate,
                                allow_probs=False, name="log_probs")
     if not has_data(log_probs, target, weight, mask):
         return meta_output(log_probs, r.batch_shape, reduction)
-    if validate and not _compiling():
+    if validate and not data_checks_off():
         check_finite(fn, "log_probs", log_probs)
     cd = compute_dtype(log_probs)
     picked = r.rows.to(cd).gather(1, r.target.unsqueeze(1)).squeeze(1)
@@ -404,9 +284,9 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
             # It must broadcast TO logits' shape: a larger weight would enlarge the output.
             if broadcast != logits.shape:
                 fail(fn, name, f"a shape broadcastable to {tuple(logits.shape)}", value)
-            if validate and not _compiling() and not bool(torch.isfinite(value).all()):
+            if validate and not data_checks_off() and not bool(torch.isfinite(value).all()):
                 fail(fn, name, "finite values", "<NaN or inf entries>")
-    if validate and not _compiling():
+    if validate and not data_checks_off():
         if not bool(torch.isfinite(logits).all()):
             # ±inf is rejected too: (1 − t) · z is 0 · inf = NaN at z = +inf, t = 1.
             fail(fn, "logits", "finite values", "<NaN or inf entries>")

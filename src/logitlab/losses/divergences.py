@@ -14,100 +14,47 @@ Zero probabilities: 0 · log 0 = 0; a divergence is +inf exactly where its defin
 target = 0, Rényi and Amari orders outside (0, 1) likewise, Rényi of order < 1 between disjoint
 supports); such rows have zero gradient. JS, TV, Hellinger and Brier are always finite. No
 input that passes validation produces a NaN.
+
+Each divergence is defined once, in :mod:`logitlab._divergence_rows`: its row function (value
+and gradient) and its record (own parameter, docstring). The named functions here
+(``kl_divergence``, ...) are generated from those records, and the chunked and
+vocabulary-parallel losses call the same row functions.
 """
 
 from __future__ import annotations
 
-import math
+import inspect
 from typing import Any, Callable
 
-import torch
+import torch  # noqa: F401 (the docstrings' examples use it: doctests run in this namespace)
 from torch import Tensor
 
+from logitlab import _divergence_rows as _rows
 from logitlab import registry
 from logitlab._reduction import neutralize, reduce_loss, to_rows
 from logitlab._validation import (
-    can_read,
     check_choice,
     check_dim,
-    check_finite,
     check_floating,
     check_mask,
     check_positive,
     check_probs,
     check_reduction,
     check_same_device,
-    compiling,
     compute_dtype,
     fail,
     has_data,
     meta_output,
 )
-from logitlab.losses import _kernels
+from logitlab.losses._inputs import check_logit_rows, scale_by_temperature
 from logitlab.losses._model import as_callers_errors, model_distribution, normalizer_params, normalizer_spec, safe_log
 
-__all__ = [
-    "DIVERGENCES",
-    "divergence_loss",
-    "kl_divergence",
-    "reverse_kl_divergence",
-    "js_divergence",
-    "alpha_divergence",
-    "renyi_divergence",
-    "total_variation",
-    "hellinger_distance",
-    "brier_loss",
-]
-
-# name -> (kernel, its own parameter or None, default value)
-DIVERGENCES: dict[str, tuple[Callable[..., Tensor], str | None, float | None]] = {
-    "kl": (_kernels.kl, None, None),
-    "reverse_kl": (lambda p, lp, q, lq: _kernels.kl(q, lq, p, lp), None, None),
-    "js": (_kernels.js, "beta", 0.5),
-    "alpha": (_kernels.amari, "amari_alpha", 0.5),
-    "renyi": (_kernels.renyi, "renyi_alpha", 0.5),
-    "tv": (_kernels.total_variation, None, None),
-    "hellinger": (_kernels.hellinger, None, None),
-    "brier": (_kernels.brier, None, None),
-}
-_OWN = ("beta", "amari_alpha", "renyi_alpha")
+DIVERGENCES = _rows.DIVERGENCES  # name -> its record: the row function, its own parameter, its doc
+_OWN = tuple(d.param for d in DIVERGENCES.values() if d.param is not None)
 
 
 def _simplex(spec: registry.Normalizer) -> bool:
     return spec.simplex
-
-
-def _check_param(fn: str, divergence: str, value: Any) -> float:
-    if divergence == "js":
-        number = check_positive(fn, "beta", value)
-        if not number < 1:
-            fail(fn, "beta", "a number in (0, 1)", number)
-        return number
-    if divergence == "alpha":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            fail(fn, "amari_alpha", "a finite real number", value)
-        return float(value)
-    return check_positive(fn, "renyi_alpha", value)
-
-
-def check_logit_rows(fn: str, name: str, logits: Tensor, axis: int) -> None:
-    """No NaN or +inf, and at least one logit > -inf in every row along ``axis`` (a data pass)."""
-    check_finite(fn, name, logits)
-    if logits.numel() and can_read(logits) and bool((logits == -math.inf).all(axis).any()):
-        fail(fn, name, "at least one logit > -inf per row", "<a row of all -inf>")
-
-
-def scale_by_temperature(fn: str, name: str, logits: Tensor, temperature: float, dtype: torch.dtype,
-                         validate: bool) -> Tensor:
-    """``logits / temperature`` in ``dtype``; with ``validate``, a finite logit may not overflow.
-
-    (Shared with the Fenchel–Young losses; its natural home is ``losses._model``.)
-    """
-    scaled = logits.to(dtype) / temperature
-    if validate and temperature < 1 and can_read(logits) and bool((torch.isinf(scaled) & torch.isfinite(logits)).any()):
-        fail(fn, "temperature", f"a value for which {name} / temperature stays finite in {dtype}",
-             temperature, detail=f"largest |{name}| is {float(logits.detach()[torch.isfinite(logits)].abs().max()):.3g}")
-    return scaled
 
 
 @as_callers_errors
@@ -116,7 +63,7 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
                 temperature: float, target_logits: Tensor | None, validate: bool,
                 param: Any, params: dict[str, Any]) -> Tensor:
     check_choice(fn, "divergence", divergence, DIVERGENCES)
-    kernel, pname, _ = DIVERGENCES[divergence]
+    record = DIVERGENCES[divergence]
     check_floating(fn, "logits", logits)
     spec = normalizer_spec(fn, normalizer, _simplex)
     nparams = normalizer_params(fn, spec, params, own=_OWN)
@@ -125,7 +72,7 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
         fail(fn, "logits", f"at least one class along dim {dim}", f"<shape {tuple(logits.shape)}>")
     check_reduction(fn, reduction)
     temperature = check_positive(fn, "temperature", temperature)
-    value = _check_param(fn, divergence, param) if pname is not None else None
+    value = record.check(fn, param) if record.check is not None else None
     if (target is None) == (target_logits is None):
         fail(fn, "target", "exactly one of 'target' (probabilities) and 'target_logits'",
              "<both>" if target is not None else "<neither>")
@@ -158,17 +105,9 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
 
     dtype = compute_dtype(logits)
     rows, _ = to_rows(scale_by_temperature(fn, "logits", logits, temperature, dtype, validate), axis)
-    if divergence == "kl" and target is not None and not target.requires_grad:
-        # Fast path for the common case (distillation to fixed probabilities, a model without
-        # excluded classes): Σ xlogy(p, p) − p log q, no masks. Falls through on a -inf log q.
-        q, log_q = model_distribution(spec, rows, nparams, validate, probs=False)
-        p = to_rows(target.to(dtype), axis)[0]
-        if not compiling() and not bool(torch.isneginf(log_q).any()):  # compiled: the general path, no host branch
-            values = (torch.xlogy(p, p) - p * log_q).sum(-1).reshape(batch_shape)
-            return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
-        q = log_q.exp() if q is None else q
-    else:
-        q, log_q = model_distribution(spec, rows, nparams, validate)
+    # KL against given probabilities needs only log q (softmax: no exp of the model's rows).
+    q, log_q = model_distribution(spec, rows, nparams, validate,
+                                  probs=not (divergence == "kl" and target is not None))
     if target is not None:
         p = to_rows(target.to(dtype), axis)[0]
         log_p = safe_log(p)  # exact zeros: -inf with a zero gradient
@@ -176,10 +115,7 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
         teacher = to_rows(scale_by_temperature(fn, "target_logits", target_logits, temperature,  # type: ignore[arg-type]
                                                dtype, validate), axis)[0]
         p, log_p = model_distribution(spec, teacher, nparams, validate)
-    if q is None:  # every path above sets it; a bug, not bad input
-        raise RuntimeError(f"{fn}(): internal error: no model distribution was computed")
-    values = kernel(p, log_p, q, log_q) if value is None else kernel(p, log_p, q, log_q, value)
-    values = values.reshape(batch_shape)
+    values = record(p, log_p, q, log_q, value).value.reshape(batch_shape)
     return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
 
 
@@ -253,8 +189,8 @@ def divergence_loss(logits: Tensor, target: Tensor | None = None, *, divergence:
     """
     fn = "divergence_loss"
     check_choice(fn, "divergence", divergence, DIVERGENCES)
-    pname = DIVERGENCES[divergence][1]
-    param = params.pop(pname, DIVERGENCES[divergence][2]) if pname is not None else None
+    pname = DIVERGENCES[divergence].param
+    param = params.pop(pname, DIVERGENCES[divergence].default) if pname is not None else None
     for other in _OWN:
         if other in params:
             fail(fn, other, f"no '{other}' for divergence={divergence!r}", params[other],
@@ -264,210 +200,34 @@ def divergence_loss(logits: Tensor, target: Tensor | None = None, *, divergence:
                        target_logits=target_logits, validate=validate, param=param, params=params)
 
 
-def kl_divergence(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
-                  reduction: str = "mean", mask: Tensor | None = None, temperature: float = 1.0,
-                  validate: bool = True, **normalizer_params: Any) -> Tensor:
-    return _divergence("kl_divergence", "kl", logits, target, normalizer=normalizer,
-                       dim=dim,
-                       reduction=reduction, mask=mask, temperature=temperature,
-                       target_logits=None, validate=validate, param=None,
-                       params=normalizer_params)
+def _public(key: str, record: _rows.Divergence) -> Callable[..., Tensor]:
+    """The public loss of one divergence: ``name(logits, target, *, [own parameter,] normalizer=...,
+    dim=-1, reduction='mean', mask=None, temperature=1.0, validate=True, **normalizer_params)``."""
+    name = record.public
+
+    def loss(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
+             reduction: str = "mean", mask: Tensor | None = None, temperature: float = 1.0,
+             validate: bool = True, **normalizer_params: Any) -> Tensor:
+        param = normalizer_params.pop(record.param, record.default) if record.param is not None else None
+        return _divergence(name, key, logits, target, normalizer=normalizer, dim=dim, reduction=reduction,
+                           mask=mask, temperature=temperature, target_logits=None, validate=validate,
+                           param=param, params=normalizer_params)
+
+    signature = inspect.signature(loss)
+    if record.param is not None:  # the own parameter first among the options, keyword-only
+        own = inspect.Parameter(record.param, inspect.Parameter.KEYWORD_ONLY, default=record.default,
+                                annotation="float")
+        parts = list(signature.parameters.values())
+        signature = signature.replace(parameters=parts[:2] + [own] + parts[2:])
+    loss.__signature__ = signature  # type: ignore[attr-defined]
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = _doc(record.doc, record.param_doc)
+    return loss
 
 
-kl_divergence.__doc__ = _doc("""Forward Kullback–Leibler divergence KL(target ‖ model), per row.
+# One public function per record of the table (the divergence's row function and doc live in
+# logitlab/_divergence_rows.py): a new divergence has its function with nothing to edit here.
+for _key, _record in DIVERGENCES.items():
+    globals()[_record.public] = _public(_key, _record)
 
-    KL(p ‖ q) = Σ_i p_i (log p_i − log q_i), with p = target and q = normalizer(logits / T).
-    Minimizing it over the model is maximum likelihood: KL(p ‖ q) = H(p, q) − H(p), so with
-    one-hot targets it equals the cross-entropy of any normalizer. +inf where some p_i > 0 has
-    q_i = 0 (possible with sparse normalizers or -inf logits).
-
-    Reference: Kullback & Leibler, "On Information and Sufficiency", 1951.
-
-    Example:
-        >>> logits = torch.tensor([[0.0, 0.0]])
-        >>> round(float(kl_divergence(logits, torch.tensor([[1.0, 0.0]]))), 4)  # log 2
-        0.6931
-    """)
-
-
-def reverse_kl_divergence(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax",
-                          dim: int = -1, reduction: str = "mean", mask: Tensor | None = None,
-                          temperature: float = 1.0, validate: bool = True,
-                          **normalizer_params: Any) -> Tensor:
-    return _divergence("reverse_kl_divergence", "reverse_kl", logits, target, normalizer=normalizer,
-                       dim=dim,
-                       reduction=reduction, mask=mask, temperature=temperature,
-                       target_logits=None, validate=validate, param=None,
-                       params=normalizer_params)
-
-
-reverse_kl_divergence.__doc__ = _doc("""Reverse KL divergence, KL(model ‖ target), per row.
-
-    D(target ‖ model) = KL(q ‖ p) = Σ_i q_i (log q_i − log p_i): mode-seeking. +inf where the
-    model puts mass on a class the target excludes (always so for a dense normalizer and a
-    one-hot target, hence not an index-target objective).
-
-    Example:
-        >>> logits = torch.tensor([[0.0, 0.0]])
-        >>> round(float(reverse_kl_divergence(logits, torch.tensor([[0.25, 0.75]]))), 4)
-        0.1438
-    """)
-
-
-def js_divergence(logits: Tensor, target: Tensor, *, beta: float = 0.5, normalizer: str | registry.Normalizer = "softmax",
-                  dim: int = -1, reduction: str = "mean", mask: Tensor | None = None,
-                  temperature: float = 1.0, validate: bool = True, **normalizer_params: Any) -> Tensor:
-    return _divergence("js_divergence", "js", logits, target, normalizer=normalizer,
-                       dim=dim,
-                       reduction=reduction, mask=mask, temperature=temperature,
-                       target_logits=None, validate=validate, param=beta,
-                       params=normalizer_params)
-
-
-js_divergence.__doc__ = _doc("""Generalized Jensen–Shannon divergence JS_β(target ‖ model).
-
-    JS_β(p ‖ q) = β KL(p ‖ m) + (1 − β) KL(q ‖ m),  m = β p + (1 − β) q,  β ∈ (0, 1).
-
-    β = 0.5 is the Jensen–Shannon divergence (symmetric, at most log 2). Limits:
-    JS_β / β → KL(p ‖ q) (forward, target ‖ model) as β → 0 and JS_β / (1 − β) → KL(q ‖ p)
-    (reverse) as β → 1. Always finite: at most h(β) = −β log β − (1 − β) log(1 − β) (log 2 at ½),
-    with finite gradients at zero probabilities.
-    ``beta`` is this loss's own parameter (keyword-only).
-
-    References: Lin, "Divergence measures based on the Shannon entropy", 1991; Agarwal et al.,
-    "On-Policy Distillation of Language Models" (generalized JSD), 2024.
-
-    Example:
-        >>> logits = torch.tensor([[0.0, -torch.inf]])
-        >>> round(float(js_divergence(logits, torch.tensor([[0.0, 1.0]]))), 4)  # log 2
-        0.6931
-    """, "        beta: the mixture weight β ∈ (0, 1) of the target (0.5: Jensen–Shannon).\n")
-
-
-def alpha_divergence(logits: Tensor, target: Tensor, *, amari_alpha: float = 0.5,
-                     normalizer: str | registry.Normalizer = "softmax", dim: int = -1, reduction: str = "mean",
-                     mask: Tensor | None = None, temperature: float = 1.0, validate: bool = True,
-                     **normalizer_params: Any) -> Tensor:
-    return _divergence("alpha_divergence", "alpha", logits, target, normalizer=normalizer,
-                       dim=dim,
-                       reduction=reduction, mask=mask, temperature=temperature,
-                       target_logits=None, validate=validate, param=amari_alpha,
-                       params=normalizer_params)
-
-
-alpha_divergence.__doc__ = _doc("""Amari α-divergence D_α(target ‖ model), α = ``amari_alpha``.
-
-    D_α(p ‖ q) = (Σ_i p_i^α q_i^(1−α) − 1) / (α (α − 1)),  α ∈ ℝ,
-
-    in the parametrization of Cichocki & Amari (2010) restricted to the simplex. α → 1 gives
-    KL(p ‖ q) and α → 0 gives KL(q ‖ p) (both used exactly at α ∈ {1, 0}); α = ½ gives
-    4 · squared Hellinger. For α ∈ (0, 1) it is finite and bounded by 1 / (α (1 − α)); for
-    α > 1 it is +inf where p > 0 = q, for α < 0 where q > 0 = p. The parameter is named
-    ``amari_alpha`` so that ``alpha=`` stays the entmax normalizer's.
-
-    Reference: Amari, "Differential-Geometrical Methods in Statistics", 1985; Cichocki &
-    Amari, "Families of Alpha- Beta- and Gamma- Divergences", Entropy 12, 2010.
-
-    Example:
-        >>> logits = torch.tensor([[0.0, 0.0]])
-        >>> round(float(alpha_divergence(logits, torch.tensor([[1.0, 0.0]]))), 4)  # 4(1 − √½)
-        1.1716
-    """, "        amari_alpha: the order α, any finite real (0 and 1 are the KL limits).\n")
-
-
-def renyi_divergence(logits: Tensor, target: Tensor, *, renyi_alpha: float = 0.5,
-                     normalizer: str | registry.Normalizer = "softmax", dim: int = -1, reduction: str = "mean",
-                     mask: Tensor | None = None, temperature: float = 1.0, validate: bool = True,
-                     **normalizer_params: Any) -> Tensor:
-    return _divergence("renyi_divergence", "renyi", logits, target, normalizer=normalizer,
-                       dim=dim,
-                       reduction=reduction, mask=mask, temperature=temperature,
-                       target_logits=None, validate=validate, param=renyi_alpha,
-                       params=normalizer_params)
-
-
-renyi_divergence.__doc__ = _doc("""Rényi divergence of order α = ``renyi_alpha`` > 0, D_α(target ‖ model).
-
-    D_α(p ‖ q) = log(Σ_i p_i^α q_i^(1−α)) / (α − 1);  α → 1 gives KL(p ‖ q) (used exactly at
-    α = 1); α = ½ gives −2 log Σ √(p q). With a one-hot target it is −log q_y for every α,
-    the cross-entropy. +inf for α > 1 where p > 0 = q, and for α < 1 between disjoint supports.
-
-    Reference: Rényi, "On Measures of Entropy and Information", 1961; van Erven & Harremoës,
-    "Rényi Divergence and Kullback–Leibler Divergence", IEEE Trans. Inf. Theory, 2014.
-
-    Example:
-        >>> logits = torch.tensor([[0.0, 0.0]])
-        >>> round(float(renyi_divergence(logits, torch.tensor([[1.0, 0.0]]), renyi_alpha=2.0)), 4)
-        0.6931
-    """, "        renyi_alpha: the order α > 0 (1 is KL).\n")
-
-
-def total_variation(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
-                    reduction: str = "mean", mask: Tensor | None = None, temperature: float = 1.0,
-                    validate: bool = True, **normalizer_params: Any) -> Tensor:
-    return _divergence("total_variation", "tv", logits, target, normalizer=normalizer,
-                       dim=dim,
-                       reduction=reduction, mask=mask, temperature=temperature,
-                       target_logits=None, validate=validate, param=None,
-                       params=normalizer_params)
-
-
-total_variation.__doc__ = _doc("""Total variation distance TV(target, model) = ½ Σ_i |p_i − q_i|.
-
-    Symmetric, in [0, 1]. Its gradient is a sign vector: bounded, but blind to how wrong the
-    model is.
-
-    Example:
-        >>> logits = torch.tensor([[0.0, 0.0]])
-        >>> float(total_variation(logits, torch.tensor([[1.0, 0.0]])))
-        0.5
-    """)
-
-
-def hellinger_distance(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
-                       reduction: str = "mean", mask: Tensor | None = None, temperature: float = 1.0,
-                       validate: bool = True, **normalizer_params: Any) -> Tensor:
-    return _divergence("hellinger_distance", "hellinger", logits, target, normalizer=normalizer,
-                       dim=dim,
-                       reduction=reduction, mask=mask, temperature=temperature,
-                       target_logits=None, validate=validate, param=None,
-                       params=normalizer_params)
-
-
-hellinger_distance.__doc__ = _doc("""Squared Hellinger distance H²(target, model) = ½ Σ_i (√p_i − √q_i)².
-
-    Symmetric, in [0, 1], equal to 1 − Σ √(p q) (computed in the difference form, which does
-    not cancel near equality). The loss is the square (the distance is its root).
-
-    Reference: Hellinger, 1909; Le Cam & Yang, "Asymptotics in Statistics", 2000.
-
-    Example:
-        >>> logits = torch.tensor([[0.0, -torch.inf]])
-        >>> float(hellinger_distance(logits, torch.tensor([[0.0, 1.0]])))
-        1.0
-    """)
-
-
-def brier_loss(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
-               reduction: str = "mean", mask: Tensor | None = None, temperature: float = 1.0,
-               validate: bool = True, **normalizer_params: Any) -> Tensor:
-    return _divergence("brier_loss", "brier", logits, target, normalizer=normalizer,
-                       dim=dim,
-                       reduction=reduction, mask=mask, temperature=temperature,
-                       target_logits=None, validate=validate, param=None,
-                       params=normalizer_params)
-
-
-brier_loss.__doc__ = _doc("""Brier score: the squared error between probability vectors, Σ_i (p_i − q_i)².
-
-    A proper scoring rule, symmetric, in [0, 2]: the "anything else" baseline. This is the
-    multiclass Brier score (scikit-learn's ``brier_score_loss`` with ``scale_by_half=False``);
-    for two classes it is twice the binary Brier score (p_1 − q_1)².
-
-    Reference: Brier, "Verification of forecasts expressed in terms of probability", 1950.
-
-    Example:
-        >>> logits = torch.tensor([[0.0, 0.0]])
-        >>> float(brier_loss(logits, torch.tensor([[1.0, 0.0]])))
-        0.5
-    """)
+__all__ = ["DIVERGENCES", "divergence_loss", *(_record.public for _record in DIVERGENCES.values())]

@@ -41,6 +41,7 @@ from logitlab._validation import (
     meta_output,
 )
 from logitlab.backend import check_impl
+from logitlab.losses._inputs import check_logit_rows, scale_by_temperature
 from logitlab.losses._model import (
     as_callers_errors,
     normalizer_params,
@@ -48,7 +49,6 @@ from logitlab.losses._model import (
     regularizer_params,
     with_validate,
 )
-from logitlab.losses.divergences import check_logit_rows, scale_by_temperature
 
 __all__ = ["fenchel_young_loss", "sparsemax_loss", "entmax_loss", "entmax15_loss", "make_fenchel_young_loss"]
 

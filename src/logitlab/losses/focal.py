@@ -18,8 +18,9 @@ from logitlab._validation import (
     has_data,
     meta_output,
 )
-from logitlab.losses._xent_kernel import XentOptions, _bad_row
-from logitlab.losses.cross_entropy import _check_target_and_rows, _compiling, _no_grad_options, cross_entropy
+from logitlab.losses._inputs import data_checks_off, loss_rows, no_grad_options
+from logitlab.losses._xent_kernel import XentOptions, check_row_max
+from logitlab.losses.cross_entropy import cross_entropy
 
 __all__ = ["focal_loss", "poly1_cross_entropy"]
 
@@ -32,9 +33,9 @@ def _log_p_target(fn: str, rows: Tensor, target: Tensor, keep: Tensor, validate:
     """
     cd = compute_dtype(rows)
     s = neutralize(rows.to(cd), keep, 1, 0.0)
-    if validate and not _compiling():
+    if validate and not data_checks_off():
         opts = XentOptions(fn, True, 0.0, 0.0, 1.0, True, True, False)
-        _bad_row(opts, s.detach().amax(1), 0, keep)
+        check_row_max(opts, s.detach().amax(1), 0, keep)
     return s.gather(1, target.unsqueeze(1)).squeeze(1) - torch.logsumexp(s, 1)
 
 
@@ -79,9 +80,9 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
     """
     fn = "focal_loss"
     check_reduction(fn, reduction)
-    _no_grad_options(fn, gamma=gamma)
+    no_grad_options(fn, gamma=gamma)
     gamma = check_range(fn, "gamma", gamma, 0.0, math.inf, high_open=True)
-    r = _check_target_and_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
+    r = loss_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
     if not has_data(logits, target, mask, alpha if isinstance(alpha, Tensor) else None):
         return meta_output(logits, r.batch_shape, reduction)
     cd = compute_dtype(logits)
@@ -107,7 +108,7 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
             check_floating(fn, "alpha", alpha)
             if tuple(alpha.shape) != (r.rows.shape[1],):
                 fail(fn, "alpha", f"a number or a 1-D tensor of {r.rows.shape[1]} class factors", alpha)
-            if validate and not _compiling() and not bool(torch.isfinite(alpha).all()):
+            if validate and not data_checks_off() and not bool(torch.isfinite(alpha).all()):
                 fail(fn, "alpha", "finite class factors", "<NaN or inf entries>")
             values = values * alpha.to(cd)[r.target]
         else:
@@ -152,11 +153,11 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
     """
     fn = "poly1_cross_entropy"
     check_reduction(fn, reduction)
-    _no_grad_options(fn, epsilon=epsilon, label_smoothing=label_smoothing)
+    no_grad_options(fn, epsilon=epsilon, label_smoothing=label_smoothing)
     epsilon = check_range(fn, "epsilon", epsilon, -1.0, math.inf, high_open=True)
     smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     impl = backend.check_impl(fn, impl)
-    r = _check_target_and_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, allow_probs=False)
+    r = loss_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, allow_probs=False)
     if not has_data(logits, target, weight, mask):
         return meta_output(logits, r.batch_shape, reduction)
     ce = cross_entropy(logits, target, dim=dim, weight=weight, ignore_index=ignore_index, mask=mask,

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from logitlab._reduction import reduce_loss
 from logitlab._validation import check_range, check_reduction, compute_dtype, fail
-from logitlab.losses.cross_entropy import _check_target_and_rows, _compiling
+from logitlab.losses._inputs import data_checks_off, loss_rows
 
 __all__ = ["multiclass_hinge_loss", "perceptron_loss"]
 
@@ -30,7 +30,7 @@ _KINDS = ("crammer_singer", "weston_watkins")
 
 
 def _check_rows(fn: str, rows: Tensor, keep: Tensor, validate: bool) -> None:
-    if not validate or _compiling():
+    if not validate or data_checks_off():
         return
     kept = rows[keep]
     bad = torch.isnan(kept) | (kept == math.inf)
@@ -41,7 +41,7 @@ def _check_rows(fn: str, rows: Tensor, keep: Tensor, validate: bool) -> None:
 
 def _margin_values(fn: str, logits: Tensor, target: Tensor, margin: float, kind: str, dim: int,
                    ignore_index: int, mask: Tensor | None, reduction: str, validate: bool) -> Tensor:
-    r = _check_target_and_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
+    r = loss_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
     _check_rows(fn, r.rows, r.keep, validate)
     rows = r.rows.to(compute_dtype(logits))
     y = r.target.unsqueeze(1)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from logitlab._validation import check_floating, check_tensor, fail
 from logitlab.maxent.result import MaxEntResult
-from logitlab.maxent.solver import _check_solver_args, _finish, _status_message, newton_dual
+from logitlab.maxent.solver import check_solver_args, finish_result, newton_dual, status_message
 
 __all__ = ["solve_conditional_maxent"]
 
@@ -85,7 +85,7 @@ def solve_conditional_maxent(features: Tensor, labels: Tensor, *, num_classes: i
         fail(fn, "labels", "an integer tensor", f"<dtype {labels.dtype}>", kind=TypeError)
     if labels.shape != (features.shape[0],):
         fail(fn, "labels", f"shape ({features.shape[0]},) (N, the rows of features)", f"<shape {tuple(labels.shape)}>")
-    tol = _check_solver_args(fn, tol, max_iter)
+    tol = check_solver_args(fn, tol, max_iter)
     x = features.detach().to(F64)
     if not bool(torch.isfinite(x).all()):
         fail(fn, "features", "finite values", "<non-finite entries>")
@@ -138,7 +138,7 @@ def solve_conditional_maxent(features: Tensor, labels: Tensor, *, num_classes: i
         lse = torch.logsumexp(scores, 1)
         probs = torch.exp(scores - lse.unsqueeze(1))
         viol = float(((probs - onehot).T @ x / n).abs().max())
-        text = message or _status_message(status, n_iter, viol, abs_tol, "")
+        text = message or status_message(status, n_iter, viol, abs_tol, "")
         return MaxEntResult(probs, weight, lse, status == "converged", n_iter, viol, status, text)
 
     eta0 = x.new_zeros((c - 1) * d)
@@ -147,7 +147,7 @@ def solve_conditional_maxent(features: Tensor, labels: Tensor, *, num_classes: i
         empty = int((counts == 0).nonzero()[0])
         msg = (f"argument 'labels' expected every class in [0, {c - 1}] to occur, got no sample of class {empty} "
                f"(its probability must be 0 for every x, a boundary point where the intercept diverges)")
-        return _finish(fn, record(eta0, "boundary", 0, msg), throw)
+        return finish_result(fn, record(eta0, "boundary", 0, msg), throw)
 
     run = newton_dual(objective, eta0, gaps=gaps, violation=violation, tol=abs_tol, max_iter=max_iter)
     message = ""
@@ -161,4 +161,4 @@ def solve_conditional_maxent(features: Tensor, labels: Tensor, *, num_classes: i
                    f"(found after {run.n_iter} Newton steps: weights along the last Newton direction score "
                    f"each sample's own class at least as high as any other, strictly for {strict} of {n}), "
                    f"so the maximum-likelihood weights diverge; use fewer features or regularize")
-    return _finish(fn, record(run.eta, run.status, run.n_iter, message), throw)
+    return finish_result(fn, record(run.eta, run.status, run.n_iter, message), throw)

@@ -117,14 +117,17 @@ def newton_dual(objective: Callable[[Tensor, bool], tuple[Tensor, Tensor | None,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _check_solver_args(fn: str, tol: object, max_iter: object) -> float:
+def check_solver_args(fn: str, tol: object, max_iter: object) -> float:
+    """``tol`` > 0 and ``max_iter`` an int >= 0 (shared by the solvers of this package); returns tol."""
     tol = check_positive(fn, "tol", tol)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         fail(fn, "max_iter", "an int >= 0", max_iter, kind=TypeError if not isinstance(max_iter, int) else ValueError)
     return tol
 
 
-def _finish(fn: str, result: MaxEntResult, throw: bool) -> MaxEntResult:
+def finish_result(fn: str, result: MaxEntResult, throw: bool) -> MaxEntResult:
+    """``result``, or with ``throw`` its error when it did not converge (InfeasibleMomentsError for
+    infeasible or boundary moments, MaxEntError otherwise)."""
     if throw and not result.converged:
         cls = InfeasibleMomentsError if result.status in ("infeasible", "boundary") else MaxEntError
         raise cls(f"{fn}(): {result.message}", result)
@@ -136,7 +139,8 @@ def _fmt(v: Tensor, limit: int = 6) -> str:
     return "[" + ", ".join(items) + (", ...]" if v.numel() > limit else "]")
 
 
-def _status_message(status: str, n_iter: int, viol: float, tol: float, detail: str) -> str:
+def status_message(status: str, n_iter: int, viol: float, tol: float, detail: str) -> str:
+    """The result's message for a Newton run that ended with ``status`` (``detail`` for the others)."""
     if status == "converged":
         return f"converged in {n_iter} Newton steps (max violation {viol:.2e} <= {tol:.1e})"
     if status == "max_iter":
@@ -237,7 +241,7 @@ def solve_maxent(problem: MaxEntProblem, *, tol: float = 1e-10, max_iter: int = 
     fn = "solve_maxent"
     if not isinstance(problem, MaxEntProblem):
         fail(fn, "problem", "a MaxEntProblem", f"<{type(problem).__name__}>", kind=TypeError)
-    tol = _check_solver_args(fn, tol, max_iter)
+    tol = check_solver_args(fn, tol, max_iter)
     if not isinstance(throw, bool):
         fail(fn, "throw", "a bool", f"<{type(throw).__name__}>", kind=TypeError)
 
@@ -252,13 +256,13 @@ def solve_maxent(problem: MaxEntProblem, *, tol: float = 1e-10, max_iter: int = 
         log_z = torch.logsumexp(scores, 0)
         probs = torch.exp(scores - log_z)
         viol = float((probs @ stats - mu).abs().max())
-        text = message or _status_message(status, n_iter, viol, abs_tol, "")
+        text = message or status_message(status, n_iter, viol, abs_tol, "")
         return MaxEntResult(probs, theta, log_z, status == "converged", n_iter, viol, status, text)
 
     zero = stats.new_zeros(problem.num_statistics)
     pre = _precheck(t_sup, mu, scale)
     if pre is not None:
-        return _finish(fn, record(zero, pre[0], 0, pre[1]), throw)
+        return finish_result(fn, record(zero, pre[0], 0, pre[1]), throw)
 
     # θ lives in the span of the centred statistics: basis B (F, r), reduced scores A = (T − μ) B.
     centred = t_sup - t_sup.mean(0)
@@ -272,7 +276,7 @@ def solve_maxent(problem: MaxEntProblem, *, tol: float = 1e-10, max_iter: int = 
         msg = (f"argument 'problem' expected moments inside the convex hull of the rows of statistics, got "
                f"moments outside their affine hull (every support point has ⟨v, T_k⟩ = "
                f"{float(t_sup[0] @ v):.6g} but ⟨v, μ⟩ = {float(mu @ v):.6g} for v = {_fmt(v)})")
-        return _finish(fn, record(zero, "infeasible", 0, msg), throw)
+        return finish_result(fn, record(zero, "infeasible", 0, msg), throw)
     # Within the inputs' rounding, μ is moved onto the affine hull (e.g. float32 probabilities
     # whose sum is 1 ± 1e-8): the violation is then measured against the moved moments.
     mu = mu - off_hull
@@ -300,7 +304,7 @@ def solve_maxent(problem: MaxEntProblem, *, tol: float = 1e-10, max_iter: int = 
     if run.status in ("infeasible", "boundary"):
         direction = basis @ run.direction
         message = _certificate_message(run.status, direction, t_sup, mu, run.n_iter)
-    return _finish(fn, record(theta, run.status, run.n_iter, message), throw)
+    return finish_result(fn, record(theta, run.status, run.n_iter, message), throw)
 
 
 def _precheck(t_sup: Tensor, mu: Tensor, scale: float) -> tuple[str, str] | None:

@@ -1,4 +1,11 @@
-"""Modules for the cross-entropy family: configuration held here, computation in the functions."""
+"""Modules for the cross-entropy family that hold a tensor: configuration here, computation in the functions.
+
+They are written by hand because each owns state the stateless pattern (:mod:`logitlab.nn._stateless`)
+does not give: a class-weight (or per-class ``alpha``) buffer checked at construction (a list raises
+a TypeError naming the Module and the argument), copied (a later in-place change of the caller's
+tensor does not change the loss), and shown as ``weighted=True`` rather than its values. The
+losses without such a tensor (``log_likelihood``, the margin losses) get the generated Module.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,11 @@ from logitlab._validation import check_tensor
 from logitlab.losses.cross_entropy import (
     binary_cross_entropy_with_logits,
     cross_entropy,
-    log_likelihood,
     nll_loss,
 )
 from logitlab.losses.focal import focal_loss, poly1_cross_entropy
 
-__all__ = ["CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "FocalLoss", "Poly1CrossEntropyLoss",
-           "LogLikelihood"]
+__all__ = ["CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "FocalLoss", "Poly1CrossEntropyLoss"]
 
 
 def _buffer(module: nn.Module, name: str, value: Tensor | None) -> None:
@@ -175,23 +180,3 @@ class Poly1CrossEntropyLoss(nn.Module):
         return (f"epsilon={self.epsilon}, dim={self.dim}, ignore_index={self.ignore_index}, "
                 f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, "
                 f"weighted={self.weight is not None}")
-
-
-class LogLikelihood(nn.Module):
-    """:func:`logitlab.log_likelihood` as a Module: the batch's summed log-likelihood, in log space.
-
-    Example:
-        >>> import torch
-        >>> LogLikelihood()(torch.zeros(3, 4), torch.tensor([0, 1, 2]))  # 3 log(1/4)
-        tensor(-4.1589)
-    """
-
-    def __init__(self, *, dim: int = -1, validate: bool = True) -> None:
-        super().__init__()
-        self.dim, self.validate = dim, validate
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return log_likelihood(logits, target, dim=self.dim, validate=self.validate)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"

@@ -74,7 +74,7 @@ def _divergence_module(name: str, fn: Callable[..., Tensor], own: str | None,
 _GENERATED = []
 for _spec in registry.LOSSES.values():
     if _spec.fn.__module__ == D.__name__ and _spec.name in D.DIVERGENCES:
-        _, _own, _default = D.DIVERGENCES[_spec.name]
+        _own, _default = D.DIVERGENCES[_spec.name].param, D.DIVERGENCES[_spec.name].default
         globals()[_spec.module] = _divergence_module(_spec.module, _spec.fn, _own, _default,
                                                      f"Module of :func:`{_spec.fn.__name__}`: {_spec.doc}.")
         _GENERATED.append(_spec.module)

@@ -47,8 +47,8 @@ from logitlab import backend
 from logitlab._native import sparse as native_sparse
 from logitlab._validation import fail, has_data
 from logitlab.normalizers._threshold_topk import (  # noqa: F401  (tests size the retries)
-    _FIRST_K,
-    _GROW,
+    FIRST_K,
+    GROW,
     compute_dtype,
     first_k,
     reject_logits,

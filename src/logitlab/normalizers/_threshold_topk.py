@@ -39,8 +39,8 @@ from logitlab._validation import fail
 __all__ = ["topk_forward", "topk_backward", "first_k", "uniform_alpha", "compute_dtype", "reject_logits"]
 
 # sparsemax support ~5-11 entries, 1.5-entmax ~20-60, at n = 1000..32768).
-_FIRST_K = {"sparsemax": 16, "entmax15": 64, "bisect": 64}
-_GROW = 8
+FIRST_K = {"sparsemax": 16, "entmax15": 64, "bisect": 64}
+GROW = 8
 # Entries below x = −2 can never be in the support (τ ≥ −1); they are clamped there so that
 # −inf (excluded classes) never meets arithmetic.
 _FLOOR = -2.0
@@ -54,7 +54,7 @@ def first_k(kind: str, n: int) -> int:
     """How many entries the first pass looks at. ``torch.topk`` on CPU takes a heap (fast: most
     entries are rejected by one comparison) when k·64 <= n and a selection plus sort otherwise,
     about twice slower at n = 1000; sparsemax's small supports afford k = n // 64 there."""
-    k = _FIRST_K[kind]
+    k = FIRST_K[kind]
     if kind == "sparsemax" and k * 64 > n >= 8 * 64:
         k = n // 64
     return min(n, k)
@@ -286,7 +286,7 @@ def topk_forward(logits: Tensor, alpha: float | Tensor, kind: str, tol: float, m
                 break
             failed = torch.nonzero(~ok).squeeze(1)
             todo = failed if todo is None else todo[failed]
-        k = min(n, k * _GROW)
+        k = min(n, k * GROW)
     return probs, tau_out, first_idx, support, n_iter, violation
 
 
