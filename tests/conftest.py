@@ -57,3 +57,18 @@ def bf16_kernels():
             yield
     else:
         yield
+
+
+def count_calls(monkeypatch, module, **names: str) -> dict[str, int]:
+    """Wrap the functions ``module.<name>`` (given by key, e.g. ``fwd="sparse_forward"``) so that
+    each call is counted; returns the live counts by key."""
+    seen = dict.fromkeys(names, 0)
+    for key, name in names.items():
+        original = getattr(module, name)
+
+        def counting(*args, _key=key, _original=original, **kwargs):
+            seen[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+    return seen

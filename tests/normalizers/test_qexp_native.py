@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import logitlab
+from conftest import count_calls
 from logitlab import backend
 from logitlab import reference as ref
 from logitlab._native import prototypes, selected_build
@@ -37,20 +38,7 @@ def _native_available():
 @pytest.fixture
 def calls(monkeypatch):
     """Counts of native forward and backward calls."""
-    seen = {"fwd": 0, "bwd": 0}
-    fwd, bwd = native_qexp.qexp_forward, native_qexp.qexp_backward
-
-    def counting_fwd(*args, **kwargs):
-        seen["fwd"] += 1
-        return fwd(*args, **kwargs)
-
-    def counting_bwd(*args, **kwargs):
-        seen["bwd"] += 1
-        return bwd(*args, **kwargs)
-
-    monkeypatch.setattr(native_qexp, "qexp_forward", counting_fwd)
-    monkeypatch.setattr(native_qexp, "qexp_backward", counting_bwd)
-    return seen
+    return count_calls(monkeypatch, native_qexp, fwd="qexp_forward", bwd="qexp_backward")
 
 
 def _logits(shape, scale=2.0, dtype=torch.float32):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import logitlab
+from conftest import count_calls
 from logitlab import reference as ref
 from logitlab._native import sparse as native_sparse
 from logitlab.normalizers.entmax import ConvergenceError
@@ -45,20 +46,7 @@ def _native_available():
 @pytest.fixture
 def calls(monkeypatch):
     """Counts of native forward and backward calls."""
-    seen = {"fwd": 0, "bwd": 0}
-    fwd, bwd = native_sparse.sparse_forward, native_sparse.sparse_backward
-
-    def counting_fwd(*args, **kwargs):
-        seen["fwd"] += 1
-        return fwd(*args, **kwargs)
-
-    def counting_bwd(*args, **kwargs):
-        seen["bwd"] += 1
-        return bwd(*args, **kwargs)
-
-    monkeypatch.setattr(native_sparse, "sparse_forward", counting_fwd)
-    monkeypatch.setattr(native_sparse, "sparse_backward", counting_bwd)
-    return seen
+    return count_calls(monkeypatch, native_sparse, fwd="sparse_forward", bwd="sparse_backward")
 
 
 @contextlib.contextmanager

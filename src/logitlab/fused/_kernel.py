@@ -172,7 +172,7 @@ class CrossEntropyKernel:
         target = self.target[start:stop]
         keep = self.keep[start:stop]
         w_t = self.target_weight[start:stop].to(z.dtype)
-        eps, lam, vocab = self.label_smoothing, self.z_loss, self.vocab_total
+        eps, vocab = self.label_smoothing, self.vocab_total
 
         local = target - self.vocab_start
         owned = keep & (local >= 0) & (local < v_local)
@@ -197,20 +197,12 @@ class CrossEntropyKernel:
         if self.record is not None:
             self._write_record(start, stop, keep, lse, z_t >= peak)
 
-        loss = (1 - eps) * w_t * (lse - z_t)
-        if eps:
-            loss = loss + (eps / vocab) * (self.weight_total * lse - z_w)
-        if lam:
-            loss = loss + lam * w_t * lse.square()
-        loss = torch.where(keep, loss, loss.new_zeros(()))
-        if not need_grad:
+        loss, coef = self._loss_and_coef(w_t, lse, z_t, z_w, keep, need_grad)
+        if coef is None:
             return loss, None
 
         # p = exp(z − max) / Σ: the block of logits becomes the block of gradients.
-        coef = (1 - eps) * w_t + (eps / vocab) * self.weight_total
-        if lam:
-            coef = coef + 2 * lam * w_t * lse
-        coef = torch.where(keep, coef, coef.new_zeros(())) / stats[0]
+        coef = coef / stats[0]
         if not v_local:
             return loss, z
         grad = exps.mul_(coef.unsqueeze(1))
@@ -299,7 +291,7 @@ class CrossEntropyKernel:
 
         if self.record is not None:
             raise RuntimeError("CrossEntropyKernel.triton_sharded: no statistics record on the Triton path")
-        eps, lam, vocab = self.label_smoothing, self.z_loss, self.vocab_total
+        eps, vocab = self.label_smoothing, self.vocab_total
         keep = self.keep
         stats = shard_stats(z, self.target, self.class_weight, keep, vocab_start=self.vocab_start, smooth=bool(eps))
         w_t = self.target_weight.to(stats.dtype)
@@ -308,9 +300,23 @@ class CrossEntropyKernel:
         sums = torch.stack([stats[1] * (stats[0] - peak).exp(), stats[2], stats[3]])
         sums = all_reduce(sums, "sum", self.group)
         lse = peak + sums[0].log()
-        loss = (1 - eps) * w_t * (lse - sums[1])
+        loss, coef = self._loss_and_coef(w_t, lse, sums[1], sums[2], keep, need_grad)
+        if coef is None:
+            return loss, None
+        hit = torch.where(keep, (1 - eps) * w_t, w_t.new_zeros(()))  # a target outside the slice meets no column
+        grad = shard_grad(z, self.target, self.class_weight, keep, lse, coef, hit, vocab_start=self.vocab_start,
+                          smoothing_over_vocab=eps / vocab)
+        return loss, grad
+
+    def _loss_and_coef(self, w_t: Tensor, lse: Tensor, z_t: Tensor, z_w: Tensor, keep: Tensor,
+                       need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        """Row losses from the row statistics, ℓ = (1−ε) w_t (lse − z_t) + (ε/V)(W lse − Σ_c w_c z_c)
+        + λ w_t lse², and with ``need_grad`` the factor A = (1−ε) w_t + ε W / V + 2 λ w_t lse of p in
+        the gradient (None without); both 0 on the rows not kept."""
+        eps, lam, vocab = self.label_smoothing, self.z_loss, self.vocab_total
+        loss = (1 - eps) * w_t * (lse - z_t)
         if eps:
-            loss = loss + (eps / vocab) * (self.weight_total * lse - sums[2])
+            loss = loss + (eps / vocab) * (self.weight_total * lse - z_w)
         if lam:
             loss = loss + lam * w_t * lse.square()
         loss = torch.where(keep, loss, loss.new_zeros(()))
@@ -319,11 +325,7 @@ class CrossEntropyKernel:
         coef = (1 - eps) * w_t + (eps / vocab) * self.weight_total
         if lam:
             coef = coef + 2 * lam * w_t * lse
-        coef = torch.where(keep, coef, coef.new_zeros(()))
-        hit = torch.where(keep, (1 - eps) * w_t, w_t.new_zeros(()))  # a target outside the slice meets no column
-        grad = shard_grad(z, self.target, self.class_weight, keep, lse, coef, hit, vocab_start=self.vocab_start,
-                          smoothing_over_vocab=eps / vocab)
-        return loss, grad
+        return loss, torch.where(keep, coef, coef.new_zeros(()))
 
     def _weighted_sum(self, z: Tensor) -> Tensor:
         if self.class_weight is None:
