@@ -361,7 +361,9 @@ def test_the_fused_head_loss_is_the_logits_loss():
 
 def test_ctrl_c_with_worker_processes_exits_130_printing_the_resume_command(tmp_path):
     out = tmp_path / "run"
-    argv = [PYTHON, "-m", "logitlab", "study", "--dataset", "digits", "--steps", "400", "--seeds", "3", "--jobs", "2",
+    # Long enough that the run cannot finish between its first record and the signal, even on a
+    # loaded machine (with 400 steps and 6 cells it once did, and exited 0).
+    argv = [PYTHON, "-m", "logitlab", "study", "--dataset", "digits", "--steps", "1500", "--seeds", "4", "--jobs", "2",
             "--set", "pairs=softmax+cross_entropy,softmax+brier", "--out", str(out)]
     child = subprocess.Popen(argv, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     path = out / rec.RECORDS

@@ -75,7 +75,7 @@ def stateless_module(fn: Callable[..., Any], name: str, *, module: str = "logitl
         >>> Layer(dim=0)(torch.tensor([1.0, 0.5, -1.0]))
         tensor([0.7500, 0.2500, 0.0000])
         >>> Layer(dim=0)
-        SparsemaxLayer(dim=0, validate=True, impl='auto')
+        SparsemaxLayer(dim=0, validate=None, impl='auto')
     """
     quiet = dict(quiet or {})
     params = list(inspect.signature(fn).parameters.values())
