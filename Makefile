@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.logitlab-installed
+# pytest-xdist workers for `make test` / `make test-fast` (auto: one per core; JOBS=0 runs in one process).
+JOBS ?= auto
 
 .PHONY: setup study demo test test-fast lint bench bench-docs clean
 
@@ -31,12 +33,12 @@ demo: setup
 
 # `make test`: lint, then every test (the slow tier included); CI runs it (.ci/run).
 # `make test-fast`: every test not marked slow (the inner loop: no study end to end, no spawned
-# process groups, no browser, no benchmark smoke runs).
+# process groups, no browser, no benchmark smoke runs). Both spread the tests over $(JOBS) workers.
 test: setup lint
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) $(ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) -m "not slow" $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check src tests benchmarks examples

@@ -40,6 +40,9 @@ def _recipe(target: str) -> tuple[list[str], list[str]]:
 def test_make_test_lints_and_runs_everything_and_test_fast_skips_the_slow_tier():
     prerequisites, commands = _recipe("test")
     assert "lint" in prerequisites and any("pytest" in c and "slow" not in c for c in commands)
+    # CI's time budget holds on 2 cores only with the tests spread over the cores.
+    assert any("pytest" in c and "-n $(JOBS)" in c for c in commands)
+    assert any(dep.startswith("pytest-xdist") for dep in PYPROJECT["project"]["optional-dependencies"]["test"])
     _, lint = _recipe("lint")
     assert any("ruff check" in c for c in lint)
     _, fast = _recipe("test-fast")
