@@ -92,3 +92,18 @@ def test_no_module_imports_another_modules_private_helpers():
     # _divergence_rows.py) under a public name. The Triton package's own imports are its owner's.
     found = [line for line in _private_names_imported_across_modules() if not line.startswith("logitlab/_triton/")]
     assert not found, found
+
+
+# A timing, a rate or a before → after figure in the source: "took 2.2 s", "150 GFLOP/s", "0.9 -> 0.7".
+_FIGURE = re.compile(r"\d(\.\d+)? (ms|µs|ns|s)\b|GFLOP/s|[GM]i?B/s|\d(\.\d+)? ?(->|→) ?\d")
+
+
+def test_measurements_live_in_records_not_in_code():
+    # Figures belong in benchmark records and docs/benchmarks.md; a comment keeps the reason and
+    # names the benchmark. Doctest lines and ``literals`` (examples of output) are not figures.
+    src = ROOT / "src" / "logitlab"
+    found = [f"{path.relative_to(src)}:{number}: {line.strip()}"
+             for path in sorted(p for p in src.rglob("*") if p.suffix in {".py", ".c", ".h"})
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if _FIGURE.search(line) and ">>>" not in line and "``" not in line]
+    assert not found, "\n".join(found)

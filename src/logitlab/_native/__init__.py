@@ -2,9 +2,9 @@
 
 Why C through ctypes rather than torch.compile or a torch C++ extension: the kernels are
 plain loops over raw memory (one file each, portable SIMD through GCC/Clang vector
-extensions, see ``vec.h``), so they need no torch headers and compile in about 2 s, against
-~20 s per option set measured for an inductor kernel (a C++ extension would compile torch's
-headers as well; not measured).
+extensions, see ``vec.h``), so they need no torch headers and one quick compile covers every
+option set, where an inductor kernel pays a much longer cold compile for each (a C++ extension
+would compile torch's headers as well).
 Builds: each kernel is compiled for a named instruction-set level, not ``-march=native`` (which
 made a different binary on every host, and left the AVX2 code untested on AVX-512 machines):
 on x86-64 ``avx512bf16`` (x86-64-v4 + AVX512-BF16), ``avx512`` (x86-64-v4), ``avx2``

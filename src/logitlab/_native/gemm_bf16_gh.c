@@ -6,8 +6,7 @@
  * (KT, 64) piece of W into pairs of vocabulary rows, wp[k][j] = (W[2k][j], W[2k+1][j]) (zero
  * beyond dim), and runs every group of MR output rows against it; a group broadcasts its rows'
  * (G[m][2k], G[m][2k+1]) from a copy of the tile's KT columns of G (G's rows are V elements apart,
- * which puts them all in the same few cache sets: reading them in place cost 96 -> 84 ms per call
- * at 64 x 131072 x 2048). While the rows run against one piece, they prefetch the next, each
+ * which puts them all in the same few cache sets, so reading them in place is slower). While the rows run against one piece, they prefetch the next, each
  * group a share of its rows, so the fetch is spread over the whole piece rather than crowded
  * into the first group. The float32 sums live in a (rows, 64) buffer per strip and are rounded
  * to bf16 once, at the end. An odd last vocabulary row is added by a scalar loop.
@@ -139,7 +138,7 @@ int64_t ll_gh_bf16(uint16_t *out, int64_t ldo, const uint16_t *g, int64_t ldg, c
                                      : v0 + KT < even ? w + (v0 + KT) * ldw + 64 * s0 : NULL;
                 gh_rows(acc_all + s * rows * 64, gt, KT, wp, pairs, rows, next, ldw);
                 /* The next tile's columns of G, a share of the rows after each strip (without it the
-                 * copy above waited on them: 0.72 -> 0.65 s over 32 calls at 128x32768x1024). */
+                 * copy above waits on them from memory). */
                 int64_t n0 = rows * (s - s0) / (s1 - s0), n1 = rows * (s + 1 - s0) / (s1 - s0);
                 int64_t ahead = even - v0 - KT < KT ? even - v0 - KT : KT;
                 for (int64_t m = n0; m < n1; m++)

@@ -15,9 +15,9 @@
  * gp[k][i] = (G[2k][v0+i], G[2k+1][v0+i]) as one 32-bit word to broadcast. The micro-kernel keeps
  * an NV x (16 ND) block of grad_weight in NV*ND = 24 registers for the whole sum over c, walks a
  * tile's rows NV at a time and each group's columns left to right (grad_weight streams through in
- * row order), and prefetches the next block (without that, loading grad_weight from memory stalled
- * it: 0.91 s -> 0.76 s at 4096x1024x32768 in 32 chunks; the strip layout, the row order and the
- * vector G packing took 3.18 s -> 2.89 s at 2048x2048x131072, bf16). A bf16 grad_weight
+ * row order), and prefetches the next block (without that, loading grad_weight from memory stalls
+ * it; the strip layout, the row order and the vector G packing each saved time as well, measured
+ * by benchmarks/chunk_sweep.py in bf16). A bf16 grad_weight
  * (accum_dtype=bfloat16) is widened on load and rounded to nearest even on store, so each call
  * rounds once. An odd last row pairs with zero. The column tail (D % 64) runs 16 masked
  * columns at a time; the last few vocabulary rows (fewer than NV) take a scalar loop.

@@ -1,8 +1,8 @@
 /* grad_hidden (rows, dim) float32 = G (rows, vocab) @ W (vocab, dim) for linear_cross_entropy's
  * float32 chunks: few rows against the whole vocabulary as inner dimension.
  *
- * MKL splits such a product badly over threads; as a batch over parts of the vocabulary it reached
- * 150 GFLOP/s at 64 rows of (2048, 2048, 131072), against about 190 for its full-size matmuls.
+ * MKL splits such a product badly over threads; even as a batch over parts of the vocabulary it
+ * stays well below its full-size rate (benchmarks/chunk_sweep.py times both paths and the floor).
  * Here each thread owns 64-column strips of the output and walks the vocabulary in tiles of KT
  * rows. It copies each (KT, 64) piece of W into a contiguous buffer (W's rows are dim apart, which
  * would put a piece's lines in a few sets of the L1 cache) while the previous piece's first

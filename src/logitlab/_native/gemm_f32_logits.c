@@ -7,8 +7,8 @@
  * gemm.h), keeping LV x 64 sums in 24 registers
  * over spans of KS features that are then added to a tile started at the bias (one chain over
  * all of dim rounded 2-3x worse than torch.mm), and writes the tile out transposed.
- * MKL at 64 rows reached about 150 GFLOP/s on this product at (2048, 2048, 131072), even with
- * class-major tiles, against about 190 for its full-size matmuls. Each thread takes a contiguous
+ * MKL at 64 rows stays well below its full-size rate on this product, even with class-major
+ * tiles (benchmarks/chunk_sweep.py times both paths and the floor). Each thread takes a contiguous
  * range of LV-row groups; the last, partial group runs on a zero-padded copy of its rows.
  * Without AVX-512, ll_available() returns 0 and the caller keeps torch's matmul.
  */

@@ -56,7 +56,7 @@ def _pyplot():
 
 def _plain_log_ticks(axis: Any) -> None:
     """Log-axis tick labels as plain numbers (``0.01``, ``1e-06``): the default ones are mathtext,
-    whose parsing took a quarter of the report's rendering time."""
+    whose parsing was a large share of the report's rendering time."""
     from matplotlib.ticker import FuncFormatter, NullLocator
 
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))

@@ -41,8 +41,9 @@ from logitlab.fused._matmul import GradWeightSum, grad_hidden_into, logits_into,
 
 # Elements of the (chunk, V) block of logits chosen by chunk_rows: 1/32 of the naive logits
 # (so about 3% of their size), but at least 64 rows and 2^18 elements (1 MiB in float32: thin
-# chunks make inefficient matmuls; at (N, D, V) = (256, 1024, 50000) float32, 8 rows took 1.68 s,
-# 64 rows 0.55 s and the naive computation 0.73 s) and at most 2^24 elements (64 MiB).
+# chunks make inefficient matmuls, a few rows per chunk being slower than the naive computation)
+# and at most 2^24 elements (64 MiB). benchmarks/chunk_sweep.py times the loop over chunk sizes
+# against the naive computation and the bare three matmuls.
 # Half-precision inputs that need a float32 twin of the block (6 bytes per block element against
 # 2 per naive logit) take a block three times smaller for the same fraction of the naive logits'
 # size (``wide_block``).
@@ -52,17 +53,15 @@ from logitlab.fused._matmul import GradWeightSum, grad_hidden_into, logits_into,
 # grad_weight product, so fewer chunks save that traffic; and the sum is extra memory whatever the
 # chunk (its lower halves, V·D·2 bytes). The block may then grow to 512 rows (_SUM_ROWS), but to
 # no more than 1/4 of the float32 sum's bytes (half its lower halves): D·4/8 rows of a bf16 block.
-# Measured with the sum split in halves: at (N, D, V) = (4096, 1024, 32768) bf16, 256 rows took
-# 2.23-2.26 s, 512 rows 2.16-2.25 s and 1024 rows 2.14-2.16 s; at (2048, 2048, 131072) 512 and
-# 1024 rows 8.37-8.55 s alike (64 rows took 9.6-10.0 s with a float32 sum; the three-GEMM floor
-# is 2.0-2.1 s and 8.1-8.9 s).
+# Beyond 512 rows the time stays flat while the block keeps growing (benchmarks/chunk_sweep.py
+# --accum-dtype float32 sweeps it).
 _MIN_BLOCK, _MAX_BLOCK, _FRACTION, _MIN_ROWS, _SUM_SHARE, _SUM_ROWS = 1 << 18, 1 << 24, 32, 64, 4, 512
 # impl="auto" materializes logits only when they are small: at most 2^20 elements (4 MiB).
 NAIVE_MAX_ELEMENTS = 1 << 20
 # The GPU's chunk (impl="triton"): grad_weight += G.T @ h reads and writes the (V, D) sum once per
 # chunk (8 bytes per element in float32, 4 in bfloat16) for 2·c flops per element, c/4 (c/2)
-# flops per byte; an H100/H200-class GPU does about 200 bf16 flops per byte of HBM traffic (its
-# datasheet's rates; not measured here), so the sum stays compute-bound from c ≈ 800 (400) rows.
+# flops per byte; an H100/H200-class GPU does about 200 bf16 flops per byte of HBM traffic (by
+# its datasheet's rates), so the sum stays compute-bound from c ≈ 800 (400) rows.
 # 1024 rows clear both; the block is at most 2^28 elements (512 MiB in bfloat16), fewer rows for
 # vocabularies beyond 262144.
 _GPU_ROWS, _GPU_MAX_BLOCK = 1024, 1 << 28

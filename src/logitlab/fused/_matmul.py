@@ -1,9 +1,10 @@
 """The three matmuls of a chunk, arranged for the CPU's BLAS, and their scratch.
 
 For a chunk of c rows: logits (c, V) = h @ weight.T (+ bias), grad_hidden (c, D) = grad @ weight
-and grad_weight (V, D) += grad.T @ h. Which arrangement of the same product is fastest was
-measured on this project's machine (2 cores, torch 2.13 with MKL for float32 and oneDNN for
-bfloat16); the figures are in the comments below.
+and grad_weight (V, D) += grad.T @ h. Which arrangement of the same product is fastest depends
+on the BLAS (torch 2.13's CPU build: MKL for float32, oneDNN for bfloat16); the comments below
+give the reasons, and benchmarks/chunk_sweep.py and benchmarks/fused.py time the arrangements
+(``impl="torch"`` against ``impl="native"``) beside the bare matmuls.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from torch import Tensor
 from logitlab._native import gemm as native_gemm
 
 # MKL's float32/float64 matmuls run fastest with the chunk's few rows as the output's leading
-# dimension, that is with class-major output: at (N, D, V) = (4096, 1024, 32768) in chunks of 128
-# rows, hidden @ weight.T took 2.20 s written row-major and 1.61 s written as (1024, chunk)
-# class-major tiles then transposed into the block (2048x2048x131072, 64 rows: 11.5 s and
-# 6.9 s). A (1024, chunk) tile stays in L2. grad @ weight, whose inner dimension is the whole
-# vocabulary, runs fastest split over the vocabulary into a batch of independent matmuls (one
-# per thread or more) whose results are then added: 1.94 s row-major, 1.75 s class-major, 1.58 s
-# in 8 parts (2 threads); at (2048, 2048, 131072) 9.8 s, 8.5 s and 7.2 s.
+# dimension, that is with class-major output: hidden @ weight.T is written as (1024, chunk)
+# class-major tiles, each of which stays in L2, then transposed into the block. grad @ weight,
+# whose inner dimension is the whole vocabulary, runs fastest split over the vocabulary into a
+# batch of independent matmuls (one per thread or more) whose results are then added: a single
+# matmul with a long inner dimension runs on fewer threads, and less of it stays in cache.
 # bfloat16/float16 matmuls (oneDNN) are faster row-major and keep it; bfloat16 logits and
 # grad_hidden run in native kernels where the CPU has AVX512-BF16 (see the functions).
 _CLASS_MAJOR = (torch.float32, torch.float64)
@@ -58,10 +57,8 @@ def logits_into(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, scr
     ``native``: the native matmul kernels may run (impl "native").
 
     bfloat16 runs in the native kernel (``_native/gemm_bf16_logits.c``) where the CPU has
-    AVX512-BF16: it reads the weight in place
-    instead of repacking it on every call as oneDNN does (chunks of 64 rows at (2048, 2048, 131072):
-    2.9 s → 2.5 s; 128 rows at (4096, 1024, 32768): 0.75 s → 0.66 s). float32 runs in its AVX-512
-    twin (``_native/gemm_f32_logits.c``): 6.9 s → 5.1 s and 1.61 s → 1.32 s against the
+    AVX512-BF16: it reads the weight in place instead of repacking it on every call as oneDNN
+    does. float32 runs in its AVX-512 twin (``_native/gemm_f32_logits.c``), faster than the
     class-major tiles below, which remain the path without the kernels.
     """
     if native and (native_gemm.logits_bf16(out, h, weight, bias) or native_gemm.logits_f32(out, h, weight, bias)):
@@ -86,13 +83,11 @@ def grad_hidden_into(out: Tensor, grad: Tensor, weight: Tensor, scratch: Tensor 
     matmuls over :func:`vocab_splits` parts of the vocabulary.
 
     bfloat16 runs in the native kernel (``_native/gemm_bf16_gh.c``) where the CPU has AVX512-BF16:
-    oneDNN repacks the whole weight on every call, and at 64 rows reached 270 GFLOP/s at
-    (2048, 2048, 131072) against about 410 for the kernel, which packs a 256 × 64 piece at a time
-    while prefetching the next and reads the chunk's gradient from a copy of each tile's columns
-    (4.1 s → 2.7 s over the 32 chunks; 0.65 s at (4096, 1024, 32768)). float32 runs in its AVX-512 twin
-    (``_native/gemm_f32_gh.c``): 7.2 s → 6.0 s there, 1.57 s → 1.50 s at (4096, 1024, 32768), with
-    sums over spans of 512 classes, so its rounding matches torch.mm's. The batch over parts of
-    the vocabulary is the path without the kernels.
+    oneDNN repacks the whole weight on every call, while the kernel packs a 256 × 64 piece at a
+    time, prefetching the next, and reads the chunk's gradient from a copy of each tile's columns.
+    float32 runs in its AVX-512 twin (``_native/gemm_f32_gh.c``), with sums over spans of 512
+    classes, so its rounding matches torch.mm's. The batch over parts of the vocabulary is the
+    path without the kernels.
     """
     if native and (native_gemm.grad_hidden_bf16(out, grad, weight) or native_gemm.grad_hidden_f32(out, grad, weight)):
         return out
@@ -115,9 +110,8 @@ def grad_weight_into(grad_w: Tensor, grad: Tensor, h: Tensor) -> Tensor:
     kernel of :class:`GradWeightSum` declines.
 
     When grad_w is wider than the chunk, the product runs in grad_w's dtype one (c, 1024) tile of
-    the gradient at a time, widened (1.54 s at (4096, 1024, 32768) in chunks of 128 rows, the same
-    as through a float32 twin of the whole block), so half-precision chunks need no float32 copy
-    of the block and keep three times the rows.
+    the gradient at a time, widened (as fast as through a float32 twin of the whole block), so
+    half-precision chunks need no float32 copy of the block and keep three times the rows.
     """
     if grad_w.dtype == grad.dtype:
         return grad_w.addmm_(grad.t(), h.to(grad.dtype))
@@ -156,20 +150,17 @@ class GradWeightSum:
     """grad_weight (V, D), summed over the chunks in ``dtype`` and returned in ``weight``'s dtype.
 
     bfloat16 chunks run in the native kernel (``_native/gemm_bf16_gw.c``), which sums the exact
-    products of bfloat16 pairs in float32, fetching the next tile of the sum while it works on one:
-    at (4096, 1024, 32768) in chunks of 128 rows, 0.76 s into float32 and 0.69 s into bfloat16
-    (oneDNN's bfloat16 addmm: 0.74 s); at (2048, 2048, 131072) in chunks of 64 rows, 3.1 s and
-    2.9 s. The sum starts from nothing rather than from a zero-filled tensor: the first chunk
-    writes it (``torch.mm``, or the kernel reading no source). For a bfloat16 head summed in
-    float32 (the default ``accum_dtype``) the bfloat16 kernel keeps that sum split in halves: the
-    upper 16 bits of each float32 in the buffer of the bfloat16 gradient it will return, the lower
-    16 in a (V, D) int16 buffer. The sum is the same float32 sum, bit for bit, at 2 bytes per
-    element beyond the gradient instead of 4, and the last chunk rounds it into that buffer in
-    place (no conversion pass); a single chunk never makes the lower halves at all. At
-    (2048, 2048, 131072) that is 512 MiB less memory and 131072 fewer page faults per call
-    than a 1 GiB float32 sum (whose zero fill took 0.21-0.26 s and conversion 0.18 s, out of
-    about 9 s). Where the kernel declines, the halves are joined into a float32 tensor and the
-    sum goes on in torch.
+    products of bfloat16 pairs in float32, fetching the next tile of the sum while it works on one
+    (into float32 about as fast as oneDNN's bfloat16 addmm into bfloat16). The sum starts from
+    nothing rather than from a zero-filled tensor: the first chunk writes it (``torch.mm``, or the
+    kernel reading no source). For a bfloat16 head summed in float32 (the default ``accum_dtype``)
+    the bfloat16 kernel keeps that sum split in halves: the upper 16 bits of each float32 in the
+    buffer of the bfloat16 gradient it will return, the lower 16 in a (V, D) int16 buffer. The sum
+    is the same float32 sum, bit for bit, at 2 bytes per element beyond the gradient instead of 4,
+    and the last chunk rounds it into that buffer in place (no conversion pass); a single chunk
+    never makes the lower halves at all. At (2048, 2048, 131072) that is 512 MiB less memory than a
+    1 GiB float32 sum, and neither its zero fill nor its conversion pass. Where the kernel declines,
+    the halves are joined into a float32 tensor and the sum goes on in torch.
     """
 
     def __init__(self, weight: Tensor, dtype: torch.dtype, *, native: bool = False):

@@ -28,8 +28,8 @@ maximum, Σ exp and the gradient computed while it sits in cache, rows on torch'
 for CPU float32/bfloat16/float16 logits, and the eager torch kernel below, which walks a block
 of rows at a time with a few eager ops per block, for float64, other devices and machines where
 the native kernel cannot be built. Why C and not torch.compile: an inductor kernel for one block
-was as fast, but its cold compile took 19.5 s per option set (smoothing, weights, probabilities,
-z-loss and dtype each need their own), where the one C file covers them all and builds in ~2 s.
+was as fast, but each option set (smoothing, weights, probabilities, z-loss and dtype each need
+their own) pays its own cold compile, many times the build of the one C file that covers them all.
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ __all__ = ["XentOptions", "fused_cross_entropy", "composite_cross_entropy", "sav
            "BLOCK_BYTES"]
 
 # Rows are processed in blocks of about this many bytes of compute-dtype logits: small enough
-# that the block's log-softmax buffer stays in the last-level cache (32 MiB on the project's
-# machine), large enough that each block's few eager ops are worth a parallel region. Measured
-# on a loaded 2-core machine: 1-2 MiB blocks lose up to 4x to thread synchronization (every
-# eager op is an OpenMP region and a descheduled thread stalls it); 16 MiB blocks do not.
+# that the block's log-softmax buffer stays in a server CPU's last-level cache, large enough that
+# each block's few eager ops are worth a parallel region: on a loaded machine, blocks of a few MiB
+# lose to thread synchronization (every eager op is an OpenMP region and a descheduled thread
+# stalls it). benchmarks/cross_entropy.py times this kernel (impl="torch").
 BLOCK_BYTES = 16 << 20
 
 _LOG_SOFTMAX_OUT = torch.ops.aten._log_softmax.out
