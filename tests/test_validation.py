@@ -92,3 +92,20 @@ def _rest(shape, dim):
         if i != dim:
             count *= s
     return count
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), None])
+@pytest.mark.parametrize("allow_neg_inf", [False, True])
+def test_all_finite_agrees_with_isfinite_wherever_the_bad_entry_lies(dtype, value, allow_neg_inf):
+    # all_finite reads the minimum and maximum (no boolean tensor): NaN anywhere, in any
+    # vector lane or tail, on a transposed view too, must still be found.
+    gen = torch.Generator().manual_seed(0)
+    for shape, position in [((1,), 0), ((37, 129), 0), ((37, 129), 4772), ((37, 129), 2000), ((256, 300), 76799)]:
+        x = torch.randn(shape, generator=gen).to(dtype)
+        if value is not None:
+            x.view(-1)[position] = value
+        bad = torch.isnan(x) | (x == float("inf")) | ((x == -float("inf")) & (not allow_neg_inf))
+        for view in (x, x.t() if x.ndim == 2 else x):
+            assert v.all_finite(view, allow_neg_inf=allow_neg_inf) is (not bool(bad.any()))
+    assert v.all_finite(torch.empty(0, 3)) and v.all_finite(torch.tensor([1, 2]))

@@ -146,9 +146,27 @@ def check_reduction(fn: str, reduction: object) -> str:
     return check_choice(fn, "reduction", reduction, REDUCTIONS)
 
 
+def all_finite(tensor: Tensor, *, allow_neg_inf: bool = False) -> bool:
+    """Whether ``tensor`` holds no NaN and no ±inf (-inf allowed with ``allow_neg_inf``), read on the host.
+
+    One pass, by its minimum and maximum (both propagate NaN): no boolean tensor of its size, which
+    for a (V, D) head or (N, C) logits would be a large transient allocation of its own.
+
+    Example:
+        >>> all_finite(torch.tensor([0.0, -float("inf")])), all_finite(torch.tensor([0.0, -float("inf")]), allow_neg_inf=True)
+        (False, True)
+    """
+    if tensor.numel() == 0 or not (tensor.is_floating_point() or tensor.is_complex()):
+        return True
+    if tensor.is_complex():
+        return bool(torch.isfinite(tensor).all())
+    low, high = torch.aminmax(tensor)
+    return bool(~torch.isnan(low) & (high < math.inf) & ((low > -math.inf) | allow_neg_inf))
+
+
 def check_finite(fn: str, name: str, tensor: Tensor, *, allow_neg_inf: bool = True) -> None:
     """Reject NaN and +inf (and -inf unless ``allow_neg_inf``: -inf marks an excluded class)."""
-    if tensor.numel() == 0 or not can_read(tensor):
+    if tensor.numel() == 0 or not can_read(tensor) or all_finite(tensor, allow_neg_inf=allow_neg_inf):
         return
     if allow_neg_inf:
         bad = torch.isnan(tensor) | (tensor == math.inf)
@@ -182,7 +200,7 @@ def check_probs(fn: str, name: str, probs: Tensor, *, dim: int = -1, atol: float
     """Check that ``probs`` has non-negative entries and rows summing to 1 along ``dim``."""
     if probs.numel() == 0 or not can_read(probs):
         return
-    if not bool(torch.isfinite(probs).all()):
+    if not all_finite(probs):
         fail(fn, name, "finite probabilities", "<non-finite entries>")
     if bool((probs < 0).any()):
         fail(fn, name, "probabilities >= 0", f"<minimum {float(probs.min()):.3g}>")
@@ -202,7 +220,7 @@ def check_unit_interval(fn: str, name: str, probs: Tensor) -> None:
     """Check that every entry of ``probs`` is a probability in [0, 1] (rows need not sum to 1)."""
     if probs.numel() == 0 or not can_read(probs):
         return
-    if not bool(torch.isfinite(probs).all()):
+    if not all_finite(probs):
         fail(fn, name, "finite probabilities in [0, 1]", "<non-finite entries>")
     low, high = float(probs.min()), float(probs.max())
     if low < 0 or high > 1:

@@ -17,6 +17,7 @@ from logitlab import backend
 from logitlab._native import xent as native_xent
 from logitlab._reduction import reduce_loss, shift_target
 from logitlab._validation import (
+    all_finite,
     check_finite,
     check_floating,
     check_index_target,
@@ -287,7 +288,7 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
             if validate and not data_checks_off() and not bool(torch.isfinite(value).all()):
                 fail(fn, name, "finite values", "<NaN or inf entries>")
     if validate and not data_checks_off():
-        if not bool(torch.isfinite(logits).all()):
+        if not all_finite(logits):
             # ±inf is rejected too: (1 − t) · z is 0 · inf = NaN at z = +inf, t = 1.
             fail(fn, "logits", "finite values", "<NaN or inf entries>")
         if target.numel() and bool(((target < 0) | (target > 1) | torch.isnan(target)).any()):
