@@ -55,6 +55,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "entmax15_loss": ("native", "torch"),
     "entmax_loss": ("native", "torch"),
     "vocab_parallel_cross_entropy": ("torch", "triton"),
+    "vocab_parallel_kl_divergence": ("torch", "triton"),
 }
 
 # What "auto" picks, in the order :func:`resolve` tries it (the README's table says the same).

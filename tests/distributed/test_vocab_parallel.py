@@ -242,3 +242,15 @@ def test_nan_logits_raise(fn):
         x = bad.clone().requires_grad_()
         fn(x, torch.tensor([0, -100, 2])).backward()
         assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("fn", [vocab_parallel_cross_entropy, vocab_parallel_kl_divergence])
+def test_double_backward_raises_clearly(fn):
+    x = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    other = torch.tensor([0, 1, 2]) if fn is vocab_parallel_cross_entropy else torch.randn(3, 4, dtype=F64)
+    loss = fn(x, other, impl="torch")
+    with pytest.raises(RuntimeError, match=fn.__name__ + r"\(\): no double backward \(create_graph=True\)"):
+        torch.autograd.grad(loss, x, create_graph=True)
+    (grad,) = torch.autograd.grad(loss, x)  # the first derivative is still there
+    assert torch.autograd.gradcheck(lambda z: fn(z, other, impl="torch", reduction="none"), (x,))
+    assert torch.isfinite(grad).all()

@@ -1,6 +1,7 @@
-"""vocab_parallel_cross_entropy(impl='triton'): the Triton shard kernels (row statistics, then the
-gradient) against the float64 reference and the torch path, in one process and on gloo ranks
-(each rank's kernels under the interpreter), and which implementation 'auto' picks."""
+"""vocab_parallel_cross_entropy and vocab_parallel_kl_divergence with impl='triton': the Triton
+shard kernels (row statistics, then the gradient) against the float64 reference and the torch
+path, in one process and on gloo ranks (each rank's kernels under the interpreter), and which
+implementation 'auto' picks."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ from _triton_fixtures import device, small_blocks, triton_mode  # noqa: E402,F40
 
 from conftest import ERROR_SLACK  # noqa: E402
 from logitlab import backend, reference  # noqa: E402
-from logitlab.distributed import run_ranks, vocab_parallel_cross_entropy  # noqa: E402
+from logitlab.distributed import (  # noqa: E402
+    run_ranks,
+    vocab_parallel_cross_entropy,
+    vocab_parallel_kl_divergence,
+)
 
 D = torch.float64
 C = 37
@@ -110,6 +115,27 @@ def _ranks_case(rank, world, sizes):
         errors[f"{i}_grad"] = float((local.grad - full.grad[:, lo:hi]).abs().max()) if hi > lo else 0.0
     plain = F.cross_entropy(logits, target)
     errors["plain"] = float((vocab_parallel_cross_entropy(logits[:, lo:hi], target, impl="triton") - plain).abs())
+    errors.update(_kl_rank_errors(lo, hi, vocab, gen))
+    return errors
+
+
+def _kl_rank_errors(lo, hi, vocab, gen):
+    """vocab_parallel_kl_divergence(impl='triton') on this rank's columns [lo, hi) vs the float64
+    reference of the full rows and vs the torch path on the same slice, for each option."""
+    student, teacher = _kl_problem(vocab, gen)
+    errors = {}
+    for i, opts in enumerate(KL_CASES):
+        rows = slice(None) if opts.get("reduction") == "none" else slice(0, 4)  # (row 4 is +inf)
+        z, u = student[rows], teacher[rows]
+        want, g_want = _kl_truth(z, u, **opts)
+        got, g_got = _value_and_grad(lambda x: vocab_parallel_kl_divergence(
+            x, u[:, lo:hi], impl="triton", **opts), z[:, lo:hi])
+        torch_path, g_torch = _value_and_grad(lambda x: vocab_parallel_kl_divergence(
+            x, u[:, lo:hi], impl="torch", **opts), z[:, lo:hi])
+        errors[f"kl{i}_value"] = _gap(got, want)
+        errors[f"kl{i}_grad"] = _gap(g_got, g_want[:, lo:hi])
+        errors[f"kl{i}_value_vs_torch"] = _gap(got, torch_path)
+        errors[f"kl{i}_grad_vs_torch"] = _gap(g_got, g_torch)
     return errors
 
 
@@ -144,3 +170,125 @@ def test_shard_kernels_as_custom_ops(small_blocks, device):
     want[0, 1] -= hit[0]
     want[1] = 0
     torch.testing.assert_close(sharded._grad_op(*grad_args), want)
+
+
+# ---- vocab_parallel_kl_divergence ---------------------------------------------------------
+
+KL_CASES = [dict(), dict(temperature=2.0, reduction="sum"), dict(temperature=0.7, reduction="none", validate=False)]
+
+
+def _kl_problem(vocab, gen=None):
+    """(5, vocab) student and teacher logits in float64 with each −inf pattern: row 2 excludes
+    classes from both (p = q = 0 there: 0 · log 0) and more from the teacher alone; row 3's
+    teacher is all −inf (no mass: 0, as the reference's softmax of such a row is 0); row 4's
+    student excludes classes the teacher keeps (q = 0 < p: +inf, gradient q − p)."""
+    student = torch.randn(5, vocab, dtype=D, generator=gen) * 3
+    teacher = torch.randn(5, vocab, dtype=D, generator=gen) * 2
+    student[2, ::6] = -math.inf
+    teacher[2, ::3] = -math.inf
+    teacher[3] = -math.inf
+    student[4, 1::7] = -math.inf
+    return student, teacher
+
+
+def _kl_truth(student, teacher, *, temperature=1.0, reduction="mean", validate=True):
+    """The float64 reference's value, and the gradient (q − p) / T of ⟨seed, value⟩ (the seed of
+    ``_value_and_grad``) with q, p the reference's softmaxes."""
+    q = reference.softmax(student, temperature=temperature)
+    p = reference.softmax(teacher, temperature=temperature)
+    rows = reference.kl_divergence(p, q)
+    value = rows if reduction == "none" else rows.sum() if reduction == "sum" else rows.mean()
+    seed = torch.linspace(0.5, 1.5, value.numel(), dtype=D).reshape(value.shape)
+    factor = seed.unsqueeze(1) if reduction == "none" else seed / (1 if reduction == "sum" else rows.numel())
+    return value, factor * (q - p) / temperature
+
+
+def _gap(a, b):
+    """The largest |a − b| (0 where both are the same infinity)."""
+    a, b = a.detach().cpu(), b.detach().cpu()
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    return float(torch.where(same, 0.0, (a - b).abs()).max()) if a.numel() else 0.0
+
+
+@pytest.mark.parametrize("opts", KL_CASES, ids=["mean", "T=2 sum", "T=0.7 none"])
+def test_kl_one_process_matches_reference_in_float64(small_blocks, device, opts):
+    student, teacher = _kl_problem(C)
+    rows = slice(None) if opts.get("reduction") == "none" else slice(0, 4)  # (row 4 is +inf)
+    z, u = student[rows], teacher[rows]
+    ours, g = _value_and_grad(lambda x: vocab_parallel_kl_divergence(x, u.to(device), impl="triton", **opts),
+                              z.to(device))
+    truth, g_truth = _kl_truth(z, u, **opts)
+    torch.testing.assert_close(ours.cpu(), truth, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g.cpu(), g_truth, rtol=1e-10, atol=1e-12)
+    if opts.get("reduction") == "none":
+        assert ours[4] == math.inf and ours[3] == 0 and torch.isfinite(g).all()
+        # the torch path where it is defined (its one-process log_softmax of row 3's teacher is NaN)
+        kept = [0, 1, 2, 4]
+        base, g_base = _value_and_grad(lambda x: vocab_parallel_kl_divergence(x, u[kept], impl="torch", **opts),
+                                       z[kept])
+        seed = torch.linspace(0.5, 1.5, 5, dtype=D)[kept]
+        torch.testing.assert_close(ours.cpu()[kept], base, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g.cpu()[kept] / seed[:, None], g_base / torch.linspace(0.5, 1.5, 4, dtype=D)[:, None],
+                                   rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_kl_low_precision_no_worse_than_the_torch_path(small_blocks, device, dtype):
+    z64, u64 = torch.randn(6, C, dtype=D) * 4, torch.randn(6, C, dtype=D) * 3
+    opts = dict(temperature=1.5)
+    truth, g_truth = _kl_truth(z64, u64, **opts)
+    z, u = z64.to(dtype), u64.to(dtype)
+    base, g_base = _value_and_grad(lambda x: vocab_parallel_kl_divergence(x, u, impl="torch", **opts), z)
+    ours, g_ours = _value_and_grad(
+        lambda x: vocab_parallel_kl_divergence(x, u.to(device), impl="triton", **opts), z.to(device))
+    assert ours.dtype == dtype and g_ours.dtype == dtype
+    slack = ERROR_SLACK[dtype]
+    assert (ours.cpu().double() - truth).abs().max() <= (base.double() - truth).abs().max() + slack
+    assert (g_ours.cpu().double() - g_truth).abs().max() <= (g_base.double() - g_truth).abs().max() + slack
+
+
+def test_kl_auto_picks_triton_for_cuda_tensors_only(device):
+    cpu = torch.empty(2, 3)
+    fn = "vocab_parallel_kl_divergence"
+    assert backend.resolve(fn, "auto", cpu, native=lambda: False) == "torch"
+    if torch.cuda.is_available():
+        assert backend.resolve(fn, "auto", torch.empty(2, 3, device="cuda"), native=lambda: False) == "triton"
+    assert backend.OPS[fn] == ("torch", "triton")
+    with pytest.raises(ValueError, match=r"^vocab_parallel_kl_divergence\(\): argument 'impl' expected one of"):
+        vocab_parallel_kl_divergence(cpu, cpu, impl="composite")
+
+
+def test_kl_gradcheck_and_double_backward_raises_clearly(device):
+    x = torch.randn(2, 5, dtype=D, device=device, requires_grad=True)
+    u = torch.randn(2, 5, dtype=D, device=device)
+    assert torch.autograd.gradcheck(
+        lambda z: vocab_parallel_kl_divergence(z, u, temperature=2.0, reduction="none", impl="triton"), (x,))
+    loss = vocab_parallel_kl_divergence(x, u, impl="triton")
+    with pytest.raises(RuntimeError, match=r"^vocab_parallel_kl_divergence\(\): no double backward"):
+        torch.autograd.grad(loss, x, create_graph=True)
+    (grad,) = torch.autograd.grad(loss, x)  # the graph is intact: the first derivative still works
+    assert torch.isfinite(grad).all()
+
+
+def test_kl_shard_kernels_as_custom_ops(small_blocks, device):
+    """The launches a compiled caller traces: schema, fakes, and the statistics they define."""
+    from logitlab._triton import sharded
+
+    z, u = torch.randn(3, C, dtype=D, device=device), torch.randn(3, C, dtype=D, device=device)
+    z[1, 4], u[2, :] = -math.inf, -math.inf
+    args = (z, u, 2.0)
+    torch.library.opcheck(sharded._kl_stats_op, args, test_utils=("test_schema", "test_faketensor"))
+    stats = sharded._kl_stats_op(*args)
+    s, t = z / 2, u / 2
+    m_s, m_t = s.amax(1), t.amax(1)
+    e_t = (t - m_t[:, None]).exp().nan_to_num(0.0)
+    both = torch.isfinite(s) & torch.isfinite(t)
+    want = torch.stack([m_s, m_t, (s - m_s[:, None]).exp().sum(1), e_t.sum(1),
+                        torch.where(both, e_t * (t - s), 0.0).sum(1), (torch.isfinite(t) & ~torch.isfinite(s)).sum(1).to(D)])
+    torch.testing.assert_close(stats, want.to(stats.dtype))
+    assert stats[5, 1] == 1 and stats[1, 2] == -math.inf and stats[3, 2] == 0
+    lse = torch.stack([torch.logsumexp(s, 1), torch.logsumexp(t, 1)])
+    grad_args = (z, u, lse, 2.0)
+    torch.library.opcheck(sharded._kl_grad_op, grad_args, test_utils=("test_schema", "test_faketensor"))
+    q, p = torch.softmax(s, 1), torch.softmax(t, 1).nan_to_num(0.0)  # row 2's teacher has no mass
+    torch.testing.assert_close(sharded._kl_grad_op(*grad_args), (q - p) / 2)

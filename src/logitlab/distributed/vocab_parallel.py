@@ -21,7 +21,6 @@ import math
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from logitlab import _divergence_rows as divergence_rows
 from logitlab import _validation as v
@@ -38,7 +37,7 @@ from logitlab._dtensor import (
 from logitlab._reduction import reduction_scale
 from logitlab.fused._kernel import collective_timeout
 from logitlab.fused.cross_entropy import build_kernel, check_group, check_options, vocab_offsets
-from logitlab.fused.divergence import log_softmax_full, row_totals
+from logitlab.fused.divergence import log_softmax_full, row_totals, triton_sharded_kl
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_kl_divergence", "resolve_group"]
 
@@ -70,23 +69,28 @@ def _offsets(fn: str, local: int, group, vocab_start, device, rows: int) -> tupl
 
 
 class _PrecomputedRows(torch.autograd.Function):
-    """Rows of losses whose gradient with respect to the (local) logits is already known."""
+    """Rows of losses whose gradient with respect to the (local) logits is already known.
+
+    The gradient was computed in the forward, so there is no second derivative: a backward with
+    ``create_graph=True`` raises, naming the loss ``fn``."""
 
     @staticmethod
-    def forward(ctx, logits, loss, grad, scale):
-        ctx.grad, ctx.scale, ctx.shape, ctx.dtype = grad, scale, logits.shape, logits.dtype
+    def forward(ctx, logits, loss, grad, scale, fn):
+        ctx.grad, ctx.scale, ctx.shape, ctx.dtype, ctx.fn = grad, scale, logits.shape, logits.dtype, fn
         out = loss if scale is None else loss.sum() * scale
         return out.to(logits.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # (compiled: a detached backward)
+            raise RuntimeError(f"{ctx.fn}(): no double backward (create_graph=True): the gradient with respect "
+                               "to the local logits is computed in the forward")
         grad = ctx.grad
         if ctx.scale is None:
             grad = grad * grad_out.reshape(-1, 1).to(grad.dtype)
         else:
             grad = grad * (grad_out.to(grad.dtype) * ctx.scale)
-        return grad.reshape(ctx.shape).to(ctx.dtype), None, None, None
+        return grad.reshape(ctx.shape).to(ctx.dtype), None, None, None, None
 
 
 def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=None, vocab_start: int | None = None,
@@ -212,7 +216,7 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         else:
             z = rows.to(acc, copy=True).masked_fill_((flat == ignore_index).unsqueeze(1), 0.0)  # padding: anything
             loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
-    out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(reduction, kernel.target_weight.sum()))
+    out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(reduction, kernel.target_weight.sum()), fn)
     return _output(out.reshape(target.shape) if reduction == "none" else out, layout)
 
 
@@ -223,15 +227,26 @@ def _output(out: Tensor, layout) -> Tensor:
 
 def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Tensor, *, group=None,
                                  temperature: float = 1.0, reduction: str = "mean", validate: bool = True,
-                                 timeout: float | datetime.timedelta | None = None) -> Tensor:
+                                 timeout: float | datetime.timedelta | None = None, impl: str = "auto") -> Tensor:
     r"""D(p ‖ q) with p = softmax(teacher / T), q = softmax(student / T) over a sharded vocabulary.
 
-    D(p ‖ q) = Σ_c p_c (log p_c − log q_c): both log-softmaxes over the full vocabulary (the
-    ranks' log-sum-exps combined in two all-reduces), then the KL row function of
-    :mod:`logitlab._divergence_rows` with its sums all-reduced in a third. The teacher is
-    constant (no gradient); the gradient with respect to this rank's student slice is
-    (q − p) / T on it. 'mean' averages
-    over rows (the 'batchmean' of ``kl_div``).
+    D(p ‖ q) = Σ_c p_c (log p_c − log q_c), with the conventions of the KL row function of
+    :mod:`logitlab._divergence_rows` (0 · log 0 = 0; +inf where some p_c > 0 has q_c = 0, e.g. a
+    −inf student logit). The teacher is constant (no gradient); the gradient with respect to
+    this rank's student slice is (q − p) / T on it. 'mean' averages over rows (the 'batchmean'
+    of ``kl_div``).
+
+    Collectives per call: on the 'torch' path both log-softmaxes over the full vocabulary (the
+    ranks' log-sum-exps combined in two all-reduces) and that row function with its sums
+    all-reduced in a third. On CUDA tensors (``impl='triton'``, which 'auto' picks where triton
+    imports) the local work is two Triton passes over both slices, and two all-reduces, of what
+    the math needs: the row maxima of z / T and u / T (2N values), then Σ e^{z/T − max},
+    Σ e^{u/T − max}, Σ e^{u/T − max}·(u − z) / T and the count of classes with q = 0 < p (4N
+    values); D = Σ p (u − z) / T − lse(u / T) + lse(z / T). Without DTensors, an all-gather of
+    the ranks' row counts, read on the host, comes first (a mismatch raises on every rank) on the
+    'torch' path, and on the Triton path with ``validate=True``: with ``validate=False`` the
+    Triton path reads nothing back to the host (no device synchronisation), and ranks passing
+    different numbers of rows fail in the all-reduces instead.
 
     DTensors as in :func:`vocab_parallel_cross_entropy`: ``local_logits`` a DTensor
     ``Shard(-1)``, ``local_teacher_logits`` a DTensor with the same placements or a plain
@@ -247,8 +262,10 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
             mesh's).
         temperature: T > 0.
         reduction: 'none' | 'mean' | 'sum'.
-        validate: check both slices for NaN and +inf (-inf excludes a class).
+        validate: check both slices for NaN and +inf (-inf excludes a class), and (with a group
+            and plain tensors) that every rank passes the same number of rows.
         timeout: as in :func:`vocab_parallel_cross_entropy`.
+        impl: 'auto' | 'torch' | 'triton', as in :func:`vocab_parallel_cross_entropy`.
 
     Returns:
         A scalar (or (*batch)) in the dtype of ``local_logits``; a replicated DTensor for
@@ -256,8 +273,9 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
 
     Raises:
         ValueError/TypeError: bad shapes or options, NaN/+inf logits, ranks passing different
-        numbers of rows (on every rank), DTensors placed otherwise than above;
-        RuntimeError naming the collective as above.
+        numbers of rows (on every rank; see ``validate``), DTensors placed otherwise than above;
+        RuntimeError naming the collective as above, or for a double backward
+        (``create_graph=True``: the gradient is computed in the forward).
 
     Example:
         >>> z, u = torch.randn(3, 5), torch.randn(3, 5)
@@ -281,6 +299,7 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     v.check_positive(fn, "temperature", temperature)
     v.check_reduction(fn, reduction)
     v.check_same_device(fn, "local_logits", local_logits, local_teacher_logits=local_teacher_logits)
+    impl = backend.resolve(fn, impl, local_logits, native=lambda: False)
     if not v.has_data(local_logits, local_teacher_logits):
         return _output(v.meta_output(local_logits, tuple(local_logits.shape[:-1]), reduction), layout)
     if validate:
@@ -293,16 +312,21 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     if group is None and local == 0:  # one process holds the whole vocabulary: it must not be empty
         v.fail(fn, "local_logits", "at least one class (without a group the slice is the whole vocabulary)",
                f"<shape {tuple(local_logits.shape)}>")
-    z = local_logits.detach().reshape(math.prod(local_logits.shape[:-1]), local).to(acc) / temperature
-    u = local_teacher_logits.detach().reshape(math.prod(local_logits.shape[:-1]), local).to(acc) / temperature
-    rows = z.shape[0]
+    rows = math.prod(local_logits.shape[:-1])
+    z = local_logits.detach().reshape(rows, local)
+    u = local_teacher_logits.detach().reshape(rows, local)
     with collective_timeout(timeout):
-        if group is not None and layout is None:  # the same rows everywhere, or the all-reduces below
-            vocab_offsets(local, group, z.device, rows=rows, fn=fn)  # mismatch (a DTensor's shape says so)
-        log_q, log_p = log_softmax_full([z, u], group)  # over the full vocabulary
-        total, _ = row_totals(group)
-        loss, grad = divergence_rows.kl(log_p.exp(), log_p, log_q.exp(), log_q, total=total, grad=True)
-    grad = grad.div_(temperature)
+        if group is not None and layout is None and (validate or impl == "torch"):  # the same rows everywhere,
+            vocab_offsets(local, group, z.device, rows=rows, fn=fn)  # or the all-reduces below mismatch
+        if impl == "triton":  # two Triton passes over the slices, two all-reduces
+            loss, grad = triton_sharded_kl(z, u, temperature=temperature, group=group,
+                                           need_grad=local_logits.requires_grad)
+        else:
+            z, u = z.to(acc) / temperature, u.to(acc) / temperature
+            log_q, log_p = log_softmax_full([z, u], group)  # over the full vocabulary
+            total, _ = row_totals(group)
+            loss, grad = divergence_rows.kl(log_p.exp(), log_p, log_q.exp(), log_q, total=total, grad=True)
+            grad = grad.div_(temperature)
     scale = reduction_scale(reduction, rows)
-    out = _PrecomputedRows.apply(local_logits, loss, grad, scale)
+    out = _PrecomputedRows.apply(local_logits, loss, grad, scale, fn)
     return _output(out.reshape(local_logits.shape[:-1]) if reduction == "none" else out, layout)

@@ -82,6 +82,23 @@ def all_reduce(x: Tensor, op: str, group) -> Tensor:
     return x
 
 
+def all_reduce_online(maxima: Tensor, sums: Tensor, against: tuple[int, ...], plain: Tensor,
+                      group) -> tuple[Tensor, Tensor, Tensor]:
+    """The full-vocabulary row statistics of per-slice online sums, in the two all-reduces they need.
+
+    ``maxima`` (k, N) are this rank's row maxima of k score rows; row i of ``sums`` (j, N) is an
+    online sum Σ e^{x − m} f(x) over this rank's columns, taken against ``maxima[against[i]]``;
+    ``plain`` (l, N) are sums that need no rescaling. The maxima are all-reduced (MAX) into M
+    (0 where every rank's is −inf), then the sums, rescaled by e^{m − M}, and ``plain`` in one
+    SUM. Returns (M, the global sums, the global plain sums). Nothing is read on the host.
+    """
+    peak = all_reduce(maxima.clone(), "max", group)
+    peak = torch.where(torch.isfinite(peak), peak, peak.new_zeros(()))
+    index = list(against)
+    reduced = all_reduce(torch.cat([sums * (maxima[index] - peak[index]).exp(), plain]), "sum", group)
+    return peak, reduced[:sums.shape[0]], reduced[sums.shape[0]:]
+
+
 def _waited(x: Tensor) -> Tensor:
     """The plain tensor of a functional collective's result, waited on (never the wrapper
     subclass: the native kernels read raw pointers)."""
@@ -295,12 +312,9 @@ class CrossEntropyKernel:
         keep = self.keep
         stats = shard_stats(z, self.target, self.class_weight, keep, vocab_start=self.vocab_start, smooth=bool(eps))
         w_t = self.target_weight.to(stats.dtype)
-        peak = all_reduce(stats[0].clone(), "max", self.group)
-        peak = torch.where(torch.isfinite(peak), peak, peak.new_zeros(()))
-        sums = torch.stack([stats[1] * (stats[0] - peak).exp(), stats[2], stats[3]])
-        sums = all_reduce(sums, "sum", self.group)
-        lse = peak + sums[0].log()
-        loss, coef = self._loss_and_coef(w_t, lse, sums[1], sums[2], keep, need_grad)
+        peak, sums, (z_t, z_w) = all_reduce_online(stats[:1], stats[1:2], (0,), stats[2:], self.group)
+        lse = peak[0] + sums[0].log()
+        loss, coef = self._loss_and_coef(w_t, lse, z_t, z_w, keep, need_grad)
         if coef is None:
             return loss, None
         hit = torch.where(keep, (1 - eps) * w_t, w_t.new_zeros(()))  # a target outside the slice meets no column

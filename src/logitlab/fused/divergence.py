@@ -12,7 +12,7 @@ from logitlab import _divergence_rows as divergence_rows
 from logitlab import _validation as v
 from logitlab import backend
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows, gpu_chunk_rows
-from logitlab.fused._kernel import all_reduce, triton_row_scale
+from logitlab.fused._kernel import all_reduce, all_reduce_online, triton_row_scale
 from logitlab.fused._matmul import logits_into, matmul_scratch
 from logitlab.fused._ops import linear_divergence as compiled_linear_divergence
 from logitlab.fused.cross_entropy import (
@@ -24,7 +24,7 @@ from logitlab.fused.cross_entropy import (
     vocab_offsets,
 )
 
-__all__ = ["linear_divergence_loss", "DIVERGENCES", "log_softmax_full", "row_totals"]
+__all__ = ["linear_divergence_loss", "DIVERGENCES", "log_softmax_full", "row_totals", "triton_sharded_kl"]
 
 DIVERGENCES = ("kl", "reverse_kl", "js")
 
@@ -79,6 +79,33 @@ def row_totals(group, extra: Tensor | None = None):
         return tuple(out[:len(terms)])
 
     return total, lambda: reduced[0] if reduced else None
+
+
+def triton_sharded_kl(student: Tensor, teacher: Tensor, *, temperature: float, group,
+                      need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """Rows of D(p ‖ q), p = softmax(u / T), q = softmax(z / T) over the full vocabulary, from this
+    rank's (N, V_local) slices ``student`` (z) and ``teacher`` (u), through the Triton kernels of
+    ``logitlab/_triton/sharded.py``; and with ``need_grad`` the gradient (q − p) / T of the slice.
+
+    One pass over both slices for their row statistics, two all-reduces (the maxima of z / T and
+    u / T, (2, N); then Σ e^{s − M_s}, Σ e^{t − M_t}, Σ e^{t − M_t} (t − s) and the count of
+    classes with t > −inf = s, (4, N)), one pass for the gradient, written in z's dtype. The
+    values follow ``_divergence_rows.kl``: +inf where some p > 0 meets q = 0 (the gradient stays
+    q − p), and 0 where the teacher's row is all −inf. Nothing is read on the host.
+    """
+    from logitlab._triton.sharded import kl_shard_grad, kl_shard_stats
+
+    stats = kl_shard_stats(student, teacher, temperature=temperature)
+    peak, (sum_s, sum_t, gap), (n_infinite,) = all_reduce_online(stats[:2], stats[2:5], (0, 1, 1), stats[5:],
+                                                                 group)
+    # Σ p (t − s) − lse(t) + lse(s), with lse(s) − lse(t) = M_s − M_t + log(S_s / S_t): no cancellation
+    value = gap / sum_t + (peak[0] - peak[1]) + torch.log(sum_s / sum_t)
+    value = torch.where(n_infinite > 0, torch.full_like(value, math.inf), value)
+    value = torch.where(sum_t > 0, value, torch.zeros_like(value))  # a teacher row without mass
+    if not need_grad:
+        return value, None
+    lse = peak + torch.stack([sum_s, sum_t]).log()
+    return value, kl_shard_grad(student, teacher, lse, temperature=temperature)
 
 
 def _divergence_rows(log_p: Tensor, log_q: Tensor, divergence: str, beta: float, group=None,

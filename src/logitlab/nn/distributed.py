@@ -53,15 +53,15 @@ class VocabParallelKLDivergence(nn.Module):
     """
 
     def __init__(self, *, group=None, temperature: float = 1.0, reduction: str = "mean", validate: bool = True,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, impl: str = "auto") -> None:
         super().__init__()
         self.group, self.temperature, self.reduction = group, temperature, reduction
-        self.validate, self.timeout = validate, timeout
+        self.validate, self.timeout, self.impl = validate, timeout, impl
 
     def forward(self, local_logits: Tensor, local_teacher_logits: Tensor) -> Tensor:
         return vocab_parallel_kl_divergence(local_logits, local_teacher_logits, group=self.group,
                                             temperature=self.temperature, reduction=self.reduction,
-                                            validate=self.validate, timeout=self.timeout)
+                                            validate=self.validate, timeout=self.timeout, impl=self.impl)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, reduction={self.reduction!r}"
