@@ -257,3 +257,37 @@ def test_inductor_end_to_end_on_a_small_model():
     (want_grad,) = torch.autograd.grad(want, weight)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,call", [("sparsemax", lambda z: logitlab.sparsemax(z, validate=False)),
+                                       ("entmax", lambda z: logitlab.entmax(z, alpha=1.3, validate=False))])
+def test_a_compiled_double_backward_raises_naming_the_function(name, call):
+    """AOTAutograd differentiates a compiled graph once: with create_graph=True it would return a
+    first derivative cut from the logits (a later grad of it: 'not used in the graph', or None with
+    allow_unused=True). The custom ops' backward formulas raise there instead, naming the function
+    (logitlab/_compiled_backward.py recognises torch's wrapper by its frame: if a torch release
+    renames it, this test fails). A plain backward of the same compiled call is unaffected."""
+    g = _gen(5)
+    z = _logits(g, (3, 5)).requires_grad_()
+    w = torch.randn(3, 5, generator=g, dtype=F64)
+    torch._dynamo.reset()
+    compiled = torch.compile(call, fullgraph=True, backend=BACKEND)
+    with pytest.raises(RuntimeError, match=rf"{name}\(\): no double backward \(create_graph=True\) through a "
+                                           r"torch.compile'd call"):
+        torch.autograd.grad((compiled(z) * w).sum(), z, create_graph=True)
+    (got,) = torch.autograd.grad((compiled(z) * w).sum(), z)
+    (want,) = torch.autograd.grad((call(z) * w).sum(), z)
+    torch.testing.assert_close(got, want)
+    # Eagerly the same maps have a true second derivative (tests/test_double_backward.py).
+    (first,) = torch.autograd.grad((call(z) * w).sum(), z, create_graph=True)
+    assert first.requires_grad
+
+
+def test_the_double_backward_guard_is_a_copy_outside_that_wrapper():
+    from logitlab._compiled_backward import in_compiled_double_backward, no_double_backward
+
+    grad, carry = torch.randn(4, dtype=F64), torch.randn(4, 1, dtype=F64).expand(4, 3)
+    out = no_double_backward(grad, "f", "a hint", carry=carry)
+    assert not in_compiled_double_backward()
+    assert torch.equal(out, carry) and out.data_ptr() != carry.data_ptr()
+    assert torch.equal(no_double_backward(grad, "f", "a hint"), grad)

@@ -269,7 +269,7 @@ def _checks(rank, world, compile_and_fsdp):
     facts.update(_bad_inputs(rank, mesh, logits, teacher, target, hidden, weight, bias))
     record = dict(errors=errors, facts=facts, info=info)
     if compile_and_fsdp:
-        info.update(_compiled(mesh, logits, target, hidden, weight, errors, facts))
+        info.update(_compiled(mesh, logits, target, hidden, weight, bias, class_weight, errors, facts))
         record["fsdp"] = _fsdp_step(rank, world)
     return record
 
@@ -341,16 +341,20 @@ EXPECTED_ERRORS = {
 }
 
 
-def _compiled(mesh, logits, target, hidden, weight, errors, facts):
-    """torch.compile over the DTensor calls (validate=False), against the same calls eagerly.
-
-    The vocab-parallel losses trace in one graph (fullgraph=True), their functional collectives
-    included, and their backward runs; linear_cross_entropy compiles with graph breaks (counted in
-    ``info``: the chunk loop's matmul helpers ask torch.get_num_threads()) and gives the same values.
-    ``aot_eager`` traces forward and backward as Inductor would, without generating C++ for them.
+def _compiled(mesh, logits, target, hidden, weight, bias, class_weight, errors, facts):
+    """torch.compile(fullgraph=True) over the sharded calls (validate=False), against the same calls
+    eagerly, loss and gradients: the vocab-parallel losses on DTensors and on plain slices with the
+    default group (their functional collectives traced) and linear_cross_entropy on a DTensor head
+    and on a plain shard with ``process_group`` (the chunk loop as the custom op carrying the
+    group's name, whose all-reduces run inside it). ``aot_eager`` traces forward and backward as Inductor would,
+    without generating C++ for them.
     """
     import torch._dynamo as dynamo
-    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor import DTensor, Shard
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows = torch.chunk(torch.arange(VOCAB), world)[rank]
+    shift_target = torch.cat([target[:, 1:], torch.full((BATCH[0], 1), -100)], 1)
 
     def ce(x, t):
         return vocab_parallel_cross_entropy(x, t, reduction="sum", label_smoothing=0.1, validate=False)
@@ -361,26 +365,74 @@ def _compiled(mesh, logits, target, hidden, weight, errors, facts):
     def lin(h, w, t):
         return linear_cross_entropy(h, w, t, impl="torch", chunk_size=4, validate=False)
 
+    def lin_none(h, w, b, t):  # per-row losses: the backward op runs the chunks again
+        return linear_cross_entropy(h, w, t, bias=b, reduction="none", label_smoothing=0.1, chunk_size=4,
+                                    validate=False)
+
+    def lin_group(h, w, t):  # a plain shard and a group: the op finds its offset; the default chunk
+        return linear_cross_entropy(h, w, t, class_weight=class_weight[rows], label_smoothing=0.1, z_loss=1e-3,
+                                    process_group=dist.group.WORLD, shift=1, validate=False)
+
+    def lin_group_sum(h, w, b, t):
+        return linear_cross_entropy(h, w, t, bias=b, reduction="sum", impl="torch", chunk_size=2,
+                                    process_group=dist.group.WORLD, validate=False)
+
+    def ce_group(x, t):  # a plain slice: the offsets from a traced all-gather, on the device
+        return vocab_parallel_cross_entropy(x, t, label_smoothing=0.1, z_loss=1e-3, validate=False)
+
+    def kl_group(x, u):
+        return vocab_parallel_kl_divergence(x, u, temperature=1.5, reduction="none", validate=False)
+
     teacher = logits.flip(-1)
-    cases = [("ce", ce, lambda: (_distribute(logits, mesh, Shard(2)).requires_grad_(), target), True),
-             ("kl", kl, lambda: (_distribute(logits, mesh, Shard(2)).requires_grad_(),
-                                 _distribute(teacher, mesh, Shard(2))), True),
-             ("linear", lin, lambda: (hidden, _distribute(weight, mesh, Shard(0)).requires_grad_(), target), False)]
+    sharded = lambda x, dim: _distribute(x, mesh, Shard(dim)).requires_grad_()  # noqa: E731
+    local = lambda x: x[rows].clone().requires_grad_()  # noqa: E731
+    columns = lambda x: x[..., rows].clone().requires_grad_()  # noqa: E731
+    cases = [("ce", ce, lambda: (sharded(logits, 2), target)),
+             ("kl", kl, lambda: (sharded(logits, 2), _distribute(teacher, mesh, Shard(2)))),
+             ("ce_group", ce_group, lambda: (columns(logits), target)),
+             ("kl_group", kl_group, lambda: (columns(logits), teacher[..., rows])),
+             ("linear", lin, lambda: (hidden.clone().requires_grad_(), sharded(weight, 0), target)),
+             ("linear_none", lin_none, lambda: (hidden.clone().requires_grad_(), sharded(weight, 0),
+                                                sharded(bias, 0), target)),
+             ("linear_group", lin_group, lambda: (hidden.clone().requires_grad_(), local(weight), target)),
+             ("linear_group_sum", lin_group_sum, lambda: (hidden.clone().requires_grad_(), local(weight),
+                                                          local(bias), shift_target))]
     info = {}
-    for name, call, make, fullgraph in cases:
+    for name, call, make in cases:
         dynamo.utils.counters.clear()
         args, eager_args = make(), make()
-        got = torch.compile(call, fullgraph=fullgraph, backend="aot_eager")(*args)
+        got = torch.compile(call, fullgraph=True, backend="aot_eager")(*args)
         info[f"{name}_graph_breaks"] = sum(dynamo.utils.counters["graph_break"].values())
         expected = call(*eager_args)
-        got.backward()
-        expected.backward()
-        errors[f"compiled_{name}_value"] = _err(got.to_local(), expected.to_local())
-        x, x_eager = (a for a in (args[0] if name != "linear" else args[1],
-                                  eager_args[0] if name != "linear" else eager_args[1]))
-        errors[f"compiled_{name}_grad"] = _err(x.grad.full_tensor(), x_eager.grad.full_tensor())
-        facts[f"compiled_{name}_loss_replicated"] = _replicated(got)
-        facts[f"compiled_{name}_grad_placements"] = tuple(x.grad.placements) == tuple(x.placements)
+        for out in (got, expected):  # the same seeded sum of each (the DTensor itself for a scalar)
+            if out.ndim == 0:
+                out.backward()
+            else:
+                mine = out.to_local() if isinstance(out, DTensor) else out
+                (mine * torch.linspace(0.5, 1.5, mine.numel(), dtype=F64).reshape(mine.shape)).sum().backward()
+        is_dtensor = isinstance(expected, DTensor)
+        errors[f"compiled_{name}_value"] = _err(got.to_local() if is_dtensor else got,
+                                                expected.to_local() if is_dtensor else expected)
+        for i, (x, x_eager) in enumerate(zip(args, eager_args)):
+            if not (isinstance(x, torch.Tensor) and x.requires_grad):
+                continue
+            if isinstance(x, DTensor):
+                errors[f"compiled_{name}_grad{i}"] = _err(x.grad.full_tensor(), x_eager.grad.full_tensor())
+                facts[f"compiled_{name}_grad{i}_placements"] = tuple(x.grad.placements) == tuple(x.placements)
+            else:
+                errors[f"compiled_{name}_grad{i}"] = _err(x.grad, x_eager.grad)
+        facts[f"compiled_{name}_loss_replicated"] = _replicated(got) if is_dtensor else not isinstance(got, DTensor)
+    # The sharded chunk loop is the op in the graph (and not the eager Function after a break).
+    seen = set()
+    aot = dynamo.lookup_backend("aot_eager")
+
+    def recording(gm, example_inputs):
+        seen.update(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return aot(gm, example_inputs)
+
+    dynamo.reset()
+    torch.compile(lin_group, fullgraph=True, backend=recording)(hidden, local(weight), target).backward()
+    facts["compiled_linear_group_runs_the_op"] = any("fused_linear_xent" in s for s in seen)
     return info
 
 
@@ -411,9 +463,14 @@ def test_dtensor_arguments_match_the_single_process_loss(world):
 
 def test_compiled_calls_on_dtensors_equal_eager_ones():
     for rank, record in enumerate(_records(2)):
-        assert {"compiled_ce_value", "compiled_kl_grad", "compiled_linear_grad"} <= set(record["errors"]), rank
-        # fullgraph=True held for the vocab-parallel losses; the fused head still breaks (see _compiled).
-        assert record["info"]["ce_graph_breaks"] == record["info"]["kl_graph_breaks"] == 0, record["info"]
+        names = ("ce", "kl", "ce_group", "kl_group", "linear", "linear_none", "linear_group", "linear_group_sum")
+        assert {f"compiled_{n}_value" for n in names} <= set(record["errors"]), rank
+        assert {"compiled_ce_grad0", "compiled_kl_grad0", "compiled_ce_group_grad0", "compiled_kl_group_grad0",
+                "compiled_linear_grad1", "compiled_linear_none_grad2", "compiled_linear_group_grad1",
+                "compiled_linear_group_sum_grad2"} <= set(record["errors"]), rank
+        # fullgraph=True held (it raises on a break), so no break was counted either.
+        assert all(record["info"][f"{n}_graph_breaks"] == 0 for n in names), record["info"]
+        assert record["facts"]["compiled_linear_group_runs_the_op"], rank
 
 
 class _Toy(torch.nn.Module):

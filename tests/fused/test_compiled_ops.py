@@ -228,7 +228,7 @@ def _xent_args(dtype, impl, reduction, *, record=False, grad=True):
     if grad:
         hidden, weight, bias = (t.requires_grad_() for t in (hidden, weight, bias))
     return (hidden, weight, bias, target.reshape(-1), class_weight, -100, 0.1, 1e-2, 3.0, 4, F32, reduction, impl,
-            record, grad, grad, grad)
+            record, grad, grad, grad, None, 0, -1)  # no group: the whole vocabulary
 
 
 def _divergence_args(dtype, impl, reduction, *, grad=True):
@@ -252,7 +252,8 @@ def test_each_op_passes_opcheck(impl, dtype, reduction):
     torch.library.opcheck(forward, _xent_args(dtype, impl, reduction, record=reduction == "none"))
     args = _xent_args(dtype, impl, "none", grad=False)
     rows = args[0].shape[0]
-    torch.library.opcheck(grads, (*args[:-3], True, True, True, torch.linspace(0.5, 1.5, rows, dtype=dtype)))
+    torch.library.opcheck(grads, (*args[:-6], True, True, True, *args[-3:], torch.linspace(0.5, 1.5, rows,
+                                                                                          dtype=dtype)))
     forward, grads = _ops.OPS["fused_linear_divergence"]
     torch.library.opcheck(forward, _divergence_args(dtype, impl, reduction))
     args = _divergence_args(dtype, impl, "none", grad=False)
@@ -265,10 +266,10 @@ def test_the_fakes_give_the_shapes_without_data():
         target = torch.zeros(9, dtype=torch.long)
         forward, _ = _ops.OPS["fused_linear_xent"]
         out = forward(hidden, weight, bias, target, None, -100, 0.0, 0.0, None, 4, F32, "none", "torch", True,
-                      True, False, True)
+                      True, False, True, None, 0, -1)
         assert [tuple(t.shape) for t in out] == [(9,), (0,), (0,), (0,), (2, 9)]
         out = forward(hidden, weight, bias, target, None, -100, 0.0, 0.0, None, 4, F32, "mean", "torch", False,
-                      True, True, True)
+                      True, True, True, "a group's name", 3, 20)  # a shard: the same shapes
         assert [tuple(t.shape) for t in out] == [(), (9, 4), (7, 4), (7,), (0,)]
 
 
@@ -295,22 +296,26 @@ def test_gradcheck_through_the_ops_in_float64(reduction):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_a_second_derivative_raises_clearly(reduction):
+def test_a_second_derivative_raises_clearly(reduction):  # eagerly through the op, and compiled
     hidden, weight, _, _, target = _head(F64)
     h = hidden.reshape(-1, DIM).detach().requires_grad_()
     loss = _ops.linear_xent(h, weight, None, target.reshape(-1), None, ignore_index=-100, label_smoothing=0.0,
                             z_loss=0.0, softcap=None, chunk=4, accum_dtype=F32, reduction=reduction, impl="torch")
     with pytest.raises(RuntimeError, match=r"linear_cross_entropy\(\): no double backward \(create_graph=True\)"):
         torch.autograd.grad(loss.sum(), h, create_graph=True)
-    # Through a compiled call, AOTAutograd runs the backward without a graph: the first derivative
-    # comes back right but detached, so a second one raises where it is asked for.
+    # Through a compiled call: AOTAutograd would hand back a first derivative that is not connected
+    # to h (a later grad says h was unused; allow_unused=True gives None); the op's guard in the
+    # compiled backward raises instead, naming the function, and a plain backward still works.
     compiled = _compiled(lambda x: linear_cross_entropy(x, weight, target.reshape(-1), impl="torch", chunk_size=4,
                                                         reduction=reduction, validate=False))
-    (grad,) = torch.autograd.grad(compiled(h).sum(), h, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"linear_cross_entropy\(\): no double backward \(create_graph=True\) "
+                                           r"through a torch.compile'd call"):
+        torch.autograd.grad(compiled(h).sum(), h, create_graph=True)
+    (grad,) = torch.autograd.grad(compiled(h).sum(), h)
     (want,) = torch.autograd.grad(loss.sum(), h)
     torch.testing.assert_close(grad, want)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(grad.sum(), h)
+    (grad,) = torch.autograd.grad(compiled(h).sum(), h, retain_graph=True)  # a kept graph is no graph of grads
+    torch.testing.assert_close(grad, want)
 
 
 def test_the_op_refuses_an_unknown_impl():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from logitlab._compiled_backward import no_double_backward
 from logitlab._triton.xent import scale_rows_, xent_rows
 from logitlab.losses._xent_kernel import XentOptions, _bad_row, saved_gradient
 
@@ -101,7 +102,12 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_losses, _grad_grad):
+    if torch.is_grad_enabled():
+        raise RuntimeError("logitlab::triton_xent_rows: no double backward (create_graph=True); "
+                           "impl='torch' has higher-order gradients, eagerly")
     (grad,) = ctx.saved_tensors
+    # Traced into the compiled backward: raises there when it runs with create_graph=True.
+    grad_losses = no_double_backward(grad_losses, "cross_entropy", "impl='torch' has higher-order gradients, eagerly")
     return grad * grad_losses.to(grad.dtype).unsqueeze(1), None, None, None, None, None, None, None, None, None
 
 

@@ -10,7 +10,9 @@ The logits may instead be a ``torch.distributed.tensor.DTensor`` sharded on the 
 ``loss_parallel``): the mesh gives the group and the shard's offset, and the loss comes back as
 a DTensor replicated over the mesh (see :mod:`logitlab._dtensor`). With ``validate=False`` such
 a call reads nothing back to the host (its collectives are functional ones), so
-``torch.compile(fullgraph=True)`` traces it whole.
+``torch.compile(fullgraph=True)`` traces it whole. Plain slices with a group trace whole too:
+under ``torch.compile`` the slices' offsets come from a functional all-gather of their sizes,
+kept on the device (:func:`traced_offsets`), instead of the eager call's read on the host.
 """
 
 from __future__ import annotations
@@ -58,14 +60,38 @@ def check_timeout(fn: str, timeout) -> datetime.timedelta | None:
     return datetime.timedelta(seconds=float(seconds))
 
 
-def _offsets(fn: str, local: int, group, vocab_start, device, rows: int) -> tuple[int, int]:
+def _offsets(fn: str, local: int, group, vocab_start, device, rows: int) -> tuple[int | Tensor, int | Tensor]:
     if group is None:
         start = 0 if vocab_start is None else int(vocab_start)
         return start, start + local
+    if torch.compiler.is_compiling():  # traced: 0-d tensors, nothing read on the host
+        start, total = traced_offsets(local, group, device, rows=rows, fn=fn)
+        if vocab_start is not None:
+            torch._assert_async(start == int(vocab_start), f"{fn}: vocab_start must be the sum of the slice sizes "
+                                                           "of the lower ranks")
+        return start, total
     start, total = vocab_offsets(local, group, device, rows=rows, fn=fn)
     if vocab_start is not None and int(vocab_start) != start:
         v.fail(fn, "vocab_start", f"{start} (the sum of the slice sizes of the lower ranks)", vocab_start)
     return start, total
+
+
+def traced_offsets(vocab_local: int, group, device, *, rows: int, fn: str) -> tuple[Tensor, Tensor]:
+    """(start of this rank's slice, full vocabulary size) as 0-d int64 tensors, for traced code.
+
+    :func:`~logitlab.fused.cross_entropy.vocab_offsets` reads every rank's slice size on the
+    host; under ``torch.compile`` the sizes come from a functional all-gather, which the
+    compiler traces, and stay on the device. Every rank must pass the same number of rows: a
+    mismatch fails an assertion in the graph (``torch._assert_async``, naming ``fn``) instead
+    of raising the eager call's message.
+    """
+    import torch.distributed._functional_collectives as funcol
+
+    mine = torch.tensor([vocab_local, rows], dtype=torch.int64, device=device)
+    sizes = funcol.all_gather_tensor(mine, 0, group).reshape(-1, 2)  # (ranks, 2), in rank order
+    torch._assert_async((sizes[:, 1] == rows).all(), f"{fn}: every rank of the group must pass the same number "
+                                                     "of rows")
+    return sizes[: dist.get_rank(group), 0].sum(), sizes[:, 0].sum()
 
 
 class _PrecomputedRows(torch.autograd.Function):
@@ -107,8 +133,10 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
     ``local_logits`` is this rank's slice of the full gradient. Two all-reduces per call, of
     what the math needs: the row maxima (N values), then Σ exp(z − max), the target logit and,
     with smoothing, Σ_c z_c (3N values); plus an all-gather of the slice sizes without DTensors,
-    read on the host. On CUDA tensors (``impl='triton'``, which 'auto' picks where triton
-    imports) the local work is two Triton passes over the slice: its row statistics (maximum
+    read on the host (under ``torch.compile``, kept on the device: the local work then runs in
+    torch ops, since the Triton kernels take the slice's offset as a number). On CUDA tensors
+    (``impl='triton'``, which 'auto' picks where triton imports) the local work is two Triton
+    passes over the slice: its row statistics (maximum
     and Σ exp by the online log-sum-exp, the owned target logit, Σ_c z_c) and, after the
     all-reduces, its gradient, written in the logits' dtype; ignored rows are never read. The
     'torch' path copies the slice into the compute dtype and makes five passes over it.
@@ -186,6 +214,8 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
     v.check_same_device(fn, "local_logits", local_logits, target=target)
     impl = backend.resolve(fn, impl, local_logits, native=lambda: False)
     group = check_group(fn, resolve_group(group)) if layout is None else layout.group
+    if impl == "triton" and group is not None and layout is None and torch.compiler.is_compiling():
+        impl = "torch"  # traced offsets are tensors; the Triton kernels take the slice's offset as a number
     timeout = check_timeout(fn, timeout)
     local = local_logits.shape[-1]
     if group is None and local == 0:
@@ -317,7 +347,9 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
     u = local_teacher_logits.detach().reshape(rows, local)
     with collective_timeout(timeout):
         if group is not None and layout is None and (validate or impl == "torch"):  # the same rows everywhere,
-            vocab_offsets(local, group, z.device, rows=rows, fn=fn)  # or the all-reduces below mismatch
+            # or the all-reduces below mismatch (a DTensor's shape says so); traced, an assertion in the graph
+            (traced_offsets if torch.compiler.is_compiling() else vocab_offsets)(local, group, z.device, rows=rows,
+                                                                                  fn=fn)
         if impl == "triton":  # two Triton passes over the slices, two all-reduces
             loss, grad = triton_sharded_kl(z, u, temperature=temperature, group=group,
                                            need_grad=local_logits.requires_grad)

@@ -174,8 +174,8 @@ class CrossEntropyKernel:
     class_weight: Tensor | None  # (V_local,) the local slice of the class weights
     weight_total: float | Tensor  # Σ_c w_c over the full vocabulary (V without weights; a 0-d
                                   # tensor where it must not be read on the host: over a group, on the GPU)
-    vocab_total: int          # V, the full vocabulary size
-    vocab_start: int = 0
+    vocab_total: int | Tensor  # V, the full vocabulary size (0-d tensors where traced code found
+    vocab_start: int | Tensor = 0  # the offsets: vocab_parallel.traced_offsets; not on the Triton path)
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     group: object = None

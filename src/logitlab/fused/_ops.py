@@ -20,12 +20,25 @@ stays inside the op), with fakes for tracing and an autograd formula:
 
 ``impl`` is the implementation the public op resolved: "native" (the native row and matmul
 kernels, CPU), "torch" (torch ops) or "triton" (the Triton row kernels). The chunk size is
-resolved by the caller too, so a compiled call runs the same chunks as the eager one. Without a
-process group only: the collectives of a sharded head take a group object, which an operator's
-schema cannot carry (such a call runs :class:`FusedLinearLoss`, and Dynamo breaks the graph there).
+resolved by the caller too, so a compiled call runs the same chunks as the eager one.
 
-A second derivative raises (``create_graph=True`` through the op's backward): the eager Function
-is ``once_differentiable`` too; ``impl="composite"`` has higher-order gradients.
+A vocabulary-sharded head (``process_group``, or a DTensor weight ``Shard(0)``) runs through the
+same ops: a schema cannot carry a ProcessGroup, but it can carry its *name* (``group_name``, the
+string the functional collectives take), and the op resolves the group from it when it runs. The
+row kernel's all-reduces then run inside the op, as in the eager Function: the op is opaque to
+the compiler, so no collective needs to be traced, and every rank runs the same chunks because
+the chunk size depends on the full vocabulary, never on the local shard. ``vocab_start`` and
+``vocab_total`` place the shard: given (a DTensor's metadata), the op reads nothing on the host,
+and rows that do not count go through the chunks masked instead of being found and left out
+(the eager call with ``validate=False`` does the same); -1 (a plain ``process_group``) makes the
+op find them from every rank's shard size, a host read, as the eager call does, and then check
+the target indices against the full vocabulary and leave ignored rows out. ``chunk`` 0 asks the
+op for the default chunk of that full vocabulary (:func:`~logitlab.fused._engine.chunk_rows`),
+when the caller could not know it.
+
+A second derivative raises (``create_graph=True`` through the op's backward, eagerly or in a
+compiled backward: :mod:`logitlab._compiled_backward`): the eager Function is
+``once_differentiable`` too; ``impl="composite"`` has higher-order gradients (eagerly).
 """
 
 from __future__ import annotations
@@ -33,16 +46,70 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from logitlab.fused._engine import Plan, accumulation_dtype, forward_pass, run_chunks
+from logitlab import _validation as v
+from logitlab._compiled_backward import no_double_backward
+from logitlab.fused._engine import (
+    Plan,
+    accumulation_dtype,
+    chunk_rows,
+    forward_pass,
+    gradient_dtype,
+    needs_wide_block,
+    run_chunks,
+)
 
-__all__ = ["linear_xent", "linear_divergence", "OPS"]
+__all__ = ["linear_xent", "linear_divergence", "group_name_of", "OPS"]
 
 
-def _plan(chunk: int, accum_dtype: torch.dtype, softcap: float | None, impl: str) -> Plan:
+def _plan(chunk: int, accum_dtype: torch.dtype, softcap: float | None, impl: str, group=None,
+          skip_ignored: bool = True) -> Plan:
     if impl not in ("native", "torch", "triton"):
         raise ValueError(f"logitlab fused op: impl must be 'native', 'torch' or 'triton', got {impl!r}")
+    if group is not None and impl == "triton":
+        raise ValueError("logitlab fused op: impl 'triton' has no process group (a sharded head runs 'torch')")
     return Plan(chunk=chunk, accum_dtype=accum_dtype, softcap=softcap, native=impl == "native",
-                triton=impl == "triton")
+                triton=impl == "triton", group=group, skip_ignored=skip_ignored)
+
+
+def group_name_of(group) -> str | None:
+    """The name of a ProcessGroup (None for None): what an op's schema can carry, and what the
+    functional collectives resolve a group from (a traced call reads it at trace time)."""
+    if group is None:
+        return None
+    import torch.distributed._functional_collectives as funcol
+
+    return str(funcol._resolve_group_name(group))
+
+
+def _shard(fn: str, group_name: str | None, weight: Tensor, target: Tensor, vocab_start: int, vocab_total: int,
+           ignore_index: int, check: bool):
+    """(group, vocab_start, vocab_total, skip_ignored) of a call: without a group the whole
+    vocabulary; with one, the layout given, or (-1) found from every rank's shard size, then the
+    indices checked against the full vocabulary when ``check``."""
+    if group_name is None:
+        return None, 0, weight.shape[0], True
+    from torch.distributed.distributed_c10d import _resolve_process_group
+
+    from logitlab.fused.cross_entropy import vocab_offsets
+
+    group = _resolve_process_group(group_name)
+    if vocab_total >= 0:  # a DTensor's layout: nothing read on the host
+        return group, vocab_start, vocab_total, False
+    start, total = vocab_offsets(weight.shape[0], group, weight.device, rows=target.numel(), fn=fn)
+    if check:
+        v.check_index_target(fn, "target", target, total, ignore_index=ignore_index)
+    return group, start, total, True
+
+
+def _chunk(chunk: int, hidden: Tensor, weight: Tensor, vocab_total: int, softcap: float | None, group,
+           accum_dtype: torch.dtype, impl: str, need_weight: bool) -> int:
+    """``chunk``, or for 0 the eager call's default over the full vocabulary (the same on every
+    rank: the ranks must run the same number of chunks, each with its all-reduces)."""
+    if chunk > 0:
+        return chunk
+    wide = needs_wide_block(hidden, softcap, group, native=impl == "native")
+    return chunk_rows(hidden.shape[0], vocab_total, hidden.dtype, wide_block=wide, dim=hidden.shape[1],
+                      sum_dtype=gradient_dtype(weight.dtype, accum_dtype) if need_weight else None)
 
 
 def _filled(t: Tensor | None, like: Tensor) -> Tensor:
@@ -67,39 +134,49 @@ def _grads_out(hidden: Tensor, grads) -> tuple[Tensor, Tensor, Tensor]:
 
 _XENT_ARGS = ("hidden", "weight", "bias", "target", "class_weight", "ignore_index", "label_smoothing", "z_loss",
               "softcap", "chunk", "accum_dtype", "reduction", "impl", "record", "need_hidden", "need_weight",
-              "need_bias")
+              "need_bias", "group_name", "vocab_start", "vocab_total")
 
 
-def _xent_kernel(target, class_weight, weight, hidden, ignore_index, label_smoothing, z_loss, accum_dtype, impl):
+def _xent_setup(hidden, weight, target, class_weight, ignore_index, label_smoothing, z_loss, softcap, chunk,
+                accum_dtype, impl, need_weight, group_name, vocab_start, vocab_total, *, check: bool):
+    """The row kernel and the plan of a call (see the module's docstring for the sharded head)."""
     from logitlab.fused.cross_entropy import build_kernel
 
-    return build_kernel(target, class_weight, ignore_index=ignore_index, vocab_start=0, vocab_total=weight.shape[0],
-                        label_smoothing=label_smoothing, z_loss=z_loss,
-                        dtype=accumulation_dtype(hidden.dtype, accum_dtype), sync=impl != "triton")
+    group, start, total, skip = _shard("linear_cross_entropy", group_name, weight, target, vocab_start, vocab_total,
+                                       ignore_index, check)
+    kernel = build_kernel(target, class_weight, ignore_index=ignore_index, vocab_start=start, vocab_total=total,
+                          label_smoothing=label_smoothing, z_loss=z_loss,
+                          dtype=accumulation_dtype(hidden.dtype, accum_dtype), group=group, sync=impl != "triton")
+    chunk = _chunk(chunk, hidden, weight, total, softcap, group, accum_dtype, impl, need_weight)
+    return kernel, _plan(chunk, accum_dtype, softcap, impl, group, skip)
 
 
 @torch.library.custom_op("logitlab::fused_linear_xent", mutates_args=())
 def _linear_xent(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, class_weight: Tensor | None,
                  ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None, chunk: int,
                  accum_dtype: torch.dtype, reduction: str, impl: str, record: bool, need_hidden: bool,
-                 need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 need_weight: bool, need_bias: bool, group_name: str | None, vocab_start: int,
+                 vocab_total: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, grad_hidden, grad_weight, grad_bias, record): the gradients of the reduced loss for
     'mean'/'sum' where asked (else empty), and with ``record`` the (2, N) per-row log-sum-exp and
-    hits of :func:`~logitlab.fused.cross_entropy.linear_cross_entropy_with_lse` (else empty)."""
+    hits of :func:`~logitlab.fused.cross_entropy.linear_cross_entropy_with_lse` (else empty).
+    With ``group_name`` the head is this rank's shard of the vocabulary (see the module)."""
     from logitlab.fused.cross_entropy import reduction_scale
 
-    kernel = _xent_kernel(target, class_weight, weight, hidden, ignore_index, label_smoothing, z_loss, accum_dtype,
-                          impl)
+    kernel, plan = _xent_setup(hidden, weight, target, class_weight, ignore_index, label_smoothing, z_loss, softcap,
+                               chunk, accum_dtype, impl, need_weight, group_name, vocab_start, vocab_total,
+                               check=True)
     sink = hidden.new_zeros(2, hidden.shape[0], dtype=accumulation_dtype(hidden.dtype, accum_dtype)) if record else None
     kernel.record = sink
-    loss, grads = forward_pass(hidden, weight, bias, kernel, reduction_scale(kernel, reduction),
-                               _plan(chunk, accum_dtype, softcap, impl), need=(need_hidden, need_weight, need_bias))
+    loss, grads = forward_pass(hidden, weight, bias, kernel, reduction_scale(kernel, reduction), plan,
+                               need=(need_hidden, need_weight, need_bias))
     return (loss, *_grads_out(hidden, grads), _filled(sink, hidden))
 
 
 @_linear_xent.register_fake
 def _(hidden, weight, bias, target, class_weight, ignore_index, label_smoothing, z_loss, softcap, chunk,
-      accum_dtype, reduction, impl, record, need_hidden, need_weight, need_bias):
+      accum_dtype, reduction, impl, record, need_hidden, need_weight, need_bias, group_name, vocab_start,
+      vocab_total):
     loss = hidden.new_empty(hidden.shape[0] if reduction == "none" else ())
     grads = _grad_fakes(hidden, weight, bias, reduction != "none", need_hidden, need_weight, need_bias)
     sink = (hidden.new_empty(2, hidden.shape[0], dtype=accumulation_dtype(hidden.dtype, accum_dtype)) if record
@@ -112,19 +189,22 @@ def _linear_xent_grads(hidden: Tensor, weight: Tensor, bias: Tensor | None, targ
                        class_weight: Tensor | None, ignore_index: int, label_smoothing: float, z_loss: float,
                        softcap: float | None, chunk: int, accum_dtype: torch.dtype, reduction: str, impl: str,
                        record: bool, need_hidden: bool, need_weight: bool, need_bias: bool,
+                       group_name: str | None, vocab_start: int, vocab_total: int,
                        grad_rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients of reduction 'none' (``reduction`` and ``record`` are not read), each row
     weighted by ``grad_rows`` (N,): the chunks run again, as in the eager backward."""
-    kernel = _xent_kernel(target, class_weight, weight, hidden, ignore_index, label_smoothing, z_loss, accum_dtype,
-                          impl)
-    _, *grads = run_chunks(hidden, weight, bias, kernel, _plan(chunk, accum_dtype, softcap, impl), row_scale=grad_rows,
+    kernel, plan = _xent_setup(hidden, weight, target, class_weight, ignore_index, label_smoothing, z_loss, softcap,
+                               chunk, accum_dtype, impl, need_weight, group_name, vocab_start, vocab_total,
+                               check=False)
+    _, *grads = run_chunks(hidden, weight, bias, kernel, plan, row_scale=grad_rows,
                            need=(need_hidden, need_weight, need_bias))
     return _grads_out(hidden, grads)
 
 
 @_linear_xent_grads.register_fake
 def _(hidden, weight, bias, target, class_weight, ignore_index, label_smoothing, z_loss, softcap, chunk,
-      accum_dtype, reduction, impl, record, need_hidden, need_weight, need_bias, grad_rows):
+      accum_dtype, reduction, impl, record, need_hidden, need_weight, need_bias, group_name, vocab_start,
+      vocab_total, grad_rows):
     return _grad_fakes(hidden, weight, bias, True, need_hidden, need_weight, need_bias)
 
 
@@ -205,6 +285,8 @@ def _register(op, grads_op, names: tuple[str, ...], fn: str) -> None:
         if torch.is_grad_enabled():
             raise RuntimeError(f"{fn}(): no double backward (create_graph=True) through the chunk loop under "
                                "torch.compile; impl='composite' has higher-order gradients")
+        # Traced into the compiled backward: raises there when it runs with create_graph=True.
+        grad_loss = no_double_backward(grad_loss, fn, "impl='composite' has higher-order gradients, eagerly")
         saved = ctx.saved_tensors
         inputs = list(ctx.args)
         for i, t in zip(ctx.tensor_at, saved):
@@ -238,14 +320,17 @@ def _needs(*tensors: Tensor | None) -> tuple[bool, ...]:
 def linear_xent(hidden2d: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor,
                 class_weight: Tensor | None, *, ignore_index: int, label_smoothing: float, z_loss: float,
                 softcap: float | None, chunk: int, accum_dtype: torch.dtype, reduction: str, impl: str,
-                record: Tensor | None = None) -> Tensor:
+                record: Tensor | None = None, group=None, vocab_start: int = -1, vocab_total: int = -1) -> Tensor:
     """:func:`~logitlab.fused.cross_entropy.linear_cross_entropy`'s chunk loop through the op: the
     loss (reduced, or (N,) for 'none') in hidden's dtype; ``record`` (a (2, N) sink) receives
-    each row's log-sum-exp and hit."""
+    each row's log-sum-exp and hit. With ``group`` (a ProcessGroup), ``weight``, ``bias`` and
+    ``class_weight`` are this rank's shard of the vocabulary, placed by ``vocab_start`` and
+    ``vocab_total`` (-1: found by the op from every rank's shard size); ``chunk`` 0: the default."""
     loss, _, _, _, sink = _linear_xent(
         hidden2d, weight, bias, target, None if class_weight is None else class_weight.detach(), int(ignore_index),
         float(label_smoothing), float(z_loss), None if softcap is None else float(softcap), int(chunk), accum_dtype,
-        reduction, impl, record is not None, *_needs(hidden2d, weight, bias))
+        reduction, impl, record is not None, *_needs(hidden2d, weight, bias), group_name_of(group),
+        int(vocab_start), int(vocab_total))
     if record is not None:
         record.copy_(sink.detach())  # statistics, with no gradient (as in the eager call)
     return loss

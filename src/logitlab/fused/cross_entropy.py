@@ -168,17 +168,19 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     With ``validate=False`` such a call reads nothing back to the host: no device
     synchronisation, ignored rows go through the chunks (masked, at the cost of their matmuls)
     instead of being found and left out, and target indices are not checked (one out of range
-    selects no logit: its row's loss counts a target logit of 0). The collectives are
-    functional ones, which ``torch.compile`` traces; the chunk loop of a sharded head still
-    runs as the eager autograd Function (an operator's schema cannot carry the process group),
-    which breaks the graph, so a compiled call runs in several graphs, with the same values and
-    gradients.
+    selects no logit: its row's loss counts a target logit of 0).
 
-    Under ``torch.compile`` without a process group, the chunk loop of 'native', 'torch' and
-    'triton' runs inside one custom op (``logitlab::fused_linear_xent``, and for 'none' a second
-    one in backward; :mod:`logitlab.fused._ops`): no graph break, the same chunks, values and
-    gradients as the eager call, which hands its precomputed gradients over in place where the
-    compiled backward multiplies them out of place. No double backward there either.
+    Under ``torch.compile`` the chunk loop of 'native', 'torch' and 'triton' runs inside one
+    custom op (``logitlab::fused_linear_xent``, and for 'none' a second one in backward;
+    :mod:`logitlab.fused._ops`): no graph break (``fullgraph=True`` holds), the same chunks,
+    values and gradients as the eager call, which hands its precomputed gradients over in place
+    where the compiled backward multiplies them out of place. A sharded head too: the op carries
+    the group's name and runs the row statistics' all-reduces itself; with a DTensor head the
+    shard's place comes from its metadata, so the compiled call reads nothing on the host
+    (ignored rows go through the chunks masked); with a plain ``process_group`` the op finds it
+    from every rank's shard size when it runs (one all-gather, read on the host, as eagerly).
+    No double backward through a compiled call: ``create_graph=True`` raises (the eager call's
+    Function is once-differentiable too; 'composite' has higher-order gradients eagerly).
 
     ``shift=k`` scores position t of the sequence (the last dimension of ``target``, the
     second-to-last of ``hidden``) against ``target[..., t + k]``, as a causal LM predicts the
@@ -278,15 +280,17 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                    f"<shape {tuple(class_weight.shape)}>")
         v.check_same_device(fn, "hidden", hidden, class_weight=class_weight)
 
+    compiling = torch.compiler.is_compiling()
     vocab_start, vocab_total = 0, vocab_local
     if layout is not None:  # from the DTensor's metadata: no collective, nothing read on the host
         vocab_start, vocab_total = layout.start, layout.total
+    elif process_group is not None and compiling:  # (-1: the compiled op finds them when it runs)
+        vocab_start = vocab_total = -1
     elif process_group is not None:
         vocab_start, vocab_total = vocab_offsets(vocab_local, process_group, weight.device,
                                                  rows=target.numel(), fn=fn)
     # Rows that do not count are left out of the chunks after a read on the host (which rows);
     # a sharded DTensor head with validate=False reads nothing back: they go through, masked.
-    compiling = torch.compiler.is_compiling()
     validate = v.default_validate(hidden, validate) and not compiling  # (no data checks in a compiled graph)
     sync_free = layout is not None and process_group is not None and not validate
     flat_target = target.reshape(-1).long()
@@ -295,7 +299,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     # Whatever `validate` says: an index addresses memory (of the head, the logits, the weights);
     # the Triton kernel reads none for an index out of range, nor does a sharded DTensor head's row
     # kernel (it masks the index: no host read with validate=False). (On meta tensors: nothing to check.)
-    if validate or not (mode == "triton" or sync_free):
+    if (validate or not (mode == "triton" or sync_free)) and vocab_total >= 0:
         v.check_index_target(fn, "target", flat_target, vocab_total, ignore_index=ignore_index)
 
     if not v.has_data(hidden, weight, target, bias, class_weight):  # meta: the output's shape only
@@ -315,17 +319,22 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
     triton = mode == "triton"
     if chunk_size is None and triton:
         chunk_size = gpu_chunk_rows(rows, vocab_total)
+    elif chunk_size is None and vocab_total < 0:
+        chunk_size = 0  # the compiled op's default chunk, once it knows the full vocabulary
     elif chunk_size is None:
         wide = needs_wide_block(hidden, softcap, process_group, native=mode == "native")
         summed = weight.requires_grad and torch.is_grad_enabled()  # a (V, D) grad_weight sum exists
         chunk_size = chunk_rows(rows, vocab_total, hidden.dtype, wide_block=wide, dim=hidden.shape[-1],
                                 sum_dtype=gradient_dtype(weight.dtype, accum_dtype) if summed else None)
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
-    if compiling and process_group is None:  # the chunk loop inside a custom op: no graph break
+    if compiling:  # the chunk loop inside a custom op (a sharded head's group by name): no graph break
         out = compiled_linear_xent(hidden2d, weight, bias, flat_target, class_weight, ignore_index=ignore_index,
                                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, chunk=chunk_size,
-                                   accum_dtype=accum_dtype, reduction=reduction, impl=mode, record=_record)
-        return out.reshape(target.shape) if reduction == "none" else out
+                                   accum_dtype=accum_dtype, reduction=reduction,
+                                   impl="torch" if mode == "composite" else mode, record=_record,
+                                   group=process_group, vocab_start=vocab_start, vocab_total=vocab_total)
+        out = out.reshape(target.shape) if reduction == "none" else out
+        return replicated_output(out, layout) if wrap else out
     acc = accumulation_dtype(hidden.dtype, accum_dtype)
     kernel = build_kernel(flat_target, class_weight, ignore_index=ignore_index, vocab_start=vocab_start,
                           vocab_total=vocab_total, label_smoothing=label_smoothing, z_loss=z_loss,
@@ -415,16 +424,18 @@ def linear_cross_entropy_with_lse(hidden: Tensor, weight: Tensor, target: Tensor
     return LinearCrossEntropyResult(loss, lse, accuracy)
 
 
-def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: int, vocab_start: int,
-                 vocab_total: int, label_smoothing: float, z_loss: float, dtype: torch.dtype,
+def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: int, vocab_start: int | Tensor,
+                 vocab_total: int | Tensor, label_smoothing: float, z_loss: float, dtype: torch.dtype,
                  group=None, sync: bool = True) -> CrossEntropyKernel:
     """The cross-entropy row kernel for flat ``target`` (N,), class weights local to this rank.
 
-    ``sync=False`` keeps Σ_c w_c on the device (a 0-d tensor) instead of reading it on the host."""
+    ``sync=False`` keeps Σ_c w_c on the device (a 0-d tensor) instead of reading it on the host.
+    ``vocab_start`` and ``vocab_total`` may be 0-d tensors (offsets found in traced code)."""
     keep = target != ignore_index
     if class_weight is None:
         target_weight = keep.to(dtype)
-        weight_total = float(vocab_total)
+        # (a 0-d tensor from traced code, vocab_parallel.traced_offsets: kept on the device)
+        weight_total = vocab_total.to(dtype) if isinstance(vocab_total, Tensor) else float(vocab_total)
     else:
         local = target - vocab_start
         owned = keep & (local >= 0) & (local < class_weight.shape[0])
@@ -433,6 +444,8 @@ def build_kernel(target: Tensor, class_weight: Tensor | None, *, ignore_index: i
         weight_total = all_reduce(class_weight.detach().to(dtype).sum().reshape(1), "sum", group).reshape(())
         if group is None and sync:  # one process: a number (over a group or on the GPU, a 0-d tensor)
             weight_total = float(weight_total)
+    if isinstance(vocab_total, Tensor):  # V only divides ε in the kernel: in its dtype, not the default one
+        vocab_total = vocab_total.to(dtype)
     return CrossEntropyKernel(target=target, keep=keep, target_weight=target_weight,
                               class_weight=None if class_weight is None else class_weight.detach(),
                               weight_total=weight_total, vocab_total=vocab_total, vocab_start=vocab_start,

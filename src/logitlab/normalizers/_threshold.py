@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from logitlab import backend
+from logitlab._compiled_backward import no_double_backward
 from logitlab._native import sparse as native_sparse
 from logitlab._validation import fail, has_data
 from logitlab.normalizers._threshold_topk import (  # noqa: F401  (tests size the retries)
@@ -218,7 +219,7 @@ def _setup_context(ctx, inputs, output):
     logits, alpha, kind, _, _, _, _, fn, impl = inputs
     probs, _, first_idx, support, _, _ = output
     ctx.save_for_backward(probs, alpha, first_idx, support)
-    ctx.kind = kind
+    ctx.kind, ctx.fn = kind, fn
     # Only the Triton engine needs naming for the backward (native and torch are told apart by
     # first_idx); asking resolve() again for a CPU tensor would refuse impl="native" on the
     # FunctionalTensors of a torch.compile trace.
@@ -232,6 +233,10 @@ def _backward_rule(ctx, grad_probs, *unused):
     if torch.is_grad_enabled():  # create_graph=True: the custom op would cut the graph
         grad_logits, grad_alpha = _differentiable_backward(grad_probs, probs, alpha, ctx.kind, need_alpha)
     else:
+        # Traced into a compiled backward (this op runs only under torch.compile): raises there
+        # when it runs with create_graph=True, instead of a first derivative cut from the logits.
+        alpha = no_double_backward(grad_probs, ctx.fn, f"call {ctx.fn} eagerly for higher-order gradients",
+                                   carry=alpha)
         grad_logits, grad_alpha = _threshold_backward_op(
             grad_probs, probs, alpha, first_idx, support, ctx.kind, need_alpha, ctx.engine)
     return (grad_logits, (grad_alpha.to(alpha.dtype) if need_alpha else None),
