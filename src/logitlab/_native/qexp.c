@@ -125,6 +125,7 @@ static inline void qexp_sums(const double *t, int64_t n, double eps, double inv_
     const vd vmu = vdsplat(mu);
     vdsum_t vm = vdsum_zero(), vs = vdsum_zero();
     for (int64_t i = 0; i < n; i += SUM_LANES) {
+        #pragma GCC unroll 2 /* NACC: the sums stay in registers */
         for (int h = 0; h < NACC; h++) {
             vd v, p, s;
             memcpy(&v, t + i + h * DL, sizeof v);

@@ -54,6 +54,7 @@ static int64_t CAT(qexp_fwd_rows_, X)(
         vdsum_t vsum = vdsum_zero();
         vl vcnt = (vl){0};
         for (int64_t i = 0; i < padded; i += SUM_LANES) {
+            #pragma GCC unroll 2 /* NACC: the sums stay in registers */
             for (int h = 0; h < NACC; h++) {
                 vd v;
                 memcpy(&v, buf + i + h * DL, sizeof v);
@@ -128,6 +129,7 @@ static void CAT(qexp_bwd_rows_, X)(
                 CAT(ldbn_, X)(pr + j, tail, 0.0, &pv[0], &pv[1]);
                 CAT(ldbn_, X)(gr + j, tail, 0.0, &gv[0], &gv[1]);
             }
+            #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) { /* the half at element j + h DL: sum part h mod NACC */
                 const int k = h % NACC;
                 const vl pos = pv[h] > zero;
