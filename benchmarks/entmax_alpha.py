@@ -10,8 +10,9 @@ torch: the ``torch.topk`` path): the record's ``ours_path`` says which. At α = 
 as a per-row tensor (what a learned α is), so the q-exponential solver runs; a float 1.0 would
 be torch's softmax. Correctness is checked in the same run (native against torch and against the
 peer, or softmax at α = 1). Records go to JSON (units in field names), a table is printed, and
-the last line is the path of the records. ``--note`` is stored with the records (say "under
-load" when the machine was shared).
+the last line is the path of the records; the table's ``/<build>`` column is each build's time
+over the first build's in ``--builds`` (the AVX2/AVX-512 ratio with ``--builds avx512 avx2``).
+``--note`` is stored with the records (say "under load" when the machine was shared).
 
 Usage::
 
@@ -99,14 +100,16 @@ def main() -> None:
             })
     label = f" ({args.note})" if args.note else ""
     print(f"forward + backward, float32, ms (median){label}")
-    print(f"{'shape':>12} {'alpha':>6} {'path':>16} {'build':>10} {'native':>8} {'torch':>8} {'peer':>8} "
-          f"{'torch/native':>12} {'peer/native':>11}  |dp| vs torch, peer")
+    first = f"/{builds[0]}"  # each build's time over the first build's, from the same process
+    print(f"{'shape':>12} {'alpha':>6} {'path':>16} {'build':>10} {'native':>8} {first:>11} {'torch':>8} "
+          f"{'peer':>8} {'torch/native':>12} {'peer/native':>11}  |dp| vs torch, peer")
     for r in records:
         t, p = r["torch_ms"]["median_ms"], r["peer_ms"]["median_ms"]
+        base = r["native_ms"][builds[0]]["median_ms"]
         for b, nat in r["native_ms"].items():
             o, c = nat["median_ms"], r["checks"][b]
             print(f"{r['rows']:>5}x{r['classes']:<6} {r['alpha']:>6} {r['ours_path']:>16} {b:>10} {o:>8.1f} "
-                  f"{t:>8.1f} {p:>8.1f} {t / o:>12.2f} {p / o:>11.2f}  "
+                  f"{o / base:>11.2f} {t:>8.1f} {p:>8.1f} {t / o:>12.2f} {p / o:>11.2f}  "
                   f"{c['max_abs_diff_probs_vs_torch']:.1e}, {c['max_abs_diff_probs_vs_peer']:.1e}")
     out_rows = []
     for r in records:

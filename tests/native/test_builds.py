@@ -45,6 +45,33 @@ def test_each_build_runs_its_own_binary_and_agrees_with_torch(build):
     assert torch.allclose(probs.sum(1), torch.ones(37), atol=1e-5)
 
 
+@pytest.mark.skipif(not {"avx512", "avx2"} <= set(_native.supported_builds()),
+                    reason="needs a CPU that executes both the AVX-512 and the AVX2 builds")
+def test_the_qexp_kernel_gives_the_same_bits_on_the_avx2_and_avx512_builds():
+    """Its AVX2 build runs vectors of half the width (8 floats, 4 doubles); its sums add in one order
+    whatever the width, so the two builds (both with FMA) give the same bits."""
+    from logitlab._native import qexp as native_qexp
+
+    if not native_qexp.supports(torch.zeros(1, 1)):
+        pytest.skip("the native qexp kernel cannot be built here")
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.tensor([[0.3], [1.0], [0.9], [1.05]], dtype=torch.float64)
+    for classes in (1, 7, 8, 9, 15, 16, 17, 33, 1001):
+        for dtype in (torch.float32, torch.bfloat16):
+            z = (torch.randn(4, classes, generator=g) * 3).to(dtype)
+            z[1, 1::5] = -float("inf")
+            w = torch.randn(4, classes, generator=g).to(dtype)
+            runs = []
+            for build in ("avx512", "avx2"):
+                with _native.use_build(build):
+                    x, a = z.clone().requires_grad_(), alpha.clone().requires_grad_()
+                    info = logitlab.entmax_with_info(x, a, impl="native")
+                    (info.probs * w).sum().backward()
+                runs.append((info.probs.detach(), info.tau, info.n_iter, x.grad, a.grad))
+            for name, got, want in zip(("probs", "tau", "n_iter", "grad", "grad_alpha"), *runs):
+                assert torch.equal(got, want), (classes, dtype, name)
+
+
 def test_a_build_the_cpu_cannot_execute_is_refused():
     with pytest.raises(ValueError, match=r"use_build\(\): argument 'name' expected one of the builds"):
         with _native.use_build("sse9"):

@@ -147,6 +147,39 @@ def test_half_precision_is_the_float64_value_rounded(dtype, alpha, calls):
     torch.testing.assert_close(x.grad.to(F64), want_z, atol=4 * torch.finfo(dtype).eps, rtol=4 * torch.finfo(dtype).eps)
 
 
+# Row lengths at the edges of the kernel's blocks: VL elements, 16 on the AVX-512 and portable
+# builds and 8 on AVX2, read as two double halves (one register each).
+EDGES = [1, 2, 7, 8, 9, 15, 16, 17, 24, 31, 33, 259]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("classes", EDGES)
+def test_row_lengths_at_the_block_edges_with_excluded_classes(classes, dtype, calls):
+    alphas = (0.6, 1.0)  # per row; 1.0 as a tensor runs the q-exponential solver at ε = 0
+    z = _logits((2, classes), dtype=dtype)
+    excluded = torch.zeros(2, classes, dtype=torch.bool)
+    excluded[1, 1::3] = True
+    x = z.masked_fill(excluded, -math.inf).requires_grad_()
+    a = torch.tensor(alphas, dtype=F64).reshape(2, 1)
+    p = logitlab.entmax(x, a, impl="native")
+    w = torch.randn(2, classes).to(dtype)
+    (p * w).sum().backward()
+    assert calls == {"fwd": 1, "bwd": 1} and p.dtype == x.grad.dtype == dtype
+    assert torch.equal(p[excluded], torch.zeros(int(excluded.sum()), dtype=dtype))
+    assert torch.equal(x.grad[excluded], torch.zeros(int(excluded.sum()), dtype=dtype))
+    eps = torch.finfo(dtype).eps
+    p_tol, g_tol = (ATOL32, 2e-6) if dtype == torch.float32 else (eps / 2 + ATOL32, 4 * eps)
+    torch_path = logitlab.entmax(x.detach(), a, impl="torch")
+    torch.testing.assert_close(p.detach(), torch_path, atol=2 * p_tol, rtol=0)
+    for i, alpha in enumerate(alphas):
+        kept = ~excluded[i]
+        zi = z[i, kept].to(F64).requires_grad_()
+        want = ref.entmax_any_alpha(zi, alpha)
+        (want * w[i, kept].to(F64)).sum().backward()
+        torch.testing.assert_close(p[i, kept].detach().to(F64), want.detach(), atol=p_tol, rtol=0)
+        torch.testing.assert_close(x.grad[i, kept].to(F64), zi.grad, atol=g_tol, rtol=g_tol)
+
+
 @pytest.mark.parametrize("alpha", [0.3, 1.0, 1.04])
 def test_excluded_classes_and_all_excluded_rows(alpha, calls):
     z = _logits((4, 37))

@@ -24,63 +24,23 @@
  * Rows: NaN or +inf makes the forward return the first such row index (validate) or a NaN row;
  * an α not in (0, ∞) gives a NaN row; an all −inf row is all zeros with τ = +inf.
  *
- * Primitives defined here rather than in vec.h (which holds float32 ones): eight-double
- * vectors, their log, exp, log1p and h, and loads/stores of 16 elements as two eight-double
- * halves, for the three storage types of vec.h and for float64 (whose instantiation lets the
- * kernel itself be gradchecked in float64).
+ * Vectors: the double ones of vecd.h (DL = VL / 2 lanes: 8 on AVX-512, 4 on AVX2, one register
+ * either way), rows read in blocks of VL elements as two double halves; the sums over a row add
+ * in the one order of vdsum_t, so the AVX2 and AVX-512 builds give the same bits. Defined here:
+ * the doubles' log, exp and h, and the block loads and stores for the three storage types of
+ * vec.h and for float64 (whose instantiation lets the kernel itself be gradchecked in float64).
  */
-#include "vec.h"
+#define LL_NATIVE_WIDTH /* 8-float / 4-double vectors on AVX2 builds (vec.h, vecd.h) */
+#include "vecd.h"
+#include "rows.h"
 
 #include <float.h>
 #include <stdlib.h>
-
-#if VL != 16
-#error "qexp.c reads rows in blocks of 16 elements (vec.h without LL_NATIVE_WIDTH)"
-#endif
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 
 typedef double f64_t;
-typedef double vd __attribute__((vector_size(64)));
-typedef int64_t vl __attribute__((vector_size(64)));
-typedef float vf8 __attribute__((vector_size(32)));
-#define DL 8
-#define BLOCK 16
-
-typedef uint64_t vul __attribute__((vector_size(64)));
-
-static inline vd vdsplat(double a) { return (vd){a, a, a, a, a, a, a, a}; }
-
-/* Comparisons of eight doubles (all-ones lanes where true). On AVX2 without AVX-512 the compiler
- * has no mask register for an eight-double compare and lowers it lane by lane: made there as two
- * four-double compares on the halves (one vcmppd each), as vec.h does for floats. */
-#if defined(__AVX2__) && !defined(__AVX512F__)
-typedef double vd_half __attribute__((vector_size(32)));
-typedef int64_t vl_half __attribute__((vector_size(32)));
-#define QX_CMP(name, op)                                                            \
-    static inline vl name(vd a, vd b) {                                             \
-        const vd_half alo = __builtin_shufflevector(a, a, 0, 1, 2, 3);              \
-        const vd_half ahi = __builtin_shufflevector(a, a, 4, 5, 6, 7);              \
-        const vd_half blo = __builtin_shufflevector(b, b, 0, 1, 2, 3);              \
-        const vd_half bhi = __builtin_shufflevector(b, b, 4, 5, 6, 7);              \
-        const vl_half lo = alo op blo, hi = ahi op bhi;                             \
-        return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);             \
-    }
-#else
-#define QX_CMP(name, op) \
-    static inline vl name(vd a, vd b) { return a op b; }
-#endif
-QX_CMP(dgt, >)
-QX_CMP(dlt, <)
-QX_CMP(dne, !=)
-
-static inline vd vdselect(vl mask, vd a, vd b) { return (vd)(((vl)a & mask) | ((vl)b & ~mask)); }
-static inline double dsum(vd a) {
-    double s = 0.0;
-    for (int l = 0; l < DL; l++) s += a[l];
-    return s;
-}
 
 /* fdlibm's split of ln 2: n * LN2_HI is exact for |n| < 2^11. */
 #define LN2_HI 6.93147180369123816490e-01
@@ -92,32 +52,30 @@ static inline vd vlog_d(vd x) {
     const vl bits = (vl)x;
     vl k = (vl)(((vul)bits >> 52) & 0x7FF) - 1023; /* a logical shift: AVX2 has no 64-bit arithmetic one */
     vd m = (vd)((bits & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL);
-    const vl big = dgt(m, vdsplat(1.4142135623730951));
+    const vl big = m > vdsplat(1.4142135623730951);
     m = vdselect(big, m * vdsplat(0.5), m);
     k -= big; /* a true lane is −1 */
     const vd s = (m - vdsplat(1.0)) / (m + vdsplat(1.0)), s2 = s * s;
     vd poly = vdsplat(2.0 / 21.0);
     for (int j = 19; j >= 1; j -= 2) poly = poly * s2 + vdsplat(2.0 / j);
-    /* k as a double through the bits of 1.5 * 2^52 + k (no int64 -> double instruction before AVX-512) */
-    const vd kd = (vd)(k + 0x4338000000000000LL) - vdsplat(6755399441055744.0);
+    const vd kd = vd_of_vl(k);
     return kd * vdsplat(LN2_HI) + (poly * s + kd * vdsplat(LN2_LO));
 }
 
 /* exp t for t ≤ 709 (~1 ulp): t = n ln2 + r, |r| ≤ ln2/2, Taylor to r¹³, times 2^n built in
  * the exponent bits. Results below 2^−1022 (t < −708.4, and −inf) are 0. */
 static inline vd vexp_d(vd t) {
-    const vl low = dlt(t, vdsplat(-745.0));
+    const vl low = t < vdsplat(-745.0);
     t = vdselect(low, vdsplat(-745.0), t);
-    const vd magic = vdsplat(6755399441055744.0); /* 1.5 * 2^52: adding it rounds to an integer */
-    const vd kn = t * vdsplat(1.4426950408889634) + magic, n = kn - magic;
+    const vd kn = t * vdsplat(1.4426950408889634) + vdsplat(ROUND_MAGIC), n = kn - vdsplat(ROUND_MAGIC);
     const vd r = (t - n * vdsplat(LN2_HI)) - n * vdsplat(LN2_LO);
     static const double inv_fact[13] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
                                         1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
                                         1.0 / 6.0, 0.5, 1.0, 1.0};
     vd ex = vdsplat(1.0 / 6227020800.0);
     for (int j = 0; j < 13; j++) ex = ex * r + vdsplat(inv_fact[j]);
-    const vl ni = (vl)kn - (vl)magic; /* the integer n, from the mantissa bits of kn */
-    const vl in_range = dgt(n, vdsplat(-1022.5)) & ~low;
+    const vl ni = vl_of_rounded(kn);
+    const vl in_range = (n > vdsplat(-1022.5)) & ~low;
     const vd scale = (vd)((ni + 1023) << 52); /* garbage outside the range, which is masked */
     return vdselect(in_range, ex * scale, vdsplat(0.0));
 }
@@ -130,7 +88,7 @@ static inline vd vh_d(vd w) {
                                  1.0 / 6227020800.0, 1.0 / 87178291200.0, 1.0 / 1307674368000.0,
                                  1.0 / 20922789888000.0, 1.0 / 355687428096000.0, 1.0 / 6402373705728000.0,
                                  1.0 / 121645100408832000.0};
-    const vl small = dlt(w, vdsplat(1.0)) & dgt(w, vdsplat(-1.0));
+    const vl small = (w < vdsplat(1.0)) & (w > vdsplat(-1.0));
     const vd v = vdselect(small, -w, vdsplat(0.0));
     vd series = vdsplat(c[17]);
     for (int k = 16; k >= 0; k--) series = series * v + vdsplat(c[k]);
@@ -142,7 +100,7 @@ static inline vd vh_d(vd w) {
 /* p = exp_α(t − μ) and s = p^{2−α} for one vector of t (−inf: an excluded class, p = s = 0). */
 static inline void qexp_terms(vd t, double eps, double inv_eps, vd vmu, vd *p_out, vd *s_out) {
     const vd zero = vdsplat(0.0), one = vdsplat(1.0);
-    const vl finite = dgt(t, vdsplat(-INFINITY));
+    const vl finite = t > vdsplat(-INFINITY);
     const vd u = vdselect(finite, t - vmu, zero);
     if (eps == 0.0) {
         const vd p = vdselect(finite, vexp_d(u), zero);
@@ -151,7 +109,7 @@ static inline void qexp_terms(vd t, double eps, double inv_eps, vd vmu, vd *p_ou
         return;
     }
     const vd x = u * vdsplat(eps), y = one + x;
-    const vl keep = finite & dgt(y, vdsplat(DBL_MIN)); /* 1 + ε u ≤ 0 (ε > 0 only): outside the support */
+    const vl keep = finite & (y > vdsplat(DBL_MIN)); /* 1 + ε u ≤ 0 (ε > 0 only): outside the support */
     const vd ys = vdselect(keep, y, one), xs = vdselect(keep, x, zero);
     const vd r = one / ys;
     /* log1p x = log y + (x − (y − 1)) / y: the rounding of 1 + x put back (exact to ~1 ulp). */
@@ -161,62 +119,58 @@ static inline void qexp_terms(vd t, double eps, double inv_eps, vd vmu, vd *p_ou
     *s_out = p * r;
 }
 
-/* Σ p and Σ s over a padded row of t (length a multiple of DL). */
+/* Σ p and Σ s over a padded row of t (length a multiple of VL, so of SUM_LANES). */
 static inline void qexp_sums(const double *t, int64_t n, double eps, double inv_eps, double mu, double *mass,
                              double *slope) {
     const vd vmu = vdsplat(mu);
-    vd vm = vdsplat(0.0), vs = vdsplat(0.0);
-    for (int64_t i = 0; i < n; i += DL) {
-        vd v, p, s;
-        memcpy(&v, t + i, sizeof v);
-        qexp_terms(v, eps, inv_eps, vmu, &p, &s);
-        vm += p;
-        vs += s;
+    vdsum_t vm = vdsum_zero(), vs = vdsum_zero();
+    for (int64_t i = 0; i < n; i += SUM_LANES) {
+        #pragma GCC unroll 2 /* NACC: the sums stay in registers */
+        for (int h = 0; h < NACC; h++) {
+            vd v, p, s;
+            memcpy(&v, t + i + h * DL, sizeof v);
+            qexp_terms(v, eps, inv_eps, vmu, &p, &s);
+            vm.part[h] += p;
+            vs.part[h] += s;
+        }
     }
-    *mass = dsum(vm);
-    *slope = dsum(vs);
+    *mass = vdsum_total(vm);
+    *slope = vdsum_total(vs);
 }
 
-/* Loads and stores of 16 elements as two eight-double halves (tails padded with `fill`). */
-static inline vd lo8(vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), vd); }
-static inline vd hi8(vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), vd); }
-static inline vf join8(vd a, vd b) {
-    const vf8 x = __builtin_convertvector(a, vf8), y = __builtin_convertvector(b, vf8);
-    return __builtin_shufflevector(x, y, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-}
-
-#define DEFINE_IO16(T)                                                                        \
-    static inline void ld16_##T(const T##_t *p, vd *a, vd *b) {                               \
+/* Loads and stores of a block of VL elements as two double halves (tails padded with `fill`). */
+#define DEFINE_IO(T)                                                                          \
+    static inline void ldb_##T(const T##_t *p, vd *a, vd *b) {                                \
         const vf v = load_##T(p);                                                             \
-        *a = lo8(v), *b = hi8(v);                                                             \
+        *a = half_lo(v), *b = half_hi(v);                                                     \
     }                                                                                         \
-    static inline void ld16n_##T(const T##_t *p, int64_t n, double fill, vd *a, vd *b) {     \
+    static inline void ldbn_##T(const T##_t *p, int64_t n, double fill, vd *a, vd *b) {      \
         const vf v = loadn_##T(p, n, (float)fill);                                            \
-        *a = lo8(v), *b = hi8(v);                                                             \
+        *a = half_lo(v), *b = half_hi(v);                                                     \
     }                                                                                         \
-    static inline void st16_##T(T##_t *p, vd a, vd b) { store_##T(p, join8(a, b)); }        \
-    static inline void st16n_##T(T##_t *p, vd a, vd b, int64_t n) { storen_##T(p, join8(a, b), n); }
-DEFINE_IO16(f32)
-DEFINE_IO16(bf16)
-DEFINE_IO16(f16)
+    static inline void stb_##T(T##_t *p, vd a, vd b) { store_##T(p, join_halves(a, b)); }    \
+    static inline void stbn_##T(T##_t *p, vd a, vd b, int64_t n) { storen_##T(p, join_halves(a, b), n); }
+DEFINE_IO(f32)
+DEFINE_IO(bf16)
+DEFINE_IO(f16)
 
-static inline void ld16_f64(const f64_t *p, vd *a, vd *b) {
+static inline void ldb_f64(const f64_t *p, vd *a, vd *b) {
     memcpy(a, p, sizeof *a);
     memcpy(b, p + DL, sizeof *b);
 }
-static inline void ld16n_f64(const f64_t *p, int64_t n, double fill, vd *a, vd *b) {
-    double buf[BLOCK];
+static inline void ldbn_f64(const f64_t *p, int64_t n, double fill, vd *a, vd *b) {
+    double buf[VL];
     memcpy(buf, p, (size_t)n * sizeof(double));
-    for (int64_t i = n; i < BLOCK; i++) buf[i] = fill;
-    ld16_f64(buf, a, b);
+    for (int64_t i = n; i < VL; i++) buf[i] = fill;
+    ldb_f64(buf, a, b);
 }
-static inline void st16_f64(f64_t *p, vd a, vd b) {
+static inline void stb_f64(f64_t *p, vd a, vd b) {
     memcpy(p, &a, sizeof a);
     memcpy(p + DL, &b, sizeof b);
 }
-static inline void st16n_f64(f64_t *p, vd a, vd b, int64_t n) {
-    double buf[BLOCK];
-    st16_f64(buf, a, b);
+static inline void stbn_f64(f64_t *p, vd a, vd b, int64_t n) {
+    double buf[VL];
+    stb_f64(buf, a, b);
     memcpy(p, buf, (size_t)n * sizeof(double));
 }
 

@@ -41,8 +41,9 @@
  * Rows: a NaN or +inf makes the forward return its row index (when `validate`) or a NaN row; an
  * all −inf row gives an all-zero row (τ = +inf) and a zero gradient.
  */
-#define LL_NATIVE_WIDTH /* 8-float vectors on AVX2 builds (vec.h): every vector below fits a ymm register */
-#include "vec.h"
+#define LL_NATIVE_WIDTH /* 8-float / 4-double vectors on AVX2 builds (vec.h, vecd.h): every vector below fits a register */
+#include "vecd.h"
+#include "rows.h"
 
 #include <float.h>
 #include <stdlib.h>
@@ -59,28 +60,9 @@ enum { KIND_SPARSEMAX = 0, KIND_ENTMAX15 = 1, KIND_BISECT = 2 };
  * as a 1e-17 "probability" (a support entry the sort-based answer does not have). */
 #define TIE (64.0 * DBL_EPSILON)
 
-/* Doubles, half a float vector's lanes (DL = VL / 2: 8 on AVX-512, 4 on AVX2): candidates and
- * thresholds are handled in double, a float vector as its two halves. */
-#define DL (VL / 2)
-typedef double vd __attribute__((vector_size(DL * 8)));
-typedef int64_t vl __attribute__((vector_size(DL * 8)));
-typedef float vfh __attribute__((vector_size(DL * 4)));
+/* Candidates and thresholds are handled in double (vecd.h: DL = VL / 2 lanes, 8 on AVX-512, 4 on
+ * AVX2), a float vector as its two halves. */
 #define DL_BITS ((1u << DL) - 1u)
-
-/* The two halves of a float vector as doubles, and back. */
-#if VL == 16
-#define LO_LANES 0, 1, 2, 3, 4, 5, 6, 7
-#define HI_LANES 8, 9, 10, 11, 12, 13, 14, 15
-#else
-#define LO_LANES 0, 1, 2, 3
-#define HI_LANES 4, 5, 6, 7
-#endif
-static inline vd half_lo(vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, LO_LANES), vd); }
-static inline vd half_hi(vf v) { return __builtin_convertvector(__builtin_shufflevector(v, v, HI_LANES), vd); }
-static inline vf join_halves(vd lo, vd hi) {
-    vfh a = __builtin_convertvector(lo, vfh), b = __builtin_convertvector(hi, vfh);
-    return __builtin_shufflevector(a, b, LO_LANES, HI_LANES);
-}
 
 /* The lanes of a mask as bits (lane l -> bit l; dlane_bits for double lanes); the square root of each lane; the lanes of v
  * whose bits are set stored contiguously at dst (which must have room for DL values; returns
@@ -158,9 +140,6 @@ typedef struct {
     int64_t cnt;
     double su, suu, min_s, max_e;
 } sums_t;
-
-static inline vd vdsplat(double a) { return (vd){0} + a; }
-static inline vd vdselect(vl mask, vd a, vd b) { return (vd)(((vl)a & mask) | ((vl)b & ~mask)); }
 
 static sums_t sums_above(const double *xs, int64_t K, double tau) {
     const vd vt = vdsplat(tau), zero = vdsplat(0.0);
@@ -306,21 +285,20 @@ static inline vd vpow_pos(vd u, double e) {
     const vd s = (m - vdsplat(1.0)) / (m + vdsplat(1.0)), s2 = s * s;
     vd p = vdsplat(2.0 / 21.0);
     for (int j = 19; j >= 1; j -= 2) p = p * s2 + vdsplat(2.0 / j);
-    /* Integer <-> double conversions through the magic constant (exact below 2^51 in magnitude:
-     * |k| <= 1075 and |t| is clamped), as AVX2 has no instruction for 64-bit integer lanes. */
-    const vd magic = vdsplat(6755399441055744.0); /* 1.5 * 2^52: adding it rounds to an integer */
-    const vd lg = ((vd)(k + (vl)magic) - magic) * vdsplat(0.6931471805599453) + p * s;
+    /* Integer <-> double lanes through vecd.h's magic constant (exact: |k| <= 1075 and |t| is
+     * clamped). */
+    const vd lg = vd_of_vl(k) * vdsplat(0.6931471805599453) + p * s;
     vd t = lg * vdsplat(e);
     t = vdselect(t < vdsplat(-1e5), vdsplat(-1e5), t); /* exp underflows to 0 far above this */
-    const vd kn = t * vdsplat(1.4426950408889634) + magic;
-    const vd n = kn - magic;
+    const vd kn = t * vdsplat(1.4426950408889634) + vdsplat(ROUND_MAGIC);
+    const vd n = kn - vdsplat(ROUND_MAGIC);
     const vd r = (t - n * vdsplat(6.93147180369123816490e-01)) - n * vdsplat(1.90821492927058770002e-10);
     vd ex = vdsplat(1.0 / 6227020800.0);
     const double inv_fact[13] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
                                  1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
                                  1.0 / 6.0, 0.5, 1.0, 1.0};
     for (int j = 0; j < 13; j++) ex = ex * r + vdsplat(inv_fact[j]);
-    const vl ni = (vl)kn - (vl)magic;
+    const vl ni = vl_of_rounded(kn);
     const vl in_range = (ni >= -1022) & (ni <= 1023) & ok;
     const vd scale = (vd)((ni + 1023) << 52);
     return vdselect(in_range, ex * scale, vdsplat(0.0));

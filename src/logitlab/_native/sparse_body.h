@@ -237,57 +237,25 @@ static void CAT(sparse_bwd_rows_, X)(
     }
 }
 
-/* Forward over rows [0, n_rows) on `threads` OpenMP threads, each with its own scratch row.
+/* Forward over rows [0, n_rows) on `threads` OpenMP threads (rows.h), each with its own scratch row.
  * Returns -1, the smallest row index holding NaN or +inf (validate), or -2 (out of memory). */
 int64_t CAT(ll_sparse_fwd_, X)(
     const XT *x, int64_t ldx, XT *p, int64_t ldp, int64_t n_rows, int64_t C, int kind,
     const double *alpha, int64_t lda, double tol, int max_iter, int max_passes, int validate,
     float *tau_out, int64_t *support_out, int64_t *iter_out, float *viol_out, int threads) {
-    const int64_t parts = n_rows < 8 * (int64_t)threads ? n_rows : 8 * (int64_t)threads;
-    if (threads <= 1 || parts <= 1) {
-        double *buf = malloc((size_t)(C + DL) * sizeof(double));
-        if (buf == NULL) return -2;
-        const int64_t code = CAT(sparse_fwd_rows_, X)(x, ldx, p, ldp, 0, n_rows, C, kind, alpha, lda, tol,
-                                                      max_iter, max_passes, validate, tau_out, support_out, iter_out,
-                                                      viol_out, buf);
-        free(buf);
-        return code;
-    }
-    int64_t best = INT64_MAX;
-    int oom = 0;
-#pragma omp parallel num_threads(threads) reduction(min : best) reduction(| : oom)
-    {
-        double *buf = malloc((size_t)(C + DL) * sizeof(double));
-        if (buf == NULL) oom = 1;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < parts; i++) {
-            if (buf == NULL) continue;
-            const int64_t a = n_rows * i / parts, b = n_rows * (i + 1) / parts;
-            const int64_t code = CAT(sparse_fwd_rows_, X)(x, ldx, p, ldp, a, b, C, kind, alpha, lda, tol,
-                                                          max_iter, max_passes, validate, tau_out, support_out,
-                                                          iter_out, viol_out, buf);
-            if (code >= 0 && code < best) best = code;
-        }
-        free(buf);
-    }
-    if (oom) return -2;
-    return best == INT64_MAX ? -1 : best;
+    return LL_ROW_PARTS(n_rows, threads, (size_t)(C + DL) * sizeof(double),
+                        CAT(sparse_fwd_rows_, X)(x, ldx, p, ldp, r0, r1, C, kind, alpha, lda, tol, max_iter,
+                                                 max_passes, validate, tau_out, support_out, iter_out, viol_out,
+                                                 (double *)scratch));
 }
 
-/* Backward over rows [0, n_rows) on `threads` OpenMP threads. */
+/* Backward over rows [0, n_rows) on `threads` OpenMP threads (rows.h). */
 void CAT(ll_sparse_bwd_, X)(
     const XT *g, int64_t ldg, const XT *p, int64_t ldp, XT *o, int64_t ldo, int64_t n_rows, int64_t C,
     int kind, const double *alpha, int64_t lda, float *grad_alpha, int threads) {
-    const int64_t parts = n_rows < 8 * (int64_t)threads ? n_rows : 8 * (int64_t)threads;
-    if (threads <= 1 || parts <= 1) {
-        CAT(sparse_bwd_rows_, X)(g, ldg, p, ldp, o, ldo, 0, n_rows, C, kind, alpha, lda, grad_alpha);
-        return;
-    }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t i = 0; i < parts; i++) {
-        const int64_t a = n_rows * i / parts, b = n_rows * (i + 1) / parts;
-        CAT(sparse_bwd_rows_, X)(g, ldg, p, ldp, o, ldo, a, b, C, kind, alpha, lda, grad_alpha);
-    }
+    (void)LL_ROW_PARTS(n_rows, threads, 0,
+                       (CAT(sparse_bwd_rows_, X)(g, ldg, p, ldp, o, ldo, r0, r1, C, kind, alpha, lda, grad_alpha),
+                        (int64_t)-1));
 }
 
 #undef XT

@@ -1,8 +1,9 @@
 /* Portable SIMD helpers for logitlab's native kernels (GCC/Clang vector extensions).
  *
  * A vector holds VL = 16 floats (64 bytes), or 8 (32 bytes) in a kernel that defines
- * LL_NATIVE_WIDTH and is built for AVX2 without AVX-512 (the xent kernel: its loops then run in
- * whole ymm registers; with 16 they ran at a third of the speed, spilling halves). On a CPU with AVX-512 that is one register; with
+ * LL_NATIVE_WIDTH and is built for AVX2 without AVX-512 (the row kernels xent, sparse and qexp:
+ * their loops then run in whole ymm registers; with 16 they ran at a third of the speed,
+ * spilling halves; vecd.h has the double vectors of half that width). On a CPU with AVX-512 that is one register; with
  * -march=native on an older CPU the compiler splits it into narrower registers; on any other
  * target it is lowered to scalar code. The results are the same everywhere: every operation is
  * an ordinary IEEE float32 operation (no fast-math), and exp below is our own polynomial, so

@@ -22,6 +22,7 @@
  */
 #define LL_NATIVE_WIDTH /* 8-float vectors on AVX2 builds (vec.h) */
 #include "vec.h"
+#include "rows.h"
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)

@@ -150,26 +150,16 @@ static int64_t CAT4(xent_rows_, X, _, P)(
     return -1;
 }
 
-/* Rows [0, n_rows) on `threads` OpenMP threads (the runtime torch itself uses, when it is
+/* Rows [0, n_rows) on `threads` OpenMP threads (rows.h: the runtime torch itself uses, when it is
  * libgomp), in ranges handed out as threads free up; returns the smallest error code. */
 int64_t CAT4(ll_xent_, X, _, P)(
     const XT *x, int64_t ldx, XT *g, int64_t ldg, int64_t n_rows, int64_t C,
     const int64_t *target, const PT *prob, int64_t ldp, const float *cw, double w_sum,
     const float *scale, const uint8_t *keep, double eps, double zl, float inv_t, int validate,
     int scale_loss, float *loss, int threads) {
-    const int64_t parts = n_rows < 8 * (int64_t)threads ? n_rows : 8 * (int64_t)threads;
-    if (threads <= 1 || parts <= 1)
-        return CAT4(xent_rows_, X, _, P)(x, ldx, g, ldg, 0, n_rows, C, target, prob, ldp, cw, w_sum,
-                                         scale, keep, eps, zl, inv_t, validate, scale_loss, loss);
-    int64_t best = INT64_MAX;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) reduction(min : best)
-    for (int64_t i = 0; i < parts; i++) {
-        const int64_t a = n_rows * i / parts, b = n_rows * (i + 1) / parts;
-        const int64_t code = CAT4(xent_rows_, X, _, P)(x, ldx, g, ldg, a, b, C, target, prob, ldp, cw,
-                                                       w_sum, scale, keep, eps, zl, inv_t, validate, scale_loss, loss);
-        if (code >= 0 && code < best) best = code;
-    }
-    return best == INT64_MAX ? -1 : best;
+    return LL_ROW_PARTS(n_rows, threads, 0,
+                        CAT4(xent_rows_, X, _, P)(x, ldx, g, ldg, r0, r1, C, target, prob, ldp, cw, w_sum, scale,
+                                                  keep, eps, zl, inv_t, validate, scale_loss, loss));
 }
 
 #undef XT
