@@ -15,14 +15,8 @@ from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, ch
 from logitlab.fused._kernel import all_reduce, triton_row_scale
 from logitlab.fused._matmul import logits_into, matmul_scratch
 from logitlab.fused._ops import linear_divergence as compiled_linear_divergence
-from logitlab.fused.cross_entropy import (
-    check_group,
-    check_head_values,
-    check_linear,
-    check_target,
-    choose_impl,
-    vocab_offsets,
-)
+from logitlab.fused.cross_entropy import check_group, choose_impl, vocab_offsets
+from logitlab.losses._inputs import check_head, check_head_values, loss_rows
 
 __all__ = ["linear_divergence_loss", "DIVERGENCES", "log_softmax_full", "row_totals"]
 
@@ -284,7 +278,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         Agarwal et al., "On-Policy Distillation of Language Models" (2024) for JS_β.
     """
     fn = "linear_divergence_loss"
-    check_linear(fn, hidden, weight, bias)
+    check_head(fn, hidden, weight, bias)
     v.check_floating(fn, "teacher_hidden", teacher_hidden)
     v.check_floating(fn, "teacher_weight", teacher_weight)
     if tuple(teacher_hidden.shape[:-1]) != tuple(hidden.shape[:-1]):
@@ -317,16 +311,12 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     rows = hidden.numel() // max(hidden.shape[-1], 1)
     validate = v.default_validate(hidden, validate)
     mode = choose_impl(fn, impl, hidden, rows, vocab, chunk_size, process_group)
-    if target is not None:
-        check_target(fn, target, hidden)
-        flat_target = target.reshape(-1).long()
-        if validate or mode != "triton":  # the Triton kernel reads nothing for a bad index
-            v.check_index_target(fn, "target", flat_target, vocab, ignore_index=ignore_index)
-        keep = flat_target != ignore_index
-    else:
-        if hard_label_weight:
-            v.fail(fn, "target", "class indices when hard_label_weight > 0", None)
-        flat_target, keep = None, torch.ones(rows, dtype=torch.bool, device=hidden.device)
+    if target is None and hard_label_weight:
+        v.fail(fn, "target", "class indices when hard_label_weight > 0", None)
+    r = loss_rows(fn, hidden, target, name="hidden", head=weight, n_classes=vocab, ignore_index=ignore_index,
+                  reduction=reduction, validate=validate, kinds=("index",), target_optional=True,
+                  check_indices=validate or mode != "triton")  # the Triton kernel reads nothing for a bad index
+    flat_target, keep = None if target is None else target.reshape(-1).long(), r.keep
     if not v.has_data(hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, target):
         return v.meta_output(hidden, tuple(hidden.shape[:-1]), reduction)
     if validate:
@@ -340,7 +330,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         teacher_bias=None if teacher_bias is None else teacher_bias.detach(), keep=keep, target=flat_target,
         divergence=divergence, beta=float(beta), temperature=float(temperature),
         hard_label_weight=float(hard_label_weight), vocab_start=vocab_start, group=process_group)
-    scale = kept_rows_scale(keep, reduction, accumulation_dtype(hidden.dtype, accum_dtype))
+    scale = r.total_scale(accumulation_dtype(hidden.dtype, accum_dtype))
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
 
     kernel = replace(kernel, native_matmul=mode == "native")
@@ -351,8 +341,8 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         kernel = replace(kernel, teacher_hidden=torch.where(keep.unsqueeze(1), kernel.teacher_hidden,
                                                             kernel.teacher_hidden.new_zeros(())))
         z = torch.nn.functional.linear(hidden2d, weight, bias).to(acc)
-        loss_rows, _ = kernel(z, 0, rows, need_grad=False)
-        out = loss_rows if scale is None else loss_rows.sum() * scale
+        row_losses, _ = kernel(z, 0, rows, need_grad=False)
+        out = row_losses if scale is None else row_losses.sum() * scale
         return (out.reshape(target.shape if target is not None else hidden.shape[:-1]) if scale is None
                 else out).to(hidden.dtype)
 

@@ -16,10 +16,6 @@ from logitlab.nn.cross_entropy import (
     NLLLoss,
     Poly1CrossEntropyLoss,
 )
-from logitlab.nn.distributed import (
-    VocabParallelCrossEntropy,
-    VocabParallelKLDivergence,
-)
 from logitlab.nn.divergences import (
     AlphaDivergenceLoss,
     BrierLoss,
