@@ -35,9 +35,9 @@ from logitlab._dtensor import (
     vocab_layout,
 )
 from logitlab.fused._kernel import collective_timeout
-from logitlab.fused.cross_entropy import build_kernel, check_group, check_options, vocab_offsets
+from logitlab.fused.cross_entropy import build_kernel, check_options, vocab_offsets
 from logitlab.fused.divergence import log_softmax_full, row_totals
-from logitlab.losses._inputs import loss_rows
+from logitlab.losses._inputs import check_group, loss_rows
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_kl_divergence", "resolve_group"]
 

@@ -25,7 +25,7 @@ from logitlab.fused._engine import (
 )
 from logitlab.fused._kernel import CrossEntropyKernel, all_gather, all_reduce
 from logitlab.fused._ops import linear_xent as compiled_linear_xent
-from logitlab.losses._inputs import check_head, check_head_values, loss_rows
+from logitlab.losses._inputs import check_group, check_head, check_head_values, loss_rows
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult"]
 
@@ -395,18 +395,6 @@ def reduction_scale(kernel: CrossEntropyKernel, reduction: str, sync: bool = Tru
     is :func:`logitlab._reduction.reduction_scale` of the kept rows' total weight.)
     """
     return _reduction.reduction_scale(reduction, kernel.target_weight.sum())
-
-
-def check_group(fn: str, group):
-    """``group`` is None or a torch.distributed ProcessGroup (a string such as "world" is not)."""
-    if group is None:
-        return None
-    import torch.distributed as dist
-
-    if not isinstance(group, dist.ProcessGroup):
-        v.fail(fn, "process_group", "None or a torch.distributed.ProcessGroup (e.g. dist.group.WORLD)",
-               f"<{type(group).__name__}>", kind=TypeError)
-    return group
 
 
 def vocab_offsets(vocab_local: int, group, device, *, rows: int | None = None,

@@ -11,12 +11,13 @@ from torch import Tensor
 from logitlab import _divergence_rows as divergence_rows
 from logitlab import _validation as v
 from logitlab import backend
+from logitlab._reduction import reduction_scale
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows, gpu_chunk_rows
 from logitlab.fused._kernel import all_reduce, triton_row_scale
 from logitlab.fused._matmul import logits_into, matmul_scratch
 from logitlab.fused._ops import linear_divergence as compiled_linear_divergence
-from logitlab.fused.cross_entropy import check_group, choose_impl, vocab_offsets
-from logitlab.losses._inputs import check_head, check_head_values, loss_rows
+from logitlab.fused.cross_entropy import choose_impl, vocab_offsets
+from logitlab.losses._inputs import check_group, check_head, check_head_values, loss_rows
 
 __all__ = ["linear_divergence_loss", "DIVERGENCES", "log_softmax_full", "row_totals"]
 
@@ -367,9 +368,4 @@ def kept_rows_scale(keep: Tensor, reduction: str, dtype: torch.dtype) -> Tensor 
     """The factor of the reduction: None for 'none', 1 for 'sum', and for 'mean' 1 / (number of
     kept rows), 0 when none is kept, as a 0-d tensor of ``dtype`` (the loop's accumulation dtype):
     never read on the host, so nothing waits for the device and ``torch.compile`` traces it."""
-    if reduction == "none":
-        return None
-    if reduction == "sum":
-        return 1.0
-    kept = keep.sum().to(dtype)
-    return torch.where(kept == 0, torch.zeros_like(kept), 1.0 / kept.clamp(min=1))
+    return reduction_scale(reduction, keep.sum().to(dtype))  # as LossRows.total_scale

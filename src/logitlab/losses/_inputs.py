@@ -47,7 +47,7 @@ from logitlab._validation import (
 )
 
 __all__ = ["LossRows", "loss_rows", "data_checks_off", "no_grad_options", "check_logit_rows",
-           "scale_by_temperature", "check_head", "check_head_values", "KINDS"]
+           "scale_by_temperature", "check_head", "check_head_values", "check_group", "KINDS"]
 
 # The kinds of target a loss may take, with the noun its messages use:
 # 'index' (*batch) class indices; 'probs' (*batch, C) rows on the simplex; 'box' (*batch, C)
@@ -309,6 +309,18 @@ def check_head_values(fn: str, hidden2d: Tensor, keep: Tensor, **tensors: Tensor
     for name, tensor in tensors.items():
         if tensor is not None:
             check_finite(fn, name, tensor, allow_neg_inf=name.endswith("bias"))
+
+
+def check_group(fn: str, group: object) -> object:
+    """``group`` is None or a torch.distributed ProcessGroup (a string such as "world" is not)."""
+    if group is None:
+        return None
+    import torch.distributed as dist
+
+    if not isinstance(group, dist.ProcessGroup):
+        fail(fn, "process_group", "None or a torch.distributed.ProcessGroup (e.g. dist.group.WORLD)",
+             f"<{type(group).__name__}>", kind=TypeError)
+    return group
 
 
 def check_logit_rows(fn: str, name: str, logits: Tensor, axis: int) -> None:
