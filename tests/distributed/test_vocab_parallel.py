@@ -185,9 +185,10 @@ def test_single_process_without_group_is_the_plain_loss():
 
 
 def test_bad_shapes_are_clear_errors():
-    with pytest.raises(ValueError, match=r"vocab_parallel_cross_entropy\(\): argument 'target' expected shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"vocab_parallel_cross_entropy\(\): argument 'target' expected class indices of shape \(3,\)"):
         vocab_parallel_cross_entropy(torch.randn(3, 4), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"vocab_parallel_kl_divergence\(\): argument 'local_teacher_logits' expected shape \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"vocab_parallel_kl_divergence\(\): argument 'local_teacher_logits' expected logits of shape \(3, 4\) "
+                                         r"\(the shape of local_logits\), got <floating tensor of shape \(3, 5\)>"):
         vocab_parallel_kl_divergence(torch.randn(3, 4), torch.randn(3, 5))
 
 

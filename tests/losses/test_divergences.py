@@ -332,7 +332,8 @@ def test_error_messages():
         (lambda: D.divergence_loss(logits, target, divergence="kl", beta=0.2),
          TypeError, r"argument 'beta' expected no 'beta' for divergence='kl'"),
         (lambda: D.kl_divergence(logits, target[:, :2]),
-         ValueError, r"argument 'target' expected shape \(2, 3\) \(the shape of logits\), got <shape \(2, 2\)>"),
+         ValueError, r"argument 'target' expected probabilities of shape \(2, 3\) \(the shape of logits\), "
+         r"got <floating tensor of shape \(2, 2\)>"),
         (lambda: D.kl_divergence(logits, torch.tensor([[0.5, 0.5, 0.5], [1.0, 0, 0]])),
          ValueError, r"argument 'target' expected rows summing to 1 along dim 1.*row 0 sums to 1.5"),
         (lambda: D.kl_divergence(logits, torch.tensor([[1.5, -0.5, 0], [1.0, 0, 0]])),

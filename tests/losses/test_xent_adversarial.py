@@ -52,13 +52,13 @@ def test_empty_batch_relatives():
 
 @pytest.mark.parametrize("call,message", [
     (lambda: cross_entropy(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)),
-     r"cross_entropy\(\): argument 'logits' expected at least 1 class along dim 1, got <shape \(3, 0\)>"),
-    (lambda: cross_entropy(torch.zeros(3, 0), torch.zeros(3, 0)), r"cross_entropy\(\): argument 'logits' expected at least 1 class"),
+     r"cross_entropy\(\): argument 'logits' expected at least one class along dim -1, got <shape \(3, 0\)>"),
+    (lambda: cross_entropy(torch.zeros(3, 0), torch.zeros(3, 0)), r"cross_entropy\(\): argument 'logits' expected at least one class"),
     (lambda: cross_entropy(torch.zeros(2, 0, 4), torch.zeros(2, 4, dtype=torch.long), dim=1),
-     r"argument 'logits' expected at least 1 class along dim 1, got <shape \(2, 0, 4\)>"),
-    (lambda: focal_loss(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)), r"focal_loss\(\): argument 'logits' expected at least 1 class"),
+     r"argument 'logits' expected at least one class along dim 1, got <shape \(2, 0, 4\)>"),
+    (lambda: focal_loss(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)), r"focal_loss\(\): argument 'logits' expected at least one class"),
     (lambda: poly1_cross_entropy(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)), r"poly1_cross_entropy\(\): argument 'logits'"),
-    (lambda: nll_loss(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)), r"nll_loss\(\): argument 'log_probs' expected at least 1 class"),
+    (lambda: nll_loss(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)), r"nll_loss\(\): argument 'log_probs' expected at least one class"),
 ])
 def test_no_class_is_an_error_naming_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
@@ -70,7 +70,7 @@ def test_nll_loss_messages_name_log_probs():
         nll_loss(torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"nll_loss\(\): argument 'log_probs' expected a tensor with at least 1 dimension"):
         nll_loss(torch.tensor(0.0), torch.tensor(0))
-    with pytest.raises(ValueError, match=r"argument 'target' expected class indices of shape \(3,\) \(log_probs' shape"):
+    with pytest.raises(ValueError, match=r"argument 'target' expected class indices of shape \(3,\) \(the shape of log_probs without dim -1\)"):
         nll_loss(torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
 
 

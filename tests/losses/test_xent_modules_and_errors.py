@@ -85,7 +85,7 @@ ERRORS = [
     (lambda: cross_entropy(X, torch.rand(3, 5)), ValueError, r"argument 'target' expected .*got <floating tensor of shape \(3, 5\)>"),
     (lambda: cross_entropy(X, torch.softmax(torch.rand(3, 4, dtype=torch.float64), 1)), TypeError,
      r"argument 'target' expected probabilities of dtype torch.float32 .*got <dtype torch.float64>"),
-    (lambda: cross_entropy(X, torch.tensor([True, False, True])), TypeError, r"argument 'target' expected an integer"),
+    (lambda: cross_entropy(X, torch.tensor([True, False, True])), TypeError, r"argument 'target' expected integer class indices or floating probabilities, got <dtype torch.bool>"),
     (lambda: cross_entropy(X, torch.tensor([0, 4, 1])), ValueError,
      r"argument 'target' expected class indices in \[0, 3\] or ignore_index=-100, got <index 4>"),
     (lambda: cross_entropy(X, torch.tensor([0, -1, 1])), ValueError, r"got <index -1>"),

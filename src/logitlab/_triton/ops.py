@@ -24,7 +24,7 @@ from torch import Tensor
 
 from logitlab._compiled_backward import no_double_backward
 from logitlab._triton.xent import scale_rows_, xent_rows
-from logitlab.losses._xent_kernel import XentOptions, _bad_row, saved_gradient
+from logitlab.losses._xent_kernel import XentOptions, check_row_max, saved_gradient
 
 __all__ = ["triton_cross_entropy"]
 
@@ -44,7 +44,7 @@ def _forward(rows: Tensor, target: Tensor, weight: Tensor | None, keep: Tensor, 
                             label_smoothing=opts.label_smoothing, z_loss=opts.z_loss,
                             temperature=opts.temperature, validate=opts.validate, grad=grad)
     if opts.validate:
-        _bad_row(opts, lse, 0, keep)  # reads the row statistics on the host (CPU default only)
+        check_row_max(opts, lse, 0, keep)  # reads the row statistics on the host (CPU default only)
     if grad is not None and opts.inplace_backward and x is not rows:
         rows.copy_(grad)  # logits whose classes were not contiguous: the gradient goes back into them
         grad = rows

@@ -18,7 +18,6 @@ kept on the device (:func:`traced_offsets`), instead of the eager call's read on
 from __future__ import annotations
 
 import datetime
-import math
 
 import torch
 import torch.distributed as dist
@@ -36,10 +35,10 @@ from logitlab._dtensor import (
     sharded_local,
     vocab_layout,
 )
-from logitlab._reduction import reduction_scale
 from logitlab.fused._kernel import collective_timeout
-from logitlab.fused.cross_entropy import build_kernel, check_group, check_options, vocab_offsets
+from logitlab.fused.cross_entropy import build_kernel, check_options, vocab_offsets
 from logitlab.fused.divergence import log_softmax_full, row_totals, triton_sharded_kl
+from logitlab.losses._inputs import check_group, loss_rows
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_kl_divergence", "resolve_group"]
 
@@ -204,30 +203,21 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
                               shape="(*batch, V)")
         target = replicated_local(fn, "target", target, layout, "local_logits")
         local_logits = local_logits.to_local()
-    v.check_floating(fn, "local_logits", local_logits)
-    v.check_tensor(fn, "target", target)
-    if local_logits.ndim < 1 or tuple(target.shape) != tuple(local_logits.shape[:-1]):
-        v.fail(fn, "target", f"shape {tuple(local_logits.shape[:-1])} (local_logits.shape[:-1])",
-               f"<shape {tuple(target.shape)}>")
     check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=None,
                   chunk_size=None, impl="auto")
-    v.check_same_device(fn, "local_logits", local_logits, target=target)
-    impl = backend.resolve(fn, impl, local_logits, native=lambda: False)
     group = check_group(fn, resolve_group(group)) if layout is None else layout.group
+    # The indices are checked below against the full vocabulary; a slice may be empty on a rank.
+    r = loss_rows(fn, local_logits, target, ignore_index=ignore_index, reduction=reduction, validate=validate,
+                  kinds=("index",), name="local_logits", check_scores=True, sharded=group is not None,
+                  check_indices=False)
+    impl = backend.resolve(fn, impl, local_logits, native=lambda: False)
     if impl == "triton" and group is not None and layout is None and torch.compiler.is_compiling():
         impl = "torch"  # traced offsets are tensors; the Triton kernels take the slice's offset as a number
     timeout = check_timeout(fn, timeout)
     local = local_logits.shape[-1]
-    if group is None and local == 0:
-        v.fail(fn, "local_logits", "at least one class (without a group the slice is the whole vocabulary)",
-               f"<shape {tuple(local_logits.shape)}>")
     flat = target.reshape(-1).long()
     if not v.has_data(local_logits, target):  # meta: the output's shape only (no collective either)
         return _output(v.meta_output(local_logits, tuple(target.shape), reduction), layout)
-    if validate:
-        v.check_finite(fn, "local_logits",
-                       torch.where((flat != ignore_index).reshape(target.shape + (1,)), local_logits.detach(),
-                                   local_logits.new_zeros(())))
     with collective_timeout(timeout):
         if layout is None:
             start, total = _offsets(fn, local, group, vocab_start, local_logits.device, flat.numel())
@@ -240,13 +230,13 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         acc = v.compute_dtype(local_logits)
         kernel = build_kernel(flat, None, ignore_index=ignore_index, vocab_start=start, vocab_total=total,
                               label_smoothing=label_smoothing, z_loss=z_loss, dtype=acc, group=group)
-        rows = local_logits.detach().reshape(math.prod(local_logits.shape[:-1]), local)
+        rows = r.rows.detach()
         if impl == "triton":  # two Triton passes over the slice; ignored rows are not read
             loss, grad = kernel.triton_sharded(rows, need_grad=local_logits.requires_grad)
         else:
             z = rows.to(acc, copy=True).masked_fill_((flat == ignore_index).unsqueeze(1), 0.0)  # padding: anything
             loss, grad = kernel(z, 0, flat.numel(), need_grad=local_logits.requires_grad)
-    out = _PrecomputedRows.apply(local_logits, loss, grad, reduction_scale(reduction, kernel.target_weight.sum()), fn)
+    out = _PrecomputedRows.apply(local_logits, loss, grad, r.total_scale(acc), fn)
     return _output(out.reshape(target.shape) if reduction == "none" else out, layout)
 
 
@@ -323,42 +313,32 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
         local_teacher_logits = sharded_local(fn, "local_teacher_logits", local_teacher_logits, layout, local_logits,
                                              "local_logits", -1)
         local_logits = local_logits.to_local()
-    v.check_floating(fn, "local_logits", local_logits)
-    v.check_floating(fn, "local_teacher_logits", local_teacher_logits)
-    v.check_same_shape(fn, "local_teacher_logits", local_teacher_logits, local_logits.shape, "local_logits")
-    v.check_positive(fn, "temperature", temperature)
-    v.check_reduction(fn, reduction)
-    v.check_same_device(fn, "local_logits", local_logits, local_teacher_logits=local_teacher_logits)
-    impl = backend.resolve(fn, impl, local_logits, native=lambda: False)
-    if not v.has_data(local_logits, local_teacher_logits):
-        return _output(v.meta_output(local_logits, tuple(local_logits.shape[:-1]), reduction), layout)
-    if validate:
-        v.check_finite(fn, "local_logits", local_logits)
-        v.check_finite(fn, "local_teacher_logits", local_teacher_logits)
     group = check_group(fn, resolve_group(group)) if layout is None else layout.group
+    v.check_floating(fn, "local_logits", local_logits)
+    impl = backend.resolve(fn, impl, local_logits, native=lambda: False)
+    # The torch path takes both slices divided by T in the compute dtype; the Triton kernels read
+    # them as given (and divide as they load). A slice may be empty on a rank.
+    r = loss_rows(fn, local_logits, local_teacher_logits, temperature=temperature, reduction=reduction,
+                  validate=validate, kinds=("logits",), name="local_logits", target_name="local_teacher_logits",
+                  dense=impl == "torch", check_scores=True, sharded=group is not None)
+    if not v.has_data(local_logits, local_teacher_logits):
+        return _output(v.meta_output(local_logits, r.batch_shape, reduction), layout)
     timeout = check_timeout(fn, timeout)
-    acc = v.compute_dtype(local_logits)
-    local = local_logits.shape[-1] if local_logits.ndim else 1
-    if group is None and local == 0:  # one process holds the whole vocabulary: it must not be empty
-        v.fail(fn, "local_logits", "at least one class (without a group the slice is the whole vocabulary)",
-               f"<shape {tuple(local_logits.shape)}>")
-    rows = math.prod(local_logits.shape[:-1])
-    z = local_logits.detach().reshape(rows, local)
-    u = local_teacher_logits.detach().reshape(rows, local)
+    local = r.rows.shape[1]
+    z, u = r.rows.detach(), r.target.detach()
+    rows = z.shape[0]
     with collective_timeout(timeout):
         if group is not None and layout is None and (validate or impl == "torch"):  # the same rows everywhere,
             # or the all-reduces below mismatch (a DTensor's shape says so); traced, an assertion in the graph
             (traced_offsets if torch.compiler.is_compiling() else vocab_offsets)(local, group, z.device, rows=rows,
                                                                                   fn=fn)
-        if impl == "triton":  # two Triton passes over the slices, two all-reduces
-            loss, grad = triton_sharded_kl(z, u, temperature=temperature, group=group,
+        if impl == "triton":  # two Triton passes over the slices (as given), two all-reduces
+            loss, grad = triton_sharded_kl(z, u, temperature=r.temperature, group=group,
                                            need_grad=local_logits.requires_grad)
-        else:
-            z, u = z.to(acc) / temperature, u.to(acc) / temperature
+        else:  # (the rows come divided by T in the compute dtype)
             log_q, log_p = log_softmax_full([z, u], group)  # over the full vocabulary
             total, _ = row_totals(group)
             loss, grad = divergence_rows.kl(log_p.exp(), log_p, log_q.exp(), log_q, total=total, grad=True)
-            grad = grad.div_(temperature)
-    scale = reduction_scale(reduction, rows)
-    out = _PrecomputedRows.apply(local_logits, loss, grad, scale, fn)
-    return _output(out.reshape(local_logits.shape[:-1]) if reduction == "none" else out, layout)
+            grad = grad.div_(r.temperature)
+    out = _PrecomputedRows.apply(local_logits, loss, grad, r.total_scale(loss.dtype), fn)
+    return _output(out.reshape(r.batch_shape) if reduction == "none" else out, layout)

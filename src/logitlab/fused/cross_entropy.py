@@ -25,57 +25,9 @@ from logitlab.fused._engine import (
 )
 from logitlab.fused._kernel import CrossEntropyKernel, all_gather, all_reduce
 from logitlab.fused._ops import linear_xent as compiled_linear_xent
+from logitlab.losses._inputs import check_group, check_head, check_head_values, loss_rows
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_lse", "LinearCrossEntropyResult"]
-
-
-def check_linear(fn: str, hidden, weight, bias) -> None:
-    """Shapes of a linear head: hidden (*batch, D), weight (V, D), bias (V,)."""
-    v.check_floating(fn, "hidden", hidden)
-    v.check_floating(fn, "weight", weight)
-    if hidden.ndim < 1:
-        v.fail(fn, "hidden", "a tensor of shape (*batch, D)", "<a 0-d tensor>")
-    if weight.ndim != 2:
-        v.fail(fn, "weight", "a 2-D tensor of shape (V, D)", f"<shape {tuple(weight.shape)}>")
-    if weight.shape[1] != hidden.shape[-1]:
-        v.fail(fn, "weight", f"shape (V, {hidden.shape[-1]}) (D = hidden.shape[-1])",
-               f"<shape {tuple(weight.shape)}>")
-    if weight.dtype != hidden.dtype:
-        v.fail(fn, "weight", f"dtype {hidden.dtype} (the dtype of hidden)", f"<dtype {weight.dtype}>",
-               kind=TypeError)
-    if bias is not None:
-        v.check_floating(fn, "bias", bias)
-        if tuple(bias.shape) != (weight.shape[0],):
-            v.fail(fn, "bias", f"shape ({weight.shape[0]},) (V = weight.shape[0])", f"<shape {tuple(bias.shape)}>")
-    v.check_same_device(fn, "hidden", hidden, weight=weight, bias=bias)
-
-
-def check_head_values(fn: str, hidden2d: Tensor, keep: Tensor, **tensors: Tensor | None) -> None:
-    """No NaN or ±inf in the rows of ``hidden2d`` (N, D) that count (``keep``), nor in ``tensors``
-    (a bias, whose name ends in 'bias', may hold -inf: it excludes a class).
-
-    A row that does not count (its target is ``ignore_index``) may hold anything: padding.
-    """
-    if not v.can_read(hidden2d, keep, *tensors.values()):  # meta, or under torch.compile (no host branch)
-        return
-    # By each row's minimum and maximum (both propagate NaN): no (N, D) boolean tensor.
-    low, high = torch.aminmax(hidden2d, dim=1) if hidden2d.shape[1] else (hidden2d.new_zeros(hidden2d.shape[0]),) * 2
-    bad = ~(torch.isfinite(low) & torch.isfinite(high)) & keep
-    if bool(bad.any()):
-        v.fail(fn, "hidden", "finite values in the rows whose target counts",
-               f"<NaN or inf in row {int(bad.nonzero()[0, 0])} of the flattened batch>")
-    for name, tensor in tensors.items():
-        if tensor is not None:
-            v.check_finite(fn, name, tensor, allow_neg_inf=name.endswith("bias"))
-
-
-def check_target(fn: str, target, hidden: Tensor) -> None:
-    v.check_tensor(fn, "target", target)
-    v.check_same_device(fn, "hidden", hidden, target=target)
-    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        v.fail(fn, "target", "an integer tensor of class indices", f"<dtype {target.dtype}>", kind=TypeError)
-    if tuple(target.shape) != tuple(hidden.shape[:-1]):
-        v.fail(fn, "target", f"shape {tuple(hidden.shape[:-1])} (hidden.shape[:-1])", f"<shape {tuple(target.shape)}>")
 
 
 def check_options(fn: str, *, reduction, label_smoothing, z_loss, softcap, chunk_size, impl,
@@ -266,21 +218,18 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
         wrap = True
     if layout is not None:
         process_group = layout.group
-    check_linear(fn, hidden, weight, bias)
-    check_target(fn, target, hidden)
+    check_head(fn, hidden, weight, bias)
     target = shift_target(fn, target, shift, ignore_index)
     check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
                   softcap=softcap, chunk_size=chunk_size, impl=impl, accum_dtype=accum_dtype)
     process_group = check_group(fn, process_group)
-    vocab_local = weight.shape[0]
-    if class_weight is not None:
-        v.check_floating(fn, "class_weight", class_weight)
-        if tuple(class_weight.shape) != (vocab_local,):
-            v.fail(fn, "class_weight", f"shape ({vocab_local},) (V = weight.shape[0])",
-                   f"<shape {tuple(class_weight.shape)}>")
-        v.check_same_device(fn, "hidden", hidden, class_weight=class_weight)
-
     compiling = torch.compiler.is_compiling()
+    validate = v.default_validate(hidden, validate) and not compiling  # (no data checks in a compiled graph)
+    # The indices are checked below, against the full vocabulary, once the implementation is known.
+    loss_rows(fn, hidden, target, name="hidden", head=weight, weight=class_weight, weight_name="class_weight",
+              ignore_index=ignore_index, reduction=reduction, validate=validate, kinds=("index",),
+              check_indices=False)
+    vocab_local = weight.shape[0]
     vocab_start, vocab_total = 0, vocab_local
     if layout is not None:  # from the DTensor's metadata: no collective, nothing read on the host
         vocab_start, vocab_total = layout.start, layout.total
@@ -291,7 +240,6 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, *, bias
                                                  rows=target.numel(), fn=fn)
     # Rows that do not count are left out of the chunks after a read on the host (which rows);
     # a sharded DTensor head with validate=False reads nothing back: they go through, masked.
-    validate = v.default_validate(hidden, validate) and not compiling  # (no data checks in a compiled graph)
     sync_free = layout is not None and process_group is not None and not validate
     flat_target = target.reshape(-1).long()
     rows = flat_target.numel()
@@ -460,18 +408,6 @@ def reduction_scale(kernel: CrossEntropyKernel, reduction: str, sync: bool = Tru
     is :func:`logitlab._reduction.reduction_scale` of the kept rows' total weight.)
     """
     return _reduction.reduction_scale(reduction, kernel.target_weight.sum())
-
-
-def check_group(fn: str, group):
-    """``group`` is None or a torch.distributed ProcessGroup (a string such as "world" is not)."""
-    if group is None:
-        return None
-    import torch.distributed as dist
-
-    if not isinstance(group, dist.ProcessGroup):
-        v.fail(fn, "process_group", "None or a torch.distributed.ProcessGroup (e.g. dist.group.WORLD)",
-               f"<{type(group).__name__}>", kind=TypeError)
-    return group
 
 
 def vocab_offsets(vocab_local: int, group, device, *, rows: int | None = None,

@@ -11,18 +11,13 @@ from torch import Tensor
 from logitlab import _divergence_rows as divergence_rows
 from logitlab import _validation as v
 from logitlab import backend
+from logitlab._reduction import reduction_scale
 from logitlab.fused._engine import FusedLinearLoss, Plan, accumulation_dtype, chunk_rows, gpu_chunk_rows
 from logitlab.fused._kernel import all_reduce, all_reduce_online, triton_row_scale
 from logitlab.fused._matmul import logits_into, matmul_scratch
 from logitlab.fused._ops import linear_divergence as compiled_linear_divergence
-from logitlab.fused.cross_entropy import (
-    check_group,
-    check_head_values,
-    check_linear,
-    check_target,
-    choose_impl,
-    vocab_offsets,
-)
+from logitlab.fused.cross_entropy import choose_impl, vocab_offsets
+from logitlab.losses._inputs import check_group, check_head, check_head_values, loss_rows
 
 __all__ = ["linear_divergence_loss", "DIVERGENCES", "log_softmax_full", "row_totals", "triton_sharded_kl"]
 
@@ -311,7 +306,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         Agarwal et al., "On-Policy Distillation of Language Models" (2024) for JS_β.
     """
     fn = "linear_divergence_loss"
-    check_linear(fn, hidden, weight, bias)
+    check_head(fn, hidden, weight, bias)
     v.check_floating(fn, "teacher_hidden", teacher_hidden)
     v.check_floating(fn, "teacher_weight", teacher_weight)
     if tuple(teacher_hidden.shape[:-1]) != tuple(hidden.shape[:-1]):
@@ -344,16 +339,12 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
     rows = hidden.numel() // max(hidden.shape[-1], 1)
     validate = v.default_validate(hidden, validate)
     mode = choose_impl(fn, impl, hidden, rows, vocab, chunk_size, process_group)
-    if target is not None:
-        check_target(fn, target, hidden)
-        flat_target = target.reshape(-1).long()
-        if validate or mode != "triton":  # the Triton kernel reads nothing for a bad index
-            v.check_index_target(fn, "target", flat_target, vocab, ignore_index=ignore_index)
-        keep = flat_target != ignore_index
-    else:
-        if hard_label_weight:
-            v.fail(fn, "target", "class indices when hard_label_weight > 0", None)
-        flat_target, keep = None, torch.ones(rows, dtype=torch.bool, device=hidden.device)
+    if target is None and hard_label_weight:
+        v.fail(fn, "target", "class indices when hard_label_weight > 0", None)
+    r = loss_rows(fn, hidden, target, name="hidden", head=weight, n_classes=vocab, ignore_index=ignore_index,
+                  reduction=reduction, validate=validate, kinds=("index",), target_optional=True,
+                  check_indices=validate or mode != "triton")  # the Triton kernel reads nothing for a bad index
+    flat_target, keep = None if target is None else target.reshape(-1).long(), r.keep
     if not v.has_data(hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, target):
         return v.meta_output(hidden, tuple(hidden.shape[:-1]), reduction)
     if validate:
@@ -367,7 +358,7 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         teacher_bias=None if teacher_bias is None else teacher_bias.detach(), keep=keep, target=flat_target,
         divergence=divergence, beta=float(beta), temperature=float(temperature),
         hard_label_weight=float(hard_label_weight), vocab_start=vocab_start, group=process_group)
-    scale = kept_rows_scale(keep, reduction, accumulation_dtype(hidden.dtype, accum_dtype))
+    scale = r.total_scale(accumulation_dtype(hidden.dtype, accum_dtype))
     hidden2d = hidden.reshape(rows, hidden.shape[-1])
 
     kernel = replace(kernel, native_matmul=mode == "native")
@@ -378,8 +369,8 @@ def linear_divergence_loss(hidden: Tensor, weight: Tensor, *, teacher_hidden: Te
         kernel = replace(kernel, teacher_hidden=torch.where(keep.unsqueeze(1), kernel.teacher_hidden,
                                                             kernel.teacher_hidden.new_zeros(())))
         z = torch.nn.functional.linear(hidden2d, weight, bias).to(acc)
-        loss_rows, _ = kernel(z, 0, rows, need_grad=False)
-        out = loss_rows if scale is None else loss_rows.sum() * scale
+        row_losses, _ = kernel(z, 0, rows, need_grad=False)
+        out = row_losses if scale is None else row_losses.sum() * scale
         return (out.reshape(target.shape if target is not None else hidden.shape[:-1]) if scale is None
                 else out).to(hidden.dtype)
 
@@ -404,9 +395,4 @@ def kept_rows_scale(keep: Tensor, reduction: str, dtype: torch.dtype) -> Tensor 
     """The factor of the reduction: None for 'none', 1 for 'sum', and for 'mean' 1 / (number of
     kept rows), 0 when none is kept, as a 0-d tensor of ``dtype`` (the loop's accumulation dtype):
     never read on the host, so nothing waits for the device and ``torch.compile`` traces it."""
-    if reduction == "none":
-        return None
-    if reduction == "sum":
-        return 1.0
-    kept = keep.sum().to(dtype)
-    return torch.where(kept == 0, torch.zeros_like(kept), 1.0 / kept.clamp(min=1))
+    return reduction_scale(reduction, keep.sum().to(dtype))  # as LossRows.total_scale

@@ -88,8 +88,6 @@ def check_row_max(opts: XentOptions, row_max: Tensor, offset: int, keep: Tensor 
         _raise_bad(opts, offset + int(empty.nonzero()[0, 0]), 2)
 
 
-_bad_row = check_row_max  # the name logitlab/_triton/ops.py imports
-
 
 def _raise_bad(opts: XentOptions, row: int, kind: int, target: Tensor | None = None,
                n_classes: int = 0) -> None:

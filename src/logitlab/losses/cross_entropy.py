@@ -21,7 +21,6 @@ from logitlab._validation import (
     check_finite,
     check_floating,
     check_index_target,
-    check_positive,
     check_range,
     check_reduction,
     check_same_device,
@@ -140,15 +139,14 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         tensor(0.)
     """
     fn = "cross_entropy"
-    check_reduction(fn, reduction)
     no_grad_options(fn, label_smoothing=label_smoothing, z_loss=z_loss, temperature=temperature)
     eps = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     z = check_range(fn, "z_loss", z_loss, 0.0, math.inf, high_open=True)
-    temp = check_positive(fn, "temperature", temperature)
     impl = backend.check_impl(fn, impl)
     validate = default_validate(logits, validate)
     target = shift_target(fn, target, shift, ignore_index)
-    r = loss_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, check_indices=False)
+    r = loss_rows(fn, logits, target, dim=dim, weight=weight, ignore_index=ignore_index, mask=mask,
+                  reduction=reduction, temperature=temperature, validate=validate, check_indices=False)
     if not has_data(logits, target, weight, mask):  # meta: the output's shape, no data to read
         return meta_output(logits, r.batch_shape, reduction)
     compiling = data_checks_off()
@@ -174,9 +172,9 @@ def cross_entropy(logits: Tensor, target: Tensor, *, dim: int = -1, weight: Tens
         # cannot be written into it (torch raised 'unsupported operation' from inside the kernel).
         fail(fn, "inplace_backward", "False for expanded logits (elements sharing memory)",
              inplace_backward, detail=f"logits strides {tuple(logits.stride())}; clone() them first")
-    opts = XentOptions(fn, r.index_target, eps, z, temp, reduction == "none",
+    opts = XentOptions(fn, r.index_target, eps, z, r.temperature, reduction == "none",
                        bool(validate) and not compiling, bool(inplace_backward), impl == "native")
-    scale = r.scale(reduction)
+    scale = r.scale()
     if impl == "triton":
         from logitlab._triton.ops import triton_cross_entropy as kernel
     else:
@@ -215,9 +213,8 @@ def nll_loss(log_probs: Tensor, target: Tensor, *, dim: int = -1, weight: Tensor
         tensor(0.3993)
     """
     fn = "nll_loss"
-    check_reduction(fn, reduction)
-    r = loss_rows(fn, log_probs, target, dim, weight, ignore_index, mask, validate,
-                               allow_probs=False, name="log_probs")
+    r = loss_rows(fn, log_probs, target, dim=dim, weight=weight, ignore_index=ignore_index, mask=mask,
+                  reduction=reduction, validate=validate, kinds=("index",), name="log_probs")
     if not has_data(log_probs, target, weight, mask):
         return meta_output(log_probs, r.batch_shape, reduction)
     if validate and not data_checks_off():

@@ -31,22 +31,15 @@ from torch import Tensor
 
 from logitlab import _divergence_rows as _rows
 from logitlab import registry
-from logitlab._reduction import neutralize, reduce_loss, to_rows
+from logitlab._reduction import reduce_loss
 from logitlab._validation import (
     check_choice,
-    check_dim,
     check_floating,
-    check_mask,
-    check_positive,
-    check_probs,
-    check_reduction,
-    check_same_device,
-    compute_dtype,
     fail,
     has_data,
     meta_output,
 )
-from logitlab.losses._inputs import check_logit_rows, scale_by_temperature
+from logitlab.losses._inputs import loss_rows
 from logitlab.losses._model import as_callers_errors, model_distribution, normalizer_params, normalizer_spec, safe_log
 
 DIVERGENCES = _rows.DIVERGENCES  # name -> its record: the row function, its own parameter, its doc
@@ -67,55 +60,23 @@ def _divergence(fn: str, divergence: str, logits: Tensor, target: Tensor | None,
     check_floating(fn, "logits", logits)
     spec = normalizer_spec(fn, normalizer, _simplex)
     nparams = normalizer_params(fn, spec, params, own=_OWN)
-    axis = check_dim(fn, dim, logits.ndim)
-    if logits.ndim and logits.shape[axis] == 0:
-        fail(fn, "logits", f"at least one class along dim {dim}", f"<shape {tuple(logits.shape)}>")
-    check_reduction(fn, reduction)
-    temperature = check_positive(fn, "temperature", temperature)
     value = record.check(fn, param) if record.check is not None else None
     if (target is None) == (target_logits is None):
         fail(fn, "target", "exactly one of 'target' (probabilities) and 'target_logits'",
              "<both>" if target is not None else "<neither>")
-    name = "target" if target is not None else "target_logits"
-    given = target if target is not None else target_logits
-    check_floating(fn, name, given)
-    if given.shape != logits.shape:  # type: ignore[union-attr]
-        fail(fn, name, f"shape {tuple(logits.shape)} (the shape of logits)",
-             f"<shape {tuple(given.shape)}>")  # type: ignore[union-attr]
-    if logits.ndim == 0:  # one class: view as (1,) so that every row-wise step sees an axis
-        logits = logits.reshape(1)
-        target = None if target is None else target.reshape(1)
-        target_logits = None if target_logits is None else target_logits.reshape(1)
-    batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)
-    check_mask(fn, mask, batch_shape)
-    check_same_device(fn, "logits", logits, target=target, target_logits=target_logits, mask=mask)
+    probs = target is not None
+    r = loss_rows(fn, logits, target if probs else target_logits, dim=dim, mask=mask, reduction=reduction,
+                  temperature=temperature, validate=validate, kinds=("probs",) if probs else ("logits",),
+                  target_name="target" if probs else "target_logits", dense=True)
     if not has_data(logits, target, target_logits, mask):  # meta: the output's shape, no data to read
-        return meta_output(logits, batch_shape, reduction)
-    if mask is not None:
-        # Masked-out rows may hold anything (all -inf padding, NaN): neither checked nor computed.
-        logits = neutralize(logits, mask, axis, 0.0)
-        target = None if target is None else neutralize(target, mask, axis, 1.0 / logits.shape[axis])
-        target_logits = None if target_logits is None else neutralize(target_logits, mask, axis, 0.0)
-    if validate:
-        check_logit_rows(fn, "logits", logits, axis)
-        if target is not None:
-            check_probs(fn, "target", target, dim=axis)
-        else:
-            check_logit_rows(fn, "target_logits", target_logits, axis)  # type: ignore[arg-type]
-
-    dtype = compute_dtype(logits)
-    rows, _ = to_rows(scale_by_temperature(fn, "logits", logits, temperature, dtype, validate), axis)
+        return meta_output(logits, r.batch_shape, reduction)
     # KL against given probabilities needs only log q (softmax: no exp of the model's rows).
-    q, log_q = model_distribution(spec, rows, nparams, validate,
-                                  probs=not (divergence == "kl" and target is not None))
-    if target is not None:
-        p = to_rows(target.to(dtype), axis)[0]
-        log_p = safe_log(p)  # exact zeros: -inf with a zero gradient
+    q, log_q = model_distribution(spec, r.rows, nparams, validate, probs=not (divergence == "kl" and probs))
+    if probs:
+        p, log_p = r.target, safe_log(r.target)  # exact zeros: -inf with a zero gradient
     else:
-        teacher = to_rows(scale_by_temperature(fn, "target_logits", target_logits, temperature,  # type: ignore[arg-type]
-                                               dtype, validate), axis)[0]
-        p, log_p = model_distribution(spec, teacher, nparams, validate)
-    values = record(p, log_p, q, log_q, value).value.reshape(batch_shape)
+        p, log_p = model_distribution(spec, r.target, nparams, validate)
+    values = record(p, log_p, q, log_q, value).value.reshape(r.batch_shape)
     return reduce_loss(values, reduction, keep=mask).to(logits.dtype)
 
 

@@ -21,19 +21,12 @@ import torch
 from torch import Tensor
 
 from logitlab import registry
-from logitlab._reduction import from_rows, neutralize, reduce_loss, to_rows
+from logitlab._reduction import from_rows, reduce_loss, to_rows
 from logitlab._validation import (
     check_dim,
-    check_finite,
     check_floating,
-    check_index_target,
-    check_mask,
     check_positive,
-    check_probs,
-    check_reduction,
-    check_same_device,
     check_tensor,
-    check_unit_interval,
     compiling,
     compute_dtype,
     fail,
@@ -41,7 +34,7 @@ from logitlab._validation import (
     meta_output,
 )
 from logitlab.backend import check_impl
-from logitlab.losses._inputs import check_logit_rows, scale_by_temperature
+from logitlab.losses._inputs import loss_rows
 from logitlab.losses._model import (
     as_callers_errors,
     normalizer_params,
@@ -174,64 +167,21 @@ def _fenchel_young(fn: str, logits: Tensor, target: Tensor, *, normalizer: str |
     check_tensor(fn, "target", target)
     spec = normalizer_spec(fn, normalizer, _has_regularizer)
     nparams = normalizer_params(fn, spec, params)
-    axis = check_dim(fn, dim, logits.ndim)
-    if logits.ndim and logits.shape[axis] == 0:
-        fail(fn, "logits", f"at least one class along dim {dim}", f"<shape {tuple(logits.shape)}>")
-    check_reduction(fn, reduction)
-    temperature = check_positive(fn, "temperature", temperature)
-    batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)
-    n = logits.shape[axis] if logits.ndim else 1
-    index = not target.is_floating_point()
-    if index:
-        if target.dtype == torch.bool or target.is_complex():
-            fail(fn, "target", "integer class indices or floating probabilities",
-                 f"<dtype {target.dtype}>", kind=TypeError)
-        if tuple(target.shape) != batch_shape:
-            fail(fn, "target", f"class indices of shape {batch_shape} (logits without dim) "
-                 f"or probabilities of shape {tuple(logits.shape)}", f"<shape {tuple(target.shape)}>")
-    elif target.shape != logits.shape:
-        fail(fn, "target", f"probabilities of shape {tuple(logits.shape)} or class indices of "
-             f"shape {batch_shape}", f"<shape {tuple(target.shape)}>")
-    check_mask(fn, mask, batch_shape)
-    check_same_device(fn, "logits", logits, target=target, mask=mask)
+    # Probability targets: rows on the simplex, or one probability per class (the sigmoid's box).
+    r = loss_rows(fn, logits, target, dim=dim, mask=mask, ignore_index=ignore_index, reduction=reduction,
+                  temperature=temperature, validate=validate, kinds=("index", "probs" if spec.simplex else "box"),
+                  dense=True)
     if not has_data(logits, target, mask):  # meta: the output's shape, no data to read
-        return meta_output(logits, batch_shape, reduction)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        fail(fn, "ignore_index", "an int", f"<{type(ignore_index).__name__}>", kind=TypeError)
-    keep = mask
-    if index:
-        kept = target != ignore_index
-        keep = kept if keep is None else keep & kept
-        # Whatever `validate` says: an index addresses memory.
-        check_index_target(fn, "target", target, n, ignore_index=ignore_index, keep=keep)
-    if logits.ndim:
-        # Excluded rows may hold anything (all -inf padding, NaN): neither checked nor computed.
-        logits = neutralize(logits, keep, axis, 0.0)
-        if not index:
-            target = neutralize(target, keep, axis, 1.0 / max(n, 1))
-    if validate:
-        check_logit_rows(fn, "logits", logits, axis)
-        if not index and spec.simplex:
-            check_probs(fn, "target", target, dim=axis)
-        elif not index:  # one probability per class (the sigmoid's box [0, 1]^n)
-            check_unit_interval(fn, "target", target)
-
-    dtype = compute_dtype(logits)
-    theta = to_rows(scale_by_temperature(fn, "logits", logits, temperature, dtype, validate), axis)[0]
-    if index:
-        flat = target.reshape(-1)
-        y = torch.where(keep.reshape(-1), flat, torch.zeros_like(flat)).long()
-    else:
-        y = to_rows(target.to(dtype), axis)[0]
+        return meta_output(logits, r.batch_shape, reduction)
     normalize, regularize = spec.fn, spec.regularizer
     rparams = regularizer_params(spec, nparams)
     nparams = with_validate(spec.takes, nparams, validate)
     values = _FenchelYoung.apply(
-        theta, y,
+        r.rows, r.target,
         lambda rows: normalize(rows, dim=-1, **nparams),
         lambda rows: regularize(rows, dim=-1, **rparams), spec.shift_invariant)
-    values = values.reshape(batch_shape)
-    return reduce_loss(values, reduction, keep=keep).to(logits.dtype)
+    values = values.reshape(r.batch_shape)
+    return reduce_loss(values, reduction, keep=r.keep.reshape(r.batch_shape)).to(logits.dtype)
 
 
 def sparsemax_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: str = "mean",
@@ -412,44 +362,13 @@ def make_fenchel_young_loss(*, regularizer: Callable[[Tensor], Tensor] | None = 
         fail(fn, "regularizer", "Ω(p) alongside predict=", None, kind=TypeError)
     shift = bool(shift_invariant)
 
-    def rows_of(loss_fn: str, logits: Tensor, target: Tensor, dim: int, mask: Tensor | None,
-                ignore_index: int, reduction: str):
-        check_floating(loss_fn, "logits", logits)
-        check_tensor(loss_fn, "target", target)
-        axis = check_dim(loss_fn, dim, logits.ndim)
-        if logits.ndim == 0 or logits.shape[axis] == 0:
-            fail(loss_fn, "logits", f"at least one class along dim {dim}", f"<shape {tuple(logits.shape)}>")
-        check_reduction(loss_fn, reduction)
-        batch_shape = tuple(s for i, s in enumerate(logits.shape) if i != axis)
-        n = logits.shape[axis]
-        check_mask(loss_fn, mask, batch_shape)
-        check_logit_rows(loss_fn, "logits", logits, axis)
-        dtype = compute_dtype(logits)
-        theta = to_rows(logits.to(dtype), axis)[0]
-        keep = mask
-        if not target.is_floating_point():
-            if target.dtype == torch.bool or tuple(target.shape) != batch_shape:
-                fail(loss_fn, "target", f"class indices of shape {batch_shape} or points of shape "
-                     f"{tuple(logits.shape)}", f"<{target.dtype} tensor of shape {tuple(target.shape)}>")
-            check_index_target(loss_fn, "target", target, n, ignore_index=ignore_index)
-            flat = target.reshape(-1)
-            kept = flat != ignore_index
-            index = torch.where(kept, flat, torch.zeros_like(flat)).long()
-            y = torch.nn.functional.one_hot(index, n).to(dtype)
-            kept = kept.reshape(batch_shape)
-            keep = kept if keep is None else keep & kept
-        else:
-            if target.shape != logits.shape:
-                fail(loss_fn, "target", f"points of shape {tuple(logits.shape)} or class indices of shape "
-                     f"{batch_shape}", f"<shape {tuple(target.shape)}>")
-            check_finite(loss_fn, "target", target, allow_neg_inf=False)
-            y = to_rows(target.to(dtype), axis)[0]
-        return theta, y, keep, batch_shape
-
     def loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: str = "mean",
              mask: Tensor | None = None, ignore_index: int = -100) -> Tensor:
-        theta, y, keep, batch_shape = rows_of("fenchel_young", logits, target, dim, mask, ignore_index,
-                                              reduction)
+        r = loss_rows("fenchel_young", logits, target, dim=dim, mask=mask, ignore_index=ignore_index,
+                      reduction=reduction, kinds=("index", "points"), dense=True)
+        theta, y = r.rows, r.target
+        if r.index_target:  # one-hot rows: Ω(y) is evaluated on them
+            y = torch.nn.functional.one_hot(y, theta.shape[1]).to(theta.dtype)
         if predict is not None:
             values = _FenchelYoung.apply(theta, y, predict, regularizer, shift)
         else:
@@ -458,7 +377,8 @@ def make_fenchel_young_loss(*, regularizer: Callable[[Tensor], Tensor] | None = 
             values = max_fn(shifted) - (shifted * y).sum(-1)  # type: ignore[misc]
             if regularizer is not None:
                 values = values + regularizer(y)
-        return reduce_loss(values.reshape(batch_shape), reduction, keep=keep).to(logits.dtype)
+        keep = r.keep.reshape(r.batch_shape)
+        return reduce_loss(values.reshape(r.batch_shape), reduction, keep=keep).to(logits.dtype)
 
     def predict_fn(logits: Tensor, *, dim: int = -1) -> Tensor:
         check_floating("fenchel_young.predict", "logits", logits)

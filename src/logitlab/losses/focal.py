@@ -12,7 +12,6 @@ from logitlab._reduction import neutralize, reduce_loss
 from logitlab._validation import (
     check_floating,
     check_range,
-    check_reduction,
     compute_dtype,
     fail,
     has_data,
@@ -79,10 +78,10 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: flo
         tensor(0.6342)
     """
     fn = "focal_loss"
-    check_reduction(fn, reduction)
     no_grad_options(fn, gamma=gamma)
     gamma = check_range(fn, "gamma", gamma, 0.0, math.inf, high_open=True)
-    r = loss_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
+    r = loss_rows(fn, logits, target, dim=dim, ignore_index=ignore_index, mask=mask, reduction=reduction,
+                  validate=validate, kinds=("index",))
     if not has_data(logits, target, mask, alpha if isinstance(alpha, Tensor) else None):
         return meta_output(logits, r.batch_shape, reduction)
     cd = compute_dtype(logits)
@@ -152,12 +151,12 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
         tensor(1.0457)
     """
     fn = "poly1_cross_entropy"
-    check_reduction(fn, reduction)
     no_grad_options(fn, epsilon=epsilon, label_smoothing=label_smoothing)
     epsilon = check_range(fn, "epsilon", epsilon, -1.0, math.inf, high_open=True)
     smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     impl = backend.check_impl(fn, impl)
-    r = loss_rows(fn, logits, target, dim, weight, ignore_index, mask, validate, allow_probs=False)
+    r = loss_rows(fn, logits, target, dim=dim, weight=weight, ignore_index=ignore_index, mask=mask,
+                  reduction=reduction, validate=validate, kinds=("index",))
     if not has_data(logits, target, weight, mask):
         return meta_output(logits, r.batch_shape, reduction)
     ce = cross_entropy(logits, target, dim=dim, weight=weight, ignore_index=ignore_index, mask=mask,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from logitlab._reduction import reduce_loss
-from logitlab._validation import check_range, check_reduction, compute_dtype, fail
+from logitlab._validation import check_range, compute_dtype, fail
 from logitlab.losses._inputs import data_checks_off, loss_rows
 
 __all__ = ["multiclass_hinge_loss", "perceptron_loss"]
@@ -41,7 +41,8 @@ def _check_rows(fn: str, rows: Tensor, keep: Tensor, validate: bool) -> None:
 
 def _margin_values(fn: str, logits: Tensor, target: Tensor, margin: float, kind: str, dim: int,
                    ignore_index: int, mask: Tensor | None, reduction: str, validate: bool) -> Tensor:
-    r = loss_rows(fn, logits, target, dim, None, ignore_index, mask, validate, allow_probs=False)
+    r = loss_rows(fn, logits, target, dim=dim, ignore_index=ignore_index, mask=mask, reduction=reduction,
+                  validate=validate, kinds=("index",))
     _check_rows(fn, r.rows, r.keep, validate)
     rows = r.rows.to(compute_dtype(logits))
     y = r.target.unsqueeze(1)
@@ -100,7 +101,6 @@ def multiclass_hinge_loss(logits: Tensor, target: Tensor, *, margin: float = 1.0
         tensor([0.5000, 5.0000])
     """
     fn = "multiclass_hinge_loss"
-    check_reduction(fn, reduction)
     margin = check_range(fn, "margin", margin, 0.0, math.inf, high_open=True)
     if kind not in _KINDS:
         fail(fn, "kind", "one of " + ", ".join(repr(k) for k in _KINDS), kind)
@@ -132,5 +132,4 @@ def perceptron_loss(logits: Tensor, target: Tensor, *, dim: int = -1, ignore_ind
         tensor([0., 3.])
     """
     fn = "perceptron_loss"
-    check_reduction(fn, reduction)
     return _margin_values(fn, logits, target, 0.0, "crammer_singer", dim, ignore_index, mask, reduction, validate)

@@ -16,10 +16,6 @@ from logitlab.nn.cross_entropy import (
     NLLLoss,
     Poly1CrossEntropyLoss,
 )
-from logitlab.nn.distributed import (
-    VocabParallelCrossEntropy,
-    VocabParallelKLDivergence,
-)
 from logitlab.nn.divergences import (
     AlphaDivergenceLoss,
     BrierLoss,
@@ -64,7 +60,8 @@ from logitlab.nn.structured import (
 _ROWS = list(_registry.OPS.values()) + list(_registry.DISTRIBUTED_OPS.values())
 for _op in _ROWS:
     if _op.module is not None and _op.module not in globals():
-        globals()[_op.module] = _stateless_module(_op.fn, _op.module, module=__name__)
+        _home = "logitlab.distributed" if _op.name in _registry.DISTRIBUTED_OPS else "logitlab"
+        globals()[_op.module] = _stateless_module(_op.fn, _op.module, module=__name__, home=_home)
 
 # LinearCrossEntropyHead: the Module of linear_cross_entropy that owns its head's weight (FSDP2).
 __all__ = list(dict.fromkeys([*(op.module for op in _ROWS if op.module is not None), "LinearCrossEntropyHead"]))

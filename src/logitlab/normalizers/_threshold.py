@@ -215,16 +215,21 @@ def _(grad, probs, alpha, first_idx, support, kind, need_alpha, engine):
     return torch.empty_like(grad), grad.new_empty(grad.shape[0], 1, dtype=compute_dtype(grad.dtype))
 
 
+def _backward_engine(logits: Tensor, kind: str, impl: str, fn: str) -> str:
+    """The engine the backward names: "triton" where the forward ran the Triton kernels, else
+    "torch" (native and torch are told apart by ``first_idx``). Only where Triton can run is
+    resolve() asked again: for a CPU tensor it would refuse impl="native" on the
+    FunctionalTensors of a torch.compile trace."""
+    triton_possible = impl == "triton" or logits.device.type == "cuda"
+    return _engine(logits, kind, impl, fn) if logits.shape[0] and triton_possible else "torch"
+
+
 def _setup_context(ctx, inputs, output):
     logits, alpha, kind, _, _, _, _, fn, impl = inputs
     probs, _, first_idx, support, _, _ = output
     ctx.save_for_backward(probs, alpha, first_idx, support)
     ctx.kind, ctx.fn = kind, fn
-    # Only the Triton engine needs naming for the backward (native and torch are told apart by
-    # first_idx); asking resolve() again for a CPU tensor would refuse impl="native" on the
-    # FunctionalTensors of a torch.compile trace.
-    triton_possible = impl == "triton" or logits.device.type == "cuda"
-    ctx.engine = _engine(logits, kind, impl, fn) if logits.shape[0] and triton_possible else "torch"
+    ctx.engine = _backward_engine(logits, kind, impl, fn)
 
 
 def _backward_rule(ctx, grad_probs, *unused):
@@ -261,8 +266,7 @@ class _ThresholdFunction(torch.autograd.Function):
         probs, tau, first_idx, support, n_iter, violation = output
         ctx.save_for_backward(probs, alpha, first_idx, support)
         ctx.kind = kind
-        triton_possible = impl == "triton" or logits.device.type == "cuda"  # as in _setup_context
-        ctx.engine = _engine(logits, kind, impl, fn) if logits.shape[0] and triton_possible else "torch"
+        ctx.engine = _backward_engine(logits, kind, impl, fn)
         ctx.mark_non_differentiable(tau, first_idx, support, n_iter, violation)
 
     @staticmethod
