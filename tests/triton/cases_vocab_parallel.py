@@ -213,7 +213,12 @@ def _gap(a, b):
 @pytest.mark.parametrize("opts", KL_CASES, ids=["mean", "T=2 sum", "T=0.7 none"])
 def test_kl_one_process_matches_reference_in_float64(small_blocks, device, opts):
     student, teacher = _kl_problem(C)
-    rows = slice(None) if opts.get("reduction") == "none" else slice(0, 4)  # (row 4 is +inf)
+    if opts.get("validate", True):  # without a group, validation refuses row 3's teacher on either path
+        for impl in ("triton", "torch"):
+            with pytest.raises(ValueError, match=r"argument 'local_teacher_logits' expected at least one logit > -inf"):
+                vocab_parallel_kl_divergence(student[:4].to(device), teacher[:4].to(device), impl=impl, **opts)
+    # (row 4 is +inf, which a mean or sum would be; row 3 only where validation is off)
+    rows = slice(None) if opts.get("reduction") == "none" else [0, 1, 2]
     z, u = student[rows], teacher[rows]
     ours, g = _value_and_grad(lambda x: vocab_parallel_kl_divergence(x, u.to(device), impl="triton", **opts),
                               z.to(device))
