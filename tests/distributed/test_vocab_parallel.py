@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import pytest
@@ -238,7 +239,8 @@ def test_nan_logits_raise(fn):
     bad[1, 2] = float("nan")
     other = torch.tensor([0, 1, 2]) if fn is vocab_parallel_cross_entropy else torch.randn(3, 4)
     with pytest.raises(ValueError, match=fn.__name__ + r"\(\): argument 'local_logits' expected values without NaN"):
-        fn(bad, other)
+        fn(bad, other)  # validate=None, the default: on for CPU tensors (off for CUDA ones: no host read)
+    assert inspect.signature(fn).parameters["validate"].default is None
     if fn is vocab_parallel_cross_entropy:  # an ignored row may hold anything
         x = bad.clone().requires_grad_()
         fn(x, torch.tensor([0, -100, 2])).backward()

@@ -120,7 +120,7 @@ class _PrecomputedRows(torch.autograd.Function):
 
 def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=None, vocab_start: int | None = None,
                                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-                                 z_loss: float = 0.0, validate: bool = True,
+                                 z_loss: float = 0.0, validate: bool | None = None,
                                  timeout: float | datetime.timedelta | None = None, impl: str = "auto") -> Tensor:
     r"""Cross-entropy over a vocabulary split across ranks, equal on every rank to the full one.
 
@@ -164,6 +164,8 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         validate: check the logits for NaN and +inf (-inf excludes a class; rows whose target is
             ``ignore_index`` are not checked). Class indices are checked against the global
             vocabulary whatever it says, except on DTensors with validate=False (see above).
+            None (the default): on for CPU tensors, off for CUDA ones (the checks read values
+            back to the host, a synchronization a GPU step should not pay).
         timeout: seconds (or a ``datetime.timedelta``) that each collective of this call may
             wait; None leaves the group's own timeout (30 min by default for gloo). A rank that
             fails but stays alive then makes the others raise within it instead of hanging.
@@ -205,6 +207,7 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, group=
         local_logits = local_logits.to_local()
     check_options(fn, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=None,
                   chunk_size=None, impl="auto")
+    validate = v.default_validate(local_logits, validate)
     group = check_group(fn, resolve_group(group)) if layout is None else layout.group
     # The indices are checked below against the full vocabulary; a slice may be empty on a rank.
     r = loss_rows(fn, local_logits, target, ignore_index=ignore_index, reduction=reduction, validate=validate,
@@ -246,7 +249,7 @@ def _output(out: Tensor, layout) -> Tensor:
 
 
 def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Tensor, *, group=None,
-                                 temperature: float = 1.0, reduction: str = "mean", validate: bool = True,
+                                 temperature: float = 1.0, reduction: str = "mean", validate: bool | None = None,
                                  timeout: float | datetime.timedelta | None = None, impl: str = "auto") -> Tensor:
     r"""D(p ‖ q) with p = softmax(teacher / T), q = softmax(student / T) over a sharded vocabulary.
 
@@ -283,7 +286,9 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
         temperature: T > 0.
         reduction: 'none' | 'mean' | 'sum'.
         validate: check both slices for NaN and +inf (-inf excludes a class), and (with a group
-            and plain tensors) that every rank passes the same number of rows.
+            and plain tensors) that every rank passes the same number of rows. None (the
+            default): on for CPU tensors, off for CUDA ones, as in
+            :func:`vocab_parallel_cross_entropy`.
         timeout: as in :func:`vocab_parallel_cross_entropy`.
         impl: 'auto' | 'torch' | 'triton', as in :func:`vocab_parallel_cross_entropy`.
 
@@ -315,6 +320,7 @@ def vocab_parallel_kl_divergence(local_logits: Tensor, local_teacher_logits: Ten
         local_logits = local_logits.to_local()
     group = check_group(fn, resolve_group(group)) if layout is None else layout.group
     v.check_floating(fn, "local_logits", local_logits)
+    validate = v.default_validate(local_logits, validate)
     impl = backend.resolve(fn, impl, local_logits, native=lambda: False)
     # The torch path takes both slices divided by T in the compute dtype; the Triton kernels read
     # them as given (and divide as they load). A slice may be empty on a rank.
