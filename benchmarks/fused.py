@@ -259,7 +259,9 @@ def main(argv=None):
                                      else f"not measured: {cce_missing}")
                     records.append(rec)
                     continue
-                if "error" in timed:
+                if args.memory_only:
+                    rec["status"] = "memory only: not timed (--memory-only)"
+                elif "error" in timed:
                     rec["status"] = f"timing failed: {timed['error']}"
                 else:
                     ts = timed[impl]["time_ms"]
