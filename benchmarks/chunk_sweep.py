@@ -132,8 +132,9 @@ def main() -> None:
         diff = "" if r["loss_diff_vs_naive"] is None else f"{r['loss_diff_vs_naive']:.1e}"
         print(f"{r['impl']:24s} {r['time_s']:8.3f} {r['time_min_s']:7.3f}..{r['time_max_s']:<7.3f} "
               f"{r['ratio_to_floor']:7.2f} {diff:>17s}")
-    rows = [row("linear_cross_entropy", r["impl"], (n, d, v), args.dtype, time_ms=r["times_ms"], build=r["build"] or None,
-                config=r["config"], ratio_to_floor=r["ratio_to_floor"], accum_dtype=args.accum_dtype) for r in records]
+    rows = [row("linear_cross_entropy", r["impl"], (n, d, v), args.dtype, time_ms=r["times_ms"],
+                build=r["build"] or None, config=r["config"], ratio_to_floor=r["ratio_to_floor"],
+                accum_dtype=args.accum_dtype) for r in records]
     print(write_records(args.out, records, rows=rows, benchmark="chunk_sweep"))
 
 

@@ -159,7 +159,8 @@ def run_case(name: str, spec: dict, repeats: int, warmup: int, threads: int = 2)
             dt = time.perf_counter() - t
             if rep == 0:
                 first_call[impl] = dt
-                results[impl] = (loss.detach().float(), grad.detach().float().clone() if impl != "torch" else grad.detach().float())
+                results[impl] = (loss.detach().float(),
+                                 grad.detach().float().clone() if impl != "torch" else grad.detach().float())
             elif rep >= warmup:
                 times[impl].append(dt)
             del loss, grad
@@ -257,11 +258,14 @@ def main() -> None:
         print(f"{r['case']:18s} {r['impl']:17s} {r['time_ms']:9.1f} {r['time_min_ms']:6.0f}..{r['time_max_ms']:<6.0f} "
               f"{r['speedup_vs_torch']:7.2f}x {r['gb_per_s']:6.1f} {100 * r['stream_fraction']:7.0f}% "
               f"{r.get('peak_extra_mib', float('nan')):9.0f} {r.get('grad_mib', float('nan')):9.0f} "
-              f"{r['first_call_ms']:9.0f} {r['max_abs_loss_diff_vs_torch']:8.1e} {r['max_rel_grad_diff_vs_torch']:10.1e}")
+              f"{r['first_call_ms']:9.0f} {r['max_abs_loss_diff_vs_torch']:8.1e} "
+              f"{r['max_rel_grad_diff_vs_torch']:10.1e}")
     builds = [r for r in records if r["impl"] == "logitlab"]
     compiled = [r["native_compile_s"] for r in builds if r["native_compiled_now"]]
-    print("native kernel: " + ("unavailable (eager fallback timed as logitlab)" if not builds or not builds[0]["native_kernel"]
-          else (f"compiled in {compiled[0]:.1f} s by the first process (cached after that); " if compiled else "from the cache; ")
+    print("native kernel: " + ("unavailable (eager fallback timed as logitlab)"
+                               if not builds or not builds[0]["native_kernel"]
+          else (f"compiled in {compiled[0]:.1f} s by the first process (cached after that); "
+                if compiled else "from the cache; ")
           + f"load {1e3 * max(r['native_load_s'] for r in builds):.0f} ms per process (not in the times)"))
     stream = [r["stream_copy_gb_per_s"] for r in records]
     print(f"STREAM copy bandwidth measured in the case processes: {min(stream):.1f}..{max(stream):.1f} GB/s; "

@@ -302,7 +302,8 @@ def render(records) -> str:
         mem = "-" if r["extra_peak_mib"] is None else f"{r['extra_peak_mib']:.0f}"
         lines.append(f"{r['op']:>22} {shape:>22} {r['impl']:>16} {r['time_ms_median']:9.3f} "
                      f"{r['time_ms_min']:8.3f}..{r['time_ms_max']:<8.3f} {r.get('ratio_to_floor', float('nan')):7.3f} "
-                     f"{r.get('min_traffic_gb_s', float('nan')):7.0f} {r.get('pct_of_copy', float('nan')):6.1f} {mem:>10}")
+                     f"{r.get('min_traffic_gb_s', float('nan')):7.0f} {r.get('pct_of_copy', float('nan')):6.1f} "
+                     f"{mem:>10}")
     return "\n".join(lines)
 
 

@@ -160,7 +160,8 @@ def _table(records: list[dict], memory: dict) -> str:
         mem_o, mem_p = memory.get(key + ("ours",)), memory.get(key + ("peer",))
 
         def mib(mem, field):
-            return f"{mem[field]:>{9 if field != 'returned_mib' else 8}.1f}" if mem else f"{'-':>{9 if field != 'returned_mib' else 8}}"
+            return (f"{mem[field]:>{9 if field != 'returned_mib' else 8}.1f}" if mem
+                    else f"{'-':>{9 if field != 'returned_mib' else 8}}")
 
         lines.append(
             f"{r['normalizer']:<18} {'x'.join(map(str, r['shape'])):<13} {r['peer']:<21} "

@@ -199,8 +199,8 @@ def _table(records: list[dict]) -> None:
     print(f"{'B':>4} {'T':>5} {'K':>5} {'nll fwd+bwd ms':>15} {'viterbi ms':>11} {'MiB':>6}")
     for r in records:
         if r["family"] == "crf_large":
-            print(f"{r['b']:>4} {r['t']:>5} {r['k']:>5} {r['nll_fwd_bwd_time_ms']:>15.2f} {r['viterbi_time_ms']:>11.2f} "
-                  f"{r['peak_mem_mib']:>6.1f}")
+            print(f"{r['b']:>4} {r['t']:>5} {r['k']:>5} {r['nll_fwd_bwd_time_ms']:>15.2f} "
+                  f"{r['viterbi_time_ms']:>11.2f} {r['peak_mem_mib']:>6.1f}")
 
 
 def main() -> None:

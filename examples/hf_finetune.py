@@ -132,7 +132,8 @@ def main(argv=None):
         summary[f"{kind}_max_step_peak_mib"] = peaks[-1] if peaks else None
         summary[f"{kind}_seconds"] = run["seconds"]
     print(f"largest |stock - patched| loss over the run: {summary['max_abs_loss_diff']:.2e}; "
-          f"final loss {summary['final_loss']['stock']:.4f} (stock) vs {summary['final_loss']['patched']:.4f} (patched)")
+          f"final loss {summary['final_loss']['stock']:.4f} (stock) vs "
+          f"{summary['final_loss']['patched']:.4f} (patched)")
     for kind in ("stock", "patched"):
         print(f"{kind:>8}: {summary[kind + '_seconds']:.1f} s; peak memory of a step beyond its start: median "
               f"{summary[kind + '_median_step_peak_mib']:.1f} MiB, max {summary[kind + '_max_step_peak_mib']:.1f} MiB")

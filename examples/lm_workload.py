@@ -172,7 +172,8 @@ def main(argv=None):
               f"and data: {r['peak_extra_mib']:.0f} MiB")
     print(f"(one step's logits would be {logits_mib:.0f} MiB in float32)")
     print(json.dumps({"steps": steps, "tokens_per_step": tokens, "vocab": vocab, "max_rel_diff": worst,
-                      "naive_peak_mib": runs["naive"]["peak_extra_mib"], "fused_peak_mib": runs["fused"]["peak_extra_mib"],
+                      "naive_peak_mib": runs["naive"]["peak_extra_mib"],
+                      "fused_peak_mib": runs["fused"]["peak_extra_mib"],
                       "naive_s": runs["naive"]["seconds"], "fused_s": runs["fused"]["seconds"]}))
 
 

@@ -68,7 +68,8 @@ class Browser:
         os.close(to_child_r)
         os.close(from_child_w)
 
-        # bash (dash takes one-digit descriptors only) places them at 3 (our commands) and 4 (the answers), then becomes chromium.
+        # bash (dash takes one-digit descriptors only) places them at 3 (our commands) and 4 (the answers), then
+        # becomes chromium.
         self._proc = subprocess.Popen(
             ["/bin/bash", "-c", f'exec 3<&{high_r2} 4>&{high_w2} {high_r2}<&- {high_w2}>&-; exec "$0" "$@"',
              binary, *FLAGS, f"--user-data-dir={self._profile}", "--remote-debugging-pipe",

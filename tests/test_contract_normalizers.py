@@ -137,7 +137,8 @@ def test_dtype_and_device_preserved(name, dtype, device):
     assert probs.dtype == dtype and probs.device == x.device and probs.shape == x.shape
     assert bool(torch.isfinite(probs).all())
     truth = _fn(name)(x.to(F64)).to(device)
-    torch.testing.assert_close(probs.to(F64), truth, rtol=0, atol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6)
+    torch.testing.assert_close(probs.to(F64), truth, rtol=0,
+                               atol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -105,14 +105,19 @@ def test_half_precision_computed_in_float32():
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda: metrics.accuracy(torch.ones(3), torch.zeros(3, dtype=torch.long)), "accuracy(): argument 'probs' expected a 2-D"),
-    (lambda: metrics.nll(torch.ones(2, 2) / 2, torch.zeros(3, dtype=torch.long)), "nll(): argument 'target' expected a 1-D"),
+    (lambda: metrics.accuracy(torch.ones(3), torch.zeros(3, dtype=torch.long)),
+     "accuracy(): argument 'probs' expected a 2-D"),
+    (lambda: metrics.nll(torch.ones(2, 2) / 2, torch.zeros(3, dtype=torch.long)),
+     "nll(): argument 'target' expected a 1-D"),
     (lambda: metrics.nll(torch.ones(2, 2) / 2, torch.zeros(2)), "nll(): argument 'target' expected an integer"),
     (lambda: metrics.nll(torch.ones(2, 2), torch.zeros(2, dtype=torch.long)), "rows summing to 1"),
     (lambda: metrics.nll(torch.ones(2, 2) / 2, torch.tensor([0, 2])), "class indices in [0, 1]"),
-    (lambda: metrics.nll(torch.ones(2, 2) / 2, torch.tensor([0, 1]), smoothing=1.0), "'smoothing' expected a number in [0.0, 1.0)"),
-    (lambda: metrics.reliability_diagram(torch.ones(2, 2) / 2, torch.tensor([0, 1]), n_bins=0), "'n_bins' expected an int >= 1"),
-    (lambda: metrics.expected_calibration_error(torch.ones(2, 2) / 2, torch.tensor([0, 1]), binning="quantile"), "'binning' expected one of 'width', 'mass'"),
+    (lambda: metrics.nll(torch.ones(2, 2) / 2, torch.tensor([0, 1]), smoothing=1.0),
+     "'smoothing' expected a number in [0.0, 1.0)"),
+    (lambda: metrics.reliability_diagram(torch.ones(2, 2) / 2, torch.tensor([0, 1]), n_bins=0),
+     "'n_bins' expected an int >= 1"),
+    (lambda: metrics.expected_calibration_error(torch.ones(2, 2) / 2, torch.tensor([0, 1]), binning="quantile"),
+     "'binning' expected one of 'width', 'mass'"),
     (lambda: metrics.brier_score(torch.ones(0, 2), torch.zeros(0, dtype=torch.long)), "at least one row"),
 ])
 def test_bad_input_names_the_argument(call, message):

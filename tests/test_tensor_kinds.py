@@ -119,7 +119,8 @@ for name, call in [("sparsemax", lambda: logitlab.sparsemax(x)), ("entmax15", la
     try:
         call()
     except TypeError as error:
-        assert f"{{name}}(): argument 'logits' expected a plain (local) torch.Tensor, got <DTensor>" in str(error), error
+        assert (f"{{name}}(): argument 'logits' expected a plain (local) torch.Tensor, got <DTensor>"
+                in str(error)), error
         assert "to_local()" in str(error)
         continue
     raise SystemExit(f"{{name}}: no error")

@@ -153,7 +153,8 @@ def all_finite(tensor: Tensor, *, allow_neg_inf: bool = False) -> bool:
     for a (V, D) head or (N, C) logits would be a large transient allocation of its own.
 
     Example:
-        >>> all_finite(torch.tensor([0.0, -float("inf")])), all_finite(torch.tensor([0.0, -float("inf")]), allow_neg_inf=True)
+        >>> all_finite(torch.tensor([0.0, -float("inf")])), all_finite(torch.tensor([0.0, -float("inf")]),
+        ...                                                            allow_neg_inf=True)
         (False, True)
     """
     if tensor.numel() == 0 or not (tensor.is_floating_point() or tensor.is_complex()):

@@ -68,7 +68,8 @@ def shannon_negentropy(probs: Tensor, dim: int = -1) -> Tensor:
 def sigmoid(logits: Tensor) -> Tensor:
     """1 / (1 + exp(−z)), elementwise."""
     z = logits.to(F64)
-    return torch.where(z >= 0, 1 / (1 + torch.exp(-z.clamp(min=0))), torch.exp(z.clamp(max=0)) / (1 + torch.exp(z.clamp(max=0))))
+    return torch.where(z >= 0, 1 / (1 + torch.exp(-z.clamp(min=0))),
+                       torch.exp(z.clamp(max=0)) / (1 + torch.exp(z.clamp(max=0))))
 
 
 def log_sigmoid(logits: Tensor) -> Tensor:
@@ -89,7 +90,8 @@ def standard_normalize(logits: Tensor, dim: int = -1, positivity: str | None = N
         excluded = z == -math.inf
         if bool(excluded.all()):
             return torch.zeros_like(z)
-        scores = torch.where(excluded, torch.zeros_like(z), transforms[positivity](torch.where(excluded, torch.zeros_like(z), z)))
+        scores = torch.where(excluded, torch.zeros_like(z),
+                             transforms[positivity](torch.where(excluded, torch.zeros_like(z), z)))
         total = scores.sum()
         if positivity == "softplus" and total == 0:  # every softplus underflowed: softplus(z) = exp(z) there
             return softmax(z, 0)

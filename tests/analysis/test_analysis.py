@@ -246,7 +246,8 @@ def test_underflow_of_a_model_batch_and_no_underflow_for_short_batches():
 
 
 def test_likelihood_underflow_bad_input():
-    with pytest.raises(ValueError, match=r"likelihood_underflow\(\): argument 'probs' expected probabilities in \(0, 1\]"):
+    with pytest.raises(ValueError,
+                       match=r"likelihood_underflow\(\): argument 'probs' expected probabilities in \(0, 1\]"):
         likelihood_underflow(torch.tensor([0.5, 0.0]))
     with pytest.raises(ValueError, match=r"argument 'batch_size' expected an int >= 1"):
         likelihood_underflow(0.5, batch_size=0)

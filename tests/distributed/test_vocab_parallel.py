@@ -80,7 +80,8 @@ def _compare_all(rank, world, sizes, distill_sizes):
         errors[f"kl_T{temperature}_grad"] = _err(local.grad, full.grad[:, lo:hi])
 
     group = torch.distributed.group.WORLD
-    for i, opts in enumerate([dict(), dict(label_smoothing=0.1, z_loss=1e-3, class_weight=True), dict(reduction="none")]):
+    for i, opts in enumerate([dict(), dict(label_smoothing=0.1, z_loss=1e-3, class_weight=True),
+                              dict(reduction="none")]):
         use_cw = opts.pop("class_weight", False)
         h = hidden.clone().requires_grad_()
         w_full = weight.clone().requires_grad_()
@@ -186,9 +187,11 @@ def test_single_process_without_group_is_the_plain_loss():
 
 
 def test_bad_shapes_are_clear_errors():
-    with pytest.raises(ValueError, match=r"vocab_parallel_cross_entropy\(\): argument 'target' expected class indices of shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"vocab_parallel_cross_entropy\(\): argument 'target' "
+                                         r"expected class indices of shape \(3,\)"):
         vocab_parallel_cross_entropy(torch.randn(3, 4), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"vocab_parallel_kl_divergence\(\): argument 'local_teacher_logits' expected logits of shape \(3, 4\) "
+    with pytest.raises(ValueError, match=r"vocab_parallel_kl_divergence\(\): argument 'local_teacher_logits' "
+                                         r"expected logits of shape \(3, 4\) "
                                          r"\(the shape of local_logits\), got <floating tensor of shape \(3, 5\)>"):
         vocab_parallel_kl_divergence(torch.randn(3, 4), torch.randn(3, 5))
 

@@ -24,7 +24,8 @@ SECTIONS = ["verdict", "warnings", "setup", "summary", "paired", "temperature", 
 
 
 def _strip_times(records):
-    return [{k: v for k, v in r.items() if k not in ("wall_time_s", "examples_per_s", "step_peak_mib")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("wall_time_s", "examples_per_s", "step_peak_mib")}
+            for r in records]
 
 
 def test_records_hold_every_measure(tiny_run):
@@ -314,15 +315,17 @@ def test_next_token_study_on_the_stdlib_source(tmp_path, capsys):
     assert data.num_classes == 128 and data.x_train.dtype == torch.int64 and data.x_train.shape[1] == 3
     assert len(data.y_train) + len(data.y_val) + len(data.y_test) == 2000
     out = tmp_path / "lm"
-    status, lines, _ = run_cli(["study", "--preset", "lm", "--jobs", "1", "--seeds", "1", "--steps", "20", "--out", str(out),
-                                "--set", "vocab=128", "--set", "text_mb=0.05", "--set", "max_rows=2000",
+    status, lines, _ = run_cli(["study", "--preset", "lm", "--jobs", "1", "--seeds", "1", "--steps", "20",
+                                "--out", str(out), "--set", "vocab=128", "--set", "text_mb=0.05",
+                                "--set", "max_rows=2000",
                                 "--set", "pairs=softmax+cross_entropy,sparsemax+sparsemax_loss"], capsys)
     assert status == 0 and lines[-1] == str(out / rec.REPORT)
     records = rec.read_records(out / rec.RECORDS)
     assert [r["num_classes"] for r in records] == [128, 128]
     for r in records:
         m = r["metrics"]
-        assert 0 <= m["accuracy"] <= m["top5_accuracy"] <= 1 and m["perplexity"] == pytest.approx(math.exp(m["nll_smoothed"]))
+        assert 0 <= m["accuracy"] <= m["top5_accuracy"] <= 1
+        assert m["perplexity"] == pytest.approx(math.exp(m["nll_smoothed"]))
         assert r["examples_per_s"] > 0
         assert r["step_peak_mib"] is None or r["step_peak_mib"] >= 0
     assert [r["output_path"] for r in records] == ["linear_cross_entropy", "logits"]

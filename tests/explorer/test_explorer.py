@@ -139,13 +139,16 @@ def mismatches(page: dict, truth: dict) -> list[str]:
 def page_case(browser: Browser) -> dict:
     """The inputs the page holds now, read back from its own fields."""
     state = browser.evaluate("JSON.stringify({logits: Array.from(document.querySelectorAll('.logit-number'))"
-                             ".map(e => e.dataset.value), T: document.getElementById('temperature-number').dataset.value,"
+                             ".map(e => e.dataset.value),"
+                             " T: document.getElementById('temperature-number').dataset.value,"
                              " alpha: document.getElementById('alpha-number').dataset.value,"
                              " eps: document.getElementById('smoothing-number').dataset.value,"
                              " gamma: document.getElementById('gamma-number').dataset.value,"
                              " y: Array.from(document.querySelectorAll('input.target')).findIndex(e => e.checked),"
-                             " pos: document.getElementById('positivity').value, order: document.getElementById('order').value,"
-                             " dn: document.getElementById('divergence-normalizer').value, units: document.getElementById('units').value,"
+                             " pos: document.getElementById('positivity').value,"
+                             " order: document.getElementById('order').value,"
+                             " dn: document.getElementById('divergence-normalizer').value,"
+                             " units: document.getElementById('units').value,"
                              " soft: document.getElementById('soft-target').dataset.value})")
     state = json.loads(state)
     state["logits"] = [float(v) for v in state["logits"]]

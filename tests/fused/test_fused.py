@@ -319,9 +319,13 @@ def test_bad_shapes_and_options_are_clear_errors():
         linear_cross_entropy(h, w, t, bias=torch.randn(9))
     with pytest.raises(ValueError, match=r"argument 'class_weight' expected a 1-D tensor of 10 class weights"):
         linear_cross_entropy(h, w, t, class_weight=torch.ones(3))
-    with pytest.raises(ValueError, match=r"argument 'target' expected class indices in \[0, 9\] or ignore_index=-100, got <index 10>"):
+    with pytest.raises(ValueError,
+                       match=r"argument 'target' expected class indices in \[0, 9\] or ignore_index=-100, "
+                             r"got <index 10>"):
         linear_cross_entropy(h, w, torch.tensor([1, 2, 3, 10]))
-    with pytest.raises(ValueError, match=r"argument 'impl' expected one of 'auto', 'native', 'torch', 'composite', 'triton', got 'fast'"):
+    with pytest.raises(ValueError,
+                       match=r"argument 'impl' expected one of 'auto', 'native', 'torch', 'composite', 'triton', "
+                             r"got 'fast'"):
         linear_cross_entropy(h, w, t, impl="fast")
     with pytest.raises(ValueError, match=r"argument 'chunk_size' expected None or an int >= 1, got 0"):
         linear_cross_entropy(h, w, t, chunk_size=0)
@@ -448,7 +452,8 @@ def test_divergence_low_precision_and_bad_inputs():
     loss = linear_divergence_loss(hidden, weight, teacher_hidden=th, teacher_weight=tw, chunk_size=16)
     truth = reference.linear_divergence_loss(hidden, weight, teacher_hidden=th, teacher_weight=tw)
     assert loss.dtype == torch.bfloat16 and abs(float(loss) - float(truth)) <= 2e-2 * float(truth)
-    with pytest.raises(ValueError, match=r"linear_divergence_loss\(\): argument 'teacher_weight' expected shape \(19, 7\)"):
+    with pytest.raises(ValueError,
+                       match=r"linear_divergence_loss\(\): argument 'teacher_weight' expected shape \(19, 7\)"):
         linear_divergence_loss(hidden, weight, teacher_hidden=th, teacher_weight=tw[:5])
     with pytest.raises(ValueError, match=r"argument 'teacher_hidden' expected batch shape \(40,\)"):
         linear_divergence_loss(hidden, weight, teacher_hidden=th[:3], teacher_weight=tw)

@@ -229,7 +229,8 @@ def test_refuses_an_unsupported_family():
 
 def test_refuses_a_model_without_lm_head():
     model = transformers.LlamaModel(transformers.LlamaConfig(**COMMON))
-    with pytest.raises(ValueError, match=r"argument 'model' expected a model with an lm_head.*LlamaModel without lm_head"):
+    with pytest.raises(ValueError,
+                       match=r"argument 'model' expected a model with an lm_head.*LlamaModel without lm_head"):
         lt.apply(model)
 
 

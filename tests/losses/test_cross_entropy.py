@@ -157,9 +157,11 @@ def test_block_boundaries(monkeypatch):
     from logitlab.losses import _xent_kernel
     logits = torch.randn(37, 13, dtype=D)
     target = torch.randint(0, 13, (37,))
-    ref = _both(lambda x: cross_entropy(x, target, label_smoothing=0.1), lambda x: F.cross_entropy(x, target, label_smoothing=0.1), logits)
+    ref = _both(lambda x: cross_entropy(x, target, label_smoothing=0.1),
+                lambda x: F.cross_entropy(x, target, label_smoothing=0.1), logits)
     monkeypatch.setattr(_xent_kernel, "BLOCK_BYTES", 5 * 13 * 8)
-    ours = _both(lambda x: cross_entropy(x, target, label_smoothing=0.1), lambda x: F.cross_entropy(x, target, label_smoothing=0.1), logits)
+    ours = _both(lambda x: cross_entropy(x, target, label_smoothing=0.1),
+                 lambda x: F.cross_entropy(x, target, label_smoothing=0.1), logits)
     _close(ours[0], ref[1])
     _close(ours[2], ref[3])
 
@@ -237,12 +239,16 @@ def test_low_precision_error_no_worse_than_naive(dtype, kind):
     truth_logits = (torch.randn(64, 257, dtype=D) * 4)
     logits = truth_logits.to(dtype)
     exact = logits.to(D)  # compare on the same (rounded) input
-    target = torch.randint(0, 257, (64,)) if kind == "index" else torch.softmax(torch.randn(64, 257, dtype=D), 1).to(dtype)
+    target = (torch.randint(0, 257, (64,)) if kind == "index"
+              else torch.softmax(torch.randn(64, 257, dtype=D), 1).to(dtype))
     target_d = target if kind == "index" else target.to(D)
     truth, _, g_truth, _ = _both(lambda x: F.cross_entropy(x, target_d, label_smoothing=0.1),
                                   lambda x: F.cross_entropy(x, target_d, label_smoothing=0.1), exact)
     ours, naive, g_ours, g_naive = _both(lambda x: cross_entropy(x, target, label_smoothing=0.1),
-                                         lambda x: F.cross_entropy(x.float(), target if kind == "index" else target.float(), label_smoothing=0.1).to(dtype) if dtype != torch.float32 else F.cross_entropy(x, target, label_smoothing=0.1),
+                                         lambda x: F.cross_entropy(x.float(),
+                                                                   target if kind == "index" else target.float(),
+                                                                   label_smoothing=0.1).to(dtype)
+                                         if dtype != torch.float32 else F.cross_entropy(x, target, label_smoothing=0.1),
                                          logits)
     assert ours.dtype == dtype and g_ours.dtype == dtype
     slack = ERROR_SLACK[dtype]
@@ -362,7 +368,8 @@ def test_batch_nll_equals_sklearn_log_loss():
     target[:7] = torch.arange(7)  # every class present
     probs = torch.softmax(logits, 1).numpy()
     assert abs(float(cross_entropy(logits, target)) - log_loss(target.numpy(), probs, labels=list(range(7)))) < 1e-12
-    assert abs(float(-log_likelihood(logits, target)) / 50 - log_loss(target.numpy(), probs, labels=list(range(7)))) < 1e-12
+    assert abs(float(-log_likelihood(logits, target)) / 50
+               - log_loss(target.numpy(), probs, labels=list(range(7)))) < 1e-12
 
 
 def test_log_likelihood_where_the_likelihood_underflows():
@@ -378,7 +385,8 @@ def test_log_likelihood_where_the_likelihood_underflows():
 
 # --- nll_loss and binary cross-entropy -------------------------------------------------------
 
-@pytest.mark.parametrize("weighted,reduction,shape", list(itertools.product([False, True], ["none", "mean", "sum"], [(6, 5), (3, 5, 4)])))
+@pytest.mark.parametrize("weighted,reduction,shape",
+                         list(itertools.product([False, True], ["none", "mean", "sum"], [(6, 5), (3, 5, 4)])))
 def test_nll_loss_matches_torch(weighted, reduction, shape):
     log_probs = torch.log_softmax(torch.randn(shape, dtype=D), 1)
     weight = torch.rand(5, dtype=D) if weighted else None
@@ -398,19 +406,23 @@ def test_nll_loss_all_ignored_is_zero():
     assert loss == 0 and (lp.grad == 0).all()
 
 
-@pytest.mark.parametrize("weighted,pos,reduction", list(itertools.product([False, True], [False, True], ["none", "mean", "sum"])))
+@pytest.mark.parametrize("weighted,pos,reduction",
+                         list(itertools.product([False, True], [False, True], ["none", "mean", "sum"])))
 def test_bce_with_logits_matches_torch(weighted, pos, reduction):
     logits = torch.randn(6, 4, dtype=D) * 5
     target = torch.rand(6, 4, dtype=D)
     weight = torch.rand(6, 1, dtype=D) if weighted else None
     pos_weight = torch.rand(4, dtype=D) * 3 if pos else None
     ours, peer, g1, g2 = _both(
-        lambda z: binary_cross_entropy_with_logits(z, target, weight=weight, pos_weight=pos_weight, reduction=reduction),
-        lambda z: F.binary_cross_entropy_with_logits(z, target, weight=weight, pos_weight=pos_weight, reduction=reduction),
+        lambda z: binary_cross_entropy_with_logits(z, target, weight=weight, pos_weight=pos_weight,
+                                                   reduction=reduction),
+        lambda z: F.binary_cross_entropy_with_logits(z, target, weight=weight, pos_weight=pos_weight,
+                                                     reduction=reduction),
         logits)
     _close(ours, peer)
     _close(g1, g2)
-    _close(ours, reference.binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight, reduction=reduction))
+    _close(ours, reference.binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight,
+                                                            reduction=reduction))
 
 
 def test_bce_extreme_logits_finite():

@@ -320,7 +320,8 @@ def test_error_messages():
         (lambda: D.kl_divergence(logits, target, normalizer="sigmoid"),
          ValueError, r"argument 'normalizer' expected one of .*got 'sigmoid' \(this loss is not defined"),
         (lambda: D.alpha_divergence(logits, target, alpha=0.5),
-         TypeError, r"alpha_divergence\(\): argument 'alpha' expected a parameter of normalizer 'softmax'.*amari_alpha"),
+         TypeError,
+         r"alpha_divergence\(\): argument 'alpha' expected a parameter of normalizer 'softmax'.*amari_alpha"),
         (lambda: D.js_divergence(logits, target, beta=1.0),
          ValueError, r"js_divergence\(\): argument 'beta' expected a number in \(0, 1\), got 1.0"),
         (lambda: D.js_divergence(logits, target, beta=0.0),
@@ -357,7 +358,8 @@ def test_error_messages():
         (lambda: D.kl_divergence(logits, torch.tensor([0, 1])),
          TypeError, r"argument 'target' expected a floating-point tensor"),
         (lambda: D.divergence_loss(logits),
-         ValueError, r"argument 'target' expected exactly one of 'target' \(probabilities\) and 'target_logits', got <neither>"),
+         ValueError,
+         r"argument 'target' expected exactly one of 'target' \(probabilities\) and 'target_logits', got <neither>"),
         (lambda: D.divergence_loss(logits, target, target_logits=logits),
          ValueError, r"got <both>"),
         (lambda: D.kl_divergence(logits, target, dim=2),
@@ -509,7 +511,8 @@ def test_kl_fast_path_and_general_kernel_agree():
     torch.testing.assert_close(z.grad, (torch.softmax(logits, -1) - target) / 5)
 
 
-# ---- folded from test_audit_edge_cases.py: Adversarial inputs found by the audit: each case once broke (NaN, raw torch error) or was unchecked.
+# ---- folded from test_audit_edge_cases.py: Adversarial inputs found by the audit: each case once broke (NaN, raw
+# torch error) or was unchecked.
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -186,7 +186,8 @@ def test_modules_match_functions():
          lambda **kw: FY.fenchel_young_loss(logits, index, normalizer="entmax", alpha=1.3, **kw)),
         (logitlab.nn.SparsemaxLoss(), lambda **kw: FY.sparsemax_loss(logits, index, **kw)),
         (logitlab.nn.EntmaxLoss(alpha=1.5), lambda **kw: FY.entmax_loss(logits, index, **kw)),
-        (logitlab.nn.Entmax15Loss(reduction="sum"), lambda **kw: FY.entmax15_loss(logits, index, reduction="sum", **kw)),
+        (logitlab.nn.Entmax15Loss(reduction="sum"),
+         lambda **kw: FY.entmax15_loss(logits, index, reduction="sum", **kw)),
     ]
     for module, call in pairs:
         torch.testing.assert_close(module(logits, index), call())
@@ -198,8 +199,8 @@ def test_error_messages():
     logits, index = torch.randn(2, 3), torch.tensor([0, 2])
     cases = [
         (lambda: FY.fenchel_young_loss(logits, index, normalizer="standard"), ValueError,
-         r"fenchel_young_loss\(\): argument 'normalizer' expected one of 'softmax', 'sigmoid', 'sparsemax', 'entmax15', "
-         r"'entmax', 'entmax_dense', got 'standard' \(this loss is not defined for it\)"),
+         r"fenchel_young_loss\(\): argument 'normalizer' expected one of 'softmax', 'sigmoid', 'sparsemax', "
+         r"'entmax15', 'entmax', 'entmax_dense', got 'standard' \(this loss is not defined for it\)"),
         (lambda: FY.fenchel_young_loss(logits, index, normalizer="nope"), ValueError,
          r"argument 'normalizer' expected one of .*got 'nope' \(unknown normalizer\)"),
         (lambda: FY.fenchel_young_loss(logits, torch.tensor([0, 3])), ValueError,

@@ -31,7 +31,8 @@ def test_focal_matches_reference(reduction, alpha, shape, dim):
     target.view(-1)[0] = -100
     a = torch.rand(n, dtype=D) if alpha == "tensor" else alpha
     ours, g_ours = _grads(lambda x: focal_loss(x, target, gamma=1.5, alpha=a, dim=dim, reduction=reduction), logits)
-    ref, g_ref = _grads(lambda x: reference.focal_loss(x, target, gamma=1.5, alpha=a, dim=dim, reduction=reduction), logits)
+    ref, g_ref = _grads(lambda x: reference.focal_loss(x, target, gamma=1.5, alpha=a, dim=dim, reduction=reduction),
+                        logits)
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-9, atol=1e-12)
 

@@ -53,12 +53,16 @@ def test_empty_batch_relatives():
 @pytest.mark.parametrize("call,message", [
     (lambda: cross_entropy(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)),
      r"cross_entropy\(\): argument 'logits' expected at least one class along dim -1, got <shape \(3, 0\)>"),
-    (lambda: cross_entropy(torch.zeros(3, 0), torch.zeros(3, 0)), r"cross_entropy\(\): argument 'logits' expected at least one class"),
+    (lambda: cross_entropy(torch.zeros(3, 0), torch.zeros(3, 0)),
+     r"cross_entropy\(\): argument 'logits' expected at least one class"),
     (lambda: cross_entropy(torch.zeros(2, 0, 4), torch.zeros(2, 4, dtype=torch.long), dim=1),
      r"argument 'logits' expected at least one class along dim 1, got <shape \(2, 0, 4\)>"),
-    (lambda: focal_loss(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)), r"focal_loss\(\): argument 'logits' expected at least one class"),
-    (lambda: poly1_cross_entropy(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)), r"poly1_cross_entropy\(\): argument 'logits'"),
-    (lambda: nll_loss(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)), r"nll_loss\(\): argument 'log_probs' expected at least one class"),
+    (lambda: focal_loss(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)),
+     r"focal_loss\(\): argument 'logits' expected at least one class"),
+    (lambda: poly1_cross_entropy(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)),
+     r"poly1_cross_entropy\(\): argument 'logits'"),
+    (lambda: nll_loss(torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)),
+     r"nll_loss\(\): argument 'log_probs' expected at least one class"),
 ])
 def test_no_class_is_an_error_naming_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
@@ -68,9 +72,12 @@ def test_no_class_is_an_error_naming_the_argument(call, message):
 def test_nll_loss_messages_name_log_probs():
     with pytest.raises(TypeError, match=r"nll_loss\(\): argument 'log_probs' expected a floating-point tensor"):
         nll_loss(torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"nll_loss\(\): argument 'log_probs' expected a tensor with at least 1 dimension"):
+    with pytest.raises(ValueError,
+                       match=r"nll_loss\(\): argument 'log_probs' expected a tensor with at least 1 dimension"):
         nll_loss(torch.tensor(0.0), torch.tensor(0))
-    with pytest.raises(ValueError, match=r"argument 'target' expected class indices of shape \(3,\) \(the shape of log_probs without dim -1\)"):
+    with pytest.raises(ValueError,
+                       match=r"argument 'target' expected class indices of shape \(3,\) \(the shape of log_probs "
+                             r"without dim -1\)"):
         nll_loss(torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
 
 
@@ -125,7 +132,8 @@ def test_non_finite_weights_raise(bad):
     weight = torch.tensor([1.0, bad, 1.0, 1.0])
     for call in (lambda: cross_entropy(x, y, weight=weight), lambda: nll_loss(x.log_softmax(1), y, weight=weight),
                  lambda: poly1_cross_entropy(x, y, weight=weight)):
-        with pytest.raises(ValueError, match=r"argument 'weight' expected finite class weights, got <NaN or inf entries>"):
+        with pytest.raises(ValueError,
+                           match=r"argument 'weight' expected finite class weights, got <NaN or inf entries>"):
             call()
     with pytest.raises(ValueError, match=r"focal_loss\(\): argument 'alpha' expected finite class factors"):
         focal_loss(x, y, alpha=weight)
@@ -167,17 +175,19 @@ def test_focal_fractional_gamma_gradcheck():
 
 def test_bce_weight_must_broadcast_to_logits_shape():
     # a (2, 3) weight used to enlarge a (3,) loss to (2, 3) without a word
-    with pytest.raises(ValueError, match=r"argument 'weight' expected a shape broadcastable to \(3,\), got Tensor\(shape=\(2, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"argument 'weight' expected a shape broadcastable to \(3,\), got Tensor\(shape=\(2, 3\)"):
         binary_cross_entropy_with_logits(torch.zeros(3), torch.zeros(3), weight=torch.ones(2, 3), reduction="none")
-    out = binary_cross_entropy_with_logits(torch.zeros(2, 3), torch.ones(2, 3), pos_weight=torch.tensor([1.0, 2.0, 3.0]),
-                                           reduction="none")
+    out = binary_cross_entropy_with_logits(torch.zeros(2, 3), torch.ones(2, 3),
+                                           pos_weight=torch.tensor([1.0, 2.0, 3.0]), reduction="none")
     torch.testing.assert_close(out, math.log(2) * torch.tensor([[1.0, 2.0, 3.0]] * 2))
 
 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
 def test_bce_non_finite_logits_raise(bad):
     # +inf with target 1 gave (1 - t) · z = 0 · inf = NaN, silently (torch too)
-    with pytest.raises(ValueError, match=r"binary_cross_entropy_with_logits\(\): argument 'logits' expected finite values"):
+    with pytest.raises(ValueError,
+                       match=r"binary_cross_entropy_with_logits\(\): argument 'logits' expected finite values"):
         binary_cross_entropy_with_logits(torch.tensor([0.0, bad]), torch.tensor([1.0, 1.0]))
 
 
@@ -210,7 +220,8 @@ def test_empty_bce_mean_is_zero_not_nan():
 def test_bce_non_finite_weights_raise(bad):
     x, weight = torch.randn(3, 4), torch.tensor([1.0, bad, 1.0, 1.0])
     for name in ("weight", "pos_weight"):
-        with pytest.raises(ValueError, match=rf"binary_cross_entropy_with_logits\(\): argument '{name}' expected finite values"):
+        with pytest.raises(ValueError,
+                           match=rf"binary_cross_entropy_with_logits\(\): argument '{name}' expected finite values"):
             binary_cross_entropy_with_logits(x, torch.rand(3, 4), **{name: weight})
 
 

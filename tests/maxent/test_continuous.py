@@ -33,8 +33,9 @@ def test_gaussian_is_the_maxent_density_with_mean_and_variance(m, s):
     assert result.converged and result.tail_mass < 1e-15
     torch.testing.assert_close(result.theta, torch.tensor([m / s**2, -1 / (2 * s**2)], dtype=F64),
                                atol=1e-8, rtol=1e-8)
-    torch.testing.assert_close(result.log_partition, torch.tensor(m * m / (2 * s * s) + 0.5 * math.log(2 * math.pi * s * s),
-                                                                  dtype=F64), atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(result.log_partition,
+                               torch.tensor(m * m / (2 * s * s) + 0.5 * math.log(2 * math.pi * s * s), dtype=F64),
+                               atol=1e-9, rtol=1e-9)
     x = torch.tensor([m - s, m, m + 2 * s], dtype=F64)
     normal = torch.distributions.Normal(torch.tensor(m, dtype=F64), torch.tensor(s, dtype=F64))
     torch.testing.assert_close(result.log_density(x), normal.log_prob(x), atol=1e-8, rtol=0)
@@ -69,7 +70,8 @@ def test_truncated_exponential_on_an_interval(mean):
     if mean == 0.5:
         assert abs(theta) < 1e-8  # the uniform density
         return
-    closed = (b * math.exp(theta * b) - a * math.exp(theta * a)) / (math.exp(theta * b) - math.exp(theta * a)) - 1 / theta
+    closed = ((b * math.exp(theta * b) - a * math.exp(theta * a)) / (math.exp(theta * b) - math.exp(theta * a))
+              - 1 / theta)
     assert closed == pytest.approx(mean, abs=1e-11)
     log_z = math.log((math.exp(theta * b) - math.exp(theta * a)) / theta)
     assert float(result.log_partition) == pytest.approx(log_z, abs=1e-11)

@@ -194,7 +194,8 @@ def test_conditional_class_without_samples_is_boundary():
     (dict(features=torch.zeros(3)), "argument 'features' expected an \\(N, D\\) tensor", ValueError),
     (dict(labels=torch.zeros(4)), "argument 'labels' expected an integer tensor", TypeError),
     (dict(labels=torch.tensor([0, 1, 0])), "argument 'labels' expected shape \\(4,\\)", ValueError),
-    (dict(labels=torch.tensor([0, 1, 0, 5]), num_classes=3), "argument 'labels' expected class indices in \\[0, 2\\], got <index 5>", ValueError),
+    (dict(labels=torch.tensor([0, 1, 0, 5]), num_classes=3),
+     "argument 'labels' expected class indices in \\[0, 2\\], got <index 5>", ValueError),
     (dict(features=torch.full((4, 2), math.nan)), "argument 'features' expected finite values", ValueError),
     (dict(tol=0.0), "argument 'tol' expected a finite number > 0", ValueError),
 ])
@@ -280,7 +281,8 @@ def test_boundary_found_by_the_iterates_is_certified():
     ([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0.5, 0.5], "boundary", "on its boundary"),
 ])
 def test_bad_moments_raise_by_default_and_return_the_record_on_request(stats, mu, status, match):
-    with pytest.raises(InfeasibleMomentsError, match=r"solve_maxent\(\): argument 'problem' expected .*" + match) as info:
+    with pytest.raises(InfeasibleMomentsError,
+                       match=r"solve_maxent\(\): argument 'problem' expected .*" + match) as info:
         solve(stats, mu)
     assert isinstance(info.value, ValueError) and info.value.result.status == status
     result = solve(stats, mu, throw=False)
@@ -320,7 +322,8 @@ def test_large_support_converges_in_few_newton_steps():
     ((torch.zeros(3, 2, dtype=torch.long), torch.zeros(2)), TypeError, "expected a floating-point tensor"),
     ((torch.full((3, 2), math.inf), torch.zeros(2)), ValueError, "'statistics' expected finite values"),
     ((torch.zeros(3, 2), torch.tensor([math.nan, 0.0])), ValueError, "'moments' expected finite values"),
-    ((torch.zeros(3, 2), torch.zeros(2), torch.tensor([1.0, -1.0, 1.0])), ValueError, "'base_measure' expected finite values >= 0"),
+    ((torch.zeros(3, 2), torch.zeros(2), torch.tensor([1.0, -1.0, 1.0])), ValueError,
+     "'base_measure' expected finite values >= 0"),
     ((torch.zeros(3, 2), torch.zeros(2), torch.zeros(3)), ValueError, "at least one positive weight"),
     ((torch.zeros(3, 2), torch.zeros(2), torch.ones(2)), ValueError, r"'base_measure' expected shape \(3,\)"),
 ])

@@ -11,7 +11,8 @@ import pytest
 
 CASES = {
     "cross_entropy": "logitlab.cross_entropy(x, t, validate=False)",
-    "cross_entropy_inplace": "logitlab.cross_entropy(x.clone().requires_grad_(), t, validate=False, inplace_backward=True)",
+    "cross_entropy_inplace": "logitlab.cross_entropy(x.clone().requires_grad_(), t, validate=False, "
+                             "inplace_backward=True)",
     "cross_entropy_weight": "logitlab.cross_entropy(x, t, weight=torch.rand(5), validate=False)",
     "cross_entropy_composite": "logitlab.cross_entropy(x, t, validate=False, impl='composite')",
     "cross_entropy_bf16": "logitlab.cross_entropy(x.bfloat16(), t, validate=False)",
@@ -22,7 +23,8 @@ CASES = {
     "fenchel_young_loss": "logitlab.fenchel_young_loss(x, t, validate=False)",
     "linear_cross_entropy_chunked": "logitlab.linear_cross_entropy(h, w, t, validate=False, impl='native')",
     "linear_cross_entropy_naive": "logitlab.linear_cross_entropy(h, w, t, validate=False, impl='composite')",
-    "linear_cross_entropy_class_weight": "logitlab.linear_cross_entropy(h, w, t, class_weight=torch.rand(5), validate=False)",
+    "linear_cross_entropy_class_weight": "logitlab.linear_cross_entropy(h, w, t, class_weight=torch.rand(5), "
+                                         "validate=False)",
     "vocab_parallel": "logitlab.distributed.vocab_parallel_cross_entropy(x, t, validate=False)",
     "accuracy": "logitlab.metrics.accuracy(torch.softmax(x, -1), t, validate=False)",
 }

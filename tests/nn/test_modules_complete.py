@@ -63,8 +63,10 @@ def test_generated_modules_follow_their_functions():
     from logitlab.nn._stateless import stateless_module
 
     layer_cls = stateless_module(logitlab.entmax, "EntmaxLayer")
-    options = {n: p.default for n, p in inspect.signature(logitlab.entmax).parameters.items() if p.kind is p.KEYWORD_ONLY}
-    init = {n: p.default for n, p in inspect.signature(layer_cls.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    options = {n: p.default for n, p in inspect.signature(logitlab.entmax).parameters.items()
+               if p.kind is p.KEYWORD_ONLY}
+    init = {n: p.default for n, p in inspect.signature(layer_cls.__init__).parameters.items()
+            if p.kind is p.KEYWORD_ONLY}
     assert init == options
     x = torch.randn(3, 5, dtype=F64)
     alpha = torch.nn.Parameter(torch.tensor(1.3, dtype=F64))
@@ -124,7 +126,8 @@ def test_new_modules_equal_their_functions():
                                            divergence="js", beta=0.3, temperature=1.5, target=labels,
                                            hard_label_weight=0.25)
     torch.testing.assert_close(got, want)
-    assert "divergence='js'" in repr(module) and "temperature=2.0" in repr(lnn.VocabParallelKLDivergence(temperature=2.0))
+    assert "divergence='js'" in repr(module)
+    assert "temperature=2.0" in repr(lnn.VocabParallelKLDivergence(temperature=2.0))
 
 
 def test_decompose_in_bits():

@@ -315,17 +315,22 @@ ALL_FUNCTIONS = [softmax, log_softmax, sigmoid, log_sigmoid, standard_normalize,
 @pytest.mark.parametrize("fn", ALL_FUNCTIONS, ids=lambda f: f.__name__)
 def test_common_errors_name_function_and_argument(fn):
     name = fn.__name__
-    with pytest.raises(TypeError, match=rf"{name}\(\): argument 'logits' expected a floating-point tensor, got <dtype torch.int64>"):
+    with pytest.raises(TypeError,
+                       match=rf"{name}\(\): argument 'logits' expected a floating-point tensor, "
+                             r"got <dtype torch.int64>"):
         fn(torch.tensor([1, 2]))
     with pytest.raises(TypeError, match=rf"{name}\(\): argument 'logits' expected a torch.Tensor, got <list>"):
         fn([1.0, 2.0])
-    with pytest.raises(IndexError, match=rf"{name}\(\): argument 'dim' expected an int in \[-2, 1\] for a 2-D tensor, got 2"):
+    with pytest.raises(IndexError,
+                       match=rf"{name}\(\): argument 'dim' expected an int in \[-2, 1\] for a 2-D tensor, got 2"):
         fn(torch.ones(2, 3), dim=2)
     with pytest.raises(IndexError, match=r"got -3"):
         fn(torch.ones(2, 3), dim=-3)
     with pytest.raises(TypeError, match=rf"{name}\(\): argument 'dim' expected an int, got <float>"):
         fn(torch.ones(2, 3), dim=1.0)
-    with pytest.raises(ValueError, match=rf"{name}\(\): argument 'logits' expected values without NaN or \+inf .*1 bad entries, first at index \(1, 0\)"):
+    with pytest.raises(ValueError,
+                       match=rf"{name}\(\): argument 'logits' expected values without NaN or \+inf .*1 bad entries, "
+                             rf"first at index \(1, 0\)"):
         fn(torch.tensor([[1.0, 2.0], [math.nan, 1.0]]))
     with pytest.raises(ValueError, match=r"2 bad entries"):
         fn(torch.tensor([[INF, 2.0], [0.0, INF]]))
@@ -336,7 +341,8 @@ def test_common_errors_name_function_and_argument(fn):
 def test_bad_temperature(fn):
     name = fn.__name__
     for bad in (0.0, -1.0, INF):
-        with pytest.raises(ValueError, match=rf"{name}\(\): argument 'temperature' expected a finite number > 0, got {bad}"):
+        with pytest.raises(ValueError,
+                           match=rf"{name}\(\): argument 'temperature' expected a finite number > 0, got {bad}"):
             fn(torch.ones(3), temperature=bad)
     with pytest.raises(ValueError, match=r"argument 'temperature' expected a real number, got nan"):
         fn(torch.ones(3), temperature=math.nan)
@@ -357,11 +363,14 @@ def test_standard_normalize_errors_say_which_rows():
         standard_normalize(x)
     y = torch.ones(2, 3, 2)
     y[1, :, 0] = 0.0
-    with pytest.raises(ValueError, match=r"expected rows with a positive sum of scores, got <zero sum in row \[\(1, 0\)\] \(1 of 4\)>"):
+    with pytest.raises(ValueError,
+                       match=r"expected rows with a positive sum of scores, "
+                             r"got <zero sum in row \[\(1, 0\)\] \(1 of 4\)>"):
         standard_normalize(y, dim=1)
     with pytest.raises(ValueError, match=r"zero sum in row \[0\]"):
         standard_normalize(torch.tensor([[-1.0, -2.0], [1.0, 0.0]]), positivity="relu")
-    with pytest.raises(ValueError, match=r"argument 'positivity' expected one of None, 'softplus', 'relu', 'abs', got 'exp'"):
+    with pytest.raises(ValueError,
+                       match=r"argument 'positivity' expected one of None, 'softplus', 'relu', 'abs', got 'exp'"):
         standard_normalize(x, positivity="exp")
     # validate=False: no data checks; a zero-sum row maps to zeros rather than NaN.
     out = standard_normalize(torch.tensor([[0.0, 0.0], [1.0, 3.0]]), validate=False)
@@ -372,15 +381,19 @@ def test_standard_normalize_errors_say_which_rows():
 
 def test_spherical_and_taylor_option_errors():
     for bad in (0.0, -1e-3, INF):
-        with pytest.raises(ValueError, match=rf"spherical_softmax\(\): argument 'eps' expected a finite number > 0, got {bad}"):
+        with pytest.raises(ValueError,
+                           match=rf"spherical_softmax\(\): argument 'eps' expected a finite number > 0, got {bad}"):
             spherical_softmax(torch.ones(3), eps=bad)
     for bad in (0, 1, 3, -2):
-        with pytest.raises(ValueError, match=rf"taylor_softmax\(\): argument 'order' expected an even int >= 2 .*, got {bad}"):
+        with pytest.raises(ValueError,
+                           match=rf"taylor_softmax\(\): argument 'order' expected an even int >= 2 .*, got {bad}"):
             taylor_softmax(torch.ones(3), order=bad)
     for bad in (2.0, True):
         with pytest.raises(TypeError, match=r"taylor_softmax\(\): argument 'order' expected an even int >= 2"):
             taylor_softmax(torch.ones(3), order=bad)
-    with pytest.raises(ValueError, match=r"shannon_negentropy\(\): argument 'probs' expected non-negative entries, got <minimum -0.1>"):
+    with pytest.raises(ValueError,
+                       match=r"shannon_negentropy\(\): argument 'probs' expected non-negative entries, "
+                             r"got <minimum -0.1>"):
         shannon_negentropy(torch.tensor([1.1, -0.1]))
 
 

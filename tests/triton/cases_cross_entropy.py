@@ -214,7 +214,8 @@ def test_validate_checks_on_request_and_the_kernel_marks_bad_indices(device):
 
 def test_impl_triton_needs_cuda_or_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match=r"cross_entropy\(\).*'impl'.*'triton' only for CUDA tensors.*TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError,
+                       match=r"cross_entropy\(\).*'impl'.*'triton' only for CUDA tensors.*TRITON_INTERPRET=1"):
         cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), impl="triton")
     # 'auto' on CPU tensors stays on the CPU path, interpreter or not.
     monkeypatch.setenv("TRITON_INTERPRET", "1")

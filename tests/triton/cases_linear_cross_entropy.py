@@ -73,7 +73,8 @@ def test_low_precision_no_worse_than_the_cpu_path(small_blocks, device, dtype, o
     """|triton − truth| ≤ |CPU chunked at the same dtype − truth| + slack, truth in float64, for
     the loss and every gradient (bias included), with the default float32 accum_dtype."""
     hidden, weight, bias, target = _inputs("cpu")
-    truth = _grads(lambda h, w, b: reference.linear_cross_entropy(h, w, target, bias=b, **options), hidden, weight, bias)
+    truth = _grads(lambda h, w, b: reference.linear_cross_entropy(h, w, target, bias=b, **options),
+                   hidden, weight, bias)
     low = [t.to(dtype) for t in (hidden, weight, bias)]
     cpu = _grads(lambda h, w, b: linear_cross_entropy(h, w, target, bias=b, impl="torch", chunk_size=4, **options),
                  *low)

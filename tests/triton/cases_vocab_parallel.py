@@ -233,8 +233,8 @@ def test_kl_one_process_matches_reference_in_float64(small_blocks, device, opts)
                                        z[kept])
         seed = torch.linspace(0.5, 1.5, 5, dtype=D)[kept]
         torch.testing.assert_close(ours.cpu()[kept], base, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(g.cpu()[kept] / seed[:, None], g_base / torch.linspace(0.5, 1.5, 4, dtype=D)[:, None],
-                                   rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g.cpu()[kept] / seed[:, None],
+                                   g_base / torch.linspace(0.5, 1.5, 4, dtype=D)[:, None], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -289,7 +289,8 @@ def test_kl_shard_kernels_as_custom_ops(small_blocks, device):
     e_t = (t - m_t[:, None]).exp().nan_to_num(0.0)
     both = torch.isfinite(s) & torch.isfinite(t)
     want = torch.stack([m_s, m_t, (s - m_s[:, None]).exp().sum(1), e_t.sum(1),
-                        torch.where(both, e_t * (t - s), 0.0).sum(1), (torch.isfinite(t) & ~torch.isfinite(s)).sum(1).to(D)])
+                        torch.where(both, e_t * (t - s), 0.0).sum(1),
+                        (torch.isfinite(t) & ~torch.isfinite(s)).sum(1).to(D)])
     torch.testing.assert_close(stats, want.to(stats.dtype))
     assert stats[5, 1] == 1 and stats[1, 2] == -math.inf and stats[3, 2] == 0
     lse = torch.stack([torch.logsumexp(s, 1), torch.logsumexp(t, 1)])

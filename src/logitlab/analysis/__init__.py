@@ -2,8 +2,8 @@
 
 Each function returns a record of tensors (a dataclass) that the study's report plots:
 :func:`gradient_sweep` (the gradient of any registered normalizer + loss pair as the model
-becomes confidently wrong; :func:`sweep_pairs` for all of them), :func:`scale_response` (what multiplying the logits does),
-:func:`likelihood_underflow` (why likelihoods are summed in log space).
+becomes confidently wrong; :func:`sweep_pairs` for all of them), :func:`scale_response` (what
+multiplying the logits does), :func:`likelihood_underflow` (why likelihoods are summed in log space).
 """
 
 from logitlab.analysis.gradients import DEFAULT_SWEEP_PARAMS, GradientSweep, gradient_sweep, sweep_pairs

@@ -248,9 +248,9 @@ def confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]]) -> bytes
         return _png(fig)
 
 
-def small_multiples(xs: Sequence[float], curves: Mapping[str, Sequence[float]], *, reference: Sequence[float] | None = None,
-                    reference_label: str = "", columns: int = 7, logy: bool = True, xlabel: str = "",
-                    ylabel: str = "") -> bytes:
+def small_multiples(xs: Sequence[float], curves: Mapping[str, Sequence[float]], *,
+                    reference: Sequence[float] | None = None, reference_label: str = "", columns: int = 7,
+                    logy: bool = True, xlabel: str = "", ylabel: str = "") -> bytes:
     """One small panel per curve (shared axes), each with an optional reference curve in gray."""
     plt, style = _pyplot()
     with plt.rc_context(style):
@@ -274,10 +274,12 @@ def small_multiples(xs: Sequence[float], curves: Mapping[str, Sequence[float]], 
         if logy:
             low = min(v for c in curves.values() for v in _finite(c) if v > 0)
             high = max(v for c in curves.values() for v in _finite(c))
-            axes[0, 0].set_yticks([10.0 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1, 4)])
+            axes[0, 0].set_yticks([10.0 ** e for e in range(math.floor(math.log10(low)),
+                                                            math.ceil(math.log10(high)) + 1, 4)])
         fig.text(0.5, 0.0, xlabel + (f"; dashed: {reference_label}" if reference_label else ""), ha="center",
                  fontsize=7)
         fig.text(0.0, 0.5, ylabel, rotation=90, va="center", fontsize=7)
-        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.35 / (1.35 * rows + 0.4), top=1 - 0.25 / (1.35 * rows + 0.4),
-                            wspace=0.08, hspace=0.45)  # fixed: tight_layout would draw every panel once more
+        # fixed: tight_layout would draw every panel once more
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.35 / (1.35 * rows + 0.4),
+                            top=1 - 0.25 / (1.35 * rows + 0.4), wspace=0.08, hspace=0.45)
         return _png(fig)

@@ -234,7 +234,8 @@ def verdict(rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
         worst = sorted(groups["worse"], key=lambda k: -abs(judged[k].mean))
         detail = "; ".join(f"{html.escape(k)} {judged[k].mean:+.3f}" for k in worst[:4])
         text.append(f"<b>{title}</b> (softmax + CE {_interval_text(base['stats'][metric], '{:.3f}')}): "
-                    f"worse: {_names(worst)}{' (' + detail + (', …' if len(worst) > 4 else '') + ')' if worst else ''}; "
+                    f"worse: {_names(worst)}"
+                    f"{' (' + detail + (', …' if len(worst) > 4 else '') + ')' if worst else ''}; "
                     f"indistinguishable: {_names(groups['same'])}; better: {_names(groups['better'])}.")
     if any(r["temperature"].n for r in rows):
         before = compare(rows, "ece_width")
@@ -252,7 +253,8 @@ def verdict(rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
             survive += "; it is gone against " + _names(lost)
         text.append(
             f"<b>After temperature scaling</b> (one T per run, fitted on the validation split by NLL; "
-            f"softmax + CE's T = {_interval_text(t, '{:.2f}')}, ECE {_interval_text(base['stats']['ece_width'], '{:.3f}')} → "
+            f"softmax + CE's T = {_interval_text(t, '{:.2f}')}, "
+            f"ECE {_interval_text(base['stats']['ece_width'], '{:.3f}')} → "
             f"{_interval_text(base['scaled']['ece_width'], '{:.3f}')}): worse than softmax + CE in ECE before: "
             f"{_names(worse_before)}; after: {_names(worse_after)}. Softmax + CE's calibration advantage {survive}. "
             f"Worse in NLL after scaling: {_names(nll_worse)}.")
@@ -360,7 +362,8 @@ def _calibration(rows: list[dict[str, Any]], spec: dict[str, Any]) -> str:
         f"confidence histogram: each bin's share of the test points (bins with few points are noisy).",
         f"Measured, mean confidence − accuracy over all test points: over-confident (> +0.005): {over}; "
         f"under-confident (< −0.005): {under}. "
-        f"Lowest equal-width ECE: {html.escape(name)} ({value:.3f}); highest: {html.escape(worst)} ({worst_value:.3f})."])
+        f"Lowest equal-width ECE: {html.escape(name)} ({value:.3f}); "
+        f"highest: {html.escape(worst)} ({worst_value:.3f})."])
     labels = [r["key"] for r in rows]
     panels = {}
     for metric, title in (("ece_width", "ECE, equal-width bins"), ("ece_mass", "ECE, equal-mass bins"), ("mce", "MCE")):
@@ -381,7 +384,8 @@ def _rank_agreement(rows: list[dict[str, Any]], a: str, b: str) -> str:
     first, second = order(a), order(b)
     top = min(3, len(first))
     same = len(set(first[:top]) & set(second[:top]))
-    return f"{same} of the {top} best combinations (best by equal-width: {html.escape(first[0]) if first else 'n/a'}; " \
+    return f"{same} of the {top} best combinations " \
+           f"(best by equal-width: {html.escape(first[0]) if first else 'n/a'}; " \
            f"by equal-mass: {html.escape(second[0]) if second else 'n/a'})"
 
 
@@ -499,23 +503,27 @@ def _render_gradient_sweep(data: dict[str, Any]) -> str:
             ylabel=f"‖∂loss/∂z‖ (log; 0 drawn at {floor:g})"))
     last = margins[-1]
     study = sorted(((c["grad_norm"][-1], k) for k, c in curves.items() if c["group"] == "study"), reverse=True)
-    measured = f"Measured at margin {last:g} ({data['num_classes']} classes), this study's combinations, largest first: " + \
+    measured = f"Measured at margin {last:g} ({data['num_classes']} classes), " \
+        "this study's combinations, largest first: " + \
         "; ".join(f"{html.escape(k)} {v:.3g}" for v, k in study) + "."
     ce = curves.get("softmax+cross_entropy")
     brier = curves.get("softmax+brier")
     if ce and brier:
-        measured += (f" softmax + cross-entropy goes from {ce['grad_norm'][0]:.3g} at margin 0 to {ce['grad_norm'][-1]:.3g}; "
+        measured += (f" softmax + cross-entropy goes from {ce['grad_norm'][0]:.3g} at margin 0 "
+                     f"to {ce['grad_norm'][-1]:.3g}; "
                      f"softmax + Brier from {brier['grad_norm'][0]:.3g} to {brier['grad_norm'][-1]:.3g}.")
     others = [(c["grad_norm"][-1], k) for k, c in curves.items() if c["group"] == "other"]
     if others:
         keep = sorted(k for v, k in others if v >= 0.1)
         vanish = sorted(k for v, k in others if v < 1e-6)
-        measured += (f" Of the {len(others)} other valid pairs, {len(keep)} keep a gradient norm ≥ 0.1 at margin {last:g} "
+        measured += (f" Of the {len(others)} other valid pairs, {len(keep)} keep a gradient norm ≥ 0.1 "
+                     f"at margin {last:g} "
                      f"({html.escape(', '.join(keep)) or 'none'}) and {len(vanish)} fall below 1e-6 "
                      f"({html.escape(', '.join(vanish)) or 'none'}).")
     failed = data.get("failed") or {}
     if failed:
-        measured += " Not computed: " + "; ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in failed.items()) + "."
+        measured += (" Not computed: " + "; ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in failed.items())
+                     + ".")
     png = pngs[0]
     return figure(png, "gradient sweep", [
         "Claim: with softmax + cross-entropy the gradient on a confidently wrong example tends to a constant, "
@@ -542,7 +550,8 @@ def _render_scale_response(data: dict[str, Any]) -> str:
     def f3(value: float) -> str:
         return f"{round(value, 3) + 0.0:.3f}"  # no "-0.000"
 
-    text = "; ".join(f"{html.escape(n)}: largest probability {f3(data['max_prob'][n][0])} → {f3(data['max_prob'][n][-1])}, "
+    text = "; ".join(f"{html.escape(n)}: largest probability "
+                     f"{f3(data['max_prob'][n][0])} → {f3(data['max_prob'][n][-1])}, "
                      f"entropy {f3(data['entropy'][n][0])} → {f3(data['entropy'][n][-1])} nats" for n in names)
     return figure(png, "scale response", [
         "Claim: softmax reads the size of the scores as confidence (multiplying them by s is dividing the "
@@ -562,7 +571,8 @@ def _render_maxent(data: dict[str, Any]) -> str:
         series.append((f"softmax(θ·z)[{k}]", soft["mean"], [p[k] for p in soft["gibbs"]], None, None, "black"))
     styles = {f"softmax(θ·z)[{k}]": ":" for k in range(len(scores))}
     panels = [{"title": f"max entropy with E[z] = μ, z = {scores}", "xlabel": "target mean score μ",
-               "ylabel": "probability", "series": series, "styles": styles, "legend_cols": 2, "legend_loc": "upper center", "ylim": (0, 1)},
+               "ylabel": "probability", "series": series, "styles": styles, "legend_cols": 2,
+               "legend_loc": "upper center", "ylim": (0, 1)},
               {"title": "two points {0, 1} with P(1) = μ", "xlabel": "natural parameter θ", "ylabel": "P(1)",
                "series": [("solved P(1)", sig["theta"], sig["p1"], None, None, plots.color(0)),
                           ("sigmoid(θ)", sig["theta"], sig["sigmoid"], None, None, "black")],
@@ -585,7 +595,8 @@ def _render_decomposition(data: dict[str, Any]) -> str:
     t = data["t"]
     rows = data["rows"]
     series = [(name, t, [r[name] for r in rows]) for name in ("cross_entropy", "entropy", "kl")]
-    png = plots.line_panels([{"title": f"H(target, model) = H(target) + KL(target ‖ model), target {data['target_probs']}",
+    png = plots.line_panels([{"title": "H(target, model) = H(target) + KL(target ‖ model), "
+                                       f"target {data['target_probs']}",
                               "xlabel": f"t (logits = t · {data['direction']})", "ylabel": "nats", "series": series}],
                             width=6, height=3.4)
     gap = max(abs(r["cross_entropy"] - r["entropy"] - r["kl"]) for r in rows)
@@ -606,7 +617,8 @@ def _render_underflow(data: dict[str, Any]) -> str:
                       for d in dtypes]
     vlines = [(at, f"{d}: Π p = 0 from n = {at}") for d, at in data["underflow_at"].items() if at is not None]
     styles = {s[0]: ("-" if i == 0 else "--") for i, s in enumerate(product_series)}
-    panels = [{"title": f"likelihood Π p of n examples, each p = {data['prob']:g}", "xlabel": "n", "ylabel": "product (log)",
+    panels = [{"title": f"likelihood Π p of n examples, each p = {data['prob']:g}", "xlabel": "n",
+               "ylabel": "product (log)",
                "logy": True, "series": product_series, "vlines": vlines, "styles": styles},
               {"title": "log-likelihood Σ log p", "xlabel": "n", "ylabel": "nats",
                "series": [("Σ log p (float64)", n, data["log_likelihood"])]}]
@@ -617,7 +629,8 @@ def _render_underflow(data: dict[str, Any]) -> str:
         if at is None:
             parts.append(f"in {d} the product stays above 0 up to n = {n[-1]}")
         else:
-            parts.append(f"in {d} the product is exactly 0 from n = {at} (subnormal from n = {data['subnormal_at'].get(d)}), "
+            parts.append(f"in {d} the product is exactly 0 from n = {at} "
+                         f"(subnormal from n = {data['subnormal_at'].get(d)}), "
                          f"where the log-likelihood is still {data['log_likelihood_at_underflow'].get(d):.2f}")
     return figure(png, "likelihood underflow", [
         "Claim: the likelihood of a batch is a product of probabilities and underflows to exactly 0 after a "
@@ -649,7 +662,8 @@ def render_theory(theory: dict[str, Any] | None) -> str:
                 parts.append(renderer(part["data"]))
             except (KeyError, TypeError, ValueError, IndexError) as error:
                 parts.append(_theory_note(title, {"source": part.get("source", ""),
-                                           "reason": f"stored data has an unexpected form: {type(error).__name__}: {error}"}))
+                                           "reason": "stored data has an unexpected form: "
+                                                     f"{type(error).__name__}: {error}"}))
     return "\n".join(parts)
 
 
@@ -745,7 +759,8 @@ def render_report(run_dir: Path, *, progress: Any = None) -> str:
         step("calibration")
         parts.append('<section id="calibration"><h2>Calibration</h2>' + _calibration(rows, spec) + "</section>")
         step("training curves")
-        parts.append('<section id="training"><h2>Training curves and gradient norms</h2>' + _training(rows) + "</section>")
+        parts.append('<section id="training"><h2>Training curves and gradient norms</h2>' + _training(rows)
+                     + "</section>")
         others = [r for r in rows if r["key"] != BASELINE and math.isfinite(r["stats"]["accuracy"].mean)]
         best = max(others, key=lambda r: r["stats"]["accuracy"].mean)["key"] if others else None
         step("the per-class view")

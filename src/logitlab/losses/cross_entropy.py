@@ -289,7 +289,8 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, *, weight: 
             # ±inf is rejected too: (1 − t) · z is 0 · inf = NaN at z = +inf, t = 1.
             fail(fn, "logits", "finite values", "<NaN or inf entries>")
         if target.numel() and bool(((target < 0) | (target > 1) | torch.isnan(target)).any()):
-            fail(fn, "target", "probabilities in [0, 1]", f"<range [{float(target.min()):.3g}, {float(target.max()):.3g}]>")
+            fail(fn, "target", "probabilities in [0, 1]",
+                 f"<range [{float(target.min()):.3g}, {float(target.max()):.3g}]>")
     cd = compute_dtype(logits)
     z, t = logits.to(cd), target.to(cd)
     softplus_neg = torch.nn.functional.softplus(-z)

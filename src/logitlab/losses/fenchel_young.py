@@ -7,7 +7,8 @@ A normalizer ŷ(θ) = argmax_{p ∈ Δ} ⟨θ, p⟩ − Ω(p) defines the loss
 so L = ⟨θ, ŷ − y⟩ + Ω(y) − Ω(ŷ) ≥ 0, = 0 iff y = ŷ(θ), and ∇_θ L = ŷ − y (Danskin). Softmax
 (Ω = Shannon negentropy) gives cross-entropy minus H(y); sparsemax (Ω = ½‖p‖² − ½, Gini) the
 sparsemax loss; α-entmax (Tsallis Ω) the entmax losses. The normalizer and Ω come from the
-registry's :class:`~logitlab.registry.Normalizer` record (``.fn`` and ``.regularizer``); nothing here is specific to one of them.
+registry's :class:`~logitlab.registry.Normalizer` record (``.fn`` and ``.regularizer``); nothing here is
+specific to one of them.
 
 Reference: Blondel, Martins & Niculae, "Learning with Fenchel-Young Losses", JMLR 21, 2020.
 """
@@ -103,8 +104,8 @@ class _FenchelYoung(torch.autograd.Function):
         return grad.unsqueeze(-1) * diff, None, None, None, None
 
 
-def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax", dim: int = -1,
-                       reduction: str = "mean", mask: Tensor | None = None, ignore_index: int = -100,
+def fenchel_young_loss(logits: Tensor, target: Tensor, *, normalizer: str | registry.Normalizer = "softmax",
+                       dim: int = -1, reduction: str = "mean", mask: Tensor | None = None, ignore_index: int = -100,
                        temperature: float = 1.0, validate: bool = True,
                        **normalizer_params: Any) -> Tensor:
     """The Fenchel–Young loss L_Ω(θ; y) of a normalizer with regularizer Ω, θ = logits / T.
@@ -218,9 +219,9 @@ def sparsemax_loss(logits: Tensor, target: Tensor, *, dim: int = -1, reduction: 
                           temperature=temperature, validate=validate, params={"impl": impl})
 
 
-def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5, normalizer: str | registry.Normalizer | None = None,
-                dim: int = -1, reduction: str = "mean", mask: Tensor | None = None,
-                ignore_index: int = -100, temperature: float = 1.0, validate: bool = True,
+def entmax_loss(logits: Tensor, target: Tensor, *, alpha: float = 1.5,
+                normalizer: str | registry.Normalizer | None = None, dim: int = -1, reduction: str = "mean",
+                mask: Tensor | None = None, ignore_index: int = -100, temperature: float = 1.0, validate: bool = True,
                 **normalizer_params: Any) -> Tensor:
     """The α-entmax loss: the Fenchel–Young loss of the Tsallis regularizer of order α.
 
