@@ -94,7 +94,8 @@ def test_no_module_imports_another_modules_private_helpers():
     assert not found, found
 
 
-# A timing, a rate or a before → after figure in the source: "took 2.2 s", "150 GFLOP/s", "0.9 -> 0.7".
+# A timing (a number, a space, then s / ms / µs / ns), a rate (GFLOP/s, GB/s, MiB/s) or a before → after pair
+# of numbers (with -> or →) in the source.
 _FIGURE = re.compile(r"\d(\.\d+)? (ms|µs|ns|s)\b|GFLOP/s|[GM]i?B/s|\d(\.\d+)? ?(->|→) ?\d")
 
 
