@@ -72,7 +72,10 @@ def _inputs(spec: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
 
 
 def _runner(impl: str, logits: torch.Tensor, target: torch.Tensor, options: dict):
-    """A callable doing one forward + backward; returns (loss, grad)."""
+    """A callable doing one forward + backward; returns (loss, grad). Its ``release()`` drops the
+    gradient after the timed call, as a training step does before the next: every implementation
+    then starts with its previous gradient freed (logitlab reuses that buffer, torch's allocator
+    returns it to the OS), not with one per implementation still alive."""
     leaf = logits.clone().requires_grad_()
     scratch = logits.clone()
 
@@ -115,6 +118,9 @@ def _runner(impl: str, logits: torch.Tensor, target: torch.Tensor, options: dict
             return loss, inner.grad
 
         run.prepare = prepare  # type: ignore[attr-defined]
+        run.release = lambda: setattr(inner, "grad", None)  # type: ignore[attr-defined]
+        return run
+    run.release = lambda: setattr(leaf, "grad", None)  # type: ignore[attr-defined]
     return run
 
 
@@ -164,6 +170,7 @@ def run_case(name: str, spec: dict, repeats: int, warmup: int, threads: int = 2)
             elif rep >= warmup:
                 times[impl].append(dt)
             del loss, grad
+            run.release()
     stream.append(_stream_copy_gbs())
     stream_gbs = statistics.median(stream)
     ref_loss, ref_grad = results["torch"]

@@ -28,6 +28,7 @@ from logitlab import (
     nn,
     structured,
 )
+from logitlab._memory import cache_info, empty_cache
 from logitlab.analysis import gradient_sweep, likelihood_underflow, scale_response
 from logitlab.maxent import MaxEntProblem, MaxEntResult, solve_conditional_maxent, solve_maxent
 from logitlab.normalizers.entmax import ConvergenceError, EntmaxInfo
@@ -51,4 +52,6 @@ __all__ = [
     # theory
     "MaxEntProblem", "MaxEntResult", "solve_maxent", "solve_conditional_maxent",
     "gradient_sweep", "scale_response", "likelihood_underflow",
+    # the pool of reused CPU output buffers
+    "empty_cache", "cache_info",
 ]

@@ -1,67 +1,170 @@
-"""Fresh large CPU buffers backed by transparent huge pages where the kernel allows it.
+"""Large CPU output buffers: reused from a small pool, backed by transparent huge pages.
 
-On Linux, writing into freshly allocated memory costs one page fault per 4 KiB page; for an
-(N, V) gradient those faults, not the arithmetic, are most of a fused loss's time.
-When transparent huge pages are in ``madvise`` mode, advising the new buffer with
-``MADV_HUGEPAGE`` before its first write makes each fault map 2 MiB instead, so a fresh buffer
-is written several times faster (``benchmarks/cross_entropy.py`` measures it: ``logitlab``, whose
-gradient is such a buffer, against ``logitlab_inplace``). Where that is unavailable (another OS, a GPU tensor,
-THP disabled, a small buffer) this is plain ``torch.empty``: the values and the result are the
-same either way; only the speed of the first write differs.
+On Linux, the first write into freshly allocated memory costs a page fault per page, and the
+kernel zero-fills every page it maps. For a fused loss whose (N, V) gradient is written once,
+that first touch costs about as much as the loss itself (``benchmarks/cross_entropy.py``
+measures it: ``logitlab`` against ``logitlab_inplace``, which writes into memory already
+mapped). Two things cut it:
+
+* **Reuse.** A training step frees its (N, V) gradient before the next step asks for one of the
+  same size. :func:`empty_like_huge` keeps up to ``SLOTS`` such buffers (anonymous ``mmap``
+  regions, handed out through :func:`torch.frombuffer`) and hands a buffer out again only once no
+  tensor uses it any more: every tensor and view made from it holds a reference to it, so a
+  buffer is free exactly when the pool's own reference is the only one left. A reused buffer is
+  mapped already: no fault, no zero-fill. The cost is that, as with torch's CUDA caching
+  allocator, the freed buffers stay resident until :func:`empty_cache` (or
+  ``logitlab.empty_cache()``) releases them; ``LOGITLAB_BUFFER_CACHE=0`` turns reuse off.
+* **Huge pages.** When transparent huge pages are in ``madvise`` mode, advising a new buffer with
+  ``MADV_HUGEPAGE`` before its first write makes each fault map 2 MiB instead of 4 KiB.
+
+Where neither applies (another OS, a GPU or subclass tensor, a trace, a small buffer) this is
+plain ``torch.empty``. The contents of the buffer are unspecified either way, as for
+``torch.empty``: the kernels that use it write every element.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
+import mmap
+import os
 import sys
+import threading
 
 import torch
 from torch import Tensor
 
-__all__ = ["empty_like_huge"]
+__all__ = ["empty_like_huge", "empty_cache", "cache_info"]
 
 _HUGE_PAGE = 2 << 20
-_MADV_HUGEPAGE = 14
-# Below this size the page faults are cheap and the buffer may come from the allocator's pool.
-_MIN_BYTES = 64 << 20
+# Below this size the page faults are cheap and torch's allocator serves the buffer.
+MIN_BYTES = 64 << 20
+# Pool size: one for a loss's gradient, one more for a map's output while its gradient is
+# written (sparsemax forward output + backward result).
+SLOTS = 2
+# A free buffer serves a request up to this much smaller than itself (varying sequence lengths).
+_SLACK = 1.25
+
+_lock = threading.Lock()
+_pool: list[mmap.mmap] = []  # least recently handed out first
 
 
-@functools.lru_cache(maxsize=1)
-def _madvise():
-    if not sys.platform.startswith("linux"):
-        return None
+def _ref_counts(bufs: list[mmap.mmap]) -> list[int]:
+    return [sys.getrefcount(buf) for buf in bufs]
+
+
+# The count of a region that only the pool holds: the list's reference, the loop variable's,
+# getrefcount's argument. Measured, not assumed, since it differs between Python versions.
+_FREE_REFS = _ref_counts([mmap.mmap(-1, mmap.PAGESIZE)])[0]
+
+
+def _free(bufs: list[mmap.mmap]) -> list[mmap.mmap]:
+    """The regions of ``bufs`` (the pool) that no tensor uses."""
+    return [buf for buf, count in zip(bufs, _ref_counts(bufs)) if count == _FREE_REFS]
+
+
+def _enabled() -> bool:
+    return sys.platform.startswith("linux") and os.environ.get("LOGITLAB_BUFFER_CACHE", "1") != "0"
+
+
+def _thp_madvise() -> bool:
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            if "[never]" in f.read():
-                return None
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.madvise
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        fn.restype = ctypes.c_int
-        return fn
-    except (OSError, AttributeError):
-        return None
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+_THP = sys.platform.startswith("linux") and _thp_madvise() and hasattr(mmap, "MADV_HUGEPAGE")
+
+
+def _new_region(nbytes: int) -> mmap.mmap:
+    # Private (not mmap's default MAP_SHARED: shared memory has its own huge-page setting, and a
+    # forked child would write into the parent's buffer); + one huge page, to start the tensor
+    # on a 2 MiB boundary.
+    buf = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if _THP:
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # advice only: failure changes nothing
+            pass
+    return buf
+
+
+def _take(nbytes: int) -> mmap.mmap | None:
+    """A free pooled region of at least ``nbytes`` (+ alignment), a new one, or None if all are in use."""
+    with _lock:
+        free = _free(_pool)
+        fits = [buf for buf in free if nbytes + _HUGE_PAGE <= len(buf) <= _SLACK * nbytes + _HUGE_PAGE]
+        if fits:
+            best = min(fits, key=len)
+            _pool.remove(best)
+        else:
+            if len(_pool) >= SLOTS:
+                if not free:
+                    return None
+                _pool.remove(free[0])  # the least recently handed out
+                free[0].close()
+            best = _new_region(nbytes)
+        _pool.append(best)
+        return best
+
+
+def _pooled(buf: mmap.mmap, shape: torch.Size, dtype: torch.dtype, numel: int) -> Tensor:
+    address = torch.frombuffer(buf, dtype=torch.uint8, count=1).data_ptr()
+    offset = -address % _HUGE_PAGE
+    return torch.frombuffer(buf, dtype=dtype, count=numel, offset=offset).view(shape)
 
 
 def empty_like_huge(tensor: Tensor) -> Tensor:
-    """``torch.empty_like(tensor)`` (contiguous), advised to use huge pages when large on CPU.
+    """``torch.empty_like(tensor)`` (contiguous); when large on CPU, a reused or huge-page buffer.
 
     Example:
         >>> x = torch.ones(3, 4)
         >>> empty_like_huge(x).shape, empty_like_huge(x).dtype
         (torch.Size([3, 4]), torch.float32)
     """
-    out = torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
-    size = out.numel() * out.element_size()
-    if out.device.type != "cpu" or size < _MIN_BYTES or torch.compiler.is_compiling():
-        return out
-    madvise = _madvise()
-    if madvise is not None:
-        ptr = out.data_ptr()
-        start = -(-ptr // _HUGE_PAGE) * _HUGE_PAGE
-        end = (ptr + size) // _HUGE_PAGE * _HUGE_PAGE
-        if end > start:
-            madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: failure changes nothing
-    return out
+    shape, dtype = tensor.shape, tensor.dtype
+    numel = tensor.numel()
+    nbytes = numel * tensor.element_size()
+    if (nbytes < MIN_BYTES or type(tensor) not in (torch.Tensor, torch.nn.Parameter)
+            or tensor.device.type != "cpu" or not sys.platform.startswith("linux")
+            or torch.compiler.is_compiling()
+            or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None):
+        return torch.empty(shape, dtype=dtype, device=tensor.device)
+    buf = _take(nbytes) if _enabled() else None
+    if buf is None:  # reuse off, or every pooled region in use: a region of its own, freed with it
+        buf = _new_region(nbytes)
+    return _pooled(buf, shape, dtype, numel)
+
+
+def empty_cache() -> None:
+    """Release the pooled CPU output buffers that no tensor uses (those in use stay pooled).
+
+    logitlab's fused losses and sparse maps write their large CPU outputs (an (N, V) gradient,
+    say) into buffers it reuses from one call to the next, as torch's CUDA caching allocator does
+    for GPU memory; a freed buffer stays resident until this releases it.
+
+    Example:
+        >>> import logitlab
+        >>> logitlab.empty_cache()
+        >>> logitlab.cache_info()["free_bytes"]
+        0
+    """
+    with _lock:
+        for buf in _free(_pool):
+            _pool.remove(buf)
+            buf.close()
+
+
+def cache_info() -> dict[str, int | bool]:
+    """The pool of reused CPU output buffers: ``enabled``, ``buffers``, ``free_bytes`` (resident
+    but unused, what :func:`empty_cache` would release) and ``used_bytes``.
+
+    Example:
+        >>> import logitlab
+        >>> sorted(logitlab.cache_info())
+        ['buffers', 'enabled', 'free_bytes', 'used_bytes']
+    """
+    with _lock:
+        free = sum(map(len, _free(_pool)))
+        return {"enabled": _enabled(), "buffers": len(_pool), "free_bytes": free,
+                "used_bytes": sum(map(len, _pool)) - free}

@@ -83,8 +83,12 @@ def _cmd_env(args: argparse.Namespace) -> int:
             how = f"compiled now in {info['compile_s']:.1f} s" if info["compiled"] else "cached"
             print(f"native kernel {kernel}: build {info['build']} ({info['why']}), {info['path']} "
                   f"({how}, {info['compiler']})")
-    from logitlab import backend
+    from logitlab import _memory, backend
 
+    pool = _memory.cache_info()
+    state = "on" if pool["enabled"] else "off (LOGITLAB_BUFFER_CACHE=0)"
+    print(f"reuse of large CPU output buffers: {state}, up to {_memory.SLOTS} buffers of >= "
+          f"{_memory.MIN_BYTES >> 20} MiB; {pool['buffers']} pooled now")
     print("impl='auto' on CPU tensors here (logitlab.backend; CUDA tensors take 'triton' where an op has it, "
           "else 'torch'):")
     for op, row in backend.auto_choices().items():
