@@ -174,7 +174,10 @@ def machine_info() -> dict:
             "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
             "cpu_model": cpu_model(), "cpu_flags": sorted(_native.cpu_flags() & CPU_FLAGS),
             "native_builds": _native.supported_builds(),
-            "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", "")}
+            "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
+            # The settings that change how fresh memory is served, which large calls' times depend on.
+            "memory_env": {key: value for key, value in sorted(os.environ.items())
+                           if key.startswith("MALLOC_") or key == "LOGITLAB_BUFFER_CACHE"}}
 
 
 # The CPU flags that decide which kernels and builds run (recorded with every benchmark).
