@@ -41,8 +41,11 @@ from _harness import peak_extra_mib, row, write_records
 FULL_SHAPES = [(4096, 1024, 32768), (2048, 2048, 131072)]
 QUICK_SHAPES = [(512, 128, 4096), (256, 256, 16384)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-IMPLS = ["floor", "logitlab", "logitlab_recompute", "logitlab_bf16_accum", "naive", "torch_lce",
-         "cce_torch_compile"]
+# logitlab_torch: impl="torch" (logitlab's chunk loop in torch ops and torch's matmuls);
+# <impl>@avx2: that impl with the native AVX2 build forced (torch's matmuls, the AVX2 row kernels:
+# what "auto" runs on a CPU without AVX-512), measured on an AVX-512 machine too.
+IMPLS = ["floor", "logitlab", "logitlab@avx2", "logitlab_torch", "logitlab_recompute", "logitlab_bf16_accum",
+         "logitlab_bf16_accum@avx2", "naive", "torch_lce", "cce_torch_compile"]
 RESULTS = Path(__file__).resolve().parent / "results" / "fused.json"
 IGNORED_EVERY = 17  # targets: every 17th row is ignore_index
 
@@ -72,6 +75,16 @@ def make_inputs(rows, dim, vocab, dtype, seed=0):
 
 def make_call(impl, hidden, weight, target):
     """A zero-argument callable doing forward + backward; returns the loss (detached)."""
+    if "@" in impl:
+        from logitlab import _native
+
+        name, _, build = impl.partition("@")
+        inner = make_call(name, hidden, weight, target)
+
+        def forced():
+            with _native.use_build(build):
+                return inner()
+        return forced
     if impl == "floor":
         rows, vocab = hidden.shape[0], weight.shape[0]
         h, w = hidden.detach(), weight.detach()
@@ -89,6 +102,11 @@ def make_call(impl, hidden, weight, target):
 
         def fn():
             return linear_cross_entropy(hidden, weight, target, impl="auto")
+    elif impl == "logitlab_torch":
+        from logitlab.fused import linear_cross_entropy
+
+        def fn():
+            return linear_cross_entropy(hidden, weight, target, impl="torch")
     elif impl == "logitlab_bf16_accum":  # grad_weight summed in the input's dtype (half precision only)
         from logitlab.fused import linear_cross_entropy
 
@@ -210,6 +228,7 @@ def main(argv=None):
     parser.add_argument("--budget-s", type=float, default=600.0,
                         help="per impl: fewer repeats when warm-up time x repeats exceeds this")
     parser.add_argument("--memory-only", action="store_true", help="skip the timing process")
+    parser.add_argument("--time-only", action="store_true", help="skip the memory processes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each measuring process")
     parser.add_argument("--skip", default="", help="comma-separated impls to leave out")
     parser.add_argument("--memory-timeout", type=float, default=900.0, help="seconds per memory process")
@@ -236,7 +255,7 @@ def main(argv=None):
     for rows, dim, vocab in shapes:
         for dtype_name in args.dtypes.split(","):
             repeats = args.repeats or (3 if args.quick else 5 if rows * dim * vocab <= 2**37 else 3)
-            case_impls = [i for i in impls if i != "logitlab_bf16_accum" or dtype_name != "float32"]
+            case_impls = [i for i in impls if not i.startswith("logitlab_bf16_accum") or dtype_name != "float32"]
             kept = rows - len(range(0, rows, IGNORED_EVERY))
             print(f"# ({rows}, {dim}, {vocab}) {dtype_name}: timing {len(case_impls)} impls x {repeats} "
                   f"({kept} of {rows} rows kept: logitlab skips the ignored ones, the floor and naive do not) ...",
@@ -252,7 +271,7 @@ def main(argv=None):
                        "naive_logits_mib": logits_mib, "repeats": repeats, "torch": torch.__version__,
                        "machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
                        "load_avg_1min": os.getloadavg()[0]}
-                if impl == "logitlab_bf16_accum" and dtype_name == "float32":
+                if impl.startswith("logitlab_bf16_accum") and dtype_name == "float32":
                     continue  # the same computation as logitlab in float32
                 if impl not in impls:
                     rec["status"] = ("not measured: skipped (--skip)" if impl in skipped
@@ -270,6 +289,10 @@ def main(argv=None):
                                max_abs_err_vs_naive=timed[impl]["max_abs_err_vs_naive"])
                     if "first_call_ms" in timed[impl]:
                         rec["first_call_ms"] = timed[impl]["first_call_ms"]  # includes compilation
+                if args.time_only:
+                    rec["memory_status"] = "not measured (--time-only)"
+                    records.append(rec)
+                    continue
                 print(f"#   memory of {impl} ...", flush=True)
                 mem = _child({"kind": "memory", "impl": impl, "rows": rows, "dim": dim, "vocab": vocab,
                               "dtype_name": dtype_name, "threads": args.threads}, timeout=args.memory_timeout)
@@ -295,7 +318,8 @@ def _rows(records):
             "status", "memory_status", "load_avg_1min")
     return [row("linear_cross_entropy", r["impl"], (r["rows"], r["dim"], r["vocab"]), r["dtype"],
                 time_ms=r.get("time_ms_calls"), peak_mem_mib=r.get("extra_mem_mib"),
-                **{k: r[k] for k in keep if k in r}) for r in records]
+                build=r["impl"].partition("@")[2] or None, **{k: r[k] for k in keep if k in r})
+            for r in records]
 
 
 def _groups(records):

@@ -94,6 +94,9 @@ def test_traced_meta_and_subclass_tensors_get_a_plain_empty():
         fake = empty_like_huge(torch.empty(LARGE))
     assert isinstance(fake, FakeTensor)
     assert empty_like_huge(torch.empty(LARGE, device="meta")).device.type == "meta"
+    shapes = []
+    torch.func.vmap(lambda row: shapes.append(empty_like_huge(row).shape) or row)(torch.empty(2, LARGE))
+    assert shapes == [(LARGE,)]
     assert logitlab.cache_info()["buffers"] == 0
 
 

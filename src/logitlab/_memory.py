@@ -31,6 +31,7 @@ import threading
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = ["empty_like_huge", "empty_cache", "cache_info"]
 
@@ -114,6 +115,13 @@ def _pooled(buf: mmap.mmap, shape: torch.Size, dtype: torch.dtype, numel: int) -
     return torch.frombuffer(buf, dtype=dtype, count=numel, offset=offset).view(shape)
 
 
+def _transformed() -> bool:
+    """Whether a trace, a dispatch mode (FakeTensorMode, ...) or a torch.func transform is active:
+    there torch.empty gives what the mode or transform expects, and a buffer of ours would not."""
+    return (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+            or torch._C._functorch.peek_interpreter_stack() is not None)
+
+
 def empty_like_huge(tensor: Tensor) -> Tensor:
     """``torch.empty_like(tensor)`` (contiguous); when large on CPU, a reused or huge-page buffer.
 
@@ -126,9 +134,7 @@ def empty_like_huge(tensor: Tensor) -> Tensor:
     numel = tensor.numel()
     nbytes = numel * tensor.element_size()
     if (nbytes < MIN_BYTES or type(tensor) not in (torch.Tensor, torch.nn.Parameter)
-            or tensor.device.type != "cpu" or not sys.platform.startswith("linux")
-            or torch.compiler.is_compiling()
-            or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None):
+            or tensor.device.type != "cpu" or not sys.platform.startswith("linux") or _transformed()):
         return torch.empty(shape, dtype=dtype, device=tensor.device)
     buf = _take(nbytes) if _enabled() else None
     if buf is None:  # reuse off, or every pooled region in use: a region of its own, freed with it
