@@ -1,4 +1,6 @@
 import gc
+import os
+import subprocess
 import sys
 
 import pytest
@@ -151,3 +153,13 @@ def test_sparse_maps_with_reused_buffers_equal_the_torch_path(name):
         torch.testing.assert_close(probs.double(), expected, atol=1e-6, rtol=0)
         torch.testing.assert_close(grad.double(), expected_grad, atol=1e-5, rtol=1e-5)
         del probs, grad
+
+
+@pytest.mark.parametrize("setting, state", [("1", "on"), ("0", "off (LOGITLAB_BUFFER_CACHE=0)")])
+def test_env_reports_the_pool(setting, state):
+    env = {**os.environ, "LOGITLAB_BUFFER_CACHE": setting}
+    done = subprocess.run([sys.executable, "-m", "logitlab", "env"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    expected = state if _LINUX else "off (Linux only)"
+    assert f"reuse of large CPU output buffers: {expected}, up to {SLOTS} buffers" in done.stdout
