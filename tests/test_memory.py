@@ -163,3 +163,27 @@ def test_env_reports_the_pool(setting, state):
     assert done.returncode == 0, done.stderr
     expected = state if _LINUX else "off (Linux only)"
     assert f"reuse of large CPU output buffers: {expected}, up to {SLOTS} buffers" in done.stdout
+
+
+@linux_only
+def test_threads_never_share_a_buffer():
+    import threading
+
+    x = torch.empty(LARGE)
+    errors = []
+
+    def work(value: float) -> None:
+        for _ in range(20):
+            out = empty_like_huge(x)
+            out.fill_(value)  # releases the GIL: the other thread runs meanwhile
+            if float(out.min()) != value or float(out.max()) != value:
+                errors.append(value)
+            del out
+
+    threads = [threading.Thread(target=work, args=(float(i),)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert logitlab.cache_info()["buffers"] <= SLOTS
