@@ -89,7 +89,7 @@ def test_reuse_can_be_turned_off(monkeypatch):
     assert float(out.sum()) == out.numel()
 
 
-def test_traced_meta_and_subclass_tensors_get_a_plain_empty():
+def test_traced_meta_and_vmapped_tensors_get_a_plain_empty():
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     with FakeTensorMode():
