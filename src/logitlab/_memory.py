@@ -24,6 +24,7 @@ plain ``torch.empty``. The contents of the buffer are unspecified either way, as
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import sys
@@ -44,6 +45,7 @@ SLOTS = 2
 # A free buffer serves a request up to this much smaller than itself (varying sequence lengths).
 _SLACK = 1.25
 
+LINUX = sys.platform.startswith("linux")
 _lock = threading.Lock()
 _pool: list[mmap.mmap] = []  # least recently handed out first
 
@@ -63,10 +65,14 @@ def _free(bufs: list[mmap.mmap]) -> list[mmap.mmap]:
 
 
 def _enabled() -> bool:
-    return sys.platform.startswith("linux") and os.environ.get("LOGITLAB_BUFFER_CACHE", "1") != "0"
+    return LINUX and os.environ.get("LOGITLAB_BUFFER_CACHE", "1") != "0"
 
 
-def _thp_madvise() -> bool:
+@functools.lru_cache(maxsize=1)
+def _thp() -> bool:
+    """Whether advising huge pages can work here (read once, on the first large buffer)."""
+    if not (LINUX and hasattr(mmap, "MADV_HUGEPAGE")):
+        return False
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
             return "[never]" not in f.read()
@@ -74,15 +80,12 @@ def _thp_madvise() -> bool:
         return False
 
 
-_THP = sys.platform.startswith("linux") and _thp_madvise() and hasattr(mmap, "MADV_HUGEPAGE")
-
-
 def _new_region(nbytes: int) -> mmap.mmap:
     # Private (not mmap's default MAP_SHARED: shared memory has its own huge-page setting, and a
     # forked child would write into the parent's buffer); + one huge page, to start the tensor
     # on a 2 MiB boundary.
     buf = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if _THP:
+    if _thp():
         try:
             buf.madvise(mmap.MADV_HUGEPAGE)
         except OSError:  # advice only: failure changes nothing
@@ -134,7 +137,7 @@ def empty_like_huge(tensor: Tensor) -> Tensor:
     numel = tensor.numel()
     nbytes = numel * tensor.element_size()
     if (nbytes < MIN_BYTES or type(tensor) not in (torch.Tensor, torch.nn.Parameter)
-            or tensor.device.type != "cpu" or not sys.platform.startswith("linux") or _transformed()):
+            or tensor.device.type != "cpu" or not LINUX or _transformed()):
         return torch.empty(shape, dtype=dtype, device=tensor.device)
     buf = _take(nbytes) if _enabled() else None
     if buf is None:  # reuse off, or every pooled region in use: a region of its own, freed with it

@@ -86,8 +86,8 @@ def _cmd_env(args: argparse.Namespace) -> int:
     from logitlab import _memory, backend
 
     pool = _memory.cache_info()
-    state = ("on" if pool["enabled"] else "off (Linux only)" if not sys.platform.startswith("linux")
-             else "off (LOGITLAB_BUFFER_CACHE=0)")
+    state = ("on" if pool["enabled"] else "off (LOGITLAB_BUFFER_CACHE=0)" if _memory.LINUX
+             else "off (Linux only)")
     print(f"reuse of large CPU output buffers: {state}, up to {_memory.SLOTS} buffers of >= "
           f"{_memory.MIN_BYTES >> 20} MiB; {pool['buffers']} pooled now")
     print("impl='auto' on CPU tensors here (logitlab.backend; CUDA tensors take 'triton' where an op has it, "
