@@ -19,6 +19,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #if defined(LL_NATIVE_WIDTH) && defined(__AVX2__) && !defined(__AVX512F__)
 #define VL 8
@@ -64,7 +67,15 @@ LL_CMP(vgt, >)
 LL_CMP(vge, >=)
 LL_CMP(vne, !=)
 
+/* a > b ? a : b, so b when either is NaN: the semantics of x86's maxps, which the compiler does
+ * not find in the select above (it emits a compare and two xors). */
+#if VL == 16 && defined(__AVX512F__)
+static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+#elif VL == 8 && defined(__AVX__)
+static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+#else
 static inline vf vmax(vf a, vf b) { return vselect(vgt(a, b), a, b); }
+#endif
 
 static inline float hsum(vf a) {
     /* Pairwise: the same rounding on every target. */
@@ -133,7 +144,13 @@ static inline float sexp_neg(float t) {
 static inline vf load_f32(const f32_t *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline vf load_bf16(const bf16_t *p) {
     vh h; memcpy(&h, p, sizeof h);
+#if VL == 16 && defined(__AVX512F__) /* one vpmovzxwd: GCC splits the generic widening into halves */
+    return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16);
+#elif VL == 8 && defined(__AVX2__)
+    return (vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32((__m128i)h), 16);
+#else
     return (vf)(__builtin_convertvector(h, vu) << 16);
+#endif
 }
 static inline vf load_f16(const f16_t *p) {
     vhf h; memcpy(&h, p, sizeof h);

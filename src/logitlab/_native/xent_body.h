@@ -4,6 +4,35 @@
 #define XT CAT(X, _t)
 #define PT CAT(P, _t)
 
+/* The plain case's passes 2 and 3 (index targets, no class weights, no smoothing) in loops of
+ * their own: the general loops below keep every option's constants live, which on AVX2 spills
+ * them to the stack. The arithmetic is the general loops', in the same order. */
+static inline vf CAT4(sumexp_, X, _, P)(const XT *xr, int64_t C, vf vmx, vf vinv, f32_t *er) {
+    const int64_t full = C - C % VL;
+    vf vsum = vsplat(0.0f);
+    if (er != NULL) {
+        for (int64_t j = 0; j < full; j += VL) {
+            vf e = vexp_neg((CAT(load_, X)(xr + j) - vmx) * vinv);
+            vsum += e;
+            store_f32(er + j, e);
+        }
+    } else {
+        for (int64_t j = 0; j < full; j += VL) vsum += vexp_neg((CAT(load_, X)(xr + j) - vmx) * vinv);
+    }
+    if (full < C) {
+        vf e = vexp_neg((CAT(loadn_, X)(xr + full, C - full, -INFINITY) - vmx) * vinv);
+        vsum += e;
+        if (er != NULL) storen_f32(er + full, e, C - full);
+    }
+    return vsum;
+}
+
+static inline void CAT4(scale_exp_, X, _, P)(const f32_t *er, int64_t C, vf vk, XT *gr) {
+    const int64_t full = C - C % VL;
+    for (int64_t j = 0; j < full; j += VL) CAT(store_, X)(gr + j, load_f32(er + j) * vk);
+    if (full < C) CAT(storen_, X)(gr + full, loadn_f32(er + full, C - full, 0.0f) * vk, C - full);
+}
+
 static int64_t CAT4(xent_rows_, X, _, P)(
     const XT *x, int64_t ldx, XT *g, int64_t ldg, int64_t r0, int64_t r1, int64_t C,
     const int64_t *target, const PT *prob, int64_t ldp, const float *cw, double w_sum,
@@ -61,7 +90,9 @@ static int64_t CAT4(xent_rows_, X, _, P)(
          * Σ q_c w_c (s_c − m) over q_c w_c ≠ 0 (0 · log 0 = 0) and Σ q_c w_c. */
         vf vsum = vsplat(0.0f), vsm = vsplat(0.0f), vdot = vsplat(0.0f), vtq = vsplat(0.0f);
         const vf vinv = vsplat(inv_t), vmx = vsplat(mx), vzero = vsplat(0.0f);
-        for (int64_t j = 0; j < C; j += VL) {
+        const int plain = pr == NULL && eps == 0.0;
+        if (plain) vsum = CAT4(sumexp_, X, _, P)(xr, C, vmx, vinv, keep_exp ? er : NULL);
+        for (int64_t j = 0; j < C && !plain; j += VL) {
             const int last = j == full;
             /* t = (x − max x) / T, the max subtracted before the scaling: x·(1/T) − m would be
              * contracted into one FMA that skips the product's rounding, so the maximum would
@@ -117,7 +148,8 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         const vf vk = vsplat((float)(total * sct / sum));
         const vf vspread = vsplat((float)(sct * eps / (double)C));
         const vf vhit = vsplat((float)(sct * (1.0 - eps)));
-        for (int64_t j = 0; j < C; j += VL) {
+        if (plain && keep_exp) CAT4(scale_exp_, X, _, P)(er, C, vk, gr);
+        for (int64_t j = 0; j < C && !(plain && keep_exp); j += VL) {
             const int last = j == full;
             if (last && !tail) break;
             vf e;
