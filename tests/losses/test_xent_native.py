@@ -152,6 +152,30 @@ def test_row_strides_and_dims(monkeypatch):
     torch.testing.assert_close(g_n, g_e)
 
 
+def _stream_bytes() -> int:
+    """The gradient size from which xent.c writes half-precision gradients with non-temporal stores."""
+    source = (Path(_native.__file__).parent / "xent.c").read_text()
+    (value,) = [line.split(None, 2)[2] for line in source.splitlines()
+                if line.startswith("#define LL_XENT_STREAM_BYTES")]
+    return int(eval(value, {}))  # a constant expression such as (32.0 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("c", [32768, 32771], ids=["aligned-rows", "unaligned-rows"])
+@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.1}], ids=["plain", "smoothing"])
+def test_a_streamed_gradient_is_bitwise_the_cached_one(dtype, c, kw):
+    """A gradient past the streaming size (non-temporal stores, their unaligned first elements
+    stored apart) against the same rows in two calls each under it (ordinary stores)."""
+    n = -(-_stream_bytes() // (2 * c)) + 2  # rows to just past the size
+    n += n % 2
+    logits, target = _inputs(n, c, dtype, False)
+    kw = {"reduction": "sum", **kw}
+    whole = _loss_and_grad(logits, target, **kw)[1]
+    halves = [_loss_and_grad(logits[i::2].contiguous(), target[i::2], **kw)[1] for i in (0, 1)]
+    assert whole.numel() * whole.element_size() >= _stream_bytes() > halves[0].numel() * 2
+    assert torch.equal(whole[0::2], halves[0]) and torch.equal(whole[1::2], halves[1])
+
+
 def test_threads_give_bitwise_the_same_result():
     logits, target = _inputs(1024, 257, torch.float32, False)
     previous = torch.get_num_threads()

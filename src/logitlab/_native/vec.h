@@ -167,6 +167,31 @@ static inline vh bf16_round(vf v) {
 static inline void store_bf16(bf16_t *p, vf v) { vh h = bf16_round(v); memcpy(p, &h, sizeof h); }
 static inline void store_f16(f16_t *p, vf v) { vhf h = __builtin_convertvector(v, vhf); memcpy(p, &h, sizeof h); }
 
+/* Non-temporal stores of VL elements to an address aligned to their size (LL_STREAM_ALIGN(element type)
+ * bytes): they write the line without reading it first, which an ordinary store to memory that
+ * is not in the cache does (a third stream of traffic beside the read of the input and the
+ * write of the output). For outputs far larger than the cache, written once; stream_fence()
+ * orders them before the kernel returns. Elsewhere an ordinary store. */
+#define LL_STREAM_ALIGN(type) ((uintptr_t)VL * sizeof(type))
+#if VL == 16 && defined(__AVX512F__)
+static inline void stream_f32(f32_t *p, vf v) { _mm512_stream_ps(p, (__m512)v); }
+static inline void stream_bf16(bf16_t *p, vf v) { _mm256_stream_si256((__m256i *)p, (__m256i)bf16_round(v)); }
+static inline void stream_f16(f16_t *p, vf v) {
+    _mm256_stream_si256((__m256i *)p, (__m256i)__builtin_convertvector(v, vhf));
+}
+static inline void stream_fence(void) { _mm_sfence(); }
+#elif VL == 8 && defined(__AVX2__)
+static inline void stream_f32(f32_t *p, vf v) { _mm256_stream_ps(p, (__m256)v); }
+static inline void stream_bf16(bf16_t *p, vf v) { _mm_stream_si128((__m128i *)p, (__m128i)bf16_round(v)); }
+static inline void stream_f16(f16_t *p, vf v) { _mm_stream_si128((__m128i *)p, (__m128i)__builtin_convertvector(v, vhf)); }
+static inline void stream_fence(void) { _mm_sfence(); }
+#else
+static inline void stream_f32(f32_t *p, vf v) { store_f32(p, v); }
+static inline void stream_bf16(bf16_t *p, vf v) { store_bf16(p, v); }
+static inline void stream_f16(f16_t *p, vf v) { store_f16(p, v); }
+static inline void stream_fence(void) {}
+#endif
+
 #define DEFINE_TAIL(T)                                                               \
     static inline vf loadn_##T(const T##_t *p, int64_t n, float fill) {             \
         T##_t buf[VL];                                                               \

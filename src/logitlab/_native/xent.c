@@ -21,6 +21,10 @@
  * row whose logits are all -inf (only when `validate`; excluded rows may be all -inf).
  */
 #define LL_NATIVE_WIDTH /* 8-float vectors on AVX2 builds (vec.h) */
+/* A gradient of at least this many bytes is written with non-temporal stores (xent_body.h): far
+ * more than the last-level cache holds, so its lines would be read from memory only to be
+ * overwritten, and evicted before anything reads them back. */
+#define LL_XENT_STREAM_BYTES (32.0 * 1024 * 1024)
 #include "vec.h"
 #include "rows.h"
 

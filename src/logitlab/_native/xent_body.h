@@ -27,17 +27,27 @@ static inline vf CAT4(sumexp_, X, _, P)(const XT *xr, int64_t C, vf vmx, vf vinv
     return vsum;
 }
 
-static inline void CAT4(scale_exp_, X, _, P)(const f32_t *er, int64_t C, vf vk, XT *gr) {
-    const int64_t full = C - C % VL;
-    for (int64_t j = 0; j < full; j += VL) CAT(store_, X)(gr + j, load_f32(er + j) * vk);
-    if (full < C) CAT(storen_, X)(gr + full, loadn_f32(er + full, C - full, 0.0f) * vk, C - full);
+/* With `stream`, the elements before the first aligned address are stored as a tail is, and the
+ * aligned vectors from there on with non-temporal stores (vec.h). */
+static inline void CAT4(scale_exp_, X, _, P)(const f32_t *er, int64_t C, vf vk, XT *gr, int stream) {
+    int64_t j = 0;
+    if (stream) {
+        const uintptr_t align = LL_STREAM_ALIGN(XT);
+        int64_t head = (int64_t)((align - (uintptr_t)gr % align) % align / sizeof(XT));
+        head = head < C ? head : C;
+        if (head) CAT(storen_, X)(gr, loadn_f32(er, head, 0.0f) * vk, head);
+        for (j = head; j + VL <= C; j += VL) CAT(stream_, X)(gr + j, load_f32(er + j) * vk);
+    } else {
+        for (; j + VL <= C; j += VL) CAT(store_, X)(gr + j, load_f32(er + j) * vk);
+    }
+    if (j < C) CAT(storen_, X)(gr + j, loadn_f32(er + j, C - j, 0.0f) * vk, C - j);
 }
 
 static int64_t CAT4(xent_rows_, X, _, P)(
     const XT *x, int64_t ldx, XT *g, int64_t ldg, int64_t r0, int64_t r1, int64_t C,
     const int64_t *target, const PT *prob, int64_t ldp, const float *cw, double w_sum,
     const float *scale, const uint8_t *keep, double eps, double zl, float inv_t, int validate,
-    int scale_loss, float *loss) {
+    int scale_loss, float *loss, int stream) {
     const int64_t full = C - C % VL;
     const int64_t tail = C - full;
     vi tail_lanes;
@@ -67,10 +77,12 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         int has_nan;
         const float mx = hmax(CAT(lanemax_, X)(xr, C, &has_nan));
         if (validate && (has_nan || mx == INFINITY)) {
+            if (stream) stream_fence();
             free(scratch);
             return r * 4 + 1;
         }
         if (validate && mx == -INFINITY) {
+            if (stream) stream_fence();
             free(scratch);
             return r * 4 + 2;
         }
@@ -80,6 +92,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         if (target != NULL) {
             y = target[r];
             if (y < 0 || y >= C) { /* checked whatever `validate` says: y addresses memory */
+                if (stream) stream_fence();
                 free(scratch);
                 return r * 4 + 3;
             }
@@ -148,7 +161,8 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         const vf vk = vsplat((float)(total * sct / sum));
         const vf vspread = vsplat((float)(sct * eps / (double)C));
         const vf vhit = vsplat((float)(sct * (1.0 - eps)));
-        if (plain && keep_exp) CAT4(scale_exp_, X, _, P)(er, C, vk, gr);
+        if (plain && keep_exp) CAT4(scale_exp_, X, _, P)(er, C, vk, gr, stream);
+        const int stream_row = stream && (uintptr_t)gr % LL_STREAM_ALIGN(XT) == 0;
         for (int64_t j = 0; j < C && !(plain && keep_exp); j += VL) {
             const int last = j == full;
             if (last && !tail) break;
@@ -167,6 +181,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
                 gv -= vhit * (cw != NULL ? q * w : q);
             }
             if (last) CAT(storen_, X)(gr + j, gv, tail);
+            else if (stream_row) CAT(stream_, X)(gr + j, gv);
             else CAT(store_, X)(gr + j, gv);
             if (last) break;
         }
@@ -179,6 +194,7 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         }
     }
     free(scratch);
+    if (stream) stream_fence();
     return -1;
 }
 
@@ -189,9 +205,16 @@ int64_t CAT4(ll_xent_, X, _, P)(
     const int64_t *target, const PT *prob, int64_t ldp, const float *cw, double w_sum,
     const float *scale, const uint8_t *keep, double eps, double zl, float inv_t, int validate,
     int scale_loss, float *loss, int threads) {
+    /* Non-temporal gradient stores when the gradient is half precision, far larger than a cache
+     * and not the logits' own memory (whose lines the passes have just read into the cache). A
+     * float32 gradient row is also the exponentials' scratch (above), so its lines are in the
+     * cache before pass 3 anyway; streamed from a separate scratch row instead, it measured
+     * slower than this with both x86 builds (benchmarks/cross_entropy.py). */
+    const int stream = sizeof(XT) == 2 && g != NULL && g != x
+                       && (double)n_rows * (double)ldg * sizeof(XT) >= LL_XENT_STREAM_BYTES;
     return LL_ROW_PARTS(n_rows, threads, 0,
                         CAT4(xent_rows_, X, _, P)(x, ldx, g, ldg, r0, r1, C, target, prob, ldp, cw, w_sum, scale,
-                                                  keep, eps, zl, inv_t, validate, scale_loss, loss));
+                                                  keep, eps, zl, inv_t, validate, scale_loss, loss, stream));
 }
 
 #undef XT
