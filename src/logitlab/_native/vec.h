@@ -110,28 +110,31 @@ static inline int hany(vi a) {
     return r != 0;
 }
 
-/* exp(t) for t <= 0 (the only range softmax needs), float32 accuracy (~1 ulp): t = n ln2 + r
- * with |r| <= ln2 / 2 (Cody-Waite split of ln2), exp(r) by its degree-7 Taylor polynomial
- * (truncation error < 1e-8 relative), times 2^n built in the exponent bits. Inputs below
- * -87.3 (results under FLT_MIN, including -inf) give exactly 0; NaN stays NaN. */
+/* exp(t) for t <= 0 (the only range softmax needs), float32 accuracy (against double exp for t
+ * in [-87, 0]: under 1 ulp with fused multiply-adds, 1.2 without; tests/native/test_vec_exp.py):
+ * t = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite split of ln2), exp(r) by a degree-6 minimax
+ * polynomial with p(0) = 1 (relative error 5e-9 with its float32 coefficients: that of the
+ * degree-7 Taylor polynomial it replaced, with one multiply-add fewer), times 2^n built in the
+ * exponent bits. t is first raised to -104 (so -inf too), whose 2^n is 0: results below about
+ * 2^-127 are exactly 0 without a compare. NaN stays NaN (vmax keeps its second argument's NaN). */
 static inline vf vexp_neg(vf t) {
+    t = vmax(vsplat(-104.0f), t);
     const vf magic = vsplat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
     vf k = t * vsplat(1.44269504088896341f) + magic;
     vf n = k - magic;
     vi ni = (vi)k - (vi)magic; /* the integer n, from the mantissa bits of k */
     vf r = t - n * vsplat(0.693359375f);
     r = r - n * vsplat(-2.12194440e-4f);
-    vf p = vsplat(1.0f / 5040.0f);
-    p = p * r + vsplat(1.0f / 720.0f);
-    p = p * r + vsplat(1.0f / 120.0f);
-    p = p * r + vsplat(1.0f / 24.0f);
-    p = p * r + vsplat(1.0f / 6.0f);
-    p = p * r + vsplat(0.5f);
+    vf p = vsplat(0.0013885879f);
+    p = p * r + vsplat(0.008372998f);
+    p = p * r + vsplat(0.04166749f);
+    p = p * r + vsplat(0.16666476f);
+    p = p * r + vsplat(0.49999994f);
     p = p * r + vsplat(1.0f);
     p = p * r + vsplat(1.0f);
-    vi scale = (ni + 127) << 23;
-    vf out = p * (vf)scale;
-    return vselect(vge(t, vsplat(-87.3f)) | vne(t, t), out, vsplat(0.0f));
+    vi e = ni + 127; /* the biased exponent of 2^n; 0 (so the factor 0.0f) when n < -126 */
+    e &= e > 0;
+    return p * (vf)(e << 23);
 }
 
 static inline float sexp_neg(float t) {

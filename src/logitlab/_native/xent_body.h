@@ -7,23 +7,26 @@
 /* The plain case's passes 2 and 3 (index targets, no class weights, no smoothing) in loops of
  * their own: the general loops below keep every option's constants live, which on AVX2 spills
  * them to the stack. The arithmetic is the general loops', in the same order. */
-static inline vf CAT4(sumexp_, X, _, P)(const XT *xr, int64_t C, vf vmx, vf vinv, f32_t *er) {
+static inline vf CAT4(sumexp_, X, _, P)(const XT *xr, int64_t C, vf vmx, vf vinv, int scaled, f32_t *er) {
     const int64_t full = C - C % VL;
     vf vsum = vsplat(0.0f);
+    /* t = (x − max x) / T; at T = 1 the product is exact, so it is left out. */
+#define LL_T(v) (scaled ? ((v) - vmx) * vinv : (v) - vmx)
     if (er != NULL) {
         for (int64_t j = 0; j < full; j += VL) {
-            vf e = vexp_neg((CAT(load_, X)(xr + j) - vmx) * vinv);
+            vf e = vexp_neg(LL_T(CAT(load_, X)(xr + j)));
             vsum += e;
             store_f32(er + j, e);
         }
     } else {
-        for (int64_t j = 0; j < full; j += VL) vsum += vexp_neg((CAT(load_, X)(xr + j) - vmx) * vinv);
+        for (int64_t j = 0; j < full; j += VL) vsum += vexp_neg(LL_T(CAT(load_, X)(xr + j)));
     }
     if (full < C) {
-        vf e = vexp_neg((CAT(loadn_, X)(xr + full, C - full, -INFINITY) - vmx) * vinv);
+        vf e = vexp_neg(LL_T(CAT(loadn_, X)(xr + full, C - full, -INFINITY)));
         vsum += e;
         if (er != NULL) storen_f32(er + full, e, C - full);
     }
+#undef LL_T
     return vsum;
 }
 
@@ -104,7 +107,8 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         vf vsum = vsplat(0.0f), vsm = vsplat(0.0f), vdot = vsplat(0.0f), vtq = vsplat(0.0f);
         const vf vinv = vsplat(inv_t), vmx = vsplat(mx), vzero = vsplat(0.0f);
         const int plain = pr == NULL && eps == 0.0;
-        if (plain) vsum = CAT4(sumexp_, X, _, P)(xr, C, vmx, vinv, keep_exp ? er : NULL);
+        if (plain && inv_t == 1.0f) vsum = CAT4(sumexp_, X, _, P)(xr, C, vmx, vinv, 0, keep_exp ? er : NULL);
+        else if (plain) vsum = CAT4(sumexp_, X, _, P)(xr, C, vmx, vinv, 1, keep_exp ? er : NULL);
         for (int64_t j = 0; j < C && !plain; j += VL) {
             const int last = j == full;
             /* t = (x − max x) / T, the max subtracted before the scaling: x·(1/T) − m would be
