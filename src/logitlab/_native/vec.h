@@ -77,6 +77,15 @@ static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)
 static inline vf vmax(vf a, vf b) { return vselect(vgt(a, b), a, b); }
 #endif
 
+/* max(a, 0) of integers: one vpmaxsd where there is one (the compiler emits a compare and an and). */
+#if VL == 16 && defined(__AVX512F__)
+static inline vi vmax0(vi a) { return (vi)_mm512_max_epi32((__m512i)a, _mm512_setzero_si512()); }
+#elif VL == 8 && defined(__AVX2__)
+static inline vi vmax0(vi a) { return (vi)_mm256_max_epi32((__m256i)a, _mm256_setzero_si256()); }
+#else
+static inline vi vmax0(vi a) { return a & (a > 0); }
+#endif
+
 static inline float hsum(vf a) {
     /* Pairwise: the same rounding on every target. */
     float s[VL];
@@ -132,8 +141,7 @@ static inline vf vexp_neg(vf t) {
     p = p * r + vsplat(0.49999994f);
     p = p * r + vsplat(1.0f);
     p = p * r + vsplat(1.0f);
-    vi e = ni + 127; /* the biased exponent of 2^n; 0 (so the factor 0.0f) when n < -126 */
-    e &= e > 0;
+    vi e = vmax0(ni + 127); /* the biased exponent of 2^n; 0 (so the factor 0.0f) when n < -126 */
     return p * (vf)(e << 23);
 }
 
