@@ -4,46 +4,64 @@
 #define XT CAT(X, _t)
 #define PT CAT(P, _t)
 
-/* The plain case's passes 2 and 3 (index targets, no class weights, no smoothing) in loops of
- * their own: the general loops below keep every option's constants live, which on AVX2 spills
- * them to the stack. The arithmetic is the general loops', in the same order. */
-static inline vf CAT4(sumexp_, X, _, P)(const XT *xr, int64_t C, vf vmx, vf vinv, int scaled, f32_t *er) {
+/* Passes 2 and 3 of the common cases (index targets, and label smoothing without class weights)
+ * in loops of their own: the general loops below keep every option's constants live, which on
+ * AVX2 spills them to the stack. The arithmetic is the general loops'. `tsum`, when not NULL,
+ * accumulates Σ t (smoothing's term). */
+static inline vf CAT4(sumexp_, X, _, P)(const XT *xr, int64_t C, vf vmx, vf vinv, int scaled, f32_t *er,
+                                        vf *tsum) {
     const int64_t full = C - C % VL;
-    vf vsum = vsplat(0.0f);
+    vf vsum = vsplat(0.0f), vts = vsplat(0.0f);
     /* t = (x − max x) / T; at T = 1 the product is exact, so it is left out. */
 #define LL_T(v) (scaled ? ((v) - vmx) * vinv : (v) - vmx)
     if (er != NULL) {
         for (int64_t j = 0; j < full; j += VL) {
-            vf e = vexp_neg(LL_T(CAT(load_, X)(xr + j)));
+            const vf t = LL_T(CAT(load_, X)(xr + j));
+            vf e = vexp_neg(t);
             vsum += e;
             store_f32(er + j, e);
+            if (tsum != NULL) vts += t;
         }
     } else {
-        for (int64_t j = 0; j < full; j += VL) vsum += vexp_neg(LL_T(CAT(load_, X)(xr + j)));
+        for (int64_t j = 0; j < full; j += VL) {
+            const vf t = LL_T(CAT(load_, X)(xr + j));
+            vsum += vexp_neg(t);
+            if (tsum != NULL) vts += t;
+        }
     }
     if (full < C) {
-        vf e = vexp_neg(LL_T(CAT(loadn_, X)(xr + full, C - full, -INFINITY)));
+        const vf t = LL_T(CAT(loadn_, X)(xr + full, C - full, -INFINITY));
+        vf e = vexp_neg(t);
         vsum += e;
         if (er != NULL) storen_f32(er + full, e, C - full);
+        if (tsum != NULL) {
+            vi lanes;
+            for (int i = 0; i < VL; i++) lanes[i] = i < C - full ? -1 : 0;
+            vts += vselect(lanes, t, vsplat(0.0f));
+        }
     }
 #undef LL_T
+    if (tsum != NULL) *tsum = vts;
     return vsum;
 }
 
-/* With `stream`, the elements before the first aligned address are stored as a tail is, and the
- * aligned vectors from there on with non-temporal stores (vec.h). */
-static inline void CAT4(scale_exp_, X, _, P)(const f32_t *er, int64_t C, vf vk, XT *gr, int stream) {
+/* e · k − spread. With `stream`, the elements before the first aligned address are stored as a
+ * tail is, and the aligned vectors from there on with non-temporal stores (vec.h). */
+static inline void CAT4(scale_exp_, X, _, P)(const f32_t *er, int64_t C, vf vk, int smooth, vf spread, XT *gr,
+                                             int stream) {
     int64_t j = 0;
+#define LL_G(e) (smooth ? (e) * vk - spread : (e) * vk)
     if (stream) {
         const uintptr_t align = LL_STREAM_ALIGN(XT);
         int64_t head = (int64_t)((align - (uintptr_t)gr % align) % align / sizeof(XT));
         head = head < C ? head : C;
-        if (head) CAT(storen_, X)(gr, loadn_f32(er, head, 0.0f) * vk, head);
-        for (j = head; j + VL <= C; j += VL) CAT(stream_, X)(gr + j, load_f32(er + j) * vk);
+        if (head) CAT(storen_, X)(gr, LL_G(loadn_f32(er, head, 0.0f)), head);
+        for (j = head; j + VL <= C; j += VL) CAT(stream_, X)(gr + j, LL_G(load_f32(er + j)));
     } else {
-        for (; j + VL <= C; j += VL) CAT(store_, X)(gr + j, load_f32(er + j) * vk);
+        for (; j + VL <= C; j += VL) CAT(store_, X)(gr + j, LL_G(load_f32(er + j)));
     }
-    if (j < C) CAT(storen_, X)(gr + j, loadn_f32(er + j, C - j, 0.0f) * vk, C - j);
+    if (j < C) CAT(storen_, X)(gr + j, LL_G(loadn_f32(er + j, C - j, 0.0f)), C - j);
+#undef LL_G
 }
 
 static int64_t CAT4(xent_rows_, X, _, P)(
@@ -106,9 +124,15 @@ static int64_t CAT4(xent_rows_, X, _, P)(
          * Σ q_c w_c (s_c − m) over q_c w_c ≠ 0 (0 · log 0 = 0) and Σ q_c w_c. */
         vf vsum = vsplat(0.0f), vsm = vsplat(0.0f), vdot = vsplat(0.0f), vtq = vsplat(0.0f);
         const vf vinv = vsplat(inv_t), vmx = vsplat(mx), vzero = vsplat(0.0f);
-        const int plain = pr == NULL && eps == 0.0;
-        if (plain && inv_t == 1.0f) vsum = CAT4(sumexp_, X, _, P)(xr, C, vmx, vinv, 0, keep_exp ? er : NULL);
-        else if (plain) vsum = CAT4(sumexp_, X, _, P)(xr, C, vmx, vinv, 1, keep_exp ? er : NULL);
+        const int plain = pr == NULL && (eps == 0.0 || cw == NULL), smooth = eps > 0.0;
+        f32_t *const keep_er = keep_exp ? er : NULL;
+        if (plain && inv_t == 1.0f) {
+            vsum = smooth ? CAT4(sumexp_, X, _, P)(xr, C, vmx, vinv, 0, keep_er, &vsm)
+                          : CAT4(sumexp_, X, _, P)(xr, C, vmx, vinv, 0, keep_er, NULL);
+        } else if (plain) {
+            vsum = smooth ? CAT4(sumexp_, X, _, P)(xr, C, vmx, vinv, 1, keep_er, &vsm)
+                          : CAT4(sumexp_, X, _, P)(xr, C, vmx, vinv, 1, keep_er, NULL);
+        }
         for (int64_t j = 0; j < C && !plain; j += VL) {
             const int last = j == full;
             /* t = (x − max x) / T, the max subtracted before the scaling: x·(1/T) − m would be
@@ -165,7 +189,8 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         const vf vk = vsplat((float)(total * sct / sum));
         const vf vspread = vsplat((float)(sct * eps / (double)C));
         const vf vhit = vsplat((float)(sct * (1.0 - eps)));
-        if (plain && keep_exp) CAT4(scale_exp_, X, _, P)(er, C, vk, gr, stream);
+        if (plain && keep_exp && smooth) CAT4(scale_exp_, X, _, P)(er, C, vk, 1, vspread, gr, stream);
+        else if (plain && keep_exp) CAT4(scale_exp_, X, _, P)(er, C, vk, 0, vspread, gr, stream);
         const int stream_row = stream && (uintptr_t)gr % LL_STREAM_ALIGN(XT) == 0;
         for (int64_t j = 0; j < C && !(plain && keep_exp); j += VL) {
             const int last = j == full;
