@@ -245,6 +245,10 @@ def main() -> None:
             print(json.dumps(run_case(args.case, spec, args.repeats, args.warmup, args.threads)))
         return
     names = [c for c in args.cases.split(",") if c] or list(cases)
+    unknown = [c for c in names if c not in cases]
+    if unknown:
+        parser.error(f"--cases: unknown {', '.join(unknown)}; the {'quick' if args.quick else 'full'} cases are "
+                     f"{', '.join(cases)}")
     records = []
     for name in names:
         print(f"[{name}] timing ...", file=sys.stderr, flush=True)
