@@ -244,6 +244,21 @@ def test_nan_is_reported_at_its_row_across_threads():
     assert torch.isnan(loss[3001]) and torch.isfinite(loss[:3001]).all()
 
 
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.1}], ids=["plain", "smoothing"])
+def test_unchecked_nan_row_gives_a_nan_gradient_row_and_leaves_the_others(dtype, kw):
+    """validate=False: a NaN logit makes its row's gradient NaN in every dtype (that row takes the
+    rounding with NaN lanes, the others the one without), and no other row changes."""
+    logits, target = _inputs(40, 300, dtype, False)
+    target[7] = 3
+    _, clean = _loss_and_grad(logits, target, validate=False, **kw)
+    logits[7, 123] = torch.nan
+    _, grad = _loss_and_grad(logits, target, validate=False, **kw)
+    assert torch.isnan(grad[7]).all()
+    others = torch.arange(40) != 7
+    assert torch.equal(grad[others], clean[others])
+
+
 def test_unavailable_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setenv("LOGITLAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails

@@ -175,6 +175,19 @@ static inline vh bf16_round(vf v) {
     rounded = (vu)(((vi)rounded & ~nan) | (nan & 0x7FC0));
     return __builtin_convertvector(rounded, vh);
 }
+/* The rounding of a vector known to hold no NaN (so without bf16_round's NaN lanes), narrowed
+ * with one pack where AVX2 has no vpmovdw: each lane is at most 0xFF80 (−inf) after the shift,
+ * so an unsigned saturating pack keeps it. */
+static inline vh bf16_round_finite(vf v) {
+    vu b = (vu)v;
+    vu rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
+#if VL == 8 && defined(__AVX2__)
+    const __m128i lo = _mm256_castsi256_si128((__m256i)rounded), hi = _mm256_extracti128_si256((__m256i)rounded, 1);
+    return (vh)_mm_packus_epi32(lo, hi);
+#else
+    return __builtin_convertvector(rounded, vh);
+#endif
+}
 static inline void store_bf16(bf16_t *p, vf v) { vh h = bf16_round(v); memcpy(p, &h, sizeof h); }
 static inline void store_f16(f16_t *p, vf v) { vhf h = __builtin_convertvector(v, vhf); memcpy(p, &h, sizeof h); }
 
@@ -201,6 +214,21 @@ static inline void stream_f32(f32_t *p, vf v) { store_f32(p, v); }
 static inline void stream_bf16(bf16_t *p, vf v) { store_bf16(p, v); }
 static inline void stream_f16(f16_t *p, vf v) { store_f16(p, v); }
 static inline void stream_fence(void) {}
+#endif
+
+/* Stores of vectors known to hold no NaN ("finite" for short: infinities are kept), for the
+ * half-precision gradient of a row without NaN: the same values as store_ and stream_. */
+static inline void storef_f32(f32_t *p, vf v) { store_f32(p, v); }
+static inline void storef_f16(f16_t *p, vf v) { store_f16(p, v); }
+static inline void storef_bf16(bf16_t *p, vf v) { vh h = bf16_round_finite(v); memcpy(p, &h, sizeof h); }
+static inline void streamf_f32(f32_t *p, vf v) { stream_f32(p, v); }
+static inline void streamf_f16(f16_t *p, vf v) { stream_f16(p, v); }
+#if VL == 16 && defined(__AVX512F__)
+static inline void streamf_bf16(bf16_t *p, vf v) { _mm256_stream_si256((__m256i *)p, (__m256i)bf16_round_finite(v)); }
+#elif VL == 8 && defined(__AVX2__)
+static inline void streamf_bf16(bf16_t *p, vf v) { _mm_stream_si128((__m128i *)p, (__m128i)bf16_round_finite(v)); }
+#else
+static inline void streamf_bf16(bf16_t *p, vf v) { storef_bf16(p, v); }
 #endif
 
 #define DEFINE_TAIL(T)                                                               \

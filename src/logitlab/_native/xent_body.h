@@ -48,7 +48,7 @@ static inline vf CAT4(sumexp_, X, _, P)(const XT *xr, int64_t C, vf vmx, vf vinv
 /* e · k − spread. With `stream`, the elements before the first aligned address are stored as a
  * tail is, and the aligned vectors from there on with non-temporal stores (vec.h). */
 static inline void CAT4(scale_exp_, X, _, P)(const f32_t *er, int64_t C, vf vk, int smooth, vf spread, XT *gr,
-                                             int stream) {
+                                             int stream, int finite) {
     int64_t j = 0;
 #define LL_G(e) (smooth ? (e) * vk - spread : (e) * vk)
     if (stream) {
@@ -56,7 +56,13 @@ static inline void CAT4(scale_exp_, X, _, P)(const f32_t *er, int64_t C, vf vk, 
         int64_t head = (int64_t)((align - (uintptr_t)gr % align) % align / sizeof(XT));
         head = head < C ? head : C;
         if (head) CAT(storen_, X)(gr, LL_G(loadn_f32(er, head, 0.0f)), head);
-        for (j = head; j + VL <= C; j += VL) CAT(stream_, X)(gr + j, LL_G(load_f32(er + j)));
+        if (finite) {
+            for (j = head; j + VL <= C; j += VL) CAT(streamf_, X)(gr + j, LL_G(load_f32(er + j)));
+        } else {
+            for (j = head; j + VL <= C; j += VL) CAT(stream_, X)(gr + j, LL_G(load_f32(er + j)));
+        }
+    } else if (finite) {
+        for (; j + VL <= C; j += VL) CAT(storef_, X)(gr + j, LL_G(load_f32(er + j)));
     } else {
         for (; j + VL <= C; j += VL) CAT(store_, X)(gr + j, LL_G(load_f32(er + j)));
     }
@@ -189,8 +195,11 @@ static int64_t CAT4(xent_rows_, X, _, P)(
         const vf vk = vsplat((float)(total * sct / sum));
         const vf vspread = vsplat((float)(sct * eps / (double)C));
         const vf vhit = vsplat((float)(sct * (1.0 - eps)));
-        if (plain && keep_exp && smooth) CAT4(scale_exp_, X, _, P)(er, C, vk, 1, vspread, gr, stream);
-        else if (plain && keep_exp) CAT4(scale_exp_, X, _, P)(er, C, vk, 0, vspread, gr, stream);
+        /* A row without NaN, with a finite maximum and finite factors, has a finite gradient:
+         * its rounding to half precision needs no NaN lanes. */
+        const int finite = !has_nan && isfinite(mx) && isfinite(vk[0]) && isfinite(vspread[0]);
+        if (plain && keep_exp && smooth) CAT4(scale_exp_, X, _, P)(er, C, vk, 1, vspread, gr, stream, finite);
+        else if (plain && keep_exp) CAT4(scale_exp_, X, _, P)(er, C, vk, 0, vspread, gr, stream, finite);
         const int stream_row = stream && (uintptr_t)gr % LL_STREAM_ALIGN(XT) == 0;
         for (int64_t j = 0; j < C && !(plain && keep_exp); j += VL) {
             const int last = j == full;
